@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,5 +48,7 @@ class Settings:
 
     @property
     def ray_temp(self) -> Path:
-        # Ray's socket paths must stay under ~107 bytes: keep this short.
-        return Path(os.environ.get("QINGLIANG_RAY_TMP", "/tmp/ql-ray"))
+        # Ray's socket paths must stay under ~107 bytes, so not under `home`; one
+        # short folder per data directory so two platforms never share (or kill) one.
+        digest = hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:8]
+        return Path(os.environ.get("QINGLIANG_RAY_TMP", f"/tmp/ql-{digest}"))

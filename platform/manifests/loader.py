@@ -120,7 +120,7 @@ def validate_document(doc: object, source: str) -> Loaded:
     kind = doc.get("kind")
     if kind is None:
         raise ManifestError([FieldIssue("kind", "required key is missing")], source)
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or mapping is unhashable
         hint = difflib.get_close_matches(str(kind), list(KINDS), n=1)
         more = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ManifestError(
@@ -138,7 +138,8 @@ def validate_document(doc: object, source: str) -> Loaded:
 def parse_documents(text: str, source: str) -> list[Loaded]:
     """Parse a YAML stream (one or more ``---`` documents) and validate each."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        # Number documents as written: an empty one between two `---` still counts.
+        docs = [(i, d) for i, d in enumerate(yaml.safe_load_all(text)) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -148,7 +149,7 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
         raise ManifestError([FieldIssue("", "no manifest found (the file is empty)")], source)
     loaded: list[Loaded] = []
     issues: list[FieldIssue] = []
-    for i, doc in enumerate(docs):
+    for i, doc in docs:
         label = source if len(docs) == 1 else f"{source}[{i}]"
         try:
             loaded.append(validate_document(doc, label))
@@ -168,7 +169,9 @@ def manifest_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
         if not files:
-            raise ManifestError([FieldIssue("", "no *.yaml or *.yml files in this folder")], str(path))
+            raise ManifestError(
+                [FieldIssue("", "no *.yaml or *.yml files in this folder")], str(path)
+            )
         return files
     if not path.exists():
         raise ManifestError([FieldIssue("", "no such file or folder")], str(path))

@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 API_VERSION = "qingliang.io/v1"
 
 #: Deployment and adapter names: lower-case DNS-like labels. ``:`` is reserved as the
-#: separator in ``model="deployment:adapter"``.
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
+#: separator in ``model="deployment:adapter"``. ``\Z``, not ``$``: ``$`` also matches
+#: before a trailing newline, so ``"tiny\n"`` would pass.
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
 
 
 class Strict(BaseModel):
@@ -319,8 +320,13 @@ class ModelDeploymentSpec(Strict):
                 raise ValueError(f"quantization.method {method!r} cannot be combined with LoRA")
         if eng == "transformers" and acc == "npu":
             raise ValueError("the transformers engine does not run on npu; use engine vllm")
-        if eng == "transformers" and self.placement.tensor_parallel_size > 1:
-            raise ValueError("tensor parallelism needs engine vllm")
+        engines = quantization_catalog().get(method, {}).get("engines", ["vllm"])
+        transformers_only = "vllm" not in engines  # bitsandbytes: `auto` means transformers
+        if self.placement.tensor_parallel_size > 1 and (eng == "transformers" or transformers_only):
+            why = f" (quantization.method {method!r} runs only on transformers)"
+            raise ValueError(
+                "tensor parallelism needs engine vllm" + (why if transformers_only else "")
+            )
         if acc == "cpu" and self.engine.dtype == "float16":
             raise ValueError("float16 is not supported on cpu; use float32 or bfloat16")
         return self

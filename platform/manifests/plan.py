@@ -96,6 +96,27 @@ class DeploymentPlan:
     def adapter_map(self) -> dict[str, str]:
         return dict(self.adapters)
 
+    def to_dict(self) -> dict:
+        """A JSON-safe dict (the Serve config's `args`); :meth:`from_dict` inverts it."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (EngineOptions, Placement)):
+                value = value.model_dump(mode="json")
+            elif isinstance(value, tuple):
+                value = [list(v) for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DeploymentPlan:
+        kw = dict(data)
+        kw["options"] = EngineOptions.model_validate(kw["options"])
+        kw["placement"] = Placement.model_validate(kw["placement"])
+        kw["adapters"] = tuple(tuple(x) for x in kw.get("adapters", ()))
+        kw["labels"] = tuple(tuple(x) for x in kw.get("labels", ()))
+        return cls(**kw)
+
 
 def _dtype(md: ModelDeployment, profile: HardwareProfile, engine: str) -> str:
     dtype = md.spec.engine.dtype
@@ -120,8 +141,18 @@ def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = ""
 
     engine = spec.engine.kind
     if engine == "auto":
-        wants_transformers = method != "none" and "vllm" not in row["engines"]
-        engine = "transformers" if (wants_transformers or not profile.vllm) else "vllm"
+        engines = row.get("engines", ["vllm", "transformers"])
+        # NPU, tensor parallelism and vLLM-only methods have no transformers fallback: plan
+        # vllm even where it is missing, so the error below says what to install.
+        needs_vllm = (
+            "transformers" not in engines
+            or spec.placement.accelerator == "npu"
+            or spec.placement.tensor_parallel_size > 1
+        )
+        if "vllm" not in engines:
+            engine = "transformers"
+        else:
+            engine = "vllm" if (profile.vllm or needs_vllm) else "transformers"
     if engine == "vllm" and not profile.vllm:
         issues.append(
             FieldIssue(

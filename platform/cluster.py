@@ -1,0 +1,266 @@
+"""Start, reach and stop the local Ray cluster that `qingliang up` runs.
+
+`up` launches ``ray start --head --block`` in its own process group, bound to
+127.0.0.1 (GCS, dashboard on 8265, metrics export port), and records its PID and
+ports in ``$QINGLIANG_HOME/run.json``. `down` shuts Serve down gracefully, then
+signals only that process group: it never runs ``ray stop``, which would kill every
+Ray process on the machine.
+
+Example:
+    >>> run = start_head(Settings())   # doctest: +SKIP
+    >>> connect(Settings())            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qingliang.platform.errors import ClusterError
+from qingliang.platform.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Environment every Ray process we start (and every driver we connect) gets.
+RAY_ENV = {
+    # Without it Ray rewrites 127.0.0.1 to the machine's address (MODELS.md).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Local development: Ray 2.60 turns token auth on and the dashboard answers 401.
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    pid: int
+    pgid: int
+    gcs_address: str
+    dashboard_url: str
+    metrics_port: int
+    http_port: int
+    temp_dir: str
+    started_at: float
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> RunInfo | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def apply_ray_env() -> None:
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0): check its state.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def running(settings: Settings) -> RunInfo | None:
+    """The RunInfo of a live `up`, or None (a stale run file is ignored)."""
+    info = RunInfo.load(settings.run_file)
+    if info is None or not _alive(info.pid):
+        return None
+    return info
+
+
+def start_head(
+    settings: Settings, *, num_cpus: int | None = None, timeout_s: float = 90
+) -> RunInfo:
+    """Start the local Ray head (idempotent: returns the running one if there is one)."""
+    current = running(settings)
+    if current is not None:
+        return current
+    host = settings.host
+    for port, what in ((settings.ray_port, "Ray GCS"), (settings.dashboard_port, "dashboard")):
+        if _port_open(host, port):
+            raise ClusterError(
+                f"{what} port {host}:{port} is already in use by another process; "
+                "stop it or choose another port (QINGLIANG_RAY_PORT / QINGLIANG_DASHBOARD_PORT)"
+            )
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        found = shutil.which("ray")
+        if not found:
+            raise ClusterError("the `ray` command is not installed in this environment")
+        ray_bin = Path(found)
+    temp_dir = settings.ray_temp
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={host}",
+        f"--port={settings.ray_port}",
+        "--include-dashboard=true",
+        f"--dashboard-host={host}",
+        f"--dashboard-port={settings.dashboard_port}",
+        f"--metrics-export-port={settings.metrics_port}",
+        # Fixed defaults (10001, 52365) would collide between two local platforms.
+        f"--ray-client-server-port={settings.ray_port + 1}",
+        f"--dashboard-agent-listen-port={settings.dashboard_port + 1}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    env = {**os.environ, **RAY_ENV}
+    log = open(settings.home / "ray-head.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    info = RunInfo(
+        pid=proc.pid,
+        pgid=os.getpgid(proc.pid),
+        gcs_address=f"{host}:{settings.ray_port}",
+        dashboard_url=f"http://{host}:{settings.dashboard_port}",
+        metrics_port=settings.metrics_port,
+        http_port=settings.http_port,
+        temp_dir=str(temp_dir),
+        started_at=time.time(),
+    )
+    info.save(settings.run_file)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(
+                f"`ray start` exited with code {proc.returncode}; "
+                f"see {settings.home / 'ray-head.log'}"
+            )
+        if _port_open(host, settings.ray_port) and _port_open(host, settings.dashboard_port):
+            return info
+        time.sleep(0.5)
+    stop_head(settings)
+    raise ClusterError(f"Ray head did not come up within {timeout_s:.0f} s")
+
+
+def connect(settings: Settings, *, namespace: str = "qingliang") -> RunInfo:
+    """Connect this process to the running local cluster as a driver."""
+    info = running(settings)
+    if info is None:
+        raise ClusterError(
+            f"no Qingliang cluster is running for {settings.home} (start it with `qingliang up`)"
+        )
+    apply_ray_env()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=info.gcs_address,
+            namespace=namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    return info
+
+
+def start_serve(settings: Settings) -> None:
+    """Start Ray Serve's HTTP proxy on 127.0.0.1:<http_port> (idempotent)."""
+    from ray import serve
+
+    serve.start(
+        http_options={"host": settings.host, "port": settings.http_port},
+        detached=True,
+    )
+
+
+def stop_head(settings: Settings, *, timeout_s: float = 60) -> bool:
+    """Shut down Serve, then stop the Ray processes `up` started. True if it stopped any."""
+    info = RunInfo.load(settings.run_file)
+    if info is None or not _alive(info.pid):
+        settings.run_file.unlink(missing_ok=True)
+        return False
+    try:
+        apply_ray_env()
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            ray.init(address=info.gcs_address, namespace="qingliang", log_to_driver=False)
+        serve.shutdown()
+        ray.shutdown()
+    except Exception:  # the cluster may already be half down; keep going
+        logger.warning("graceful Serve shutdown failed; stopping Ray processes", exc_info=True)
+    # `ray start --block` stops the processes it started when it gets SIGTERM.
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(info.pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _pgroup_alive(info.pgid):
+            time.sleep(0.3)
+        if not _pgroup_alive(info.pgid):
+            break
+    _kill_session_stragglers(Path(info.temp_dir))
+    settings.run_file.unlink(missing_ok=True)
+    return True
+
+
+def _pgroup_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _kill_session_stragglers(temp_dir: Path) -> None:
+    """Kill processes whose command line names our Ray temp dir (ours alone)."""
+    marker = str(temp_dir)
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)

@@ -1,0 +1,363 @@
+"""apply / diff / get / delete: manifests in, Ray Serve applications out.
+
+`apply` runs in three stages and touches the running system only in the last:
+
+1. load and validate every manifest (all errors reported together);
+2. compile each into a plan for this hardware and resolve its model source
+   (packaged weights are verified and converted here, once, with a progress bar);
+3. hand each application to Ray Serve and record the manifest in the state store.
+
+A bad manifest, an unknown quantisation for the hardware or a corrupt model file
+fails in stage 1 or 2, so the running deployments stay exactly as they were.
+Changing only a deployment's adapters is a Serve lightweight update (user_config):
+replicas reload adapters without restarting.
+
+Example:
+    >>> ctl = Controller(Settings())          # doctest: +SKIP
+    >>> ctl.apply([Path("deploy/defaults")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from qingliang.platform.errors import ClusterError, ModelSourceError, NotFound
+from qingliang.platform.manifests.loader import Loaded, load_paths
+from qingliang.platform.manifests.model_deployment import ModelDeployment
+from qingliang.platform.manifests.plan import DeploymentPlan, HardwareProfile, compile_plan
+from qingliang.platform.settings import Settings
+from qingliang.platform.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "ModelDeployment"
+
+
+class Deployer(Protocol):
+    """The narrow part of Ray Serve the controller uses: a declarative config."""
+
+    def apply_config(self, config: dict) -> None: ...
+
+    def statuses(self) -> dict[str, tuple[str, str]]: ...
+
+
+class ServeRestDeployer:
+    """Ray Serve's declarative REST API on the dashboard (what `serve deploy` and
+    KubeRay's RayService use). A config that changes only a deployment's
+    ``user_config`` is a lightweight update: replicas are reconfigured, not restarted.
+    """
+
+    def __init__(self, dashboard_url: str, timeout_s: float = 30) -> None:
+        self.url = dashboard_url.rstrip("/") + "/api/serve/applications/"
+        self.timeout_s = timeout_s
+
+    def apply_config(self, config: dict) -> None:
+        import httpx
+
+        try:
+            r = httpx.put(self.url, json=config, timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise ClusterError(f"Ray dashboard at {self.url} is unreachable: {exc}") from exc
+        if r.status_code >= 400:
+            raise ClusterError(f"Ray Serve refused the config ({r.status_code}): {r.text[:2000]}")
+
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        import httpx
+
+        try:
+            r = httpx.get(self.url, timeout=self.timeout_s)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ClusterError(f"Ray dashboard at {self.url} is unreachable: {exc}") from exc
+        out = {}
+        for name, app in (r.json().get("applications") or {}).items():
+            message = app.get("message") or ""
+            for dep in (app.get("deployments") or {}).values():
+                if dep.get("message") and dep.get("status") != "HEALTHY":
+                    message = dep["message"]
+            out[name] = (str(app.get("status")), message)
+        return out
+
+
+GATEWAY_KIND = "Gateway"
+GATEWAY_NAME = "gateway"
+
+
+def serve_config(settings: Settings, gateway: dict, plans: Iterable[DeploymentPlan]) -> dict:
+    """The whole Ray Serve config: the gateway application plus one per deployment."""
+    from qingliang.serving.deployment import MODEL_DEPLOYMENT
+
+    apps = [
+        {
+            "name": "qingliang-gateway",
+            "route_prefix": "/",
+            "import_path": "qingliang.platform.gateway.ingress:app_builder",
+            "args": dict(gateway),
+        }
+    ]
+    for plan in sorted(plans, key=lambda p: p.name):
+        apps.append(
+            {
+                "name": plan.name,
+                "route_prefix": None,
+                "import_path": "qingliang.serving.deployment:app_builder",
+                # Adapters stay out of args (the code version): see app_builder.
+                "args": {"plan": dataclasses.replace(plan, adapters=()).to_dict()},
+                "deployments": [
+                    {"name": MODEL_DEPLOYMENT, "user_config": {"adapters": plan.adapter_map}}
+                ],
+            }
+        )
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": settings.host, "port": settings.http_port},
+        "applications": apps,
+    }
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `diff` / `apply` found for one manifest."""
+
+    kind: str
+    name: str
+    action: str  # create | update | adapters | unchanged
+    fields: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass
+class Controller:
+    settings: Settings
+    deployer: Deployer | None = None
+    profile: HardwareProfile | None = None
+    resolver: Callable[[str, Path, bool], Path] | None = None
+
+    def __post_init__(self) -> None:
+        self.store = StateStore(self.settings.state_db)
+        if self.deployer is None:
+            url = f"http://{self.settings.host}:{self.settings.dashboard_port}"
+            self.deployer = ServeRestDeployer(url)
+
+    @property
+    def _deployer(self) -> Deployer:
+        assert self.deployer is not None
+        return self.deployer
+
+    def _stored_plans(self) -> dict[str, DeploymentPlan]:
+        return {
+            row.name: DeploymentPlan.from_dict(row.plan)
+            for row in self.store.list(MODEL_KIND)
+            if row.plan is not None
+        }
+
+    def _gateway(self) -> dict:
+        row = self.store.get(GATEWAY_KIND, GATEWAY_NAME)
+        if row is not None:
+            return row.body
+        return {"home": str(self.settings.home), "auth_enabled": True, "embeddings": True}
+
+    def _push(self, plans: dict[str, DeploymentPlan], gateway: dict | None = None) -> None:
+        config = serve_config(self.settings, gateway or self._gateway(), plans.values())
+        self._deployer.apply_config(config)
+
+    def ensure_gateway(self, *, auth_enabled: bool, embeddings: bool = True) -> None:
+        """Deploy (or update) the gateway application with the stored deployments."""
+        gateway = {
+            "home": str(self.settings.home),
+            "auth_enabled": auth_enabled,
+            "embeddings": embeddings,
+        }
+        self._push(self._stored_plans(), gateway)
+        self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway)
+
+    def status(self, name: str) -> tuple[str, str]:
+        return self._deployer.statuses().get(name, ("NOT_DEPLOYED", ""))
+
+    # -- stage 1 and 2: pure validation, then resolution ----------------------------
+    def load(self, paths: Iterable[Path]) -> list[Loaded]:
+        return load_paths(paths)
+
+    def compile(self, loaded: list[Loaded]) -> list[DeploymentPlan]:
+        profile = self.profile or HardwareProfile.detect()
+        plans = []
+        for item in loaded:
+            if isinstance(item.manifest, ModelDeployment):
+                plans.append(compile_plan(item.manifest, profile, source=item.source))
+        return plans
+
+    def resolve(self, plans: list[DeploymentPlan], *, progress: bool) -> list[DeploymentPlan]:
+        resolver = self.resolver or _default_resolver
+        out = []
+        for plan in plans:
+            path = resolver(plan.source, self.settings.model_cache, progress)
+            out.append(plan.with_model_path(str(path)))
+            for name, adapter_path in plan.adapters:
+                if not (Path(adapter_path) / "adapter_config.json").is_file():
+                    raise ModelSourceError(
+                        f"{plan.name}: spec.lora.adapters.{name}: {adapter_path!r} is not a "
+                        "PEFT adapter directory (no adapter_config.json)"
+                    )
+        return out
+
+    # -- diff ------------------------------------------------------------------------
+    def diff(self, paths: Iterable[Path]) -> list[Change]:
+        return [self._change(item) for item in self.load(paths)]
+
+    def _change(self, item: Loaded) -> Change:
+        body = _normal(item)
+        current = self.store.get(item.kind, item.name)
+        if current is None:
+            return Change(item.kind, item.name, "create", source=item.source)
+        changed = tuple(_changed_paths(current.body, body))
+        if not changed:
+            return Change(item.kind, item.name, "unchanged", source=item.source)
+        only_adapters = all(p.startswith("spec.lora.adapters") for p in changed)
+        action = "adapters" if only_adapters else "update"
+        return Change(item.kind, item.name, action, changed, item.source)
+
+    # -- stage 3: apply ----------------------------------------------------------------
+    def apply(
+        self,
+        paths: Iterable[Path],
+        *,
+        wait: bool = True,
+        timeout_s: float = 600,
+        progress: bool = True,
+        on_status: Callable[[str, str, str], None] | None = None,
+    ) -> list[Change]:
+        loaded = self.load(paths)
+        plans = self.resolve(self.compile(loaded), progress=progress)
+        changes = [self._change(item) for item in loaded]
+        desired = self._stored_plans()
+        desired.update({p.name: p for p in plans})
+        # One config for everything: Serve applies it as a whole or refuses it, and
+        # the store is written only after it was accepted.
+        self._push(desired)
+        by_name = {p.name: p for p in plans}
+        for item in loaded:
+            self.store.put(item.kind, item.name, _normal(item), by_name[item.name].to_dict())
+        if wait:
+            for change in changes:
+                self.wait(change.name, timeout_s=timeout_s, on_status=on_status)
+        return changes
+
+    def wait(
+        self,
+        name: str,
+        *,
+        timeout_s: float = 600,
+        on_status: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, message = self.status(name)
+            if on_status:
+                on_status(name, status, message)
+            if status == "RUNNING":
+                return
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise ClusterError(f"deployment {name!r} failed: {message}")
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"deployment {name!r} not ready after {timeout_s:.0f} s "
+                    f"(status {status}: {message})"
+                )
+            time.sleep(1.0)
+
+    # -- get / delete ------------------------------------------------------------------
+    def get(self, *, live: bool = True) -> list[dict[str, Any]]:
+        rows = []
+        statuses = self._deployer.statuses() if live else {}
+        for row in self.store.list(MODEL_KIND):
+            spec = row.body.get("spec", {})
+            status, message = statuses.get(row.name, ("NOT_DEPLOYED", "")) if live else ("", "")
+            rows.append(
+                {
+                    "kind": row.kind,
+                    "name": row.name,
+                    "source": (spec.get("model") or {}).get("source", ""),
+                    "engine": (spec.get("engine") or {}).get("kind", ""),
+                    "adapters": sorted((spec.get("lora") or {}).get("adapters") or {}),
+                    "generation": row.generation,
+                    "status": status,
+                    "message": message,
+                    "applied_at": row.applied_at,
+                }
+            )
+        return rows
+
+    def delete(self, names: Iterable[str], kind: str = MODEL_KIND) -> list[str]:
+        names = list(names)
+        missing = [n for n in names if self.store.get(kind, n) is None]
+        if missing:
+            raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+        desired = self._stored_plans()
+        for name in names:
+            desired.pop(name, None)
+        self._push(desired)
+        for name in names:
+            self.store.delete(kind, name)
+        return names
+
+    def set_adapter(self, deployment: str, adapter: str, path: str | None) -> Change:
+        """Add / replace (path) or remove (None) one adapter, as an adapters-only update."""
+        row = self.store.get(MODEL_KIND, deployment)
+        if row is None:
+            raise NotFound(f"no ModelDeployment named {deployment!r}")
+        body = _deep_copy(row.body)
+        lora = body["spec"].setdefault("lora", {})
+        adapters = dict(lora.get("adapters") or {})
+        if path is None:
+            if adapter not in adapters:
+                raise NotFound(f"deployment {deployment!r} has no adapter {adapter!r}")
+            adapters.pop(adapter)
+        else:
+            adapters[adapter] = str(Path(path).resolve())
+        lora["adapters"] = adapters
+        if path is not None or adapters:
+            lora["enabled"] = True
+        from qingliang.platform.manifests.loader import validate_document
+
+        item = validate_document(body, f"{deployment} (stored)")
+        plan = self.resolve(self.compile([item]), progress=False)[0]
+        desired = self._stored_plans()
+        desired[deployment] = plan
+        self._push(desired)
+        self.store.put(MODEL_KIND, deployment, _normal(item), plan.to_dict())
+        return Change(MODEL_KIND, deployment, "adapters", (f"spec.lora.adapters.{adapter}",))
+
+
+def _default_resolver(source: str, cache: Path, progress: bool) -> Path:
+    from qingliang.serving.sources import resolve_source
+
+    return resolve_source(source, cache, progress=progress)
+
+
+def _normal(item: Loaded) -> dict:
+    return item.manifest.model_dump(mode="json", by_alias=True)
+
+
+def _deep_copy(body: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(body))
+
+
+def _changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                out.append(path)
+            else:
+                out.extend(_changed_paths(old[key], new[key], path))
+        return out
+    return [] if old == new else [prefix]

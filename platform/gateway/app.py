@@ -1,0 +1,316 @@
+"""The OpenAI-compatible HTTP API, as a plain FastAPI app over injected parts.
+
+Routes: ``/v1/chat/completions`` and ``/v1/completions`` (streamed or not),
+``/v1/models``, ``/v1/embeddings``, ``/healthz``, ``/readyz``. ``model`` names a
+deployment or ``deployment:adapter``. Errors use OpenAI's format
+(``{"error": {"message", "type", "param", "code"}}``); a saturated deployment answers
+429 with ``Retry-After``.
+
+The app holds no Ray code: the :class:`Backend` it is given does (see ``ingress.py``),
+so it is tested with a small fake backend and, in integration, with the real one.
+
+Example:
+    >>> app = create_app(backend, embedder, auth)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from qingliang.platform.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    Saturated,
+    Unauthorized,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A servable deployment as the gateway knows it."""
+
+    name: str
+    adapters: tuple[str, ...] = ()
+    created: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+class Backend(Protocol):
+    """Where requests for model deployments go (Ray Serve handles in production)."""
+
+    def models(self) -> list[ModelEntry]: ...
+
+    async def generate(
+        self, deployment: str, endpoint: str, body: dict, adapter: str | None
+    ) -> dict: ...
+
+    def stream(
+        self, deployment: str, endpoint: str, body: dict, adapter: str | None
+    ) -> AsyncIterator[str]: ...
+
+    async def ready(self) -> dict[str, str]: ...
+
+    def rejected(self, deployment: str, adapter: str | None, endpoint: str) -> None: ...
+
+
+class Embedder(Protocol):
+    model_id: str
+
+    async def embed(self, texts: list[str], input_type: str) -> tuple[list[list[float]], int]: ...
+
+
+class Auth(Protocol):
+    enabled: bool
+
+    def verify(self, token: str) -> bool: ...
+
+
+def parse_model(value: object) -> tuple[str, str | None]:
+    """``"dep"`` → (dep, None); ``"dep:adapter"`` → (dep, adapter)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(
+            "`model` is required: a deployment name or deployment:adapter", param="model"
+        )
+    dep, sep, adapter = value.partition(":")
+    if sep and not adapter:
+        raise BadRequest(f"model {value!r}: empty adapter name after ':'", param="model")
+    if ":" in adapter:
+        raise BadRequest(f"model {value!r}: use deployment:adapter (one ':')", param="model")
+    return dep, adapter or None
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, Saturated):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"")
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastAPI:
+    """Build the gateway app. Nothing here touches Ray, disk or the network."""
+    app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return _error(BadRequest(f"{where}: {first['msg']}", param=where or None))
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, _: Exception) -> JSONResponse:
+        return _error(NotFound(f"no route {request.method} {request.url.path}"))
+
+    @app.exception_handler(405)
+    async def _method(request: Request, _: Exception) -> JSONResponse:
+        err = ApiError(f"method {request.method} is not allowed on {request.url.path}")
+        err.status_code, err.error_type = 405, "invalid_request_error"
+        return _error(err)
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next: Any) -> Response:
+        if auth.enabled and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return _error(Unauthorized("missing API key: send 'Authorization: Bearer <key>'"))
+            if not auth.verify(token.strip()):
+                return _error(Unauthorized("invalid or revoked API key"))
+        try:
+            return await call_next(request)
+        except ApiError as exc:  # raised inside a streaming body before headers went out
+            return _error(exc)
+
+    def _lookup(dep: str, adapter: str | None) -> ModelEntry:
+        entries = {m.name: m for m in backend.models()}
+        entry = entries.get(dep)
+        if entry is None:
+            import difflib
+
+            hint = difflib.get_close_matches(dep, list(entries), n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise NotFound(
+                f"model {dep!r} does not exist{more}", param="model", code="model_not_found"
+            )
+        if adapter is not None and adapter not in entry.adapters:
+            raise NotFound(
+                f"adapter {adapter!r} is not loaded on deployment {dep!r}"
+                + (f"; loaded: {', '.join(entry.adapters)}" if entry.adapters else ""),
+                param="model",
+                code="model_not_found",
+            )
+        return entry
+
+    async def _generate(request: Request, endpoint: str) -> Response:
+        body = await _json_body(request)
+        dep, adapter = parse_model(body.get("model"))
+        _lookup(dep, adapter)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("`stream` must be true or false", param="stream")
+        try:
+            if not stream:
+                return JSONResponse(await backend.generate(dep, endpoint, body, adapter))
+            chunks = backend.stream(dep, endpoint, body, adapter)
+            # Pull the first chunk before answering, so errors found before generation
+            # (bad parameters, prompt too long, saturation) get a real status code.
+            first = await chunks.__anext__()
+        except Saturated:
+            backend.rejected(dep, adapter, endpoint)
+            raise
+        except StopAsyncIteration:
+            return StreamingResponse(iter(["data: [DONE]\n\n"]), media_type="text/event-stream")
+
+        async def relay() -> AsyncIterator[str]:
+            yield first
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            except ApiError as exc:
+                yield f"data: {json.dumps(exc.to_openai())}\n\n"
+                yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            relay(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generate(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(request, "completion")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        data = []
+        for m in backend.models():
+            meta = {"labels": m.labels, "description": m.description}
+            data.append(
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": m.created,
+                    "owned_by": "qingliang",
+                    **meta,
+                }
+            )
+            for a in m.adapters:
+                data.append(
+                    {
+                        "id": f"{m.name}:{a}",
+                        "object": "model",
+                        "created": m.created,
+                        "owned_by": "qingliang",
+                        "parent": m.name,
+                    }
+                )
+        if embedder is not None:
+            data.append(
+                {"id": embedder.model_id, "object": "model", "created": 0, "owned_by": "qingliang"}
+            )
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        listed = await models()
+        for item in listed["data"]:
+            if item["id"] == model_id:
+                return item
+        raise NotFound(f"model {model_id!r} does not exist", param="model", code="model_not_found")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict:
+        if embedder is None:
+            raise NotFound("no embedding model is configured on this gateway")
+        body = await _json_body(request)
+        unknown = set(body) - {
+            "model",
+            "input",
+            "encoding_format",
+            "user",
+            "input_type",
+            "dimensions",
+        }
+        if unknown:
+            raise BadRequest(
+                f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0]
+            )
+        if body.get("model") != embedder.model_id:
+            raise NotFound(
+                f"embedding model {body.get('model')!r} does not exist; use {embedder.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise BadRequest("`input` must be a non-empty string or list of strings", param="input")
+        if len(texts) > 2048:
+            raise BadRequest(f"`input` has {len(texts)} items; at most 2048", param="input")
+        if body.get("encoding_format", "float") != "float":
+            raise BadRequest("only encoding_format 'float' is supported", param="encoding_format")
+        if body.get("dimensions") not in (None, 384):
+            raise BadRequest(
+                "this model has 384 dimensions; `dimensions` cannot change it", param="dimensions"
+            )
+        input_type = body.get("input_type", "passage")
+        if input_type not in ("query", "passage"):
+            raise BadRequest("`input_type` must be 'query' or 'passage'", param="input_type")
+        vectors, tokens = await embedder.embed(texts, input_type)
+        return {
+            "object": "list",
+            "model": embedder.model_id,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "time": time.time()}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        states = await backend.ready()
+        ready = all(s == "ready" for s in states.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "deployments": states},
+            status_code=200 if ready else 503,
+        )
+
+    return app

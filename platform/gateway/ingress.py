@@ -1,0 +1,245 @@
+"""The gateway as a Ray Serve ingress: Ray-backed parts for :func:`create_app`.
+
+``ServeBackend`` sends requests to each deployment's Serve application through
+``DeploymentHandle``s and translates Ray's errors (back-pressure → 429, a dead
+replica → one retry, then 503). ``Gateway`` is the thin Serve class; its app is
+built on the replica by ``__serve_build_asgi_app__``.
+
+Example:
+    >>> serve.run(build_gateway_app(settings, auth_mode="keys"),      # doctest: +SKIP
+    ...           name=GATEWAY_APP, route_prefix="/")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from qingliang.platform.errors import ApiError, Saturated
+from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.state import StateStore
+from qingliang.serving.deployment import MODEL_DEPLOYMENT
+from qingliang.serving.metrics import ServingMetrics
+
+logger = logging.getLogger(__name__)
+
+GATEWAY_APP = "qingliang-gateway"
+MODEL_KIND = "ModelDeployment"
+
+
+def translate(exc: BaseException) -> ApiError:
+    """A Ray / Serve exception as the ApiError a client should see."""
+    from ray import exceptions as rex
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    cause: BaseException = exc
+    if isinstance(exc, rex.RayTaskError) and exc.cause is not None:
+        cause = exc.cause
+    if isinstance(cause, ApiError):
+        return cause
+    if isinstance(cause, BackPressureError):
+        return Saturated(
+            "deployment is saturated: too many requests are queued; retry later",
+            retry_after=1.0,
+        )
+    if isinstance(cause, (rex.RayActorError, DeploymentUnavailableError, rex.ActorDiedError)):
+        err = ApiError(f"deployment is temporarily unavailable: {type(cause).__name__}")
+        err.status_code = 503
+        return err
+    logger.exception("unexpected error from a deployment", exc_info=exc)
+    return ApiError(f"internal error: {type(cause).__name__}: {cause}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    from ray import exceptions as rex
+
+    return isinstance(exc, (rex.RayActorError, rex.ActorDiedError))
+
+
+class ServeBackend:
+    """Routes gateway requests to model deployments over Serve handles."""
+
+    def __init__(self, store: StateStore, metrics: ServingMetrics, ttl_s: float = 0.5) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._ttl = ttl_s
+        self._cached: tuple[float, list[ModelEntry]] = (0.0, [])
+        self._handles: dict[str, Any] = {}
+
+    def models(self) -> list[ModelEntry]:
+        at, entries = self._cached
+        if time.monotonic() - at < self._ttl:
+            return entries
+        entries = []
+        for row in self._store.list(MODEL_KIND):
+            spec = row.body.get("spec", {})
+            meta = row.body.get("metadata", {})
+            entries.append(
+                ModelEntry(
+                    name=row.name,
+                    adapters=tuple(sorted((spec.get("lora") or {}).get("adapters") or {})),
+                    created=int(row.applied_at),
+                    labels=dict(meta.get("labels") or {}),
+                    description=str(meta.get("description") or ""),
+                )
+            )
+        self._cached = (time.monotonic(), entries)
+        return entries
+
+    def _handle(self, deployment: str) -> Any:
+        handle = self._handles.get(deployment)
+        if handle is None:
+            from ray import serve
+
+            handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=deployment)
+            self._handles[deployment] = handle
+        return handle
+
+    async def generate(
+        self, deployment: str, endpoint: str, body: dict, adapter: str | None
+    ) -> dict:
+        for attempt in (0, 1):
+            try:
+                return await self._handle(deployment).generate.remote(endpoint, body, adapter)
+            except Exception as exc:
+                if attempt == 0 and _retryable(exc):
+                    logger.warning("replica of %s died; retrying once", deployment)
+                    continue
+                raise translate(exc) from None
+        raise AssertionError("unreachable")
+
+    async def stream(
+        self, deployment: str, endpoint: str, body: dict, adapter: str | None
+    ) -> AsyncIterator[str]:
+        started = False
+        for attempt in (0, 1):
+            gen = (
+                self._handle(deployment)
+                .options(stream=True)
+                .generate_stream.remote(endpoint, body, adapter)
+            )
+            try:
+                async for chunk in gen:
+                    started = True
+                    yield chunk
+                return
+            except Exception as exc:
+                if attempt == 0 and not started and _retryable(exc):
+                    logger.warning("replica of %s died before streaming; retrying once", deployment)
+                    continue
+                raise translate(exc) from None
+
+    async def ready(self) -> dict[str, str]:
+        async def one(name: str) -> tuple[str, str]:
+            try:
+                await asyncio.wait_for(self._handle(name).describe.remote(), timeout=5)
+                return name, "ready"
+            except Exception as exc:
+                return name, f"not ready: {type(exc).__name__}"
+
+        return dict(await asyncio.gather(*(one(m.name) for m in self.models())))
+
+    def rejected(self, deployment: str, adapter: str | None, endpoint: str) -> None:
+        self._metrics.rejected(deployment, adapter, endpoint)
+
+
+class KeyAuth:
+    """Bearer keys checked against the hashed key store; off only when configured so."""
+
+    def __init__(self, db: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self._db = db
+        self._store: Any = None
+
+    def verify(self, token: str) -> bool:
+        if self._store is None:
+            from qingliang.platform.keys import KeyStore
+
+            self._store = KeyStore(self._db)
+        return self._store.verify(token) is not None
+
+
+class HandleEmbedder:
+    """The gateway's view of the embedding deployment."""
+
+    def __init__(self, handle: Any, model_id: str) -> None:
+        self._handle = handle
+        self.model_id = model_id
+
+    async def embed(self, texts: list[str], input_type: str) -> tuple[list[list[float]], int]:
+        try:
+            return await self._handle.embed.remote(texts, input_type)
+        except Exception as exc:
+            raise translate(exc) from None
+
+
+class EmbedderServer:
+    """Ray Serve class hosting the packaged embedding model (numpy, no torch)."""
+
+    def __init__(self) -> None:
+        from qingliang.serving.embeddings import PackagedEmbedder
+
+        self._embedder = PackagedEmbedder()
+
+    async def embed(self, texts: list[str], input_type: str) -> tuple[list[list[float]], int]:
+        vectors = await asyncio.to_thread(self._embedder.embed, texts, input_type=input_type)
+        return vectors, self._embedder.count_tokens(texts)
+
+    async def model_id(self) -> str:
+        return self._embedder.model_id
+
+
+class Gateway:
+    """Ray Serve ingress class (decorated in :func:`build_gateway_app`)."""
+
+    def __init__(self, home: str, auth_enabled: bool, embedder: Any, embed_model: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        home_path = Path(home)
+        metrics = ServingMetrics.create()
+        self._backend = ServeBackend(StateStore(home_path / "state.sqlite"), metrics)
+        self._embedder = HandleEmbedder(embedder, embed_model) if embedder is not None else None
+        self._auth = KeyAuth(home_path / "state.sqlite", auth_enabled)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self._backend, self._embedder, self._auth)
+
+
+def build_gateway_app(
+    home: Path,
+    *,
+    auth_enabled: bool,
+    replicas: int = 1,
+    embeddings: bool = True,
+    max_ongoing_requests: int = 1000,
+) -> Any:
+    """The gateway Serve application (gateway + embedding deployments)."""
+    from ray import serve
+
+    embedder = None
+    if embeddings:
+        embedder = (
+            serve.deployment(EmbedderServer)
+            .options(name="Embedder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+            .bind()
+        )
+    gateway = serve.deployment(serve.ingress()(Gateway)).options(
+        name="Gateway",
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=max_ongoing_requests,
+    )
+    return gateway.bind(str(home), auth_enabled, embedder, "multilingual-e5-small")
+
+
+def app_builder(args: dict) -> Any:
+    """Serve config entry point: ``qingliang.platform.gateway.ingress:app_builder``."""
+    return build_gateway_app(
+        Path(args["home"]),
+        auth_enabled=bool(args.get("auth_enabled", True)),
+        replicas=int(args.get("replicas", 1)),
+        embeddings=bool(args.get("embeddings", True)),
+    )

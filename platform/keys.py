@@ -1,0 +1,397 @@
+"""API keys for the gateway, kept in SQLite as SHA-256 hashes only.
+
+A key reads ``ql-<id>-<secret>``: ``<id>`` is 12 hex characters, public, and names the
+key in listings and logs; ``<secret>`` is 32 random bytes, URL-safe base64. The plaintext
+is returned once by :meth:`KeyStore.create` and never stored: the database holds the
+SHA-256 of the whole key, compared in constant time by :meth:`KeyStore.verify`.
+
+Names are unique among active keys: creating a second active key named ``ci`` is refused,
+so ``revoke("ci")`` is never ambiguous. Once a key is revoked its name may be reused
+(rotate: create ``ci`` anew after revoking the old one); the revoked record keeps its id.
+
+The store opens one connection per thread on first use (WAL journal, busy timeout), so
+one ``KeyStore`` may be shared by threads, and several processes (gateway replicas, the
+CLI) may use the same file at once.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> store = KeyStore(pathlib.Path(tempfile.mkdtemp()) / "state.sqlite")
+    >>> record, key = store.create("ci")
+    >>> key.startswith(f"ql-{record.id}-")
+    True
+    >>> store.verify(key).name
+    'ci'
+    >>> store.revoke("ci").revoked
+    True
+    >>> store.verify(key) is None
+    True
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from qingliang.platform.errors import BadRequest, NotFound
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "ql"
+ID_HEX_CHARS = 12
+SECRET_BYTES = 32
+#: ``last_used_at`` is written at most this often per key, so verifying is a read.
+LAST_USED_RESOLUTION_S = 60.0
+#: How long a call waits for another process's write lock before failing.
+BUSY_TIMEOUT_S = 30.0
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+SCOPE_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
+_ID_RE = re.compile(rf"^[0-9a-f]{{{ID_HEX_CHARS}}}\Z")
+# token_urlsafe(32) gives 43 characters of [A-Za-z0-9_-].
+_KEY_RE = re.compile(rf"^{KEY_PREFIX}-([0-9a-f]{{{ID_HEX_CHARS}}})-([A-Za-z0-9_-]{{43}})\Z")
+_MAX_KEY_CHARS = 128
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    key_sha256   TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    revoked_at   REAL,
+    last_used_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name
+    ON api_keys (name) WHERE revoked_at IS NULL;
+"""
+_COLUMNS = "id, name, scopes, created_at, revoked_at, last_used_at"
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What is known about a key besides its secret. Safe to print and log."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @property
+    def prefix(self) -> str:
+        """The public start of the key (``ql-<id>``), to tell keys apart in listings."""
+        return f"{KEY_PREFIX}-{self.id}"
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def allows(self, scope: str) -> bool:
+        """Whether this key carries ``scope`` (``inference``, ...)."""
+        return scope in self.scopes
+
+    @classmethod
+    def _from_row(cls, row: tuple) -> KeyRecord:
+        key_id, name, scopes, created, revoked, used = row
+        return cls(
+            id=key_id,
+            name=name,
+            scopes=tuple(scopes.split()),
+            created_at=datetime.fromtimestamp(created, UTC),
+            revoked_at=_utc(revoked),
+            last_used_at=_utc(used),
+        )
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: tuple) -> tuple | None:
+    """The first row, with the statement run to completion.
+
+    fetchall, not fetchone: a half-read statement on a cached connection keeps its read
+    transaction open, and a later write on it then fails at once instead of waiting.
+    """
+    rows = conn.execute(sql, params).fetchall()
+    return rows[0] if rows else None
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BadRequest(
+            f"key name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            param="name",
+        )
+    if _ID_RE.match(name):
+        raise BadRequest(
+            f"key name {name!r} looks like a key id ({ID_HEX_CHARS} hex characters); "
+            "choose another name",
+            param="name",
+        )
+    return name
+
+
+def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(scopes, str):
+        raise BadRequest(
+            f"scopes must be a list of names, not the string {scopes!r}", param="scopes"
+        )
+    out = tuple(dict.fromkeys(scopes))
+    if not out:
+        raise BadRequest("a key needs at least one scope", param="scopes")
+    for scope in out:
+        if not isinstance(scope, str) or not SCOPE_RE.match(scope):
+            raise BadRequest(
+                f"scope {scope!r} is invalid: lower-case letters, digits and '_.:-', "
+                "starting with a letter",
+                param="scopes",
+            )
+    return out
+
+
+class KeyStore:
+    """API keys in one SQLite file; the file and its table are created on first use.
+
+    Args:
+        path: The SQLite file (usually ``Settings.state_db``). Nothing is opened until a
+            method needs it.
+        clock: Seconds since the epoch; tests pass a fake one.
+        busy_timeout_s: How long to wait for another writer.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._ready = False
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: builtins.list[sqlite3.Connection] = []
+        self._generation = 0
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self.path)!r})"
+
+    def close(self) -> None:
+        """Close every connection this store opened; a later call opens new ones."""
+        with self._lock:
+            conns, self._open = self._open, []
+            self._generation += 1
+        for conn in conns:
+            conn.close()
+
+    # ------------------------------------------------------------------ connection
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, opened on first use.
+
+        One connection per thread and process: sqlite3 connections must not cross a fork,
+        and a cached one makes ``verify`` a plain indexed read.
+        """
+        local = self._local
+        key = (os.getpid(), self._generation)
+        conn = getattr(local, "conn", None)
+        if conn is None or getattr(local, "key", None) != key:
+            if not self._ready:
+                self._prepare()
+            conn = self._open_connection()
+            with self._lock:
+                self._open.append(conn)
+            local.conn, local.key = conn, key
+        yield conn
+
+    def _open_connection(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, with explicit BEGIN IMMEDIATE for writes so
+        # the busy timeout applies when the write lock is taken, not midway.
+        return sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,  # close() may run on another thread
+        )
+
+    def _prepare(self) -> None:
+        """Create the file (owner-only), switch it to WAL and create the table."""
+        with self._lock:  # threads of this process: one of them prepares
+            if self._ready:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Hashes only, but nobody else's business; SQLite gives -wal/-shm the same mode.
+            with suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            conn = self._open_connection()
+            try:
+                self._use_wal(conn)
+                conn.executescript(_SCHEMA)
+            finally:
+                conn.close()
+            self._ready = True
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # Changing the journal mode needs an exclusive lock and SQLite does not wait for it
+        # on the busy handler, so processes racing on a new file retry here.
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                if _one(conn, "PRAGMA journal_mode", ())[0] != "wal":  # type: ignore[index]
+                    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    # ---------------------------------------------------------------------- public
+
+    def create(self, name: str, *, scopes: Iterable[str] = ("inference",)) -> tuple[KeyRecord, str]:
+        """Create a key; return its record and the plaintext, which is not kept.
+
+        Raises:
+            BadRequest: ``name`` or ``scopes`` is invalid, or an active key has this name.
+        """
+        name = _check_name(name)
+        scope_tuple = _check_scopes(scopes)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                clash = _one(
+                    conn, "SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+                )
+                if clash:
+                    raise BadRequest(
+                        f"an active key named {name!r} exists (id {clash[0]}); revoke it "
+                        "first or choose another name",
+                        param="name",
+                        code="duplicate_name",
+                    )
+                now = self._clock()
+                for _ in range(8):
+                    key_id = secrets.token_hex(ID_HEX_CHARS // 2)
+                    key = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
+                    try:
+                        conn.execute(
+                            "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (key_id, name, _digest(key), " ".join(scope_tuple), now),
+                        )
+                        break
+                    except sqlite3.IntegrityError as exc:
+                        if "api_keys.id" not in str(exc):
+                            raise
+                        continue  # id collision: draw again
+                else:  # pragma: no cover - 8 collisions of 48 random bits
+                    raise RuntimeError("could not draw an unused key id")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        record = KeyRecord(key_id, name, scope_tuple, datetime.fromtimestamp(now, UTC), None, None)
+        logger.info("created API key %s (%s)", key_id, name)
+        return record, key
+
+    def revoke(self, key_id_or_name: str) -> KeyRecord:
+        """Revoke a key by id or by the name of an active key; return its record.
+
+        Raises:
+            NotFound: no key has this id or name.
+            BadRequest: the key is already revoked.
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = _one(
+                    conn, f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id_or_name,)
+                ) or _one(
+                    conn,
+                    f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? "
+                    "ORDER BY revoked_at IS NOT NULL, created_at DESC LIMIT 1",
+                    (key_id_or_name,),
+                )
+                if row is None:
+                    raise NotFound(
+                        f"no API key with id or name {key_id_or_name!r}", code="key_not_found"
+                    )
+                record = KeyRecord._from_row(row)
+                if record.revoked_at is not None:
+                    raise BadRequest(
+                        f"API key {record.id} ({record.name}) was already revoked at "
+                        f"{record.revoked_at.isoformat(timespec='seconds')}",
+                        code="already_revoked",
+                    )
+                now = self._clock()
+                conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, record.id))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        logger.info("revoked API key %s (%s)", record.id, record.name)
+        return replace(record, revoked_at=datetime.fromtimestamp(now, UTC))
+
+    def verify(self, plaintext: str) -> KeyRecord | None:
+        """The record of a valid, unrevoked key, or None for anything else.
+
+        Never raises for a malformed key. Updates ``last_used_at`` at most once a minute.
+        """
+        if not isinstance(plaintext, str) or len(plaintext) > _MAX_KEY_CHARS:
+            return None
+        match = _KEY_RE.match(plaintext)
+        if match is None:
+            return None
+        key_id = match.group(1)
+        with self._connect() as conn:
+            row = _one(conn, f"SELECT {_COLUMNS}, key_sha256 FROM api_keys WHERE id = ?", (key_id,))
+            # Compare against something even for an unknown id, so timing does not tell
+            # unknown ids from wrong secrets.
+            stored = row[-1] if row else "0" * 64
+            if not hmac.compare_digest(stored, _digest(plaintext)) or row is None:
+                logger.debug("API key %s rejected", key_id)
+                return None
+            record = KeyRecord._from_row(row[:-1])
+            if record.revoked_at is not None:
+                logger.debug("API key %s is revoked", key_id)
+                return None
+            now = self._clock()
+            last = record.last_used_at.timestamp() if record.last_used_at else None
+            if last is None or now - last >= LAST_USED_RESOLUTION_S:
+                conn.execute(
+                    "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND "
+                    "(last_used_at IS NULL OR last_used_at <= ?)",
+                    (now, key_id, now - LAST_USED_RESOLUTION_S),
+                )
+                record = replace(record, last_used_at=datetime.fromtimestamp(now, UTC))
+        return record
+
+    def list(self) -> builtins.list[KeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ).fetchall()
+        return [KeyRecord._from_row(r) for r in rows]

@@ -1,0 +1,253 @@
+"""One Ray Serve deployment per ModelDeployment: a thin shell over :class:`ModelService`.
+
+``ModelService`` is a plain class (engine injected) that meters requests and keeps
+the adapter set in line with the manifest; ``ModelServer`` is the Ray Serve class
+that builds the engine on its replica and forwards to it. Adapters travel in the
+deployment's ``user_config``: changing them is a Serve lightweight update, so every
+replica's ``reconfigure`` loads / unloads them without a restart.
+
+Example:
+    >>> app = build_model_app(plan)                        # doctest: +SKIP
+    >>> serve.run(app, name=plan.name, route_prefix=None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from qingliang.platform.errors import ApiError, BadRequest
+from qingliang.platform.manifests.plan import DeploymentPlan
+from qingliang.serving.engine import Engine
+from qingliang.serving.metrics import ServingMetrics
+
+logger = logging.getLogger(__name__)
+
+#: Name of the Serve deployment inside each model application.
+MODEL_DEPLOYMENT = "ModelServer"
+
+
+def make_engine(plan: DeploymentPlan) -> Engine:
+    """The engine class the plan asks for (imported lazily: both are heavy)."""
+    if plan.engine == "vllm":
+        from qingliang.serving.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(plan)
+    from qingliang.serving.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(plan)  # type: ignore[return-value]
+
+
+class ModelService:
+    """Serving logic for one deployment: metering, adapter reconciliation, health."""
+
+    def __init__(self, plan: DeploymentPlan, engine: Engine, metrics: ServingMetrics) -> None:
+        self.plan = plan
+        self.engine = engine
+        self.metrics = metrics
+        self._ongoing = 0
+        self._adapter_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def sync_adapters(self, desired: dict[str, str]) -> dict[str, list[str]]:
+        """Load, reload and unload so the engine serves exactly ``desired``.
+
+        A failure on one adapter does not stop the others; the failures are raised
+        together afterwards so the deployment reports them.
+        """
+        async with self._adapter_lock:
+            current = self.engine.adapters()
+            report: dict[str, list[str]] = {"loaded": [], "unloaded": [], "failed": []}
+            errors = []
+            for name in sorted(set(current) - set(desired)):
+                await self.engine.unload_adapter(name)
+                report["unloaded"].append(name)
+            for name, path in sorted(desired.items()):
+                if current.get(name) == path:
+                    continue
+                try:
+                    await self.engine.load_adapter(name, path)
+                    report["loaded"].append(name)
+                except ApiError as exc:
+                    report["failed"].append(name)
+                    errors.append(f"{name}: {exc}")
+            if errors:
+                raise BadRequest(f"deployment {self.plan.name!r}: " + "; ".join(errors))
+            return report
+
+    def _enter(self) -> float:
+        self._ongoing += 1
+        self.metrics.ongoing(self.plan.name, self._ongoing)
+        return time.perf_counter()
+
+    def _leave(self) -> None:
+        self._ongoing -= 1
+        self.metrics.ongoing(self.plan.name, self._ongoing)
+
+    async def generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
+        """Non-streaming chat or completion; returns the OpenAI response body."""
+        started = self._enter()
+        status = 500
+        usage: dict = {}
+        try:
+            fn = self.engine.chat if endpoint == "chat" else self.engine.completion
+            out = await fn({**body, "stream": False}, adapter=adapter)
+            if not isinstance(out, dict):  # pragma: no cover - engine contract
+                raise BadRequest("engine returned a stream for a non-streaming request")
+            usage = out.get("usage") or {}
+            status = 200
+            return out
+        except ApiError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            self._leave()
+            elapsed = time.perf_counter() - started
+            self.metrics.request(
+                self.plan.name,
+                adapter,
+                endpoint,
+                status,
+                latency_s=elapsed,
+                ttft_s=elapsed if status == 200 else None,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+
+    async def generate_stream(
+        self, endpoint: str, body: dict, adapter: str | None
+    ) -> AsyncIterator[str]:
+        """Streaming chat or completion: SSE strings, usage counted on the way."""
+        started = self._enter()
+        status = 500
+        ttft = None
+        usage: dict = {}
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        body = {**body, "stream": True}
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        try:
+            fn = self.engine.chat if endpoint == "chat" else self.engine.completion
+            stream = await fn(body, adapter=adapter)
+            if isinstance(stream, dict):  # pragma: no cover - engine contract
+                raise BadRequest("engine returned a body for a streaming request")
+            async for chunk in stream:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                if '"usage"' in chunk and '"choices":[]' in chunk.replace(" ", ""):
+                    with contextlib.suppress(ValueError):
+                        usage = json.loads(chunk[6:]).get("usage") or {}
+                    if not wants_usage:
+                        continue
+                yield chunk
+            status = 200
+        except ApiError as exc:
+            status = exc.status_code
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            status = 499  # the client went away; vLLM aborts the request
+            raise
+        finally:
+            self._leave()
+            self.metrics.request(
+                self.plan.name,
+                adapter,
+                endpoint,
+                status,
+                latency_s=time.perf_counter() - started,
+                ttft_s=ttft,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "deployment": self.plan.name,
+            "engine": self.plan.engine,
+            "dtype": self.plan.dtype,
+            "max_model_len": self.engine.max_model_len,
+            "adapters": self.engine.adapters(),
+            "ongoing": self._ongoing,
+        }
+
+
+class ModelServer:
+    """Ray Serve replica class (decorated in :func:`build_model_app`)."""
+
+    async def __init__(self, plan: DeploymentPlan) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._service = ModelService(plan, make_engine(plan), ServingMetrics.create())
+        await self._service.start()
+
+    async def reconfigure(self, user_config: dict) -> None:
+        report = await self._service.sync_adapters(dict(user_config.get("adapters") or {}))
+        logger.info("adapters reconciled: %s", report)
+
+    async def generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
+        return await self._service.generate(endpoint, body, adapter)
+
+    async def generate_stream(
+        self, endpoint: str, body: dict, adapter: str | None
+    ) -> AsyncIterator[str]:
+        async for chunk in self._service.generate_stream(endpoint, body, adapter):
+            yield chunk
+
+    async def describe(self) -> dict[str, Any]:
+        return self._service.describe()
+
+    async def check_health(self) -> None:
+        await self._service.engine.check_health()
+
+    async def __del__(self) -> None:
+        await self._service.engine.shutdown()
+
+
+def deployment_options(plan: DeploymentPlan) -> dict[str, Any]:
+    """Ray Serve deployment options for ``plan``."""
+    a = plan.autoscaling_config
+    opts: dict[str, Any] = {
+        "name": MODEL_DEPLOYMENT,
+        "ray_actor_options": dict(plan.ray_actor_options),
+        "max_ongoing_requests": plan.max_ongoing_requests,
+        "max_queued_requests": plan.max_queued_requests,
+        "user_config": {"adapters": plan.adapter_map},
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 60,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    if a["min_replicas"] == a["max_replicas"]:
+        opts["num_replicas"] = a["min_replicas"]
+    else:
+        opts["autoscaling_config"] = {k: v for k, v in a.items() if v is not None}
+    return opts
+
+
+def build_model_app(plan: DeploymentPlan) -> Any:
+    """The Serve application for one deployment.
+
+    The replica's constructor argument is the plan *without* its adapters: adapters
+    live in ``user_config`` so changing them never changes the constructor arguments
+    and stays a lightweight (no-restart) update.
+    """
+    from ray import serve
+
+    replica_plan = dataclasses.replace(plan, adapters=())
+    cls = serve.deployment(ModelServer)
+    return cls.options(**deployment_options(plan)).bind(replica_plan)
+
+
+def app_builder(args: dict) -> Any:
+    """Serve config entry point: ``import_path: qingliang.serving.deployment:app_builder``.
+
+    ``args`` is ``{"plan": DeploymentPlan.to_dict()}`` with the adapters left out;
+    they come in the deployment's ``user_config`` so that changing them keeps the
+    application's code version and stays a lightweight update.
+    """
+    return build_model_app(DeploymentPlan.from_dict(args["plan"]))

@@ -1,0 +1,319 @@
+"""vLLM hosted in-process, behind the :class:`~qingliang.serving.engine.Engine` protocol.
+
+vLLM's own OpenAI serving classes (``OpenAIServingChat``, ``OpenAIServingCompletion``,
+``OpenAIServingModels``) do the chat templates, tool-call parsing, sampling
+parameters, length checks and SSE formatting; this module builds them exactly as
+vLLM's API server does (its argument parser and ``init_app_state``) from a typed
+:class:`DeploymentPlan`, and translates their ``ErrorResponse`` objects into our
+exception tree. Why in-process rather than ``ray.serve.llm``: docs/serving.md.
+
+Adapters are registered under ``"<deployment>:<adapter>"`` so the ``model`` field of
+every response is exactly what the client asked for.
+
+Example:
+    >>> engine = VLLMEngine(plan.with_model_path("/models/tiny"))  # doctest: +SKIP
+    >>> await engine.start()                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from qingliang.platform.errors import BadRequest, EngineError, NotFound
+from qingliang.platform.manifests.plan import DeploymentPlan
+from qingliang.serving.engine import EngineOutput, api_error
+
+logger = logging.getLogger(__name__)
+
+
+def engine_argv(plan: DeploymentPlan) -> list[str]:
+    """vLLM API-server arguments for ``plan`` (typed fields only, no pass-through)."""
+    if not plan.model_path:
+        raise EngineError(f"{plan.name}: the model source was not resolved to a local path")
+    o = plan.options
+    argv = [
+        "--model",
+        plan.model_path,
+        "--served-model-name",
+        plan.name,
+        "--dtype",
+        plan.dtype,
+        "--max-num-seqs",
+        str(o.max_num_seqs),
+        "--seed",
+        str(o.seed),
+        "--disable-log-stats",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+    ]
+    if o.max_model_len:
+        argv += ["--max-model-len", str(o.max_model_len)]
+    if o.max_num_batched_tokens:
+        argv += ["--max-num-batched-tokens", str(o.max_num_batched_tokens)]
+    if o.enforce_eager:
+        argv.append("--enforce-eager")
+    if plan.engine_quantization:
+        argv += ["--quantization", plan.engine_quantization]
+    if plan.trust_remote_code:
+        argv.append("--trust-remote-code")
+    if plan.lora_enabled:
+        argv += [
+            "--enable-lora",
+            "--max-loras",
+            str(plan.max_loras),
+            "--max-lora-rank",
+            str(_vllm_rank(plan.max_lora_rank)),
+        ]
+    if plan.accelerator == "cpu":
+        # In-process, no worker subprocesses: ~8 s to ready for a tiny model (MODELS.md).
+        argv += ["--distributed-executor-backend", "uni"]
+    else:
+        argv += [
+            "--tensor-parallel-size",
+            str(plan.placement.tensor_parallel_size),
+            "--gpu-memory-utilization",
+            str(o.gpu_memory_utilization),
+        ]
+        if plan.placement.tensor_parallel_size > 1:
+            argv += ["--distributed-executor-backend", "ray"]
+    return argv
+
+
+def _vllm_rank(rank: int) -> int:
+    """vLLM accepts only these max_lora_rank values; round up to the next one."""
+    allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    return next((r for r in allowed if r >= rank), allowed[-1])
+
+
+def cpu_environment(plan: DeploymentPlan) -> dict[str, str]:
+    """Environment vLLM's CPU build reads at import / engine start."""
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_CONFIGURE_LOGGING": "0",
+    }
+    if plan.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(plan.options.kv_cache_gib or 1)
+        threads = plan.options.cpu_threads or int(plan.placement.cpus) or 1
+        # Bind OpenMP threads deliberately: vLLM's `auto` binding put the worker on one
+        # core here and halved batched throughput (MODELS.md).
+        cores = (
+            sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else []
+        )
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores)) if cores else "all"
+    return env
+
+
+class VLLMEngine:
+    """vLLM's AsyncLLM plus its OpenAI serving layer, in this process."""
+
+    def __init__(self, plan: DeploymentPlan) -> None:
+        self.plan = plan
+        self._llm: Any = None
+        self._chat: Any = None
+        self._completion: Any = None
+        self._models: Any = None
+        self._max_model_len = plan.options.max_model_len or 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def _lora_name(self, adapter: str) -> str:
+        return f"{self.plan.name}:{adapter}"
+
+    async def start(self) -> None:
+        for key, value in cpu_environment(self.plan).items():
+            os.environ.setdefault(key, value)
+        try:
+            from starlette.datastructures import State
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+            from vllm.entrypoints.launchers.cli_args import (
+                make_arg_parser,
+                validate_parsed_serve_args,
+            )
+            from vllm.usage.usage_lib import UsageContext
+            from vllm.utils.argparse_utils import FlexibleArgumentParser
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise EngineError(f"vLLM is not importable here: {exc}") from exc
+
+        argv = engine_argv(self.plan)
+        logger.debug("vLLM args for %s: %s", self.plan.name, argv)
+        try:
+            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+            validate_parsed_serve_args(args)
+            engine_args = AsyncEngineArgs.from_cli_args(args)
+            vllm_config = engine_args.create_engine_config(
+                usage_context=UsageContext.OPENAI_API_SERVER
+            )
+            self._llm = AsyncLLM.from_vllm_config(
+                vllm_config=vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                disable_log_stats=True,
+            )
+            state = State()
+            tasks = await self._llm.get_supported_tasks()
+            await init_app_state(self._llm, state, args, tasks)
+        except SystemExit as exc:  # argparse exits on bad arguments
+            raise EngineError(f"{self.plan.name}: vLLM rejected its arguments {argv}") from exc
+        except Exception as exc:
+            await self.shutdown()
+            raise EngineError(f"{self.plan.name}: vLLM failed to start: {exc}") from exc
+        self._chat = state.openai_serving_chat
+        self._completion = state.openai_serving_completion
+        self._models = state.openai_serving_models
+        self._max_model_len = int(vllm_config.model_config.max_model_len)
+        for name, path in self.plan.adapters:
+            await self.load_adapter(name, path)
+
+    async def _run(self, handler: Any, request_cls: Any, body: dict, adapter: str | None):
+        if handler is None:
+            raise EngineError(f"{self.plan.name}: engine is not started")
+        body = dict(body)
+        body["model"] = self._lora_name(adapter) if adapter else self.plan.name
+        if adapter and self._lora_name(adapter) not in self._models.lora_requests:
+            raise NotFound(
+                f"adapter {adapter!r} is not loaded on deployment {self.plan.name!r}",
+                param="model",
+            )
+        from pydantic import ValidationError
+
+        try:
+            request = request_cls.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise BadRequest(f"{where}: {first['msg']}", param=where) from None
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.exception_handling.error_response import (
+            create_error_response,
+        )
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            result = await handler(request, None)
+        except (VLLMClientError, ValueError) as exc:
+            # vLLM's own server maps these to 4xx in an exception handler; so do we.
+            result = create_error_response(exc)
+        if isinstance(result, ErrorResponse):
+            raise api_error(result.error.code, result.error.message, param=result.error.param)
+        if hasattr(result, "model_dump"):
+            return result.model_dump(exclude_none=True)
+        return _checked_stream(result)
+
+    async def chat(self, body: dict, *, adapter: str | None) -> EngineOutput:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        handler = self._chat.create_chat_completion if self._chat else None
+        return await self._run(handler, ChatCompletionRequest, body, adapter)
+
+    async def completion(self, body: dict, *, adapter: str | None) -> EngineOutput:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        handler = self._completion.create_completion if self._completion else None
+        return await self._run(handler, CompletionRequest, body, adapter)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        if not self.plan.lora_enabled:
+            raise BadRequest(
+                f"deployment {self.plan.name!r} was started without LoRA support "
+                "(set spec.lora.enabled: true or list adapters in its manifest)"
+            )
+        full = self._lora_name(name)
+        current = self._models.lora_requests.get(full)
+        if current is not None and current.lora_path == path:
+            return
+        _check_adapter_dir(path, self.plan.max_lora_rank)
+        if current is None and len(self._models.lora_requests) >= self.plan.max_loras:
+            raise BadRequest(
+                f"deployment {self.plan.name!r} already has {self.plan.max_loras} adapters "
+                "(spec.lora.max_adapters); unload one first"
+            )
+        request = LoadLoRAAdapterRequest(
+            lora_name=full, lora_path=path, load_inplace=current is not None
+        )
+        result = await self._models.load_lora_adapter(request)
+        if isinstance(result, ErrorResponse):
+            raise api_error(result.error.code, f"adapter {name!r}: {result.error.message}")
+        logger.info("deployment %s: adapter %s loaded", self.plan.name, name)
+
+    async def unload_adapter(self, name: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        full = self._lora_name(name)
+        lora = self._models.lora_requests.get(full) if self._models else None
+        if lora is None:
+            raise NotFound(f"adapter {name!r} is not loaded on deployment {self.plan.name!r}")
+        await self._models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=full))
+        try:
+            await self._llm.remove_lora(lora.lora_int_id)
+        except Exception:  # already evicted from the engine's LRU cache
+            logger.debug("remove_lora(%s) found nothing to free", full, exc_info=True)
+        logger.info("deployment %s: adapter %s unloaded", self.plan.name, name)
+
+    def adapters(self) -> dict[str, str]:
+        if self._models is None:
+            return {}
+        prefix = f"{self.plan.name}:"
+        return {k.removeprefix(prefix): v.lora_path for k, v in self._models.lora_requests.items()}
+
+    async def check_health(self) -> None:
+        if self._llm is None:
+            raise EngineError(f"{self.plan.name}: engine is not started")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineError(f"{self.plan.name}: engine is unhealthy: {exc}") from exc
+
+    async def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        self._chat = self._completion = self._models = None
+        if llm is not None:
+            try:
+                llm.shutdown()
+            except Exception:
+                logger.warning("vLLM shutdown raised", exc_info=True)
+
+
+def _check_adapter_dir(path: str, max_rank: int) -> None:
+    import json
+    from pathlib import Path
+
+    cfg = Path(path) / "adapter_config.json"
+    if not cfg.is_file():
+        raise BadRequest(f"adapter path {path!r} has no adapter_config.json (not a PEFT adapter)")
+    try:
+        rank = int(json.loads(cfg.read_text(encoding="utf-8")).get("r", 0))
+    except (ValueError, OSError) as exc:
+        raise BadRequest(f"adapter {path!r}: unreadable adapter_config.json: {exc}") from None
+    if rank > max_rank:
+        raise BadRequest(f"adapter {path!r} has rank {rank}, above spec.lora.max_rank {max_rank}")
+
+
+async def _checked_stream(gen: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Pass vLLM's SSE strings through, turning an in-stream error event into a raise.
+
+    vLLM reports failures inside a stream as a ``data: {"error": ...}`` event; we raise
+    instead (STYLE.md: never yield error objects inside streams), and the gateway ends
+    the stream with an OpenAI-format error event.
+    """
+    async for chunk in gen:
+        if chunk.startswith('data: {"error"'):
+            import json
+
+            try:
+                err = json.loads(chunk[6:])["error"]
+                raise api_error(int(err.get("code", 500)), str(err.get("message")))
+            except (ValueError, KeyError):
+                raise EngineError(chunk.strip()) from None
+        yield chunk
