@@ -218,8 +218,7 @@ class Controller:
         changed = tuple(_changed_paths(current.body, body))
         if not changed:
             return Change(item.kind, item.name, "unchanged", source=item.source)
-        only_adapters = all(p.startswith("spec.lora.adapters") for p in changed)
-        action = "adapters" if only_adapters else "update"
+        action = "adapters" if _adapters_only(current.body, body, changed) else "update"
         return Change(item.kind, item.name, action, changed, item.source)
 
     # -- stage 3: apply ----------------------------------------------------------------
@@ -321,7 +320,9 @@ class Controller:
         else:
             adapters[adapter] = str(Path(path).resolve())
         lora["adapters"] = adapters
-        if path is not None or adapters:
+        # Keep LoRA on once it was: removing the last adapter must not turn it off (that
+        # changes the replicas' arguments and restarts them).
+        if path is not None or _lora_active(row.body):
             lora["enabled"] = True
         from qingliang.platform.manifests.loader import validate_document
 
@@ -330,8 +331,14 @@ class Controller:
         desired = self._stored_plans()
         desired[deployment] = plan
         self._push(desired)
-        self.store.put(MODEL_KIND, deployment, _normal(item), plan.to_dict())
-        return Change(MODEL_KIND, deployment, "adapters", (f"spec.lora.adapters.{adapter}",))
+        new_body = _normal(item)
+        self.store.put(MODEL_KIND, deployment, new_body, plan.to_dict())
+        changed = tuple(_changed_paths(row.body, new_body))
+        if not changed:
+            return Change(MODEL_KIND, deployment, "unchanged")
+        # Turning LoRA on for a deployment started without it restarts its replicas.
+        action = "adapters" if _adapters_only(row.body, new_body, changed) else "update"
+        return Change(MODEL_KIND, deployment, action, changed)
 
 
 def _default_resolver(source: str, cache: Path, progress: bool) -> Path:
@@ -342,6 +349,23 @@ def _default_resolver(source: str, cache: Path, progress: bool) -> Path:
 
 def _normal(item: Loaded) -> dict:
     return item.manifest.model_dump(mode="json", by_alias=True)
+
+
+def _lora_active(body: dict) -> bool:
+    """``LoraOptions.active`` on a stored body: whether the replicas run with LoRA."""
+    lora = (body.get("spec") or {}).get("lora") or {}
+    enabled = lora.get("enabled")
+    return bool(enabled) or (enabled is None and bool(lora.get("adapters")))
+
+
+def _adapters_only(old: dict, new: dict, changed: Iterable[str]) -> bool:
+    """Whether a change is a lightweight update: adapters only, LoRA staying on or off."""
+    paths = list(changed)
+    return (
+        bool(paths)
+        and all(p.startswith("spec.lora.adapters") or p == "spec.lora.enabled" for p in paths)
+        and _lora_active(old) == _lora_active(new)
+    )
 
 
 def _deep_copy(body: dict) -> dict:

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from qingliang.platform.errors import ApiError, BadRequest
+from qingliang.platform.errors import ApiError, BadRequest, EngineError
 from qingliang.platform.manifests.plan import DeploymentPlan
 from qingliang.serving.engine import Engine
 from qingliang.serving.metrics import ServingMetrics
@@ -68,15 +68,23 @@ class ModelService:
             report: dict[str, list[str]] = {"loaded": [], "unloaded": [], "failed": []}
             errors = []
             for name in sorted(set(current) - set(desired)):
-                await self.engine.unload_adapter(name)
-                report["unloaded"].append(name)
+                try:
+                    await self.engine.unload_adapter(name)
+                    report["unloaded"].append(name)
+                except (ApiError, EngineError) as exc:
+                    report["failed"].append(name)
+                    errors.append(f"{name}: {exc}")
             for name, path in sorted(desired.items()):
                 if current.get(name) == path:
                     continue
                 try:
+                    if name in current:
+                        # A new path for a loaded name: engines need not replace an adapter
+                        # in place (TransformersEngine refuses), so unload it first.
+                        await self.engine.unload_adapter(name)
                     await self.engine.load_adapter(name, path)
                     report["loaded"].append(name)
-                except ApiError as exc:
+                except (ApiError, EngineError) as exc:
                     report["failed"].append(name)
                     errors.append(f"{name}: {exc}")
             if errors:
@@ -130,10 +138,13 @@ class ModelService:
         status = 500
         ttft = None
         usage: dict = {}
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        body = {**body, "stream": True}
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        stream: Any = None
         try:
+            options = body.get("stream_options") or {}
+            if not isinstance(options, dict):
+                raise BadRequest("`stream_options` must be an object", param="stream_options")
+            wants_usage = bool(options.get("include_usage"))
+            body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
             fn = self.engine.chat if endpoint == "chat" else self.engine.completion
             stream = await fn(body, adapter=adapter)
             if isinstance(stream, dict):  # pragma: no cover - engine contract
@@ -155,17 +166,27 @@ class ModelService:
             status = 499  # the client went away; vLLM aborts the request
             raise
         finally:
-            self._leave()
-            self.metrics.request(
-                self.plan.name,
-                adapter,
-                endpoint,
-                status,
-                latency_s=time.perf_counter() - started,
-                ttft_s=ttft,
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            )
+            try:
+                # A consumer that stops early closes only this generator: close the
+                # engine's stream now (vLLM aborts the request) rather than at GC time.
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:
+                        logger.debug("closing the engine stream failed", exc_info=True)
+            finally:
+                self._leave()
+                self.metrics.request(
+                    self.plan.name,
+                    adapter,
+                    endpoint,
+                    status,
+                    latency_s=time.perf_counter() - started,
+                    ttft_s=ttft,
+                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0),
+                )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -85,6 +87,8 @@ def parse_model(value: object) -> tuple[str, str | None]:
             "`model` is required: a deployment name or deployment:adapter", param="model"
         )
     dep, sep, adapter = value.partition(":")
+    if not dep:
+        raise BadRequest(f"model {value!r}: empty deployment name before ':'", param="model")
     if sep and not adapter:
         raise BadRequest(f"model {value!r}: empty adapter name after ':'", param="model")
     if ":" in adapter:
@@ -92,13 +96,18 @@ def parse_model(value: object) -> tuple[str, str | None]:
     return dep, adapter or None
 
 
-def _error(exc: ApiError) -> JSONResponse:
-    headers = {}
+def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
     if isinstance(exc, Saturated):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.to_openai(), status_code=exc.status_code, headers=headers)
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format: base64``: little-endian float32, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 async def _json_body(request: Request) -> dict:
@@ -131,10 +140,11 @@ def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastA
         return _error(NotFound(f"no route {request.method} {request.url.path}"))
 
     @app.exception_handler(405)
-    async def _method(request: Request, _: Exception) -> JSONResponse:
+    async def _method(request: Request, exc: Exception) -> JSONResponse:
         err = ApiError(f"method {request.method} is not allowed on {request.url.path}")
         err.status_code, err.error_type = 405, "invalid_request_error"
-        return _error(err)
+        # Keep Starlette's `Allow` header: a 405 must say which methods the route takes.
+        return _error(err, getattr(exc, "headers", None))
 
     @app.middleware("http")
     async def _authenticate(request: Request, call_next: Any) -> Response:
@@ -281,8 +291,12 @@ def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastA
             raise BadRequest("`input` must be a non-empty string or list of strings", param="input")
         if len(texts) > 2048:
             raise BadRequest(f"`input` has {len(texts)} items; at most 2048", param="input")
-        if body.get("encoding_format", "float") != "float":
-            raise BadRequest("only encoding_format 'float' is supported", param="encoding_format")
+        # The official openai client sends encoding_format "base64" unless told otherwise.
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise BadRequest(
+                "`encoding_format` must be 'float' or 'base64'", param="encoding_format"
+            )
         if body.get("dimensions") not in (None, 384):
             raise BadRequest(
                 "this model has 384 dimensions; `dimensions` cannot change it", param="dimensions"
@@ -295,7 +309,12 @@ def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastA
             "object": "list",
             "model": embedder.model_id,
             "data": [
-                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _base64_floats(v) if encoding == "base64" else v,
+                }
+                for i, v in enumerate(vectors)
             ],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }

@@ -136,8 +136,11 @@ class EngineOptions(Strict):
     enforce_eager: bool = Field(
         default=True, description="Skip torch.compile / CUDA graphs (fast start)."
     )
-    kv_cache_gib: float | None = Field(
-        default=None, gt=0, le=1024, description="CPU KV cache size in GiB (vLLM CPU)."
+    kv_cache_gib: int | None = Field(
+        default=None,
+        gt=0,
+        le=1024,
+        description="CPU KV cache size in whole GiB (vLLM CPU, VLLM_CPU_KVCACHE_SPACE).",
     )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1.0, description="Share of GPU memory vLLM may take."

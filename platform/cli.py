@@ -1,0 +1,438 @@
+"""The ``qingliang`` command line.
+
+Heavy libraries (Ray, vLLM, torch) are imported inside the commands that need them,
+so ``qingliang --help`` and ``qingliang validate`` stay fast.
+
+Example:
+    $ qingliang validate -f deploy/defaults
+    $ qingliang up
+    $ qingliang chat -m "What is the capital of France?"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qingliang.platform.errors import QingliangError
+from qingliang.platform.settings import Settings
+
+app = typer.Typer(
+    name="qingliang",
+    help="Qingliang (轻量): deploy and orchestrate large models lightly.\n\n"
+    "Manifests (YAML) → vLLM on Ray Serve → an OpenAI-compatible API on 127.0.0.1. "
+    "State lives in $QINGLIANG_HOME (default ~/.qingliang).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="API keys for the gateway (stored hashed).", no_args_is_help=True)
+adapters_app = typer.Typer(help="Load / unload LoRA adapters at run time.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(adapters_app, name="adapters")
+
+console = Console()
+err = Console(stderr=True)
+
+REPO_DEFAULTS = Path(__file__).resolve().parents[1] / "deploy" / "defaults"
+KEY_FILE = "api-key"
+
+FilesOpt = typer.Option(..., "-f", "--file", help="Manifest file or folder (repeatable).")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _controller(settings: Settings):  # noqa: ANN202 - lazy import of Controller
+    from qingliang.platform.control import Controller
+
+    return Controller(settings)
+
+
+def _status_printer():  # noqa: ANN202
+    last: dict[str, str] = {}
+
+    def on_status(name: str, status: str, message: str) -> None:
+        if last.get(name) != status:
+            last[name] = status
+            console.print(f"  {name}: {status}" + (f" — {message[:200]}" if message else ""))
+
+    return on_status
+
+
+@app.command()
+def validate(files: list[Path] = FilesOpt) -> None:
+    """Check manifests without touching anything (exit 1 on the first bad field)."""
+    from qingliang.platform.manifests.loader import load_paths
+    from qingliang.platform.manifests.model_deployment import ModelDeployment
+    from qingliang.platform.manifests.plan import HardwareProfile, compile_plan
+
+    try:
+        loaded = load_paths(files)
+        profile = HardwareProfile.detect()
+        for item in loaded:
+            if isinstance(item.manifest, ModelDeployment):
+                plan = compile_plan(item.manifest, profile, source=item.source)
+                console.print(
+                    f"ok  {item.source}: {item.kind}/{item.name} → engine {plan.engine}, "
+                    f"dtype {plan.dtype}, {plan.accelerator}"
+                    + (f", quantization {plan.quantization}" if plan.quantization else "")
+                    + (f", adapters {', '.join(plan.adapter_map)}" if plan.adapters else ""),
+                    highlight=False,
+                )
+            else:
+                console.print(f"ok  {item.source}: {item.kind}/{item.name}", highlight=False)
+    except QingliangError as exc:
+        _fail(exc)
+
+
+@app.command()
+def apply(
+    files: list[Path] = FilesOpt,
+    wait: bool = typer.Option(True, help="Wait until every deployment is RUNNING."),
+    timeout: float = typer.Option(900, help="Seconds to wait."),
+) -> None:
+    """Create or update deployments. A bad manifest changes nothing that runs."""
+    try:
+        ctl = _controller(_settings())
+        changes = ctl.apply(files, wait=wait, timeout_s=timeout, on_status=_status_printer())
+        for c in changes:
+            extra = f" ({', '.join(c.fields)})" if c.fields else ""
+            console.print(f"{c.kind}/{c.name}: {c.action}{extra}", highlight=False)
+    except QingliangError as exc:
+        _fail(exc)
+
+
+@app.command()
+def diff(files: list[Path] = FilesOpt) -> None:
+    """Show what `apply` would change (exit 0 either way)."""
+    try:
+        for c in _controller(_settings()).diff(files):
+            extra = "".join(f"\n    ~ {f}" for f in c.fields)
+            console.print(f"{c.kind}/{c.name}: {c.action}{extra}", highlight=False)
+    except QingliangError as exc:
+        _fail(exc)
+
+
+@app.command()
+def get(name: str = typer.Argument(None, help="One deployment (default: all).")) -> None:
+    """List applied deployments with their live status."""
+    try:
+        rows = _controller(_settings()).get(live=True)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    if name:
+        rows = [r for r in rows if r["name"] == name]
+        if not rows:
+            _fail(QingliangError(f"no deployment named {name!r}"))
+    table = Table("NAME", "STATUS", "ENGINE", "SOURCE", "ADAPTERS", "GEN")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["status"],
+            r["engine"],
+            r["source"],
+            ", ".join(r["adapters"]),
+            str(r["generation"]),
+        )
+    console.print(table)
+    for r in rows:
+        if r["message"]:
+            console.print(f"{r['name']}: {r['message'][:500]}", highlight=False)
+
+
+@app.command()
+def delete(
+    names: list[str] = typer.Argument(None, help="Deployment names."),
+    files: list[Path] = typer.Option(
+        None, "-f", "--file", help="Delete what these manifests define."
+    ),
+) -> None:
+    """Remove deployments (by name or by manifest)."""
+    try:
+        targets = list(names or [])
+        if files:
+            from qingliang.platform.manifests.loader import load_paths
+
+            targets += [item.name for item in load_paths(files)]
+        if not targets:
+            _fail(QingliangError("name a deployment or pass -f FILE"))
+        for n in _controller(_settings()).delete(targets):
+            console.print(f"ModelDeployment/{n}: deleted")
+    except QingliangError as exc:
+        _fail(exc)
+
+
+@app.command()
+def models() -> None:
+    """List the models shipped in PyPI packages (usable as `packaged:<name>`)."""
+    from qingliang.serving.sources import list_packaged
+
+    table = Table("SOURCE", "INSTALLED", "CACHED", "SIZE", "LICENCE", "DESCRIPTION")
+    for m in list_packaged(_settings().model_cache):
+        table.add_row(
+            m["source"],
+            "yes" if m["installed"] else f"no: {m['install']}",
+            "yes" if m.get("cached") else "no",
+            f"{m['size'] / 1e6:.0f} MB",
+            m["licence"],
+            m["description"],
+        )
+    console.print(table)
+
+
+@app.command()
+def up(
+    files: list[Path] = typer.Option(
+        None, "-f", "--file", help="Manifests to serve (default: deploy/defaults)."
+    ),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Serve without API keys (local development only)."
+    ),
+    timeout: float = typer.Option(900, help="Seconds to wait for the deployments."),
+) -> None:
+    """Start local Ray (127.0.0.1, dashboard :8265) and serve the default manifests."""
+    from qingliang.platform import cluster
+
+    settings = _settings()
+    started = time.monotonic()
+    paths = list(files or [REPO_DEFAULTS])
+    try:
+        ctl = _controller(settings)
+        # Validate, plan and resolve first: a bad manifest or a corrupt model file
+        # stops `up` before any process starts.
+        console.print("[bold]Checking manifests and model sources[/bold]")
+        ctl.resolve(ctl.compile(ctl.load(paths)), progress=True)
+        with console.status("Starting Ray on 127.0.0.1 ..."):
+            info = cluster.start_head(settings)
+        console.print(f"Ray is up (dashboard {info.dashboard_url})")
+        key = _ensure_default_key(settings) if not no_auth else None
+        with console.status("Starting the gateway ..."):
+            ctl.ensure_gateway(auth_enabled=not no_auth)
+        console.print("[bold]Deploying[/bold] (first start loads the model; this takes a while)")
+        ctl.apply(paths, wait=True, timeout_s=timeout, progress=True, on_status=_status_printer())
+        ctl.wait("qingliang-gateway", timeout_s=120)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    names = [r["name"] for r in ctl.get(live=False)]
+    elapsed = time.monotonic() - started
+    base = f"http://{settings.host}:{settings.http_port}"
+    console.print(f"\n[green]Qingliang is serving[/green] ({elapsed:.0f} s)")
+    console.print(f"  OpenAI API   {base}/v1   (models: {', '.join(names)})", highlight=False)
+    console.print(f"  Ray dashboard {info.dashboard_url}", highlight=False)
+    console.print(
+        f"  Prometheus   http://{settings.host}:{settings.metrics_port}/metrics", highlight=False
+    )
+    auth = ""
+    if key:
+        console.print(f"  API key      in {settings.home / KEY_FILE} (export QINGLIANG_API_KEY)")
+        auth = f' -H "Authorization: Bearer $(cat {settings.home / KEY_FILE})"'
+    model = names[0] if names else "MODEL"
+    console.print("\nTry:", highlight=False)
+    console.print(
+        f"  curl -s {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "你好"}}]}}'""",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("  qingliang chat        qingliang get        qingliang down", highlight=False)
+
+
+def _ensure_default_key(settings: Settings) -> str:
+    """The key `up` prints: made once, kept readable only by this user."""
+    from qingliang.platform.keys import KeyStore
+
+    path = settings.home / KEY_FILE
+    store = KeyStore(settings.state_db)
+    if path.exists():
+        key = path.read_text().strip()
+        if store.verify(key) is not None:
+            return key
+    _record, key = store.create(f"default-{int(time.time())}")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+@app.command()
+def down() -> None:
+    """Stop what `qingliang up` started (Serve, then its own Ray processes only)."""
+    from qingliang.platform import cluster
+
+    settings = _settings()
+    with console.status("Stopping ..."):
+        stopped = cluster.stop_head(settings)
+    console.print("stopped" if stopped else "nothing was running")
+
+
+@app.command()
+def status() -> None:
+    """Show whether the local platform runs and where."""
+    from qingliang.platform import cluster
+
+    settings = _settings()
+    info = cluster.running(settings)
+    if info is None:
+        console.print(f"not running (data dir {settings.home})")
+        raise typer.Exit(3)
+    console.print(f"running since {time.ctime(info.started_at)} (pid {info.pid})")
+    console.print(f"  API        http://{settings.host}:{info.http_port}/v1", highlight=False)
+    console.print(f"  dashboard  {info.dashboard_url}", highlight=False)
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(None, help="deployment or deployment:adapter (default: first)."),
+    message: str = typer.Option(None, "-m", "--message", help="Ask once and exit."),
+    url: str = typer.Option(None, help="Gateway base URL (default: the local one)."),
+    api_key: str = typer.Option(None, envvar="QINGLIANG_API_KEY", help="API key."),
+    max_tokens: int = typer.Option(512, help="Longest answer in tokens."),
+    temperature: float = typer.Option(0.7),
+) -> None:
+    """Chat with a deployment through the OpenAI API (streams the answer)."""
+    import openai
+
+    settings = _settings()
+    base = url or f"http://{settings.host}:{settings.http_port}/v1"
+    key = api_key
+    if key is None and (settings.home / KEY_FILE).exists():
+        key = (settings.home / KEY_FILE).read_text().strip()
+    client = openai.OpenAI(base_url=base, api_key=key or "none", max_retries=0, timeout=600)
+    try:
+        if model is None:
+            ids = [m.id for m in client.models.list().data if ":" not in m.id]
+            if not ids:
+                _fail(QingliangError("no deployments are being served"))
+            model = ids[0]
+        history: list[dict] = []
+        while True:
+            if message is not None:
+                text = message
+            else:
+                try:
+                    text = console.input(f"[bold]{model}>[/bold] ")
+                except (EOFError, KeyboardInterrupt):
+                    console.print()
+                    return
+                if text.strip() in ("/exit", "/quit"):
+                    return
+                if not text.strip():
+                    continue
+            history.append({"role": "user", "content": text})
+            stream = client.chat.completions.create(
+                model=model,
+                messages=history,  # type: ignore[arg-type]
+                stream=True,
+                max_tokens=max_tokens,
+                temperature=temperature,
+            )
+            answer = []
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    piece = chunk.choices[0].delta.content
+                    answer.append(piece)
+                    console.print(piece, end="", markup=False, highlight=False)
+            console.print()
+            history.append({"role": "assistant", "content": "".join(answer)})
+            if message is not None:
+                return
+    except openai.APIError as exc:
+        _fail(QingliangError(f"{base}: {exc}"))
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Argument(..., help="A label for the key.")) -> None:
+    """Create a key; the key itself is printed once and never stored."""
+    from qingliang.platform.keys import KeyStore
+
+    try:
+        record, key = KeyStore(_settings().state_db).create(name)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    err.print(f"created {record.prefix} ({record.name}); store it now, it is not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (id, name, dates; never the secret)."""
+    from qingliang.platform.keys import KeyStore
+
+    table = Table("ID", "NAME", "CREATED", "LAST USED", "REVOKED")
+    for r in KeyStore(_settings().state_db).list():
+
+        def fmt(t: float | None) -> str:
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+        table.add_row(r.prefix, r.name, fmt(r.created_at), fmt(r.last_used_at), fmt(r.revoked_at))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str = typer.Argument(..., help="Key id (ql-…) or name.")) -> None:
+    """Revoke a key: requests with it get 401 from then on."""
+    from qingliang.platform.keys import KeyStore
+
+    try:
+        record = KeyStore(_settings().state_db).revoke(key)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    console.print(f"revoked {record.prefix} ({record.name})")
+
+
+@adapters_app.command("load")
+def adapters_load(
+    deployment: str, name: str, path: Path = typer.Argument(..., help="PEFT adapter directory.")
+) -> None:
+    """Load (or replace) an adapter on every replica, without a restart."""
+    try:
+        ctl = _controller(_settings())
+        ctl.set_adapter(deployment, name, str(path))
+        ctl.wait(deployment, timeout_s=300)
+    except QingliangError as exc:
+        _fail(exc)
+    console.print(f"{deployment}:{name} loaded")
+
+
+@adapters_app.command("unload")
+def adapters_unload(deployment: str, name: str) -> None:
+    """Unload an adapter from every replica."""
+    try:
+        ctl = _controller(_settings())
+        ctl.set_adapter(deployment, name, None)
+        ctl.wait(deployment, timeout_s=300)
+    except QingliangError as exc:
+        _fail(exc)
+    console.print(f"{deployment}:{name} unloaded")
+
+
+def main() -> None:
+    """Entry point of the ``qingliang`` console script."""
+    logging.basicConfig(
+        level=os.environ.get("QINGLIANG_LOG_LEVEL", "WARNING"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,498 @@
+"""Controller: apply / diff / delete / set_adapter / wait over a fake Deployer and resolver.
+
+The state store is the real SQLite one (under tmp_path); the Ray Serve side is a fake
+``Deployer`` that records the declarative configs it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qingliang.platform import control
+from qingliang.platform.control import Change, Controller, ServeRestDeployer
+from qingliang.platform.errors import ClusterError, ManifestError, ModelSourceError, NotFound
+from qingliang.platform.manifests.plan import DeploymentPlan, HardwareProfile
+from qingliang.platform.settings import Settings
+
+GATEWAY_IMPORT = "qingliang.platform.gateway.ingress:app_builder"
+MODEL_IMPORT = "qingliang.serving.deployment:app_builder"
+
+
+class FakeDeployer:
+    """Records every config it accepts; ``error`` makes it refuse the next ones."""
+
+    def __init__(self) -> None:
+        self.configs: list[dict] = []
+        self.attempts = 0
+        self.error: ClusterError | None = None
+        self.status: dict[str, list[tuple[str, str]]] = {}  # name -> statuses, last repeats
+
+    def apply_config(self, config: dict) -> None:
+        self.attempts += 1
+        json.dumps(config)  # it travels to the dashboard as JSON
+        if self.error is not None:
+            raise self.error
+        self.configs.append(copy.deepcopy(config))
+
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        return {n: seq.pop(0) if len(seq) > 1 else seq[0] for n, seq in self.status.items()}
+
+    @property
+    def last(self) -> dict:
+        return self.configs[-1]
+
+    def app(self, name: str) -> dict:
+        (app,) = [a for a in self.last["applications"] if a["name"] == name]
+        return app
+
+    def model_apps(self) -> list[str]:
+        return [a["name"] for a in self.last["applications"][1:]]
+
+
+class FakeResolver:
+    """Resolves every source to a folder under tmp_path; ``corrupt:`` ones fail."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[tuple[str, Path, bool]] = []
+
+    def __call__(self, source: str, cache: Path, progress: bool) -> Path:
+        self.calls.append((source, cache, progress))
+        if "corrupt" in source:
+            raise ModelSourceError(f"{source}: sha256 mismatch")
+        return self.root / "weights" / Path(source).name
+
+
+def manifest(name: str, source: str = "/models/tiny", **spec: Any) -> str:
+    doc = {
+        "apiVersion": "qingliang.io/v1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"source": source}, **spec},
+    }
+    return yaml.safe_dump(doc)
+
+
+def write(folder: Path, filename: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_text(text)
+    return path
+
+
+def adapter_dir(root: Path, name: str) -> str:
+    path = root / "adapters" / name
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text('{"r": 8}')
+    return str(path)
+
+
+def snapshot(db: Path) -> tuple[list[tuple], bytes]:
+    """Every stored row as SQLite holds it, and the database files' bytes."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT * FROM manifests ORDER BY kind, name").fetchall()
+    finally:
+        conn.close()
+    files = b"".join(p.read_bytes() for p in sorted(db.parent.glob(db.name + "*")))
+    return rows, files
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def deployer() -> FakeDeployer:
+    return FakeDeployer()
+
+
+@pytest.fixture
+def resolver(tmp_path: Path) -> FakeResolver:
+    return FakeResolver(tmp_path)
+
+
+@pytest.fixture
+def ctl(settings: Settings, deployer: FakeDeployer, resolver: FakeResolver) -> Controller:
+    return Controller(
+        settings,
+        deployer=deployer,
+        profile=HardwareProfile(cpu_isa="avx2", vllm=True),
+        resolver=resolver,
+    )
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Path:
+    return tmp_path / "manifests"
+
+
+def test_default_deployer_is_the_dashboard(settings: Settings) -> None:
+    ctl = Controller(settings)
+    assert isinstance(ctl.deployer, ServeRestDeployer)
+    assert ctl.deployer.url == (
+        f"http://127.0.0.1:{settings.dashboard_port}/api/serve/applications/"
+    )
+    assert not settings.home.exists()  # nothing touched before use
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+def test_apply_pushes_one_config_and_records(
+    ctl: Controller,
+    deployer: FakeDeployer,
+    resolver: FakeResolver,
+    settings: Settings,
+    manifests: Path,
+    tmp_path: Path,
+) -> None:
+    sql = adapter_dir(tmp_path, "sql")
+    path = write(manifests, "tiny.yaml", manifest("tiny", lora={"adapters": {"sql": sql}}))
+    changes = ctl.apply([path], wait=False, progress=False)
+
+    assert changes == [Change("ModelDeployment", "tiny", "create", source=str(path))]
+    assert resolver.calls == [("/models/tiny", settings.model_cache, False)]
+    assert len(deployer.configs) == 1
+    config = deployer.last
+    assert config["http_options"] == {"host": "127.0.0.1", "port": settings.http_port}
+    assert config["proxy_location"] == "HeadOnly"
+    gateway, model = config["applications"]
+    assert gateway == {
+        "name": "qingliang-gateway",
+        "route_prefix": "/",
+        "import_path": GATEWAY_IMPORT,
+        "args": {"home": str(settings.home), "auth_enabled": True, "embeddings": True},
+    }
+    assert model["name"] == "tiny"
+    assert model["route_prefix"] is None
+    assert model["import_path"] == MODEL_IMPORT
+    assert model["deployments"] == [
+        {"name": "ModelServer", "user_config": {"adapters": {"sql": sql}}}
+    ]
+    plan = DeploymentPlan.from_dict(model["args"]["plan"])
+    assert plan.adapters == ()  # adapters stay out of the code version
+    assert plan.lora_enabled
+    assert plan.model_path == str(tmp_path / "weights" / "tiny")
+
+    row = ctl.store.get("ModelDeployment", "tiny")
+    assert row is not None and row.generation == 1
+    assert row.body["spec"]["lora"]["adapters"] == {"sql": sql}
+    assert row.plan is not None and row.plan["adapters"] == [["sql", sql]]
+    assert row.plan["model_path"] == plan.model_path
+
+
+def test_apply_folder_with_invalid_manifest_changes_nothing(
+    ctl: Controller, deployer: FakeDeployer, resolver: FakeResolver, settings: Settings,
+    manifests: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    ctl.apply([write(tmp_path / "first", "a.yaml", manifest("alpha"))], wait=False)
+    before = snapshot(settings.state_db)
+    write(manifests, "b.yaml", manifest("beta"))
+    write(manifests, "c.yaml", manifest("gamma", engine={"max_model_lenn": 512}))
+    with pytest.raises(ManifestError) as info:
+        ctl.apply([manifests], wait=False)
+    message = str(info.value)
+    assert "c.yaml" in message and "spec.engine.max_model_lenn" in message
+    assert "did you mean 'max_model_len'?" in message
+    assert deployer.attempts == 1  # only the first apply
+    assert len(resolver.calls) == 1
+    assert snapshot(settings.state_db) == before
+    assert [r.name for r in ctl.store.list()] == ["alpha"]
+
+
+def test_resolver_failure_pushes_nothing(
+    ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path
+) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    before = snapshot(settings.state_db)
+    bad = write(manifests, "b.yaml", manifest("beta", source="/models/corrupt"))
+    with pytest.raises(ModelSourceError, match="sha256"):
+        ctl.apply([bad], wait=False)
+    assert deployer.attempts == 1
+    assert snapshot(settings.state_db) == before
+
+
+def test_adapter_without_config_pushes_nothing(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "not-an-adapter").mkdir()
+    spec = {"lora": {"adapters": {"sql": str(tmp_path / "not-an-adapter")}}}
+    path = write(manifests, "a.yaml", manifest("alpha", **spec))
+    with pytest.raises(ModelSourceError, match=r"spec\.lora\.adapters\.sql"):
+        ctl.apply([path], wait=False)
+    assert deployer.attempts == 0
+    assert ctl.store.list() == []
+
+
+def test_refused_config_leaves_store(
+    ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path
+) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    before = snapshot(settings.state_db)
+    deployer.error = ClusterError("Ray Serve refused the config (400): bad")
+    changed = write(manifests, "a.yaml", manifest("alpha", engine={"max_model_len": 512}))
+    new = write(manifests, "b.yaml", manifest("beta"))
+    with pytest.raises(ClusterError, match="refused"):
+        ctl.apply([changed, new], wait=False)
+    assert deployer.attempts == 2
+    assert snapshot(settings.state_db) == before
+
+
+def test_second_apply_keeps_the_first(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path
+) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    ctl.apply([write(manifests, "b.yaml", manifest("beta"))], wait=False)
+    assert deployer.model_apps() == ["alpha", "beta"]
+    assert deployer.app("alpha")["args"] == deployer.configs[0]["applications"][1]["args"]
+    assert [r.name for r in ctl.store.list("ModelDeployment")] == ["alpha", "beta"]
+
+
+def test_reapply_unchanged_then_updated(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path
+) -> None:
+    path = write(manifests, "a.yaml", manifest("alpha"))
+    ctl.apply([path], wait=False)
+    assert [c.action for c in ctl.apply([path], wait=False)] == ["unchanged"]
+    assert ctl.store.get("ModelDeployment", "alpha").generation == 1  # type: ignore[union-attr]
+    write(manifests, "a.yaml", manifest("alpha", engine={"max_model_len": 512}))
+    (change,) = ctl.apply([path], wait=False)
+    assert (change.action, change.fields) == ("update", ("spec.engine.max_model_len",))
+    assert ctl.store.get("ModelDeployment", "alpha").generation == 2  # type: ignore[union-attr]
+    plan = DeploymentPlan.from_dict(deployer.app("alpha")["args"]["plan"])
+    assert plan.options.max_model_len == 512
+
+
+def test_apply_uses_the_stored_gateway(
+    ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path
+) -> None:
+    ctl.ensure_gateway(auth_enabled=False, embeddings=False)
+    assert deployer.last["applications"][0]["args"]["auth_enabled"] is False
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    assert deployer.last["applications"][0]["args"] == {
+        "home": str(settings.home),
+        "auth_enabled": False,
+        "embeddings": False,
+    }
+
+
+def test_apply_waits_for_running(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(control.time, "sleep", sleeps.append)
+    deployer.status["alpha"] = [("DEPLOYING", ""), ("RUNNING", "")]
+    seen: list[tuple[str, str, str]] = []
+    ctl.apply(
+        [write(manifests, "a.yaml", manifest("alpha"))],
+        timeout_s=60,
+        on_status=lambda *a: seen.append(a),
+    )
+    assert seen == [("alpha", "DEPLOYING", ""), ("alpha", "RUNNING", "")]
+    assert sleeps == [1.0]
+
+
+# ------------------------------------------------------------------------------ diff
+
+
+def test_diff(ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path) -> None:
+    sql = adapter_dir(tmp_path, "sql")
+    path = write(manifests, "a.yaml", manifest("alpha", lora={"adapters": {"sql": sql}}))
+    assert [c.action for c in ctl.diff([path])] == ["create"]
+    ctl.apply([path], wait=False)
+    assert ctl.diff([path]) == [Change("ModelDeployment", "alpha", "unchanged", source=str(path))]
+
+    write(
+        manifests,
+        "a.yaml",
+        manifest(
+            "alpha",
+            lora={"adapters": {"sql": sql}},
+            engine={"max_model_len": 512},
+            autoscaling={"max_replicas": 2},
+        ),
+    )
+    (change,) = ctl.diff([path])
+    assert change.action == "update"
+    assert change.fields == ("spec.autoscaling.max_replicas", "spec.engine.max_model_len")
+
+    moved = adapter_dir(tmp_path, "sql2")
+    tutor = adapter_dir(tmp_path, "tutor")
+    spec = {"lora": {"adapters": {"sql": moved, "tutor": tutor}}}
+    write(manifests, "a.yaml", manifest("alpha", **spec))
+    (change,) = ctl.diff([path])
+    assert change.action == "adapters"
+    assert change.fields == ("spec.lora.adapters.sql", "spec.lora.adapters.tutor")
+    assert deployer.attempts == 1  # diff pushes nothing
+    assert ctl.store.get("ModelDeployment", "alpha").generation == 1  # type: ignore[union-attr]
+
+
+def test_diff_first_adapter_restarts(ctl: Controller, manifests: Path, tmp_path: Path) -> None:
+    """Adding adapters to a deployment started without LoRA changes its replicas' args."""
+    path = write(manifests, "a.yaml", manifest("alpha"))
+    ctl.apply([path], wait=False)
+    sql = adapter_dir(tmp_path, "sql")
+    write(manifests, "a.yaml", manifest("alpha", lora={"adapters": {"sql": sql}}))
+    (change,) = ctl.diff([path])
+    assert (change.action, change.fields) == ("update", ("spec.lora.adapters.sql",))
+
+
+def test_diff_invalid_manifest(ctl: Controller, manifests: Path) -> None:
+    with pytest.raises(ManifestError):
+        ctl.diff([write(manifests, "a.yaml", "kind: ModelDeploymen\n")])
+
+
+# ---------------------------------------------------------------------------- delete
+
+
+def test_delete(ctl: Controller, deployer: FakeDeployer, manifests: Path) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    ctl.apply([write(manifests, "b.yaml", manifest("beta"))], wait=False)
+    assert ctl.delete(["alpha"]) == ["alpha"]
+    assert deployer.model_apps() == ["beta"]
+    assert ctl.store.get("ModelDeployment", "alpha") is None
+    assert [r.name for r in ctl.store.list()] == ["beta"]
+
+
+@pytest.mark.parametrize("names", [["nope"], ["alpha", "nope"]])
+def test_delete_unknown(
+    ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path, names: list
+) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    before = snapshot(settings.state_db)
+    with pytest.raises(NotFound, match="'nope'"):
+        ctl.delete(names)
+    assert deployer.attempts == 1
+    assert snapshot(settings.state_db) == before
+
+
+def test_refused_delete_keeps_the_row(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path
+) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    deployer.error = ClusterError("unreachable")
+    with pytest.raises(ClusterError):
+        ctl.delete(["alpha"])
+    assert ctl.store.get("ModelDeployment", "alpha") is not None
+
+
+# ----------------------------------------------------------------------- set_adapter
+
+
+def test_set_adapter_add_replace_remove(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path
+) -> None:
+    sql = adapter_dir(tmp_path, "sql")
+    path = write(manifests, "a.yaml", manifest("alpha", lora={"adapters": {"sql": sql}}))
+    ctl.apply([path], wait=False)
+    args = deployer.app("alpha")["args"]
+
+    def user_adapters() -> dict:
+        return deployer.app("alpha")["deployments"][0]["user_config"]["adapters"]
+
+    def stored_adapters() -> dict:
+        row = ctl.store.get("ModelDeployment", "alpha")
+        assert row is not None
+        return row.body["spec"]["lora"]["adapters"]
+
+    tutor = adapter_dir(tmp_path, "tutor")
+    change = ctl.set_adapter("alpha", "tutor", tutor)
+    assert (change.action, change.fields) == ("adapters", ("spec.lora.adapters.tutor",))
+    assert user_adapters() == stored_adapters() == {"sql": sql, "tutor": tutor}
+
+    moved = adapter_dir(tmp_path, "sql-v2")
+    assert ctl.set_adapter("alpha", "sql", moved).action == "adapters"
+    assert user_adapters() == stored_adapters() == {"sql": moved, "tutor": tutor}
+
+    assert ctl.set_adapter("alpha", "tutor", None).action == "adapters"
+    assert user_adapters() == stored_adapters() == {"sql": moved}
+    # Removing the last adapter keeps LoRA on: still a lightweight update.
+    assert ctl.set_adapter("alpha", "sql", None).action == "adapters"
+    assert user_adapters() == stored_adapters() == {}
+
+    assert deployer.app("alpha")["args"] == args  # never a new code version
+    assert len(deployer.configs) == 5
+
+
+def test_set_adapter_resolves_relative_path(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha", lora={"enabled": True}))], wait=False)
+    adapter_dir(tmp_path, "sql")
+    monkeypatch.chdir(tmp_path)
+    ctl.set_adapter("alpha", "sql", "adapters/sql")
+    adapters = deployer.app("alpha")["deployments"][0]["user_config"]["adapters"]
+    assert adapters == {"sql": str(tmp_path / "adapters" / "sql")}
+
+
+def test_set_adapter_on_deployment_without_lora(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path
+) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    change = ctl.set_adapter("alpha", "sql", adapter_dir(tmp_path, "sql"))
+    assert change.action == "update"  # LoRA is switched on: the replicas restart
+    assert "spec.lora.enabled" in change.fields
+    assert DeploymentPlan.from_dict(deployer.app("alpha")["args"]["plan"]).lora_enabled
+
+
+def test_set_adapter_errors(
+    ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path, tmp_path: Path
+) -> None:
+    sql = adapter_dir(tmp_path, "sql")
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha", lora={"adapters": {"sql": sql}}))])
+    before = snapshot(settings.state_db)
+    with pytest.raises(NotFound, match="no adapter 'tutor'"):
+        ctl.set_adapter("alpha", "tutor", None)
+    with pytest.raises(NotFound, match="'nope'"):
+        ctl.set_adapter("nope", "sql", sql)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSourceError):
+        ctl.set_adapter("alpha", "tutor", str(tmp_path / "empty"))
+    with pytest.raises(ManifestError):
+        ctl.set_adapter("alpha", "bad:name", sql)
+    assert deployer.attempts == 1
+    assert snapshot(settings.state_db) == before
+
+
+# ------------------------------------------------------------------------- wait, get
+
+
+def test_wait_running(ctl: Controller, deployer: FakeDeployer) -> None:
+    deployer.status["alpha"] = [("RUNNING", "")]
+    ctl.wait("alpha", timeout_s=0.01)
+
+
+@pytest.mark.parametrize("status", ["DEPLOY_FAILED", "UNHEALTHY"])
+def test_wait_failed(ctl: Controller, deployer: FakeDeployer, status: str) -> None:
+    deployer.status["alpha"] = [(status, "replica crashed: out of memory")]
+    with pytest.raises(ClusterError, match="replica crashed: out of memory"):
+        ctl.wait("alpha", timeout_s=60)
+
+
+def test_wait_timeout(
+    ctl: Controller, deployer: FakeDeployer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control.time, "sleep", lambda s: None)
+    deployer.status["alpha"] = [("DEPLOYING", "loading weights")]
+    with pytest.raises(ClusterError, match=r"not ready after .*DEPLOYING: loading weights"):
+        ctl.wait("alpha", timeout_s=0.001)
+    with pytest.raises(ClusterError, match="NOT_DEPLOYED"):
+        ctl.wait("missing", timeout_s=0.001)
+
+
+def test_get(ctl: Controller, deployer: FakeDeployer, manifests: Path) -> None:
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    deployer.status["alpha"] = [("RUNNING", "")]
+    (row,) = ctl.get()
+    assert (row["name"], row["source"], row["status"]) == ("alpha", "/models/tiny", "RUNNING")
+    assert ctl.get(live=False)[0]["status"] == ""
