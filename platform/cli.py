@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -379,8 +380,8 @@ def keys_list() -> None:
     table = Table("ID", "NAME", "CREATED", "LAST USED", "REVOKED")
     for r in KeyStore(_settings().state_db).list():
 
-        def fmt(t: float | None) -> str:
-            return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+        def fmt(t: datetime | None) -> str:
+            return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "-"
 
         table.add_row(r.prefix, r.name, fmt(r.created_at), fmt(r.last_used_at), fmt(r.revoked_at))
     console.print(table)

@@ -157,7 +157,7 @@ class EngineOptions(Strict):
     )
     max_queued_requests: int = Field(
         default=64,
-        ge=0,
+        ge=1,
         le=100_000,
         description="Requests allowed to wait beyond that; past it the gateway answers 429.",
     )

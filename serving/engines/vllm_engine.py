@@ -183,6 +183,7 @@ class VLLMEngine:
                 f"adapter {adapter!r} is not loaded on deployment {self.plan.name!r}",
                 param="model",
             )
+        _reject_unknown_fields(body, request_cls)
         from pydantic import ValidationError
 
         try:
@@ -317,3 +318,19 @@ async def _checked_stream(gen: AsyncIterator[str]) -> AsyncIterator[str]:
             except (ValueError, KeyError):
                 raise EngineError(chunk.strip()) from None
         yield chunk
+
+
+def _reject_unknown_fields(body: dict, request_cls: Any) -> None:
+    """vLLM's request models accept unknown fields (and only log them); we refuse them,
+    so a misspelt or removed option is a 400 rather than a silent 200."""
+    import difflib
+
+    known = set(request_cls.model_fields)
+    for field in request_cls.model_fields.values():
+        if field.alias:
+            known.add(field.alias)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise BadRequest(f"unknown field {unknown[0]!r}{more}", param=unknown[0])

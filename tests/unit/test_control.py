@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -105,6 +107,19 @@ def snapshot(db: Path) -> tuple[list[tuple], bytes]:
     return rows, files
 
 
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``wait``'s sleeps, recorded instead of slept: each advances a fake clock."""
+    calls: list[float] = []
+    start = time.monotonic()
+
+    def monotonic() -> float:
+        return start + sum(calls)
+
+    monkeypatch.setattr(control, "time", SimpleNamespace(monotonic=monotonic, sleep=calls.append))
+    return calls
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
@@ -191,9 +206,13 @@ def test_apply_pushes_one_config_and_records(
 
 
 def test_apply_folder_with_invalid_manifest_changes_nothing(
-    ctl: Controller, deployer: FakeDeployer, resolver: FakeResolver, settings: Settings,
-    manifests: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    ctl: Controller,
+    deployer: FakeDeployer,
+    resolver: FakeResolver,
+    settings: Settings,
+    manifests: Path,
+    tmp_path: Path,
+) -> None:
     ctl.apply([write(tmp_path / "first", "a.yaml", manifest("alpha"))], wait=False)
     before = snapshot(settings.state_db)
     write(manifests, "b.yaml", manifest("beta"))
@@ -286,10 +305,8 @@ def test_apply_uses_the_stored_gateway(
 
 
 def test_apply_waits_for_running(
-    ctl: Controller, deployer: FakeDeployer, manifests: Path, monkeypatch: pytest.MonkeyPatch
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, sleeps: list[float]
 ) -> None:
-    sleeps: list[float] = []
-    monkeypatch.setattr(control.time, "sleep", sleeps.append)
     deployer.status["alpha"] = [("DEPLOYING", ""), ("RUNNING", "")]
     seen: list[tuple[str, str, str]] = []
     ctl.apply(
@@ -406,7 +423,8 @@ def test_set_adapter_add_replace_remove(
 
     tutor = adapter_dir(tmp_path, "tutor")
     change = ctl.set_adapter("alpha", "tutor", tutor)
-    assert (change.action, change.fields) == ("adapters", ("spec.lora.adapters.tutor",))
+    assert change.action == "adapters"
+    assert change.fields == ("spec.lora.adapters.tutor", "spec.lora.enabled")  # None -> True
     assert user_adapters() == stored_adapters() == {"sql": sql, "tutor": tutor}
 
     moved = adapter_dir(tmp_path, "sql-v2")
@@ -424,9 +442,12 @@ def test_set_adapter_add_replace_remove(
 
 
 def test_set_adapter_resolves_relative_path(
-    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path,
+    ctl: Controller,
+    deployer: FakeDeployer,
+    manifests: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     ctl.apply([write(manifests, "a.yaml", manifest("alpha", lora={"enabled": True}))], wait=False)
     adapter_dir(tmp_path, "sql")
     monkeypatch.chdir(tmp_path)
@@ -449,7 +470,10 @@ def test_set_adapter_errors(
     ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path, tmp_path: Path
 ) -> None:
     sql = adapter_dir(tmp_path, "sql")
-    ctl.apply([write(manifests, "a.yaml", manifest("alpha", lora={"adapters": {"sql": sql}}))])
+    ctl.apply(
+        [write(manifests, "a.yaml", manifest("alpha", lora={"adapters": {"sql": sql}}))],
+        wait=False,
+    )
     before = snapshot(settings.state_db)
     with pytest.raises(NotFound, match="no adapter 'tutor'"):
         ctl.set_adapter("alpha", "tutor", None)
@@ -479,10 +503,7 @@ def test_wait_failed(ctl: Controller, deployer: FakeDeployer, status: str) -> No
         ctl.wait("alpha", timeout_s=60)
 
 
-def test_wait_timeout(
-    ctl: Controller, deployer: FakeDeployer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(control.time, "sleep", lambda s: None)
+def test_wait_timeout(ctl: Controller, deployer: FakeDeployer) -> None:
     deployer.status["alpha"] = [("DEPLOYING", "loading weights")]
     with pytest.raises(ClusterError, match=r"not ready after .*DEPLOYING: loading weights"):
         ctl.wait("alpha", timeout_s=0.001)

@@ -250,8 +250,8 @@ def test_autoscaling_config(autoscaling: dict, expected: dict) -> None:
 
 
 def test_request_limits_come_from_the_engine_section() -> None:
-    p = plan(AVX2, engine={"max_concurrent_requests": 7, "max_queued_requests": 0})
-    assert (p.max_ongoing_requests, p.max_queued_requests) == (7, 0)
+    p = plan(AVX2, engine={"max_concurrent_requests": 7, "max_queued_requests": 3})
+    assert (p.max_ongoing_requests, p.max_queued_requests) == (7, 3)
     assert p.options.max_concurrent_requests == 7
 
 

@@ -227,10 +227,8 @@ def test_packaged_parts_are_joined_verified_converted_and_cached(pk: Packaged) -
     # (so the parts are neither joined nor hashed again).
     for i in range(3):
         pk.part(i).unlink()
-    started = time.perf_counter()
     again = pk.resolver(convert).resolve("packaged:tiny-chat")
     assert again == out
-    assert time.perf_counter() - started < 0.5
     assert len(convert.inputs) == 1
 
 

