@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -345,6 +345,7 @@ def chat(
                 temperature=temperature,
             )
             answer = []
+            chunk: Any
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     piece = chunk.choices[0].delta.content
@@ -436,4 +437,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

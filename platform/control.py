@@ -93,7 +93,7 @@ def serve_config(settings: Settings, gateway: dict, plans: Iterable[DeploymentPl
     """The whole Ray Serve config: the gateway application plus one per deployment."""
     from qingliang.serving.deployment import MODEL_DEPLOYMENT
 
-    apps = [
+    apps: list[dict[str, Any]] = [
         {
             "name": "qingliang-gateway",
             "route_prefix": "/",

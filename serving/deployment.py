@@ -202,7 +202,7 @@ class ModelService:
 class ModelServer:
     """Ray Serve replica class (decorated in :func:`build_model_app`)."""
 
-    async def __init__(self, plan: DeploymentPlan) -> None:
+    async def __init__(self, plan: DeploymentPlan) -> None:  # type: ignore[misc]  # Serve awaits it
         logging.basicConfig(level=logging.INFO)
         self._service = ModelService(plan, make_engine(plan), ServingMetrics.create())
         await self._service.start()
@@ -260,7 +260,7 @@ def build_model_app(plan: DeploymentPlan) -> Any:
     from ray import serve
 
     replica_plan = dataclasses.replace(plan, adapters=())
-    cls = serve.deployment(ModelServer)
+    cls: Any = serve.deployment(ModelServer)
     return cls.options(**deployment_options(plan)).bind(replica_plan)
 
 

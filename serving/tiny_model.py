@@ -77,7 +77,7 @@ def build_tiny_llama(path: Path, *, seed: int = 0, vocab_size: int = 512) -> Pat
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -113,5 +113,5 @@ def build_tiny_adapter(base: Path, path: Path, *, seed: int = 1, rank: int = 8) 
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.normal_(0.0, 0.5)
-    peft_model.save_pretrained(path)
+    peft_model.save_pretrained(str(path))
     return path

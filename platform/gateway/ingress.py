@@ -221,12 +221,12 @@ def build_gateway_app(
 
     embedder = None
     if embeddings:
-        embedder = (
-            serve.deployment(EmbedderServer)
-            .options(name="Embedder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-            .bind()
-        )
-    gateway = serve.deployment(serve.ingress()(Gateway)).options(
+        embedder_cls: Any = serve.deployment(EmbedderServer)
+        embedder = embedder_cls.options(
+            name="Embedder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64
+        ).bind()
+    gateway_cls: Any = serve.deployment(serve.ingress()(Gateway))
+    gateway = gateway_cls.options(
         name="Gateway",
         num_replicas=replicas,
         ray_actor_options={"num_cpus": 0.25},
