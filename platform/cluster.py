@@ -2,13 +2,14 @@
 
 `up` launches ``ray start --head --block`` in its own process group, bound to
 127.0.0.1 (GCS, dashboard on 8265, metrics export port), and records its PID and
-ports in ``$QINGLIANG_HOME/run.json``. `down` shuts Serve down gracefully, then
+ports in ``$QINGLIANG_HOME/run.json``. `down` deletes the Serve applications through the
+dashboard REST API, then
 signals only that process group: it never runs ``ray stop``, which would kill every
 Ray process on the machine.
 
 Example:
     >>> run = start_head(Settings())   # doctest: +SKIP
-    >>> connect(Settings())            # doctest: +SKIP
+    >>> stop_head(Settings())          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -65,11 +66,6 @@ class RunInfo:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-
-
-def apply_ray_env() -> None:
-    for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
 
 
 def _alive(pid: int) -> bool:
@@ -173,55 +169,17 @@ def start_head(
     raise ClusterError(f"Ray head did not come up within {timeout_s:.0f} s")
 
 
-def connect(settings: Settings, *, namespace: str = "qingliang") -> RunInfo:
-    """Connect this process to the running local cluster as a driver."""
-    info = running(settings)
-    if info is None:
-        raise ClusterError(
-            f"no Qingliang cluster is running for {settings.home} (start it with `qingliang up`)"
-        )
-    apply_ray_env()
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            address=info.gcs_address,
-            namespace=namespace,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    return info
-
-
-def start_serve(settings: Settings) -> None:
-    """Start Ray Serve's HTTP proxy on 127.0.0.1:<http_port> (idempotent)."""
-    from ray import serve
-
-    serve.start(
-        http_options={"host": settings.host, "port": settings.http_port},
-        detached=True,
-    )
-
-
 def stop_head(settings: Settings, *, timeout_s: float = 60) -> bool:
     """Shut down Serve, then stop the Ray processes `up` started. True if it stopped any."""
     info = RunInfo.load(settings.run_file)
     if info is None or not _alive(info.pid):
         settings.run_file.unlink(missing_ok=True)
         return False
-    try:
-        apply_ray_env()
-        import ray
-        from ray import serve
-
-        if not ray.is_initialized():
-            ray.init(address=info.gcs_address, namespace="qingliang", log_to_driver=False)
-        serve.shutdown()
-        ray.shutdown()
-    except Exception:  # the cluster may already be half down; keep going
-        logger.warning("graceful Serve shutdown failed; stopping Ray processes", exc_info=True)
-    # `ray start --block` stops the processes it started when it gets SIGTERM.
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+    _shutdown_serve(info, timeout_s=timeout_s)
+    # SIGTERM to the group: GCS and the dashboard exit at once, but the raylet then
+    # waits ~35 s for the GCS to come back. With Serve already shut down there is
+    # nothing left to drain, so after a short grace the group is killed.
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(info.pgid, sig)
         except ProcessLookupError:
@@ -234,6 +192,25 @@ def stop_head(settings: Settings, *, timeout_s: float = 60) -> bool:
     _kill_session_stragglers(Path(info.temp_dir))
     settings.run_file.unlink(missing_ok=True)
     return True
+
+
+def _shutdown_serve(info: RunInfo, *, timeout_s: float) -> None:
+    """Delete every Serve application through the dashboard's REST API (what
+    `serve shutdown` does), so replicas stop gracefully; no Ray driver is needed."""
+    import httpx
+
+    url = info.dashboard_url.rstrip("/") + "/api/serve/applications/"
+    try:
+        httpx.delete(url, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            apps = httpx.get(url, timeout=10).json().get("applications") or {}
+            if not apps:
+                return
+            time.sleep(0.5)
+        logger.warning("Serve applications still present after %.0f s; stopping Ray", timeout_s)
+    except (httpx.HTTPError, ValueError):  # the cluster may already be half down
+        logger.warning("graceful Serve shutdown failed; stopping Ray processes", exc_info=True)
 
 
 def _pgroup_alive(pgid: int) -> bool:
