@@ -78,10 +78,8 @@ class ModelService:
                 if current.get(name) == path:
                     continue
                 try:
-                    if name in current:
-                        # A new path for a loaded name: engines need not replace an adapter
-                        # in place (TransformersEngine refuses), so unload it first.
-                        await self.engine.unload_adapter(name)
+                    # A new path for a loaded name is replaced by the engine without a
+                    # window in which the adapter is missing (Engine.load_adapter).
                     await self.engine.load_adapter(name, path)
                     report["loaded"].append(name)
                 except (ApiError, EngineError) as exc:

@@ -35,7 +35,8 @@ class Engine(Protocol):
 
     @property
     def max_model_len(self) -> int:
-        """Context length in tokens (prompt + completion)."""
+        """Context length in tokens (prompt + completion); the configured value, or 0,
+        until ``start`` has read the model."""
         ...
 
     async def start(self) -> None:
@@ -51,7 +52,11 @@ class Engine(Protocol):
         ...
 
     async def load_adapter(self, name: str, path: str) -> None:
-        """Make a LoRA adapter servable under ``name`` (idempotent for the same path)."""
+        """Make a LoRA adapter servable under ``name``.
+
+        Idempotent for the same path. A different path for a loaded name replaces it
+        with no moment in which requests for ``name`` fail.
+        """
         ...
 
     async def unload_adapter(self, name: str) -> None:

@@ -357,15 +357,9 @@ class TransformersEngine:
         config = _adapter_config(name, path, plan.max_lora_rank)
         async with self._lock:
             known = self._adapters.get(name)
-            if known is not None:
-                if _same_path(known, path):
-                    return
-                raise BadRequest(
-                    f"adapter {name!r} is already loaded from {known}; unload it first to "
-                    f"load {path}",
-                    param="adapter",
-                )
-            if len(self._adapters) >= plan.max_loras:
+            if known is not None and _same_path(known, path):
+                return
+            if known is None and len(self._adapters) >= plan.max_loras:
                 raise BadRequest(
                     f"cannot load adapter {name!r}: {len(self._adapters)} adapters are loaded "
                     f"and max_loras is {plan.max_loras} (spec.lora.max_adapters); unload one",
@@ -374,7 +368,12 @@ class TransformersEngine:
             self._serial += 1
             peft_name = f"adapter{self._serial}"
             await self._in_worker(self._load_adapter_sync, name, peft_name, path)
+            # A new path for a loaded name replaces it: the new weights are loaded under
+            # a fresh internal name first, so requests never see the adapter missing.
+            previous = self._peft_names.get(name)
             self._adapters[name], self._peft_names[name] = path, peft_name
+            if previous is not None:
+                await self._in_worker(self._drop_adapter_sync, previous)
         logger.info("%s: loaded adapter %s (r=%s) from %s", plan.name, name, config["r"], path)
 
     def _load_adapter_sync(self, name: str, peft_name: str, path: str) -> None:

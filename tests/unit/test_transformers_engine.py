@@ -363,8 +363,14 @@ async def test_adapter_changes_output_and_base_is_unchanged(engine, models, refe
 
 async def test_load_adapter_is_idempotent_and_bounded(engine, models, tmp_path) -> None:
     await engine.load_adapter("a", str(models["a"]))  # same path: no-op
-    with pytest.raises(BadRequest, match="already loaded"):
-        await engine.load_adapter("a", str(models["b"]))
+    with_a = content(await ask(engine, adapter="a"))
+    # A new path for a loaded name replaces its weights (and stays within max_loras).
+    await engine.load_adapter("a", str(models["b"]))
+    assert engine.adapters()["a"] == str(models["b"])
+    with_b_as_a = content(await ask(engine, adapter="a"))
+    assert with_b_as_a != with_a
+    await engine.load_adapter("a", str(models["a"]))
+    assert content(await ask(engine, adapter="a")) == with_a
     await engine.load_adapter("b", str(models["b"]))
     with pytest.raises(BadRequest, match="max_loras is 2"):
         await engine.load_adapter("c", str(models["b"]))
