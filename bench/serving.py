@@ -112,7 +112,7 @@ class Profile:
     start_limit_s: float
 
 
-FULL = Profile("full", 50, 5, 6, 24, 64, 240, 600)
+FULL = Profile("full", 50, 5, 6, 24, 64, 150, 400)
 QUICK = Profile("quick", 20, 3, 3, 8, 32, 90, 400)
 
 
@@ -716,11 +716,31 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         ]
     errors = sum(x[k]["errors"] for x in (gw, di) for k in ("latency", "c1", "c8"))
     busy = [x["c8"]["phase"].get("engine_busy_threads") for x in (gw, di)]
+    cut = [
+        f"{who} {k} ({x[k]['requests']} of {cfg[k + '_requests']} requests)"
+        for who, x in (("gateway", gw), ("vLLM direct", di))
+        for k in ("c1", "c8")
+        if x[k]["truncated"]
+    ]
+    share = {
+        who: sum(x[k]["phase"]["others_share_of_capacity"] or 0 for k in ("latency", "c1", "c8"))
+        / 3
+        for who, x in (("gateway", gw), ("direct", di))
+    }
     lines += [
         _row("engine threads busy at concurrency 8", busy[0], busy[1], 0),
         _row("memory of the serving processes (GiB RSS)", gw["rss_gib"], di["rss_gib"], 1),
         "",
-        f"Request errors: {errors}.",
+        f"Request errors: {errors}."
+        + (f" Cut short by the phase time limit: {'; '.join(cut)}." if cut else ""),
+        f"Background load: other processes used {share['gateway']:.0%} of the cores during "
+        f"the gateway's measurements and {share['direct']:.0%} during vLLM direct's."
+        + (
+            " On two cores every other process competes with the engine, so the differences "
+            "above include that competition, not only the gateway's cost."
+            if max(share.values()) > 0.1
+            else ""
+        ),
         "",
         "### Targets",
         "",

@@ -99,14 +99,22 @@ def cpu_environment(plan: DeploymentPlan) -> dict[str, str]:
     }
     if plan.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(plan.options.kv_cache_gib or 1)
-        threads = plan.options.cpu_threads or int(plan.placement.cpus) or 1
-        # Bind OpenMP threads deliberately: vLLM's `auto` binding put the worker on one
-        # core here and halved batched throughput (MODELS.md).
-        cores = (
-            sorted(os.sched_getaffinity(0))[:threads] if hasattr(os, "sched_getaffinity") else []
-        )
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores)) if cores else "all"
+        # With the in-process (`uni`) executor vLLM does no thread binding of its own
+        # (VLLM_CPU_OMP_THREADS_BIND applies only to its multiprocessing executor): the
+        # engine computes on torch's intra-op threads, i.e. OMP_NUM_THREADS — which Ray
+        # pre-sets to the actor's num_cpus. Measured: the replica ran on 1 thread while
+        # `cpu_threads: 2` was asked for.
+        env["OMP_NUM_THREADS"] = str(cpu_threads(plan))
     return env
+
+
+def cpu_threads(plan: DeploymentPlan) -> int:
+    """Threads the CPU engine computes on: `cpu_threads`, else the replica's CPUs."""
+    return plan.options.cpu_threads or max(1, int(plan.placement.cpus))
+
+
+#: Variables that must win over what the hosting process (a Ray worker) already set.
+_FORCED = ("OMP_NUM_THREADS",)
 
 
 class VLLMEngine:
@@ -129,7 +137,15 @@ class VLLMEngine:
 
     async def start(self) -> None:
         for key, value in cpu_environment(self.plan).items():
-            os.environ.setdefault(key, value)
+            if key in _FORCED:
+                os.environ[key] = value
+            else:
+                os.environ.setdefault(key, value)
+        if self.plan.accelerator == "cpu":
+            import torch
+
+            # In case torch was imported (and its pool sized) before OMP_NUM_THREADS was set.
+            torch.set_num_threads(cpu_threads(self.plan))
         try:
             from starlette.datastructures import State
             from vllm.engine.arg_utils import AsyncEngineArgs
