@@ -198,6 +198,10 @@ class Controller:
         for plan in plans:
             path = resolver(plan.source, self.settings.model_cache, progress)
             out.append(plan.with_model_path(str(path)))
+            if plan.tokenizer and not Path(plan.tokenizer).exists():
+                raise ModelSourceError(
+                    f"{plan.name}: spec.model.tokenizer: {plan.tokenizer!r} does not exist"
+                )
             for name, adapter_path in plan.adapters:
                 if not (Path(adapter_path) / "adapter_config.json").is_file():
                     raise ModelSourceError(

@@ -89,6 +89,19 @@ class ModelService:
                 raise BadRequest(f"deployment {self.plan.name!r}: " + "; ".join(errors))
             return report
 
+    @property
+    def _timeout(self) -> float:
+        return float(self.plan.options.request_timeout_s)
+
+    def _timed_out(self) -> ApiError:
+        err = ApiError(
+            f"the request ran longer than spec.engine.request_timeout_s "
+            f"({self._timeout:g} s) of deployment {self.plan.name!r} and was stopped",
+            code="timeout",
+        )
+        err.status_code, err.error_type = 504, "timeout_error"
+        return err
+
     def _enter(self) -> float:
         self._ongoing += 1
         self.metrics.ongoing(self.plan.name, self._ongoing)
@@ -105,7 +118,12 @@ class ModelService:
         usage: dict = {}
         try:
             fn = self.engine.chat if endpoint == "chat" else self.engine.completion
-            out = await fn({**body, "stream": False}, adapter=adapter)
+            try:
+                out = await asyncio.wait_for(
+                    fn({**body, "stream": False}, adapter=adapter), self._timeout
+                )
+            except TimeoutError:
+                raise self._timed_out() from None
             if not isinstance(out, dict):  # pragma: no cover - engine contract
                 raise BadRequest("engine returned a stream for a non-streaming request")
             usage = out.get("usage") or {}
@@ -144,10 +162,29 @@ class ModelService:
             wants_usage = bool(options.get("include_usage"))
             body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
             fn = self.engine.chat if endpoint == "chat" else self.engine.completion
-            stream = await fn(body, adapter=adapter)
+            deadline = started + self._timeout
+            try:
+                stream = await asyncio.wait_for(fn(body, adapter=adapter), self._timeout)
+            except TimeoutError:
+                raise self._timed_out() from None
             if isinstance(stream, dict):  # pragma: no cover - engine contract
                 raise BadRequest("engine returned a body for a streaming request")
-            async for chunk in stream:
+            while True:
+                try:
+                    if ttft is None:
+                        # Queueing and prefill: the long wait, bounded by the deadline.
+                        # (Not per chunk: wait_for makes a task per call on 3.11.)
+                        chunk = await asyncio.wait_for(
+                            anext(stream), max(0.0, deadline - time.perf_counter())
+                        )
+                    else:
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._timed_out() from None
+                if time.perf_counter() > deadline:
+                    raise self._timed_out()
                 if ttft is None:
                     ttft = time.perf_counter() - started
                 if '"usage"' in chunk and '"choices":[]' in chunk.replace(" ", ""):

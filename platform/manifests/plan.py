@@ -87,6 +87,7 @@ class DeploymentPlan:
     description: str = ""
     model_path: str | None = None
     trust_remote_code: bool = False
+    tokenizer: str | None = None
 
     def with_model_path(self, path: str) -> DeploymentPlan:
         """A copy with the resolved local model path filled in."""
@@ -209,4 +210,5 @@ def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = ""
         labels=tuple(sorted(md.metadata.labels.items())),
         description=md.metadata.description,
         trust_remote_code=spec.model.trust_remote_code,
+        tokenizer=spec.model.tokenizer,
     )

@@ -277,7 +277,7 @@ class TransformersEngine:
             )
         try:
             tok = AutoTokenizer.from_pretrained(
-                plan.model_path, trust_remote_code=plan.trust_remote_code
+                plan.tokenizer or plan.model_path, trust_remote_code=plan.trust_remote_code
             )
             model: Any = AutoModelForCausalLM.from_pretrained(plan.model_path, **kwargs)
         except Exception as exc:

@@ -60,6 +60,8 @@ def engine_argv(plan: DeploymentPlan) -> list[str]:
         argv += ["--quantization", plan.engine_quantization]
     if plan.trust_remote_code:
         argv.append("--trust-remote-code")
+    if plan.tokenizer:
+        argv += ["--tokenizer", plan.tokenizer]
     if plan.lora_enabled:
         argv += [
             "--enable-lora",

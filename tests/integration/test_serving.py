@@ -336,3 +336,50 @@ def test_readyz_reports_each_deployment(http: httpx.Client) -> None:
     r = http.get("/readyz")
     assert r.status_code == 200
     assert json.loads(r.text)["deployments"]["tiny"] == "ready"
+
+
+def test_adapter_loads_on_every_replica(platform: Platform, client: openai.OpenAI) -> None:
+    path = platform.manifest(
+        "pair",
+        tiny_manifest("pair", platform.models / "tiny").replace(
+            "placement: {cpus: 0.5}",
+            "placement: {cpus: 0.25}\n  autoscaling: {min_replicas: 2, max_replicas: 2}",
+        ),
+    )
+    platform.ctl.apply([path], wait=True, timeout_s=600, progress=False)
+    try:
+        replicas = {r["replica_id"]: r["start_time_s"] for r in platform.replicas("pair")}
+        assert len(replicas) == 2
+        platform.ctl.set_adapter("pair", "b", str(platform.models / "adapter-b"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                expected = _greedy(client, "pair:b")
+                break
+            except openai.NotFoundError:
+                assert time.monotonic() < deadline, "adapter b never became servable"
+                time.sleep(0.2)
+        # Many concurrent requests spread over both replicas; every one is served with
+        # the adapter, so each replica has it loaded.
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: _greedy(client, "pair:b"), range(24)))
+        assert outs == [expected] * 24
+        url = f"http://127.0.0.1:{platform.settings.metrics_port}/metrics"
+        deadline = time.monotonic() + 60
+        while True:
+            workers = {
+                ln.split('WorkerId="')[1].split('"')[0]
+                for ln in httpx.get(url, timeout=30).text.splitlines()
+                if ln.startswith("ray_qingliang_requests_total")
+                and 'deployment="pair"' in ln
+                and 'adapter="b"' in ln
+                and 'status="200"' in ln
+            }
+            if len(workers) == 2:
+                break
+            assert time.monotonic() < deadline, f"adapter requests seen on {workers}"
+            time.sleep(2)
+        after = {r["replica_id"]: r["start_time_s"] for r in platform.replicas("pair")}
+        assert after == replicas, "replicas were restarted"
+    finally:
+        platform.ctl.delete(["pair"])

@@ -252,6 +252,18 @@ def test_adapter_without_config_pushes_nothing(
     assert ctl.store.list() == []
 
 
+def test_missing_tokenizer_pushes_nothing(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path
+) -> None:
+    doc = yaml.safe_load(manifest("alpha"))
+    doc["spec"]["model"]["tokenizer"] = str(tmp_path / "no-such-tokenizer")
+    path = write(manifests, "a.yaml", yaml.safe_dump(doc))
+    with pytest.raises(ModelSourceError, match=r"spec\.model\.tokenizer"):
+        ctl.apply([path], wait=False)
+    assert deployer.attempts == 0
+    assert ctl.store.list() == []
+
+
 def test_refused_config_leaves_store(
     ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path
 ) -> None:

@@ -467,3 +467,70 @@ def test_options_autoscaling() -> None:
     assert opts["max_ongoing_requests"] == 32 and opts["max_queued_requests"] == 64
     with_initial = make_plan(autoscaling={"max_replicas": 4, "initial_replicas": 2})
     assert deployment_options(with_initial)["autoscaling_config"]["initial_replicas"] == 2
+
+
+class SlowEngine(FakeEngine):
+    """Answers after `delay` seconds; streams with `gap` seconds between chunks."""
+
+    def __init__(self, delay: float = 0.0, gap: float = 0.0) -> None:
+        super().__init__()
+        self.delay, self.gap = delay, gap
+
+    async def _generate(self, endpoint: str, body: dict, adapter: str | None) -> Any:
+        if not body.get("stream"):
+            await asyncio.sleep(self.delay)
+        return await super()._generate(endpoint, body, adapter)
+
+    async def _stream(self) -> AsyncIterator[str]:
+        try:
+            await asyncio.sleep(self.delay)
+            for chunk in self.chunks:
+                yield chunk
+                await asyncio.sleep(self.gap)
+        finally:
+            self.closed = True
+
+
+def _timed_service(engine: FakeEngine, metrics: RecordingMetrics) -> ModelService:
+    plan = make_plan(engine={"request_timeout_s": 0.2})
+    return ModelService(plan, engine, metrics)  # type: ignore[arg-type]
+
+
+async def test_request_timeout_stops_a_slow_answer_with_504(metrics: RecordingMetrics) -> None:
+    service = _timed_service(SlowEngine(delay=5), metrics)
+    with pytest.raises(ApiError) as info:
+        await service.generate("chat", {"messages": []}, None)
+    assert info.value.status_code == 504
+    assert "request_timeout_s (0.2 s)" in info.value.message
+    assert service._ongoing == 0
+
+
+async def test_request_timeout_covers_the_wait_for_the_first_chunk(
+    metrics: RecordingMetrics,
+) -> None:
+    engine = SlowEngine(delay=5)
+    service = _timed_service(engine, metrics)
+    with pytest.raises(ApiError) as info:
+        async for _ in service.generate_stream("chat", {"messages": []}, None):
+            pass
+    assert info.value.status_code == 504
+    assert service._ongoing == 0
+
+
+async def test_request_timeout_ends_a_stream_that_runs_too_long(metrics: RecordingMetrics) -> None:
+    engine = SlowEngine(gap=0.15)
+    service = _timed_service(engine, metrics)
+    got = []
+    with pytest.raises(ApiError) as info:
+        async for chunk in service.generate_stream("chat", {"messages": []}, None):
+            got.append(chunk)
+    assert info.value.status_code == 504
+    assert 1 <= len(got) < len(CHUNKS)  # some tokens went out before the deadline
+    assert engine.closed and service._ongoing == 0
+
+
+async def test_fast_requests_are_untouched_by_the_timeout(metrics: RecordingMetrics) -> None:
+    service = _timed_service(SlowEngine(), metrics)
+    assert (await service.generate("chat", {"messages": []}, None))["id"] == "x"
+    chunks = [c async for c in service.generate_stream("chat", {"messages": []}, None)]
+    assert chunks[-1] == DONE

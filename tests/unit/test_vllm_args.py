@@ -22,7 +22,7 @@ def plan(spec: dict, profile: HardwareProfile | None = None):
             "apiVersion": "qingliang.io/v1",
             "kind": "ModelDeployment",
             "metadata": {"name": "m"},
-            "spec": {"model": {"source": "/models/m"}, **spec},
+            "spec": {"model": {"source": "/models/m"}} | spec,
         }
     )
     return compile_plan(md, profile or HardwareProfile(cpu_isa="avx2")).with_model_path("/models/m")
@@ -96,3 +96,9 @@ def test_cpu_engine_threads_override_rays_omp_setting(placement, engine, threads
 def test_gpu_environment_leaves_threads_alone() -> None:
     env = cpu_environment(plan({"placement": {"accelerator": "gpu", "gpus": 1}}))
     assert "OMP_NUM_THREADS" not in env and "VLLM_CPU_KVCACHE_SPACE" not in env
+
+
+def test_a_separate_tokenizer_is_passed_to_vllm() -> None:
+    argv = engine_argv(plan({"model": {"source": "/models/m", "tokenizer": "/tok/m"}}))
+    assert arg(argv, "--tokenizer") == "/tok/m"
+    assert "--tokenizer" not in engine_argv(plan({}))
