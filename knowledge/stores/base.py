@@ -130,10 +130,13 @@ class SparseVector:
 
 @dataclass(frozen=True)
 class Point:
-    """One point to upsert: id, dense vector, optional sparse vector, JSON payload."""
+    """One point to upsert: id, dense vector, optional sparse vector, JSON payload.
+
+    ``dense`` accepts any sequence of floats (a numpy array too) and is stored as a tuple.
+    """
 
     id: PointId
-    dense: tuple[float, ...]
+    dense: Sequence[float]
     sparse: SparseVector | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
 
@@ -145,7 +148,11 @@ class Point:
 
 @dataclass(frozen=True)
 class Record:
-    """A stored point as read back by ``get`` / ``scroll`` (vectors only when asked for)."""
+    """A stored point as read back by ``get`` / ``scroll`` (vectors only when asked for).
+
+    With cosine distance Qdrant stores dense vectors normalised, so ``dense`` comes back as
+    the unit vector of what was upserted.
+    """
 
     id: PointId
     payload: dict[str, Any]
@@ -362,7 +369,11 @@ class VectorStore(Protocol):
         ...
 
     def search_dense(
-        self, collection: str, vector: Sequence[float], limit: int = 10, filter: Filter | None = None
+        self,
+        collection: str,
+        vector: Sequence[float],
+        limit: int = 10,
+        filter: Filter | None = None,
     ) -> list[Hit]: ...
 
     def search_sparse(
