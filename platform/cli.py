@@ -179,6 +179,43 @@ def delete(
 
 
 @app.command()
+def render(
+    files: list[Path] = FilesOpt,
+    no_auth: bool = typer.Option(False, "--no-auth", help="Render a gateway without API keys."),
+    resolve: bool = typer.Option(
+        False,
+        help="Resolve model sources here (packaged models are converted into the data dir); "
+        "off: sources must already be paths the cluster's nodes can read.",
+    ),
+) -> None:
+    """Print the Ray Serve config for these manifests (KubeRay RayService serveConfigV2).
+
+    It is the same declarative config `apply` sends to a local cluster, so one set of
+    manifests deploys on a laptop and, through KubeRay, on a cluster.
+    """
+    import yaml
+
+    from qingliang.platform.control import serve_config
+
+    settings = _settings()
+    try:
+        ctl = _controller(settings)
+        plans = ctl.compile(ctl.load(files))
+        if resolve:
+            plans = ctl.resolve(plans, progress=True)
+        else:
+            plans = [p.with_model_path(p.source) for p in plans]
+        gateway = {"home": str(settings.home), "auth_enabled": not no_auth, "embeddings": True}
+        config = serve_config(settings, gateway, plans)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    # On a cluster the proxy must listen where the Kubernetes Service can reach it.
+    config["http_options"] = {"host": "0.0.0.0", "port": settings.http_port}
+    print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
+
+
+@app.command()
 def models() -> None:
     """List the models shipped in PyPI packages (usable as `packaged:<name>`)."""
     from qingliang.serving.sources import list_packaged
