@@ -169,7 +169,7 @@ def delete(
         if files:
             from qingliang.platform.manifests.loader import load_paths
 
-            targets += [item.name for item in load_paths(files)]
+            targets += [item.name for item in load_paths(files) if item.kind == "ModelDeployment"]
         if not targets:
             _fail(QingliangError("name a deployment or pass -f FILE"))
         for n in _controller(_settings()).delete(targets):

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qingliang.platform.errors import ClusterError, ModelSourceError, NotFound
+from qingliang.platform.errors import (
+    ClusterError,
+    FieldIssue,
+    ManifestError,
+    ModelSourceError,
+    NotFound,
+)
 from qingliang.platform.manifests.loader import Loaded, load_paths
 from qingliang.platform.manifests.model_deployment import ModelDeployment
 from qingliang.platform.manifests.plan import DeploymentPlan, HardwareProfile, compile_plan
@@ -182,7 +188,21 @@ class Controller:
 
     # -- stage 1 and 2: pure validation, then resolution ----------------------------
     def load(self, paths: Iterable[Path]) -> list[Loaded]:
-        return load_paths(paths)
+        """Load and validate; only kinds this controller can deploy are accepted."""
+        loaded = load_paths(paths)
+        others = sorted({f"{i.source}: {i.kind}/{i.name}" for i in loaded if i.kind != MODEL_KIND})
+        if others:
+            raise ManifestError(
+                [
+                    FieldIssue(
+                        "kind",
+                        f"{o}: validated, but `apply` cannot deploy this kind yet "
+                        "(only ModelDeployment); use `qingliang validate` for it",
+                    )
+                    for o in others
+                ]
+            )
+        return loaded
 
     def compile(self, loaded: list[Loaded]) -> list[DeploymentPlan]:
         profile = self.profile or HardwareProfile.detect()

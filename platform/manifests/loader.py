@@ -28,11 +28,15 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.platform.errors import FieldIssue, ManifestError
 from qingliang.platform.manifests.model_deployment import ModelDeployment
 
-#: Manifest kinds by ``kind``. Later kinds (KnowledgeBase, AgentGraph, ...) register here.
-KINDS: dict[str, type[BaseModel]] = {"ModelDeployment": ModelDeployment}
+#: Manifest kinds by ``kind``. Later kinds (AgentGraph, ...) register here.
+KINDS: dict[str, type[BaseModel]] = {
+    "ModelDeployment": ModelDeployment,
+    "KnowledgeBase": KnowledgeBase,
+}
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -58,6 +62,8 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     """The keys a model accepts at ``loc`` (by alias where one is set), or None."""
     current: object = model
     for part in loc:
+        if isinstance(part, int):
+            continue  # a list index: the item's model is already `current`
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = None

@@ -529,3 +529,20 @@ def test_get(ctl: Controller, deployer: FakeDeployer, manifests: Path) -> None:
     (row,) = ctl.get()
     assert (row["name"], row["source"], row["status"]) == ("alpha", "/models/tiny", "RUNNING")
     assert ctl.get(live=False)[0]["status"] == ""
+
+
+def test_a_kind_apply_cannot_deploy_yet_is_refused_before_anything_changes(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path
+) -> None:
+    kb = {
+        "apiVersion": "qingliang.io/v1",
+        "kind": "KnowledgeBase",
+        "metadata": {"name": "policies"},
+        "spec": {"sources": [{"folder": "docs"}]},
+    }
+    write(manifests, "a.yaml", manifest("alpha"))
+    write(manifests, "kb.yaml", yaml.safe_dump(kb))
+    with pytest.raises(ManifestError, match=r"kb\.yaml: KnowledgeBase/policies: validated, but"):
+        ctl.apply([manifests], wait=False)
+    assert deployer.attempts == 0
+    assert ctl.store.list() == []
