@@ -19,7 +19,7 @@ One run, on the default manifest (``deploy/defaults``, the packaged Qwen2.5-Code
 
 Everything listens on 127.0.0.1 on its own ports (38000 HTTP, 38265 dashboard, 38080
 metrics, 36380 Ray, 38100 vLLM), so it never collides with the tests (28xxx) or a user's
-``make up``. Only processes this script started are stopped; never ``ray stop``.
+``make up``. Only processes this script started are stopped; never Ray's machine-wide stop command.
 
 Usage:
     $ .venv/bin/python bench/serving.py            # ~10-15 min on a 2-core CPU

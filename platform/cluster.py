@@ -4,7 +4,7 @@
 127.0.0.1 (GCS, dashboard on 8265, metrics export port), and records its PID and
 ports in ``$QINGLIANG_HOME/run.json``. `down` deletes the Serve applications through the
 dashboard REST API, then
-signals only that process group: it never runs ``ray stop``, which would kill every
+signals only that process group: it never uses Ray's machine-wide stop command, which kills every
 Ray process on the machine.
 
 Example:

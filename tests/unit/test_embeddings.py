@@ -74,7 +74,7 @@ def test_a_long_text_is_embedded_not_rejected(embedder: PackagedEmbedder) -> Non
 
 def test_count_tokens(embedder: PackagedEmbedder) -> None:
     one = embedder.count_tokens(["hello world"])
-    assert 1 <= one <= 4
+    assert one in range(1, 5)
     assert embedder.count_tokens(["hello world", "hello world"]) == 2 * one
     assert embedder.count_tokens(["今天天气很好，我们去公园散步吧。"]) > one
 

@@ -525,7 +525,7 @@ async def test_request_timeout_ends_a_stream_that_runs_too_long(metrics: Recordi
         async for chunk in service.generate_stream("chat", {"messages": []}, None):
             got.append(chunk)
     assert info.value.status_code == 504
-    assert 1 <= len(got) < len(CHUNKS)  # some tokens went out before the deadline
+    assert len(got) in range(1, len(CHUNKS))  # some tokens went out before the deadline
     assert engine.closed and service._ongoing == 0
 
 
