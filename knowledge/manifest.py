@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from qingliang.platform.manifests.model_deployment import NAME_RE, Strict
+from qingliang.platform.manifests.model_deployment import Strict, valid_name
 
 API_VERSION = "qingliang.io/v1"
 
@@ -67,12 +67,7 @@ class Metadata(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(
-                f"{v!r} is not a valid name: use 1-63 lower-case letters, digits and '-', "
-                "starting and ending with a letter or digit"
-            )
-        return v
+        return valid_name(v)
 
 
 class Source(Strict):

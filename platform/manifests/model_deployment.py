@@ -33,6 +33,16 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
 
 
+def valid_name(v: str) -> str:
+    """Check a manifest name (deployments, knowledge bases, ...); raise ValueError."""
+    if not NAME_RE.match(v):
+        raise ValueError(
+            f"{v!r} is not a valid name: use 1-63 lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return v
+
+
 class Strict(BaseModel):
     """Base of every manifest section: unknown keys are errors, values are frozen."""
 
@@ -56,12 +66,7 @@ class Metadata(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(
-                f"{v!r} is not a valid name: use 1-63 lower-case letters, digits and '-', "
-                "starting and ending with a letter or digit"
-            )
-        return v
+        return valid_name(v)
 
 
 class ModelSource(Strict):
