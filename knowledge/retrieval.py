@@ -1,0 +1,345 @@
+"""Retrieval over a knowledge base's collection: tenant-scoped search that returns citations.
+
+:class:`Retriever` embeds a query, searches one collection of a ``VectorStore`` under a
+payload filter that always names the caller's tenant, optionally re-ranks for diversity
+(MMR), and turns every hit into a :class:`Citation` built from the payload that
+:mod:`qingliang.knowledge.sync` writes.
+
+- ``mode="dense"``: nearest neighbours of the query's embedding (``input_type="query"``).
+- ``mode="hybrid"``: the dense list and a BM25-style sparse list
+  (:class:`~qingliang.knowledge._bm25.Bm25Encoder`) fused by reciprocal-rank fusion in the
+  store (``search_hybrid``); the score is then the RRF score. A collection created without
+  sparse vectors, or a query with no terms, falls back to dense. Points written without a
+  sparse vector simply never appear on the sparse side.
+- ``mmr=λ``: fetch more candidates, then greedily pick the one maximising
+  ``λ·relevance − (1 − λ)·max cosine to those already picked`` over the stored dense
+  vectors. ``λ = 1`` keeps the search order; lower values push near-duplicates down.
+
+Bad input (no tenant, empty query, limit outside 1..100, unknown mode or kind, ``mmr``
+outside 0..1, a bad date) raises :class:`~qingliang.platform.errors.BadRequest` naming the
+parameter; store errors (``NotFound`` for an unknown collection) propagate.
+
+Example:
+    >>> from qingliang.knowledge.retrieval import Retriever
+    >>> from qingliang.knowledge.stores import QdrantEdgeStore
+    >>> from qingliang.serving.embeddings import PackagedEmbedder
+    >>> retriever = Retriever(QdrantEdgeStore("data/qdrant"), PackagedEmbedder(),
+    ...                       collection="gov-policy")  # doctest: +SKIP
+    >>> for c in retriever.search("核酸检测点开放时间", tenant="city-a", mode="hybrid",
+    ...                           mmr=0.7):  # doctest: +SKIP
+    ...     print(f"{c.score:.3f} {c.source} {c.locator} {c.text[:40]}")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from typing import Any, Literal, Protocol, get_args
+
+from qingliang.knowledge._bm25 import Bm25Encoder
+from qingliang.knowledge.ingest import ChunkKind
+from qingliang.knowledge.stores import Filter, Hit, PointId, Range, VectorStore
+from qingliang.platform.errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["dense", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
+KINDS: tuple[str, ...] = get_args(ChunkKind)
+MAX_LIMIT = 100
+MAX_QUERY_CHARS = 4000
+
+
+class QueryEmbedder(Protocol):
+    """What retrieval needs from an embedding model (``PackagedEmbedder`` fits)."""
+
+    def embed(
+        self, texts: list[str], *, input_type: Literal["query", "passage"] = "passage"
+    ) -> list[list[float]]: ...
+
+
+@dataclass(frozen=True)
+class Citation:
+    """One retrieved chunk and exactly where it came from.
+
+    ``score`` is the search's own score (cosine for dense, RRF for hybrid), also after MMR
+    re-ordering. ``snapshot`` is the sync marker of the point: its ``snapshot`` payload
+    field when snapshots write one, else ``synced_at`` (the run that wrote it).
+    """
+
+    id: PointId
+    doc_id: str
+    source: str
+    chunk_index: int
+    text: str
+    score: float
+    kind: str
+    heading_path: tuple[str, ...] = ()
+    page: int | None = None
+    row_start: int | None = None
+    row_end: int | None = None
+    char_start: int | None = None
+    char_end: int | None = None
+    record: str | None = None
+    title: str | None = None
+    domain: str | None = None
+    chunk_sha256: str | None = None
+    doc_sha256: str | None = None
+    snapshot: str | None = None
+
+    @classmethod
+    def from_hit(cls, hit: Hit) -> Citation:
+        p = hit.payload
+
+        def opt_int(key: str) -> int | None:
+            value = p.get(key)
+            return int(value) if isinstance(value, int | float) else None
+
+        def opt_str(key: str) -> str | None:
+            value = p.get(key)
+            return None if value is None else str(value)
+
+        snapshot = p.get("snapshot", p.get("synced_at"))
+        return cls(
+            id=hit.id,
+            doc_id=str(p.get("doc_id", "")),
+            source=str(p.get("source", "")),
+            chunk_index=int(p.get("chunk_index", 0)),
+            text=str(p.get("text", "")),
+            score=float(hit.score),
+            kind=str(p.get("kind", "text")),
+            heading_path=tuple(str(h) for h in p.get("heading_path") or ()),
+            page=opt_int("page"),
+            row_start=opt_int("row_start"),
+            row_end=opt_int("row_end"),
+            char_start=opt_int("char_start"),
+            char_end=opt_int("char_end"),
+            record=opt_str("record"),
+            title=opt_str("title"),
+            domain=opt_str("domain"),
+            chunk_sha256=opt_str("chunk_sha256"),
+            doc_sha256=opt_str("doc_sha256"),
+            snapshot=None if snapshot is None else str(snapshot),
+        )
+
+    @property
+    def locator(self) -> str:
+        """A short human-readable place: ``p. 3``, ``rows 2-5``, ``chars 0-120`` or ``#0``."""
+        if self.page is not None:
+            return f"p. {self.page}"
+        if self.row_start is not None:
+            end = self.row_end if self.row_end is not None else self.row_start
+            return f"row {end}" if end == self.row_start else f"rows {self.row_start}-{end}"
+        if self.char_start is not None and self.char_end is not None:
+            return f"chars {self.char_start}-{self.char_end}"
+        return f"#{self.chunk_index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``heading_path`` as a list), for an API response."""
+        out = asdict(self)
+        out["heading_path"] = list(self.heading_path)
+        return out
+
+
+DateBound = date | datetime | str | None
+
+
+class Retriever:
+    """Searches one collection of ``store`` with query embeddings from ``embedder``.
+
+    Args:
+        store: Where the knowledge base's points live.
+        embedder: Called once per search with ``[query]`` and ``input_type="query"``.
+        collection: The collection (a manifest's ``spec.store.collection``).
+        sparse_encoder: Encodes queries for hybrid search; must match the encoder the
+            passages' sparse vectors were written with (default :class:`Bm25Encoder`).
+    """
+
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: QueryEmbedder,
+        *,
+        collection: str,
+        sparse_encoder: Bm25Encoder | None = None,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.collection = collection
+        self.sparse_encoder = sparse_encoder or Bm25Encoder()
+
+    def search(
+        self,
+        query: str,
+        *,
+        tenant: str,
+        limit: int = 5,
+        kb: str | None = None,
+        domain: str | Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        since: DateBound = None,
+        until: DateBound = None,
+        date_field: str = "synced_at",
+        mode: str = "dense",
+        mmr: float | None = None,
+    ) -> list[Citation]:
+        """The ``limit`` best chunks of ``tenant`` for ``query``, best first, as citations.
+
+        Args:
+            query: What to search for (1-4000 characters, not only whitespace).
+            tenant: The caller's tenant; only its chunks can be returned. Required.
+            limit: How many citations, 1..100.
+            kb: Only chunks of this knowledge base (when several share the collection).
+            domain: One domain, or a list of domains any of which may match.
+            kinds: Chunk kinds to keep (``text``, ``table-row``, ``table-summary``,
+                ``image-ocr``).
+            since / until: Inclusive bounds on ``date_field`` (dates, datetimes or ISO
+                8601 strings; the payload field must hold RFC 3339 strings).
+            date_field: The payload date the bounds apply to (default ``synced_at``).
+            mode: ``"dense"`` or ``"hybrid"`` (dense + BM25 sparse, RRF-fused).
+            mmr: ``None`` for no diversity re-ranking, else MMR's λ in 0..1.
+
+        Raises:
+            BadRequest: a parameter is missing or out of range (``param`` names it).
+            NotFound: the collection does not exist.
+        """
+        text = _check_query(query)
+        _check_limit(limit)
+        if mode not in MODES:
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}, got {mode!r}", param="mode")
+        lam = _check_mmr(mmr)
+        flt = _filter(tenant, kb, domain, kinds, since, until, date_field)
+
+        vector = self._embed(text)
+        use_hybrid = mode == "hybrid" and self.store.collection_spec(self.collection).sparse
+        sparse = self.sparse_encoder.encode_query(text) if use_hybrid else None
+        hybrid = sparse is not None and bool(sparse.indices)
+        if mode == "hybrid" and not hybrid:
+            log.debug("hybrid search on %s falls back to dense", self.collection)
+        fetch = limit if lam is None else min(max(4 * limit, 20), 4 * MAX_LIMIT)
+        if sparse is not None and hybrid:
+            hits = self.store.search_hybrid(self.collection, vector, sparse, fetch, flt)
+        else:
+            hits = self.store.search_dense(self.collection, vector, fetch, flt)
+        if lam is not None and len(hits) > 1:
+            hits = self._mmr(hits, vector, lam, limit, dense_scores=not hybrid)
+        log.debug("search %s tenant=%s mode=%s: %d hits", self.collection, tenant, mode, len(hits))
+        return [Citation.from_hit(h) for h in hits[:limit]]
+
+    def _embed(self, text: str) -> list[float]:
+        vectors = self.embedder.embed([text], input_type="query")
+        if len(vectors) != 1:
+            raise ValueError(f"embedder returned {len(vectors)} vectors for 1 query")
+        return [float(v) for v in vectors[0]]
+
+    def _mmr(
+        self, hits: list[Hit], query: list[float], lam: float, limit: int, *, dense_scores: bool
+    ) -> list[Hit]:
+        records = self.store.get(self.collection, [h.id for h in hits], with_vectors=True)
+        vectors = {r.id: _unit(r.dense) for r in records if r.dense is not None}
+        pool = [h for h in hits if h.id in vectors]
+        if not pool:
+            return hits
+        q = _unit(query)
+        if dense_scores:
+            relevance = {h.id: _dot(q, vectors[h.id]) for h in pool}
+        else:
+            # RRF scores are rank-based and small; scale them to 0..1 so λ weighs alike.
+            top = max(h.score for h in pool) or 1.0
+            relevance = {h.id: h.score / top for h in pool}
+        chosen: list[Hit] = []
+        rest = list(pool)
+        while rest and len(chosen) < limit:
+            best = max(
+                rest,
+                key=lambda h: (
+                    lam * relevance[h.id]
+                    - (1 - lam)
+                    * max((_dot(vectors[h.id], vectors[c.id]) for c in chosen), default=0.0)
+                ),
+            )
+            chosen.append(best)
+            rest.remove(best)
+        return chosen
+
+
+def _check_query(query: object) -> str:
+    if not isinstance(query, str):
+        raise BadRequest(f"query must be a string, not {type(query).__name__}", param="query")
+    text = query.strip()
+    if not text:
+        raise BadRequest("query must not be empty", param="query")
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadRequest(
+            f"query has {len(text)} characters, at most {MAX_QUERY_CHARS} allowed", param="query"
+        )
+    return text
+
+
+def _check_limit(limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(
+            f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}", param="limit"
+        )
+
+
+def _check_mmr(mmr: object) -> float | None:
+    if mmr is None:
+        return None
+    if isinstance(mmr, bool) or not isinstance(mmr, int | float) or not 0 <= mmr <= 1:
+        raise BadRequest(f"mmr must be a number in 0..1 (MMR's lambda), got {mmr!r}", param="mmr")
+    return float(mmr)
+
+
+def _filter(
+    tenant: object,
+    kb: str | None,
+    domain: str | Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    since: DateBound,
+    until: DateBound,
+    date_field: str,
+) -> Filter:
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise BadRequest("tenant is required: every search is scoped to one tenant", param="tenant")
+    equals: dict[str, str] = {"tenant": tenant}
+    any_of: dict[str, list[str]] = {}
+    if kb is not None:
+        equals["kb"] = kb
+    if isinstance(domain, str):
+        equals["domain"] = domain
+    elif domain is not None:
+        domains = list(domain)
+        if not domains or not all(isinstance(d, str) and d for d in domains):
+            raise BadRequest("domain must be a string or a non-empty list of them", param="domain")
+        any_of["domain"] = domains
+    if kinds is not None:
+        wanted = [kinds] if isinstance(kinds, str) else list(kinds)
+        unknown = [k for k in wanted if k not in KINDS]
+        if not wanted or unknown:
+            raise BadRequest(
+                f"kinds must be a non-empty list of {', '.join(KINDS)}; got {kinds!r}",
+                param="kinds",
+            )
+        any_of["kind"] = wanted
+    ranges: dict[str, Range] = {}
+    if since is not None or until is not None:
+        try:
+            ranges[date_field] = Range(gte=since, lte=until)
+        except ValueError as exc:
+            raise BadRequest(f"since/until: {exc}", param="since") from None
+        if isinstance(since, int | float) or isinstance(until, int | float):
+            raise BadRequest("since/until must be dates, not numbers", param="since")
+    return Filter(equals=equals, any_of=any_of, ranges=ranges)
+
+
+def _unit(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
