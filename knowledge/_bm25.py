@@ -79,6 +79,11 @@ class Bm25Encoder:
         self.b = b
         self.avg_len = avg_len
 
+    @property
+    def name(self) -> str:
+        """Identifies the encoding; stored with every chunk so a changed encoder re-encodes."""
+        return f"bm25-v1:k1={self.k1:g},b={self.b:g},avg_len={self.avg_len:g}"
+
     def encode_passage(self, text: str) -> SparseVector:
         """The sparse vector stored with a chunk (empty when the text has no terms)."""
         counts = Counter(terms(text))

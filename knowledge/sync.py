@@ -49,8 +49,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from qingliang.knowledge._bm25 import Bm25Encoder
 from qingliang.knowledge.ingest import Chunk, Document, IngestFailure, IngestReport
-from qingliang.knowledge.stores import CollectionSpec, Filter, Point, PointId, VectorStore
+from qingliang.knowledge.stores import (
+    CollectionSpec,
+    Filter,
+    Point,
+    PointId,
+    SpecConflict,
+    VectorStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +191,14 @@ class Syncer:
         collection: The collection name (a manifest's ``spec.store.collection``, by default
             the KB name); several KBs may share one, as points are scoped by ``kb``.
         batch_size: Chunks embedded and upserted per step; a crash loses at most one step.
+        sparse_encoder: Also write a BM25 sparse vector with every point (the collection is
+            then created with sparse vectors and IDF weighting); ``None`` writes dense only.
+            The encoder's :attr:`~Bm25Encoder.name` is stored in each payload, so turning
+            sparse on or off, or changing its parameters, rewrites every point without
+            re-embedding one.
         clock: Returns the ``synced_at`` timestamp (tests pin it).
+        progress: Called after each written batch with (points written so far, points to
+            write) — for progress bars.
     """
 
     def __init__(
@@ -193,7 +208,9 @@ class Syncer:
         *,
         collection: str,
         batch_size: int = 32,
+        sparse_encoder: Bm25Encoder | None = None,
         clock: Callable[[], datetime] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -201,7 +218,9 @@ class Syncer:
         self.embedder = embedder
         self.collection = collection
         self.batch_size = batch_size
+        self.sparse_encoder = sparse_encoder
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._progress = progress
 
     def sync(
         self,
@@ -233,6 +252,8 @@ class Syncer:
         stamp = self._clock().isoformat()
         for start in range(0, len(wanted), self.batch_size):
             self._write(wanted[start : start + self.batch_size], stamp, by_embed, result)
+            if self._progress is not None:
+                self._progress(min(start + self.batch_size, len(wanted)), len(wanted))
 
         stale = self._stale(stored, ids, report_in.errors, result)
         for start in range(0, len(stale), self.batch_size):
@@ -250,9 +271,26 @@ class Syncer:
         return result
 
     def _ensure_collection(self) -> None:
+        sparse = self.sparse_encoder is not None
         if self.collection not in self.store.list_collections():
             self.store.create_collection(
-                CollectionSpec(name=self.collection, dense_size=self.embedder.dimensions)
+                CollectionSpec(
+                    name=self.collection, dense_size=self.embedder.dimensions, sparse=sparse
+                )
+            )
+            return
+        spec = self.store.collection_spec(self.collection)
+        if spec.dense_size != self.embedder.dimensions:
+            raise SpecConflict(
+                f"collection {self.collection!r} holds {spec.dense_size}-d vectors but the "
+                f"embedding model makes {self.embedder.dimensions}-d ones: rebuild the "
+                "knowledge base (`qingliang kb sync --rebuild`) to change models"
+            )
+        if sparse and not spec.sparse:
+            raise SpecConflict(
+                f"collection {self.collection!r} was created without sparse vectors, so BM25 "
+                "cannot be added in place: rebuild it (`qingliang kb sync --rebuild`) or set "
+                "spec.sparse.bm25: false"
             )
 
     def _stored(self, kb: str) -> dict[PointId, dict[str, Any]]:
@@ -291,6 +329,8 @@ class Syncer:
             doc = docs.get(chunk.doc_id)
             doc_sha = doc.sha256 if doc else _sha("\n".join(derived[chunk.doc_id]))
             payload = chunk_payload(kb, chunk, doc, doc_sha, tenant=tenant, domain=domain)
+            if self.sparse_encoder is not None:
+                payload["sparse"] = self.sparse_encoder.name
             old = stored.get(pid)
             if old is not None and _stable(old) == payload:
                 result.unchanged += 1
@@ -328,9 +368,13 @@ class Syncer:
             vectors.update(zip(todo, embedded, strict=True))
             result.embedded += len(todo)
         result.reused += reused
+        enc = self.sparse_encoder
         points = [
             Point(
-                w.id, vectors[w.payload["embed_sha256"]], payload={**w.payload, "synced_at": stamp}
+                w.id,
+                vectors[w.payload["embed_sha256"]],
+                sparse=enc.encode_passage(w.chunk.embed_text) if enc is not None else None,
+                payload={**w.payload, "synced_at": stamp},
             )
             for w in batch
         ]
@@ -382,7 +426,14 @@ def sync(
     domain: str | None = None,
     batch_size: int = 32,
     collection: str | None = None,
+    sparse_encoder: Bm25Encoder | None = None,
 ) -> SyncReport:
     """One-shot :meth:`Syncer.sync` into ``collection`` (default: the KB name)."""
-    syncer = Syncer(store, embedder, collection=collection or kb_name, batch_size=batch_size)
+    syncer = Syncer(
+        store,
+        embedder,
+        collection=collection or kb_name,
+        batch_size=batch_size,
+        sparse_encoder=sparse_encoder,
+    )
     return syncer.sync(kb_name, chunks_or_report, tenant=tenant, domain=domain)

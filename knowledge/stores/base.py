@@ -80,14 +80,22 @@ def _floats(values: Any, what: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class CollectionSpec:
-    """What a collection stores: its name, dense vector size and distance, sparse on or off."""
+    """What a collection stores: its name, dense vector size and distance, sparse on or off.
+
+    ``sparse_idf`` asks the store to weight sparse query terms by their inverse document
+    frequency over the collection (Qdrant's ``Modifier.IDF``), which turns the BM25-style
+    term weights :mod:`qingliang.knowledge._bm25` writes into full BM25; it is always False
+    for a collection without sparse vectors.
+    """
 
     name: str
     dense_size: int
     distance: Distance = "cosine"
     sparse: bool = True
+    sparse_idf: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sparse_idf", bool(self.sparse and self.sparse_idf))
         if not _NAME.match(self.name) or ".." in self.name:
             raise ValueError(
                 f"collection name {self.name!r}: use 1-128 letters, digits, '_', '-', '.'"
@@ -101,7 +109,9 @@ class CollectionSpec:
             raise ValueError(f"distance must be cosine, dot or euclid, got {self.distance!r}")
 
     def describe(self) -> str:
-        sparse = "with sparse" if self.sparse else "no sparse"
+        sparse = "no sparse"
+        if self.sparse:
+            sparse = "with sparse (idf)" if self.sparse_idf else "with sparse"
         return f"dense {self.dense_size}-d {self.distance}, {sparse}"
 
 

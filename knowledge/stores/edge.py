@@ -305,6 +305,8 @@ class QdrantEdgeStore:
                 dense_size=int(data["dense_size"]),
                 distance=data["distance"],
                 sparse=bool(data["sparse"]),
+                # Collections written before the field existed had no IDF modifier.
+                sparse_idf=bool(data.get("sparse_idf", False)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"collection {name!r}: unreadable {path}: {exc}") from exc
@@ -367,7 +369,10 @@ def _edge_config(q: Any, spec: CollectionSpec) -> Any:
     dense = q.EdgeVectorParams(
         size=spec.dense_size, distance=getattr(q.Distance, _DISTANCES[spec.distance])
     )
-    sparse = {SPARSE: q.EdgeSparseVectorParams()} if spec.sparse else None
+    sparse = None
+    if spec.sparse:
+        modifier = q.Modifier.Idf if spec.sparse_idf else None
+        sparse = {SPARSE: q.EdgeSparseVectorParams(modifier=modifier)}
     return q.EdgeConfig(vectors={DENSE: dense}, sparse_vectors=sparse)
 
 
@@ -378,6 +383,7 @@ def _spec_to_json(spec: CollectionSpec) -> dict[str, Any]:
         "dense_size": spec.dense_size,
         "distance": spec.distance,
         "sparse": spec.sparse,
+        "sparse_idf": spec.sparse_idf,
     }
 
 

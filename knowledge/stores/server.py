@@ -70,7 +70,10 @@ class QdrantServerStore:
             dense = m.VectorParams(
                 size=spec.dense_size, distance=getattr(m.Distance, _DISTANCES[spec.distance])
             )
-            sparse = {SPARSE: m.SparseVectorParams()} if spec.sparse else None
+            sparse = None
+            if spec.sparse:
+                modifier = m.Modifier.IDF if spec.sparse_idf else None
+                sparse = {SPARSE: m.SparseVectorParams(modifier=modifier)}
             try:
                 self._call(
                     spec.name,
@@ -338,8 +341,15 @@ def _spec_from_info(name: str, info: Any) -> CollectionSpec:
     distance = {v: k for k, v in _DISTANCES.items()}.get(dense.distance.name)
     if distance is None:
         raise StoreError(f"collection {name!r}: unsupported distance {dense.distance}")
-    sparse = bool(params.sparse_vectors) and SPARSE in params.sparse_vectors
-    return CollectionSpec(name=name, dense_size=dense.size, distance=distance, sparse=sparse)
+    sparse_params = (params.sparse_vectors or {}).get(SPARSE)
+    idf = sparse_params is not None and sparse_params.modifier == _models().Modifier.IDF
+    return CollectionSpec(
+        name=name,
+        dense_size=dense.size,
+        distance=distance,
+        sparse=sparse_params is not None,
+        sparse_idf=idf,
+    )
 
 
 def _dense_list(vector: Sequence[float]) -> list[float]:

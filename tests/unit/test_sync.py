@@ -319,3 +319,82 @@ def test_insert_at_top_shifts_positions_with_right_vectors(
     _run(fresh, report, FakeEmbedder())
     assert _dump(store) == _dump(fresh)
     fresh.close()
+
+
+def _sparse_run(store: VectorStore, report: IngestReport, emb: FakeEmbedder, enc: Any) -> Any:
+    return sync(KB, report, store, emb, tenant="city-a", batch_size=4, sparse_encoder=enc)
+
+
+def test_bm25_vectors_written_and_searchable(store: CountingStore, corpus: Path) -> None:
+    from qingliang.knowledge._bm25 import Bm25Encoder
+    from qingliang.knowledge.stores import Filter
+
+    enc = Bm25Encoder()
+    report = _ingest(corpus)
+    res = _sparse_run(store, report, FakeEmbedder(), enc)
+    assert res.added == len(report.chunks)
+    spec = store.collection_spec(KB)
+    assert spec.sparse and spec.sparse_idf
+    recs, _ = store.scroll(KB, limit=100, with_vectors=True)
+    assert all(r.sparse is not None and r.sparse.indices for r in recs)
+    assert {r.payload["sparse"] for r in recs} == {enc.name}
+    # A term only the table has finds the table first.
+    hits = store.search_sparse(KB, enc.encode_query("朝阳"), 3, Filter(equals={"kb": KB}))
+    assert hits and hits[0].payload["source"].endswith("t.csv")
+    again = FakeEmbedder()
+    assert _sparse_run(store, report, again, enc).written == 0 and again.calls == 0
+
+
+def test_turning_bm25_on_needs_a_rebuild_and_off_keeps_vectors(
+    tmp_path: Path, corpus: Path
+) -> None:
+    from qingliang.knowledge._bm25 import Bm25Encoder
+    from qingliang.knowledge.stores import SpecConflict
+
+    store = QdrantEdgeStore(tmp_path / "q")
+    report = _ingest(corpus)
+    _run(store, report, FakeEmbedder())  # dense only
+    before = _dump(store)
+    with pytest.raises(SpecConflict, match="without sparse vectors.*--rebuild"):
+        _sparse_run(store, report, FakeEmbedder(), Bm25Encoder())
+    assert _dump(store) == before  # the refused run wrote nothing
+    # A sparse collection synced again without BM25 rewrites payloads, embeds nothing.
+    other = QdrantEdgeStore(tmp_path / "q2")
+    _sparse_run(other, report, FakeEmbedder(), Bm25Encoder())
+    emb = FakeEmbedder()
+    res = _run(other, report, emb)
+    assert emb.calls == 0 and res.updated == len(report.chunks) and res.reused == res.updated
+    # A changed encoder parameter also rewrites without embedding.
+    emb = FakeEmbedder()
+    res = _sparse_run(other, report, emb, Bm25Encoder(k1=1.5))
+    assert emb.calls == 0 and res.updated == len(report.chunks)
+    store.close()
+    other.close()
+
+
+def test_wrong_embedding_size_is_refused(tmp_path: Path, corpus: Path) -> None:
+    from qingliang.knowledge.stores import SpecConflict
+
+    class Wide(FakeEmbedder):
+        dimensions = 16
+
+    store = QdrantEdgeStore(tmp_path / "q")
+    _run(store, _ingest(corpus), FakeEmbedder())
+    with pytest.raises(SpecConflict, match="8-d vectors but the embedding model makes 16-d"):
+        _run(store, _ingest(corpus), Wide())
+    store.close()
+
+
+def test_progress_reports_batches(store: CountingStore, corpus: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    syncer = Syncer(
+        store,
+        FakeEmbedder(),
+        collection=KB,
+        batch_size=4,
+        progress=lambda a, b: seen.append((a, b)),
+    )
+    n = len(_ingest(corpus).chunks)
+    syncer.sync(KB, _ingest(corpus))
+    assert seen[-1] == (n, n) and [a for a, _ in seen] == sorted(a for a, _ in seen)
+    assert len(seen) == math.ceil(n / 4)

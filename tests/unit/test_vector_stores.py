@@ -280,7 +280,7 @@ def test_dense_search_ranks_nearest_first(store, name):
 
 
 def test_sparse_search_ranks_by_dot_product(store, name):
-    store.create_collection(CollectionSpec(name=name, dense_size=DIM))
+    store.create_collection(CollectionSpec(name=name, dense_size=DIM, sparse_idf=False))
     sparse = {
         1: SparseVector([1, 2], [1.0, 3.0]),
         2: SparseVector([2, 5], [0.5, 4.0]),
@@ -295,6 +295,28 @@ def test_sparse_search_ranks_by_dot_product(store, name):
     )
     assert [h.id for h in hits] == [i for _, i in expected]
     assert [h.score for h in hits] == pytest.approx([score for score, _ in expected], abs=1e-5)
+
+
+def test_idf_lifts_a_rare_term_over_a_common_one(store, name):
+    # Nine points share term 1; only point 10 has term 2. Without IDF a larger weight on the
+    # common term wins; with IDF (the default) the rare term does, in both stores alike.
+    for idf, coll in ((False, name), (True, name + "-idf")):
+        store.create_collection(CollectionSpec(name=coll, dense_size=2, sparse_idf=idf))
+        assert store.collection_spec(coll).sparse_idf is idf
+        points = [
+            Point(id=i, dense=[1.0, 0.0], sparse=SparseVector([1], [1.0])) for i in range(1, 10)
+        ]
+        points.append(Point(id=10, dense=[1.0, 0.0], sparse=SparseVector([2], [0.6])))
+        points.append(Point(id=11, dense=[1.0, 0.0], sparse=SparseVector([1], [1.5])))
+        store.upsert(coll, points)
+        top = store.search_sparse(coll, SparseVector([1, 2], [1.0, 1.0]), limit=1)[0].id
+        assert top == (10 if idf else 11)
+
+
+def test_a_spec_without_sparse_has_no_idf():
+    spec = CollectionSpec(name="x", dense_size=4, sparse=False)
+    assert spec.sparse_idf is False
+    assert spec == CollectionSpec(name="x", dense_size=4, sparse=False, sparse_idf=False)
 
 
 def test_hybrid_rrf_on_a_hand_computed_example(store, name):
