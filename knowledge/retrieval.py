@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["dense", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
-KINDS: tuple[str, ...] = get_args(ChunkKind)
+#: Chunk kinds a search can filter on: the ingest's, plus ``qa`` for learned answers.
+KINDS: tuple[str, ...] = (*get_args(ChunkKind), "qa")
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 4000
 
@@ -66,8 +67,11 @@ class Citation:
     """One retrieved chunk and exactly where it came from.
 
     ``score`` is the search's own score (cosine for dense, RRF for hybrid), also after MMR
-    re-ordering. ``snapshot`` is the sync marker of the point: its ``snapshot`` payload
-    field when snapshots write one, else ``synced_at`` (the run that wrote it).
+    re-ordering. ``version`` is the knowledge-base version that wrote this text (the
+    version of the sync, rollback or learned answer; see
+    :mod:`qingliang.knowledge.registry`), ``snapshot`` the time of that write
+    (``synced_at``). Images carry ``image_path`` and ``region`` (x0, y0, x1, y1 pixels);
+    learned answers (``kind == "qa"``) carry their ``provenance``.
     """
 
     id: PointId
@@ -89,6 +93,10 @@ class Citation:
     chunk_sha256: str | None = None
     doc_sha256: str | None = None
     snapshot: str | None = None
+    version: int | None = None
+    image_path: str | None = None
+    region: tuple[int, ...] | None = None
+    provenance: dict[str, Any] | None = None
 
     @classmethod
     def from_hit(cls, hit: Hit) -> Citation:
@@ -123,6 +131,10 @@ class Citation:
             chunk_sha256=opt_str("chunk_sha256"),
             doc_sha256=opt_str("doc_sha256"),
             snapshot=None if snapshot is None else str(snapshot),
+            version=opt_int("version"),
+            image_path=opt_str("image_path"),
+            region=tuple(int(v) for v in p["region"]) if p.get("region") else None,
+            provenance=dict(p["provenance"]) if isinstance(p.get("provenance"), dict) else None,
         )
 
     @property
@@ -133,6 +145,8 @@ class Citation:
         if self.row_start is not None:
             end = self.row_end if self.row_end is not None else self.row_start
             return f"row {end}" if end == self.row_start else f"rows {self.row_start}-{end}"
+        if self.region is not None:
+            return "region " + ",".join(str(v) for v in self.region)
         if self.char_start is not None and self.char_end is not None:
             return f"chars {self.char_start}-{self.char_end}"
         return f"#{self.chunk_index}"
@@ -141,6 +155,8 @@ class Citation:
         """JSON-ready fields (``heading_path`` as a list), for an API response."""
         out = asdict(self)
         out["heading_path"] = list(self.heading_path)
+        out["region"] = None if self.region is None else list(self.region)
+        out["locator"] = self.locator
         return out
 
 

@@ -63,7 +63,10 @@ from qingliang.knowledge.stores import (
 log = logging.getLogger(__name__)
 
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://qingliang.io/knowledge/chunk")
-_VOLATILE = frozenset({"synced_at"})
+_VOLATILE = frozenset({"synced_at", "version"})
+#: ``payload["origin"]`` of points that are not chunks of a source document (learned answers):
+#: sync neither compares nor deletes them.
+LEARNED = "learned"
 _SCROLL_PAGE = 256
 
 
@@ -229,11 +232,20 @@ class Syncer:
         *,
         tenant: str = "default",
         domain: str | None = None,
+        version: int | None = None,
+        only_sources: Sequence[str] | None = None,
     ) -> SyncReport:
         """Make the store's points for ``kb`` match ``ingest`` (the *whole* source set).
 
         A bare list of chunks means an ingest with no failures; each document's hash is then
         derived from its chunks' hashes.
+
+        Args:
+            version: Written as ``payload["version"]`` on every point this run writes (the
+                KB version the change will be recorded as); not part of the comparison.
+            only_sources: Sync just these source paths: ``ingest`` holds exactly their
+                chunks, and stored points of other sources are neither read nor deleted
+                (an upload or a delete of one document).
         """
         report_in = (
             ingest if isinstance(ingest, IngestReport) else IngestReport(chunks=list(ingest))
@@ -241,7 +253,7 @@ class Syncer:
         result = SyncReport(errors=list(report_in.errors))
         self._ensure_collection()
 
-        stored = self._stored(kb)
+        stored = self._stored(kb, only_sources)
         by_embed: dict[str, PointId] = {}
         for pid, payload in stored.items():
             sha = payload.get("embed_sha256")
@@ -250,8 +262,11 @@ class Syncer:
 
         wanted, ids = self._plan(kb, report_in, stored, tenant, domain, result)
         stamp = self._clock().isoformat()
+        extra: dict[str, Any] = {"synced_at": stamp}
+        if version is not None:
+            extra["version"] = version
         for start in range(0, len(wanted), self.batch_size):
-            self._write(wanted[start : start + self.batch_size], stamp, by_embed, result)
+            self._write(wanted[start : start + self.batch_size], extra, by_embed, result)
             if self._progress is not None:
                 self._progress(min(start + self.batch_size, len(wanted)), len(wanted))
 
@@ -293,16 +308,21 @@ class Syncer:
                 "spec.sparse.bm25: false"
             )
 
-    def _stored(self, kb: str) -> dict[PointId, dict[str, Any]]:
+    def _stored(self, kb: str, only_sources: Sequence[str] | None) -> dict[PointId, dict[str, Any]]:
         out: dict[PointId, dict[str, Any]] = {}
-        offset: PointId | None = None
+        if only_sources is not None and not only_sources:
+            return out
         flt = Filter(equals={"kb": kb})
+        if only_sources is not None:
+            flt = Filter(equals={"kb": kb}, any_of={"source": list(only_sources)})
+        offset: PointId | None = None
         while True:
             records, offset = self.store.scroll(
                 self.collection, flt, limit=_SCROLL_PAGE, offset=offset
             )
             for rec in records:
-                out[rec.id] = rec.payload
+                if rec.payload.get("origin") != LEARNED:
+                    out[rec.id] = rec.payload
             if offset is None:
                 return out
 
@@ -341,7 +361,7 @@ class Syncer:
     def _write(
         self,
         batch: list[_Wanted],
-        stamp: str,
+        extra: dict[str, Any],
         by_embed: dict[str, PointId],
         result: SyncReport,
     ) -> None:
@@ -374,7 +394,7 @@ class Syncer:
                 w.id,
                 vectors[w.payload["embed_sha256"]],
                 sparse=enc.encode_passage(w.chunk.embed_text) if enc is not None else None,
-                payload={**w.payload, "synced_at": stamp},
+                payload={**w.payload, **extra},
             )
             for w in batch
         ]
@@ -427,6 +447,7 @@ def sync(
     batch_size: int = 32,
     collection: str | None = None,
     sparse_encoder: Bm25Encoder | None = None,
+    version: int | None = None,
 ) -> SyncReport:
     """One-shot :meth:`Syncer.sync` into ``collection`` (default: the KB name)."""
     syncer = Syncer(
@@ -436,4 +457,4 @@ def sync(
         batch_size=batch_size,
         sparse_encoder=sparse_encoder,
     )
-    return syncer.sync(kb_name, chunks_or_report, tenant=tenant, domain=domain)
+    return syncer.sync(kb_name, chunks_or_report, tenant=tenant, domain=domain, version=version)

@@ -13,6 +13,7 @@ so callers catch one family::
         ├── BadRequest           400
         ├── Unauthorized         401
         ├── NotFound             404
+        ├── Conflict             409 (valid, but the current state does not allow it)
         └── Saturated            429 (carries retry_after seconds)
 """
 
@@ -99,6 +100,11 @@ class Unauthorized(ApiError):
 class NotFound(ApiError):
     status_code = 404
     error_type = "not_found_error"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    error_type = "conflict_error"
 
 
 class Saturated(ApiError):

@@ -1,0 +1,845 @@
+"""``KnowledgeService``: every knowledge-base operation, in one plain class.
+
+The CLI (``qingliang kb …``, in-process) and the gateway's knowledge server (a Ray Serve
+deployment that owns the embedded shards) both call this class; neither holds logic of its
+own. What lives where under the data directory (``QINGLIANG_HOME``)::
+
+    state.sqlite                  applied manifests, KnowledgeBase ones included
+    knowledge.sqlite              versions, snapshots, learned answers, audit log (registry)
+    knowledge/<kb>/               the embedded Qdrant store (or spec.store.path)
+    snapshots/<kb>/v000007/       snapshots (see qingliang.knowledge.snapshots)
+    uploads/<kb>/                 documents uploaded through the API: an implicit source
+
+**Tenancy.** A knowledge base belongs to the tenant in ``spec.labels.tenant``. Every call
+from the API passes the caller's tenant: a KB of another tenant is reported as unknown
+(``NotFound``, the same words as a KB that does not exist), and searches filter on the
+tenant as well, so a shared collection never leaks another tenant's chunks. ``tenant=None``
+is the local operator (the CLI), who sees every KB.
+
+**Versions.** A sync that changes something, a rollback, and each learned answer added or
+retracted make a new version; the points written carry it, so citations name it.
+
+Example:
+    >>> svc = KnowledgeService(Path("~/.qingliang").expanduser())  # doctest: +SKIP
+    >>> svc.register(kb_manifest, base=Path("."))  # doctest: +SKIP
+    >>> svc.sync("gov-policy").report.added  # doctest: +SKIP
+    1520
+    >>> hits = svc.search("gov-policy", "返岗人员隔离", tenant="city-a")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from qingliang.knowledge import snapshots as snaps
+from qingliang.knowledge._bm25 import Bm25Encoder
+from qingliang.knowledge.embedders import embedder_for
+from qingliang.knowledge.ingest import IngestOptions, IngestReport, ingest_paths, resolve_sources
+from qingliang.knowledge.manifest import KnowledgeBase
+from qingliang.knowledge.registry import AnswerRecord, KnowledgeRegistry, SnapshotRecord
+from qingliang.knowledge.retrieval import Retriever
+from qingliang.knowledge.stores import Filter, Point, PointId, VectorStore
+from qingliang.knowledge.sync import LEARNED, Syncer, SyncReport
+from qingliang.platform.errors import BadRequest, Conflict, NotFound
+from qingliang.platform.state import StateStore
+
+log = logging.getLogger(__name__)
+
+KIND = "KnowledgeBase"
+#: Stages reported to a progress callback: (stage, done, total).
+Progress = Callable[[str, int, int], None]
+
+_UPLOAD_NAME = re.compile(r"^[\w\u3400-\u9fff][\w\u3400-\u9fff .()+-]{0,199}\Z")
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_ANSWER_CHARS = 8000
+
+
+@dataclass
+class SyncOutcome:
+    kb: str
+    report: SyncReport
+    version: int
+    snapshot: int | None = None
+    files: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.report
+        return {
+            "kb": self.kb,
+            "version": self.version,
+            "snapshot": self.snapshot,
+            "files": self.files,
+            "chunks": r.total,
+            "added": r.added,
+            "updated": r.updated,
+            "unchanged": r.unchanged,
+            "deleted": r.deleted,
+            "embedded": r.embedded,
+            "reused": r.reused,
+            "reembedded_share": round(r.reembedded_share, 4),
+            "kept_documents": r.kept_documents,
+            "errors": [{"path": e.path, "reason": e.reason} for e in r.errors],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Kb:
+    manifest: KnowledgeBase
+    base: Path
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def tenant(self) -> str:
+        return self.manifest.spec.labels.tenant
+
+
+class KnowledgeService:
+    """Knowledge bases under one data directory.
+
+    Args:
+        home: The data directory (``Settings().home``).
+        embedder_factory: ``model name -> embedder`` (default :func:`embedder_for`); tests
+            may pass a small deterministic one.
+        store_factory: ``(manifest, home) -> VectorStore`` (default: embedded or server as
+            the manifest says).
+        keep_snapshots: Snapshots kept per KB; the oldest beyond it are removed.
+        auto_snapshot: Snapshot after every sync or rollback that changed something.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        embedder_factory: Callable[[str], Any] | None = None,
+        store_factory: Callable[[KnowledgeBase, Path], VectorStore] | None = None,
+        keep_snapshots: int = 5,
+        auto_snapshot: bool = True,
+    ) -> None:
+        self.home = Path(home)
+        self.state = StateStore(self.home / "state.sqlite")
+        self.registry = KnowledgeRegistry(self.home / "knowledge.sqlite")
+        self._embedder_factory = embedder_factory or embedder_for
+        self._store_factory = store_factory or default_store
+        self.keep_snapshots = keep_snapshots
+        self.auto_snapshot = auto_snapshot
+        self._stores: dict[str, VectorStore] = {}
+        self._embedders: dict[str, Any] = {}
+        self._kbs: dict[str, _Kb] = {}
+        self._lock = threading.RLock()
+
+    # -- manifests ------------------------------------------------------------------------
+
+    def register(self, kb: KnowledgeBase, *, base: Path, actor: str = "cli") -> str:
+        """Record (or update) a KB manifest; returns ``created``, ``updated`` or ``unchanged``.
+
+        Relative sources are taken from ``base`` (the manifest file's folder). Nothing is
+        ingested: run :meth:`sync`.
+        """
+        body = kb.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+        old = self.state.get(KIND, kb.name)
+        plan = {"base": str(Path(base).resolve())}
+        if old is not None and old.body == body and old.plan == plan:
+            return "unchanged"
+        if old is not None:
+            before = KnowledgeBase.model_validate(old.body)
+            _check_compatible(before, kb)
+        self.state.put(KIND, kb.name, body, plan)
+        with self._lock:
+            self._kbs.pop(kb.name, None)
+        self.registry.log(kb.name, actor=actor, action="register", detail={"base": plan["base"]})
+        return "created" if old is None else "updated"
+
+    def names(self, tenant: str | None = None) -> list[str]:
+        out = []
+        for row in self.state.list(KIND):
+            if (
+                tenant is None
+                or row.body.get("spec", {}).get("labels", {}).get("tenant", "default") == tenant
+            ):
+                out.append(row.name)
+        return out
+
+    def manifest(self, name: str, tenant: str | None = None) -> KnowledgeBase:
+        return self._kb(name, tenant).manifest
+
+    def remove(self, name: str, *, actor: str = "cli", drop_data: bool = True) -> None:
+        """Forget a KB: its manifest, registry rows, snapshots, uploads and (by default) points."""
+        kb = self._kb(name, None)
+        with kb.lock:
+            if drop_data:
+                store = self._store(kb)
+                coll = kb.manifest.collection
+                if coll in store.list_collections():
+                    store.delete_by_filter(coll, Filter(equals={"kb": name}))
+                    if store.count(coll) == 0:
+                        store.drop_collection(coll)
+                for rec in self.registry.snapshots(name):
+                    snaps.remove(self._snap_root, name, rec.version)
+            self.registry.forget(name)
+            self.registry.log(name, actor=actor, action="remove", detail={"data": drop_data})
+            self.state.delete(KIND, name)
+            with self._lock:
+                self._kbs.pop(name, None)
+
+    # -- sync -----------------------------------------------------------------------------
+
+    def files(self, name: str) -> list[Path]:
+        """The files the KB's sources name now, uploads included."""
+        kb = self._kb(name, None)
+        paths = resolve_sources(kb.manifest.spec.sources, kb.base)
+        up = self._uploads(name)
+        if up.is_dir():
+            paths += sorted(p for p in up.iterdir() if p.is_file() and not p.name.startswith("."))
+        return sorted(dict.fromkeys(paths))
+
+    def sync(
+        self,
+        name: str,
+        *,
+        actor: str = "cli",
+        tenant: str | None = None,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+    ) -> SyncOutcome:
+        """Ingest the KB's sources and write only what changed (see :mod:`..sync`)."""
+        kb = self._kb(name, tenant)
+        started = time.perf_counter()
+        with kb.lock:
+            if rebuild:
+                self._drop_for_rebuild(kb)
+            files = self.files(name)
+            report = self._ingest(kb, files, progress)
+            outcome = self._apply(kb, report, actor=actor, action="sync", progress=progress)
+            outcome.files = len(files)
+            self._reconcile_answers(kb)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _ingest(self, kb: _Kb, files: Sequence[Path], progress: Progress | None) -> IngestReport:
+        options = IngestOptions.from_spec(kb.manifest.spec)
+        report = IngestReport()
+        for i, path in enumerate(files):
+            one = ingest_paths([path], options)
+            report.documents.extend(one.documents)
+            report.chunks.extend(one.chunks)
+            report.errors.extend(one.errors)
+            if progress is not None:
+                progress("parse", i + 1, len(files))
+        return report
+
+    def _apply(
+        self,
+        kb: _Kb,
+        report: IngestReport,
+        *,
+        actor: str,
+        action: str,
+        progress: Progress | None,
+        only_sources: Sequence[str] | None = None,
+    ) -> SyncOutcome:
+        version = self.registry.next_version(kb.name)
+        syncer = self._syncer(kb, progress)
+        spec = kb.manifest.spec
+        result = syncer.sync(
+            kb.name,
+            report,
+            tenant=spec.labels.tenant,
+            domain=spec.labels.domain,
+            version=version,
+            only_sources=only_sources,
+        )
+        outcome = SyncOutcome(kb.name, result, self.registry.version(kb.name))
+        if result.written or result.deleted:
+            detail = {k: v for k, v in outcome.to_dict().items() if k not in ("errors", "kb")}
+            detail["errors"] = len(result.errors)
+            outcome.version = self.registry.bump(kb.name, actor=actor, action=action, detail=detail)
+            outcome.snapshot = self._auto_snapshot(kb, actor)
+        elif result.errors:
+            self.registry.log(
+                kb.name, actor=actor, action=action, detail={"errors": len(result.errors)}
+            )
+        return outcome
+
+    def _syncer(self, kb: _Kb, progress: Progress | None) -> Syncer:
+        spec = kb.manifest.spec
+        return Syncer(
+            self._store(kb),
+            self._embedder(spec.embedding.model),
+            collection=kb.manifest.collection,
+            batch_size=spec.embedding.batch_size,
+            sparse_encoder=Bm25Encoder() if spec.sparse.bm25 else None,
+            progress=None if progress is None else (lambda d, t: progress("embed", d, t)),
+        )
+
+    def _drop_for_rebuild(self, kb: _Kb) -> None:
+        store = self._store(kb)
+        coll = kb.manifest.collection
+        if coll not in store.list_collections():
+            return
+        others = store.count(coll) - store.count(coll, Filter(equals={"kb": kb.name}))
+        if others:
+            raise Conflict(
+                f"collection {coll!r} also holds {others} points of other knowledge bases: "
+                "a rebuild would drop them; give this KB its own spec.store.collection"
+            )
+        store.drop_collection(coll)
+
+    # -- search ---------------------------------------------------------------------------
+
+    def search(
+        self,
+        name: str,
+        query: str,
+        *,
+        tenant: str | None = None,
+        limit: int = 5,
+        mode: str | None = None,
+        mmr: float | None = None,
+        domain: str | Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """Cited hits for ``query``; ``mode`` defaults to hybrid when the KB has BM25."""
+        kb = self._kb(name, tenant)
+        spec = kb.manifest.spec
+        store = self._store(kb)
+        coll = kb.manifest.collection
+        if coll not in store.list_collections():
+            raise Conflict(f"knowledge base {name!r} has not been synced yet: run `kb sync {name}`")
+        retriever = Retriever(store, self._embedder(spec.embedding.model), collection=coll)
+        chosen = mode or ("hybrid" if spec.sparse.bm25 else "dense")
+        citations = retriever.search(
+            query,
+            tenant=kb.tenant,
+            limit=limit,
+            kb=name,
+            domain=domain,
+            kinds=kinds,
+            since=since,
+            until=until,
+            mode=chosen,
+            mmr=mmr,
+        )
+        return {
+            "kb": name,
+            "version": self.registry.version(name),
+            "mode": chosen,
+            "citations": [c.to_dict() for c in citations],
+        }
+
+    # -- documents ------------------------------------------------------------------------
+
+    def documents(self, name: str, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        """One row per stored document (learned answers excluded), sorted by source."""
+        kb = self._kb(name, tenant)
+        store = self._store(kb)
+        coll = kb.manifest.collection
+        if coll not in store.list_collections():
+            return []
+        uploads = str(self._uploads(name))
+        docs: dict[str, dict[str, Any]] = {}
+        for payload in self._payloads(store, coll, name):
+            if payload.get("origin") == LEARNED:
+                continue
+            doc_id = str(payload.get("doc_id"))
+            row = docs.setdefault(
+                doc_id,
+                {
+                    "doc_id": doc_id,
+                    "source": payload.get("source"),
+                    "title": payload.get("title"),
+                    "type": payload.get("doc_type"),
+                    "record": payload.get("record"),
+                    "chunks": 0,
+                    "doc_sha256": payload.get("doc_sha256"),
+                    "version": payload.get("version"),
+                    "uploaded": str(payload.get("source", "")).startswith(uploads + os.sep),
+                },
+            )
+            row["chunks"] += 1
+            v = payload.get("version")
+            if isinstance(v, int) and (row["version"] is None or v > row["version"]):
+                row["version"] = v
+        return sorted(docs.values(), key=lambda r: (str(r["source"]), str(r["record"] or "")))
+
+    def upload(
+        self,
+        name: str,
+        filename: str,
+        data: bytes,
+        *,
+        tenant: str | None = None,
+        actor: str = "api",
+    ) -> SyncOutcome:
+        """Store ``data`` as ``uploads/<kb>/<filename>`` and sync just that document.
+
+        Uploading the same name again replaces the document (only changed chunks are
+        re-embedded). A file that fails to parse is reported in ``errors`` and nothing is
+        stored for it; a replaced document whose new version fails keeps its old chunks.
+        """
+        kb = self._kb(name, tenant)
+        clean = _upload_name(filename)
+        if not data:
+            raise BadRequest(f"{clean}: the file is empty", param="file")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise BadRequest(
+                f"{clean}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES >> 20} MiB limit",
+                param="file",
+            )
+        started = time.perf_counter()
+        with kb.lock:
+            folder = self._uploads(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / clean
+            # Hidden (so never a source) but with the real suffix, so it parses alike.
+            tmp = folder / f".{uuid.uuid4().hex[:8]}.{clean}"
+            tmp.write_bytes(data)
+            report = ingest_paths([tmp], IngestOptions.from_spec(kb.manifest.spec))
+            if report.errors and not report.chunks:
+                tmp.unlink()
+                reason = report.errors[0].reason
+                raise BadRequest(f"{clean}: {reason}; nothing was stored", param="file")
+            os.replace(tmp, target)
+            report = ingest_paths([target], IngestOptions.from_spec(kb.manifest.spec))
+            outcome = self._apply(
+                kb,
+                report,
+                actor=actor,
+                action="upload",
+                progress=None,
+                only_sources=[str(target)],
+            )
+            outcome.files = 1
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def delete_document(
+        self, name: str, doc: str, *, tenant: str | None = None, actor: str = "api"
+    ) -> SyncOutcome:
+        """Delete an uploaded document (by doc_id or upload name) and its chunks.
+
+        Documents of the manifest's own sources are refused (``Conflict``): the next sync
+        would bring them back; remove them from the source folder instead.
+        """
+        kb = self._kb(name, tenant)
+        with kb.lock:
+            rows = [r for r in self.documents(name) if doc in (r["doc_id"], r["source"])]
+            folder = self._uploads(name)
+            if not rows and (folder / doc).is_file():
+                rows = [{"source": str(folder / doc), "uploaded": True}]
+            if not rows:
+                raise NotFound(f"knowledge base {name!r} has no document {doc!r}", param="doc")
+            row = rows[0]
+            if not row["uploaded"]:
+                raise Conflict(
+                    f"document {doc!r} comes from the manifest's sources ({row['source']}); "
+                    "remove it there and sync, or change spec.sources"
+                )
+            source = str(row["source"])
+            Path(source).unlink(missing_ok=True)
+            outcome = self._apply(
+                kb,
+                IngestReport(),
+                actor=actor,
+                action="delete-document",
+                progress=None,
+                only_sources=[source],
+            )
+        return outcome
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot(
+        self, name: str, *, note: str = "", actor: str = "cli", tenant: str | None = None
+    ) -> SnapshotRecord:
+        """Save the KB's points as of its current version (replacing an earlier save of it)."""
+        kb = self._kb(name, tenant)
+        with kb.lock:
+            return self._snapshot(kb, note=note, actor=actor)
+
+    def _snapshot(self, kb: _Kb, *, note: str, actor: str) -> SnapshotRecord:
+        store = self._store(kb)
+        version = self.registry.version(kb.name)
+        if kb.manifest.collection not in store.list_collections():
+            raise Conflict(f"knowledge base {kb.name!r} has nothing to snapshot: sync it first")
+        path, points = snaps.write(
+            store, kb.name, kb.manifest.collection, self._snap_root, version=version
+        )
+        rec = SnapshotRecord(kb.name, version, time.time(), points, str(path), note)
+        self.registry.add_snapshot(rec, actor=actor)
+        self._prune(kb.name)
+        return rec
+
+    def _auto_snapshot(self, kb: _Kb, actor: str) -> int | None:
+        if not self.auto_snapshot:
+            return None
+        return self._snapshot(kb, note="auto", actor=actor).version
+
+    def _prune(self, name: str) -> None:
+        recs = self.registry.snapshots(name)
+        for rec in recs[: max(0, len(recs) - self.keep_snapshots)]:
+            snaps.remove(self._snap_root, name, rec.version)
+            self.registry.drop_snapshot(name, rec.version)
+
+    def snapshots(self, name: str, *, tenant: str | None = None) -> list[SnapshotRecord]:
+        self._kb(name, tenant)
+        return self.registry.snapshots(name)
+
+    def rollback(
+        self,
+        name: str,
+        version: int,
+        *,
+        actor: str = "cli",
+        tenant: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Restore the KB's points to snapshot ``version``; records a new version.
+
+        Learned answers are kept as the registry says (a retracted one stays retracted).
+        The sources are not touched: the next sync moves the KB to them again.
+        """
+        kb = self._kb(name, tenant)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadRequest(f"version must be an integer, got {version!r}", param="version")
+        known = [s.version for s in self.registry.snapshots(name)]
+        if version not in known:
+            have = ", ".join(map(str, known)) or "none"
+            raise NotFound(
+                f"knowledge base {name!r} has no snapshot of version {version} (have: {have})",
+                param="version",
+            )
+        with kb.lock:
+            snap = snaps.load(self._snap_root, name, version)
+            rep = snaps.restore(
+                self._store(kb),
+                name,
+                kb.manifest.collection,
+                snap,
+                progress=None if progress is None else (lambda d, t: progress("restore", d, t)),
+            )
+            self._reconcile_answers(kb)
+            detail = {"to": version, "upserted": rep.upserted, "deleted": rep.deleted}
+            new = self.registry.bump(name, actor=actor, action="rollback", detail=detail)
+        return {"kb": name, "restored": version, "version": new, **detail}
+
+    # -- learned answers ------------------------------------------------------------------
+
+    def add_answer(
+        self,
+        name: str,
+        question: str,
+        answer: str,
+        *,
+        provenance: dict[str, Any],
+        tenant: str | None = None,
+        actor: str = "api",
+    ) -> AnswerRecord:
+        """An approved question/answer pair (or correction) joins the KB, searchable at once.
+
+        ``provenance`` says where it came from, e.g. ``{"source": "feedback", "by":
+        "reviewer-7", "ref": "run-123"}``; ``source`` is required.
+        """
+        kb = self._kb(name, tenant)
+        q = _answer_text(question, "question")
+        a = _answer_text(answer, "answer")
+        if not isinstance(provenance, dict) or not isinstance(provenance.get("source"), str):
+            raise BadRequest(
+                "provenance must be an object with a `source` string (feedback, review, api…)",
+                param="provenance",
+            )
+        with kb.lock:
+            self._ensure_collection(kb)
+            rec = self.registry.add_answer(
+                name,
+                tenant=kb.tenant,
+                question=q,
+                answer=a,
+                provenance={**provenance, "by": provenance.get("by", actor)},
+                actor=actor,
+            )
+            self._write_answers(kb, [rec])
+        return rec
+
+    def retract_answer(
+        self,
+        name: str,
+        answer_id: str,
+        *,
+        reason: str,
+        tenant: str | None = None,
+        actor: str = "api",
+    ) -> AnswerRecord:
+        """Take a learned answer out of the KB (its record stays, marked retracted)."""
+        kb = self._kb(name, tenant)
+        if not isinstance(reason, str) or not reason.strip():
+            raise BadRequest("a retraction needs a reason", param="reason")
+        with kb.lock:
+            try:
+                rec = self.registry.retract_answer(name, answer_id, actor=actor, reason=reason)
+            except KeyError as exc:
+                raise NotFound(str(exc.args[0]), param="answer_id") from None
+            store = self._store(kb)
+            if kb.manifest.collection in store.list_collections():
+                store.delete(kb.manifest.collection, [_answer_point(name, answer_id)])
+        return rec
+
+    def answers(
+        self, name: str, *, tenant: str | None = None, status: str | None = "active"
+    ) -> list[AnswerRecord]:
+        self._kb(name, tenant)
+        if status not in (None, "active", "retracted"):
+            raise BadRequest("status must be active, retracted or empty", param="status")
+        return self.registry.answers(name, status=status)  # type: ignore[arg-type]
+
+    def _write_answers(self, kb: _Kb, recs: Sequence[AnswerRecord]) -> None:
+        if not recs:
+            return
+        spec = kb.manifest.spec
+        texts = [f"问：{r.question}\n答：{r.answer}" for r in recs]
+        vectors = self._embedder(spec.embedding.model).embed(texts, input_type="passage")
+        enc = Bm25Encoder() if spec.sparse.bm25 else None
+        points = []
+        for rec, text, vec in zip(recs, texts, vectors, strict=True):
+            sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            payload: dict[str, Any] = {
+                "kb": kb.name,
+                "tenant": rec.tenant,
+                "doc_id": f"answer:{rec.id}",
+                "source": f"answers/{rec.id}",
+                "chunk_index": 0,
+                "kind": "qa",
+                "origin": LEARNED,
+                "text": text,
+                "question": rec.question,
+                "answer": rec.answer,
+                "provenance": rec.provenance,
+                "chunk_sha256": sha,
+                "embed_sha256": sha,
+                "doc_sha256": sha,
+                "version": rec.version,
+                "synced_at": datetime.fromtimestamp(rec.created_at, UTC).isoformat(),
+            }
+            if spec.labels.domain:
+                payload["domain"] = spec.labels.domain
+            if enc is not None:
+                payload["sparse"] = enc.name
+            points.append(
+                Point(
+                    _answer_point(kb.name, rec.id),
+                    vec,
+                    sparse=None if enc is None else enc.encode_passage(text),
+                    payload=payload,
+                )
+            )
+        self._store(kb).upsert(kb.manifest.collection, points)
+
+    def _reconcile_answers(self, kb: _Kb) -> None:
+        """Make the learned points match the registry's active answers (crash, rollback)."""
+        store = self._store(kb)
+        coll = kb.manifest.collection
+        active = {_answer_point(kb.name, r.id): r for r in self.registry.answers(kb.name)}
+        if coll not in store.list_collections():
+            if not active:
+                return
+            self._ensure_collection(kb)
+        present: set[PointId] = set()
+        offset: PointId | None = None
+        flt = Filter(equals={"kb": kb.name, "origin": LEARNED})
+        while True:
+            recs, offset = store.scroll(coll, flt, limit=256, offset=offset)
+            present.update(r.id for r in recs)
+            if offset is None:
+                break
+        extra = sorted((p for p in present if p not in active), key=str)
+        if extra:
+            store.delete(coll, extra)
+        self._write_answers(kb, [r for pid, r in active.items() if pid not in present])
+
+    def _ensure_collection(self, kb: _Kb) -> None:
+        syncer = self._syncer(kb, None)
+        syncer._ensure_collection()
+
+    # -- stats ----------------------------------------------------------------------------
+
+    def stats(self, name: str, *, tenant: str | None = None) -> dict[str, Any]:
+        kb = self._kb(name, tenant)
+        spec = kb.manifest.spec
+        store = self._store(kb)
+        coll = kb.manifest.collection
+        synced = coll in store.list_collections()
+        docs = self.documents(name) if synced else []
+        events = self.registry.events(name, limit=20)
+        last_sync = next((e for e in events if e.action in ("sync", "upload")), None)
+        return {
+            "kb": name,
+            "tenant": kb.tenant,
+            "domain": spec.labels.domain,
+            "version": self.registry.version(name),
+            "collection": coll,
+            "store": spec.store.kind,
+            "spec": store.collection_spec(coll).describe() if synced else None,
+            "embedding": spec.embedding.model,
+            "bm25": spec.sparse.bm25,
+            "documents": len(docs),
+            "uploaded_documents": sum(1 for d in docs if d["uploaded"]),
+            "chunks": store.count(coll, Filter(equals={"kb": name})) if synced else 0,
+            "answers": len(self.registry.answers(name)),
+            "snapshots": [s.to_dict() for s in self.registry.snapshots(name)],
+            "last_sync": None
+            if last_sync is None
+            else {"at": last_sync.at, "version": last_sync.version, **last_sync.detail},
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+
+    # -- internals ------------------------------------------------------------------------
+
+    @property
+    def _snap_root(self) -> Path:
+        return self.home / "snapshots"
+
+    def _uploads(self, name: str) -> Path:
+        return self.home / "uploads" / name
+
+    def _kb(self, name: str, tenant: str | None) -> _Kb:
+        if not isinstance(name, str) or not name:
+            raise BadRequest("knowledge base name is required", param="kb")
+        with self._lock:
+            kb = self._kbs.get(name)
+            if kb is None:
+                row = self.state.get(KIND, name)
+                if row is None:
+                    raise self._unknown(name, tenant)
+                base = Path((row.plan or {}).get("base", "."))
+                kb = _Kb(KnowledgeBase.model_validate(row.body), base)
+                self._kbs[name] = kb
+        if tenant is not None and kb.tenant != tenant:
+            raise self._unknown(name, tenant)
+        return kb
+
+    def _unknown(self, name: str, tenant: str | None) -> NotFound:
+        known = self.names(tenant)
+        hint = f"; known: {', '.join(known)}" if known else "; none is applied yet"
+        return NotFound(f"unknown knowledge base {name!r}{hint}", param="kb", code="unknown_kb")
+
+    def _store(self, kb: _Kb) -> VectorStore:
+        key = _store_key(kb.manifest, self.home)
+        with self._lock:
+            store = self._stores.get(key)
+            if store is None:
+                store = self._store_factory(kb.manifest, self.home)
+                self._stores[key] = store
+            return store
+
+    def _embedder(self, model: str) -> Any:
+        with self._lock:
+            emb = self._embedders.get(model)
+            if emb is None:
+                emb = self._embedders[model] = self._embedder_factory(model)
+            return emb
+
+    def _payloads(self, store: VectorStore, coll: str, name: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        offset: PointId | None = None
+        while True:
+            recs, offset = store.scroll(coll, Filter(equals={"kb": name}), limit=256, offset=offset)
+            out.extend(r.payload for r in recs)
+            if offset is None:
+                return out
+
+
+def _store_key(kb: KnowledgeBase, home: Path) -> str:
+    st = kb.spec.store
+    if st.kind == "server":
+        return f"server:{st.url}:{st.api_key_env}"
+    return f"embedded:{home / (st.path or f'knowledge/{kb.name}')}"
+
+
+def default_store(kb: KnowledgeBase, home: Path) -> VectorStore:
+    """The store a manifest names: embedded under ``home`` or a Qdrant server."""
+    st = kb.spec.store
+    if st.kind == "embedded":
+        from qingliang.knowledge.stores import QdrantEdgeStore
+
+        return QdrantEdgeStore(home / (st.path or f"knowledge/{kb.name}"))
+    api_key = None
+    if st.api_key_env:
+        api_key = os.environ.get(st.api_key_env)
+        if not api_key:
+            raise BadRequest(
+                f"knowledge base {kb.name!r}: environment variable {st.api_key_env} "
+                "(spec.store.api_key_env) is not set",
+                param="store.api_key_env",
+            )
+    from qdrant_client import QdrantClient
+
+    from qingliang.knowledge.stores import QdrantServerStore
+
+    return QdrantServerStore(QdrantClient(url=st.url, api_key=api_key, timeout=30))
+
+
+def _check_compatible(before: KnowledgeBase, after: KnowledgeBase) -> None:
+    """Refuse manifest changes that would orphan stored data without a rebuild."""
+    a, b = before.spec, after.spec
+    if (a.store.kind, a.store.path, a.store.url) != (b.store.kind, b.store.path, b.store.url):
+        raise Conflict(
+            f"knowledge base {after.name!r}: spec.store changed; delete the KB and apply it "
+            "again to move it (its points stay in the old store otherwise)"
+        )
+    if before.collection != after.collection:
+        raise Conflict(
+            f"knowledge base {after.name!r}: spec.store.collection changed from "
+            f"{before.collection!r} to {after.collection!r}; delete and re-apply to move it"
+        )
+
+
+def _answer_point(kb: str, answer_id: str) -> str:
+    return str(
+        uuid.uuid5(uuid.NAMESPACE_URL, f"https://qingliang.io/knowledge/{kb}/answer/{answer_id}")
+    )
+
+
+def _answer_text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{what} must be a non-empty string", param=what)
+    text = value.strip()
+    if len(text) > MAX_ANSWER_CHARS:
+        raise BadRequest(
+            f"{what} has {len(text)} characters, at most {MAX_ANSWER_CHARS}", param=what
+        )
+    return text
+
+
+def _upload_name(filename: object) -> str:
+    if not isinstance(filename, str) or not filename:
+        raise BadRequest("the upload needs a file name", param="file")
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name or name in (".", "..") or not _UPLOAD_NAME.match(name):
+        raise BadRequest(
+            f"file name {filename!r}: use letters, digits, spaces and . _ - ( ) +",
+            param="file",
+        )
+    return name
