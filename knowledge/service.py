@@ -99,6 +99,7 @@ class SyncOutcome:
 class _Kb:
     manifest: KnowledgeBase
     base: Path
+    applied_at: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -727,15 +728,19 @@ class KnowledgeService:
     def _kb(self, name: str, tenant: str | None) -> _Kb:
         if not isinstance(name, str) or not name:
             raise BadRequest("knowledge base name is required", param="kb")
+        # Read the row every time: another process (`qingliang apply`) may have changed it.
+        row = self.state.get(KIND, name)
         with self._lock:
+            if row is None:
+                self._kbs.pop(name, None)
+                raise self._unknown(name, tenant)
             kb = self._kbs.get(name)
-            if kb is None:
-                row = self.state.get(KIND, name)
-                if row is None:
-                    raise self._unknown(name, tenant)
+            if kb is None or kb.applied_at != row.applied_at:
                 base = Path((row.plan or {}).get("base", "."))
-                kb = _Kb(KnowledgeBase.model_validate(row.body), base)
-                self._kbs[name] = kb
+                fresh = _Kb(KnowledgeBase.model_validate(row.body), base, row.applied_at)
+                if kb is not None:
+                    fresh.lock = kb.lock  # writers already waiting keep the same lock
+                kb = self._kbs[name] = fresh
         if tenant is not None and kb.tenant != tenant:
             raise self._unknown(name, tenant)
         return kb

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qingliang.platform.cli_kb import kb_app, sync_after_apply
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
 
@@ -38,6 +39,7 @@ keys_app = typer.Typer(help="API keys for the gateway (stored hashed).", no_args
 adapters_app = typer.Typer(help="Load / unload LoRA adapters at run time.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(kb_app, name="kb")
 
 console = Console()
 err = Console(stderr=True)
@@ -105,14 +107,18 @@ def apply(
     files: list[Path] = FilesOpt,
     wait: bool = typer.Option(True, help="Wait until every deployment is RUNNING."),
     timeout: float = typer.Option(900, help="Seconds to wait."),
+    sync: bool = typer.Option(True, help="Sync applied KnowledgeBases (embed what changed)."),
 ) -> None:
-    """Create or update deployments. A bad manifest changes nothing that runs."""
+    """Create or update deployments and knowledge bases. A bad manifest changes nothing."""
     try:
         ctl = _controller(_settings())
         changes = ctl.apply(files, wait=wait, timeout_s=timeout, on_status=_status_printer())
         for c in changes:
             extra = f" ({', '.join(c.fields)})" if c.fields else ""
             console.print(f"{c.kind}/{c.name}: {c.action}{extra}", highlight=False)
+        kbs = [c.name for c in changes if c.kind == "KnowledgeBase"]
+        if sync and kbs:
+            sync_after_apply(kbs)
     except QingliangError as exc:
         _fail(exc)
 
@@ -158,22 +164,37 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
 
 @app.command()
 def delete(
-    names: list[str] = typer.Argument(None, help="Deployment names."),
+    names: list[str] = typer.Argument(
+        None, help="Deployment names, or KnowledgeBase/NAME for a knowledge base."
+    ),
     files: list[Path] = typer.Option(
         None, "-f", "--file", help="Delete what these manifests define."
     ),
 ) -> None:
-    """Remove deployments (by name or by manifest)."""
+    """Remove deployments or knowledge bases (by name or by manifest).
+
+    A knowledge base loses its points, snapshots, uploads and learned answers.
+    """
     try:
-        targets = list(names or [])
+        targets: dict[str, list[str]] = {"ModelDeployment": [], "KnowledgeBase": []}
+        for n in names or []:
+            kind, sep, name = n.partition("/")
+            if sep and kind not in targets:
+                _fail(QingliangError(f"{n!r}: kind must be ModelDeployment or KnowledgeBase"))
+            targets[kind if sep else "ModelDeployment"].append(name if sep else n)
         if files:
             from qingliang.platform.manifests.loader import load_paths
 
-            targets += [item.name for item in load_paths(files) if item.kind == "ModelDeployment"]
-        if not targets:
+            for item in load_paths(files):
+                if item.kind in targets:
+                    targets[item.kind].append(item.name)
+        if not any(targets.values()):
             _fail(QingliangError("name a deployment or pass -f FILE"))
-        for n in _controller(_settings()).delete(targets):
-            console.print(f"ModelDeployment/{n}: deleted")
+        ctl = _controller(_settings())
+        for kind, wanted in targets.items():
+            if wanted:
+                for n in ctl.delete(wanted, kind=kind):
+                    console.print(f"{kind}/{n}: deleted")
     except QingliangError as exc:
         _fail(exc)
 
@@ -397,16 +418,25 @@ def chat(
 
 
 @keys_app.command("create")
-def keys_create(name: str = typer.Argument(..., help="A label for the key.")) -> None:
+def keys_create(
+    name: str = typer.Argument(..., help="A label for the key."),
+    tenant: str = typer.Option(
+        None, help="Limit the key to one tenant's knowledge bases (default: all)."
+    ),
+) -> None:
     """Create a key; the key itself is printed once and never stored."""
     from qingliang.platform.keys import KeyStore
 
+    scopes = ["inference"] + ([f"tenant:{tenant}"] if tenant is not None else [])
     try:
-        record, key = KeyStore(_settings().state_db).create(name)
+        record, key = KeyStore(_settings().state_db).create(name, scopes=scopes)
     except QingliangError as exc:
         _fail(exc)
         return
-    err.print(f"created {record.prefix} ({record.name}); store it now, it is not shown again:")
+    scope = f", tenant {tenant}" if tenant is not None else ""
+    err.print(
+        f"created {record.prefix} ({record.name}{scope}); store it now, it is not shown again:"
+    )
     print(key)
 
 
@@ -415,13 +445,20 @@ def keys_list() -> None:
     """List keys (id, name, dates; never the secret)."""
     from qingliang.platform.keys import KeyStore
 
-    table = Table("ID", "NAME", "CREATED", "LAST USED", "REVOKED")
+    table = Table("ID", "NAME", "SCOPES", "CREATED", "LAST USED", "REVOKED")
     for r in KeyStore(_settings().state_db).list():
 
         def fmt(t: datetime | None) -> str:
             return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "-"
 
-        table.add_row(r.prefix, r.name, fmt(r.created_at), fmt(r.last_used_at), fmt(r.revoked_at))
+        table.add_row(
+            r.prefix,
+            r.name,
+            " ".join(r.scopes),
+            fmt(r.created_at),
+            fmt(r.last_used_at),
+            fmt(r.revoked_at),
+        )
     console.print(table)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ from qingliang.platform.state import StateStore
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "ModelDeployment"
+KB_KIND = "KnowledgeBase"
+#: Kinds `apply` accepts.
+APPLIED_KINDS = (MODEL_KIND, KB_KIND)
 
 
 class Deployer(Protocol):
@@ -190,14 +194,16 @@ class Controller:
     def load(self, paths: Iterable[Path]) -> list[Loaded]:
         """Load and validate; only kinds this controller can deploy are accepted."""
         loaded = load_paths(paths)
-        others = sorted({f"{i.source}: {i.kind}/{i.name}" for i in loaded if i.kind != MODEL_KIND})
+        others = sorted(
+            {f"{i.source}: {i.kind}/{i.name}" for i in loaded if i.kind not in APPLIED_KINDS}
+        )
         if others:
             raise ManifestError(
                 [
                     FieldIssue(
                         "kind",
                         f"{o}: validated, but `apply` cannot deploy this kind yet "
-                        "(only ModelDeployment); use `qingliang validate` for it",
+                        f"(only {' and '.join(APPLIED_KINDS)}); use `qingliang validate` for it",
                     )
                     for o in others
                 ]
@@ -255,21 +261,35 @@ class Controller:
         progress: bool = True,
         on_status: Callable[[str, str, str], None] | None = None,
     ) -> list[Change]:
-        loaded = self.load(paths)
+        everything = self.load(paths)
+        loaded = [i for i in everything if i.kind == MODEL_KIND]
+        kbs = [i for i in everything if i.kind == KB_KIND]
         plans = self.resolve(self.compile(loaded), progress=progress)
         changes = [self._change(item) for item in loaded]
-        desired = self._stored_plans()
-        desired.update({p.name: p for p in plans})
-        # One config for everything: Serve applies it as a whole or refuses it, and
-        # the store is written only after it was accepted.
-        self._push(desired)
-        by_name = {p.name: p for p in plans}
-        for item in loaded:
-            self.store.put(item.kind, item.name, _normal(item), by_name[item.name].to_dict())
+        if loaded:
+            desired = self._stored_plans()
+            desired.update({p.name: p for p in plans})
+            # One config for everything: Serve applies it as a whole or refuses it, and
+            # the store is written only after it was accepted.
+            self._push(desired)
+            by_name = {p.name: p for p in plans}
+            for item in loaded:
+                self.store.put(item.kind, item.name, _normal(item), by_name[item.name].to_dict())
+        # Knowledge bases are registered here; syncing them (embedding) is the caller's
+        # next step (`qingliang apply` does it with progress bars).
+        kb_changes = [self._register_kb(item) for item in kbs]
         if wait:
             for change in changes:
                 self.wait(change.name, timeout_s=timeout_s, on_status=on_status)
-        return changes
+        return changes + kb_changes
+
+    def _register_kb(self, item: Loaded) -> Change:
+        from qingliang.knowledge.service import KnowledgeService
+
+        change = self._change(item)
+        base = Path(re.sub(r"\[\d+\]$", "", item.source)).resolve().parent
+        KnowledgeService(self.settings.home).register(item.manifest, base=base, actor="apply")  # type: ignore[arg-type]
+        return change
 
     def wait(
         self,
@@ -317,6 +337,8 @@ class Controller:
         return rows
 
     def delete(self, names: Iterable[str], kind: str = MODEL_KIND) -> list[str]:
+        if kind == KB_KIND:
+            return self._delete_kbs(list(names))
         names = list(names)
         missing = [n for n in names if self.store.get(kind, n) is None]
         if missing:
@@ -327,6 +349,20 @@ class Controller:
         self._push(desired)
         for name in names:
             self.store.delete(kind, name)
+        return names
+
+    def _delete_kbs(self, names: list[str]) -> list[str]:
+        from qingliang.knowledge.service import KnowledgeService
+
+        missing = [n for n in names if self.store.get(KB_KIND, n) is None]
+        if missing:
+            raise NotFound(f"no {KB_KIND} named {', '.join(map(repr, missing))}")
+        service = KnowledgeService(self.settings.home)
+        try:
+            for name in names:
+                service.remove(name, actor="delete")
+        finally:
+            service.close()
         return names
 
     def set_adapter(self, deployment: str, adapter: str, path: str | None) -> Change:

@@ -35,6 +35,7 @@ from qingliang.platform.errors import (
     Saturated,
     Unauthorized,
 )
+from qingliang.platform.gateway.knowledge import KnowledgeBackend, add_knowledge_routes
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ class Embedder(Protocol):
 class Auth(Protocol):
     enabled: bool
 
-    def verify(self, token: str) -> bool: ...
+    def verify(self, token: str) -> Any:
+        """The key's record (truthy; its ``scopes`` may name a tenant), or a falsy value."""
+        ...
 
 
 def parse_model(value: object) -> tuple[str, str | None]:
@@ -121,8 +124,17 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
-def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastAPI:
-    """Build the gateway app. Nothing here touches Ray, disk or the network."""
+def create_app(
+    backend: Backend,
+    embedder: Embedder | None,
+    auth: Auth,
+    knowledge: KnowledgeBackend | None = None,
+) -> FastAPI:
+    """Build the gateway app. Nothing here touches Ray, disk or the network.
+
+    ``knowledge`` serves the ``/v1/knowledge`` routes (see :mod:`.knowledge`); without it
+    they answer 501.
+    """
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
     @app.exception_handler(ApiError)
@@ -153,8 +165,10 @@ def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastA
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return _error(Unauthorized("missing API key: send 'Authorization: Bearer <key>'"))
-            if not auth.verify(token.strip()):
+            principal = auth.verify(token.strip())
+            if not principal:
                 return _error(Unauthorized("invalid or revoked API key"))
+            request.state.principal = principal
         try:
             return await call_next(request)
         except ApiError as exc:  # raised inside a streaming body before headers went out
@@ -332,4 +346,5 @@ def create_app(backend: Backend, embedder: Embedder | None, auth: Auth) -> FastA
             status_code=200 if ready else 503,
         )
 
+    add_knowledge_routes(app, knowledge)
     return app

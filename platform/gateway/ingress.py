@@ -155,12 +155,13 @@ class KeyAuth:
         self._db = db
         self._store: Any = None
 
-    def verify(self, token: str) -> bool:
+    def verify(self, token: str) -> Any:
+        """The key's record when valid (its scopes may name a tenant), else None."""
         if self._store is None:
             from qingliang.platform.keys import KeyStore
 
             self._store = KeyStore(self._db)
-        return self._store.verify(token) is not None
+        return self._store.verify(token)
 
 
 class HandleEmbedder:
@@ -193,19 +194,68 @@ class EmbedderServer:
         return self._embedder.model_id
 
 
+class KnowledgeServer:
+    """Ray Serve class that owns the knowledge bases' embedded shards (one replica).
+
+    Qdrant Edge allows one opener per shard, so every gateway replica reaches the knowledge
+    bases through this one; index building and embedding run here, off the gateway's
+    request path. All logic is :class:`~qingliang.knowledge.service.KnowledgeService`.
+    """
+
+    def __init__(self, home: str) -> None:
+        from qingliang.knowledge.service import KnowledgeService
+
+        self._service = KnowledgeService(Path(home))
+
+    async def call(
+        self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
+    ) -> Any:
+        from qingliang.platform.gateway.knowledge import dispatch
+
+        return await asyncio.to_thread(dispatch, self._service, method, kb, tenant, actor, kwargs)
+
+    def __del__(self) -> None:
+        service = getattr(self, "_service", None)
+        if service is not None:
+            service.close()
+
+
+class HandleKnowledge:
+    """The gateway's view of the knowledge server."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def call(
+        self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
+    ) -> Any:
+        try:
+            return await self._handle.call.remote(method, kb, tenant, actor, kwargs)
+        except Exception as exc:
+            raise translate(exc) from None
+
+
 class Gateway:
     """Ray Serve ingress class (decorated in :func:`build_gateway_app`)."""
 
-    def __init__(self, home: str, auth_enabled: bool, embedder: Any, embed_model: str) -> None:
+    def __init__(
+        self,
+        home: str,
+        auth_enabled: bool,
+        embedder: Any,
+        embed_model: str,
+        knowledge: Any = None,
+    ) -> None:
         logging.basicConfig(level=logging.INFO)
         home_path = Path(home)
         metrics = ServingMetrics.create()
         self._backend = ServeBackend(StateStore(home_path / "state.sqlite"), metrics)
         self._embedder = HandleEmbedder(embedder, embed_model) if embedder is not None else None
         self._auth = KeyAuth(home_path / "state.sqlite", auth_enabled)
+        self._knowledge = HandleKnowledge(knowledge) if knowledge is not None else None
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self._backend, self._embedder, self._auth)
+        return create_app(self._backend, self._embedder, self._auth, self._knowledge)
 
 
 def build_gateway_app(
@@ -214,9 +264,10 @@ def build_gateway_app(
     auth_enabled: bool,
     replicas: int = 1,
     embeddings: bool = True,
+    knowledge: bool = True,
     max_ongoing_requests: int = 1000,
 ) -> Any:
-    """The gateway Serve application (gateway + embedding deployments)."""
+    """The gateway Serve application (gateway + embedding + knowledge deployments)."""
     from ray import serve
 
     embedder = None
@@ -225,6 +276,16 @@ def build_gateway_app(
         embedder = embedder_cls.options(
             name="Embedder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64
         ).bind()
+    kb_server = None
+    if knowledge:
+        kb_cls: Any = serve.deployment(KnowledgeServer)
+        # Exactly one replica: it is the single opener of every embedded shard.
+        kb_server = kb_cls.options(
+            name="Knowledge",
+            num_replicas=1,
+            ray_actor_options={"num_cpus": 0.25},
+            max_ongoing_requests=32,
+        ).bind(str(home))
     gateway_cls: Any = serve.deployment(serve.ingress()(Gateway))
     gateway = gateway_cls.options(
         name="Gateway",
@@ -232,7 +293,7 @@ def build_gateway_app(
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=max_ongoing_requests,
     )
-    return gateway.bind(str(home), auth_enabled, embedder, "multilingual-e5-small")
+    return gateway.bind(str(home), auth_enabled, embedder, "multilingual-e5-small", kb_server)
 
 
 def app_builder(args: dict) -> Any:
@@ -242,4 +303,5 @@ def app_builder(args: dict) -> Any:
         auth_enabled=bool(args.get("auth_enabled", True)),
         replicas=int(args.get("replicas", 1)),
         embeddings=bool(args.get("embeddings", True)),
+        knowledge=bool(args.get("knowledge", True)),
     )

@@ -531,7 +531,7 @@ def test_get(ctl: Controller, deployer: FakeDeployer, manifests: Path) -> None:
     assert ctl.get(live=False)[0]["status"] == ""
 
 
-def test_a_kind_apply_cannot_deploy_yet_is_refused_before_anything_changes(
+def test_a_knowledge_base_is_registered_beside_deployments(
     ctl: Controller, deployer: FakeDeployer, manifests: Path
 ) -> None:
     kb = {
@@ -542,7 +542,15 @@ def test_a_kind_apply_cannot_deploy_yet_is_refused_before_anything_changes(
     }
     write(manifests, "a.yaml", manifest("alpha"))
     write(manifests, "kb.yaml", yaml.safe_dump(kb))
-    with pytest.raises(ManifestError, match=r"kb\.yaml: KnowledgeBase/policies: validated, but"):
-        ctl.apply([manifests], wait=False)
-    assert deployer.attempts == 0
-    assert ctl.store.list() == []
+    changes = ctl.apply([manifests], wait=False)
+    assert {(c.kind, c.name, c.action) for c in changes} == {
+        ("ModelDeployment", "alpha", "create"),
+        ("KnowledgeBase", "policies", "create"),
+    }
+    row = ctl.store.get("KnowledgeBase", "policies")
+    assert row is not None and row.plan == {"base": str(manifests.resolve())}
+    # The KB is not a Serve application: the pushed config names only the model.
+    assert "policies" not in json.dumps(deployer.configs[-1])
+    assert [c.action for c in ctl.diff([manifests])] == ["unchanged", "unchanged"]
+    assert ctl.delete(["policies"], kind="KnowledgeBase") == ["policies"]
+    assert ctl.store.get("KnowledgeBase", "policies") is None

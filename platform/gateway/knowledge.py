@@ -1,0 +1,249 @@
+"""Knowledge-base routes of the gateway (``/v1/knowledge/...``) and their dispatcher.
+
+Routes (every one scoped to the caller's tenant — see :func:`tenant_of`)::
+
+    GET    /v1/knowledge                          the KBs the caller can see
+    GET    /v1/knowledge/{kb}                     stats: version, counts, snapshots, last sync
+    POST   /v1/knowledge/{kb}/search              {"query", "limit", "mode", "mmr", "domain",
+                                                   "kinds", "since", "until"} → cited hits
+    GET    /v1/knowledge/{kb}/documents           stored documents
+    POST   /v1/knowledge/{kb}/documents           multipart upload (field ``file``)
+    DELETE /v1/knowledge/{kb}/documents/{doc}     an uploaded document (doc_id or file name)
+    POST   /v1/knowledge/{kb}/sync                {"rebuild": false} → what changed
+    GET    /v1/knowledge/{kb}/snapshots           saved versions
+    POST   /v1/knowledge/{kb}/snapshots           {"note"} → save the current version
+    POST   /v1/knowledge/{kb}/rollback            {"version"} → restore a snapshot
+    GET    /v1/knowledge/{kb}/answers?status=     learned answers
+    POST   /v1/knowledge/{kb}/answers             {"question", "answer", "provenance"}
+    POST   /v1/knowledge/{kb}/answers/{id}/retract {"reason"}
+
+The routes only parse and check requests; the work is a :class:`KnowledgeBackend` call
+(in production a Ray Serve handle to the knowledge server that owns the embedded shards;
+in tests :class:`LocalKnowledge` over a :class:`~qingliang.knowledge.service.KnowledgeService`).
+:func:`dispatch` is the one place where a method name becomes a service call, for both.
+
+**Tenancy**: a key with the scope ``tenant:<name>`` acts for that tenant only; a key without
+one (the operator's key ``qingliang up`` writes, or ``--no-auth``) acts for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import logging
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+
+from qingliang.platform.errors import ApiError, BadRequest
+
+logger = logging.getLogger(__name__)
+
+TENANT_SCOPE = "tenant:"
+
+#: Methods a backend may be asked for, with the body keys each accepts.
+METHODS: dict[str, frozenset[str]] = {
+    "names": frozenset(),
+    "stats": frozenset(),
+    "search": frozenset({"query", "limit", "mode", "mmr", "domain", "kinds", "since", "until"}),
+    "documents": frozenset(),
+    "upload": frozenset({"filename", "data"}),
+    "delete_document": frozenset({"doc"}),
+    "sync": frozenset({"rebuild"}),
+    "snapshots": frozenset(),
+    "snapshot": frozenset({"note"}),
+    "rollback": frozenset({"version"}),
+    "answers": frozenset({"status"}),
+    "add_answer": frozenset({"question", "answer", "provenance"}),
+    "retract_answer": frozenset({"answer_id", "reason"}),
+}
+
+
+class KnowledgeBackend(Protocol):
+    async def call(
+        self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
+    ) -> Any: ...
+
+
+def dispatch(
+    service: Any, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
+) -> Any:
+    """Run ``method`` on a KnowledgeService and return a JSON-ready result."""
+    if method not in METHODS:
+        raise BadRequest(f"unknown knowledge method {method!r}")
+    if method == "names":
+        return {"data": [{"id": n, "object": "knowledge_base"} for n in service.names(tenant)]}
+    assert kb is not None
+    if method == "stats":
+        return service.stats(kb, tenant=tenant)
+    if method == "search":
+        return service.search(kb, kwargs.pop("query", None), tenant=tenant, **kwargs)
+    if method == "documents":
+        return {"data": service.documents(kb, tenant=tenant)}
+    if method == "upload":
+        out = service.upload(kb, kwargs["filename"], kwargs["data"], tenant=tenant, actor=actor)
+        return out.to_dict()
+    if method == "delete_document":
+        return service.delete_document(kb, kwargs["doc"], tenant=tenant, actor=actor).to_dict()
+    if method == "sync":
+        rebuild = kwargs.get("rebuild", False)
+        if not isinstance(rebuild, bool):
+            raise BadRequest("rebuild must be true or false", param="rebuild")
+        return service.sync(kb, tenant=tenant, actor=actor, rebuild=rebuild).to_dict()
+    if method == "snapshots":
+        return {"data": [s.to_dict() for s in service.snapshots(kb, tenant=tenant)]}
+    if method == "snapshot":
+        note = kwargs.get("note", "")
+        if not isinstance(note, str) or len(note) > 500:
+            raise BadRequest("note must be a string of at most 500 characters", param="note")
+        return service.snapshot(kb, note=note, tenant=tenant, actor=actor).to_dict()
+    if method == "rollback":
+        return service.rollback(kb, kwargs.get("version"), tenant=tenant, actor=actor)
+    if method == "answers":
+        recs = service.answers(kb, tenant=tenant, status=kwargs.get("status", "active"))
+        return {"data": [r.to_dict() for r in recs]}
+    if method == "add_answer":
+        rec = service.add_answer(
+            kb,
+            kwargs.get("question"),
+            kwargs.get("answer"),
+            provenance=kwargs.get("provenance"),
+            tenant=tenant,
+            actor=actor,
+        )
+        return rec.to_dict()
+    rec = service.retract_answer(
+        kb, kwargs["answer_id"], reason=kwargs.get("reason"), tenant=tenant, actor=actor
+    )
+    return rec.to_dict()
+
+
+class LocalKnowledge:
+    """A backend over an in-process KnowledgeService (tests, and one-process setups)."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def call(
+        self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
+    ) -> Any:
+        return await asyncio.to_thread(dispatch, self.service, method, kb, tenant, actor, kwargs)
+
+
+def tenant_of(principal: Any) -> str | None:
+    """The tenant a verified key acts for (its ``tenant:<name>`` scope), else None (all)."""
+    for scope in getattr(principal, "scopes", ()) or ():
+        if scope.startswith(TENANT_SCOPE):
+            return scope[len(TENANT_SCOPE) :]
+    return None
+
+
+def _actor(principal: Any) -> str:
+    name = getattr(principal, "name", None)
+    return f"key:{name}" if name else "api"
+
+
+async def _body(request: Request, method: str) -> dict:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    allowed = METHODS[method]
+    for key in body:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(sorted(allowed)) or "none"
+            raise BadRequest(f"unknown field {key!r}{hint}; accepted: {known}", param=key)
+    return body
+
+
+def add_knowledge_routes(app: FastAPI, knowledge: KnowledgeBackend | None) -> None:
+    """Mount the ``/v1/knowledge`` routes on ``app`` (501 for each when ``knowledge`` is None)."""
+
+    async def run(request: Request, method: str, kb: str | None, kwargs: dict) -> Any:
+        if knowledge is None:
+            err = ApiError("knowledge bases are not enabled on this gateway")
+            err.status_code = 501
+            raise err
+        principal = getattr(request.state, "principal", None)
+        return await knowledge.call(method, kb, tenant_of(principal), _actor(principal), kwargs)
+
+    @app.get("/v1/knowledge")
+    async def list_kbs(request: Request) -> Any:
+        return await run(request, "names", None, {})
+
+    @app.get("/v1/knowledge/{kb}")
+    async def stats(request: Request, kb: str) -> Any:
+        return await run(request, "stats", kb, {})
+
+    @app.post("/v1/knowledge/{kb}/search")
+    async def search(request: Request, kb: str) -> Any:
+        body = await _body(request, "search")
+        if "query" not in body:
+            raise BadRequest("`query` is required", param="query")
+        return await run(request, "search", kb, body)
+
+    @app.get("/v1/knowledge/{kb}/documents")
+    async def documents(request: Request, kb: str) -> Any:
+        return await run(request, "documents", kb, {})
+
+    @app.post("/v1/knowledge/{kb}/documents")
+    async def upload(request: Request, kb: str) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise BadRequest(
+                "upload a file as multipart/form-data in the field `file` "
+                "(curl -F file=@policy.pdf ...)",
+                param="file",
+            )
+        form = await request.form()
+        item = form.get("file")
+        if item is None or isinstance(item, str):
+            raise BadRequest("the multipart form has no file in the field `file`", param="file")
+        data = await item.read()
+        return await run(request, "upload", kb, {"filename": item.filename or "", "data": data})
+
+    @app.delete("/v1/knowledge/{kb}/documents/{doc:path}")
+    async def delete_document(request: Request, kb: str, doc: str) -> Any:
+        return await run(request, "delete_document", kb, {"doc": doc})
+
+    @app.post("/v1/knowledge/{kb}/sync")
+    async def sync(request: Request, kb: str) -> Any:
+        return await run(request, "sync", kb, await _body(request, "sync"))
+
+    @app.get("/v1/knowledge/{kb}/snapshots")
+    async def snapshots(request: Request, kb: str) -> Any:
+        return await run(request, "snapshots", kb, {})
+
+    @app.post("/v1/knowledge/{kb}/snapshots")
+    async def snapshot(request: Request, kb: str) -> Any:
+        return await run(request, "snapshot", kb, await _body(request, "snapshot"))
+
+    @app.post("/v1/knowledge/{kb}/rollback")
+    async def rollback(request: Request, kb: str) -> Any:
+        body = await _body(request, "rollback")
+        if "version" not in body:
+            raise BadRequest("`version` is required", param="version")
+        return await run(request, "rollback", kb, body)
+
+    @app.get("/v1/knowledge/{kb}/answers")
+    async def answers(request: Request, kb: str, status: str = "active") -> Any:
+        return await run(request, "answers", kb, {"status": None if status == "all" else status})
+
+    @app.post("/v1/knowledge/{kb}/answers")
+    async def add_answer(request: Request, kb: str) -> Any:
+        return await run(request, "add_answer", kb, await _body(request, "add_answer"))
+
+    @app.post("/v1/knowledge/{kb}/answers/{answer_id}/retract")
+    async def retract(request: Request, kb: str, answer_id: str) -> Any:
+        body = await _body(request, "retract_answer")
+        return await run(
+            request, "retract_answer", kb, {"answer_id": answer_id, "reason": body.get("reason")}
+        )
