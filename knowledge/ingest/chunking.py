@@ -44,17 +44,26 @@ class Block:
     row_start: int | None = None
     row_end: int | None = None
     atomic: bool = False
+    image_path: str | None = None
+    region: tuple[int, int, int, int] | None = None
+    #: The chunk's hash when its text does not carry its content (an ``image`` chunk:
+    #: the hash of the pixels); empty means the hash of the text.
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
 class Parsed:
-    """One document as a parser returns it; ``error`` marks a record that failed."""
+    """One document as a parser returns it; ``error`` marks a record that failed.
+
+    ``sha256`` overrides the document hash (images: the pixels, not only the OCR text).
+    """
 
     text: str
     blocks: list[Block] = field(default_factory=list)
     record: str | None = None
     title: str | None = None
     error: str | None = None
+    sha256: str | None = None
 
 
 def joined(blocks: list[Block], sep: str = "\n\n") -> tuple[str, list[Block]]:
@@ -151,7 +160,10 @@ def chunk_document(parsed: Parsed, source: str, chunking: Chunking) -> list[Chun
                 char_start=s,
                 char_end=e,
                 record=parsed.record,
+                image_path=b.image_path,
+                region=b.region,
             ),
+            sha256=b.sha256,
         )
         for i, (b, piece, s, e) in enumerate(pieces)
         if piece.strip()

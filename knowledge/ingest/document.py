@@ -20,7 +20,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
-ChunkKind = Literal["text", "table-row", "table-summary", "image-ocr"]
+ChunkKind = Literal["text", "table-row", "table-summary", "image-ocr", "image"]
 
 _SPACE = re.compile(r"\s+")
 
@@ -50,8 +50,11 @@ class Location:
     """Where a chunk sits in its source, for citations.
 
     ``char_start`` / ``char_end`` are offsets into the document's text (the decoded file,
-    or for HTML / JSON the extracted text). ``row_start`` / ``row_end`` are 1-based record
-    numbers in the table file, the header record included (as a spreadsheet numbers rows).
+    or for HTML / JSON / PDF / DOCX / images the extracted text). ``row_start`` /
+    ``row_end`` are 1-based row numbers as a spreadsheet shows them: the CSV record (header
+    included), the Excel sheet row, the row of a Word table (header = 1). ``page`` is the
+    1-based PDF page (or TIFF page). ``image_path`` and ``region`` (``x0, y0, x1, y1``
+    pixels in the image as displayed) locate OCR text and ``image`` chunks.
     """
 
     source: str

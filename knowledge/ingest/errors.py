@@ -14,3 +14,10 @@ class DocumentError(QingliangError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of a third-party exception, for a reason (``Type`` alone when
+    the message is empty)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

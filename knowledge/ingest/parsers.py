@@ -3,21 +3,24 @@
 A parser takes the file's bytes and returns one :class:`Parsed` per document (one for
 most files, one per record for JSON / JSONL) or raises :class:`DocumentError`.
 
-Types whose library is not installed are known to the registry, which reports them as
-unsupported and names the package to install.
+PDF, DOCX, XLSX and image parsers import their library on first use (``_pdf.py``,
+``_office.py``, ``_image.py``); when it is not installed, each file of that type is
+reported with the package to install.
 
 Example:
     >>> from qingliang.knowledge.ingest.parsers import default_registry
     >>> registry = default_registry()
     >>> registry.parser_for("notes.md").name
     'markdown'
-    >>> registry.unsupported_reason("scan.png")
-    'image OCR needs the `rapidocr-onnxruntime` package, which is not installed'
+    >>> registry.parser_for("Scan.PNG").name
+    'image'
+    >>> registry.unsupported_reason("data.bin").split(";")[0]
+    'unsupported file type .bin'
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -26,6 +29,9 @@ from pathlib import PurePath
 
 from qingliang.knowledge.ingest._decode import decode
 from qingliang.knowledge.ingest._html import SectionExtractor
+from qingliang.knowledge.ingest._image import parse_image
+from qingliang.knowledge.ingest._office import parse_docx, parse_xlsx
+from qingliang.knowledge.ingest._pdf import parse_pdf
 from qingliang.knowledge.ingest._tables import parse_table
 from qingliang.knowledge.ingest.chunking import Block, Parsed, joined
 from qingliang.knowledge.ingest.errors import DocumentError
@@ -215,17 +221,8 @@ def parse_json(data: bytes, source: str, parsers: Parsers, chunking: Chunking) -
 
 # -------------------------------------------------------------------------- registry
 
-#: Types known but parsed by an optional library: suffixes → (label, module, pip name).
-OPTIONAL: dict[tuple[str, ...], tuple[str, str, str]] = {
-    (".pdf",): ("PDF", "pypdf", "pypdf"),
-    (".docx",): ("DOCX", "docx", "python-docx"),
-    (".xlsx", ".xlsm"): ("XLSX", "openpyxl", "openpyxl"),
-    (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"): (
-        "image OCR",
-        "rapidocr_onnxruntime",
-        "rapidocr-onnxruntime",
-    ),
-}
+#: Suffixes of the image parser.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ParserRegistry:
@@ -253,17 +250,18 @@ class ParserRegistry:
 
     def unsupported_reason(self, path: str | PurePath) -> str:
         suffix = PurePath(path).suffix.lower()
-        for suffixes, (label, module, package) in OPTIONAL.items():
-            if suffix in suffixes:
-                if importlib.util.find_spec(module) is None:
-                    return f"{label} needs the `{package}` package, which is not installed"
-                return f"{label} is not supported yet (the `{package}` package is installed)"
         shown = suffix or "(no suffix)"
         return f"unsupported file type {shown}; supported: {', '.join(self.suffixes)}"
 
 
-def default_registry() -> ParserRegistry:
-    """Every built-in parser."""
+def default_registry(*, image_embedding: bool = False) -> ParserRegistry:
+    """Every built-in parser.
+
+    Args:
+        image_embedding: An image-embedding model is configured (``spec.embedding.image``):
+            every image also yields one ``image`` chunk, and an image with no text (or with
+            OCR off) is a document rather than a failure.
+    """
     return ParserRegistry(
         [
             Parser("text", (".txt", ".text", ".log"), parse_text),
@@ -271,5 +269,13 @@ def default_registry() -> ParserRegistry:
             Parser("html", (".html", ".htm", ".xhtml"), parse_html),
             Parser("csv", (".csv", ".tsv"), parse_csv),
             Parser("json", (".json", ".jsonl", ".ndjson"), parse_json),
+            Parser("pdf", (".pdf",), parse_pdf),
+            Parser("docx", (".docx",), parse_docx),
+            Parser("xlsx", (".xlsx", ".xlsm"), parse_xlsx),
+            Parser(
+                "image",
+                IMAGE_SUFFIXES,
+                functools.partial(parse_image, image_embedding=image_embedding),
+            ),
         ]
     )

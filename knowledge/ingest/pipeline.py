@@ -51,7 +51,8 @@ class IngestOptions:
 
     @classmethod
     def from_spec(cls, spec: KnowledgeBaseSpec) -> IngestOptions:
-        return cls(parsers=spec.parsers, chunking=spec.chunking)
+        registry = default_registry(image_embedding=spec.embedding.image is not None)
+        return cls(parsers=spec.parsers, chunking=spec.chunking, registry=registry)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _ingest_one(
             doc_id=document_id(source, parsed.record),
             source=source,
             type=parser.name,
-            sha256=content_hash(parsed.text),
+            sha256=parsed.sha256 or content_hash(parsed.text),
             n_chunks=0,
             n_chars=len(parsed.text),
             record=parsed.record,

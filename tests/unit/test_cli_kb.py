@@ -29,7 +29,8 @@ def mixed(tmp_path: Path) -> Path:
     d = tmp_path / "mixed"
     (d / "sub").mkdir(parents=True)
     (d / "policy.md").write_text(
-        "# 复工指引\n\n## 返岗人员\n\n返岗人员须居家观察十四天。\n\n## 企业\n\n企业须制定防控方案。",
+        "# 复工指引\n\n## 返岗人员\n\n返岗人员须居家观察十四天。\n\n"
+        "## 企业\n\n企业须制定防控方案。",
         encoding="utf-8",
     )
     (d / "sub" / "clinics.csv").write_text(

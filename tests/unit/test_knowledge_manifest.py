@@ -472,3 +472,32 @@ def test_yaml_examples_in_the_docs_validate() -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(kb_mod)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------------ image embedding
+
+
+def test_image_embedding_is_off_by_default_and_takes_a_model_dir() -> None:
+    (item,) = load(manifest())
+    assert item.manifest.spec.embedding.image is None
+    (item,) = load(manifest(embedding={"image": {"model_dir": "models/clip-vit-b32"}}))
+    assert item.manifest.spec.embedding.image.model_dir == "models/clip-vit-b32"
+    assert item.manifest.spec.embedding.model == "multilingual-e5-small"
+
+
+@pytest.mark.parametrize(
+    ("image", "path", "fragment"),
+    [
+        ({"model_dir": "  "}, "spec.embedding.image.model_dir", "must not be empty"),
+        ({}, "spec.embedding.image.model_dir", "required key is missing"),
+        ({"model_dir": 3}, "spec.embedding.image.model_dir", "valid string"),
+        ("clip", "spec.embedding.image", ""),
+        (
+            {"model_dir": "m", "model_path": "m"},
+            "spec.embedding.image.model_path",
+            "unknown key (did you mean 'model_dir'?)",
+        ),
+    ],
+)
+def test_bad_image_embedding(image: Any, path: str, fragment: str) -> None:
+    assert_issue(errors_of(manifest(embedding={"image": image})), path, fragment)

@@ -420,7 +420,11 @@ def test_docstring_example_runs() -> None:
     assert result.failed == 0 and result.attempted > 0
 
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "deploy" / "examples").glob("*.yaml"))
+EXAMPLES = [
+    p
+    for p in sorted((Path(__file__).resolve().parents[2] / "deploy" / "examples").glob("*.yaml"))
+    if "kind: ModelDeployment" in p.read_text(encoding="utf-8")
+]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -437,6 +441,7 @@ def test_example_plans() -> None:
     plans = {
         i.name: compile_plan(i.manifest, AVX2, i.source)  # type: ignore[arg-type]
         for i in load_paths([root])
+        if i.kind == "ModelDeployment"
     }
     assert plans["smollm"].engine == "transformers"
     assert plans["smollm"].dtype == "float32"
