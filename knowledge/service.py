@@ -73,6 +73,7 @@ class SyncOutcome:
     snapshot: int | None = None
     files: int = 0
     seconds: float = 0.0
+    images: SyncReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         r = self.report
@@ -92,6 +93,15 @@ class SyncOutcome:
             "kept_documents": r.kept_documents,
             "errors": [{"path": e.path, "reason": e.reason} for e in r.errors],
             "seconds": round(self.seconds, 3),
+            "images": None
+            if self.images is None
+            else {
+                "chunks": self.images.total,
+                "added": self.images.added,
+                "updated": self.images.updated,
+                "deleted": self.images.deleted,
+                "embedded": self.images.embedded,
+            },
         }
 
 
@@ -186,11 +196,11 @@ class KnowledgeService:
         with kb.lock:
             if drop_data:
                 store = self._store(kb)
-                coll = kb.manifest.collection
-                if coll in store.list_collections():
-                    store.delete_by_filter(coll, Filter(equals={"kb": name}))
-                    if store.count(coll) == 0:
-                        store.drop_collection(coll)
+                for coll in (kb.manifest.collection, image_collection(kb.manifest)):
+                    if coll in store.list_collections():
+                        store.delete_by_filter(coll, Filter(equals={"kb": name}))
+                        if store.count(coll) == 0:
+                            store.drop_collection(coll)
                 for rec in self.registry.snapshots(name):
                     snaps.remove(self._snap_root, name, rec.version)
             self.registry.forget(name)
@@ -256,18 +266,34 @@ class KnowledgeService:
         only_sources: Sequence[str] | None = None,
     ) -> SyncOutcome:
         version = self.registry.next_version(kb.name)
-        syncer = self._syncer(kb, progress)
         spec = kb.manifest.spec
-        result = syncer.sync(
-            kb.name,
-            report,
-            tenant=spec.labels.tenant,
-            domain=spec.labels.domain,
-            version=version,
-            only_sources=only_sources,
+        # `image` chunks (made only when spec.embedding.image is set) carry CLIP vectors of
+        # another size, so they live in a sibling collection; everything else in the main one.
+        texts = IngestReport(
+            documents=report.documents,
+            chunks=[c for c in report.chunks if c.kind != "image"],
+            errors=report.errors,
         )
-        outcome = SyncOutcome(kb.name, result, self.registry.version(kb.name))
-        if result.written or result.deleted:
+        kwargs: dict[str, Any] = {
+            "tenant": spec.labels.tenant,
+            "domain": spec.labels.domain,
+            "version": version,
+            "only_sources": only_sources,
+        }
+        result = self._syncer(kb, progress).sync(kb.name, texts, **kwargs)
+        images: SyncReport | None = None
+        if spec.embedding.image is not None:
+            pictures = IngestReport(
+                documents=report.documents,
+                chunks=[c for c in report.chunks if c.kind == "image"],
+                errors=report.errors,
+            )
+            images = self._image_syncer(kb).sync(kb.name, pictures, **kwargs)
+        outcome = SyncOutcome(kb.name, result, self.registry.version(kb.name), images=images)
+        changed = result.written or result.deleted
+        if images is not None:
+            changed = changed or images.written or images.deleted
+        if changed:
             detail = {k: v for k, v in outcome.to_dict().items() if k not in ("errors", "kb")}
             detail["errors"] = len(result.errors)
             outcome.version = self.registry.bump(kb.name, actor=actor, action=action, detail=detail)
@@ -277,6 +303,32 @@ class KnowledgeService:
                 kb.name, actor=actor, action=action, detail={"errors": len(result.errors)}
             )
         return outcome
+
+    def _image_syncer(self, kb: _Kb) -> Syncer:
+        clip = self._clip(kb)
+        return Syncer(
+            self._store(kb),
+            _ClipPassages(clip),
+            collection=image_collection(kb.manifest),
+            batch_size=kb.manifest.spec.embedding.batch_size,
+            # The file path (to read the pixels) and the pixel hash (so an edited image is
+            # embedded again and a re-encoded one is not).
+            embed_input=lambda c: f"{c.location.image_path}\x1f{c.sha256}",
+        )
+
+    def _clip(self, kb: _Kb) -> Any:
+        from qingliang.knowledge.image_embedding import ClipImageEmbedder
+
+        conf = kb.manifest.spec.embedding.image
+        assert conf is not None
+        path = Path(conf.model_dir)
+        path = path if path.is_absolute() else kb.base / path
+        key = f"clip:{path}"
+        with self._lock:
+            emb = self._embedders.get(key)
+            if emb is None:
+                emb = self._embedders[key] = ClipImageEmbedder(path)
+            return emb
 
     def _syncer(self, kb: _Kb, progress: Progress | None) -> Syncer:
         spec = kb.manifest.spec
@@ -301,6 +353,8 @@ class KnowledgeService:
                 "a rebuild would drop them; give this KB its own spec.store.collection"
             )
         store.drop_collection(coll)
+        if image_collection(kb.manifest) in store.list_collections():
+            store.drop_collection(image_collection(kb.manifest))
 
     # -- search ---------------------------------------------------------------------------
 
@@ -323,10 +377,29 @@ class KnowledgeService:
         spec = kb.manifest.spec
         store = self._store(kb)
         coll = kb.manifest.collection
+        embedder = self._embedder(spec.embedding.model)
+        chosen = mode or ("hybrid" if spec.sparse.bm25 else "dense")
+        wanted = [kinds] if isinstance(kinds, str) else list(kinds or [])
+        if "image" in wanted:
+            if wanted != ["image"]:
+                raise BadRequest(
+                    "search images alone (kinds: [image]): their vectors are not comparable "
+                    "with text chunks'",
+                    param="kinds",
+                )
+            if spec.embedding.image is None:
+                raise BadRequest(
+                    f"knowledge base {name!r} has no image embedding (spec.embedding.image)",
+                    param="kinds",
+                )
+            coll, embedder, chosen = (
+                image_collection(kb.manifest),
+                _ClipQueries(self._clip(kb)),
+                "dense",
+            )
         if coll not in store.list_collections():
             raise Conflict(f"knowledge base {name!r} has not been synced yet: run `kb sync {name}`")
-        retriever = Retriever(store, self._embedder(spec.embedding.model), collection=coll)
-        chosen = mode or ("hybrid" if spec.sparse.bm25 else "dense")
+        retriever = Retriever(store, embedder, collection=coll)
         citations = retriever.search(
             query,
             tenant=kb.tenant,
@@ -774,6 +847,35 @@ class KnowledgeService:
             out.extend(r.payload for r in recs)
             if offset is None:
                 return out
+
+
+def image_collection(kb: KnowledgeBase) -> str:
+    """Where a KB's ``image`` chunks (CLIP vectors) live, beside its main collection."""
+    return f"{kb.collection}.images"
+
+
+class _ClipPassages:
+    """Sync's embedder over a CLIP model: each input is ``path\x1fpixel-sha256``."""
+
+    def __init__(self, clip: Any) -> None:
+        self.clip = clip
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.clip.dimensions)
+
+    def embed(self, texts: list[str], *, input_type: str = "passage") -> list[list[float]]:
+        return self.clip.embed_images([t.split("\x1f", 1)[0] for t in texts])
+
+
+class _ClipQueries:
+    """Retrieval's query embedder over CLIP's text tower (text-to-image search)."""
+
+    def __init__(self, clip: Any) -> None:
+        self.clip = clip
+
+    def embed(self, texts: list[str], *, input_type: str = "query") -> list[list[float]]:
+        return self.clip.embed_text(texts)
 
 
 def _store_key(kb: KnowledgeBase, home: Path) -> str:

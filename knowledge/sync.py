@@ -202,6 +202,9 @@ class Syncer:
         clock: Returns the ``synced_at`` timestamp (tests pin it).
         progress: Called after each written batch with (points written so far, points to
             write) — for progress bars.
+        embed_input: What the embedder is given for a chunk (default
+            :attr:`Chunk.embed_text`); its sha256 decides whether a stored vector can be
+            reused. Image chunks pass their file path and pixel hash here.
     """
 
     def __init__(
@@ -214,6 +217,7 @@ class Syncer:
         sparse_encoder: Bm25Encoder | None = None,
         clock: Callable[[], datetime] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        embed_input: Callable[[Chunk], str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -224,6 +228,7 @@ class Syncer:
         self.sparse_encoder = sparse_encoder
         self._clock = clock or (lambda: datetime.now(UTC))
         self._progress = progress
+        self._embed_input = embed_input or (lambda c: c.embed_text)
 
     def sync(
         self,
@@ -349,6 +354,7 @@ class Syncer:
             doc = docs.get(chunk.doc_id)
             doc_sha = doc.sha256 if doc else _sha("\n".join(derived[chunk.doc_id]))
             payload = chunk_payload(kb, chunk, doc, doc_sha, tenant=tenant, domain=domain)
+            payload["embed_sha256"] = _sha(self._embed_input(chunk))
             if self.sparse_encoder is not None:
                 payload["sparse"] = self.sparse_encoder.name
             old = stored.get(pid)
@@ -380,7 +386,7 @@ class Syncer:
         for w in batch:
             sha = w.payload["embed_sha256"]
             if sha not in vectors:
-                todo.setdefault(sha, w.chunk.embed_text)
+                todo.setdefault(sha, self._embed_input(w.chunk))
         if todo:
             embedded = self.embedder.embed(list(todo.values()), input_type="passage")
             if len(embedded) != len(todo):

@@ -364,3 +364,60 @@ def _dump(svc: KnowledgeService, name: str) -> dict[Any, Any]:
             out[r.id] = (json.dumps(payload, sort_keys=True), tuple(round(v, 5) for v in r.dense))
         if offset is None:
             return out
+
+
+def test_image_vectors_follow_pixels_and_answer_text_queries(
+    svc: KnowledgeService, tmp_path: Path
+) -> None:
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+
+    def save(name: str, color: str, level: int = 6) -> None:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), color).save(buf, "PNG", compress_level=level)
+        (folder / name).write_bytes(buf.getvalue())
+
+    save("red.png", "red")
+    save("blue.png", "blue")
+    (folder / "note.md").write_text("# 说明\n\n两张色卡。", encoding="utf-8")
+    clip = tmp_path / "clip"
+    _build_clip(clip)
+    kb = _manifest(
+        "pics",
+        folder,
+        embedding={"image": {"model_dir": str(clip)}},
+        parsers={"image": {"ocr": False}},
+    )
+    svc.register(kb, base=folder)
+    out = svc.sync("pics")
+    assert out.images is not None and out.images.added == out.images.embedded == 2
+    hits = svc.search("pics", "a red card", tenant="city-a", kinds=["image"])["citations"]
+    assert {h["kind"] for h in hits} == {"image"}
+    assert {Path(h["image_path"]).name for h in hits} == {"red.png", "blue.png"}
+    assert svc.search("pics", "说明", tenant="city-a")["citations"][0]["kind"] == "text"
+    save("red.png", "red", level=1)  # same pixels, other bytes: nothing to embed
+    again = svc.sync("pics")
+    assert again.images is not None and again.images.embedded == 0
+    save("blue.png", "green")  # other pixels: that image only
+    edit = svc.sync("pics")
+    assert edit.images is not None and edit.images.embedded == 1 and edit.images.updated == 1
+    (folder / "red.png").unlink()
+    gone = svc.sync("pics")
+    assert gone.images is not None and gone.images.deleted == 1
+    with pytest.raises(BadRequest, match="search images alone"):
+        svc.search("pics", "x", tenant="city-a", kinds=["image", "text"])
+
+
+def _build_clip(folder: Path) -> None:
+    from tests.unit import test_image_embedding as tie
+
+    class _Factory:
+        def mktemp(self, _name: str) -> Path:
+            folder.mkdir()
+            return folder
+
+    tie.model_dir.__wrapped__(_Factory())  # type: ignore[attr-defined]
