@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -38,18 +37,19 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from qingliang.knowledge import snapshots as snaps
 from qingliang.knowledge._bm25 import Bm25Encoder
+from qingliang.knowledge._images import ClipPassages, ClipQueries, image_collection
+from qingliang.knowledge.answers import LearnedAnswers
 from qingliang.knowledge.embedders import embedder_for
 from qingliang.knowledge.ingest import IngestOptions, IngestReport, ingest_paths, resolve_sources
 from qingliang.knowledge.manifest import KnowledgeBase
-from qingliang.knowledge.registry import AnswerRecord, KnowledgeRegistry, SnapshotRecord
+from qingliang.knowledge.registry import KnowledgeRegistry, SnapshotRecord
 from qingliang.knowledge.retrieval import Retriever
-from qingliang.knowledge.stores import Filter, Point, PointId, VectorStore
+from qingliang.knowledge.stores import Filter, PointId, VectorStore
 from qingliang.knowledge.sync import LEARNED, Syncer, SyncReport
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 from qingliang.platform.state import StateStore
@@ -62,7 +62,6 @@ Progress = Callable[[str, int, int], None]
 
 _UPLOAD_NAME = re.compile(r"^[\w\u3400-\u9fff][\w\u3400-\u9fff .()+-]{0,199}\Z")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-MAX_ANSWER_CHARS = 8000
 
 
 @dataclass
@@ -121,7 +120,7 @@ class _Kb:
         return self.manifest.spec.labels.tenant
 
 
-class KnowledgeService:
+class KnowledgeService(LearnedAnswers):
     """Knowledge bases under one data directory.
 
     Args:
@@ -308,7 +307,7 @@ class KnowledgeService:
         clip = self._clip(kb)
         return Syncer(
             self._store(kb),
-            _ClipPassages(clip),
+            ClipPassages(clip),
             collection=image_collection(kb.manifest),
             batch_size=kb.manifest.spec.embedding.batch_size,
             # The file path (to read the pixels) and the pixel hash (so an edited image is
@@ -394,7 +393,7 @@ class KnowledgeService:
                 )
             coll, embedder, chosen = (
                 image_collection(kb.manifest),
-                _ClipQueries(self._clip(kb)),
+                ClipQueries(self._clip(kb)),
                 "dense",
             )
         if coll not in store.list_collections():
@@ -615,143 +614,6 @@ class KnowledgeService:
             new = self.registry.bump(name, actor=actor, action="rollback", detail=detail)
         return {"kb": name, "restored": version, "version": new, **detail}
 
-    # -- learned answers ------------------------------------------------------------------
-
-    def add_answer(
-        self,
-        name: str,
-        question: str,
-        answer: str,
-        *,
-        provenance: dict[str, Any],
-        tenant: str | None = None,
-        actor: str = "api",
-    ) -> AnswerRecord:
-        """An approved question/answer pair (or correction) joins the KB, searchable at once.
-
-        ``provenance`` says where it came from, e.g. ``{"source": "feedback", "by":
-        "reviewer-7", "ref": "run-123"}``; ``source`` is required.
-        """
-        kb = self._kb(name, tenant)
-        q = _answer_text(question, "question")
-        a = _answer_text(answer, "answer")
-        if not isinstance(provenance, dict) or not isinstance(provenance.get("source"), str):
-            raise BadRequest(
-                "provenance must be an object with a `source` string (feedback, review, api…)",
-                param="provenance",
-            )
-        with kb.lock:
-            self._ensure_collection(kb)
-            rec = self.registry.add_answer(
-                name,
-                tenant=kb.tenant,
-                question=q,
-                answer=a,
-                provenance={**provenance, "by": provenance.get("by", actor)},
-                actor=actor,
-            )
-            self._write_answers(kb, [rec])
-        return rec
-
-    def retract_answer(
-        self,
-        name: str,
-        answer_id: str,
-        *,
-        reason: str,
-        tenant: str | None = None,
-        actor: str = "api",
-    ) -> AnswerRecord:
-        """Take a learned answer out of the KB (its record stays, marked retracted)."""
-        kb = self._kb(name, tenant)
-        if not isinstance(reason, str) or not reason.strip():
-            raise BadRequest("a retraction needs a reason", param="reason")
-        with kb.lock:
-            try:
-                rec = self.registry.retract_answer(name, answer_id, actor=actor, reason=reason)
-            except KeyError as exc:
-                raise NotFound(str(exc.args[0]), param="answer_id") from None
-            store = self._store(kb)
-            if kb.manifest.collection in store.list_collections():
-                store.delete(kb.manifest.collection, [_answer_point(name, answer_id)])
-        return rec
-
-    def answers(
-        self, name: str, *, tenant: str | None = None, status: str | None = "active"
-    ) -> list[AnswerRecord]:
-        self._kb(name, tenant)
-        if status not in (None, "active", "retracted"):
-            raise BadRequest("status must be active, retracted or empty", param="status")
-        return self.registry.answers(name, status=status)  # type: ignore[arg-type]
-
-    def _write_answers(self, kb: _Kb, recs: Sequence[AnswerRecord]) -> None:
-        if not recs:
-            return
-        spec = kb.manifest.spec
-        texts = [f"问：{r.question}\n答：{r.answer}" for r in recs]
-        vectors = self._embedder(spec.embedding.model).embed(texts, input_type="passage")
-        enc = Bm25Encoder() if spec.sparse.bm25 else None
-        points = []
-        for rec, text, vec in zip(recs, texts, vectors, strict=True):
-            sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            payload: dict[str, Any] = {
-                "kb": kb.name,
-                "tenant": rec.tenant,
-                "doc_id": f"answer:{rec.id}",
-                "source": f"answers/{rec.id}",
-                "chunk_index": 0,
-                "kind": "qa",
-                "origin": LEARNED,
-                "text": text,
-                "question": rec.question,
-                "answer": rec.answer,
-                "provenance": rec.provenance,
-                "chunk_sha256": sha,
-                "embed_sha256": sha,
-                "doc_sha256": sha,
-                "version": rec.version,
-                "synced_at": datetime.fromtimestamp(rec.created_at, UTC).isoformat(),
-            }
-            if spec.labels.domain:
-                payload["domain"] = spec.labels.domain
-            if enc is not None:
-                payload["sparse"] = enc.name
-            points.append(
-                Point(
-                    _answer_point(kb.name, rec.id),
-                    vec,
-                    sparse=None if enc is None else enc.encode_passage(text),
-                    payload=payload,
-                )
-            )
-        self._store(kb).upsert(kb.manifest.collection, points)
-
-    def _reconcile_answers(self, kb: _Kb) -> None:
-        """Make the learned points match the registry's active answers (crash, rollback)."""
-        store = self._store(kb)
-        coll = kb.manifest.collection
-        active = {_answer_point(kb.name, r.id): r for r in self.registry.answers(kb.name)}
-        if coll not in store.list_collections():
-            if not active:
-                return
-            self._ensure_collection(kb)
-        present: set[PointId] = set()
-        offset: PointId | None = None
-        flt = Filter(equals={"kb": kb.name, "origin": LEARNED})
-        while True:
-            recs, offset = store.scroll(coll, flt, limit=256, offset=offset)
-            present.update(r.id for r in recs)
-            if offset is None:
-                break
-        extra = sorted((p for p in present if p not in active), key=str)
-        if extra:
-            store.delete(coll, extra)
-        self._write_answers(kb, [r for pid, r in active.items() if pid not in present])
-
-    def _ensure_collection(self, kb: _Kb) -> None:
-        syncer = self._syncer(kb, None)
-        syncer._ensure_collection()
-
     # -- stats ----------------------------------------------------------------------------
 
     def stats(self, name: str, *, tenant: str | None = None) -> dict[str, Any]:
@@ -849,35 +711,6 @@ class KnowledgeService:
                 return out
 
 
-def image_collection(kb: KnowledgeBase) -> str:
-    """Where a KB's ``image`` chunks (CLIP vectors) live, beside its main collection."""
-    return f"{kb.collection}.images"
-
-
-class _ClipPassages:
-    """Sync's embedder over a CLIP model: each input is ``path\x1fpixel-sha256``."""
-
-    def __init__(self, clip: Any) -> None:
-        self.clip = clip
-
-    @property
-    def dimensions(self) -> int:
-        return int(self.clip.dimensions)
-
-    def embed(self, texts: list[str], *, input_type: str = "passage") -> list[list[float]]:
-        return self.clip.embed_images([t.split("\x1f", 1)[0] for t in texts])
-
-
-class _ClipQueries:
-    """Retrieval's query embedder over CLIP's text tower (text-to-image search)."""
-
-    def __init__(self, clip: Any) -> None:
-        self.clip = clip
-
-    def embed(self, texts: list[str], *, input_type: str = "query") -> list[list[float]]:
-        return self.clip.embed_text(texts)
-
-
 def _store_key(kb: KnowledgeBase, home: Path) -> str:
     st = kb.spec.store
     if st.kind == "server":
@@ -921,23 +754,6 @@ def _check_compatible(before: KnowledgeBase, after: KnowledgeBase) -> None:
             f"knowledge base {after.name!r}: spec.store.collection changed from "
             f"{before.collection!r} to {after.collection!r}; delete and re-apply to move it"
         )
-
-
-def _answer_point(kb: str, answer_id: str) -> str:
-    return str(
-        uuid.uuid5(uuid.NAMESPACE_URL, f"https://qingliang.io/knowledge/{kb}/answer/{answer_id}")
-    )
-
-
-def _answer_text(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"{what} must be a non-empty string", param=what)
-    text = value.strip()
-    if len(text) > MAX_ANSWER_CHARS:
-        raise BadRequest(
-            f"{what} has {len(text)} characters, at most {MAX_ANSWER_CHARS}", param=what
-        )
-    return text
 
 
 def _upload_name(filename: object) -> str:

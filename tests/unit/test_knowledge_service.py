@@ -303,7 +303,7 @@ def test_a_lost_answer_point_is_restored_by_sync(svc: KnowledgeService, docs: Pa
     svc.sync("gov")
     rec = svc.add_answer("gov", "问题甲", "答案乙", provenance={"source": "api"})
     store = svc._store(svc._kb("gov", None))
-    from qingliang.knowledge.service import _answer_point
+    from qingliang.knowledge.answers import _answer_point
 
     store.delete("gov", [_answer_point("gov", rec.id)])  # e.g. a crash between the two writes
     svc.sync("gov")
