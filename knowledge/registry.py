@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qingliang.platform.state import open_db
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -152,14 +154,8 @@ class KnowledgeRegistry:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+        with open_db(self.path, _SCHEMA) as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -43,6 +43,21 @@ class Applied:
     plan: dict | None = None
 
 
+@contextmanager
+def open_db(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
+    """An autocommit connection to ``path`` in WAL mode with ``schema`` applied (idempotent
+    ``CREATE ... IF NOT EXISTS`` statements), closed on exit. Callers open their own
+    ``BEGIN IMMEDIATE`` transactions for writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(schema)
+        yield conn
+    finally:
+        conn.close()
+
+
 class StateStore:
     """Applied manifests by (kind, name). Safe to share between processes."""
 
@@ -51,14 +66,8 @@ class StateStore:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+        with open_db(self.path, _SCHEMA) as conn:
             yield conn
-        finally:
-            conn.close()
 
     def put(self, kind: str, name: str, body: dict, plan: dict | None = None) -> Applied:
         now = time.time()
