@@ -36,6 +36,10 @@ Scalar = str | int | bool
 
 DENSE = "dense"
 SPARSE = "sparse"
+#: Payload fields every collection indexes as keywords: the filters every search and sync
+#: applies. Without an index Qdrant checks a filter point by point (54 ms at 10k chunks in
+#: bench/knowledge.py; 1.2 ms with one on ``tenant``).
+INDEXED_FIELDS: tuple[str, ...] = ("tenant", "kb", "domain", "kind", "doc_id", "source", "origin")
 RRF_K = 60
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

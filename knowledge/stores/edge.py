@@ -34,6 +34,7 @@ from typing import Any
 
 from qingliang.knowledge.stores.base import (
     DENSE,
+    INDEXED_FIELDS,
     RRF_K,
     SPARSE,
     CollectionSpec,
@@ -326,6 +327,7 @@ class QdrantEdgeStore:
             else:
                 # The spec file exists but the shard does not: finish an interrupted create.
                 shard = _call(name, q.EdgeShard.create, str(folder), _edge_config(q, spec))
+            _ensure_indexes(q, name, shard)
             self._shards[name] = shard
             return shard
 
@@ -374,6 +376,15 @@ def _edge_config(q: Any, spec: CollectionSpec) -> Any:
         modifier = q.Modifier.Idf if spec.sparse_idf else None
         sparse = {SPARSE: q.EdgeSparseVectorParams(modifier=modifier)}
     return q.EdgeConfig(vectors={DENSE: dense}, sparse_vectors=sparse)
+
+
+def _ensure_indexes(q: Any, name: str, shard: Any) -> None:
+    """Keyword payload indexes on :data:`INDEXED_FIELDS` (older shards get them on open)."""
+    have = set(_call(name, shard.info).payload_schema)
+    for field_name in INDEXED_FIELDS:
+        if field_name not in have:
+            op = q.UpdateOperation.create_field_index(field_name, q.PayloadSchemaType.Keyword)
+            _call(name, shard.update, op)
 
 
 def _spec_to_json(spec: CollectionSpec) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from qingliang.knowledge.stores.base import (
     DENSE,
+    INDEXED_FIELDS,
     RRF_K,
     SPARSE,
     CollectionSpec,
@@ -85,6 +86,7 @@ class QdrantServerStore:
             except SpecConflict:
                 existing = self._lookup(spec.name)  # lost a race with another creator
             else:
+                self._index_payload(spec.name)
                 with self._lock:
                     self._specs[spec.name] = spec
                 log.info("created server collection %s (%s)", spec.name, spec.describe())
@@ -93,6 +95,20 @@ class QdrantServerStore:
             assert existing is not None
             raise SpecConflict(conflict_message(existing, spec))
         return False
+
+    def _index_payload(self, name: str) -> None:
+        """Keyword indexes on :data:`INDEXED_FIELDS` (a server only; local mode has none)."""
+        if type(getattr(self.client, "_client", None)).__name__ == "QdrantLocal":
+            return
+        m = _models()
+        for field_name in INDEXED_FIELDS:
+            self._call(
+                name,
+                self.client.create_payload_index,
+                name,
+                field_name,
+                field_schema=m.PayloadSchemaType.KEYWORD,
+            )
 
     def drop_collection(self, name: str) -> bool:
         existed = self._lookup(name) is not None

@@ -455,3 +455,21 @@ def test_edge_drop_refuses_a_shard_another_opener_holds(tmp_path):
         QdrantEdgeStore(tmp_path).drop_collection("kb")
     assert owner.count("kb") == 1
     owner.close()
+
+
+def test_edge_collections_index_the_filtered_payload_fields(tmp_path):
+    from qingliang.knowledge.stores.base import INDEXED_FIELDS
+
+    store = QdrantEdgeStore(tmp_path / "q")
+    store.create_collection(CollectionSpec(name="c", dense_size=2))
+    store.upsert(
+        "c",
+        [Point(id=i, dense=[1.0, i / 10], payload={"tenant": f"t{i % 2}"}) for i in range(10)],
+    )
+    assert set(INDEXED_FIELDS) <= set(store._shard("c").info().payload_schema)
+    hits = store.search_dense("c", [1.0, 0.5], limit=10, filter=Filter(equals={"tenant": "t1"}))
+    assert sorted(h.id for h in hits) == [1, 3, 5, 7, 9]
+    store.close()
+    reopened = QdrantEdgeStore(tmp_path / "q")  # an index survives a reopen, none is duplicated
+    assert set(INDEXED_FIELDS) <= set(reopened._shard("c").info().payload_schema)
+    reopened.close()
