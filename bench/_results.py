@@ -1,0 +1,52 @@
+"""Rewriting one benchmark's section of ``bench/RESULTS.md`` (private helpers).
+
+Each benchmark owns one ``## <Title>`` section: :func:`write_section` replaces it (up to the
+next ``## `` heading) or appends it, and leaves every other section byte for byte as it was.
+
+Example:
+    >>> replace_section("# R\\n\\n## A\\nold\\n\\n## B\\nb\\n", "A", "## A\\nnew\\n")
+    '# R\\n\\n## A\\nnew\\n\\n## B\\nb\\n'
+    >>> fmt(1234.5, 1), fmt(None), met(True)
+    ('1,234.5', '–', '**met**')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HEADER = """# Benchmark results
+
+One section per benchmark, each with the machine and the date it ran on. Raw results are
+JSON files under `bench/out/`; the scripts rewrite their own section.
+"""
+
+
+def replace_section(text: str, title: str, section: str) -> str:
+    """``text`` with its ``## title`` section replaced by ``section`` (appended if absent)."""
+    if not section.endswith("\n"):
+        section += "\n"
+    start = text.find(f"\n## {title}\n")
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + 1)
+    return text[: start + 1] + section + (text[end:] if end >= 0 else "")
+
+
+def write_section(path: Path, title: str, section: str) -> None:
+    """Rewrite the ``## title`` section of the Markdown file ``path`` (created if missing)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else HEADER
+    path.write_text(replace_section(text, title, section), encoding="utf-8")
+
+
+def fmt(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
+    """``value × scale`` with thousands separators, or an en dash for None."""
+    return "–" if value is None else f"{value * scale:,.{digits}f}"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A share as a percentage (``0.051`` → ``5.1 %``), or an en dash for None."""
+    return "–" if value is None else f"{value * 100:,.{digits}f} %"
+
+
+def met(flag: bool) -> str:
+    return "**met**" if flag else "**not met**"
