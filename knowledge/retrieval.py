@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -254,31 +253,33 @@ class Retriever:
     def _mmr(
         self, hits: list[Hit], query: list[float], lam: float, limit: int, *, dense_scores: bool
     ) -> list[Hit]:
+        import numpy as np
+
         records = self.store.get(self.collection, [h.id for h in hits], with_vectors=True)
-        vectors = {r.id: _unit(r.dense) for r in records if r.dense is not None}
+        vectors = {r.id: r.dense for r in records if r.dense is not None}
         pool = [h for h in hits if h.id in vectors]
         if not pool:
             return hits
-        q = _unit(query)
+        matrix = np.asarray([vectors[h.id] for h in pool], dtype=np.float64)
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         if dense_scores:
-            relevance = {h.id: _dot(q, vectors[h.id]) for h in pool}
+            q = np.asarray(query, dtype=np.float64)
+            relevance = matrix @ (q / max(float(np.linalg.norm(q)), 1e-12))
         else:
             # RRF scores are rank-based and small; scale them to 0..1 so λ weighs alike.
-            top = max(h.score for h in pool) or 1.0
-            relevance = {h.id: h.score / top for h in pool}
+            scores = np.asarray([h.score for h in pool], dtype=np.float64)
+            relevance = scores / (scores.max() or 1.0)
+        # The largest similarity of each candidate to anything picked so far, kept up to
+        # date with one matrix-vector product per pick.
+        redundancy = np.zeros(len(pool))
+        free = np.ones(len(pool), dtype=bool)
         chosen: list[Hit] = []
-        rest = list(pool)
-        while rest and len(chosen) < limit:
-            best = max(
-                rest,
-                key=lambda h: (
-                    lam * relevance[h.id]
-                    - (1 - lam)
-                    * max((_dot(vectors[h.id], vectors[c.id]) for c in chosen), default=0.0)
-                ),
-            )
-            chosen.append(best)
-            rest.remove(best)
+        while free.any() and len(chosen) < limit:
+            gain = np.where(free, lam * relevance - (1 - lam) * redundancy, -np.inf)
+            best = int(np.argmax(gain))
+            chosen.append(pool[best])
+            free[best] = False
+            redundancy = np.maximum(redundancy, matrix @ matrix[best])
         return chosen
 
 
@@ -350,12 +351,3 @@ def _filter(
         if isinstance(since, int | float) or isinstance(until, int | float):
             raise BadRequest("since/until must be dates, not numbers", param="since")
     return Filter(equals=equals, any_of=any_of, ranges=ranges)
-
-
-def _unit(vector: Sequence[float]) -> list[float]:
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
-
-
-def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    return sum(x * y for x, y in zip(a, b, strict=True))
