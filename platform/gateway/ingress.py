@@ -179,7 +179,7 @@ class HandleEmbedder:
 
 
 class EmbedderServer:
-    """Ray Serve class hosting the packaged embedding model (numpy, no torch)."""
+    """Ray Serve class hosting the packaged embedding model (multilingual-e5-small)."""
 
     def __init__(self) -> None:
         from qingliang.serving.embeddings import PackagedEmbedder
