@@ -208,6 +208,7 @@ class QdrantEdgeStore:
                 limit=limit,
                 query=q.Query.Nearest(dense, using=DENSE),
                 filter=_to_edge_filter(q, filter),
+                params=_dense_params(q, filter),
                 with_payload=True,
             ),
         )
@@ -249,7 +250,12 @@ class QdrantEdgeStore:
             # Fetch every fused candidate, then cut after the deterministic re-sort.
             limit=2 * n,
             prefetches=[
-                q.Prefetch(limit=n, query=q.Query.Nearest(vector, using=DENSE), filter=flt),
+                q.Prefetch(
+                    limit=n,
+                    query=q.Query.Nearest(vector, using=DENSE),
+                    filter=flt,
+                    params=_dense_params(q, filter),
+                ),
                 q.Prefetch(
                     limit=n,
                     query=q.Query.Nearest(_edge_sparse(q, sparse), using=SPARSE),
@@ -376,6 +382,18 @@ def _edge_config(q: Any, spec: CollectionSpec) -> Any:
         modifier = q.Modifier.Idf if spec.sparse_idf else None
         sparse = {SPARSE: q.EdgeSparseVectorParams(modifier=modifier)}
     return q.EdgeConfig(vectors={DENSE: dense}, sparse_vectors=sparse)
+
+
+def _dense_params(q: Any, filter: Filter | None) -> Any:
+    """ACORN for filtered dense searches: HNSW alone loses neighbours under a filter.
+
+    bench/knowledge.py at 100k chunks with a 1-in-4 tenant filter, after optimize():
+    recall@10 0.89 with plain HNSW (0.94 even at ef 512), 1.000 with ACORN at 4.4 ms p50.
+    Unfiltered searches keep plain HNSW (recall 1.000 at 1.8 ms).
+    """
+    if filter is None or filter.is_empty():
+        return None
+    return q.SearchParams(acorn=q.AcornSearchParams(enable=True))
 
 
 def _ensure_indexes(q: Any, name: str, shard: Any) -> None:
