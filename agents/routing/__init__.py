@@ -1,0 +1,1 @@
+"""Routing: contextual-bandit policies that choose an agent, model or adapter per request."""
