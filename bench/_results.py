@@ -12,7 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 HEADER = """# Benchmark results
 
@@ -36,6 +39,15 @@ def write_section(path: Path, title: str, section: str) -> None:
     """Rewrite the ``## title`` section of the Markdown file ``path`` (created if missing)."""
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER
     path.write_text(replace_section(text, title, section), encoding="utf-8")
+
+
+def save_run(result: dict[str, Any], out_dir: Path, prefix: str) -> Path:
+    """Write ``result`` as ``<out_dir>/<prefix>-<UTC stamp>.json``; returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out_dir / f"{prefix}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def fmt(value: float | None, digits: int = 1, scale: float = 1.0) -> str:

@@ -72,7 +72,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import CpuMeter, git_info, loadavg, machine, summary, versions  # noqa: E402
-from _results import fmt, met, pct, write_section  # noqa: E402
+from _results import fmt, met, pct, save_run, write_section  # noqa: E402
 
 logger = logging.getLogger("bench.knowledge")
 
@@ -1555,10 +1555,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         logger.error("benchmark failed: %s", exc)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"knowledge-{stamp}.json"
-    path.write_text(json.dumps(r, indent=1, ensure_ascii=False), encoding="utf-8")
+    path = save_run(r, args.out, "knowledge")
     logger.info("raw results: %s", path)
     if not args.no_results:
         write_section(RESULTS, "Knowledge", _section(r, path))

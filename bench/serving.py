@@ -71,6 +71,7 @@ from _load import (  # noqa: E402 - the bench folder is not a package
     throughput,
     versions,
 )
+from _results import save_run, write_section  # noqa: E402 - the bench folder is not a package
 
 logger = logging.getLogger("bench.serving")
 
@@ -625,13 +626,6 @@ def _problems(r: dict[str, Any]) -> list[str]:
 
 
 # -- RESULTS.md ----------------------------------------------------------------------------
-HEADER = """# Benchmark results
-
-One section per benchmark, each with the machine and the date it ran on. Raw results are
-JSON files under `bench/out/` (not committed); the scripts rewrite their own section.
-"""
-
-
 def _f(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "–" if value is None else f"{value * scale:,.{digits}f}"
 
@@ -782,17 +776,6 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_results(section: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else HEADER
-    start = text.find("\n## Serving\n")
-    if start < 0:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        new = text[: start + 1] + section + (text[end:] if end >= 0 else "")
-    RESULTS.write_text(new, encoding="utf-8")
-
-
 # -- main ----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from qingliang.platform.settings import Settings
@@ -937,13 +920,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         logger.error("benchmark failed: %s", exc)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"serving-{stamp}.json"
-    path.write_text(json.dumps(r, indent=1, ensure_ascii=False), encoding="utf-8")
+    path = save_run(r, args.out, "serving")
     logger.info("raw results: %s", path)
     if not args.no_results:
-        _write_results(_section(r, path))
+        write_section(RESULTS, "Serving", _section(r, path))
         logger.info("updated %s", RESULTS)
     for name, t in r["comparison"].items():
         logger.info("target %s: %s (%s)", name, t["value"], "met" if t["met"] else "NOT met")
