@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qingliang.platform.cli_agents import agents_app
 from qingliang.platform.cli_kb import kb_app, sync_after_apply
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
@@ -40,6 +41,7 @@ adapters_app = typer.Typer(help="Load / unload LoRA adapters at run time.", no_a
 app.add_typer(keys_app, name="keys")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(kb_app, name="kb")
+app.add_typer(agents_app, name="agents")
 
 console = Console()
 err = Console(stderr=True)
@@ -109,7 +111,8 @@ def apply(
     timeout: float = typer.Option(900, help="Seconds to wait."),
     sync: bool = typer.Option(True, help="Sync applied KnowledgeBases (embed what changed)."),
 ) -> None:
-    """Create or update deployments and knowledge bases. A bad manifest changes nothing."""
+    """Create or update deployments, knowledge bases and agent graphs. A bad manifest
+    changes nothing."""
     try:
         ctl = _controller(_settings())
         changes = ctl.apply(files, wait=wait, timeout_s=timeout, on_status=_status_printer())
@@ -165,22 +168,27 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
 @app.command()
 def delete(
     names: list[str] = typer.Argument(
-        None, help="Deployment names, or KnowledgeBase/NAME for a knowledge base."
+        None,
+        help="Deployment names, or KIND/NAME: KnowledgeBase/NAME, AgentGraph/NAME.",
     ),
     files: list[Path] = typer.Option(
         None, "-f", "--file", help="Delete what these manifests define."
     ),
 ) -> None:
-    """Remove deployments or knowledge bases (by name or by manifest).
+    """Remove deployments, knowledge bases or agent graphs (by name or by manifest).
 
     A knowledge base loses its points, snapshots, uploads and learned answers.
     """
     try:
-        targets: dict[str, list[str]] = {"ModelDeployment": [], "KnowledgeBase": []}
+        targets: dict[str, list[str]] = {
+            "ModelDeployment": [],
+            "KnowledgeBase": [],
+            "AgentGraph": [],
+        }
         for n in names or []:
             kind, sep, name = n.partition("/")
             if sep and kind not in targets:
-                _fail(QingliangError(f"{n!r}: kind must be ModelDeployment or KnowledgeBase"))
+                _fail(QingliangError(f"{n!r}: kind must be one of {', '.join(targets)}"))
             targets[kind if sep else "ModelDeployment"].append(name if sep else n)
         if files:
             from qingliang.platform.manifests.loader import load_paths

@@ -34,6 +34,7 @@ from qingliang.platform.errors import (
     ManifestError,
     ModelSourceError,
     NotFound,
+    ResolveError,
 )
 from qingliang.platform.manifests.loader import Loaded, load_paths
 from qingliang.platform.manifests.model_deployment import ModelDeployment
@@ -45,8 +46,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_KIND = "ModelDeployment"
 KB_KIND = "KnowledgeBase"
+GRAPH_KIND = "AgentGraph"
 #: Kinds `apply` accepts.
-APPLIED_KINDS = (MODEL_KIND, KB_KIND)
+APPLIED_KINDS = (MODEL_KIND, KB_KIND, GRAPH_KIND)
 
 
 class Deployer(Protocol):
@@ -203,7 +205,7 @@ class Controller:
                     FieldIssue(
                         "kind",
                         f"{o}: validated, but `apply` cannot deploy this kind yet "
-                        f"(only {' and '.join(APPLIED_KINDS)}); use `qingliang validate` for it",
+                        f"(only {', '.join(APPLIED_KINDS)}); use `qingliang validate` for it",
                     )
                     for o in others
                 ]
@@ -264,6 +266,10 @@ class Controller:
         everything = self.load(paths)
         loaded = [i for i in everything if i.kind == MODEL_KIND]
         kbs = [i for i in everything if i.kind == KB_KIND]
+        graphs = [i for i in everything if i.kind == GRAPH_KIND]
+        # Graphs name deployments, KBs and other graphs: check them all before anything
+        # is pushed or recorded.
+        graph_plans = self._resolve_graphs(graphs, loaded, kbs)
         plans = self.resolve(self.compile(loaded), progress=progress)
         changes = [self._change(item) for item in loaded]
         if loaded:
@@ -278,10 +284,46 @@ class Controller:
         # Knowledge bases are registered here; syncing them (embedding) is the caller's
         # next step (`qingliang apply` does it with progress bars).
         kb_changes = [self._register_kb(item) for item in kbs]
+        graph_changes = [self._change(item) for item in graphs]
+        for item in graphs:
+            self.store.put(item.kind, item.name, _normal(item), graph_plans[item.name])
         if wait:
             for change in changes:
                 self.wait(change.name, timeout_s=timeout_s, on_status=on_status)
-        return changes + kb_changes
+        return changes + kb_changes + graph_changes
+
+    def _resolve_graphs(
+        self, graphs: list[Loaded], models: list[Loaded], kbs: list[Loaded]
+    ) -> dict[str, dict]:
+        from qingliang.agents.resolve import resolve_graph
+
+        if not graphs:
+            return {}
+        known_models = {
+            row.name: tuple(sorted((row.body["spec"].get("lora") or {}).get("adapters") or {}))
+            for row in self.store.list(MODEL_KIND)
+        }
+        for item in models:
+            lora = item.manifest.spec.lora  # type: ignore[attr-defined]
+            known_models[item.name] = tuple(sorted(lora.adapters))
+        known_kbs = {row.name for row in self.store.list(KB_KIND)} | {i.name for i in kbs}
+        known_graphs = {row.name for row in self.store.list(GRAPH_KIND)}
+        known_graphs |= {i.name for i in graphs}
+        plans, issues = {}, []
+        for item in graphs:
+            base = Path(re.sub(r"\[\d+\]$", "", item.source)).resolve().parent
+            for problem in resolve_graph(
+                item.manifest,  # type: ignore[arg-type]
+                base,
+                models=known_models,
+                kbs=known_kbs,
+                graphs=known_graphs,
+            ):
+                issues.append(f"{item.source}: {problem}")
+            plans[item.name] = {"base_dir": str(base)}
+        if issues:
+            raise ResolveError("\n".join(issues))
+        return plans
 
     def _register_kb(self, item: Loaded) -> Change:
         from qingliang.knowledge.service import KnowledgeService
@@ -339,6 +381,14 @@ class Controller:
     def delete(self, names: Iterable[str], kind: str = MODEL_KIND) -> list[str]:
         if kind == KB_KIND:
             return self._delete_kbs(list(names))
+        if kind == GRAPH_KIND:
+            names = list(names)
+            missing = [n for n in names if self.store.get(kind, n) is None]
+            if missing:
+                raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+            for name in names:
+                self.store.delete(kind, name)
+            return names
         names = list(names)
         missing = [n for n in names if self.store.get(kind, n) is None]
         if missing:

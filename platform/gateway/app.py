@@ -35,6 +35,7 @@ from qingliang.platform.errors import (
     Saturated,
     Unauthorized,
 )
+from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.knowledge import KnowledgeBackend, add_knowledge_routes
 
 logger = logging.getLogger(__name__)
@@ -129,11 +130,13 @@ def create_app(
     embedder: Embedder | None,
     auth: Auth,
     knowledge: KnowledgeBackend | None = None,
+    agents: AgentsBackend | None = None,
 ) -> FastAPI:
     """Build the gateway app. Nothing here touches Ray, disk or the network.
 
     ``knowledge`` serves the ``/v1/knowledge`` routes (see :mod:`.knowledge`); without it
-    they answer 501.
+    they answer 501. ``agents`` serves ``/v1/agents`` and ``/v1/feedback`` (see
+    :mod:`.agents`); without it they answer 501.
     """
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
@@ -347,4 +350,5 @@ def create_app(
         )
 
     add_knowledge_routes(app, knowledge)
+    add_agent_routes(app, agents)
     return app

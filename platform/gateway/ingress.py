@@ -28,6 +28,8 @@ from qingliang.serving.metrics import ServingMetrics
 logger = logging.getLogger(__name__)
 
 GATEWAY_APP = "qingliang-gateway"
+#: Ray namespace of the platform's own detached actors (the shared router).
+ROUTER_NAMESPACE = "qingliang"
 MODEL_KIND = "ModelDeployment"
 
 
@@ -235,6 +237,125 @@ class HandleKnowledge:
             raise translate(exc) from None
 
 
+class SyncKnowledge:
+    """Knowledge search as the agent tools call it: a plain function, run in a worker
+    thread, that hands the search to the knowledge server on the replica's event loop."""
+
+    def __init__(self, knowledge: HandleKnowledge, loop: asyncio.AbstractEventLoop) -> None:
+        self._knowledge = knowledge
+        self._loop = loop
+
+    def __call__(
+        self, kb: str, query: str, *, tenant: str | None, limit: int = 4, mode: str = "hybrid"
+    ) -> list[dict]:
+        coro = self._knowledge.call(
+            "search", kb, tenant, "agents", {"query": query, "limit": limit, "mode": mode}
+        )
+        result = asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=120)
+        return list(result["citations"])
+
+
+class AgentsServer:
+    """Ray Serve class hosting agent runs (one replica: it owns the run checkpoints).
+
+    Models are reached through the same Serve handles as API requests, knowledge through
+    the Knowledge deployment, and the router through the shared detached router actor,
+    so every replica of everything learns from the same policy. All logic is
+    :class:`~qingliang.agents.service.AgentService`; on start it continues the runs a
+    previous replica left running (crash recovery).
+    """
+
+    def __init__(self, home: str, embedder: Any = None, knowledge: Any = None) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._home = Path(home)
+        self._embedder = HandleEmbedder(embedder, "multilingual-e5-small") if embedder else None
+        self._knowledge = HandleKnowledge(knowledge) if knowledge is not None else None
+        self._service: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _agents(self) -> Any:
+        async with self._lock:
+            if self._service is None:
+                self._service = await self._start()
+        return self._service
+
+    async def _start(self) -> Any:
+        from qingliang.agents.catalog import StoreCatalog
+        from qingliang.agents.models import BackendChat
+        from qingliang.agents.routing.actor import RouterClient, router_actor
+        from qingliang.agents.service import AgentService
+
+        store = StateStore(self._home / "state.sqlite")
+        backend = ServeBackend(store, ServingMetrics.create())
+        router = RouterClient(router_actor(str(self._home / "router.sqlite"), ROUTER_NAMESPACE))
+        loop = asyncio.get_running_loop()
+        knowledge = SyncKnowledge(self._knowledge, loop) if self._knowledge else None
+        service = AgentService(
+            self._home,
+            chat=BackendChat(backend),
+            catalog=StoreCatalog(store),
+            router=router,
+            knowledge=knowledge,
+            embed=self._embed if self._embedder is not None else None,
+        )
+        recovered = await service.recover()
+        if recovered:
+            logger.info("continued %d runs from their checkpoints", len(recovered))
+        return service
+
+    async def _embed(self, text: str) -> list[float] | None:
+        assert self._embedder is not None
+        vectors, _ = await self._embedder.embed([text], "query")
+        return vectors[0]
+
+    async def call(
+        self, method: str, tenant: str | None, all_tenants: bool, actor: str, kwargs: dict
+    ) -> Any:
+        from qingliang.platform.gateway.agents import dispatch_call
+
+        return await dispatch_call(await self._agents(), method, tenant, all_tenants, actor, kwargs)
+
+    async def stream(
+        self, method: str, tenant: str | None, all_tenants: bool, actor: str, kwargs: dict
+    ) -> AsyncIterator[dict]:
+        from qingliang.platform.gateway.agents import dispatch_stream
+
+        async for event in dispatch_stream(
+            await self._agents(), method, tenant, all_tenants, actor, kwargs
+        ):
+            yield event
+
+    async def check_health(self) -> None:
+        await self._agents()
+
+
+class HandleAgents:
+    """The gateway's view of the agents server."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def call(
+        self, method: str, tenant: str | None, all_tenants: bool, actor: str, kwargs: dict
+    ) -> Any:
+        try:
+            return await self._handle.call.remote(method, tenant, all_tenants, actor, kwargs)
+        except Exception as exc:
+            raise translate(exc) from None
+
+    async def stream(
+        self, method: str, tenant: str | None, all_tenants: bool, actor: str, kwargs: dict
+    ) -> AsyncIterator[dict]:
+        gen = self._handle.options(stream=True).stream.remote(
+            method, tenant, all_tenants, actor, kwargs
+        )
+        try:
+            async for event in gen:
+                yield event
+        except Exception as exc:
+            raise translate(exc) from None
+
+
 class Gateway:
     """Ray Serve ingress class (decorated in :func:`build_gateway_app`)."""
 
@@ -245,6 +366,7 @@ class Gateway:
         embedder: Any,
         embed_model: str,
         knowledge: Any = None,
+        agents: Any = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         home_path = Path(home)
@@ -253,9 +375,12 @@ class Gateway:
         self._embedder = HandleEmbedder(embedder, embed_model) if embedder is not None else None
         self._auth = KeyAuth(home_path / "state.sqlite", auth_enabled)
         self._knowledge = HandleKnowledge(knowledge) if knowledge is not None else None
+        self._agents = HandleAgents(agents) if agents is not None else None
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self._backend, self._embedder, self._auth, self._knowledge)
+        return create_app(
+            self._backend, self._embedder, self._auth, self._knowledge, agents=self._agents
+        )
 
 
 def build_gateway_app(
@@ -265,9 +390,10 @@ def build_gateway_app(
     replicas: int = 1,
     embeddings: bool = True,
     knowledge: bool = True,
+    agents: bool = True,
     max_ongoing_requests: int = 1000,
 ) -> Any:
-    """The gateway Serve application (gateway + embedding + knowledge deployments)."""
+    """The gateway Serve application (gateway + embedding + knowledge + agents)."""
     from ray import serve
 
     embedder = None
@@ -286,6 +412,16 @@ def build_gateway_app(
             ray_actor_options={"num_cpus": 0.25},
             max_ongoing_requests=32,
         ).bind(str(home))
+    agents_server = None
+    if agents:
+        agents_cls: Any = serve.deployment(AgentsServer)
+        # One replica: it owns the SQLite checkpoints and continues orphaned runs on start.
+        agents_server = agents_cls.options(
+            name="Agents",
+            num_replicas=1,
+            ray_actor_options={"num_cpus": 0.25},
+            max_ongoing_requests=256,
+        ).bind(str(home), embedder, kb_server)
     gateway_cls: Any = serve.deployment(serve.ingress()(Gateway))
     gateway = gateway_cls.options(
         name="Gateway",
@@ -293,7 +429,9 @@ def build_gateway_app(
         ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=max_ongoing_requests,
     )
-    return gateway.bind(str(home), auth_enabled, embedder, "multilingual-e5-small", kb_server)
+    return gateway.bind(
+        str(home), auth_enabled, embedder, "multilingual-e5-small", kb_server, agents_server
+    )
 
 
 def app_builder(args: dict) -> Any:
@@ -304,4 +442,5 @@ def app_builder(args: dict) -> Any:
         replicas=int(args.get("replicas", 1)),
         embeddings=bool(args.get("embeddings", True)),
         knowledge=bool(args.get("knowledge", True)),
+        agents=bool(args.get("agents", True)),
     )

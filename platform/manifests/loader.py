@@ -28,17 +28,24 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from qingliang.agents.manifest import AgentGraph
 from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.platform.errors import FieldIssue, ManifestError
 from qingliang.platform.manifests.model_deployment import ModelDeployment
 
-#: Manifest kinds by ``kind``. Later kinds (AgentGraph, ...) register here.
+#: Manifest kinds by ``kind``. Later kinds (Dataset, FineTuneJob, ...) register here.
 KINDS: dict[str, type[BaseModel]] = {
     "ModelDeployment": ModelDeployment,
     "KnowledgeBase": KnowledgeBase,
+    "AgentGraph": AgentGraph,
 }
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+#: A validator's ValueError whose lines start with this names fields below its own
+#: location: ``"@nodes[2].next: unknown node"`` raised on ``spec`` is reported at
+#: ``spec.nodes[2].next`` (see :func:`qingliang.agents.manifest.check_graph`).
+FIELD_PREFIX = "@"
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,12 @@ def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
         loc = tuple(err["loc"])
         path = ".".join(str(p) for p in loc)
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if msg.startswith(FIELD_PREFIX):
+            # A whole-object check listing several fields below ``path`` (one per line).
+            for line in msg.splitlines():
+                sub, _, text = line.removeprefix(FIELD_PREFIX).partition(": ")
+                issues.append(FieldIssue(f"{path}.{sub}" if path else sub, text))
+            continue
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)

@@ -1,0 +1,215 @@
+"""How agents reach models: through the serving layer, never around it.
+
+:class:`ChatModel` is the narrow boundary the runtime calls. Two real implementations:
+
+- :class:`BackendChat` — in-process, over the gateway's
+  :class:`~qingliang.platform.gateway.app.Backend` (Ray Serve
+  handles to the model deployments in production), so an agent's request takes
+  the same path, queues and metrics as an API request;
+- :class:`HttpChat` — from outside the platform, over its OpenAI-compatible API.
+
+Requests are OpenAI chat bodies. With tools, the ``tools`` list goes to the model and vLLM
+renders it with the model's own tool-calling template (the engine runs with
+``--enable-auto-tool-choice --tool-call-parser hermes``); the reply's ``tool_calls`` come
+back parsed. Without tools the reply streams, and each token delta reaches ``on_delta``.
+
+Example:
+    >>> reply = await BackendChat(backend).complete(          # doctest: +SKIP
+    ...     "qwen-coder", [{"role": "user", "content": "hi"}], max_tokens=16)
+    >>> reply.text, reply.tokens                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qingliang.platform.errors import ApiError, EngineError
+
+log = logging.getLogger(__name__)
+
+OnDelta = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    #: Set when the model's arguments were not a JSON object (shown back to the model).
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tokens: int = 0
+    model: str = ""
+    finish_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tool_calls": [tc.__dict__ for tc in self.tool_calls],
+            "tokens": self.tokens,
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChatReply:
+        return cls(
+            text=d["text"],
+            tool_calls=[ToolCall(**tc) for tc in d.get("tool_calls", [])],
+            tokens=int(d.get("tokens", 0)),
+            model=d.get("model", ""),
+            finish_reason=d.get("finish_reason"),
+        )
+
+
+class ChatModel(Protocol):
+    async def complete(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        on_delta: OnDelta | None = None,
+    ) -> ChatReply: ...
+
+
+def body_for(
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    max_tokens: int,
+    temperature: float,
+    stream: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": stream,
+    }
+    if tools:
+        body["tools"] = tools
+        body["tool_choice"] = "auto"
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def parse_reply(response: dict[str, Any]) -> ChatReply:
+    """An OpenAI chat completion as a :class:`ChatReply`."""
+    try:
+        choice = response["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise EngineError(f"malformed chat completion from the model: {exc!r}") from None
+    calls = []
+    for i, tc in enumerate(message.get("tool_calls") or []):
+        fn = tc.get("function") or {}
+        raw = fn.get("arguments") or "{}"
+        error = None
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else dict(raw)
+            if not isinstance(args, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            args, error = {}, f"arguments are not a JSON object ({exc}): {str(raw)[:200]}"
+        calls.append(ToolCall(tc.get("id") or f"call_{i}", str(fn.get("name", "")), args, error))
+    usage = response.get("usage") or {}
+    return ChatReply(
+        text=message.get("content") or "",
+        tool_calls=calls,
+        tokens=int(usage.get("total_tokens") or 0),
+        model=str(response.get("model", "")),
+        finish_reason=choice.get("finish_reason"),
+    )
+
+
+def _split(model: str) -> tuple[str, str | None]:
+    dep, _, adapter = model.partition(":")
+    return dep, adapter or None
+
+
+class BackendChat:
+    """Models through the gateway's backend (Serve handles) — the in-platform path."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        on_delta: OnDelta | None = None,
+    ) -> ChatReply:
+        dep, adapter = _split(model)
+        stream = on_delta is not None and not tools
+        body = body_for(model, messages, tools, max_tokens, temperature, stream)
+        if not stream:
+            return parse_reply(await self._backend.generate(dep, "chat", body, adapter))
+        parts: list[str] = []
+        tokens, finish = 0, None
+        async for chunk in self._backend.stream(dep, "chat", body, adapter):
+            for line in chunk.splitlines():
+                data = line.removeprefix("data: ").strip()
+                if not data or data == "[DONE]" or not line.startswith("data: "):
+                    continue
+                event = json.loads(data)
+                if "error" in event:
+                    raise ApiError(str(event["error"].get("message", event["error"])))
+                for choice in event.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content") or ""
+                    if delta:
+                        parts.append(delta)
+                        assert on_delta is not None
+                        on_delta(delta)
+                    finish = choice.get("finish_reason") or finish
+                tokens = int((event.get("usage") or {}).get("total_tokens") or tokens)
+        return ChatReply("".join(parts), [], tokens, model, finish)
+
+
+class HttpChat:
+    """Models through the platform's OpenAI-compatible API (from outside the platform)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        on_delta: OnDelta | None = None,
+    ) -> ChatReply:
+        body = body_for(model, messages, tools, max_tokens, temperature, stream=False)
+        r = await self._client.post("/chat/completions", json=body)
+        if r.status_code >= 400:
+            raise ApiError(f"model {model!r}: HTTP {r.status_code}: {r.text[:300]}")
+        reply = parse_reply(r.json())
+        if on_delta is not None and reply.text:
+            on_delta(reply.text)
+        return reply
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,88 @@
+"""Resolving an ``AgentGraph`` against the platform before it is recorded (``apply``).
+
+Validation (:mod:`qingliang.agents.manifest`) is pure; this step looks outside the
+manifest: the model deployments and adapters the agents and routers name, the knowledge
+bases, the nested graphs, and the tools' databases. Each problem names the file's field.
+
+Example:
+    >>> problems = resolve_graph(graph, base, models={"qwen": ()}, kbs=set(),
+    ...                          graphs=set())                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from qingliang.agents.manifest import AgentGraph
+
+
+def _hint(value: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(value, known, n=1)
+    more = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{more}; known: {', '.join(sorted(known)) or 'none'}"
+
+
+def _model_problem(ref: str, models: dict[str, tuple[str, ...]]) -> str | None:
+    dep, _, adapter = ref.partition(":")
+    if dep not in models:
+        return f"no ModelDeployment {dep!r}{_hint(dep, list(models))}"
+    if adapter and adapter not in models[dep]:
+        return f"deployment {dep!r} has no adapter {adapter!r}{_hint(adapter, list(models[dep]))}"
+    return None
+
+
+def resolve_graph(
+    graph: AgentGraph,
+    base_dir: Path,
+    *,
+    models: dict[str, tuple[str, ...]],
+    kbs: set[str],
+    graphs: set[str],
+) -> list[str]:
+    """Problems as ``spec.<field>: <what>``; empty when everything named exists.
+
+    ``models`` maps applied deployments to their adapters; ``kbs`` and ``graphs`` are the
+    applied knowledge bases and agent graphs (including those applied in the same batch).
+    """
+    from qingliang.agents.tools.registry import check_tools
+
+    spec = graph.spec
+    problems = []
+    for i, a in enumerate(spec.agents):
+        if (p := _model_problem(a.model, models)) is not None:
+            problems.append(f"spec.agents[{i}].model: {p}")
+        for j, kb in enumerate(a.knowledge):
+            if kb not in kbs:
+                problems.append(
+                    f"spec.agents[{i}].knowledge[{j}]: "
+                    f"no KnowledgeBase {kb!r}{_hint(kb, list(kbs))}"
+                )
+    for i, n in enumerate(spec.nodes):
+        for j, ref in enumerate(n.models):
+            if (p := _model_problem(ref, models)) is not None:
+                problems.append(f"spec.nodes[{i}].models[{j}]: {p}")
+        if n.graph is not None:
+            if n.graph == graph.name:
+                problems.append(f"spec.nodes[{i}].graph: a graph cannot nest itself")
+            elif n.graph not in graphs:
+                problems.append(
+                    f"spec.nodes[{i}].graph: "
+                    f"no AgentGraph {n.graph!r}{_hint(n.graph, list(graphs))}"
+                )
+    for i, t in enumerate(spec.tools):
+        if t.kind == "knowledge_search" and t.knowledge not in kbs:
+            problems.append(
+                f"spec.tools[{i}].knowledge: no KnowledgeBase {t.knowledge!r}"
+                f"{_hint(t.knowledge, list(kbs))}"
+            )
+        if t.kind == "call_agent":
+            if t.graph == graph.name:
+                problems.append(f"spec.tools[{i}].graph: a graph cannot call itself")
+            elif t.graph not in graphs:
+                problems.append(
+                    f"spec.tools[{i}].graph: "
+                    f"no AgentGraph {t.graph!r}{_hint(t.graph, list(graphs))}"
+                )
+    problems += [f"spec.{p}" for p in check_tools(spec, base_dir)]
+    return problems

@@ -1,0 +1,352 @@
+"""Runs, their events, and the journal that makes side effects happen once (SQLite).
+
+Three tables in ``agents.sqlite`` under the data directory:
+
+- ``runs``: one row per run — graph, tenant, status, answer, the pending approval. Status
+  changes are conditional updates (``... WHERE status = 'waiting'``), so two resumes of one
+  run cannot both win: the second finds the run no longer waiting.
+- ``events``: what the run streamed (node transitions, routes, citations, approvals), in
+  order, for ``GET /v1/agents/runs/{id}`` after the stream is gone.
+- ``journal``: results of the non-repeatable steps of a node execution (model calls, tool
+  calls, routing decisions) under a key that is the same when LangGraph re-executes the
+  node — after an interrupt, a resume or a crash. A replayed node reads its earlier results
+  instead of doing the step again.
+
+Statuses::
+
+    running ──> waiting (an approval node asked) ──> running (resumed) ──> ...
+       └──> done | rejected | stopped (limit, timeout: reason) | failed (error: reason)
+
+Example:
+    >>> import tempfile, pathlib
+    >>> store = RunStore(pathlib.Path(tempfile.mkdtemp()) / "agents.sqlite")
+    >>> run = store.create("desk", {"input": "hi"}, tenant=None, actor="ops")
+    >>> store.set_status(run, "waiting", expect="running", pending={"prompt": "ok?"})
+    True
+    >>> store.set_status(run, "running", expect="waiting")
+    True
+    >>> store.set_status(run, "running", expect="waiting")  # a second resume loses
+    False
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("running", "waiting", "done", "rejected", "stopped", "failed")
+FINAL = frozenset({"done", "rejected", "stopped", "failed"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    graph TEXT NOT NULL,
+    tenant TEXT,
+    actor TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    answer TEXT,
+    reason TEXT,
+    pending TEXT,
+    parent TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    active_s REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, tenant);
+CREATE INDEX IF NOT EXISTS runs_graph ON runs(graph, created);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS journal (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    run_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    score REAL NOT NULL,
+    comment TEXT,
+    actor TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of ``runs``."""
+
+    id: str
+    graph: str
+    tenant: str | None
+    actor: str
+    status: str
+    input: dict
+    answer: str | None
+    reason: str | None
+    pending: dict | None
+    parent: str | None
+    created: float
+    updated: float
+    tokens: int
+    active_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "agent.run",
+            "graph": self.graph,
+            "tenant": self.tenant,
+            "actor": self.actor,
+            "status": self.status,
+            "input": self.input,
+            "answer": self.answer,
+            "reason": self.reason,
+            "pending": self.pending,
+            "parent": self.parent,
+            "created": self.created,
+            "updated": self.updated,
+            "tokens": self.tokens,
+            "active_s": round(self.active_s, 4),
+        }
+
+
+_COLUMNS = (
+    "id, graph, tenant, actor, status, input, answer, reason, pending, parent, created, "
+    "updated, tokens, active_s"
+)
+
+
+def _row(r: tuple) -> Run:
+    return Run(
+        id=r[0],
+        graph=r[1],
+        tenant=r[2],
+        actor=r[3],
+        status=r[4],
+        input=json.loads(r[5]),
+        answer=r[6],
+        reason=r[7],
+        pending=json.loads(r[8]) if r[8] else None,
+        parent=r[9],
+        created=r[10],
+        updated=r[11],
+        tokens=r[12],
+        active_s=r[13],
+    )
+
+
+class RunStore:
+    """Runs, events, journal and feedback in one SQLite file; safe across threads and
+    processes (WAL, one connection per store guarded by a lock, IMMEDIATE transactions)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(c)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+            return out
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # runs -------------------------------------------------------------------------------
+
+    def create(
+        self,
+        graph: str,
+        payload: dict,
+        *,
+        tenant: str | None,
+        actor: str,
+        parent: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """A new run in status ``running``; returns its id."""
+        rid = run_id or "run_" + uuid.uuid4().hex[:20]
+        now = time.time()
+        text = json.dumps(payload, ensure_ascii=False)
+        self._write(
+            lambda c: c.execute(
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rid, graph, tenant, actor, "running", text, None, None, None, parent, now, now)
+                + (0, 0.0),
+            )
+        )
+        return rid
+
+    def get(self, run_id: str) -> Run | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _row(rows[0]) if rows else None
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        all_tenants: bool = False,
+        status: str | None = None,
+        graph: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        where, args = [], []
+        if not all_tenants:
+            where.append("tenant IS ?")
+            args.append(tenant)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if graph:
+            where.append("graph = ?")
+            args.append(graph)
+        sql = f"SELECT {_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC LIMIT ?"
+        return [_row(r) for r in self._read(sql, (*args, limit))]
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        expect: str | tuple[str, ...] | None = None,
+        answer: str | None = None,
+        reason: str | None = None,
+        pending: dict | None = None,
+        tokens: int | None = None,
+        active_s: float | None = None,
+    ) -> bool:
+        """Move a run to ``status`` if it is in ``expect`` (any status when None).
+
+        Returns False, changing nothing, when the run is not in an expected status.
+        ``pending`` is the approval waited for (cleared on any other status).
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        sets = ["status = ?", "updated = ?", "pending = ?"]
+        args: list[Any] = [status, time.time(), json.dumps(pending) if pending else None]
+        for col, val in (("answer", answer), ("reason", reason), ("tokens", tokens)):
+            if val is not None:
+                sets.append(f"{col} = ?")
+                args.append(val)
+        if active_s is not None:
+            sets.append("active_s = active_s + ?")
+            args.append(active_s)
+        sql = f"UPDATE runs SET {', '.join(sets)} WHERE id = ?"
+        args.append(run_id)
+        if expect is not None:
+            wanted = (expect,) if isinstance(expect, str) else expect
+            sql += f" AND status IN ({','.join('?' * len(wanted))})"
+            args += list(wanted)
+        return bool(self._write(lambda c: c.execute(sql, args).rowcount))
+
+    # events -----------------------------------------------------------------------------
+
+    def add_events(self, run_id: str, events: list[dict]) -> None:
+        if not events:
+            return
+
+        def write(c: sqlite3.Connection) -> None:
+            (last,) = c.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            now = time.time()
+            c.executemany(
+                "INSERT INTO events (run_id, seq, at, event) VALUES (?,?,?,?)",
+                [
+                    (run_id, last + i + 1, now, json.dumps(e, ensure_ascii=False))
+                    for i, e in enumerate(events)
+                ],
+            )
+
+        self._write(write)
+
+    def events(self, run_id: str, after: int = 0) -> list[dict]:
+        rows = self._read(
+            "SELECT seq, event FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, after),
+        )
+        return [{"seq": seq, **json.loads(text)} for seq, text in rows]
+
+    # journal ----------------------------------------------------------------------------
+
+    def journaled(self, run_id: str, key: str) -> tuple[bool, Any]:
+        """(True, value) when ``key`` was recorded for the run, else (False, None)."""
+        rows = self._read("SELECT value FROM journal WHERE run_id = ? AND key = ?", (run_id, key))
+        return (True, json.loads(rows[0][0])) if rows else (False, None)
+
+    def journal(self, run_id: str, key: str, value: Any) -> Any:
+        """Record ``value`` under ``key`` unless a value is there already; returns the
+        recorded one (the first writer wins)."""
+        text = json.dumps(value, ensure_ascii=False)
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO journal (run_id, key, value, at) VALUES (?,?,?,?) "
+                "ON CONFLICT(run_id, key) DO NOTHING",
+                (run_id, key, text, time.time()),
+            )
+            if cur.rowcount == 1:
+                return value
+            (stored,) = self._conn.execute(
+                "SELECT value FROM journal WHERE run_id = ? AND key = ?", (run_id, key)
+            ).fetchone()
+        return json.loads(stored)
+
+    def journal_size(self, run_id: str) -> int:
+        return int(self._read("SELECT COUNT(*) FROM journal WHERE run_id = ?", (run_id,))[0][0])
+
+    # feedback ---------------------------------------------------------------------------
+
+    def add_feedback(self, run_id: str, score: float, comment: str | None, actor: str) -> None:
+        self._write(
+            lambda c: c.execute(
+                "INSERT INTO feedback (run_id, at, score, comment, actor) VALUES (?,?,?,?,?)",
+                (run_id, time.time(), score, comment, actor),
+            )
+        )
+
+    def feedback(self, run_id: str) -> list[dict]:
+        rows = self._read(
+            "SELECT at, score, comment, actor FROM feedback WHERE run_id = ? ORDER BY at",
+            (run_id,),
+        )
+        return [{"at": a, "score": s, "comment": c, "actor": w} for a, s, c, w in rows]

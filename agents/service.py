@@ -1,0 +1,547 @@
+"""Agent runs: start, stream, pause for approval, resume, recover after a crash.
+
+:class:`AgentService` is the plain class behind ``/v1/agents`` (hosted by the ``Agents``
+Ray Serve deployment, used directly by tests and the CLI's local mode). A run executes in
+a background task, so a client that disconnects does not stop it; its events go to the
+run store (``GET /v1/agents/runs/{id}``) and to whoever streams it.
+
+A run's life: :meth:`start` → events … → ``done`` | ``waiting`` (an approval node called
+``interrupt()``; the run is in the approvals inbox) → :meth:`resume` with approve / edit /
+reject → … Resuming claims the run with a conditional update, so a second resume of the
+same approval gets :class:`~qingliang.platform.errors.Conflict` and changes nothing.
+:meth:`recover` continues runs left ``running`` by a process that died, from their last
+checkpoint; the journal keeps their side effects from happening twice.
+
+Example:
+    >>> async with AgentService(home, chat=chat, catalog=catalog) as agents:  # doctest: +SKIP
+    ...     run_id, events = await agents.start("desk", {"input": "hi"}, tenant=None, actor="me")
+    ...     async for event in events:
+    ...         print(event["type"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from qingliang.agents.checkpoint import Checkpointers
+from qingliang.agents.runs import FINAL, Run, RunStore
+from qingliang.agents.runtime import (
+    APPROVAL_VALUE,
+    GraphCompiler,
+    GraphDef,
+    RunStopped,
+    Services,
+    router_config,
+    router_key,
+)
+from qingliang.platform.errors import BadRequest, Conflict, NotFound
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_CHARS = 32_000
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+RUN_KEYS = frozenset({"input", "domain", "attachments", "stream"})
+RESUME_KEYS = frozenset({"action", "answer", "forms", "comment", "stream"})
+_DONE = object()
+#: Stored events are flushed at least this often while a run is going.
+EVENT_FLUSH_S = 0.25
+
+
+class GraphCatalog(Protocol):
+    def get(self, name: str) -> GraphDef:
+        """The applied graph ``name``; raises NotFound naming it."""
+        ...
+
+    def names(self) -> list[str]: ...
+
+
+def _check_keys(body: dict, allowed: frozenset[str], what: str) -> None:
+    import difflib
+
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what} body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise BadRequest(f"unknown field {key!r}{more}", param=key)
+
+
+class AgentService:
+    """Runs of every applied AgentGraph, with their checkpoints, events and approvals."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        chat: Any,
+        catalog: GraphCatalog,
+        router: Any = None,
+        knowledge: Any = None,
+        embed: Any = None,
+        tools_for: Callable[[GraphDef], dict] | None = None,
+        store: RunStore | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.store = store or RunStore(self.home / "agents.sqlite")
+        self.catalog = catalog
+        self.router = router
+        self._services = Services(
+            chat=chat,
+            store=self.store,
+            router=router,
+            knowledge=knowledge,
+            embed=embed,
+            graphs=catalog.get,
+        )
+        self._compiler = GraphCompiler(self._services, tools_for or default_tools)
+        self._checkpointers = Checkpointers(self.home)
+        self._compiled: dict[str, Any] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._listeners: dict[str, list[asyncio.Queue]] = {}
+        self._unsaved: dict[str, list[dict]] = {}
+        self._flushed: dict[str, float] = {}
+
+    async def __aenter__(self) -> AgentService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            # Cancelled: the run stays `running` and is recovered by the next service.
+            with contextlib.suppress(BaseException):
+                await task
+        for run_id, events in list(self._unsaved.items()):
+            if events:
+                self.store.add_events(run_id, events)
+        self._unsaved.clear()
+        await self._checkpointers.close()
+        self.store.close()
+
+    # queries ----------------------------------------------------------------------------
+
+    def get(self, run_id: str, tenant: str | None = None, all_tenants: bool = False) -> Run:
+        run = self.store.get(run_id)
+        if run is None or (not all_tenants and run.tenant != tenant):
+            raise NotFound(f"run {run_id!r} not found", param="run_id")
+        return run
+
+    def runs(self, *, tenant: str | None, all_tenants: bool = False, **kw: Any) -> list[Run]:
+        return self.store.list(tenant=tenant, all_tenants=all_tenants, **kw)
+
+    def approvals(self, *, tenant: str | None, all_tenants: bool = False) -> list[Run]:
+        return self.store.list(tenant=tenant, all_tenants=all_tenants, status="waiting")
+
+    def events(self, run_id: str, tenant: str | None = None, all_tenants: bool = False) -> list:
+        self.get(run_id, tenant, all_tenants)
+        return self.store.events(run_id)
+
+    # start / resume ---------------------------------------------------------------------
+
+    async def start(
+        self, graph: str, body: dict, *, tenant: str | None, actor: str
+    ) -> tuple[str, AsyncIterator[dict]]:
+        """Start a run of ``graph``; returns its id and its live event stream."""
+        _check_keys(body, RUN_KEYS, "run")
+        gdef = self.catalog.get(graph)
+        text = body.get("input")
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest("`input` is required: the request text", param="input")
+        if len(text) > MAX_INPUT_CHARS:
+            raise BadRequest(f"`input` is longer than {MAX_INPUT_CHARS} characters", param="input")
+        domain = body.get("domain", gdef.manifest.metadata.labels.get("domain"))
+        if domain is not None and not isinstance(domain, str):
+            raise BadRequest("`domain` must be a string", param="domain")
+        files = _attachments(body.get("attachments"))
+        payload = {"input": text, "domain": domain, "attachments": sorted(files)}
+        run_id = self.store.create(graph, payload, tenant=tenant, actor=actor)
+        folder = self._uploads(run_id)
+        for name, data in files.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        state = {
+            "input": text,
+            "domain": domain,
+            "modality": _modality(files),
+            "attachments": sorted(files),
+        }
+        stream = self._subscribe(run_id)
+        self._publish(run_id, [{"type": "run", "run_id": run_id, "graph": graph}])
+        self._launch(run_id, gdef, state)
+        return run_id, stream
+
+    async def resume(
+        self, run_id: str, body: dict, *, tenant: str | None, actor: str, all_tenants: bool = False
+    ) -> tuple[str, AsyncIterator[dict]]:
+        """Answer the approval a run waits for (approve, edit or reject) and continue it."""
+        _check_keys(body, RESUME_KEYS, "resume")
+        run = self.get(run_id, tenant, all_tenants)
+        action = body.get("action")
+        if action not in APPROVAL_VALUE:
+            raise BadRequest("`action` must be approve, edit or reject", param="action")
+        if run.status != "waiting" or not run.pending:
+            raise Conflict(f"run {run_id!r} is {run.status}, not waiting for an approval")
+        gdef = self.catalog.get(run.graph)
+        decision: dict[str, Any] = {"action": action, "actor": actor}
+        comment = body.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise BadRequest("`comment` must be a string", param="comment")
+        decision["comment"] = comment
+        if action == "edit":
+            decision.update(self._checked_edit(gdef, body))
+        elif "answer" in body or "forms" in body:
+            raise BadRequest("`answer` and `forms` go with action edit", param="action")
+        # The claim: only one resume of this approval can move the run out of `waiting`.
+        if not self.store.set_status(run_id, "running", expect="waiting"):
+            raise Conflict(f"run {run_id!r} was resumed already")
+        from langgraph.types import Command
+
+        interrupt_id = run.pending.get("interrupt_id")
+        value = {interrupt_id: decision} if interrupt_id else decision
+        stream = self._subscribe(run_id)
+        # Flushed at once: the approval is the audit record of who decided what.
+        self._publish(run_id, [{"type": "approval", "run_id": run_id, **decision}], flush=True)
+        self._launch(run_id, gdef, Command(resume=value))
+        return run_id, stream
+
+    def _checked_edit(self, gdef: GraphDef, body: dict) -> dict:
+        out: dict[str, Any] = {}
+        answer, forms = body.get("answer"), body.get("forms")
+        if answer is None and forms is None:
+            raise BadRequest("action edit needs `answer` or `forms`", param="answer")
+        if answer is not None:
+            if not isinstance(answer, str) or len(answer) > MAX_INPUT_CHARS:
+                raise BadRequest("`answer` must be a string", param="answer")
+            out["answer"] = answer
+        if forms is not None:
+            if not isinstance(forms, dict):
+                raise BadRequest("`forms` must map form tool names to values", param="forms")
+            from qingliang.agents.tools.forms import validate_values
+
+            known = {t.name: t for t in gdef.manifest.spec.tools if t.kind == "form"}
+            checked = {}
+            for name, values in forms.items():
+                if name not in known:
+                    raise BadRequest(
+                        f"forms.{name}: unknown form; known: {', '.join(known) or 'none'}",
+                        param=f"forms.{name}",
+                    )
+                if not isinstance(values, dict):
+                    raise BadRequest(f"forms.{name} must be an object", param=f"forms.{name}")
+                clean, problems = validate_values(known[name], values)
+                if problems:
+                    raise BadRequest(f"forms.{name}: " + "; ".join(problems), param="forms")
+                checked[name] = clean
+            out["forms"] = checked
+        return out
+
+    async def feedback(
+        self,
+        run_id: str,
+        score: object,
+        *,
+        comment: object = None,
+        tenant: str | None,
+        actor: str,
+        all_tenants: bool = False,
+    ) -> dict:
+        """Explicit feedback on a run (-1..1): stored, and a reward for its routes."""
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise BadRequest("`score` must be a number from -1 to 1", param="score")
+        if not -1.0 <= float(score) <= 1.0:
+            raise BadRequest(f"`score` {score} is outside -1..1", param="score")
+        if comment is not None and not isinstance(comment, str):
+            raise BadRequest("`comment` must be a string", param="comment")
+        run = self.get(run_id, tenant, all_tenants)
+        reached = 0
+        if self.router is not None:
+            # The router first: feedback it refuses (Conflict: this run's decisions have
+            # feedback already) is not stored either.
+            try:
+                reached = await self.router.feedback(run.id, float(score))
+            except NotFound:
+                reached = 0  # a run without routing decisions: feedback is kept, not learned
+        self.store.add_feedback(run.id, float(score), comment, actor)
+        return {"run_id": run.id, "score": float(score), "decisions": reached}
+
+    async def wait(self, run_id: str, timeout_s: float | None = None) -> Run:
+        """Wait until the run's current segment ends (done, waiting, stopped ...)."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        run = self.store.get(run_id)
+        assert run is not None
+        return run
+
+    async def recover(self) -> list[str]:
+        """Continue every run another process left ``running`` (it died mid-run)."""
+        resumed = []
+        for run in self.store.list(all_tenants=True, status="running", limit=10_000):
+            if run.id in self._tasks:
+                continue
+            try:
+                gdef = self.catalog.get(run.graph)
+            except NotFound:
+                self.store.set_status(
+                    run.id, "failed", expect="running", reason=f"graph {run.graph!r} was deleted"
+                )
+                continue
+            log.info("recovering run %s of %s from its last checkpoint", run.id, run.graph)
+            self._publish(run.id, [{"type": "recovered", "run_id": run.id}])
+            self._launch(run.id, gdef, None)
+            resumed.append(run.id)
+        return resumed
+
+    # the background driver --------------------------------------------------------------
+
+    def _launch(self, run_id: str, gdef: GraphDef, inp: Any) -> None:
+        task = asyncio.create_task(self._drive(run_id, gdef, inp), name=f"agent-run-{run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
+
+    async def _graph(self, gdef: GraphDef) -> Any:
+        key = f"{gdef.name}@{gdef.version}"
+        if key not in self._compiled:
+            saver = await self._checkpointers.get(gdef.manifest.spec.checkpointer)
+            if self.router is not None:
+                # Register before the first decision: a changed manifest updates the
+                # router's settings; its learned statistics carry over (same arms).
+                for node in gdef.manifest.spec.nodes:
+                    if node.type == "router":
+                        key_ = router_key(gdef.name, node.name)
+                        await self.router.register(key_, router_config(gdef.manifest, node))
+            self._compiled[key] = self._compiler.compile(gdef, saver)
+        return self._compiled[key]
+
+    @staticmethod
+    def _nested(gdef: GraphDef) -> bool:
+        """Whether the graph runs other graphs (their events need LangGraph's subgraph
+        streaming, which costs every run of the graph a little)."""
+        spec = gdef.manifest.spec
+        return any(n.type == "graph" for n in spec.nodes) or any(
+            t.kind == "call_agent" for t in spec.tools
+        )
+
+    async def _drive(self, run_id: str, gdef: GraphDef, inp: Any) -> None:
+        from langgraph.errors import GraphRecursionError
+
+        run = self.store.get(run_id)
+        assert run is not None
+        limits = gdef.manifest.spec.limits
+        cfg = {
+            "configurable": {
+                "thread_id": run_id,
+                "run": {
+                    "run_id": run_id,
+                    "tenant": run.tenant,
+                    "attachments_dir": str(self._uploads(run_id)),
+                    "graph": gdef.name,
+                },
+            },
+            "recursion_limit": limits.max_steps,
+        }
+        started = time.monotonic()
+        status, reason = "done", None
+        try:
+            graph = await self._graph(gdef)
+            async with asyncio.timeout(max(0.001, limits.timeout_s - run.active_s)):
+                async for item in graph.astream(
+                    inp,
+                    cfg,
+                    stream_mode=["custom"],
+                    subgraphs=self._nested(gdef),
+                    durability="sync",
+                ):
+                    chunk = item[-1] if isinstance(item, tuple) else item
+                    if isinstance(chunk, dict):
+                        self._publish(run_id, [chunk])
+        except RunStopped as exc:
+            status, reason = "stopped", str(exc)
+        except GraphRecursionError:
+            status, reason = "stopped", f"max_steps ({limits.max_steps}) reached"
+        except TimeoutError:
+            status, reason = "stopped", f"timeout_s ({limits.timeout_s:g} s) reached"
+        except asyncio.CancelledError:
+            raise  # the process is shutting down: the run stays `running`, recoverable
+        except Exception as exc:
+            log.exception("run %s failed", run_id)
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        active = time.monotonic() - started
+        try:
+            await self._settle(run_id, gdef, cfg, status, reason, active)
+        except Exception as exc:
+            log.exception("run %s could not be settled", run_id)
+            why = f"settling the run failed: {type(exc).__name__}: {exc}"
+            self.store.set_status(run_id, "failed", expect="running", reason=why)
+            self._publish(
+                run_id,
+                [{"type": "status", "run_id": run_id, "status": "failed", "reason": why}],
+                flush=True,
+            )
+        finally:
+            self._close_listeners(run_id)
+
+    async def _settle(
+        self, run_id: str, gdef: GraphDef, cfg: dict, status: str, reason: str | None, active: float
+    ) -> None:
+        graph = await self._graph(gdef)
+        snap = await graph.aget_state(cfg)
+        values = dict(snap.values or {})
+        tokens = int(values.get("tokens") or 0)
+        pending = None
+        if status == "done" and snap.interrupts:
+            first = snap.interrupts[0]
+            pending = {"interrupt_id": first.id, **dict(first.value)}
+            status = "waiting"
+        elif status == "done" and values.get("outcome") == "rejected":
+            status, reason = "rejected", "rejected at approval"
+        answer = values.get("last") if status in ("done", "waiting", "rejected") else None
+        self.store.set_status(
+            run_id,
+            status,
+            expect="running",
+            answer=answer,
+            reason=reason,
+            pending=pending,
+            tokens=tokens,
+            active_s=active,
+        )
+        final = self.store.get(run_id)
+        assert final is not None
+        event: dict[str, Any] = {"type": "status", "run_id": run_id, "status": status}
+        if answer is not None:
+            event["answer"] = answer
+        if reason:
+            event["reason"] = reason
+        if pending:
+            event["pending"] = pending
+        if values.get("results"):
+            event["results"] = values["results"]
+        self._publish(run_id, [event], flush=True)
+        if status in FINAL and values.get("routes") and self.router is not None:
+            approvals = values.get("approvals") or []
+            approval = APPROVAL_VALUE.get(approvals[-1]["action"]) if approvals else None
+            try:
+                await self.router.finish_run(
+                    run_id,
+                    success=status == "done",
+                    latency_s=final.active_s,
+                    tokens=tokens,
+                    approval=approval,
+                )
+            except Exception:  # learning must never fail a finished run
+                log.exception("router could not learn from run %s", run_id)
+
+    # events -----------------------------------------------------------------------------
+
+    def _publish(self, run_id: str, events: list[dict], flush: bool = False) -> None:
+        """Send ``events`` to the run's listeners and (tokens excepted) to the store.
+
+        Stored events are written in batches — at least every ``EVENT_FLUSH_S`` and when
+        the run settles — so a step does not pay a transaction per event.
+        """
+        buffer = self._unsaved.setdefault(run_id, [])
+        buffer.extend(e for e in events if e.get("type") != "token")
+        now = time.monotonic()
+        if buffer and (flush or now - self._flushed.get(run_id, 0.0) >= EVENT_FLUSH_S):
+            self.store.add_events(run_id, buffer)
+            self._unsaved.pop(run_id, None)
+            self._flushed[run_id] = now
+        if flush:
+            self._flushed.pop(run_id, None)
+        for q in self._listeners.get(run_id, []):
+            for e in events:
+                q.put_nowait(e)
+
+    def _subscribe(self, run_id: str) -> AsyncIterator[dict]:
+        q: asyncio.Queue = asyncio.Queue()
+        self._listeners.setdefault(run_id, []).append(q)
+
+        async def events() -> AsyncIterator[dict]:
+            try:
+                while True:
+                    item = await q.get()
+                    if item is _DONE:
+                        return
+                    yield item
+            finally:
+                listeners = self._listeners.get(run_id, [])
+                if q in listeners:
+                    listeners.remove(q)
+
+        return events()
+
+    def _close_listeners(self, run_id: str) -> None:
+        for q in self._listeners.pop(run_id, []):
+            q.put_nowait(_DONE)
+
+    def _uploads(self, run_id: str) -> Path:
+        return self.home / "agents" / "uploads" / run_id
+
+
+def _attachments(value: object) -> dict[str, bytes]:
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise BadRequest("`attachments` must be a list of {name, data}", param="attachments")
+    files: dict[str, bytes] = {}
+    for i, item in enumerate(value):
+        where = f"attachments[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "data"}:
+            raise BadRequest(f"{where} must be an object with name and data", param=where)
+        name, data = item.get("name"), item.get("data")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise BadRequest(f"{where}.name {name!r} is not a plain file name", param=where)
+        if name in files:
+            raise BadRequest(f"{where}.name {name!r} appears twice", param=where)
+        if not isinstance(data, str):
+            raise BadRequest(f"{where}.data must be base64 text", param=where)
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"{where}.data is not valid base64", param=where) from None
+        if len(raw) > MAX_ATTACHMENT_BYTES:
+            raise BadRequest(f"{where} is larger than {MAX_ATTACHMENT_BYTES} bytes", param=where)
+        files[name] = raw
+    return files
+
+
+def _modality(files: dict[str, bytes]) -> str:
+    kinds = set()
+    for name in files:
+        suffix = name.rsplit(".", 1)[-1].lower()
+        if suffix in ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"):
+            kinds.add("image")
+        elif suffix in ("csv", "tsv", "xlsx"):
+            kinds.add("table")
+    if not kinds:
+        return "text"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def default_tools(gdef: GraphDef) -> dict:
+    """The graph's tools: built from the manifest, plus ``call_agent`` as nested graphs."""
+    from qingliang.agents._agent_node import NestedAgentTool
+    from qingliang.agents.tools.registry import build_tools
+
+    tools: dict[str, Any] = dict(build_tools(gdef.manifest.spec, gdef.base_dir))
+    for t in gdef.manifest.spec.tools:
+        if t.kind == "call_agent":
+            tools[t.name] = NestedAgentTool(
+                t.name, t.description or f"Ask the {t.graph} agents; returns their answer.", t.graph
+            )
+    return tools

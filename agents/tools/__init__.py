@@ -1,0 +1,5 @@
+"""Tools agents call (knowledge search, OCR, forms, read-only SQL) and nodes run (submit).
+
+:func:`build_tools` turns a manifest's ``spec.tools`` into :class:`~.base.Tool` objects;
+``call_agent`` tools are built by the runtime, which owns the nested graphs.
+"""

@@ -1,0 +1,120 @@
+"""Agent graphs on the running platform: an AgentGraph applied like `qingliang apply`
+answers through `/v1/agents`, routes with the shared router actor (the tiny vLLM model and
+its adapter are the arms), pauses for approval, survives a SIGKILL of the Agents replica
+while waiting, and submits its form exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from _platform import Platform
+
+from qingliang.platform.errors import ResolveError
+
+pytestmark = pytest.mark.integration
+
+GRAPH = """apiVersion: qingliang.io/v1
+kind: AgentGraph
+metadata: {{name: it-desk, labels: {{domain: gov}}}}
+spec:
+  agents:
+    - {{name: clerk, model: tiny, max_tokens: 8}}
+    - {{name: expert, model: "tiny:a", max_tokens: 8}}
+  tools:
+    - {{name: intake, kind: form, fields: [{{name: applicant}}]}}
+    - {{name: file, kind: submit, form: intake, database: {db}}}
+  nodes:
+    - {{name: triage, type: router, routes: [quick, careful], router: {{seed: 1}}}}
+    - {{name: quick, type: agent, agent: clerk, next: review}}
+    - {{name: careful, type: agent, agent: expert, next: review}}
+    - {{name: review, type: approval, prompt: "File this request?", next: submit}}
+    - {{name: submit, type: tool, tool: file}}
+"""
+
+
+def _events(response: httpx.Response) -> list[dict]:
+    out = []
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line.removeprefix("data: ")))
+    return out
+
+
+def _agents_pid(p: Platform) -> int:
+    deps = p.serve_status()["qingliang-gateway"]["deployments"]["Agents"]["replicas"]
+    return int(deps[0]["pid"])
+
+
+def _wait_agents(p: Platform, old_pid: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            app = p.serve_status()["qingliang-gateway"]["deployments"]["Agents"]
+            reps = app["replicas"]
+            if app["status"] == "HEALTHY" and reps and int(reps[0]["pid"]) != old_pid:
+                return
+        except (KeyError, httpx.HTTPError, IndexError):
+            pass
+        time.sleep(1)
+    raise AssertionError("the Agents replica did not come back")
+
+
+def test_a_bad_graph_is_refused_naming_the_field(platform: Platform) -> None:
+    path = platform.manifest("it-bad", GRAPH.format(db="x.sqlite").replace("tiny:a", "tiny:zz"))
+    with pytest.raises(ResolveError, match=r"spec\.agents\[1\]\.model: deployment 'tiny' has no"):
+        platform.ctl.apply([path], wait=False, progress=False)
+
+
+def test_graph_routes_pauses_survives_a_replica_kill_and_submits_once(
+    platform: Platform, http: httpx.Client, tmp_path: Path
+) -> None:
+    db = tmp_path / "requests.sqlite"
+    path = platform.manifest("it-desk", GRAPH.format(db=db))
+    changes = platform.ctl.apply([path], wait=False, progress=False)
+    assert [(c.kind, c.action) for c in changes] == [("AgentGraph", "create")]
+    listed = http.get("/v1/agents").json()
+    assert "it-desk" in [g["id"] for g in listed["data"]]
+
+    with http.stream("POST", "/v1/agents/it-desk/runs", json={"input": "我要办理居住证"}) as r:
+        assert r.status_code == 200, r.read()
+        events = _events(r)
+    run_id = events[0]["run_id"]
+    route = next(e for e in events if e["type"] == "route")
+    assert route["arm"] in ("quick", "careful") and 0 < route["propensity"] <= 1
+    assert events[-1]["type"] == "status" and events[-1]["status"] == "waiting"
+    inbox = http.get("/v1/agents/approvals").json()["data"]
+    assert run_id in [a["run_id"] if "run_id" in a else a["id"] for a in inbox]
+
+    # The replica hosting the runs dies while the run waits; Serve starts a new one.
+    old = _agents_pid(platform)
+    os.kill(old, signal.SIGKILL)
+    _wait_agents(platform, old)
+
+    r = http.post(
+        f"/v1/agents/runs/{run_id}/resume",
+        json={"action": "edit", "forms": {"intake": {"applicant": "李雷"}}, "stream": False},
+    )
+    assert r.status_code == 200, r.text
+    run = r.json()
+    assert run["status"] == "done", run
+    again = http.post(f"/v1/agents/runs/{run_id}/resume", json={"action": "approve"})
+    assert again.status_code == 409
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT values_json FROM submissions").fetchall()
+    assert [json.loads(v) for (v,) in rows] == [{"applicant": "李雷"}]
+
+    fb = http.post("/v1/feedback", json={"run_id": run_id, "score": 1})
+    assert fb.status_code == 200 and fb.json()["decisions"] == 1
+    bad = http.post("/v1/feedback", json={"run_id": run_id, "score": 7})
+    assert bad.status_code == 400 and "score" in bad.text
+    shown = http.get(f"/v1/agents/runs/{run_id}").json()
+    kinds = [e["type"] for e in shown["events"]]
+    assert "route" in kinds and "approval" in kinds and kinds[-1] == "status"
+    assert (platform.settings.home / "router.sqlite").exists()
