@@ -53,6 +53,9 @@ bench: install ## Run the serving benchmark; writes bench/out/*.json and updates
 bench-knowledge: install ## Run the knowledge benchmark (ingest, re-sync, search at scale, retrieval quality); updates bench/RESULTS.md
 	$(BIN)/python bench/knowledge.py
 
+bench-agents: install ## Run the agents benchmark (router regret and latency, orchestration runs/s); updates bench/RESULTS.md
+	$(BIN)/python bench/agents.py
+
 lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -66,4 +69,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install up down test test-unit bench bench-knowledge lint lock clean
+.PHONY: help install up down test test-unit bench bench-knowledge bench-agents lint lock clean
