@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qingliang.agents._journal import NodeJournal
 from qingliang.agents.manifest import Agent
-from qingliang.agents.models import ChatReply
+from qingliang.agents.models import ChatReply, recover_tool_call
 from qingliang.agents.tools.base import Tool, openai_spec
 
 if TYPE_CHECKING:
@@ -148,6 +148,8 @@ async def run_agent(
 
         raw, replayed = await journal.step(call_model)
         reply = ChatReply.from_json(raw)
+        if offer is not None:
+            reply = recover_tool_call(reply, set(by_name))
         tokens += reply.tokens
         if replayed and reply.text:
             _emit({"type": "token", "node": step.node, "delta": reply.text, "replayed": True})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -133,6 +134,40 @@ def parse_reply(response: dict[str, Any]) -> ChatReply:
         tokens=int(usage.get("total_tokens") or 0),
         model=str(response.get("model", "")),
         finish_reason=choice.get("finish_reason"),
+    )
+
+
+_FENCED = re.compile(
+    r"^\s*(?:```(?:json)?\s*|<tool_call>\s*)?(\{.*\})\s*(?:```|</tool_call>)?\s*$", re.S
+)
+
+
+def recover_tool_call(reply: ChatReply, offered: set[str]) -> ChatReply:
+    """A tool call written as text, turned into a real one.
+
+    Small models given tools through their native template sometimes answer with the call
+    as a bare or fenced JSON object (Qwen2.5-Coder-0.5B writes `````json {"name": ...,
+    "arguments": {...}}`````) instead of inside the ``<tool_call>`` tags the parser looks
+    for. When the whole reply is one such object naming an offered tool with an object of
+    arguments, it becomes that tool call; anything else is left as the answer it is.
+    """
+    if reply.tool_calls or not offered:
+        return reply
+    m = _FENCED.match(reply.text)
+    if m is None:
+        return reply
+    try:
+        call = json.loads(m.group(1))
+    except ValueError:
+        return reply
+    if not isinstance(call, dict) or set(call) - {"name", "arguments", "parameters"}:
+        return reply
+    name, args = call.get("name"), call.get("arguments", call.get("parameters"))
+    if name not in offered or not isinstance(args, dict):
+        return reply
+    log.debug("reply of %s: tool call %s recovered from its text", reply.model, name)
+    return ChatReply(
+        "", [ToolCall("call_0", str(name), args)], reply.tokens, reply.model, "tool_calls"
     )
 
 

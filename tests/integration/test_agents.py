@@ -118,3 +118,69 @@ def test_graph_routes_pauses_survives_a_replica_kill_and_submits_once(
     kinds = [e["type"] for e in shown["events"]]
     assert "route" in kinds and "approval" in kinds and kinds[-1] == "status"
     assert (platform.settings.home / "router.sqlite").exists()
+
+
+ROUTED = """apiVersion: qingliang.io/v1
+kind: AgentGraph
+metadata: {name: it-route}
+spec:
+  agents:
+    - {name: clerk, model: tiny, max_tokens: 4}
+    - {name: expert, model: "tiny:a", max_tokens: 4}
+  nodes:
+    - {name: triage, type: router, routes: [quick, careful]}
+    - {name: quick, type: agent, agent: clerk}
+    - {name: careful, type: agent, agent: expert}
+"""
+
+
+def _router_updates(home: Path) -> int:
+    """How many rewards the stored policy has learned from."""
+    with sqlite3.connect(home / "router.sqlite") as c:
+        row = c.execute(
+            "SELECT state FROM router_state WHERE router = 'it-route/triage'"
+        ).fetchone()
+    return int(json.loads(row[0])["updates"]) if row else 0
+
+
+def _router_actor_pid(p: Platform) -> int:
+    url = f"http://127.0.0.1:{p.settings.dashboard_port}/api/v0/actors"
+    actors = httpx.get(url, params={"detail": "true", "limit": 1000}, timeout=30).json()
+    for a in actors["data"]["result"]["result"]:
+        if a.get("name") == "qingliang-router" and a.get("state") == "ALIVE":
+            return int(a["pid"])
+    raise AssertionError("no live qingliang-router actor")
+
+
+def test_the_shared_router_keeps_what_it_learned_when_its_actor_dies(
+    platform: Platform, http: httpx.Client
+) -> None:
+    platform.ctl.apply([platform.manifest("it-route", ROUTED)], wait=False, progress=False)
+
+    def one_run() -> None:
+        r = http.post("/v1/agents/it-route/runs", json={"input": "问一下", "stream": False})
+        assert r.status_code == 200 and r.json()["status"] == "done", r.text
+        assert (
+            http.post("/v1/feedback", json={"run_id": r.json()["id"], "score": 1}).json()[
+                "decisions"
+            ]
+            == 1
+        )
+
+    for _ in range(3):
+        one_run()
+    learned = _router_updates(platform.settings.home)
+    assert learned >= 3  # one update per finished run (and per feedback)
+    os.kill(_router_actor_pid(platform), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:  # Ray restarts the detached actor (max_restarts=-1)
+        try:
+            _router_actor_pid(platform)
+            break
+        except (AssertionError, httpx.HTTPError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    one_run()
+    # The restarted actor loaded the stored policy and went on from it.
+    assert _router_updates(platform.settings.home) > learned

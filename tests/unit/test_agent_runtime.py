@@ -351,3 +351,30 @@ async def test_a_run_whose_settling_fails_ends_failed_and_its_stream_closes(tmp_
 
 async def _collect(events) -> list[dict]:
     return [e async for e in events]
+
+
+@pytest.mark.parametrize(
+    ("text", "called"),
+    [
+        ('```json\n{\n  "name": "intake",\n  "arguments": {"applicant": "Li Lei"}\n}\n```', True),
+        (
+            '<tool_call>\n{"name": "intake", "arguments": {"applicant": "Li Lei"}}\n</tool_call>',
+            True,
+        ),
+        ('{"name": "intake", "arguments": {"applicant": "Li Lei"}}', True),
+        ('{"name": "delete_everything", "arguments": {}}', False),  # not offered
+        ('{"name": "intake", "arguments": "applicant=Li"}', False),  # not an object
+        ('Sure! {"name": "intake", "arguments": {}} done', False),  # not the whole reply
+        ("The applicant is Li Lei.", False),
+    ],
+)
+def test_a_tool_call_written_as_text_is_recovered_only_when_unambiguous(text, called) -> None:
+    from qingliang.agents.models import recover_tool_call
+
+    out = recover_tool_call(ChatReply(text, [], 5, "qwen"), {"intake"})
+    assert bool(out.tool_calls) is called
+    if called:
+        assert out.tool_calls[0].name == "intake" and out.text == ""
+        assert out.tool_calls[0].arguments == {"applicant": "Li Lei"}
+    else:
+        assert out.text == text

@@ -41,7 +41,8 @@ def test_help_lists_the_commands() -> None:
 def test_validate_reports_the_plan_for_the_defaults() -> None:
     r = runner.invoke(app, ["validate", "-f", str(REPO / "deploy" / "defaults")])
     assert r.exit_code == 0, r.output
-    assert "ModelDeployment/qwen-coder" in r.output and "engine vllm" in r.output
+    out = " ".join(r.output.split())  # rich wraps at the terminal's width (80 without one)
+    assert "ModelDeployment/qwen-coder" in out and "engine vllm" in out
 
 
 def test_validate_names_file_and_field_of_a_bad_manifest(tmp_path: Path) -> None:
