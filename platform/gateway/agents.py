@@ -43,7 +43,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qingliang.platform.errors import ApiError, BadRequest, QingliangError
-from qingliang.platform.gateway.knowledge import _actor, tenant_of
+from qingliang.platform.gateway.knowledge import _actor, read_json_object, tenant_of
 
 logger = logging.getLogger(__name__)
 
@@ -277,19 +277,6 @@ class LocalAgents:
         return dispatch_stream(self.service, method, tenant, all_tenants, actor, kwargs)
 
 
-async def _json_object(request: Request) -> dict:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
 def _only(keys: Any, allowed: frozenset[str], what: str) -> None:
     for key in keys:
         if key not in allowed:
@@ -331,7 +318,7 @@ def add_agent_routes(app: FastAPI, agents: AgentsBackend | None) -> None:
     async def run_events(request: Request, method: str, kwargs: dict) -> Response:
         tenant, all_tenants, actor = who(request)
         assert agents is not None
-        body = await _json_object(request)
+        body = await read_json_object(request)
         stream = _stream_flag(body)
         events = agents.stream(method, tenant, all_tenants, actor, {**kwargs, "body": body})
         # Pull the first event before answering, so errors found before the run starts
@@ -395,7 +382,7 @@ def add_agent_routes(app: FastAPI, agents: AgentsBackend | None) -> None:
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Any:
         who(request)
-        body = await _json_object(request)
+        body = await read_json_object(request)
         _only(body, FEEDBACK_KEYS, "field")
         if "run_id" not in body:
             raise BadRequest("`run_id` is required: the run the feedback is about", param="run_id")

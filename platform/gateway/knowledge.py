@@ -144,7 +144,8 @@ def _actor(principal: Any) -> str:
     return f"key:{name}" if name else "api"
 
 
-async def _body(request: Request, method: str) -> dict:
+async def read_json_object(request: Request) -> dict:
+    """The request's JSON object body (an empty body is ``{}``); 400 otherwise."""
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -154,6 +155,11 @@ async def _body(request: Request, method: str) -> dict:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    return body
+
+
+async def _body(request: Request, method: str) -> dict:
+    body = await read_json_object(request)
     allowed = METHODS[method]
     for key in body:
         if key not in allowed:
