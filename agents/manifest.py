@@ -358,7 +358,13 @@ class RouterSettings(Strict):
     algorithm: Literal["linucb", "thompson"] = Field(
         default="linucb", description="Contextual bandit."
     )
-    alpha: float = Field(default=1.0, gt=0, le=10, description="Exploration width (LinUCB).")
+    alpha: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description="Exploration strength in units of the estimated reward noise: LinUCB's "
+        "bound width (default 1.0) or Thompson's posterior scale (default 0.5).",
+    )
     floor: float = Field(
         default=0.05, ge=0, le=1, description="Share of requests routed uniformly at random."
     )

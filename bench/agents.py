@@ -21,22 +21,23 @@
   per 1,000 tokens. Regret is measured on expected rewards (pseudo-regret): for each
   round, the best arm's expected reward for that request minus the chosen arm's.
 
-LinUCB and linear Thompson sampling run with the router's defaults (``alpha`` 1.0 in units
-of the estimated reward noise, floor 0.05, 8 embedding dimensions, 22 features in all), on
-5 seeds (``--seed``, ``--repeats``; each seed is a new environment and request stream, the
-first also gives the latency and the off-policy figures) through the real :class:`RouterService`
-on a temporary SQLite file, so the decision log and the persistence of every update are
-included: per round ``decide`` → ``finish_run`` (success, latency, tokens) → ``feedback``
-when the user gave some (which closes the decision), else ``close``. The router waits for
-feedback (``feedback_window_s`` 60), and decisions without any are closed at once, as
-``sweep`` would after the window: learning is not delayed in this simulation. Reported:
-cumulative regret of uniform random choice, of the best fixed arm in hindsight, of the
-linear oracle (a reference: the greedy policy of per-arm least squares fitted to the true
-expected rewards on the router's features), of LinUCB and of Thompson, each against the
-oracle; their ratio to uniform's (target ≤ 0.20, on the mean over seeds); the
-latency of ``RouterService.decide`` (target p99 ≤ 1 ms) and of the policy's ``choose``
-alone; and off-policy estimates (IPS, SNIPS, DR) next to true values for (1) the final
-policy on the newer half of its own log (in-sample: the policy learned from these
+LinUCB and linear Thompson sampling run with the router's defaults (``alpha`` in units of
+the estimated reward noise: 1.0 for LinUCB, 0.5 for Thompson; floor 0.05, 8 embedding
+dimensions, 22 features in all), on 10 seeds (``--seed``, ``--repeats``; each seed is a new
+environment and request stream, the first also gives the latency and the off-policy figures)
+through the real :class:`RouterService` on a temporary SQLite file, so the decision log and
+the persistence of every update are included: per round ``decide`` → ``finish_run``
+(success, latency, tokens) → ``feedback`` when the user gave some (which closes the
+decision), else ``close``. The router waits for feedback (``feedback_window_s`` 60), and
+decisions without any are closed at once, as ``sweep`` would after the window: learning is
+not delayed in this simulation. Reported: cumulative regret of uniform random choice, of the
+best fixed arm in hindsight, of the linear oracle (a reference: the greedy policy of per-arm
+least squares fitted to the true expected rewards on the router's features), of two learning
+references (LinUCB with floor 0, and LinUCB told each request's true kind), of LinUCB and of
+Thompson, each against the oracle; their ratio to uniform's (target ≤ 0.20, on the mean over
+seeds); the latency of ``RouterService.decide`` (target p99 ≤ 1 ms) and of the policy's
+``choose`` alone; and off-policy estimates (IPS, SNIPS, DR) next to true values for (1) the
+final policy on the newer half of its own log (in-sample: the policy learned from these
 records) and (2) the candidate that ``RouterService.evaluate`` fits on the older half and
 scores on the newer half (out of sample). True values are exact expectations over 20,000
 fresh requests.
@@ -72,7 +73,11 @@ from _results import fmt, met, save_run, write_section  # noqa: E402
 
 from qingliang.agents.routing.features import RequestFeatures  # noqa: E402
 from qingliang.agents.routing.ope import Logged, evaluate  # noqa: E402
-from qingliang.agents.routing.policy import make_policy, policy_from_state  # noqa: E402
+from qingliang.agents.routing.policy import (  # noqa: E402
+    PolicySpec,
+    make_policy,
+    policy_from_state,
+)
 from qingliang.agents.routing.rewards import RewardWeights, combine  # noqa: E402
 from qingliang.agents.routing.service import RouterConfig, RouterService  # noqa: E402
 
@@ -195,13 +200,20 @@ def _ope_row(report: Any, true: float) -> dict[str, Any]:
 
 
 def _run_algorithm(
-    algo: str, env: Environment, contexts: list, seed: int, fresh: list | None
+    algo: str,
+    env: Environment,
+    contexts: list,
+    seed: int,
+    fresh: list | None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """One learning run through a RouterService on a temporary file; with ``fresh``
-    contexts, also the policy-alone latency and the off-policy evaluation."""
+    """One learning run through a RouterService on a temporary file (``overrides``: router
+    settings other than the defaults); with ``fresh`` contexts, also the policy-alone
+    latency and the off-policy evaluation."""
     config = RouterConfig(
-        ARMS, algo, seed=seed, domains=DOMAINS, reward=WEIGHTS, feedback_window_s=60.0
-    )
+        ARMS, algo, seed=seed, domains=DOMAINS, reward=WEIGHTS, feedback_window_s=60.0,
+        **overrides,
+    )  # fmt: skip
     rng = np.random.default_rng(seed + 1)
     decide_ns, learn_ns, regret, curve = [], [], np.zeros(len(contexts)), {}
     with tempfile.TemporaryDirectory(prefix="ql-router-bench-") as tmp:
@@ -290,7 +302,29 @@ def _baselines(env: Environment, contexts: list, fresh: list) -> dict[str, Any]:
     }
 
 
-def router_bench(rounds: int = 2000, seed: int = 7, repeats: int = 5) -> dict[str, Any]:
+def _kind_oracle_learner(env: Environment, contexts: list, seed: int) -> float:
+    """Regret of LinUCB (defaults, no floor) given what no router knows: the request's
+    true kind (one-hot) and its log length relative to the kind's median. A reference
+    for how much of the regret is the cost of learning at all."""
+    spec = PolicySpec("linucb", ARMS, len(KINDS) + 2, alpha=1.0, seed=seed, noise_scaled=True)
+    policy = make_policy(spec)
+    rng, regret = np.random.default_rng(seed + 1), 0.0
+    for k, n, _ in contexts:
+        x = np.zeros(len(KINDS) + 2)
+        x[k], x[-2], x[-1] = 1.0, math.log(n / KINDS[k][3]), 1.0
+        a = ARMS.index(policy.choose(x).arm)
+        out = env.outcome(k, n, a, rng)
+        parts = {"success": float(out["success"]), "latency_s": out["latency_s"]}
+        parts["tokens"] = out["tokens"]
+        if out["feedback"] is not None:
+            parts["feedback"] = out["feedback"]
+        policy.update(ARMS[a], x, combine(parts, WEIGHTS))
+        mu = env.expected(k, n)
+        regret += float(mu.max() - mu[a])
+    return regret
+
+
+def router_bench(rounds: int = 2000, seed: int = 7, repeats: int = 10) -> dict[str, Any]:
     """Run part (a) and return its results (see the module docstring): ``repeats`` seeds
     from ``seed`` on; the first also gives latency and off-policy evaluation."""
     started, load = time.time(), loadavg()
@@ -305,11 +339,16 @@ def router_bench(rounds: int = 2000, seed: int = 7, repeats: int = 5) -> dict[st
             logger.info("router bench: seed %d, %s, %d rounds", s, algo, rounds)
             detail = fresh if s == seed else None
             run["algorithms"][algo] = _run_algorithm(algo, env, contexts, s, detail)
+        logger.info("router bench: seed %d, references", s)
+        run["linucb_floor0"] = _run_algorithm("linucb", env, contexts, s, None, floor=0.0)["regret"]
+        run["kind_oracle_learner"] = _kind_oracle_learner(env, contexts, s)
         run["ratio"] = {
             name: value / run["uniform"]
             for name, value in [
                 ("best_fixed", run["best_fixed"]),
                 ("linear_oracle", run["linear_oracle"]),
+                ("linucb_floor0", run["linucb_floor0"]),
+                ("kind_oracle_learner", run["kind_oracle_learner"]),
                 *((a, run["algorithms"][a]["regret"]) for a in ALGOS),
             ]
         }
@@ -368,8 +407,9 @@ def _router_section(r: dict[str, Any]) -> list[str]:
         "regret on expected rewards against the oracle (best arm per request); oracle mean "
         f"reward {head['oracle_mean_reward']:.3f} (seed {head['seed']})",
         "- Router: the real `RouterService` on a temporary SQLite file (every decision "
-        "logged, the policy state written on every update), defaults: `alpha` 1.0 (in units "
-        "of the estimated reward noise), floor 0.05, 22 features; "
+        "logged, the policy state written on every update), defaults: `alpha` (in units of "
+        "the estimated reward noise) 1.0 for LinUCB and 0.5 for Thompson, floor 0.05, 22 "
+        "features; "
         f"{len(seeds)} seeds ({seeds[0]}–{seeds[-1]}), each a new environment and request "
         "stream",
         "",
@@ -393,6 +433,18 @@ def _router_section(r: dict[str, Any]) -> list[str]:
             head["ratio"]["linear_oracle"],
             (mean["linear_oracle"], sd["linear_oracle"]),
         ),
+        (
+            "reference: LinUCB told each request's true kind (features no router has), no floor",
+            head["kind_oracle_learner"],
+            head["ratio"]["kind_oracle_learner"],
+            (mean["kind_oracle_learner"], sd["kind_oracle_learner"]),
+        ),
+        (
+            "reference: linucb with floor 0 (no off-policy support)",
+            head["linucb_floor0"],
+            head["ratio"]["linucb_floor0"],
+            (mean["linucb_floor0"], sd["linucb_floor0"]),
+        ),
     ]
     for label, regret, ratio, (m, d) in rows:
         lines.append(f"| {label} | {fmt(regret)} | {ratio:.3f} | {m:.3f} ± {d:.3f} | |")
@@ -402,14 +454,17 @@ def _router_section(r: dict[str, Any]) -> list[str]:
             f"| {name} | {fmt(a['regret'])} | {head['ratio'][name]:.3f} | "
             f"{mean[name]:.3f} ± {sd[name]:.3f} | {a['regret_last_quarter'] / uniform_q:.3f} |"
         )
-    floor_cost = 0.05  # ε × uniform's regret: the floor plays uniformly at random
     quarter = {n: a["regret_last_quarter"] / uniform_q for n, a in algos.items()}
     lines += [
         "",
-        f"Where the regret goes: the 5 % floor alone costs about {floor_cost:.2f} of uniform's "
-        "regret (it chooses uniformly at random), and even the linear oracle leaves "
+        "Where the regret goes: the floor costs "
+        f"{mean['linucb'] - mean['linucb_floor0']:.3f} of uniform's regret for linucb "
+        f"(with floor 0.05 against floor 0; seed mean); the linear oracle leaves "
         f"{mean['linear_oracle']:.3f} (what a linear model of the 22 features cannot "
-        "express); the rest is learning, mostly early: over the last quarter of the run the "
+        "express); and even a learner told each request's true kind, which no router knows, "
+        f"leaves {mean['kind_oracle_learner']:.3f}: that much is the price of learning "
+        "five arms from nothing in 2,000 noisy rounds. The rest is learning, mostly early: "
+        "over the last quarter of the run the "
         + " and ".join(f"{n} ratio is {q:.3f}" for n, q in quarter.items())
         + ".",
         "",
@@ -545,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("router", "orchestration"), default=None)
     parser.add_argument("--rounds", type=int, default=2000, help="router: rounds")
     parser.add_argument("--seed", type=int, default=7, help="router: first seed")
-    parser.add_argument("--repeats", type=int, default=5, help="router: seeds to run")
+    parser.add_argument("--repeats", type=int, default=10, help="router: seeds to run")
     parser.add_argument("--no-results", action="store_true", help="leave bench/RESULTS.md alone")
     args = parser.parse_args(argv)
     if args.rounds < 100 or args.repeats < 1:

@@ -67,6 +67,8 @@ from qingliang.platform.errors import Conflict, NotFound
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("linucb", "thompson")
+#: Exploration strength when the manifest gives none (see :class:`RouterConfig`).
+DEFAULT_ALPHA = {"linucb": 1.0, "thompson": 0.5}
 #: Closed decisions needed before a candidate can be evaluated (half fits, half scores).
 MIN_LOGGED = 20
 
@@ -80,7 +82,9 @@ class RouterConfig:
         algorithm: ``linucb`` or ``thompson``.
         alpha: exploration strength in units of the estimated reward noise σ̂ (LinUCB's
             bound width, Thompson's posterior scale), so it means the same whatever the
-            scale the reward weights give rewards.
+            scale the reward weights give rewards. None takes the algorithm's default
+            (:data:`DEFAULT_ALPHA`: LinUCB 1.0, Thompson 0.5, the best of a grid on the
+            simulated environment of bench/agents.py over 20 seeds).
         floor: share of uniformly random choices (ε), 0..1.
         frozen: choose but never learn.
         prior: per-arm prior mean reward (on the bias feature), for a cold start.
@@ -96,7 +100,7 @@ class RouterConfig:
 
     arms: tuple[str, ...]
     algorithm: str
-    alpha: float = 1.0
+    alpha: float | None = None
     floor: float = 0.05
     frozen: bool = False
     prior: Mapping[str, float] = field(default_factory=dict)
@@ -121,6 +125,8 @@ class RouterConfig:
             raise ValueError(
                 f"algorithm: must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}"
             )
+        if self.alpha is None:
+            set_("alpha", DEFAULT_ALPHA[self.algorithm])
         low = 0.0 if self.algorithm == "linucb" else 1e-9
         _number("alpha", self.alpha, low)
         _number("floor", self.floor, 0.0, 1.0)
@@ -496,10 +502,22 @@ class RouterService:
         return evaluate(policy, records[half:])
 
     def switch(
-        self, router: str, candidate: RouterConfig, *, min_margin: float = 0.0, force: bool = False
+        self,
+        router: str,
+        candidate: RouterConfig,
+        *,
+        min_margin: float = 0.0,
+        confidence: float = 1.0,
+        force: bool = False,
     ) -> OpeReport | None:
-        """Put ``candidate`` in (refit on the whole log) if its DR estimate is at least the
-        logged value + ``min_margin``, or with ``force``; Conflict with the figures if not."""
+        """Put ``candidate`` in (refit on the whole log) if the lower confidence bound of its
+        DR estimate (value − ``confidence`` × standard error) is at least the logged value
+        + ``min_margin``, or with ``force``; Conflict with the figures if not.
+
+        A point estimate would switch to a candidate that only looks better by chance about
+        half the time when the two are equal; the bound asks the log for evidence."""
+        if not (isinstance(confidence, int | float) and 0 <= confidence <= 10):
+            raise ValueError(f"confidence: must be a number in 0..10, got {confidence!r}")
         with self._lock:
             r = self._get(router)
             self._check_candidate(r, candidate)
@@ -509,17 +527,16 @@ class RouterService:
                 if not force:
                     raise
                 report = None
-            if (
-                report is not None
-                and not force
-                and report.dr.value < report.logged_value + min_margin
-            ):
-                raise Conflict(
-                    f"candidate for router {router!r} not switched in: doubly robust estimate "
-                    f"{report.dr.value:.4f} (± {report.dr.stderr:.4f}) < logged value "
-                    f"{report.logged_value:.4f} + margin {min_margin:g}; "
-                    f"IPS {report.ips.value:.4f}, SNIPS {report.snips.value:.4f}, n={report.n}"
-                )
+            if report is not None and not force:
+                bound = report.dr.value - confidence * report.dr.stderr
+                if bound < report.logged_value + min_margin:
+                    raise Conflict(
+                        f"candidate for router {router!r} not switched in: doubly robust "
+                        f"estimate {report.dr.value:.4f} − {confidence:g} × stderr "
+                        f"{report.dr.stderr:.4f} = {bound:.4f} < logged value "
+                        f"{report.logged_value:.4f} + margin {min_margin:g}; IPS "
+                        f"{report.ips.value:.4f}, SNIPS {report.snips.value:.4f}, n={report.n}"
+                    )
             policy = self._fit(candidate, self._records(r, candidate.reward))
             policy.frozen = candidate.frozen
             new = _Router(router, r.manifest, candidate, policy, r.version + 1)

@@ -336,7 +336,18 @@ def test_switch_refused_when_worse_accepted_when_better(db: Path) -> None:
     with pytest.raises(Conflict):
         svc.switch(R, CONFIG, min_margin=1.0)  # better, but not by the margin asked
     assert _raw(db)[0] == before
-    switched = svc.switch(R, dataclasses.replace(CONFIG, algorithm="thompson", alpha=0.3))
+    thompson = dataclasses.replace(CONFIG, algorithm="thompson", alpha=0.3)
+    # The switch asks the lower confidence bound, not the point estimate, to clear the
+    # logged value + margin: with a margin half a standard error below the estimate the
+    # point clears it, the bound (one standard error down) does not.
+    est = svc.evaluate(R, thompson)
+    margin = est.dr.value - est.logged_value - est.dr.stderr / 2
+    with pytest.raises(Conflict, match=r"− 1 × stderr"):
+        svc.switch(R, thompson, min_margin=margin)
+    assert _raw(db)[0] == before
+    with pytest.raises(ValueError, match="confidence"):
+        svc.switch(R, thompson, confidence=-1)
+    switched = svc.switch(R, thompson)
     assert switched is not None and switched.dr.value > switched.logged_value
     stats = svc.stats(R)
     assert (stats["algorithm"], stats["floor"], stats["version"]) == ("thompson", 0.05, 2)
