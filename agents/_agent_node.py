@@ -54,10 +54,10 @@ class AgentStep:
     tools: dict[str, Tool]
 
 
-def _emit(event: dict) -> None:
-    from qingliang.agents.runtime import _emit as emit
+def _emit(config: dict, event: dict) -> None:
+    from qingliang.agents.runtime import emit
 
-    emit(event)
+    emit(config, event)
 
 
 def _passages(hits: list[dict], start: int) -> list[str]:
@@ -133,7 +133,7 @@ async def run_agent(
         offer = specs if specs and round_no < agent.max_tool_rounds else None
 
         def on_delta(delta: str) -> None:
-            _emit({"type": "token", "node": step.node, "delta": delta})
+            _emit(config, {"type": "token", "node": step.node, "delta": delta})
 
         async def call_model(_key: str, offer: Any = offer) -> dict:
             reply = await s.chat.complete(
@@ -152,7 +152,9 @@ async def run_agent(
             reply = recover_tool_call(reply, set(by_name))
         tokens += reply.tokens
         if replayed and reply.text:
-            _emit({"type": "token", "node": step.node, "delta": reply.text, "replayed": True})
+            _emit(
+                config, {"type": "token", "node": step.node, "delta": reply.text, "replayed": True}
+            )
         if not reply.tool_calls or offer is None:
             text = reply.text
             break
@@ -208,7 +210,7 @@ async def run_agent(
             called.append({"node": step.node, "tool": tc.name})
             messages.append({"role": "tool", "tool_call_id": tc.id, "content": content})
     if citations:
-        _emit({"type": "citations", "node": step.node, "citations": citations})
+        _emit(config, {"type": "citations", "node": step.node, "citations": citations})
     update: dict[str, Any] = {
         "answers": {step.node: text},
         "last": text,
@@ -241,6 +243,7 @@ async def _call_nested(
 
     out, replayed = await journal.step(call)
     _emit(
+        config,
         {
             "type": "tool",
             "node": step.node,
@@ -249,7 +252,7 @@ async def _call_nested(
             "error": None,
             "result": out["last"][:2000],
             "replayed": replayed,
-        }
+        },
     )
     return str(out["last"]), int(out["tokens"])
 

@@ -47,11 +47,12 @@ class NodeJournal:
         """``(result, replayed)``: the recorded result for the next key, or ``await fn(key)``
         recorded under it. ``fn`` must return JSON-serialisable data."""
         key = self.next_key()
-        # Direct calls: a WAL write without fsync is well under a millisecond, less than a
-        # thread hop would cost.
+        # Direct calls: a WAL read or write without fsync is well under a millisecond, less
+        # than a thread hop would cost. The write returns once committed (with the other
+        # runs' writes of this turn of the event loop).
         found, value = self.store.journaled(self.run_id, key)
         if found:
             self.replayed += 1
             return value, True
         value = await fn(key)
-        return self.store.journal(self.run_id, key, value), False
+        return await self.store.ajournal(self.run_id, key, value), False

@@ -27,13 +27,14 @@ import binascii
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from qingliang.agents.checkpoint import Checkpointers
-from qingliang.agents.runs import FINAL, Run, RunStore
+from qingliang.agents.runs import FINAL, Run, RunStore, new_run_id
 from qingliang.agents.runtime import (
     APPROVAL_VALUE,
     GraphCompiler,
@@ -94,6 +95,7 @@ class AgentService:
     ) -> None:
         self.home = Path(home)
         self.store = store or RunStore(self.home / "agents.sqlite")
+        self._uploads_root = self.home / "agents" / "uploads"
         self.catalog = catalog
         self.router = router
         self._services = Services(
@@ -168,7 +170,13 @@ class AgentService:
             raise BadRequest("`domain` must be a string", param="domain")
         files = _attachments(body.get("attachments"))
         payload = {"input": text, "domain": domain, "attachments": sorted(files)}
-        run_id = self.store.create(graph, payload, tenant=tenant, actor=actor)
+        run_id = new_run_id()
+        first = {"type": "run", "run_id": run_id, "graph": graph}
+        # The run row and its first event in one transaction.
+        await self.store.acreate(
+            graph, payload, tenant=tenant, actor=actor, run_id=run_id, events=[first]
+        )
+        self._flushed[run_id] = time.monotonic()
         folder = self._uploads(run_id)
         for name, data in files.items():
             folder.mkdir(parents=True, exist_ok=True)
@@ -180,8 +188,8 @@ class AgentService:
             "attachments": sorted(files),
         }
         stream = self._subscribe(run_id)
-        self._publish(run_id, [{"type": "run", "run_id": run_id, "graph": graph}])
-        self._launch(run_id, gdef, state)
+        self._notify(run_id, [first])
+        self._launch(run_id, gdef, state, tenant, 0.0)
         return run_id, stream
 
     async def resume(
@@ -215,7 +223,7 @@ class AgentService:
         stream = self._subscribe(run_id)
         # Flushed at once: the approval is the audit record of who decided what.
         self._publish(run_id, [{"type": "approval", "run_id": run_id, **decision}], flush=True)
-        self._launch(run_id, gdef, Command(resume=value))
+        self._launch(run_id, gdef, Command(resume=value), run.tenant, run.active_s)
         return run_id, stream
 
     def _checked_edit(self, gdef: GraphDef, body: dict) -> dict:
@@ -302,14 +310,19 @@ class AgentService:
                 continue
             log.info("recovering run %s of %s from its last checkpoint", run.id, run.graph)
             self._publish(run.id, [{"type": "recovered", "run_id": run.id}])
-            self._launch(run.id, gdef, None)
+            self._launch(run.id, gdef, None, run.tenant, run.active_s)
             resumed.append(run.id)
         return resumed
 
     # the background driver --------------------------------------------------------------
 
-    def _launch(self, run_id: str, gdef: GraphDef, inp: Any) -> None:
-        task = asyncio.create_task(self._drive(run_id, gdef, inp), name=f"agent-run-{run_id}")
+    def _launch(
+        self, run_id: str, gdef: GraphDef, inp: Any, tenant: str | None, active_s: float
+    ) -> None:
+        """Drive the run in a background task; ``active_s``: its active time so far."""
+        task = asyncio.create_task(
+            self._drive(run_id, gdef, inp, tenant, active_s), name=f"agent-run-{run_id}"
+        )
         self._tasks[run_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
 
@@ -328,47 +341,60 @@ class AgentService:
         return self._compiled[key]
 
     @staticmethod
-    def _nested(gdef: GraphDef) -> bool:
-        """Whether the graph runs other graphs (their events need LangGraph's subgraph
-        streaming, which costs every run of the graph a little)."""
+    def _may_interrupt(gdef: GraphDef) -> bool:
+        """Whether a run of the graph can stop at an approval (its own or a nested one)."""
         spec = gdef.manifest.spec
-        return any(n.type == "graph" for n in spec.nodes) or any(
+        return any(n.type in ("approval", "graph") for n in spec.nodes) or any(
             t.kind == "call_agent" for t in spec.tools
         )
 
-    async def _drive(self, run_id: str, gdef: GraphDef, inp: Any) -> None:
+    def _sink(self, run_id: str) -> Callable[[dict], None]:
+        """The run's event sink (``configurable.run["events"]``), for its nodes and those
+        of the graphs it nests."""
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def sink(event: dict) -> None:
+            if threading.get_ident() == loop_thread:
+                self._publish(run_id, [event])
+            else:  # a node's worker thread
+                loop.call_soon_threadsafe(self._publish, run_id, [event])
+
+        return sink
+
+    async def _drive(
+        self, run_id: str, gdef: GraphDef, inp: Any, tenant: str | None, active_s: float
+    ) -> None:
         from langgraph.errors import GraphRecursionError
 
-        run = self.store.get(run_id)
-        assert run is not None
         limits = gdef.manifest.spec.limits
         cfg = {
             "configurable": {
                 "thread_id": run_id,
                 "run": {
                     "run_id": run_id,
-                    "tenant": run.tenant,
+                    "tenant": tenant,
                     "attachments_dir": str(self._uploads(run_id)),
                     "graph": gdef.name,
+                    "events": self._sink(run_id),
                 },
             },
             "recursion_limit": limits.max_steps,
         }
         started = time.monotonic()
         status, reason = "done", None
+        final: dict | None = None
+        interrupted = False
         try:
             graph = await self._graph(gdef)
-            async with asyncio.timeout(max(0.001, limits.timeout_s - run.active_s)):
-                async for item in graph.astream(
-                    inp,
-                    cfg,
-                    stream_mode=["custom"],
-                    subgraphs=self._nested(gdef),
-                    durability="sync",
+            async with asyncio.timeout(max(0.001, limits.timeout_s - active_s)):
+                async for chunk in graph.astream(
+                    inp, cfg, stream_mode="values", version="v2", durability="sync"
                 ):
-                    chunk = item[-1] if isinstance(item, tuple) else item
-                    if isinstance(chunk, dict):
-                        self._publish(run_id, [chunk])
+                    # Events come through the run's sink; this is the state after each
+                    # step, with the interrupts raised in it.
+                    final = chunk["data"]
+                    interrupted = interrupted or bool(chunk["interrupts"])
         except RunStopped as exc:
             status, reason = "stopped", str(exc)
         except GraphRecursionError:
@@ -382,46 +408,49 @@ class AgentService:
             status, reason = "failed", f"{type(exc).__name__}: {exc}"
         active = time.monotonic() - started
         try:
-            await self._settle(run_id, gdef, cfg, status, reason, active)
+            if status != "done" or interrupted or self._may_interrupt(gdef):
+                final = None  # the checkpoint has the authoritative pending interrupts
+            await self._settle(run_id, gdef, cfg, status, reason, active, active_s + active, final)
         except Exception as exc:
             log.exception("run %s could not be settled", run_id)
             why = f"settling the run failed: {type(exc).__name__}: {exc}"
-            self.store.set_status(run_id, "failed", expect="running", reason=why)
-            self._publish(
-                run_id,
-                [{"type": "status", "run_id": run_id, "status": "failed", "reason": why}],
-                flush=True,
-            )
+            event = {"type": "status", "run_id": run_id, "status": "failed", "reason": why}
+            events = self._unsaved_with(run_id, event)
+            self.store.set_status(run_id, "failed", expect="running", reason=why, events=events)
+            self._saved(run_id, events)
+            self._notify(run_id, [event])
         finally:
             self._close_listeners(run_id)
 
     async def _settle(
-        self, run_id: str, gdef: GraphDef, cfg: dict, status: str, reason: str | None, active: float
+        self,
+        run_id: str,
+        gdef: GraphDef,
+        cfg: dict,
+        status: str,
+        reason: str | None,
+        active: float,
+        active_total: float,
+        final: dict | None = None,
     ) -> None:
-        graph = await self._graph(gdef)
-        snap = await graph.aget_state(cfg)
-        values = dict(snap.values or {})
+        """Store how the run's segment ended. ``final``: its state, as the graph streamed
+        it, when the run ended without an interrupt (None: read the checkpoint)."""
+        interrupts: Any = ()
+        if final is not None:
+            values = dict(final)
+        else:
+            graph = await self._graph(gdef)
+            snap = await graph.aget_state(cfg)
+            values, interrupts = dict(snap.values or {}), snap.interrupts
         tokens = int(values.get("tokens") or 0)
         pending = None
-        if status == "done" and snap.interrupts:
-            first = snap.interrupts[0]
+        if status == "done" and interrupts:
+            first = interrupts[0]
             pending = {"interrupt_id": first.id, **dict(first.value)}
             status = "waiting"
         elif status == "done" and values.get("outcome") == "rejected":
             status, reason = "rejected", "rejected at approval"
         answer = values.get("last") if status in ("done", "waiting", "rejected") else None
-        self.store.set_status(
-            run_id,
-            status,
-            expect="running",
-            answer=answer,
-            reason=reason,
-            pending=pending,
-            tokens=tokens,
-            active_s=active,
-        )
-        final = self.store.get(run_id)
-        assert final is not None
         event: dict[str, Any] = {"type": "status", "run_id": run_id, "status": status}
         if answer is not None:
             event["answer"] = answer
@@ -431,7 +460,22 @@ class AgentService:
             event["pending"] = pending
         if values.get("results"):
             event["results"] = values["results"]
-        self._publish(run_id, [event], flush=True)
+        # The new status and the events not stored yet, the status event last, in one
+        # transaction.
+        events = self._unsaved_with(run_id, event)
+        await self.store.aset_status(
+            run_id,
+            status,
+            expect="running",
+            answer=answer,
+            reason=reason,
+            pending=pending,
+            tokens=tokens,
+            active_s=active,
+            events=events,
+        )
+        self._saved(run_id, events)
+        self._notify(run_id, [event])
         if status in FINAL and values.get("routes") and self.router is not None:
             approvals = values.get("approvals") or []
             approval = APPROVAL_VALUE.get(approvals[-1]["action"]) if approvals else None
@@ -439,7 +483,7 @@ class AgentService:
                 await self.router.finish_run(
                     run_id,
                     success=status == "done",
-                    latency_s=final.active_s,
+                    latency_s=active_total,
                     tokens=tokens,
                     approval=approval,
                 )
@@ -463,7 +507,22 @@ class AgentService:
             self._flushed[run_id] = now
         if flush:
             self._flushed.pop(run_id, None)
-        for q in self._listeners.get(run_id, []):
+        self._notify(run_id, events)
+
+    def _unsaved_with(self, run_id: str, event: dict) -> list[dict]:
+        """The run's events not stored yet, then ``event``: to store with a status change."""
+        return [*self._unsaved.get(run_id, ()), event]
+
+    def _saved(self, run_id: str, events: list[dict]) -> None:
+        """``events``, from :meth:`_unsaved_with`, were stored (with a status change)."""
+        rest = self._unsaved.pop(run_id, [])[len(events) - 1 :]
+        if rest:  # published meanwhile
+            self._unsaved[run_id] = rest
+        else:
+            self._flushed.pop(run_id, None)
+
+    def _notify(self, run_id: str, events: list[dict]) -> None:
+        for q in self._listeners.get(run_id, ()):
             for e in events:
                 q.put_nowait(e)
 
@@ -490,7 +549,7 @@ class AgentService:
             q.put_nowait(_DONE)
 
     def _uploads(self, run_id: str) -> Path:
-        return self.home / "agents" / "uploads" / run_id
+        return self._uploads_root / run_id
 
 
 def _attachments(value: object) -> dict[str, bytes]:
