@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qingliang.platform.cli_agents import agents_app
+from qingliang.platform.cli_data import data_app
 from qingliang.platform.cli_kb import kb_app, sync_after_apply
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
@@ -42,6 +43,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(kb_app, name="kb")
 app.add_typer(agents_app, name="agents")
+app.add_typer(data_app, name="data")
 
 console = Console()
 err = Console(stderr=True)
@@ -111,8 +113,8 @@ def apply(
     timeout: float = typer.Option(900, help="Seconds to wait."),
     sync: bool = typer.Option(True, help="Sync applied KnowledgeBases (embed what changed)."),
 ) -> None:
-    """Create or update deployments, knowledge bases and agent graphs. A bad manifest
-    changes nothing."""
+    """Create or update deployments, knowledge bases and agent graphs, and cut a version of
+    each Dataset. A bad manifest changes nothing."""
     try:
         ctl = _controller(_settings())
         changes = ctl.apply(files, wait=wait, timeout_s=timeout, on_status=_status_printer())
@@ -169,21 +171,23 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
 def delete(
     names: list[str] = typer.Argument(
         None,
-        help="Deployment names, or KIND/NAME: KnowledgeBase/NAME, AgentGraph/NAME.",
+        help="Deployment names, or KIND/NAME: KnowledgeBase/NAME, AgentGraph/NAME, Dataset/NAME.",
     ),
     files: list[Path] = typer.Option(
         None, "-f", "--file", help="Delete what these manifests define."
     ),
 ) -> None:
-    """Remove deployments, knowledge bases or agent graphs (by name or by manifest).
+    """Remove deployments, knowledge bases, agent graphs or datasets (by name or by manifest).
 
-    A knowledge base loses its points, snapshots, uploads and learned answers.
+    A knowledge base loses its points, snapshots, uploads and learned answers; a dataset
+    its versions and files (its audit log and deleted-record list stay).
     """
     try:
         targets: dict[str, list[str]] = {
             "ModelDeployment": [],
             "KnowledgeBase": [],
             "AgentGraph": [],
+            "Dataset": [],
         }
         for n in names or []:
             kind, sep, name = n.partition("/")

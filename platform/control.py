@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qingliang.platform.errors import (
     ClusterError,
@@ -42,13 +42,17 @@ from qingliang.platform.manifests.plan import DeploymentPlan, HardwareProfile, c
 from qingliang.platform.settings import Settings
 from qingliang.platform.state import StateStore
 
+if TYPE_CHECKING:
+    from qingliang.platform.data.store import DatasetStore
+
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "ModelDeployment"
 KB_KIND = "KnowledgeBase"
 GRAPH_KIND = "AgentGraph"
+DATASET_KIND = "Dataset"
 #: Kinds `apply` accepts.
-APPLIED_KINDS = (MODEL_KIND, KB_KIND, GRAPH_KIND)
+APPLIED_KINDS = (MODEL_KIND, KB_KIND, GRAPH_KIND, DATASET_KIND)
 
 
 class Deployer(Protocol):
@@ -270,6 +274,10 @@ class Controller:
         # Graphs name deployments, KBs and other graphs: check them all before anything
         # is pushed or recorded.
         graph_plans = self._resolve_graphs(graphs, loaded, kbs)
+        datasets = [i for i in everything if i.kind == DATASET_KIND]
+        for item in datasets:  # missing sources stop the apply before anything changes
+            manifest: Any = item.manifest
+            self._datasets().check(manifest, _base(item), source=item.source)
         plans = self.resolve(self.compile(loaded), progress=progress)
         changes = [self._change(item) for item in loaded]
         if loaded:
@@ -287,10 +295,32 @@ class Controller:
         graph_changes = [self._change(item) for item in graphs]
         for item in graphs:
             self.store.put(item.kind, item.name, _normal(item), graph_plans[item.name])
+        # Datasets are cut here: each apply reads the sources and stores a version.
+        dataset_changes = [self._cut_dataset(item) for item in datasets]
         if wait:
             for change in changes:
                 self.wait(change.name, timeout_s=timeout_s, on_status=on_status)
-        return changes + kb_changes + graph_changes
+        return changes + kb_changes + graph_changes + dataset_changes
+
+    def _datasets(self) -> DatasetStore:
+        from qingliang.platform.data.store import DatasetStore
+
+        return DatasetStore.for_home(self.settings.home)
+
+    def _cut_dataset(self, item: Loaded) -> Change:
+        change = self._change(item)
+        row = self.store.get(item.kind, item.name)
+        manifest: Any = item.manifest
+        v = self._datasets().cut(manifest, _base(item), actor="apply")
+        self.store.put(item.kind, item.name, _normal(item), {"version": v.version})
+        action = change.action
+        if action == "unchanged" and (row is None or (row.plan or {}).get("version") != v.version):
+            action = "cut"  # same manifest, new content in the sources
+        summary = (
+            f"version {v.version}: {v.records} records ({v.train} train, {v.eval} eval), "
+            f"{v.quarantined} quarantined"
+        )
+        return dataclasses.replace(change, action=action, fields=(*change.fields, summary))
 
     def _resolve_graphs(
         self, graphs: list[Loaded], models: list[Loaded], kbs: list[Loaded]
@@ -381,6 +411,18 @@ class Controller:
     def delete(self, names: Iterable[str], kind: str = MODEL_KIND) -> list[str]:
         if kind == KB_KIND:
             return self._delete_kbs(list(names))
+        if kind == DATASET_KIND:
+            names = list(names)
+            datasets = self._datasets()
+            known = set(datasets.names())
+            missing = [n for n in names if n not in known and self.store.get(kind, n) is None]
+            if missing:
+                raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+            for name in names:
+                if name in known:
+                    datasets.remove(name, actor="delete")
+                self.store.delete(kind, name)
+            return names
         if kind == GRAPH_KIND:
             names = list(names)
             missing = [n for n in names if self.store.get(kind, n) is None]
@@ -449,6 +491,11 @@ class Controller:
         # Turning LoRA on for a deployment started without it restarts its replicas.
         action = "adapters" if _adapters_only(row.body, new_body, changed) else "update"
         return Change(MODEL_KIND, deployment, action, changed)
+
+
+def _base(item: Loaded) -> Path:
+    """The folder of the file a manifest came from (relative paths start there)."""
+    return Path(re.sub(r"\[\d+\]$", "", item.source)).resolve().parent
 
 
 def _default_resolver(source: str, cache: Path, progress: bool) -> Path:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from qingliang.agents.manifest import AgentGraph
 from qingliang.knowledge.manifest import KnowledgeBase
+from qingliang.platform.data.manifest import Dataset
 from qingliang.platform.errors import FieldIssue, ManifestError
 from qingliang.platform.manifests.model_deployment import ModelDeployment
 
@@ -38,6 +39,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "ModelDeployment": ModelDeployment,
     "KnowledgeBase": KnowledgeBase,
     "AgentGraph": AgentGraph,
+    "Dataset": Dataset,
 }
 
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -1,0 +1,1 @@
+"""Data lifecycle: governance of training data (deduplication, quality, PII)."""
