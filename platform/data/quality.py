@@ -218,10 +218,16 @@ def noise_share(text: str) -> float:
     Example:
         >>> noise_share("ab\\ufffd\\x00")
         0.5
+        >>> noise_share("ab\\ufffd\\ufffd")  # mojibake: U+FFFD is "printable"
+        0.5
     """
     if not text:
         return 0.0
-    if text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable():
+    # The fast path must not skip U+FFFD, which str.isprintable() accepts.
+    if (
+        "\ufffd" not in text
+        and text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable()
+    ):
         return 0.0
     return sum(map(_is_noise, text)) / len(text)
 

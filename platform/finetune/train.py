@@ -72,7 +72,19 @@ METRICS_FILE = "metrics.json"
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux ``ru_maxrss``)."""
+    """This process's peak resident memory so far, in MiB.
+
+    ``VmHWM`` from ``/proc/self/status``, not ``ru_maxrss``: Linux keeps ``ru_maxrss``
+    across ``execve``, so a worker started from a large parent (a Ray worker, a spawned
+    process) would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -193,6 +193,10 @@ def test_noise() -> None:
     assert check(ZH + "\n\t" + EN) == []
     assert noise_share("\ue000x") == 0.5  # private use
     assert only(max_noise=None).check("\ufffd" * 10) == []
+    # Mojibake alone (replacement characters, nothing unprintable) is noise too.
+    mojibake = "办理\ufffd\ufffd\ufffd居住证\ufffd\ufffd"
+    assert noise_share(mojibake) == pytest.approx(5 / 10)
+    assert check(mojibake) != []
 
 
 def test_every_failing_rule_is_reported() -> None:
