@@ -56,6 +56,9 @@ bench-knowledge: install ## Run the knowledge benchmark (ingest, re-sync, search
 bench-agents: install ## Run the agents benchmark (router regret and latency, orchestration runs/s); updates bench/RESULTS.md
 	$(BIN)/python bench/agents.py
 
+bench-lifecycle: install ## Run the lifecycle benchmark (governance records/s, LoRA/QLoRA step time and memory); updates bench/RESULTS.md
+	$(BIN)/python bench/lifecycle.py
+
 lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -69,4 +72,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install up down test test-unit bench bench-knowledge bench-agents lint lock clean
+.PHONY: help install up down test test-unit bench bench-knowledge bench-agents bench-lifecycle lint lock clean

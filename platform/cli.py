@@ -25,6 +25,8 @@ from rich.table import Table
 from qingliang.platform.cli_agents import agents_app
 from qingliang.platform.cli_data import data_app
 from qingliang.platform.cli_kb import kb_app, sync_after_apply
+from qingliang.platform.cli_pipelines import finetune_app, pipelines_app
+from qingliang.platform.cli_registry import lineage, registry_app
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
 
@@ -44,6 +46,10 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(kb_app, name="kb")
 app.add_typer(agents_app, name="agents")
 app.add_typer(data_app, name="data")
+app.add_typer(registry_app, name="registry")
+app.command("lineage")(lineage)
+app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(finetune_app, name="finetune")
 
 console = Console()
 err = Console(stderr=True)
@@ -151,7 +157,7 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
         rows = [r for r in rows if r["name"] == name]
         if not rows:
             _fail(QingliangError(f"no deployment named {name!r}"))
-    table = Table("NAME", "STATUS", "ENGINE", "SOURCE", "ADAPTERS", "GEN")
+    table = Table("NAME", "STATUS", "ENGINE", "SOURCE", "ADAPTERS", "TRAFFIC", "GEN")
     for r in rows:
         table.add_row(
             r["name"],
@@ -159,6 +165,7 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
             r["engine"],
             r["source"],
             ", ".join(r["adapters"]),
+            _traffic_text(r.get("traffic") or {}),
             str(r["generation"]),
         )
     console.print(table)
@@ -487,18 +494,84 @@ def keys_revoke(key: str = typer.Argument(..., help="Key id (ql-…) or name."))
     console.print(f"revoked {record.prefix} ({record.name})")
 
 
+def _traffic_text(traffic: dict[str, float]) -> str:
+    """``{"faq": 0.1}`` → ``faq 10%, base 90%`` (empty: no canary)."""
+    if not traffic:
+        return ""
+    rest = max(0.0, 1 - sum(traffic.values()))
+    parts = [f"{n} {s * 100:g}%" for n, s in sorted(traffic.items())]
+    return ", ".join([*parts, f"base {rest * 100:g}%"])
+
+
+def _parse_shares(items: list[str]) -> dict[str, float]:
+    """``["faq=0.1", "sql=5%"]`` → ``{"faq": 0.1, "sql": 0.05}``; a malformed item
+    raises QingliangError naming it. Whether the shares are valid for the deployment
+    (listed adapters, 0 < share <= 1, sum <= 1) is the manifest's check."""
+    shares: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise QingliangError(f"{item!r} is not NAME=SHARE (e.g. faq-v4=0.1)")
+        try:
+            share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+        except ValueError:
+            raise QingliangError(
+                f"{item!r}: the share {value!r} is not a number (e.g. {name}=0.1)"
+            ) from None
+        if name in shares:
+            raise QingliangError(f"adapter {name!r} is given twice")
+        shares[name] = share
+    return shares
+
+
 @adapters_app.command("load")
 def adapters_load(
-    deployment: str, name: str, path: Path = typer.Argument(..., help="PEFT adapter directory.")
+    deployment: str,
+    name: str,
+    path: Path = typer.Argument(..., help="PEFT adapter directory."),
+    ref: str = typer.Option(
+        None, "--ref", help="Its model-registry ref, name@version (shown on every answer)."
+    ),
 ) -> None:
     """Load (or replace) an adapter on every replica, without a restart."""
     try:
         ctl = _controller(_settings())
-        ctl.set_adapter(deployment, name, str(path))
+        ctl.set_adapter(deployment, name, str(path), ref=ref)
         ctl.wait(deployment, timeout_s=300)
     except QingliangError as exc:
         _fail(exc)
-    console.print(f"{deployment}:{name} loaded")
+    console.print(f"{deployment}:{name} loaded" + (f" ({ref})" if ref else ""), highlight=False)
+
+
+@adapters_app.command("traffic")
+def adapters_traffic(
+    deployment: str,
+    shares: list[str] = typer.Argument(
+        None,
+        help="NAME=SHARE per adapter, e.g. faq-v4=0.1 or faq-v4=10%; the rest goes to the "
+        "base model.",
+    ),
+    clear: bool = typer.Option(False, "--clear", help="Send every request to the base model."),
+) -> None:
+    """Set the canary shares of requests for the bare deployment (replaces the old ones).
+
+    Requests naming DEPLOYMENT:ADAPTER are not affected; requests with a `user` field
+    stay on one arm. No replica restarts; the gateway follows within a second.
+    """
+    try:
+        wanted = _parse_shares(list(shares or []))
+        if clear and wanted:
+            raise QingliangError("give NAME=SHARE pairs or --clear, not both")
+        if not clear and not wanted:
+            raise QingliangError("give NAME=SHARE pairs (e.g. faq-v4=0.1), or --clear")
+        change = _controller(_settings()).set_traffic(deployment, wanted)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    text = _traffic_text(wanted) or "base 100%"
+    suffix = " (unchanged)" if change.action == "unchanged" else ""
+    console.print(f"{deployment}: {text}{suffix}", highlight=False)
 
 
 @adapters_app.command("unload")

@@ -229,10 +229,14 @@ def delete_record(
     """Delete a record from every stored version and from later cuts.
 
     Each version holding it is replaced by a copy without it (printed as old → new); the
-    record id is tombstoned so later cuts leave it out.
+    record id is tombstoned so later cuts leave it out. The model registry then records
+    the new versions, marks the old ones superseded and every adapter trained on them
+    stale (printed). If the registry cannot be updated the deletion still stands; the
+    command says so, exits 1, and `qingliang registry sync NAME` catches up.
     """
+    store = _store()
     try:
-        result = _store().delete_record(
+        result = store.delete_record(
             name, record_id, match=match, actor=actor or _actor(), reason=reason
         )
     except QingliangError as exc:
@@ -241,10 +245,47 @@ def delete_record(
     _out(f"{name}: deleted {', '.join(result.record_ids)} ({reason})")
     if not result.superseded:
         _out("  no stored version held it; later cuts will leave it out")
+        return
+    _out("  superseded dataset versions (old → new):")
     for old, new in result.superseded.items():
-        _out(f"  {old} → {new}")
-    if result.superseded:
-        _out("  adapters trained on the old versions are stale; retrain on the new ones")
+        _out(f"    {old} → {new}")
+    try:
+        stale, served = _propagate(store, result, reason)
+    except Exception as exc:  # whatever failed, the deletion above stands: say so
+        detail = str(exc) if isinstance(exc, QingliangError) else f"{type(exc).__name__}: {exc}"
+        err.print(
+            "[red]error:[/red] the deletion stands (the versions above replace the old ones), "
+            f"but the model registry was not updated: {detail}\n"
+            "  adapters trained on the old versions are not marked stale yet; once the "
+            f"registry is reachable, run: qingliang registry sync {name}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    if stale:
+        _out(f"  adapters marked stale in the registry: {', '.join(stale)}")
+        _out("  retrain them on the new versions")
+        for ref, deployments in served.items():
+            _out(f"  {ref} is still served by {', '.join(deployments)}: take it out of them")
+    else:
+        _out("  registry: no adapter was trained on the old versions")
+
+
+def _propagate(store: Any, result: Any, reason: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Record the deletion in the model registry: the adapter refs marked stale, and the
+    deployments that still serve each of them."""
+    from qingliang.platform.registry import Registry, propagate_deletion
+
+    with Registry(home=Settings().home) as reg:
+        stale = propagate_deletion(reg, result, reason, store=store)
+        served: dict[str, list[str]] = {}
+        if stale:
+            for deployment in reg.list_deployments():
+                for a in reg.serving(deployment):
+                    if a.target_kind == "adapter" and a.target in stale:
+                        served.setdefault(a.target, []).append(deployment)
+        return stale, served
 
 
 @data_app.command("audit")

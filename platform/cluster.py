@@ -89,6 +89,28 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def settings_for(home: Path) -> Settings:
+    """The Settings of the platform running on ``home`` (its ports, from its run file);
+    the environment's defaults when none runs. A process that only knows the data
+    directory (a Ray task, a gateway thread) talks to the right dashboard this way."""
+    import dataclasses
+    from urllib.parse import urlparse
+
+    settings = Settings(home=Path(home))
+    info = RunInfo.load(settings.run_file)
+    if info is None:
+        return settings
+    dashboard = urlparse(info.dashboard_url)
+    return dataclasses.replace(
+        settings,
+        host=dashboard.hostname or settings.host,
+        http_port=info.http_port,
+        dashboard_port=dashboard.port or settings.dashboard_port,
+        metrics_port=info.metrics_port,
+        ray_port=int(info.gcs_address.rpartition(":")[2]),
+    )
+
+
 def running(settings: Settings) -> RunInfo | None:
     """The RunInfo of a live `up`, or None (a stale run file is ignored)."""
     info = RunInfo.load(settings.run_file)

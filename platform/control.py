@@ -10,7 +10,9 @@
 A bad manifest, an unknown quantisation for the hardware or a corrupt model file
 fails in stage 1 or 2, so the running deployments stay exactly as they were.
 Changing only a deployment's adapters is a Serve lightweight update (user_config):
-replicas reload adapters without restarting.
+replicas reload adapters without restarting. Canary shares (``spec.lora.traffic``) and
+registry refs (``spec.lora.refs``) are read by the gateway from the state store, so
+changing them touches no replica at all.
 
 Example:
     >>> ctl = Controller(Settings())          # doctest: +SKIP
@@ -23,17 +25,19 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qingliang.platform.errors import (
+    BadRequest,
     ClusterError,
     FieldIssue,
     ManifestError,
     ModelSourceError,
     NotFound,
+    QingliangError,
     ResolveError,
 )
 from qingliang.platform.manifests.loader import Loaded, load_paths
@@ -200,20 +204,27 @@ class Controller:
     def load(self, paths: Iterable[Path]) -> list[Loaded]:
         """Load and validate; only kinds this controller can deploy are accepted."""
         loaded = load_paths(paths)
-        others = sorted(
-            {f"{i.source}: {i.kind}/{i.name}" for i in loaded if i.kind not in APPLIED_KINDS}
+        runs = {
+            "FineTuneJob": "qingliang finetune run -f",
+            "Pipeline": "qingliang pipelines run -f",
+        }
+        issues = sorted(
+            {
+                (
+                    f"{i.source}: {i.kind}/{i.name}: a {i.kind} is run, not applied: "
+                    f"`{runs[i.kind]} {_file_of(i.source)}`"
+                )
+                if i.kind in runs
+                else (
+                    f"{i.source}: {i.kind}/{i.name}: validated, but `apply` cannot deploy "
+                    f"this kind (only {', '.join(APPLIED_KINDS)})"
+                )
+                for i in loaded
+                if i.kind not in APPLIED_KINDS
+            }
         )
-        if others:
-            raise ManifestError(
-                [
-                    FieldIssue(
-                        "kind",
-                        f"{o}: validated, but `apply` cannot deploy this kind yet "
-                        f"(only {', '.join(APPLIED_KINDS)}); use `qingliang validate` for it",
-                    )
-                    for o in others
-                ]
-            )
+        if issues:
+            raise ManifestError([FieldIssue("kind", text) for text in issues])
         return loaded
 
     def compile(self, loaded: list[Loaded]) -> list[DeploymentPlan]:
@@ -312,6 +323,7 @@ class Controller:
         row = self.store.get(item.kind, item.name)
         manifest: Any = item.manifest
         v = self._datasets().cut(manifest, _base(item), actor="apply")
+        self._record_dataset(v)
         self.store.put(item.kind, item.name, _normal(item), {"version": v.version})
         action = change.action
         if action == "unchanged" and (row is None or (row.plan or {}).get("version") != v.version):
@@ -321,6 +333,24 @@ class Controller:
             f"{v.quarantined} quarantined"
         )
         return dataclasses.replace(change, action=action, fields=(*change.fields, summary))
+
+    def _record_dataset(self, version: Any) -> None:
+        """Record a cut version in the model registry (lineage starts there). A registry
+        that cannot be written does not undo the cut: `qingliang registry sync` catches up."""
+        from qingliang.platform.registry import Registry, record_dataset_version
+
+        try:
+            with Registry(home=self.settings.home) as reg:
+                record_dataset_version(reg, version)
+        except QingliangError as exc:
+            logger.warning(
+                "dataset %s@%s was cut but not recorded in the registry (%s); run "
+                "`qingliang registry sync %s`",
+                version.name,
+                version.version,
+                exc,
+                version.name,
+            )
 
     def _resolve_graphs(
         self, graphs: list[Loaded], models: list[Loaded], kbs: list[Loaded]
@@ -400,6 +430,7 @@ class Controller:
                     "source": (spec.get("model") or {}).get("source", ""),
                     "engine": (spec.get("engine") or {}).get("kind", ""),
                     "adapters": sorted((spec.get("lora") or {}).get("adapters") or {}),
+                    "traffic": dict((spec.get("lora") or {}).get("traffic") or {}),
                     "generation": row.generation,
                     "status": status,
                     "message": message,
@@ -457,21 +488,42 @@ class Controller:
             service.close()
         return names
 
-    def set_adapter(self, deployment: str, adapter: str, path: str | None) -> Change:
-        """Add / replace (path) or remove (None) one adapter, as an adapters-only update."""
+    def set_adapter(
+        self, deployment: str, adapter: str, path: str | None, ref: str | None = None
+    ) -> Change:
+        """Add / replace (path) or remove (None) one adapter, as an adapters-only update.
+
+        ``ref`` records the adapter's model-registry ref (``name@version``) in
+        ``spec.lora.refs``; loading new weights without one forgets the old ref (it would
+        name other weights). Removing an adapter also drops its traffic share and ref.
+
+        Example:
+            >>> ctl.set_adapter("qwen", "faq", "/adapters/faq-3", ref="faq-bot@3")  # doctest: +SKIP
+        """
         row = self.store.get(MODEL_KIND, deployment)
         if row is None:
             raise NotFound(f"no ModelDeployment named {deployment!r}")
+        if path is None and ref is not None:
+            raise BadRequest("a ref names the weights being loaded: give a path with it")
         body = _deep_copy(row.body)
         lora = body["spec"].setdefault("lora", {})
         adapters = dict(lora.get("adapters") or {})
+        refs = dict(lora.get("refs") or {})
         if path is None:
             if adapter not in adapters:
                 raise NotFound(f"deployment {deployment!r} has no adapter {adapter!r}")
             adapters.pop(adapter)
+            lora["traffic"] = {k: v for k, v in (lora.get("traffic") or {}).items() if k != adapter}
+            refs.pop(adapter, None)
         else:
+            before = adapters.get(adapter)
             adapters[adapter] = str(Path(path).resolve())
+            if ref is not None:
+                refs[adapter] = ref
+            elif adapters[adapter] != before:
+                refs.pop(adapter, None)
         lora["adapters"] = adapters
+        lora["refs"] = refs
         # Keep LoRA on once it was: removing the last adapter must not turn it off (that
         # changes the replicas' arguments and restarts them).
         if path is not None or _lora_active(row.body):
@@ -491,6 +543,42 @@ class Controller:
         # Turning LoRA on for a deployment started without it restarts its replicas.
         action = "adapters" if _adapters_only(row.body, new_body, changed) else "update"
         return Change(MODEL_KIND, deployment, action, changed)
+
+    def set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
+        """Replace the canary shares of ``deployment`` (an empty mapping clears them).
+
+        ``shares`` maps adapter names to the share of bare-deployment requests each gets;
+        the rest goes to the base model. Only the stored manifest changes: the gateway
+        reads it (within about a second), and no replica restarts or is reconfigured.
+
+        Raises:
+            NotFound: no such deployment.
+            ManifestError: the shares are invalid (``spec.lora.traffic``); nothing changes.
+
+        Example:
+            >>> ctl.set_traffic("qwen", {"faq-v4": 0.1})  # doctest: +SKIP
+            Change(kind='ModelDeployment', name='qwen', action='adapters', ...)
+        """
+        from qingliang.platform.manifests.loader import validate_document
+
+        row = self.store.get(MODEL_KIND, deployment)
+        if row is None:
+            raise NotFound(f"no ModelDeployment named {deployment!r}")
+        body = _deep_copy(row.body)
+        body["spec"].setdefault("lora", {})["traffic"] = dict(shares)
+        new_body = _normal(validate_document(body, f"{deployment} (stored)"))
+        changed = tuple(_changed_paths(row.body, new_body))
+        if not changed:
+            return Change(MODEL_KIND, deployment, "unchanged")
+        # The plan (and so the Serve config) does not depend on traffic: keep it as is.
+        self.store.put(MODEL_KIND, deployment, new_body, row.plan)
+        logger.info("deployment %s: traffic set to %s", deployment, dict(shares))
+        return Change(MODEL_KIND, deployment, "adapters", changed)
+
+
+def _file_of(source: str) -> str:
+    """``a.yaml[1]`` (the second document of a file) → ``a.yaml``."""
+    return re.sub(r"\[\d+\]$", "", source)
 
 
 def _base(item: Loaded) -> Path:
@@ -515,12 +603,21 @@ def _lora_active(body: dict) -> bool:
     return bool(enabled) or (enabled is None and bool(lora.get("adapters")))
 
 
+#: Fields whose change is a lightweight update: adapters reload through user_config;
+#: traffic and refs are read by the gateway and never reach the replicas.
+_LIGHTWEIGHT = ("spec.lora.adapters", "spec.lora.traffic", "spec.lora.refs")
+
+
 def _adapters_only(old: dict, new: dict, changed: Iterable[str]) -> bool:
-    """Whether a change is a lightweight update: adapters only, LoRA staying on or off."""
+    """Whether a change is a lightweight update: adapters, traffic and refs only, LoRA
+    staying on or off."""
     paths = list(changed)
     return (
         bool(paths)
-        and all(p.startswith("spec.lora.adapters") or p == "spec.lora.enabled" for p in paths)
+        and all(
+            p == "spec.lora.enabled" or any(p == f or p.startswith(f + ".") for f in _LIGHTWEIGHT)
+            for p in paths
+        )
         and _lora_active(old) == _lora_active(new)
     )
 
@@ -537,7 +634,10 @@ def _changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
         for key in sorted(set(old) | set(new)):
             path = f"{prefix}.{key}" if prefix else str(key)
             if key not in old or key not in new:
-                out.append(path)
+                # A field added to the schema since a body was stored reads as its empty
+                # default there: not a change.
+                if (old.get(key) if key in old else new.get(key)) != {}:
+                    out.append(path)
             else:
                 out.extend(_changed_paths(old[key], new[key], path))
         return out

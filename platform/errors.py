@@ -97,6 +97,11 @@ class Unauthorized(ApiError):
     error_type = "authentication_error"
 
 
+class Forbidden(ApiError):
+    status_code = 403
+    error_type = "permission_error"
+
+
 class NotFound(ApiError):
     status_code = 404
     error_type = "not_found_error"

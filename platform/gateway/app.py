@@ -2,9 +2,13 @@
 
 Routes: ``/v1/chat/completions`` and ``/v1/completions`` (streamed or not),
 ``/v1/models``, ``/v1/embeddings``, ``/healthz``, ``/readyz``. ``model`` names a
-deployment or ``deployment:adapter``. Errors use OpenAI's format
-(``{"error": {"message", "type", "param", "code"}}``); a saturated deployment answers
-429 with ``Retry-After``.
+deployment or ``deployment:adapter``. A bare deployment with canary shares
+(``spec.lora.traffic``) sends each request to one adapter or to the base model
+(:func:`choose_adapter`). Every generation answer says what made it: headers
+``X-Qingliang-Deployment``, ``X-Qingliang-Adapter`` and ``X-Qingliang-Adapter-Ref``, and
+a ``qingliang`` object in the JSON body (in the first event of a stream). Errors use
+OpenAI's format (``{"error": {"message", "type", "param", "code"}}``); a saturated
+deployment answers 429 with ``Retry-After``.
 
 The app holds no Ray code: the :class:`Backend` it is given does (see ``ingress.py``),
 so it is tested with a small fake backend and, in integration, with the real one.
@@ -16,8 +20,10 @@ Example:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import random
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +43,7 @@ from qingliang.platform.errors import (
 )
 from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.knowledge import KnowledgeBackend, add_knowledge_routes
+from qingliang.platform.gateway.pipelines import add_pipeline_routes
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,10 @@ class ModelEntry:
     created: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    #: Canary shares of bare-deployment requests by adapter (the rest: the base model).
+    traffic: dict[str, float] = field(default_factory=dict)
+    #: Model-registry refs (``name@version``) of the adapters, where known.
+    refs: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -100,6 +111,68 @@ def parse_model(value: object) -> tuple[str, str | None]:
     return dep, adapter or None
 
 
+def choose_adapter(entry: ModelEntry, user: object = None) -> str | None:
+    """The adapter a request for the bare deployment goes to, or None for the base model.
+
+    A string ``user`` (OpenAI's end-user id) is hashed with the deployment name to a
+    point in [0, 1), so one user stays on one arm while the shares stay the same; without
+    it the point is drawn at random. The point falls into the adapters' shares laid end
+    to end in name order, or past them (the base model).
+
+    Example:
+        >>> entry = ModelEntry("qwen", ("faq-v4",), traffic={"faq-v4": 0.1})
+        >>> choose_adapter(entry, "user-17") == choose_adapter(entry, "user-17")
+        True
+        >>> choose_adapter(ModelEntry("qwen"), "user-17") is None
+        True
+    """
+    if not entry.traffic:
+        return None
+    if isinstance(user, str):
+        digest = hashlib.sha256(f"{entry.name}\0{user}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64
+    else:
+        point = random.random()
+    edge = 0.0
+    for name in sorted(entry.traffic):
+        edge += entry.traffic[name]
+        if point < edge:
+            return name
+    return None
+
+
+def _trace(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:
+    """What made an answer: the ``qingliang`` object of its body."""
+    return {
+        "deployment": entry.name,
+        "adapter": adapter,
+        "adapter_ref": entry.refs.get(adapter) if adapter else None,
+    }
+
+
+def _trace_headers(trace: dict[str, str | None]) -> dict[str, str]:
+    return {
+        "X-Qingliang-Deployment": trace["deployment"] or "",
+        "X-Qingliang-Adapter": trace["adapter"] or "",
+        "X-Qingliang-Adapter-Ref": trace["adapter_ref"] or "",
+    }
+
+
+def _with_trace(chunk: str, trace: dict[str, str | None]) -> str:
+    """``chunk`` with ``trace`` added to its first event's JSON object, if it has one."""
+    head, sep, rest = chunk.partition("\n\n")
+    if not head.startswith("data: "):
+        return chunk
+    try:
+        event = json.loads(head.removeprefix("data: "))
+    except ValueError:  # "[DONE]" or not JSON: nothing to add to
+        return chunk
+    if not isinstance(event, dict):
+        return chunk
+    event["qingliang"] = trace
+    return f"data: {json.dumps(event, ensure_ascii=False)}{sep}{rest}"
+
+
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
     if isinstance(exc, Saturated):
@@ -131,12 +204,15 @@ def create_app(
     auth: Auth,
     knowledge: KnowledgeBackend | None = None,
     agents: AgentsBackend | None = None,
+    pipelines: Any | None = None,
 ) -> FastAPI:
     """Build the gateway app. Nothing here touches Ray, disk or the network.
 
     ``knowledge`` serves the ``/v1/knowledge`` routes (see :mod:`.knowledge`); without it
     they answer 501. ``agents`` serves ``/v1/agents`` and ``/v1/feedback`` (see
-    :mod:`.agents`); without it they answer 501.
+    :mod:`.agents`); without it they answer 501. ``pipelines`` (a
+    :class:`~qingliang.platform.pipelines.service.PipelineService`) serves
+    ``/v1/pipelines`` (see :mod:`.pipelines`); without it they answer 501.
     """
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
@@ -200,13 +276,19 @@ def create_app(
     async def _generate(request: Request, endpoint: str) -> Response:
         body = await _json_body(request)
         dep, adapter = parse_model(body.get("model"))
-        _lookup(dep, adapter)
+        entry = _lookup(dep, adapter)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("`stream` must be true or false", param="stream")
+        if adapter is None:
+            adapter = choose_adapter(entry, body.get("user"))
+            logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
+        trace = _trace(entry, adapter)
+        headers = _trace_headers(trace)
         try:
             if not stream:
-                return JSONResponse(await backend.generate(dep, endpoint, body, adapter))
+                answer = await backend.generate(dep, endpoint, body, adapter)
+                return JSONResponse({**answer, "qingliang": trace}, headers=headers)
             chunks = backend.stream(dep, endpoint, body, adapter)
             # Pull the first chunk before answering, so errors found before generation
             # (bad parameters, prompt too long, saturation) get a real status code.
@@ -215,10 +297,12 @@ def create_app(
             backend.rejected(dep, adapter, endpoint)
             raise
         except StopAsyncIteration:
-            return StreamingResponse(iter(["data: [DONE]\n\n"]), media_type="text/event-stream")
+            return StreamingResponse(
+                iter(["data: [DONE]\n\n"]), media_type="text/event-stream", headers=headers
+            )
 
         async def relay() -> AsyncIterator[str]:
-            yield first
+            yield _with_trace(first, trace)
             try:
                 async for chunk in chunks:
                     yield chunk
@@ -229,7 +313,7 @@ def create_app(
         return StreamingResponse(
             relay(),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
 
     @app.post("/v1/chat/completions")
@@ -351,4 +435,5 @@ def create_app(
 
     add_knowledge_routes(app, knowledge)
     add_agent_routes(app, agents)
+    add_pipeline_routes(app, pipelines)
     return app

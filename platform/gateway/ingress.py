@@ -21,6 +21,7 @@ from typing import Any
 
 from qingliang.platform.errors import ApiError, Saturated
 from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.settings import Settings
 from qingliang.platform.state import StateStore
 from qingliang.serving.deployment import MODEL_DEPLOYMENT
 from qingliang.serving.metrics import ServingMetrics
@@ -80,13 +81,18 @@ class ServeBackend:
         for row in self._store.list(MODEL_KIND):
             spec = row.body.get("spec", {})
             meta = row.body.get("metadata", {})
+            lora = spec.get("lora") or {}
             entries.append(
                 ModelEntry(
                     name=row.name,
-                    adapters=tuple(sorted((spec.get("lora") or {}).get("adapters") or {})),
+                    adapters=tuple(sorted(lora.get("adapters") or {})),
                     created=int(row.applied_at),
                     labels=dict(meta.get("labels") or {}),
                     description=str(meta.get("description") or ""),
+                    # Canary shares and registry refs are read here, not by the replicas:
+                    # changing them reaches every gateway replica within the TTL.
+                    traffic={str(k): float(v) for k, v in (lora.get("traffic") or {}).items()},
+                    refs={str(k): str(v) for k, v in (lora.get("refs") or {}).items()},
                 )
             )
         self._cached = (time.monotonic(), entries)
@@ -376,10 +382,20 @@ class Gateway:
         self._auth = KeyAuth(home_path / "state.sqlite", auth_enabled)
         self._knowledge = HandleKnowledge(knowledge) if knowledge is not None else None
         self._agents = HandleAgents(agents) if agents is not None else None
+        from qingliang.platform.executor import RayExecutor
+        from qingliang.platform.pipelines.service import PipelineService
+
+        # Inside a replica Ray is initialised: the steps become tasks of this cluster.
+        self._pipelines = PipelineService(home_path, RayExecutor(Settings(home=home_path)))
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(
-            self._backend, self._embedder, self._auth, self._knowledge, agents=self._agents
+            self._backend,
+            self._embedder,
+            self._auth,
+            self._knowledge,
+            agents=self._agents,
+            pipelines=self._pipelines,
         )
 
 

@@ -32,14 +32,18 @@ from qingliang.agents.manifest import AgentGraph
 from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.platform.data.manifest import Dataset
 from qingliang.platform.errors import FieldIssue, ManifestError
+from qingliang.platform.finetune.manifest import FineTuneJob
 from qingliang.platform.manifests.model_deployment import ModelDeployment
+from qingliang.platform.pipelines.manifest import Pipeline
 
-#: Manifest kinds by ``kind``. Later kinds (Dataset, FineTuneJob, ...) register here.
+#: Manifest kinds by ``kind``.
 KINDS: dict[str, type[BaseModel]] = {
     "ModelDeployment": ModelDeployment,
     "KnowledgeBase": KnowledgeBase,
     "AgentGraph": AgentGraph,
     "Dataset": Dataset,
+    "FineTuneJob": FineTuneJob,
+    "Pipeline": Pipeline,
 }
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -99,10 +103,27 @@ def _inner_model(annotation: object) -> object:
     return annotation
 
 
+def _without_union_tags(model: type[BaseModel], loc: tuple) -> tuple:
+    """Drop the tag pydantic puts in the path of a tagged-union item
+    (``spec.steps.2.canary.share`` → ``spec.steps.2.share``)."""
+    out: list = []
+    for i, part in enumerate(loc):
+        if (
+            isinstance(part, str)
+            and out
+            and isinstance(out[-1], int)
+            and i + 1 < len(loc)
+            and part not in (_fields_at(model, tuple(out)) or [part])
+        ):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
 def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
     issues = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
+        loc = _without_union_tags(model, tuple(err["loc"]))
         path = ".".join(str(p) for p in loc)
         msg = str(err["msg"]).removeprefix("Value error, ")
         if msg.startswith(FIELD_PREFIX):

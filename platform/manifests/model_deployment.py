@@ -22,7 +22,14 @@ from importlib import resources
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 API_VERSION = "qingliang.io/v1"
 
@@ -31,6 +38,11 @@ API_VERSION = "qingliang.io/v1"
 #: before a trailing newline, so ``"tiny\n"`` would pass.
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
+#: A model-registry adapter ref, ``name@version`` (as :mod:`qingliang.platform.registry`
+#: writes them): a registry name, then a positive version without leading zeros.
+ADAPTER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[1-9][0-9]*\Z")
+#: Rounding slack for shares that should add up to exactly 1 (0.1 + 0.2 + 0.7).
+SHARE_TOLERANCE = 1e-9
 
 
 def valid_name(v: str) -> str:
@@ -205,6 +217,22 @@ class LoraOptions(Strict):
         description="Enable LoRA support. Defaults to on when adapters are listed; set true "
         "to allow hot-loading adapters into a deployment that starts with none.",
     )
+    # `traffic` and `refs` come after `adapters`: their validators read the validated
+    # adapters from `info.data`, which holds the fields declared (and valid) before them.
+    traffic: dict[str, float] = Field(
+        default_factory=dict,
+        description="Canary shares: adapter name → share (0 < share <= 1) of the requests "
+        'that name the bare deployment (`model="<deployment>"`) sent to that adapter. '
+        "The shares add up to at most 1; the rest goes to the base model. A request with "
+        "a `user` field always lands on the same arm. Read by the gateway: changing it "
+        "never restarts or reconfigures replicas.",
+    )
+    refs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapter name → model-registry ref (`name@version`, e.g. `faq-bot@3`) "
+        "of the weights behind it; answers carry it so they can be traced to the registry. "
+        "Set by pipelines; optional.",
+    )
 
     @field_validator("adapters")
     @classmethod
@@ -217,6 +245,39 @@ class LoraOptions(Strict):
                 )
             if not str(path).strip():
                 raise ValueError(f"adapter {name!r} has an empty path")
+        return v
+
+    @field_validator("traffic")
+    @classmethod
+    def _traffic(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        _listed(v, info, "traffic")
+        for name, share in v.items():
+            if not 0 < share <= 1:  # also refuses NaN
+                raise ValueError(
+                    f"adapter {name!r}: share {share:g} must be above 0 and at most 1 "
+                    "(leave the adapter out to send it no traffic)"
+                )
+        total = sum(v.values())
+        if total > 1 + SHARE_TOLERANCE:
+            shares = " + ".join(f"{n} {s:g}" for n, s in sorted(v.items()))
+            raise ValueError(
+                f"shares add up to {total:g} ({shares}), more than 1 (what they leave "
+                "below 1 goes to the base model)"
+            )
+        return v
+
+    @field_validator("refs")
+    @classmethod
+    def _refs(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        _listed(v, info, "refs")
+        for name, ref in v.items():
+            if not ADAPTER_REF_RE.match(ref):
+                raise ValueError(
+                    f"adapter {name!r}: ref {ref!r} is not a registry ref; expected "
+                    "'<name>@<version>' (name: 1-128 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit; version: a positive integer), "
+                    "e.g. 'faq-bot@3'"
+                )
         return v
 
     @model_validator(mode="after")
@@ -232,6 +293,26 @@ class LoraOptions(Strict):
     @property
     def active(self) -> bool:
         return bool(self.enabled) or (self.enabled is None and bool(self.adapters))
+
+
+def _listed(v: dict, info: ValidationInfo, field: str) -> None:
+    """Every key of ``v`` names an adapter in ``adapters`` (skipped if those were invalid:
+    their own error is reported instead)."""
+    adapters = info.data.get("adapters")
+    if adapters is None:
+        return
+    unknown = sorted(set(v) - set(adapters))
+    if unknown:
+        import difflib
+
+        name = unknown[0]
+        hint = difflib.get_close_matches(name, list(adapters), n=1)
+        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        listed = ", ".join(sorted(adapters)) or "none"
+        raise ValueError(
+            f"adapter {name!r} is not in `adapters`{more}; {field} may name only listed "
+            f"adapters (listed: {listed})"
+        )
 
 
 class Placement(Strict):

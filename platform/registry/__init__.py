@@ -24,6 +24,12 @@ from qingliang.platform.registry.records import (
     StatusEvent,
 )
 from qingliang.platform.registry.registry import Registry
+from qingliang.platform.registry.sync import (
+    SyncResult,
+    propagate_deletion,
+    record_dataset_version,
+    sync_dataset,
+)
 
 __all__ = [
     "ADAPTER_TRANSITIONS",
@@ -38,4 +44,8 @@ __all__ = [
     "Registry",
     "RegistryError",
     "StatusEvent",
+    "SyncResult",
+    "propagate_deletion",
+    "record_dataset_version",
+    "sync_dataset",
 ]

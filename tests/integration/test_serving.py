@@ -117,6 +117,67 @@ def test_adapter_changes_output_and_base_is_unchanged(client: openai.OpenAI) -> 
     assert _greedy(client, "tiny") == base
 
 
+def test_canary_traffic_splits_bare_requests_and_answers_name_the_arm(
+    platform: Platform, http: httpx.Client
+) -> None:
+    def ask(model: str, user: str | None = None, stream: bool = False) -> httpx.Response:
+        body: dict = {"model": model, "messages": HI, "max_tokens": 12, "temperature": 0}
+        body.update({"user": user} if user is not None else {})
+        body.update({"stream": True} if stream else {})
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-qingliang-deployment"] == "tiny"
+        return r
+
+    def text(r: httpx.Response) -> str:
+        return r.json()["choices"][0]["message"]["content"]
+
+    replicas = {r["replica_id"]: r["start_time_s"] for r in platform.replicas("tiny")}
+    # With traffic set, bare `tiny` is split: take the base answer before setting it.
+    plain = ask("tiny")
+    base = text(plain)
+    assert plain.headers["x-qingliang-adapter"] == ""
+    assert plain.json()["qingliang"] == {"deployment": "tiny", "adapter": None, "adapter_ref": None}
+    platform.ctl.set_adapter("tiny", "a", str(platform.models / "adapter-a"), ref="tiny-a@1")
+    platform.ctl.set_traffic("tiny", {"a": 0.5})
+    try:
+        time.sleep(1.0)  # the gateway reads manifests with a 0.5 s cache
+        explicit = ask("tiny:a")
+        adapted = text(explicit)
+        assert adapted != base
+        assert explicit.headers["x-qingliang-adapter-ref"] == "tiny-a@1"
+        arms: dict[str, str] = {}
+        for i in range(30):
+            r = ask("tiny", user=f"user-{i}")
+            arm = arms[f"user-{i}"] = r.headers["x-qingliang-adapter"]
+            assert r.json()["qingliang"] == {
+                "deployment": "tiny",
+                "adapter": arm or None,
+                "adapter_ref": "tiny-a@1" if arm else None,
+            }
+            # Each arm answers exactly as that model does when named explicitly.
+            assert text(r) == (adapted if arm == "a" else base), arm
+            assert r.json()["model"] == ("tiny:a" if arm else "tiny")
+        assert set(arms.values()) == {"", "a"}, arms
+        for user in list(arms)[:6]:  # a user stays on one arm
+            assert ask("tiny", user=user).headers["x-qingliang-adapter"] == arms[user]
+        canary_user = next(u for u, arm in arms.items() if arm == "a")
+        streamed = ask("tiny", user=canary_user, stream=True)
+        assert streamed.headers["x-qingliang-adapter"] == "a"
+        first = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))
+        assert first["qingliang"] == {
+            "deployment": "tiny",
+            "adapter": "a",
+            "adapter_ref": "tiny-a@1",
+        }
+    finally:
+        platform.ctl.set_traffic("tiny", {})
+    time.sleep(1.0)
+    assert {ask("tiny", user=f"user-{i}").headers["x-qingliang-adapter"] for i in range(8)} == {""}
+    after = {r["replica_id"]: r["start_time_s"] for r in platform.replicas("tiny")}
+    assert after == replicas, "replicas were restarted by a traffic change"
+
+
 def test_adapter_hot_load_and_unload_while_requests_run(
     platform: Platform, client: openai.OpenAI
 ) -> None:

@@ -88,3 +88,97 @@ def test_keys_create_list_revoke(home: Path) -> None:
 def test_status_when_nothing_runs() -> None:
     r = runner.invoke(app, ["status"])
     assert r.exit_code == 3 and "not running" in r.output
+
+
+# ---------------------------------------------------------- adapters traffic, get
+
+
+class RunningDeployer:
+    """Ray Serve as `get` sees it: every deployment RUNNING; configs are not expected."""
+
+    def apply_config(self, config: dict) -> None:
+        raise AssertionError("setting traffic must not push a Serve config")
+
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        return {"tiny": ("RUNNING", "")}
+
+
+@pytest.fixture
+def deployed(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stored `tiny` deployment with adapters sql and law (as `apply` leaves it)."""
+    from qingliang.platform import cli
+    from qingliang.platform.control import Controller
+    from qingliang.platform.manifests.loader import validate_document
+    from qingliang.platform.settings import Settings
+
+    doc = {
+        "apiVersion": "qingliang.io/v1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "model": {"source": "/models/tiny"},
+            "lora": {"adapters": {"sql": "/adapters/sql", "law": "/adapters/law"}},
+        },
+    }
+    body = validate_document(doc, "tiny.yaml").manifest.model_dump(mode="json", by_alias=True)
+    settings = Settings()
+    Controller(settings, deployer=RunningDeployer()).store.put("ModelDeployment", "tiny", body)
+    monkeypatch.setattr(cli, "_controller", lambda s: Controller(s, deployer=RunningDeployer()))
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables at the terminal's width
+    return settings.state_db
+
+
+def stored_traffic(db: Path) -> dict:
+    from qingliang.platform.state import StateStore
+
+    row = StateStore(db).get("ModelDeployment", "tiny")
+    assert row is not None
+    return row.body["spec"]["lora"]["traffic"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sql"], "'sql' is not NAME=SHARE (e.g. faq-v4=0.1)"),
+        (["sql="], "'sql=' is not NAME=SHARE"),
+        (["=0.1"], "'=0.1' is not NAME=SHARE"),
+        (["sql:0.1"], "'sql:0.1' is not NAME=SHARE"),
+        (["sql=abc"], "'sql=abc': the share 'abc' is not a number (e.g. sql=0.1)"),
+        (["sql=0.1", "sql=0.2"], "adapter 'sql' is given twice"),
+        ([], "give NAME=SHARE pairs (e.g. faq-v4=0.1), or --clear"),
+        (["sql=0.1", "--clear"], "give NAME=SHARE pairs or --clear, not both"),
+    ],
+)
+def test_traffic_rejects_malformed_shares(deployed: Path, args: list[str], message: str) -> None:
+    r = runner.invoke(app, ["adapters", "traffic", "tiny", *args])
+    assert r.exit_code == 1
+    assert message in " ".join(r.output.split())
+    assert stored_traffic(deployed) == {}
+
+
+def test_traffic_sets_shows_and_clears(deployed: Path) -> None:
+    r = runner.invoke(app, ["adapters", "traffic", "tiny", "sql=0.1", "law=25%"])
+    assert r.exit_code == 0, r.output
+    assert "tiny: law 25%, sql 10%, base 65%" in r.output
+    assert stored_traffic(deployed) == {"sql": 0.1, "law": 0.25}
+
+    r = runner.invoke(app, ["get"])
+    assert r.exit_code == 0, r.output
+    assert "TRAFFIC" in r.output and "law 25%, sql 10%, base 65%" in r.output
+
+    r = runner.invoke(app, ["adapters", "traffic", "tiny", "--clear"])
+    assert r.exit_code == 0, r.output
+    assert stored_traffic(deployed) == {}
+    assert "base 65%" not in runner.invoke(app, ["get"]).output
+
+
+def test_traffic_reports_invalid_shares_by_field(deployed: Path) -> None:
+    r = runner.invoke(app, ["adapters", "traffic", "tiny", "sql=0.7", "law=0.4"])
+    assert r.exit_code == 1
+    out = " ".join(r.output.split())
+    assert "spec.lora.traffic: shares add up to 1.1" in out
+    r = runner.invoke(app, ["adapters", "traffic", "tiny", "tutor=0.1"])
+    assert r.exit_code == 1 and "adapter 'tutor' is not in `adapters`" in r.output
+    r = runner.invoke(app, ["adapters", "traffic", "nope", "sql=0.1"])
+    assert r.exit_code == 1 and "no ModelDeployment named 'nope'" in r.output
+    assert stored_traffic(deployed) == {}

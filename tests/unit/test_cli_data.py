@@ -102,7 +102,10 @@ def test_delete_record_and_audit(applied: str, home: Path) -> None:
     )
     new = store.get("gov-sft")
     assert f"gov-sft: deleted {record['id']} (request 17)" in out
-    assert f"{old.version} → {new.version}" in out and "stale" in out
+    assert f"{old.version} → {new.version}" in out
+    # The model registry learns of it (no adapter was trained on this data yet).
+    assert "registry: no adapter was trained on the old versions" in out
+    assert "active" in run("registry", "datasets", "gov-sft").splitlines()[-1]
     assert record["id"] not in json.dumps(store.read("gov-sft", split="all"))
     out = run("data", "versions", "gov-sft")
     assert "superseded by" in out and "request 17" in out

@@ -19,7 +19,13 @@ import yaml
 
 from qingliang.platform import control
 from qingliang.platform.control import Change, Controller, ServeRestDeployer
-from qingliang.platform.errors import ClusterError, ManifestError, ModelSourceError, NotFound
+from qingliang.platform.errors import (
+    BadRequest,
+    ClusterError,
+    ManifestError,
+    ModelSourceError,
+    NotFound,
+)
 from qingliang.platform.manifests.plan import DeploymentPlan, HardwareProfile
 from qingliang.platform.settings import Settings
 
@@ -498,6 +504,165 @@ def test_set_adapter_errors(
         ctl.set_adapter("alpha", "bad:name", sql)
     assert deployer.attempts == 1
     assert snapshot(settings.state_db) == before
+
+
+# ------------------------------------------------------------- traffic and refs
+
+
+def _stored_lora(ctl: Controller, name: str = "alpha") -> dict:
+    row = ctl.store.get("ModelDeployment", name)
+    assert row is not None
+    return row.body["spec"]["lora"]
+
+
+@pytest.fixture
+def canary(ctl: Controller, manifests: Path, tmp_path: Path) -> dict[str, str]:
+    """`alpha` applied with adapters sql and tutor; their paths."""
+    paths = {"sql": adapter_dir(tmp_path, "sql"), "tutor": adapter_dir(tmp_path, "tutor")}
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha", lora={"adapters": paths}))], wait=False)
+    return paths
+
+
+def test_set_traffic_touches_no_replica(
+    ctl: Controller, deployer: FakeDeployer, canary: dict[str, str]
+) -> None:
+    from qingliang.platform.gateway.ingress import ServeBackend
+    from qingliang.serving.metrics import ServingMetrics
+
+    row = ctl.store.get("ModelDeployment", "alpha")
+    assert row is not None
+    change = ctl.set_traffic("alpha", {"tutor": 0.2, "sql": 0.1})
+    assert (change.action, change.fields) == (
+        "adapters",
+        ("spec.lora.traffic.sql", "spec.lora.traffic.tutor"),
+    )
+    # Nothing goes to Serve: no new config, so no restart and no reconfigure().
+    assert deployer.attempts == 1
+    after = ctl.store.get("ModelDeployment", "alpha")
+    assert after is not None and after.plan == row.plan
+    assert _stored_lora(ctl)["traffic"] == {"sql": 0.1, "tutor": 0.2}
+    # The gateway reads the shares from the store.
+    (entry,) = ServeBackend(ctl.store, ServingMetrics(None), ttl_s=0).models()
+    assert entry.traffic == {"sql": 0.1, "tutor": 0.2}
+    assert ctl.get(live=False)[0]["traffic"] == {"sql": 0.1, "tutor": 0.2}
+
+    assert ctl.set_traffic("alpha", {"tutor": 0.2, "sql": 0.1}).action == "unchanged"
+    assert ctl.set_traffic("alpha", {"tutor": 0.5}).fields == (
+        "spec.lora.traffic.sql",
+        "spec.lora.traffic.tutor",
+    )
+    assert _stored_lora(ctl)["traffic"] == {"tutor": 0.5}  # replaced, not merged
+    assert ctl.set_traffic("alpha", {}).action == "adapters"
+    assert _stored_lora(ctl)["traffic"] == {}
+    (entry,) = ServeBackend(ctl.store, ServingMetrics(None), ttl_s=0).models()
+    assert entry.traffic == {}
+    assert deployer.attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("shares", "fragment"),
+    [
+        ({"sqll": 0.2}, "adapter 'sqll' is not in `adapters` (did you mean 'sql'?)"),
+        ({"sql": 0}, "adapter 'sql': share 0 must be above 0"),
+        ({"sql": 1.2}, "adapter 'sql': share 1.2 must be above 0 and at most 1"),
+        ({"sql": 0.6, "tutor": 0.6}, "shares add up to 1.2"),
+        ({"sql": "lots"}, "valid number"),
+    ],
+)
+def test_bad_traffic_changes_nothing(
+    ctl: Controller,
+    deployer: FakeDeployer,
+    settings: Settings,
+    canary: dict[str, str],
+    shares: dict,
+    fragment: str,
+) -> None:
+    ctl.set_traffic("alpha", {"sql": 0.05})
+    before = snapshot(settings.state_db)
+    with pytest.raises(ManifestError) as info:
+        ctl.set_traffic("alpha", shares)
+    (issue,) = info.value.issues
+    assert issue.path.startswith("spec.lora.traffic")
+    assert fragment in issue.message
+    assert snapshot(settings.state_db) == before
+    assert deployer.attempts == 1
+
+
+def test_set_traffic_on_unknown_deployment(ctl: Controller, canary: dict[str, str]) -> None:
+    with pytest.raises(NotFound, match="'nope'"):
+        ctl.set_traffic("nope", {"sql": 0.1})
+
+
+def test_traffic_in_a_manifest_is_a_lightweight_apply(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, canary: dict[str, str]
+) -> None:
+    config = deployer.last
+    lora = {"adapters": canary, "traffic": {"sql": 0.3}, "refs": {"sql": "sql-bot@7"}}
+    path = write(manifests, "a.yaml", manifest("alpha", lora=lora))
+    (change,) = ctl.diff([path])
+    assert (change.action, change.fields) == (
+        "adapters",
+        ("spec.lora.refs.sql", "spec.lora.traffic.sql"),
+    )
+    ctl.apply([path], wait=False)
+    assert deployer.last == config  # Serve is handed the very same config: nothing to do
+    assert _stored_lora(ctl)["refs"] == {"sql": "sql-bot@7"}
+    assert [c.action for c in ctl.diff([path])] == ["unchanged"]
+
+
+def test_body_stored_before_traffic_existed_is_unchanged(
+    ctl: Controller, manifests: Path, canary: dict[str, str]
+) -> None:
+    """A manifest stored by a version without `traffic` / `refs` re-applies unchanged."""
+    row = ctl.store.get("ModelDeployment", "alpha")
+    assert row is not None
+    old = copy.deepcopy(row.body)
+    del old["spec"]["lora"]["traffic"], old["spec"]["lora"]["refs"]
+    ctl.store.put("ModelDeployment", "alpha", old, row.plan)
+    path = manifests / "a.yaml"
+    assert [c.action for c in ctl.diff([path])] == ["unchanged"]
+
+
+def test_set_adapter_records_ref_and_unload_drops_share(
+    ctl: Controller,
+    deployer: FakeDeployer,
+    settings: Settings,
+    canary: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    v2 = adapter_dir(tmp_path, "tutor-v2")
+    change = ctl.set_adapter("alpha", "tutor", v2, ref="tutor-bot@2")
+    assert change.action == "adapters"
+    assert "spec.lora.refs.tutor" in change.fields
+    assert _stored_lora(ctl)["refs"] == {"tutor": "tutor-bot@2"}
+    # The ref is the gateway's business: the replicas' config carries only paths.
+    user_config = deployer.app("alpha")["deployments"][0]["user_config"]
+    assert user_config == {"adapters": {"sql": canary["sql"], "tutor": v2}}
+    assert "tutor-bot@2" not in json.dumps(deployer.last)
+
+    before = snapshot(settings.state_db)
+    with pytest.raises(ManifestError, match=r"spec\.lora\.refs: adapter 'sql': ref 'sql@0'"):
+        ctl.set_adapter("alpha", "sql", canary["sql"], ref="sql@0")
+    assert snapshot(settings.state_db) == before
+
+    # New weights without a ref: the old ref would name other weights, so it goes.
+    ctl.set_adapter("alpha", "sql", canary["sql"], ref="sql-bot@1")
+    ctl.set_adapter("alpha", "sql", canary["sql"])  # same weights: the ref stays
+    assert _stored_lora(ctl)["refs"] == {"sql": "sql-bot@1", "tutor": "tutor-bot@2"}
+    ctl.set_adapter("alpha", "tutor", adapter_dir(tmp_path, "tutor-v3"))
+    assert _stored_lora(ctl)["refs"] == {"sql": "sql-bot@1"}
+
+    ctl.set_traffic("alpha", {"sql": 0.2, "tutor": 0.3})
+    change = ctl.set_adapter("alpha", "sql", None)
+    assert change.action == "adapters"
+    lora = _stored_lora(ctl)
+    assert (lora["traffic"], lora["refs"]) == ({"tutor": 0.3}, {})
+
+
+def test_ref_needs_a_path(ctl: Controller, canary: dict[str, str]) -> None:
+    with pytest.raises(BadRequest, match="give a path"):
+        ctl.set_adapter("alpha", "sql", None, ref="sql-bot@1")
+    assert "sql" in _stored_lora(ctl)["adapters"]
 
 
 # ------------------------------------------------------------------------- wait, get

@@ -249,7 +249,8 @@ def test_stream_must_be_bool(client: TestClient, backend: FakeBackend, value: ob
 def test_chat_non_stream(client: TestClient, backend: FakeBackend) -> None:
     r = chat(client, "qwen:sql", max_tokens=4)
     assert r.status_code == 200
-    assert r.json() == chat_body()
+    trace = {"deployment": "qwen", "adapter": "sql", "adapter_ref": None}
+    assert r.json() == {**chat_body(), "qingliang": trace}
     (call,) = backend.calls
     assert call[:3] == ("generate", "qwen", "chat")
     assert call[3]["max_tokens"] == 4 and call[3]["model"] == "qwen:sql"
@@ -273,7 +274,10 @@ def test_stream_relays_chunks_in_order(client: TestClient, backend: FakeBackend)
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-cache"
         text = "".join(r.iter_text())
-    assert text == "".join(CHUNKS)
+    # The first event says what made the answer; the rest are relayed as they came.
+    first = json.loads(CHUNKS[0].removeprefix("data: "))
+    first["qingliang"] = {"deployment": "qwen", "adapter": None, "adapter_ref": None}
+    assert text == f"data: {json.dumps(first)}\n\n" + "".join(CHUNKS[1:])
     assert backend.calls[0][:3] == ("stream", "qwen", "chat")
 
 
@@ -322,7 +326,10 @@ def test_error_mid_stream_becomes_error_event(client: TestClient, backend: FakeB
     r = chat(client, "qwen", stream=True)
     assert r.status_code == 200  # the headers had gone out
     events = [e for e in r.text.split("\n\n") if e]
-    assert events[:2] == [CHUNKS[0].strip(), CHUNKS[1].strip()]
+    first = json.loads(events[0].removeprefix("data: "))
+    assert first.pop("qingliang")["deployment"] == "qwen"
+    assert first == json.loads(CHUNKS[0].removeprefix("data: "))
+    assert events[1] == CHUNKS[1].strip()
     assert json.loads(events[2].removeprefix("data: ")) == {
         "error": {
             "message": "adapter unloaded mid-stream",

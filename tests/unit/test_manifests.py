@@ -111,6 +111,7 @@ def test_minimal_manifest_gets_documented_defaults() -> None:
     assert md.spec.quantization.method == "none"
     lora = md.spec.lora
     assert (lora.adapters, lora.max_adapters, lora.max_rank, lora.enabled) == ({}, 4, 16, None)
+    assert (lora.traffic, lora.refs) == ({}, {})
     assert lora.active is False
     p = md.spec.placement
     assert (p.accelerator, p.cpus, p.gpus, p.npus) == ("cpu", 1.0, 0, 0)
@@ -157,6 +158,8 @@ def test_every_field_set_validates() -> None:
                 "max_adapters": 2,
                 "max_rank": 64,
                 "enabled": True,
+                "traffic": {"law_v1.2": 0.25},
+                "refs": {"law_v1.2": "law-bot@2"},
             },
             "placement": {
                 "accelerator": "gpu",
@@ -635,6 +638,104 @@ def test_every_bad_field_is_reported_at_once() -> None:
 )
 def test_cross_field_rules(spec: dict, path: str, fragment: str) -> None:
     assert_issue(errors_of(manifest(**spec)), path, fragment)
+
+
+# ------------------------------------------------------------ lora canary traffic, refs
+
+TWO = {"sql": "/adapters/sql", "law_v1.2": "/adapters/law"}
+
+
+@pytest.mark.parametrize(
+    ("lora", "path", "fragment"),
+    [
+        (
+            {"adapters": TWO, "traffic": {"sqll": 0.2}},
+            "spec.lora.traffic",
+            "adapter 'sqll' is not in `adapters` (did you mean 'sql'?)",
+        ),
+        ({"traffic": {"sql": 0.2}}, "spec.lora.traffic", "(listed: none)"),
+        ({"adapters": TWO, "traffic": {"sql": 0}}, "spec.lora.traffic", "adapter 'sql': share 0"),
+        (
+            {"adapters": TWO, "traffic": {"sql": -0.1}},
+            "spec.lora.traffic",
+            "adapter 'sql': share -0.1 must be above 0 and at most 1",
+        ),
+        (
+            {"adapters": TWO, "traffic": {"sql": 1.5}},
+            "spec.lora.traffic",
+            "adapter 'sql': share 1.5 must be above 0 and at most 1",
+        ),
+        ({"adapters": TWO, "traffic": {"sql": float("nan")}}, "spec.lora.traffic", "share nan"),
+        (
+            {"adapters": TWO, "traffic": {"sql": 0.6, "law_v1.2": 0.5}},
+            "spec.lora.traffic",
+            "shares add up to 1.1 (law_v1.2 0.5 + sql 0.6), more than 1",
+        ),
+        (
+            {"adapters": TWO, "traffic": {"sql": "half"}},
+            "spec.lora.traffic.sql",
+            "valid number",
+        ),
+        ({"adapters": TWO, "traffic": ["sql"]}, "spec.lora.traffic", "valid dictionary"),
+        (
+            {"adapters": TWO, "refs": {"tutor": "tutor@1"}},
+            "spec.lora.refs",
+            "adapter 'tutor' is not in `adapters`; refs may name only listed adapters",
+        ),
+        ({"adapters": TWO, "refs": {"sql": "sql-bot"}}, "spec.lora.refs", "adapter 'sql': ref"),
+        ({"adapters": TWO, "refs": {"sql": "sql-bot@0"}}, "spec.lora.refs", "'sql-bot@0'"),
+        ({"adapters": TWO, "refs": {"sql": "sql-bot@v2"}}, "spec.lora.refs", "'<name>@<version>'"),
+        ({"adapters": TWO, "refs": {"sql": "@3"}}, "spec.lora.refs", "is not a registry ref"),
+        ({"adapters": TWO, "refs": {"sql": "a/b@3"}}, "spec.lora.refs", "is not a registry ref"),
+        ({"adapters": TWO, "refs": {"sql": "x" * 129 + "@3"}}, "spec.lora.refs", "1-128"),
+        ({"adapters": TWO, "refs": {"sql": "sql@3\n"}}, "spec.lora.refs", "not a registry ref"),
+    ],
+)
+def test_traffic_and_refs_rules(lora: dict, path: str, fragment: str) -> None:
+    assert_issue(errors_of(manifest(lora=lora)), path, fragment)
+
+
+def test_traffic_rules_hold_for_the_model_itself() -> None:
+    """Validation is the model's, not the loader's: code that builds LoraOptions gets the
+    same ValueError naming the adapter."""
+    with pytest.raises(ValidationError, match="adapter 'sql': share 2"):
+        md_mod.LoraOptions(adapters=TWO, traffic={"sql": 2})
+
+
+def test_traffic_check_waits_for_valid_adapters() -> None:
+    """A bad adapter name is reported once, at `adapters`, not again at `traffic`."""
+    with pytest.raises(ManifestError) as info:
+        load(manifest(lora={"adapters": {"a:b": "/x"}, "traffic": {"a:b": 0.5}}))
+    assert [i.path for i in info.value.issues] == ["spec.lora.adapters"]
+
+
+@pytest.mark.parametrize(
+    "traffic",
+    [
+        {"sql": 1.0},
+        {"sql": 1},
+        {"sql": 1e-6},
+        {"sql": 0.3, "law_v1.2": 0.7},
+        {},
+    ],
+)
+def test_valid_traffic(traffic: dict) -> None:
+    (item,) = load(manifest(lora={"adapters": TWO, "traffic": traffic}))
+    assert item.manifest.spec.lora.traffic == traffic  # type: ignore[attr-defined]
+
+
+def test_shares_may_add_up_to_one_with_rounding() -> None:
+    three = {"a": "/a", "b": "/b", "c": "/c"}
+    traffic = {"a": 0.34, "b": 0.56, "c": 0.1}
+    assert sum(traffic.values()) > 1  # 1.0000000000000002 in binary floating point
+    (item,) = load(manifest(lora={"adapters": three, "traffic": traffic}))
+    assert item.manifest.spec.lora.traffic == traffic  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ref", ["sql-bot@1", "a@12", "Law_v1.2@3", "x" * 128 + "@1"])
+def test_valid_refs(ref: str) -> None:
+    (item,) = load(manifest(lora={"adapters": TWO, "refs": {"sql": ref}}))
+    assert item.manifest.spec.lora.refs == {"sql": ref}  # type: ignore[attr-defined]
 
 
 # ----------------------------------------------- quantisation x engine x accelerator x LoRA

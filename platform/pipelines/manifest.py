@@ -1,0 +1,241 @@
+"""The ``Pipeline`` manifest kind: data → adapter → approval → canary → service, as steps.
+
+A pipeline is an ordered list of typed steps. ``qingliang pipelines run`` compiles it
+into a durable LangGraph graph (:mod:`qingliang.platform.pipelines.service`), one node
+per step, each run as a Ray task:
+
+``govern``    cut a version of a ``Dataset`` manifest (PII, dedup, quality; see docs/data.md)
+``finetune``  train a ``FineTuneJob`` on that version; registers the adapter ``name@N``
+``evaluate``  score adapter and base on the held-out split; ``thresholds`` gate the rest
+``approval``  wait for a person (``qingliang pipelines approve``); approving marks the
+              adapter ``approved`` in the registry
+``canary``    load the adapter into a deployment and give it ``share`` of its traffic
+``promote``   after an approval (``mode: approval``) or a hold time (``mode: auto``), give
+              the adapter the whole share and unload the version it replaces; a rejection
+              rolls the canary back
+
+Validation is pure and checks the order as a whole (a canary needs an approved adapter,
+so an ``approval`` before it; ``evaluate`` needs a ``finetune`` before it, …). Files named
+by ``dataset`` / ``job`` are read when the run starts.
+
+Example:
+    >>> p = Pipeline.model_validate({
+    ...     "apiVersion": "qingliang.io/v1", "kind": "Pipeline",
+    ...     "metadata": {"name": "gov-desk"},
+    ...     "spec": {"steps": [
+    ...         {"type": "govern", "dataset": "dataset-gov.yaml"},
+    ...         {"type": "finetune", "job": "finetune-gov.yaml"},
+    ...         {"type": "evaluate", "thresholds": {"rouge_l": 0.2}},
+    ...         {"type": "approval"},
+    ...         {"type": "canary", "deployment": "gov-chat", "share": 0.1},
+    ...         {"type": "promote"}]}})
+    >>> [s.name for s in p.spec.steps]
+    ['govern', 'finetune', 'evaluate', 'approval', 'canary', 'promote']
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from qingliang.agents.manifest import Checkpointer
+from qingliang.platform.manifests.model_deployment import Strict, valid_name
+
+STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+METRICS = ("exact_match", "rouge_l", "rules")
+
+
+class Metadata(Strict):
+    name: str = Field(description="Pipeline name: `qingliang pipelines status` lists runs by it.")
+    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
+        Field(default_factory=dict, description="Free labels (team, owner, domain).")
+    )
+    description: str = Field(default="", description="Free text, shown with the runs.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return valid_name(v)
+
+
+class _Step(Strict):
+    name: str = Field(default="", description="Step name, unique in the pipeline (default: type).")
+
+    @field_validator("name")
+    @classmethod
+    def _step_name(cls, v: str) -> str:
+        if v and not STEP_NAME_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a step name: a lower-case letter, then up to 31 letters, "
+                "digits, '_' or '-'"
+            )
+        return v
+
+
+def _manifest_path(v: str) -> str:
+    if not v.strip() or not v.endswith((".yaml", ".yml")):
+        raise ValueError(f"{v!r} is not a manifest file (.yaml / .yml)")
+    return v
+
+
+class GovernStep(_Step):
+    type: Literal["govern"] = Field(description="Cut a dataset version.")
+    dataset: str = Field(
+        description="A Dataset manifest file (relative paths start at the pipeline's folder)."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _manifest_path(v)
+
+
+class FinetuneStep(_Step):
+    type: Literal["finetune"] = Field(description="Train an adapter.")
+    job: str = Field(
+        description="A FineTuneJob manifest file. After a `govern` step the job trains on the "
+        "version that step cut, which must be of the same dataset."
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, description="CPUs for the Ray task (default: the job's)."
+    )
+
+    @field_validator("job")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _manifest_path(v)
+
+
+class EvaluateStep(_Step):
+    type: Literal["evaluate"] = Field(description="Score adapter and base on held-out data.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Minimum adapter score per metric (exact_match, rouge_l, rules); "
+        "a miss stops the pipeline as `gated`.",
+    )
+    beat_base: list[str] = Field(
+        default_factory=list,
+        description="Metrics on which the adapter must score at least the base model.",
+    )
+    max_records: int = Field(default=32, ge=1, le=10_000, description="Held-out records scored.")
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Answer length cap.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        for metric, value in v.items():
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{metric}: threshold must be in [0, 1], got {value}")
+        return v
+
+    @field_validator("beat_base")
+    @classmethod
+    def _beat(cls, v: list[str]) -> list[str]:
+        for metric in v:
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        return v
+
+
+class ApprovalStep(_Step):
+    type: Literal["approval"] = Field(description="Wait for a person to approve or reject.")
+    message: str = Field(default="", description="Shown to the approver.")
+
+
+class CanaryStep(_Step):
+    type: Literal["canary"] = Field(description="Give the adapter a share of a deployment.")
+    deployment: str = Field(description="An applied ModelDeployment with LoRA enabled.")
+    share: float = Field(
+        gt=0,
+        lt=1,
+        description="Share of the deployment's traffic for the new adapter: of the traffic "
+        "the adapter's previous version had, or of the base model's when it had none.",
+    )
+
+    @field_validator("deployment")
+    @classmethod
+    def _dep(cls, v: str) -> str:
+        return valid_name(v)
+
+
+class PromoteStep(_Step):
+    type: Literal["promote"] = Field(description="Make the canary the served version.")
+    mode: Literal["approval", "auto"] = Field(
+        default="approval",
+        description="`approval`: wait for `pipelines approve` (reject rolls back); `auto`: "
+        "promote after `hold_s`.",
+    )
+    hold_s: float = Field(default=0, ge=0, le=7 * 86400, description="auto: seconds to wait.")
+
+
+Step = Annotated[
+    GovernStep | FinetuneStep | EvaluateStep | ApprovalStep | CanaryStep | PromoteStep,
+    Field(discriminator="type"),
+]
+
+
+class PipelineSpec(Strict):
+    steps: list[Step] = Field(min_length=1, description="The steps, run in this order.")
+    checkpointer: Checkpointer = Field(
+        default_factory=Checkpointer,
+        description="Where the run's state is kept: SQLite in the data directory or "
+        "PostgreSQL (`dsn_env`).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("steps"), list):
+            steps = []
+            for s in data["steps"]:
+                if isinstance(s, dict) and not s.get("name") and isinstance(s.get("type"), str):
+                    s = {**s, "name": s["type"]}
+                steps.append(s)
+            data = {**data, "steps": steps}
+        return data
+
+    @model_validator(mode="after")
+    def _order(self) -> PipelineSpec:
+        problems = []
+        seen: dict[str, int] = {}
+        kinds: list[str] = []
+        for i, step in enumerate(self.steps):
+            if step.name in seen:
+                problems.append(f"@steps.{i}.name: {step.name!r} is already step {seen[step.name]}")
+            seen[step.name] = i
+            need = {
+                "evaluate": ("finetune",),
+                "approval": ("finetune",),
+                "canary": ("finetune", "approval"),
+                "promote": ("canary",),
+            }.get(step.type, ())
+            for kind in need:
+                if kind not in kinds:
+                    problems.append(f"@steps.{i}: a {step.type} step needs a {kind} step before it")
+            if step.type == "finetune" and "finetune" in kinds:
+                problems.append(f"@steps.{i}: one finetune step per pipeline")
+            if step.type == "govern" and "finetune" in kinds:
+                problems.append(f"@steps.{i}: govern must come before finetune")
+            if step.type in ("canary", "promote") and step.type in kinds:
+                problems.append(f"@steps.{i}: one {step.type} step per pipeline")
+            kinds.append(step.type)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class Pipeline(Strict):
+    api_version: Literal["qingliang.io/v1"] = Field(
+        alias="apiVersion", description="Always qingliang.io/v1."
+    )
+    kind: Literal["Pipeline"] = Field(description="Always Pipeline.")
+    metadata: Metadata = Field(description="Name, labels and description.")
+    spec: PipelineSpec = Field(description="The steps and where run state is kept.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

@@ -1,0 +1,247 @@
+"""Pipeline runs and their event logs, in SQLite under the data directory.
+
+The LangGraph checkpointer holds each run's *state* (which steps finished, their
+outputs); this store holds what people look at: the run's status, the step it is on,
+what it waits for, and an append-only event log (step started / progress / finished /
+failed, approvals). One process drives a run at a time: :meth:`RunStore.lock` takes an
+``flock`` on the run's lock file, which the kernel releases when the driver dies, so a
+run whose status says ``running`` but whose lock is free was interrupted.
+
+Statuses::
+
+    queued -> running -> waiting (an approval) -> running -> succeeded
+                      \\-> failed | gated (an evaluation threshold missed)
+                      \\-> rejected (approval refused) | rolled_back (canary refused)
+    running, lock free -> interrupted (shown so; `pipelines resume` continues it)
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qingliang.platform.errors import Conflict, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, manifest TEXT NOT NULL,
+    base_dir TEXT NOT NULL, status TEXT NOT NULL, step TEXT, waiting TEXT,
+    error TEXT, outputs TEXT NOT NULL DEFAULT '{}', actor TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS pipeline_runs_by_name ON pipeline_runs (pipeline, created);
+CREATE TABLE IF NOT EXISTS pipeline_events (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, step TEXT,
+    kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
+"""
+FINAL = ("succeeded", "failed", "gated", "rejected", "rolled_back")
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    pipeline: str
+    manifest: dict[str, Any]
+    base_dir: str
+    status: str
+    step: str | None
+    waiting: dict[str, Any] | None
+    error: str | None
+    outputs: dict[str, Any]
+    actor: str
+    created: float
+    updated: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "status": self.status,
+            "step": self.step,
+            "waiting": self.waiting,
+            "error": self.error,
+            "outputs": self.outputs,
+            "actor": self.actor,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    at: float
+    step: str | None
+    kind: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.data, "seq": self.seq, "at": self.at, "step": self.step, "kind": self.kind}
+
+
+class RunStore:
+    """Runs and events in ``<root>/runs.sqlite``; lock files in ``<root>/locks``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "locks").mkdir(exist_ok=True)
+        self.path = self.root / "runs.sqlite"
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    def create(self, run_id: str, pipeline: str, manifest: dict, base_dir: str, actor: str) -> Run:
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO pipeline_runs (id, pipeline, manifest, base_dir, status, actor, "
+                "created, updated) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (run_id, pipeline, json.dumps(manifest), base_dir, actor, now, now),
+            )
+        self.event(run_id, None, "created", {"actor": actor})
+        return self.get(run_id)
+
+    def get(self, run_id: str) -> Run:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM pipeline_runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                ids = [r[0] for r in db.execute("SELECT id FROM pipeline_runs")]
+        if row is None:
+            import difflib
+
+            hint = difflib.get_close_matches(run_id, ids, n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise NotFound(f"no pipeline run {run_id!r}{more}", param="run")
+        run = _run(row)
+        if run.status in ("running", "queued") and not self.locked(run_id):
+            run = _replace_status(run, "interrupted")
+        return run
+
+    def list(self, pipeline: str | None = None, limit: int = 50) -> builtins.list[Run]:
+        q = "SELECT * FROM pipeline_runs"
+        args: tuple = ()
+        if pipeline:
+            q += " WHERE pipeline = ?"
+            args = (pipeline,)
+        with self._db() as db:
+            rows = db.execute(q + " ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
+        out = []
+        for row in rows:
+            run = _run(row)
+            if run.status in ("running", "queued") and not self.locked(run.id):
+                run = _replace_status(run, "interrupted")
+            out.append(run)
+        return out
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        allowed = {"status", "step", "waiting", "error", "outputs"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"cannot update {bad}")
+        values = {
+            k: (json.dumps(v) if k in ("waiting", "outputs") else v) for k, v in fields.items()
+        }
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._db() as db:
+            db.execute(
+                f"UPDATE pipeline_runs SET {sets}, updated = ? WHERE id = ?",
+                (*values.values(), time.time(), run_id),
+            )
+
+    def event(self, run_id: str, step: str | None, kind: str, data: dict[str, Any]) -> int:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            (seq,) = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM pipeline_events WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO pipeline_events VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, seq, time.time(), step, kind, json.dumps(data, default=str)),
+            )
+            db.execute("COMMIT")
+        return int(seq)
+
+    def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> builtins.list[Event]:
+        self.get(run_id)
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT seq, at, step, kind, data FROM pipeline_events WHERE run_id = ? "
+                "AND seq > ? ORDER BY seq LIMIT ?",
+                (run_id, after, limit),
+            ).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def locked(self, run_id: str) -> bool:
+        """Whether some process is driving the run now."""
+        path = self.root / "locks" / f"{run_id}.lock"
+        if not path.exists():
+            return False
+        with path.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    @contextlib.contextmanager
+    def lock(self, run_id: str) -> Iterator[None]:
+        """Hold the run's driver lock (Conflict if another process drives it)."""
+        path = self.root / "locks" / f"{run_id}.lock"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(
+                    f"pipeline run {run_id} is being driven by another process; "
+                    "see `qingliang pipelines status`",
+                    param="run",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            yield
+        finally:
+            os.close(fd)
+
+
+def _run(row: tuple) -> Run:
+    return Run(
+        id=row[0],
+        pipeline=row[1],
+        manifest=json.loads(row[2]),
+        base_dir=row[3],
+        status=row[4],
+        step=row[5],
+        waiting=json.loads(row[6]) if row[6] else None,
+        error=row[7],
+        outputs=json.loads(row[8] or "{}"),
+        actor=row[9],
+        created=row[10],
+        updated=row[11],
+    )
+
+
+def _replace_status(run: Run, status: str) -> Run:
+    import dataclasses
+
+    return dataclasses.replace(run, status=status)

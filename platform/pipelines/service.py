@@ -1,0 +1,470 @@
+"""Pipelines as durable LangGraph graphs: start, drive, approve, inspect.
+
+:meth:`PipelineService.start` records a run of a ``Pipeline`` manifest;
+:meth:`PipelineService.drive` compiles the manifest into a LangGraph ``StateGraph`` (one
+node per step, in order, ending early on a gate, a rejection or a rollback) with a
+checkpointer, and streams it. Every node runs its step as a Ray task through the
+:class:`~qingliang.platform.executor.Executor` it was given and streams the step's events
+into the run's log. LangGraph checkpoints after every node (``durability="sync"``), so:
+
+* a driver killed mid-step (``kill -9``) leaves the run ``interrupted``; ``drive`` again
+  (``qingliang pipelines resume``) re-runs only the unfinished step, which is idempotent
+  (fine-tuning continues from its last training checkpoint);
+* a step that failed leaves the earlier steps' artifacts and outputs as they were; after
+  the cause is fixed, ``drive`` retries that step;
+* approval steps are LangGraph interrupts: the run waits, with no process, until
+  :meth:`approve` resumes it with the decision.
+
+Example:
+    >>> svc = PipelineService(home, executor=RayExecutor(settings))  # doctest: +SKIP
+    >>> run = svc.start(pipeline, base_dir=Path("deploy/examples"), actor="alice")
+    >>> svc.drive(run.id).status  # doctest: +SKIP
+    'waiting'
+    >>> svc.approve(run.id, approve=True, by="bob", reason="metrics ok").status  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import operator
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from qingliang.platform.errors import BadRequest, Conflict, QingliangError, ResolveError
+from qingliang.platform.executor import Executor, Resources, run_to_result
+from qingliang.platform.pipelines.manifest import (
+    ApprovalStep,
+    CanaryStep,
+    EvaluateStep,
+    FinetuneStep,
+    GovernStep,
+    Pipeline,
+    PromoteStep,
+)
+from qingliang.platform.pipelines.runs import FINAL, Run, RunStore
+
+logger = logging.getLogger(__name__)
+
+PIPELINES_DIR = "pipelines"
+CHECKPOINTS = "checkpoints.sqlite"
+
+
+def _merge(a: dict | None, b: dict | None) -> dict:
+    return {**(a or {}), **(b or {})}
+
+
+class State(TypedDict, total=False):
+    outputs: Annotated[dict[str, Any], _merge]
+    outcome: Annotated[str, operator.add]
+
+
+def new_run_id() -> str:
+    """Time-ordered: ``pl-<ms since epoch, base 36>-<random>``."""
+    ms = int(time.time() * 1000)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while ms:
+        ms, r = divmod(ms, 36)
+        out = digits[r] + out
+    return f"pl-{out}-{secrets.token_hex(3)}"
+
+
+class PipelineService:
+    """Runs pipelines of one data directory.
+
+    Args:
+        home: the data directory (datasets, registry, adapters, pipeline runs).
+        executor: where steps run (``RayExecutor`` in production).
+    """
+
+    def __init__(self, home: Path, executor: Executor) -> None:
+        self.home = Path(home)
+        self.executor = executor
+        self.root = self.home / PIPELINES_DIR
+        self.runs = RunStore(self.root)
+
+    # -- runs -------------------------------------------------------------------------
+    def start(self, pipeline: Pipeline, *, base_dir: Path, actor: str) -> Run:
+        """Record a new run (status ``queued``); files it names are checked now."""
+        base = Path(base_dir).resolve()
+        for step in pipeline.spec.steps:
+            for attr in ("dataset", "job"):
+                value = getattr(step, attr, None)
+                if value is not None and not (base / value).is_file():
+                    raise ResolveError(
+                        f"pipeline {pipeline.name}: step {step.name!r}: {attr} file "
+                        f"{base / value} does not exist"
+                    )
+        manifest = pipeline.model_dump(mode="json", by_alias=True)
+        return self.runs.create(new_run_id(), pipeline.name, manifest, str(base), actor)
+
+    def get(self, run_id: str) -> Run:
+        return self.runs.get(run_id)
+
+    def list(self, pipeline: str | None = None, limit: int = 50) -> builtins.list[Run]:
+        return self.runs.list(pipeline, limit)
+
+    def approve(self, run_id: str, *, approve: bool, by: str, reason: str = "") -> Run:
+        """Answer the approval the run waits for, then drive it on."""
+        run = self.runs.get(run_id)
+        if run.status != "waiting" or not run.waiting:
+            raise Conflict(
+                f"pipeline run {run_id} is {run.status}, not waiting for an approval",
+                param="run",
+            )
+        decision = {"approve": bool(approve), "by": by, "reason": reason}
+        self.runs.event(run_id, run.step, "decision", decision)
+        return self.drive(run_id, decision=decision)
+
+    # -- driving ----------------------------------------------------------------------
+    def drive(self, run_id: str, *, decision: dict[str, Any] | None = None) -> Run:
+        """Run (or resume) until the end, a failure or an approval; return the run."""
+        with self.runs.lock(run_id):
+            run = self.runs.get(run_id)
+            if run.status in FINAL and run.status != "failed":
+                return run
+            if run.status == "waiting" and decision is None:
+                return run
+            pipeline = Pipeline.model_validate(run.manifest)
+            with self._checkpointer(pipeline) as saver:
+                graph = self._compile(pipeline, run, saver)
+                config: dict[str, Any] = {"configurable": {"thread_id": run_id}}
+                snapshot = graph.get_state(config)
+                if decision is not None:
+                    from langgraph.types import Command
+
+                    inp: Any = Command(resume=decision)
+                elif snapshot.next:
+                    inp = None  # resume after a crash or a failed step
+                    self.runs.event(run_id, snapshot.next[0], "resumed", {})
+                else:
+                    inp = {"outputs": {}, "outcome": ""}
+                self.runs.update(run_id, status="running", waiting=None, error=None)
+                try:
+                    for _ in graph.stream(inp, config, stream_mode="updates", durability="sync"):
+                        pass
+                except QingliangError as exc:
+                    step = self.runs.get(run_id).step
+                    self.runs.event(run_id, step, "failed", {"error": str(exc)})
+                    self.runs.update(run_id, status="failed", error=str(exc))
+                    return self.runs.get(run_id)
+                except Exception as exc:
+                    logger.exception("pipeline run %s failed", run_id)
+                    step = self.runs.get(run_id).step
+                    message = f"{type(exc).__name__}: {exc}"
+                    self.runs.event(run_id, step, "failed", {"error": message})
+                    self.runs.update(run_id, status="failed", error=message)
+                    return self.runs.get(run_id)
+                snapshot = graph.get_state(config)
+                values = snapshot.values or {}
+                self.runs.update(run_id, outputs=values.get("outputs") or {})
+                interrupts = [i for t in snapshot.tasks for i in t.interrupts]
+                if interrupts:
+                    waiting = dict(interrupts[0].value)
+                    self.runs.update(run_id, status="waiting", waiting=waiting)
+                    self.runs.event(run_id, waiting.get("step"), "waiting", waiting)
+                else:
+                    status = values.get("outcome") or "succeeded"
+                    self.runs.update(run_id, status=status, step=None)
+                    self.runs.event(run_id, None, status, {})
+            return self.runs.get(run_id)
+
+    @contextlib.contextmanager
+    def _checkpointer(self, pipeline: Pipeline) -> Iterator[Any]:
+        spec = pipeline.spec.checkpointer
+        if spec.kind == "postgres":
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            assert spec.dsn_env is not None
+            dsn = os.environ.get(spec.dsn_env)
+            if not dsn:
+                raise ResolveError(
+                    f"pipeline {pipeline.name}: spec.checkpointer.dsn_env: environment "
+                    f"variable {spec.dsn_env} is not set"
+                )
+            try:
+                with PostgresSaver.from_conn_string(dsn) as saver:
+                    saver.setup()
+                    yield saver
+            except QingliangError:
+                raise
+            except Exception as exc:
+                raise ResolveError(
+                    f"pipeline {pipeline.name}: cannot use the PostgreSQL checkpointer in "
+                    f"{spec.dsn_env}: {type(exc).__name__}"
+                ) from None
+            return
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(self.root / CHECKPOINTS, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            yield SqliteSaver(conn)
+        finally:
+            conn.close()
+
+    def _compile(self, pipeline: Pipeline, run: Run, saver: Any) -> Any:
+        from langgraph.graph import END, START, StateGraph
+
+        graph = StateGraph(State)
+        steps = pipeline.spec.steps
+        for step in steps:
+            graph.add_node(step.name, self._node(step, run))  # type: ignore[call-overload]
+        graph.add_edge(START, steps[0].name)
+        for i, step in enumerate(steps):
+            nxt = steps[i + 1].name if i + 1 < len(steps) else END
+
+            def route(state: State, nxt: str = nxt) -> str:
+                return END if state.get("outcome") else nxt
+
+            graph.add_conditional_edges(step.name, route, [nxt] if nxt == END else [nxt, END])
+        return graph.compile(checkpointer=saver)
+
+    def _node(self, step: Any, run: Run) -> Callable[[State], dict]:
+        def node(state: State) -> dict:
+            outputs = dict(state.get("outputs") or {})
+            self.runs.update(run.id, step=step.name)
+            self.runs.event(run.id, step.name, "started", {"type": step.type})
+            started = time.monotonic()
+            result, outcome = self._run_step(step, run, outputs)
+            self.runs.event(
+                run.id,
+                step.name,
+                "finished",
+                {"seconds": round(time.monotonic() - started, 3), "outcome": outcome or "ok"},
+            )
+            outputs[step.name] = result
+            self.runs.update(run.id, outputs=outputs)
+            return {"outputs": {step.name: result}, "outcome": outcome}
+
+        return node
+
+    def _emit(self, run: Run, step: str) -> Callable[[dict[str, Any]], None]:
+        def emit(event: dict[str, Any]) -> None:
+            data = {k: v for k, v in event.items() if k != "kind"}
+            self.runs.event(run.id, step, str(event.get("kind", "log")), data)
+
+        return emit
+
+    def _exec(self, run: Run, step: str, fn: Any, kwargs: dict, cpus: float = 1.0) -> Any:
+        return run_to_result(
+            self.executor, fn, kwargs, Resources(cpus=cpus), on_event=self._emit(run, step)
+        )
+
+    def _run_step(self, step: Any, run: Run, outputs: dict[str, Any]) -> tuple[Any, str]:
+        from qingliang.platform.pipelines import steps as impl
+
+        home = str(self.home)
+        base = Path(run.base_dir)
+        if isinstance(step, GovernStep):
+            kwargs = {"home": home, "dataset_file": str(base / step.dataset), "actor": run.id}
+            return self._exec(run, step.name, impl.govern_step, kwargs), ""
+        if isinstance(step, FinetuneStep):
+            return self._finetune(step, run, outputs), ""
+        trained = _output_of(outputs, "finetune", run)
+        assert trained is not None
+        if isinstance(step, EvaluateStep):
+            return self._evaluate(step, run, trained)
+        if isinstance(step, ApprovalStep):
+            return self._approval(step, run, trained, outputs)
+        if isinstance(step, CanaryStep):
+            before_key = f"{step.name}:before"
+            stash = self.runs.get(run.id).outputs.get(before_key)
+            kwargs = {
+                "home": home,
+                "deployment": step.deployment,
+                "adapter": trained["adapter"],
+                "adapter_path": trained["adapter_path"],
+                "base_model": trained["base_model"],
+                "share": step.share,
+                "before": stash,
+            }
+            if stash is None:
+                state = impl.deployment_state(impl.controller(home), step.deployment)
+                kwargs["before"] = state["traffic"]
+                self.runs.update(run.id, outputs={**outputs, before_key: state["traffic"]})
+            return self._exec(run, step.name, impl.canary_step, kwargs), ""
+        if isinstance(step, PromoteStep):
+            return self._promote(step, run, trained, outputs)
+        raise BadRequest(f"unknown step type {step.type!r}")
+
+    def _finetune(self, step: FinetuneStep, run: Run, outputs: dict[str, Any]) -> Any:
+        from qingliang.platform.finetune.job import run_job
+        from qingliang.platform.finetune.manifest import FineTuneJob
+        from qingliang.platform.manifests.loader import load_paths
+
+        path = Path(run.base_dir) / step.job
+        items = [i for i in load_paths([path]) if isinstance(i.manifest, FineTuneJob)]
+        if len(items) != 1:
+            raise ResolveError(f"finetune: {path} must hold exactly one FineTuneJob")
+        job = items[0].manifest
+        assert isinstance(job, FineTuneJob)
+        governed = _output_of(outputs, "govern", run, required=False)
+        version = None
+        if governed is not None:
+            if governed["dataset"] != job.spec.data.dataset:
+                raise BadRequest(
+                    f"finetune: job {job.name} trains on dataset {job.spec.data.dataset!r} but "
+                    f"the govern step cut {governed['dataset']!r}",
+                    param="spec.data.dataset",
+                )
+            version = governed["version"]
+        kwargs = {
+            "job": job.model_dump(mode="json", by_alias=True),
+            "home": str(self.home),
+            "base_dir": str(path.resolve().parent),
+            "job_name": self._job_name(f"{run.id}-{step.name}"),
+            "dataset_version": version,
+        }
+        cpus = step.cpus or job.spec.resources.cpus
+        return self._exec(run, step.name, run_job, kwargs, cpus=cpus)
+
+    def _job_name(self, base: str) -> str:
+        """``base``, or ``base-r<n>`` after failed attempts (a failed job stays failed)."""
+        from qingliang.platform.errors import NotFound
+        from qingliang.platform.registry import Registry
+
+        with Registry(home=self.home) as reg:
+            for attempt in range(1, 100):
+                name = base if attempt == 1 else f"{base}-r{attempt}"
+                try:
+                    job = reg.get_job(name)
+                except NotFound:
+                    return name
+                if job.status not in ("failed", "cancelled"):
+                    return name
+        raise Conflict(f"{base}: too many failed attempts")
+
+    def _evaluate(self, step: EvaluateStep, run: Run, trained: dict) -> tuple[Any, str]:
+        from qingliang.platform.finetune.job import run_evaluation
+        from qingliang.platform.finetune.manifest import FineTuneJob
+
+        data_ref = trained["train"][0]
+        dataset, _, version = data_ref.partition("@")
+        manifest = self._job_manifest(run)
+        rules = FineTuneJob.model_validate(manifest).spec.evaluate if manifest else None
+        kwargs = {
+            "home": str(self.home),
+            "adapter": trained["adapter"],
+            "base_model_path": trained["base_model_path"],
+            "dataset": dataset,
+            "version": version,
+            "max_records": step.max_records,
+            "max_new_tokens": step.max_new_tokens,
+            "must_match": list(rules.must_match) if rules else [],
+            "must_not_match": list(rules.must_not_match) if rules else [],
+        }
+        result = self._exec(run, step.name, run_evaluation, kwargs)
+        metrics = result["metrics"]
+        failures = []
+        for metric, minimum in step.thresholds.items():
+            got = (metrics.get(metric) or {}).get("adapter")
+            if got is None:
+                failures.append(f"{metric}: not measured (no rules configured?)")
+            elif got < minimum:
+                failures.append(f"{metric} {got:.3f} < threshold {minimum:.3f}")
+        for metric in step.beat_base:
+            pair = metrics.get(metric) or {}
+            if pair.get("adapter", 0) < pair.get("base", 0):
+                failures.append(
+                    f"{metric}: adapter {pair.get('adapter')} < base {pair.get('base')}"
+                )
+        result = {**result, "passed": not failures, "failures": failures}
+        if failures:
+            self.runs.event(run.id, step.name, "gate", {"failures": failures})
+        return result, "" if not failures else "gated"
+
+    def _job_manifest(self, run: Run) -> dict | None:
+        from qingliang.platform.finetune.manifest import FineTuneJob
+        from qingliang.platform.manifests.loader import load_paths
+
+        pipeline = Pipeline.model_validate(run.manifest)
+        for s in pipeline.spec.steps:
+            if isinstance(s, FinetuneStep):
+                for item in load_paths([Path(run.base_dir) / s.job]):
+                    if isinstance(item.manifest, FineTuneJob):
+                        return item.manifest.model_dump(mode="json", by_alias=True)
+        return None
+
+    def _approval(
+        self, step: ApprovalStep, run: Run, trained: dict, outputs: dict
+    ) -> tuple[Any, str]:
+        from langgraph.types import interrupt
+
+        from qingliang.platform.registry import Registry
+
+        evaluation = _output_of(outputs, "evaluate", run, required=False)
+        decision = interrupt(
+            {
+                "step": step.name,
+                "kind": "approval",
+                "message": step.message or f"approve {trained['adapter']} for serving?",
+                "adapter": trained["adapter"],
+                "metrics": (evaluation or {}).get("metrics"),
+            }
+        )
+        approve, by, reason = _decision(decision)
+        with Registry(home=self.home) as reg:
+            status = reg.get_adapter(trained["adapter"]).status
+            if approve and status in ("registered", "evaluated"):
+                if status == "registered":
+                    reg.set_status(trained["adapter"], "evaluated", "approved without evaluation")
+                reg.set_status(trained["adapter"], "approved", f"{by}: {reason}".strip(": "))
+            elif not approve and status in ("registered", "evaluated"):
+                reg.set_status(trained["adapter"], "retired", f"rejected by {by}: {reason}")
+        result = {"approved": approve, "by": by, "reason": reason}
+        return result, "" if approve else "rejected"
+
+    def _promote(
+        self, step: PromoteStep, run: Run, trained: dict, outputs: dict
+    ) -> tuple[Any, str]:
+        from langgraph.types import interrupt
+
+        from qingliang.platform.pipelines import steps as impl
+
+        canary = _output_of(outputs, "canary", run)
+        assert canary is not None
+        common = {"home": str(self.home), "canary": canary, "base_model": trained["base_model"]}
+        if step.mode == "approval":
+            decision = interrupt(
+                {
+                    "step": step.name,
+                    "kind": "promote",
+                    "message": f"promote {trained['adapter']} on {canary['deployment']} "
+                    f"(canary share {canary['traffic'][canary['loaded_as']]:.0%})? "
+                    "Reject rolls the canary back.",
+                    "adapter": trained["adapter"],
+                }
+            )
+            approve, by, reason = _decision(decision)
+            if not approve:
+                kwargs = {**common, "reason": f"{by}: {reason}"}
+                return self._exec(run, step.name, impl.rollback_step, kwargs), "rolled_back"
+            return self._exec(run, step.name, impl.promote_step, common), ""
+        return self._exec(run, step.name, impl.promote_step, {**common, "hold_s": step.hold_s}), ""
+
+
+def _decision(value: Any) -> tuple[bool, str, str]:
+    if not isinstance(value, dict) or not isinstance(value.get("approve"), bool):
+        raise BadRequest("an approval needs {'approve': true|false, 'by': ..., 'reason': ...}")
+    return value["approve"], str(value.get("by") or "unknown"), str(value.get("reason") or "")
+
+
+def _output_of(
+    outputs: dict[str, Any], kind: str, run: Run, *, required: bool = True
+) -> dict[str, Any] | None:
+    """The output of the run's step of type ``kind`` (None if it has not run)."""
+    pipeline = Pipeline.model_validate(run.manifest)
+    for s in pipeline.spec.steps:
+        if s.type == kind and isinstance(outputs.get(s.name), dict):
+            return dict(outputs[s.name])
+    if required:
+        raise BadRequest(f"pipeline {pipeline.name}: no output of a {kind} step yet")
+    return None

@@ -1,0 +1,230 @@
+"""The pipeline steps that are not fine-tuning: govern, canary, promote and roll back.
+
+Each is a step function (``fn(emit, **kwargs) -> JSON``, see
+:mod:`qingliang.platform.executor`) run as a Ray task, and each is idempotent: running it
+again after a crash gives the same result and changes nothing twice. ``govern`` because
+a dataset cut is content-addressed (same sources, same version); ``canary``, ``promote``
+and ``rollback`` because they compute the deployment's target adapters and traffic from
+what the step recorded at its start and set them (a no-op when already set).
+
+Adapters are loaded into a deployment as ``<adapter>-v<N>`` (the registry's
+``<adapter>@<N>``), with ``spec.lora.refs`` mapping the one to the other, so every
+answer carries the registry ref of the adapter that produced it (header
+``X-Qingliang-Adapter-Ref``), and ``qingliang lineage`` walks from it to the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qingliang.platform.errors import BadRequest, NotFound, ResolveError
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def deployment_adapter_name(ref: str) -> str:
+    """``hotline@3`` → ``hotline-v3``: the name a deployment loads the adapter under."""
+    name, _, version = ref.partition("@")
+    return f"{name}-v{version}"
+
+
+def govern_step(emit: Emit, *, home: str, dataset_file: str, actor: str) -> dict[str, Any]:
+    """Cut a version of the Dataset manifest in ``dataset_file`` and register it."""
+    from qingliang.platform.data.manifest import Dataset
+    from qingliang.platform.data.store import DatasetStore
+    from qingliang.platform.manifests.loader import load_paths
+    from qingliang.platform.registry import Registry, record_dataset_version
+
+    path = Path(dataset_file)
+    if not path.is_file():
+        raise ResolveError(f"govern: dataset manifest {path} does not exist")
+    items = [i for i in load_paths([path]) if isinstance(i.manifest, Dataset)]
+    if len(items) != 1:
+        raise ResolveError(f"govern: {path} must hold exactly one Dataset, found {len(items)}")
+    dataset = items[0].manifest
+    assert isinstance(dataset, Dataset)
+    store = DatasetStore.for_home(Path(home))
+    emit({"kind": "log", "message": f"cutting dataset {dataset.name} from {path}"})
+    v = store.cut(dataset, path.resolve().parent, actor=actor)
+    with Registry(home=Path(home)) as reg:
+        ref = record_dataset_version(reg, v).ref
+    result = {
+        "dataset": v.name,
+        "version": v.version,
+        "ref": ref,
+        "records": v.records,
+        "train": v.train,
+        "eval": v.eval,
+        "quarantined": v.quarantined,
+    }
+    emit(
+        {
+            "kind": "log",
+            "message": f"{ref}: {v.train} train / {v.eval} eval records, "
+            f"{v.quarantined} quarantined",
+        }
+    )
+    return result
+
+
+def controller(home: str) -> Any:
+    """The control plane of ``home`` (Ray Serve's REST API of its running cluster)."""
+    from qingliang.platform.cluster import settings_for
+    from qingliang.platform.control import Controller
+
+    return Controller(settings_for(Path(home)))
+
+
+def deployment_state(ctl: Any, name: str) -> dict[str, Any]:
+    from qingliang.platform.control import MODEL_KIND
+
+    row = ctl.store.get(MODEL_KIND, name)
+    if row is None:
+        raise NotFound(f"canary: no ModelDeployment named {name!r} is applied", param="deployment")
+    lora = (row.body.get("spec") or {}).get("lora") or {}
+    return {
+        "adapters": dict(lora.get("adapters") or {}),
+        "traffic": dict(lora.get("traffic") or {}),
+        "refs": dict(lora.get("refs") or {}),
+    }
+
+
+def _record_serving(home: str, deployment: str, base_model: str, traffic: dict, refs: dict) -> None:
+    """Tell the registry what ``deployment`` serves now (adapters with a registry ref)."""
+    from qingliang.platform.registry import Registry
+
+    shares = {refs[a]: s for a, s in traffic.items() if a in refs}
+    with Registry(home=Path(home)) as reg:
+        reg.set_serving(deployment, model=base_model, adapters=shares)
+
+
+def _apply_traffic(ctl: Any, deployment: str, traffic: dict[str, float]) -> None:
+    current = deployment_state(ctl, deployment)["traffic"]
+    if current != traffic:
+        ctl.set_traffic(deployment, traffic)
+
+
+def canary_step(
+    emit: Emit,
+    *,
+    home: str,
+    deployment: str,
+    adapter: str,
+    adapter_path: str,
+    base_model: str,
+    share: float,
+    before: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Load ``adapter`` (``name@N``) into ``deployment`` and give it ``share`` of the
+    traffic its earlier versions had (or of the base model's when none is served).
+
+    ``before`` is the deployment's traffic when the step first ran (the pipeline passes
+    it on retries, so the split is computed from the same starting point).
+
+    Returns ``{"deployment", "adapter", "loaded_as", "before", "traffic"}``.
+    """
+    ctl = controller(home)
+    state = deployment_state(ctl, deployment)
+    start = dict(before if before is not None else state["traffic"])
+    loaded_as = deployment_adapter_name(adapter)
+    name = adapter.partition("@")[0]
+    previous = {a: s for a, s in start.items() if a.startswith(f"{name}-v") and a != loaded_as}
+    if previous:
+        held = sum(previous.values())
+        traffic = {a: s for a, s in start.items() if a not in previous}
+        traffic.update({a: s * (1 - share) for a, s in previous.items()})
+        traffic[loaded_as] = held * share
+    else:
+        room = 1.0 - sum(start.values())
+        if room <= 1e-9:
+            raise BadRequest(
+                f"canary: {deployment} gives all its traffic to other adapters "
+                f"({', '.join(sorted(start))}); no base-model share to split",
+                param="deployment",
+            )
+        traffic = {**start, loaded_as: min(share, room)}
+    if state["adapters"].get(loaded_as) != adapter_path or state["refs"].get(loaded_as) != adapter:
+        emit({"kind": "log", "message": f"loading {adapter} into {deployment} as {loaded_as}"})
+        ctl.set_adapter(deployment, loaded_as, adapter_path, ref=adapter)
+    _apply_traffic(ctl, deployment, traffic)
+    refs = {**state["refs"], loaded_as: adapter}
+    _record_serving(home, deployment, base_model, traffic, refs)
+    emit(
+        {
+            "kind": "log",
+            "message": f"{deployment}: {loaded_as} takes {traffic[loaded_as]:.1%} of the traffic",
+        }
+    )
+    return {
+        "deployment": deployment,
+        "adapter": adapter,
+        "loaded_as": loaded_as,
+        "before": start,
+        "traffic": traffic,
+    }
+
+
+def promote_step(
+    emit: Emit, *, home: str, canary: dict[str, Any], base_model: str, hold_s: float = 0
+) -> dict[str, Any]:
+    """Give the canary the whole share its adapter name had; unload the versions it replaces."""
+    from qingliang.platform.registry import Registry
+
+    if hold_s > 0:
+        emit({"kind": "log", "message": f"holding the canary for {hold_s:g} s"})
+        time.sleep(hold_s)
+    deployment, loaded_as = canary["deployment"], canary["loaded_as"]
+    ctl = controller(home)
+    state = deployment_state(ctl, deployment)
+    name = canary["adapter"].partition("@")[0]
+    before = dict(canary["before"])
+    replaced = [a for a in before if a.startswith(f"{name}-v") and a != loaded_as]
+    traffic = {a: s for a, s in before.items() if a not in replaced}
+    traffic[loaded_as] = (
+        sum(before[a] for a in replaced) if replaced else 1.0 - sum(traffic.values())
+    )
+    _apply_traffic(ctl, deployment, traffic)
+    _record_serving(
+        home, deployment, base_model, traffic, {**state["refs"], loaded_as: canary["adapter"]}
+    )
+    retired = []
+    with Registry(home=Path(home)) as reg:
+        for a in replaced:
+            ref = state["refs"].get(a)
+            if ref and reg.get_adapter(ref).status == "approved":
+                reg.set_status(ref, "retired", f"replaced by {canary['adapter']}")
+                retired.append(ref)
+    for a in replaced:
+        if a in deployment_state(ctl, deployment)["adapters"]:
+            ctl.set_adapter(deployment, a, None)
+    emit(
+        {"kind": "log", "message": f"{deployment}: {loaded_as} promoted ({traffic[loaded_as]:.0%})"}
+    )
+    return {"deployment": deployment, "traffic": traffic, "unloaded": replaced, "retired": retired}
+
+
+def rollback_step(
+    emit: Emit, *, home: str, canary: dict[str, Any], base_model: str, reason: str
+) -> dict[str, Any]:
+    """Put the deployment's traffic back as it was and unload the canary adapter."""
+    from qingliang.platform.registry import Registry
+
+    deployment, loaded_as = canary["deployment"], canary["loaded_as"]
+    ctl = controller(home)
+    state = deployment_state(ctl, deployment)
+    before = {a: s for a, s in canary["before"].items() if a in state["adapters"]}
+    _apply_traffic(ctl, deployment, before)
+    _record_serving(home, deployment, base_model, before, state["refs"])
+    if loaded_as in state["adapters"]:
+        ctl.set_adapter(deployment, loaded_as, None)
+    with Registry(home=Path(home)) as reg:
+        if reg.get_adapter(canary["adapter"]).status == "approved":
+            reg.set_status(canary["adapter"], "retired", f"canary rolled back: {reason}")
+    emit({"kind": "log", "message": f"{deployment}: canary {loaded_as} rolled back"})
+    return {"deployment": deployment, "traffic": before, "unloaded": [loaded_as]}
