@@ -439,9 +439,17 @@ class AgentService:
         if final is not None:
             values = dict(final)
         else:
-            graph = await self._graph(gdef)
-            snap = await graph.aget_state(cfg)
-            values, interrupts = dict(snap.values or {}), snap.interrupts
+            try:
+                graph = await self._graph(gdef)
+                snap = await graph.aget_state(cfg)
+                values, interrupts = dict(snap.values or {}), snap.interrupts
+            except Exception:
+                if status == "done":
+                    raise
+                # The run already failed or stopped, often for this very reason (a
+                # checkpointer that cannot be opened): report that, not a second failure.
+                log.warning("run %s: its state cannot be read (%s)", run_id, reason)
+                values = {}
         tokens = int(values.get("tokens") or 0)
         pending = None
         if status == "done" and interrupts:

@@ -280,4 +280,6 @@ async def test_a_run_on_an_unset_dsn_fails_and_says_which_variable(tmp_path, mon
         run_id, events = await run(svc, {"input": "x"})
         failed = svc.get(run_id, "city-a")
         assert failed.status == "failed" and f"{DSN_ENV} is not set" in failed.reason
+        # The cause itself, not a second failure to read the state it never wrote.
+        assert failed.reason.startswith("ResolveError: "), failed.reason
         assert events[-1]["status"] == "failed"
