@@ -235,6 +235,21 @@ def approve(
         _fail(exc)
 
 
+@pipelines_app.command("cancel")
+def cancel(
+    run_id: str = typer.Argument(..., help="Run id (pl-…)."),
+    reason: str = typer.Option("", "--reason", help="Why; kept in the log."),
+    by: str = typer.Option(None, "--by", help="Who cancels (default: your user name)."),
+    inline: bool = InlineOpt,
+) -> None:
+    """End a waiting, interrupted or failed run (a live canary is rolled back first)."""
+    try:
+        run = _service(inline).cancel(run_id, by=by or _actor(), reason=reason)
+        _out(f"run {run.id}: {run.status} ({run.error})")
+    except QingliangError as exc:
+        _fail(exc)
+
+
 def _when(t: float) -> str:
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 

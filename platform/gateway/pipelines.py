@@ -10,6 +10,8 @@ changes what every tenant is served)::
     GET  /v1/pipelines/{run}/events?after=  its event log after sequence number ``after``
     POST /v1/pipelines/{run}/approve        {"approve": true|false, "reason": "..."} → 202
     POST /v1/pipelines/{run}/resume         continue an interrupted or failed run → 202
+    POST /v1/pipelines/{run}/cancel         {"reason": "..."} end a waiting, interrupted or
+                                            failed run (a live canary is rolled back) → 200
 
 Runs are driven in a background thread of the gateway replica, with each step a Ray
 task; a replica that dies leaves its runs ``interrupted`` and ``resume`` (here or
@@ -145,6 +147,22 @@ def add_pipeline_routes(app: FastAPI, service: Any | None) -> None:
             raise Conflict(f"pipeline run {run_id} is {run.status}, not waiting for an approval")
         _background(service.approve, run_id, approve=body["approve"], by=actor, reason=reason)
         return JSONResponse(run_json(run), status_code=202)
+
+    @app.post("/v1/pipelines/{run_id}/cancel")
+    async def cancel(request: Request, run_id: str) -> dict:
+        import asyncio
+
+        actor = operator(request)
+        assert service is not None
+        body = await read_json_object(request)
+        unknown = set(body) - {"reason"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise BadRequest("`reason` must be a string", param="reason")
+        run = await asyncio.to_thread(service.cancel, run_id, by=actor, reason=reason)
+        return run_json(run)
 
     @app.post("/v1/pipelines/{run_id}/resume")
     async def resume(request: Request, run_id: str) -> Response:

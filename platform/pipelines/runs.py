@@ -12,6 +12,8 @@ Statuses::
     queued -> running -> waiting (an approval) -> running -> succeeded
                       \\-> failed | gated (an evaluation threshold missed)
                       \\-> rejected (approval refused) | rolled_back (canary refused)
+    waiting | interrupted | failed -> cancelled (`pipelines cancel`; a live canary is
+                                      rolled back first)
     running, lock free -> interrupted (shown so; `pipelines resume` continues it)
 """
 
@@ -42,7 +44,7 @@ CREATE TABLE IF NOT EXISTS pipeline_events (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, step TEXT,
     kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
 """
-FINAL = ("succeeded", "failed", "gated", "rejected", "rolled_back")
+FINAL = ("succeeded", "failed", "gated", "rejected", "rolled_back", "cancelled")
 
 
 @dataclass(frozen=True)

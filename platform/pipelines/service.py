@@ -123,6 +123,46 @@ class PipelineService:
         self.runs.event(run_id, run.step, "decision", decision)
         return self.drive(run_id, decision=decision)
 
+    def cancel(self, run_id: str, *, by: str, reason: str = "") -> Run:
+        """End a run that is not being driven: waiting, interrupted or failed.
+
+        A canary the run put in place is rolled back first (the deployment serves what it
+        served before); a fine-tune job it left running is marked cancelled.
+        """
+        from qingliang.platform.pipelines import steps as impl
+        from qingliang.platform.registry import Registry
+
+        with self.runs.lock(run_id):
+            run = self.runs.get(run_id)
+            if run.status not in ("queued", "waiting", "interrupted", "failed"):
+                raise Conflict(
+                    f"pipeline run {run_id} is {run.status}; only waiting, interrupted or "
+                    "failed runs can be cancelled",
+                    param="run",
+                )
+            why = f"cancelled by {by}" + (f": {reason}" if reason else "")
+            self.runs.event(run_id, run.step, "cancel", {"by": by, "reason": reason})
+            outputs = run.outputs
+            canary = _output_of(outputs, "canary", run, required=False)
+            promoted = _output_of(outputs, "promote", run, required=False)
+            if canary is not None and promoted is None:
+                trained = _output_of(outputs, "finetune", run)
+                assert trained is not None
+                kwargs = {
+                    "home": str(self.home),
+                    "canary": canary,
+                    "base_model": trained["base_model"],
+                    "reason": why,
+                }
+                self._exec(run, "cancel", impl.rollback_step, kwargs)
+            with Registry(home=self.home) as reg:
+                for job in reg.list_jobs():
+                    if job.name.startswith(f"{run_id}-") and job.status in ("pending", "running"):
+                        reg.set_job_status(job.name, "cancelled", error=why)
+            self.runs.update(run_id, status="cancelled", waiting=None, error=why)
+            self.runs.event(run_id, None, "cancelled", {"by": by, "reason": reason})
+            return self.runs.get(run_id)
+
     # -- driving ----------------------------------------------------------------------
     def drive(self, run_id: str, *, decision: dict[str, Any] | None = None) -> Run:
         """Run (or resume) until the end, a failure or an approval; return the run."""

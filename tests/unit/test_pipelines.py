@@ -577,6 +577,10 @@ def test_api_starts_watches_and_approves_a_run(tmp_path: Path, tiny: Path) -> No
         r = client.post(f"/v1/pipelines/{run_id}/approve", json={"approve": True}, headers=auth)
         assert r.status_code == 409
         assert client.get("/v1/pipelines/pl-nope", headers=auth).status_code == 404
+        r = client.post(f"/v1/pipelines/{run_id}/cancel", json={"why": 1}, headers=auth)
+        assert r.status_code == 400
+        r = client.post(f"/v1/pipelines/{run_id}/cancel", json={}, headers=auth)
+        assert r.status_code == 409 and "is succeeded" in r.json()["error"]["message"]
 
 
 def test_apply_points_runs_to_their_commands(tmp_path: Path, tiny: Path) -> None:
@@ -616,3 +620,42 @@ def test_steps_reach_the_dashboard_of_the_platform_running_on_their_home(tmp_pat
         28080,
         26380,
     )
+
+
+def test_cancel_rolls_back_a_live_canary_and_closes_the_run(
+    tmp_path: Path, tiny: Path, served: Any
+) -> None:
+    path = write_project(tmp_path / "proj", tiny)
+    path.write_text(
+        path.read_text()
+        + "    - {type: canary, deployment: chat, share: 0.3}\n    - {type: promote}\n"
+    )
+    svc = PipelineService(served.home, InlineExecutor())
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="a").id)
+    run = svc.approve(run.id, approve=True, by="bob")
+    assert lora_of(served.ctl)["traffic"] == {"permits-bot-v1": 0.3}
+    run = svc.cancel(run.id, by="ops", reason="incident 42")
+    assert run.status == "cancelled" and run.error == "cancelled by ops: incident 42"
+    lora = lora_of(served.ctl)
+    assert lora.get("traffic", {}) == {} and lora["adapters"] == {}
+    with Registry(home=served.home) as reg:
+        assert reg.get_adapter("permits-bot@1").status == "retired"
+    assert svc.drive(run.id).status == "cancelled"  # resuming a cancelled run does nothing
+    with pytest.raises(Conflict, match="only waiting, interrupted or failed"):
+        svc.cancel(run.id, by="ops")
+
+
+def test_cancel_a_failed_run_from_the_cli(tmp_path: Path, tiny: Path) -> None:
+    path = write_project(tmp_path / "proj", tiny)
+    (path.parent / "job.yaml").write_text(
+        (path.parent / "job.yaml").read_text().replace(str(tiny), str(tmp_path / "gone"))
+    )
+    env = {"QINGLIANG_HOME": str(tmp_path / "home")}
+    runner = CliRunner()
+    out = runner.invoke(_app(), ["pipelines", "run", "-f", str(path), "--inline"], env=env)
+    assert out.exit_code == 1 and "fix the cause, then: qingliang pipelines resume" in out.output
+    run_id = out.output.split("run ", 1)[1].split()[0]
+    done = runner.invoke(_app(), ["pipelines", "cancel", run_id, "--by", "ops"], env=env)
+    assert done.exit_code == 0 and "cancelled (cancelled by ops)" in done.output
+    again = runner.invoke(_app(), ["pipelines", "cancel", run_id], env=env)
+    assert again.exit_code == 1 and "is cancelled" in again.output
