@@ -309,6 +309,9 @@ def _summary(kind: str, out: dict[str, Any]) -> str:
         m = out.get("metrics") or {}
         parts = [f"{k} {v['adapter']:.3f}" for k, v in m.items() if isinstance(v, dict)]
         return ("passed " if out.get("passed") else "failed ") + ", ".join(parts)
+    if kind == "merge":
+        q = out.get("quantized") or {}
+        return f"{out.get('model')}" + (f" + {q.get('name')}" if q else "")
     if kind == "approval":
         return f"{'approved' if out.get('approved') else 'rejected'} by {out.get('by')}"
     if kind in ("canary", "promote"):

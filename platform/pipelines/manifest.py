@@ -7,6 +7,8 @@ per step, each run as a Ray task:
 ``govern``    cut a version of a ``Dataset`` manifest (PII, dedup, quality; see docs/data.md)
 ``finetune``  train a ``FineTuneJob`` on that version; registers the adapter ``name@N``
 ``evaluate``  score adapter and base on the held-out split; ``thresholds`` gate the rest
+``merge``     merge the adapter into its base (a standalone model, registered as merged from
+              the adapter) and optionally save a 4-bit NF4 copy of it
 ``approval``  wait for a person (``qingliang pipelines approve``); approving marks the
               adapter ``approved`` in the registry
 ``canary``    load the adapter into a deployment and give it ``share`` of its traffic
@@ -141,6 +143,16 @@ class EvaluateStep(_Step):
         return v
 
 
+class MergeStep(_Step):
+    type: Literal["merge"] = Field(description="Merge the adapter into its base model.")
+    quantize: Literal["none", "bnb-nf4"] = Field(
+        default="none",
+        description="`bnb-nf4`: also save a 4-bit NF4 copy (bitsandbytes, double "
+        "quantisation), registered as a quantised artifact; the transformers engine serves "
+        "it (vLLM's CPU build rejects bitsandbytes).",
+    )
+
+
 class ApprovalStep(_Step):
     type: Literal["approval"] = Field(description="Wait for a person to approve or reject.")
     message: str = Field(default="", description="Shown to the approver.")
@@ -173,7 +185,7 @@ class PromoteStep(_Step):
 
 
 Step = Annotated[
-    GovernStep | FinetuneStep | EvaluateStep | ApprovalStep | CanaryStep | PromoteStep,
+    GovernStep | FinetuneStep | EvaluateStep | MergeStep | ApprovalStep | CanaryStep | PromoteStep,
     Field(discriminator="type"),
 ]
 
@@ -209,6 +221,7 @@ class PipelineSpec(Strict):
             seen[step.name] = i
             need = {
                 "evaluate": ("finetune",),
+                "merge": ("finetune",),
                 "approval": ("finetune",),
                 "canary": ("finetune", "approval"),
                 "promote": ("canary",),
@@ -220,7 +233,7 @@ class PipelineSpec(Strict):
                 problems.append(f"@steps.{i}: one finetune step per pipeline")
             if step.type == "govern" and "finetune" in kinds:
                 problems.append(f"@steps.{i}: govern must come before finetune")
-            if step.type in ("canary", "promote") and step.type in kinds:
+            if step.type in ("canary", "promote", "merge") and step.type in kinds:
                 problems.append(f"@steps.{i}: one {step.type} step per pipeline")
             kinds.append(step.type)
         if problems:

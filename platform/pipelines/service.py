@@ -45,6 +45,7 @@ from qingliang.platform.pipelines.manifest import (
     EvaluateStep,
     FinetuneStep,
     GovernStep,
+    MergeStep,
     Pipeline,
     PromoteStep,
 )
@@ -312,6 +313,16 @@ class PipelineService:
         assert trained is not None
         if isinstance(step, EvaluateStep):
             return self._evaluate(step, run, trained)
+        if isinstance(step, MergeStep):
+            kwargs = {
+                "home": home,
+                "adapter": trained["adapter"],
+                "adapter_path": trained["adapter_path"],
+                "base_model": trained["base_model"],
+                "base_model_path": trained["base_model_path"],
+                "quantize": step.quantize,
+            }
+            return self._exec(run, step.name, impl.merge_step, kwargs), ""
         if isinstance(step, ApprovalStep):
             return self._approval(step, run, trained, outputs)
         if isinstance(step, CanaryStep):

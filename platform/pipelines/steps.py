@@ -16,6 +16,8 @@ answer carries the registry ref of the adapter that produced it (header
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +70,121 @@ def govern_step(emit: Emit, *, home: str, dataset_file: str, actor: str) -> dict
             "kind": "log",
             "message": f"{ref}: {v.train} train / {v.eval} eval records, "
             f"{v.quarantined} quarantined",
+        }
+    )
+    return result
+
+
+def _save_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Write a model folder under a temporary name, then rename it into place."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def merge_step(
+    emit: Emit,
+    *,
+    home: str,
+    adapter: str,
+    adapter_path: str,
+    base_model: str,
+    base_model_path: str,
+    quantize: str = "none",
+) -> dict[str, Any]:
+    """Merge ``adapter`` into its base and register the result (merged from the adapter);
+    with ``quantize="bnb-nf4"`` also save and register a 4-bit NF4 copy.
+
+    The model goes to ``<home>/models/merged/<base>-<adapter>-v<N>`` (written under a
+    temporary name, then renamed: a crash leaves no half model). Run again, it reuses
+    what is there.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qingliang.platform.registry import Registry
+
+    name = f"{base_model}-{deployment_adapter_name(adapter)}"
+    out = Path(home) / "models" / "merged" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.json").is_file():
+        emit({"kind": "log", "message": f"merging {adapter} into {base_model}"})
+
+        def write_merged(tmp: Path) -> None:
+            from peft import PeftModel
+
+            model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
+            merged = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+            merged.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(base_model_path).save_pretrained(tmp)
+
+        _save_atomically(out, write_merged)
+    result: dict[str, Any] = {
+        "model": name,
+        "path": str(out),
+        "merged_from": adapter,
+        "size_bytes": _folder_size(out),
+    }
+    with Registry(home=Path(home)) as reg:
+        try:
+            reg.get_base_model(name)
+        except NotFound:
+            reg.register_base_model(
+                name,
+                source=str(out),
+                format="safetensors",
+                merged_from=adapter,
+                size_bytes=result["size_bytes"],
+            )
+    if quantize == "bnb-nf4":
+        qname = f"{name}-nf4"
+        qout = out.with_name(qname)
+        if not (qout / "config.json").is_file():
+            emit({"kind": "log", "message": f"saving a 4-bit NF4 copy of {name}"})
+
+            def write_nf4(tmp: Path) -> None:
+                from transformers import BitsAndBytesConfig
+
+                config = BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=torch.float32,
+                )
+                model = AutoModelForCausalLM.from_pretrained(out, quantization_config=config)
+                model.save_pretrained(tmp)
+                AutoTokenizer.from_pretrained(out).save_pretrained(tmp)
+
+            _save_atomically(qout, write_nf4)
+        size = _folder_size(qout)
+        with Registry(home=Path(home)) as reg:
+            try:
+                reg.get_quantized(qname)
+            except NotFound:
+                reg.register_quantized(
+                    qname,
+                    model=name,
+                    method="bnb-nf4",
+                    path=str(qout),
+                    size_bytes=size,
+                    settings={"double_quant": True, "compute_dtype": "float32"},
+                )
+        result["quantized"] = {"name": qname, "path": str(qout), "size_bytes": size}
+    emit(
+        {
+            "kind": "log",
+            "message": f"registered {name}" + (f" and {name}-nf4" if quantize == "bnb-nf4" else ""),
         }
     )
     return result

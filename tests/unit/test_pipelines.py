@@ -659,3 +659,57 @@ def test_cancel_a_failed_run_from_the_cli(tmp_path: Path, tiny: Path) -> None:
     assert done.exit_code == 0 and "cancelled (cancelled by ops)" in done.output
     again = runner.invoke(_app(), ["pipelines", "cancel", run_id], env=env)
     assert again.exit_code == 1 and "is cancelled" in again.output
+
+
+def test_merge_step_writes_a_merged_model_and_an_nf4_copy(tmp_path: Path, tiny: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path = write_project(tmp_path / "proj", tiny)
+    text = path.read_text().replace(
+        "    - {type: approval", "    - {type: merge, quantize: bnb-nf4}\n    - {type: approval"
+    )
+    path.write_text(text)
+    home = tmp_path / "home"
+    svc = PipelineService(home, InlineExecutor())
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="a").id)
+    assert run.status == "waiting", run.error
+    merged = run.outputs["merge"]
+    assert (
+        merged["model"] == "tiny-llama-permits-bot-v1" and merged["merged_from"] == "permits-bot@1"
+    )
+    with Registry(home=home) as reg:
+        assert reg.get_base_model(merged["model"]).source == merged["path"]
+        q = reg.get_quantized(merged["quantized"]["name"])
+        assert q.method == "bnb-nf4" and q.model == merged["model"]
+        assert merged["model"] in reg.lineage(
+            "adapter", "permits-bot@1", direction="downstream"
+        ).refs("base_model")
+    # The merged model computes what base + adapter computes.
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    adapter_dir = run.outputs["finetune"]["adapter_path"]
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(base, adapter_dir).eval()(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(merged["path"]).eval()(ids).logits
+    assert torch.allclose(want, got, atol=1e-4)
+    nf4 = AutoModelForCausalLM.from_pretrained(merged["quantized"]["path"])
+    assert type(nf4.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    assert merged["quantized"]["size_bytes"] < merged["size_bytes"]
+    # Running the step again (a resumed pipeline) reuses what is there.
+    from qingliang.platform.executor import run_to_result
+    from qingliang.platform.pipelines import steps
+
+    kwargs = {
+        "home": str(home),
+        "adapter": "permits-bot@1",
+        "adapter_path": adapter_dir,
+        "base_model": "tiny-llama",
+        "base_model_path": str(tiny),
+        "quantize": "bnb-nf4",
+    }
+    logs: list[dict] = []
+    again = run_to_result(InlineExecutor(), steps.merge_step, kwargs, on_event=logs.append)
+    assert again == merged
+    assert not [e for e in logs if "merging" in e.get("message", "")]
