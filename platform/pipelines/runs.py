@@ -133,7 +133,7 @@ class RunStore:
             more = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise NotFound(f"no pipeline run {run_id!r}{more}", param="run")
         run = _run(row)
-        if run.status in ("running", "queued") and not self.locked(run_id):
+        if run.status == "running" and not self.locked(run_id):
             run = _replace_status(run, "interrupted")
         return run
 
@@ -148,7 +148,7 @@ class RunStore:
         out = []
         for row in rows:
             run = _run(row)
-            if run.status in ("running", "queued") and not self.locked(run.id):
+            if run.status == "running" and not self.locked(run.id):
                 run = _replace_status(run, "interrupted")
             out.append(run)
         return out
