@@ -3,7 +3,8 @@
 :func:`measure` runs the shared LoRA / QLoRA loop
 (:func:`qingliang.platform.finetune.train.train`) for a few optimizer steps in a fresh
 ``spawn`` process, so its peak RSS belongs to that run alone, and returns step times,
-throughput and memory. The data is a fixed set of bilingual records cut to
+throughput and memory. The first ``warmup`` steps are left out of the medians (the first
+step pays one-off costs). The data is a fixed set of bilingual records cut to
 ``seq_len`` tokens, so every micro-batch is ``batch_size x seq_len`` tokens.
 
 Run directly for the tiny model and a model directory of your choice::
@@ -12,13 +13,14 @@ Run directly for the tiny model and a model directory of your choice::
     $ .venv/bin/python bench/_finetune.py /path/to/hf-model 2 64  # + that model, 2 steps
 
 Example:
-    >>> m = measure("/tmp/tiny", "qlora", steps=4, seq_len=64)  # doctest: +SKIP
-    >>> sorted(m)[:3]                                             # doctest: +SKIP
-    ['batch_size', 'load_s', 'method']
+    >>> m = measure("/tmp/tiny", "qlora", steps=6, seq_len=64, warmup=2)  # doctest: +SKIP
+    >>> m["step_s_median"], m["rss_during_steps_median_mb"], m["peak_rss_mb"]  # doctest: +SKIP
+    (0.018, 572.6, 573.1)
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing as mp
 import statistics
@@ -43,13 +45,35 @@ def records(n: int = 8) -> list[dict[str, Any]]:
     ]
 
 
-def rss_now_mb() -> float:
-    """Current resident memory of this process in MiB (``VmRSS``)."""
+def _status_mb(key: str) -> float:
     with open("/proc/self/status", encoding="utf-8") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_now_mb() -> float:
+    """Current resident memory of this process in MiB (``VmRSS``)."""
+    return _status_mb("VmRSS")
+
+
+def rss_peak_mb() -> float:
+    """Peak resident memory of this process so far in MiB (``VmHWM``)."""
+    return _status_mb("VmHWM")
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the OS (glibc ``malloc_trim``); False if absent.
+
+    Loading keeps transient copies of the weights (bf16 as read, fp32, and for QLoRA the
+    unquantised weights); glibc keeps the freed memory in the process, so without this the
+    RSS during steps still counts them (~1.1 GiB for Qwen2.5-0.5B with QLoRA).
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _child(queue: Any, kwargs: dict[str, Any]) -> None:
@@ -67,23 +91,24 @@ def _run(
     batch_size: int,
     r: int,
     threads: int,
+    warmup: int,
+    trim: bool,
 ) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    from qingliang.platform.finetune.train import (
-        LoraSettings,
-        TrainSettings,
-        peak_rss_mb,
-        train,
-    )
+    from qingliang.platform.finetune.train import LoraSettings, TrainSettings, train
 
-    rss_after_import = peak_rss_mb()
+    rss_after_import = rss_now_mb()
     events: list[dict[str, Any]] = []
     step_rss: list[float] = []
+    untrimmed: list[float] = []
 
     def on_progress(event: dict[str, Any]) -> None:
         events.append(event)
+        if trim and not untrimmed:  # once, at the end of the first step
+            untrimmed.append(rss_now_mb())
+            trim_heap()
         step_rss.append(rss_now_mb())
 
     settings = TrainSettings(
@@ -105,10 +130,15 @@ def _run(
         )
         metrics = dict(result.metrics)
     total_s = time.perf_counter() - started
+    # VmHWM, not ru_maxrss (train's peak_rss_mb): the spawned child is forked, then
+    # exec'd, and Linux carries the parent's high-water mark over into ru_maxrss.
+    peak = max(rss_peak_mb(), *step_rss)
     elapsed = [e["elapsed_s"] for e in events if e["kind"] == "train"]
     step_s = [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
-    later = step_s[1:] or step_s
     tokens = [e["tokens_per_s"] for e in events if e["kind"] == "train"]
+    # The measured steps: those after the warm-up (all of them if there are no others).
+    skip = warmup if len(step_s) > warmup else 0
+    measured_rss = step_rss[skip:] or step_rss
     return {
         "model": Path(model_dir).name,
         "method": method,
@@ -120,14 +150,20 @@ def _run(
         "trainable_params": metrics["trainable_params"],
         "load_s": metrics["load_time_s"],
         "total_s": total_s,
+        "warmup": skip,
         "step_s": step_s,
         "first_step_s": step_s[0],
-        "step_s_median_after_first": statistics.median(later),
-        "tokens_per_s_median": statistics.median(tokens),
+        "step_s_median": statistics.median(step_s[skip:]),
+        "step_s_median_after_first": statistics.median(step_s[1:] or step_s),
+        "tokens_per_s_median": statistics.median(tokens[skip:]),
         "loss": list(result.train_loss),
         "rss_after_import_mb": rss_after_import,
-        "peak_rss_mb": result.peak_rss_mb,
-        "rss_during_steps_max_mb": max(step_rss, default=0.0),
+        "rss_step_mb": step_rss,
+        "rss_first_step_untrimmed_mb": untrimmed[0] if untrimmed else None,
+        "rss_during_steps_median_mb": statistics.median(measured_rss),
+        "rss_during_steps_max_mb": max(measured_rss),
+        "peak_rss_mb": peak,
+        "ru_maxrss_mb": result.peak_rss_mb,
         "versions": metrics["versions"],
     }
 
@@ -141,14 +177,25 @@ def measure(
     batch_size: int = 2,
     r: int = 8,
     threads: int = 1,
+    warmup: int = 1,
+    trim: bool = True,
     timeout_s: float = 1800,
 ) -> dict[str, Any]:
     """Train ``steps`` steps of ``method`` on ``model_dir`` in a fresh process; timings.
 
-    Returns step times (``step_s``; the first includes one-off warm-up), the median
-    of the later ones, tokens/s, load time, and peak RSS of the process (MiB), with
-    the RSS already taken after importing torch/transformers/peft and the largest
-    current RSS seen at the end of a step (the peak may be set while loading).
+    Returns every step time (``step_s``) and the median of those after the first
+    ``warmup`` (``step_s_median``; all steps when there are no more than ``warmup``),
+    tokens/s (median of the same steps), load time, and memory in MiB: the RSS after
+    importing torch/transformers/peft, the RSS at the end of every step
+    (``rss_step_mb``) with the median and maximum over the measured steps, and the peak
+    RSS of the process (``VmHWM``; it may be set while loading the model). The
+    ``ru_maxrss_mb`` that training reports is kept for reference: it starts at the
+    parent's RSS when the child was forked, so it is no measure of this run.
+
+    With ``trim`` (the default) the process gives its freed heap back to the OS once,
+    at the end of the first step (:func:`trim_heap`; the RSS just before is
+    ``rss_first_step_untrimmed_mb``), so the RSS of the later steps is the memory
+    training holds rather than what loading left behind.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -160,6 +207,8 @@ def measure(
         "batch_size": batch_size,
         "r": r,
         "threads": threads,
+        "warmup": warmup,
+        "trim": trim,
     }
     proc = ctx.Process(target=_child, args=(queue, kwargs))
     proc.start()
@@ -191,13 +240,13 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="qingliang-tiny-") as tmp:
         tiny = build_tiny_llama(Path(tmp) / "tiny")
         for method in ("lora", "qlora"):
-            results.append(measure(tiny, method, steps=10, seq_len=128, batch_size=4))
+            results.append(measure(tiny, method, steps=10, seq_len=128, batch_size=4, warmup=2))
     if argv:
         model = argv[0]
         steps = int(argv[1]) if len(argv) > 1 else 2
         seq_len = int(argv[2]) if len(argv) > 2 else 64
         for method in ("lora", "qlora"):
-            results.append(measure(model, method, steps=steps, seq_len=seq_len))
+            results.append(measure(model, method, steps=steps, seq_len=seq_len, warmup=1))
     for res in results:
         res.pop("versions", None)
         print(json.dumps(res))

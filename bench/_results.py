@@ -62,3 +62,10 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 def met(flag: bool) -> str:
     return "**met**" if flag else "**not met**"
+
+
+def save_json(result: dict[str, Any], path: Path) -> Path:
+    """Write ``result`` to the fixed file ``path`` (its folder is created); returns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    return path
