@@ -38,7 +38,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from qingliang.knowledge.manifest import ENV_NAME_RE, LABEL_RE
-from qingliang.platform.manifests.model_deployment import ADAPTER_RE, Strict, valid_name
+from qingliang.platform.manifests.metadata import BaseMetadata, MetadataLabels, Strict, valid_name
+from qingliang.platform.manifests.model_deployment import ADAPTER_RE
 
 #: Node, agent and tool names: they appear in events, logs and the router's arms.
 ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
@@ -78,17 +79,12 @@ def valid_model_ref(v: str) -> str:
     return v
 
 
-class Metadata(Strict):
+class Metadata(BaseMetadata):
     name: str = Field(description="Graph name: the `{name}` in `POST /v1/agents/{name}/runs`.")
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, description="Free labels (team, domain, owner).")
+    labels: MetadataLabels = Field(
+        default_factory=dict, description="Free labels (team, domain, owner)."
     )
     description: str = Field(default="", description="Shown in `qingliang agents list`.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return valid_name(v)
 
 
 class Agent(Strict):

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from qingliang.platform.manifests.model_deployment import Strict, valid_name
+from qingliang.platform.manifests.metadata import BaseMetadata, MetadataLabels, Strict
 
 API_VERSION = "qingliang.io/v1"
 
@@ -54,20 +54,15 @@ def _check_encoding(v: str) -> str:
 Pattern = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-class Metadata(Strict):
+class Metadata(BaseMetadata):
     name: str = Field(
         description="Knowledge-base name: the `{kb}` in `/v1/knowledge/{kb}/search` and the "
         "default store collection."
     )
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, description="Free labels (team, owner); not stored per chunk.")
+    labels: MetadataLabels = Field(
+        default_factory=dict, description="Free labels (team, owner); not stored per chunk."
     )
     description: str = Field(default="", description="Shown in `qingliang get` and `kb stats`.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return valid_name(v)
 
 
 class Source(Strict):

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from qingliang.platform.data.dedup import DedupSettings
 from qingliang.platform.data.pii import BUILTIN_KINDS, PiiPattern
 from qingliang.platform.data.quality import QualitySettings
-from qingliang.platform.manifests.model_deployment import Strict, valid_name
+from qingliang.platform.manifests.metadata import BaseMetadata, Strict
 
 API_VERSION = "qingliang.io/v1"
 #: Environment variable names: what ``salt_env`` holds (never the salt itself).
@@ -47,17 +47,9 @@ ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 
 
-class Metadata(Strict):
+class Metadata(BaseMetadata):
     name: str = Field(description="Dataset name: `qingliang data versions NAME`, fine-tune jobs.")
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, description="Free labels (team, owner, domain).")
-    )
     description: str = Field(default="", description="Shown in `qingliang data versions`.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return valid_name(v)
 
 
 class Columns(Strict):

@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,7 +36,7 @@ from qingliang.platform.finetune.settings import (
     LoraSettings,
     TrainSettings,
 )
-from qingliang.platform.manifests.model_deployment import Strict, valid_name
+from qingliang.platform.manifests.metadata import BaseMetadata, Strict, valid_name
 
 API_VERSION = "qingliang.io/v1"
 #: Registry names: letters, digits, '.', '_', '-' (no '@', ':' or '/').
@@ -47,17 +47,9 @@ ADAPTER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?\Z")
 VERSION_RE = re.compile(r"^(latest|(sha256:)?[0-9a-f]{6,64})\Z")
 
 
-class Metadata(Strict):
+class Metadata(BaseMetadata):
     name: str = Field(description="Job name; registry job names are `<name>-<n>`.")
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, description="Free labels (team, owner, domain).")
-    )
     description: str = Field(default="", description="Free text, shown by `finetune status`.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return valid_name(v)
 
 
 class BaseModelRef(Strict):

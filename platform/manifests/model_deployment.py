@@ -19,46 +19,26 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+# NAME_RE, Strict and valid_name live in metadata.py (so the other kinds' metadata can
+# share them without importing this module); they are re-exported here for old imports.
+from qingliang.platform.manifests.metadata import NAME_RE as NAME_RE
+from qingliang.platform.manifests.metadata import BaseMetadata, MetadataLabels, Strict
+from qingliang.platform.manifests.metadata import valid_name as valid_name
 
 API_VERSION = "qingliang.io/v1"
 
-#: Deployment and adapter names: lower-case DNS-like labels. ``:`` is reserved as the
-#: separator in ``model="deployment:adapter"``. ``\Z``, not ``$``: ``$`` also matches
-#: before a trailing newline, so ``"tiny\n"`` would pass.
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+#: Adapter names; ``:`` is reserved as the separator in ``model="deployment:adapter"``.
 ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
 #: A model-registry adapter ref, ``name@version`` (as :mod:`qingliang.platform.registry`
 #: writes them): a registry name, then a positive version without leading zeros.
 ADAPTER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[1-9][0-9]*\Z")
 #: Rounding slack for shares that should add up to exactly 1 (0.1 + 0.2 + 0.7).
 SHARE_TOLERANCE = 1e-9
-
-
-def valid_name(v: str) -> str:
-    """Check a manifest name (deployments, knowledge bases, ...); raise ValueError."""
-    if not NAME_RE.match(v):
-        raise ValueError(
-            f"{v!r} is not a valid name: use 1-63 lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return v
-
-
-class Strict(BaseModel):
-    """Base of every manifest section: unknown keys are errors, values are frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 @cache
@@ -68,17 +48,12 @@ def quantization_catalog() -> dict[str, dict]:
     return dict(yaml.safe_load(text)["methods"])
 
 
-class Metadata(Strict):
+class Metadata(BaseMetadata):
     name: str = Field(description="Deployment name; clients send it as the OpenAI `model`.")
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, description="Free labels (domain, tenant, team).")
+    labels: MetadataLabels = Field(
+        default_factory=dict, description="Free labels (domain, tenant, team)."
     )
     description: str = Field(default="", description="Shown in `qingliang get` and /v1/models.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return valid_name(v)
 
 
 class ModelSource(Strict):

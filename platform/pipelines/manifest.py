@@ -43,23 +43,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from qingliang.agents.manifest import Checkpointer
-from qingliang.platform.manifests.model_deployment import Strict, valid_name
+from qingliang.platform.manifests.metadata import BaseMetadata, Strict, valid_name
 
 STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 METRICS = ("exact_match", "rouge_l", "rules")
 
 
-class Metadata(Strict):
+class Metadata(BaseMetadata):
     name: str = Field(description="Pipeline name: `qingliang pipelines status` lists runs by it.")
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=63)]] = (
-        Field(default_factory=dict, description="Free labels (team, owner, domain).")
-    )
     description: str = Field(default="", description="Free text, shown with the runs.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return valid_name(v)
 
 
 class _Step(Strict):
