@@ -119,6 +119,27 @@ def running(settings: Settings) -> RunInfo | None:
     return info
 
 
+#: Logical CPUs Ray gets beyond the machine's cores: room for a pipeline step or a
+#: fine-tuning task next to the deployments, which on a small machine reserve every core
+#: (the default deployment and the gateway take both of a 2-core laptop's). Such a task
+#: then shares cores with serving instead of waiting for ever.
+TASK_HEADROOM_CPUS = 1
+
+
+def default_num_cpus() -> int:
+    """Ray's logical CPUs: ``QINGLIANG_RAY_CPUS``, else the cores plus the task headroom."""
+    env = os.environ.get("QINGLIANG_RAY_CPUS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ClusterError(f"QINGLIANG_RAY_CPUS={env!r} is not a whole number") from None
+        if value < 1:
+            raise ClusterError(f"QINGLIANG_RAY_CPUS={env!r} must be at least 1")
+        return value
+    return (os.cpu_count() or 1) + TASK_HEADROOM_CPUS
+
+
 def start_head(
     settings: Settings, *, num_cpus: int | None = None, timeout_s: float = 90
 ) -> RunInfo:
@@ -159,8 +180,9 @@ def start_head(
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
+    if num_cpus is None:
+        num_cpus = default_num_cpus()
+    cmd.append(f"--num-cpus={num_cpus}")
     env = {**os.environ, **RAY_ENV}
     log = open(settings.home / "ray-head.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(

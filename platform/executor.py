@@ -218,10 +218,33 @@ class RayExecutor:
             self._remote = ray.remote(_ray_step)
         return ray
 
+    def _check_resources(self, ray: Any, fn: StepFn, resources: Resources) -> str | None:
+        """Refuse a step the cluster can never run; say why one has to wait."""
+        total, free = ray.cluster_resources(), ray.available_resources()
+        name = getattr(fn, "__name__", "step")
+        wanted = [(k, w) for k, w in (("CPU", resources.cpus), ("GPU", resources.gpus)) if w > 0]
+        for key, want in wanted:
+            if total.get(key, 0.0) < want:
+                raise ClusterError(
+                    f"{name} asks for {want:g} {key}(s) but the Ray cluster has "
+                    f"{total.get(key, 0.0):g} in all; lower the step's resources or add nodes"
+                )
+        for key, want in wanted:
+            if free.get(key, 0.0) < want:
+                return (
+                    f"waiting for {want:g} {key}(s) for {name}: {free.get(key, 0.0):g} of "
+                    f"{total.get(key, 0.0):g} free (deployments hold the rest)"
+                )
+        return None
+
     def stream(
         self, fn: StepFn, kwargs: Mapping[str, Any], resources: Resources = Resources()
     ) -> Iterator[dict[str, Any]]:
         ray = self._connect()
+        waiting = self._check_resources(ray, fn, resources)
+        if waiting:
+            logger.warning("%s", waiting)
+            yield {"kind": "log", "message": waiting}
         gen = self._remote.options(
             num_cpus=resources.cpus,
             num_gpus=resources.gpus,

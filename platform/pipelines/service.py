@@ -155,7 +155,7 @@ class PipelineService:
                     "base_model": trained["base_model"],
                     "reason": why,
                 }
-                self._exec(run, "cancel", impl.rollback_step, kwargs)
+                self._exec(run, "cancel", impl.rollback_step, kwargs, cpus=0)
             with Registry(home=self.home) as reg:
                 for job in reg.list_jobs():
                     if job.name.startswith(f"{run_id}-") and job.status in ("pending", "running"):
@@ -294,9 +294,17 @@ class PipelineService:
 
         return emit
 
-    def _exec(self, run: Run, step: str, fn: Any, kwargs: dict, cpus: float = 1.0) -> Any:
+    def _exec(
+        self, run: Run, step: str, fn: Any, kwargs: dict, cpus: float = 1.0, gpus: float = 0.0
+    ) -> Any:
+        """Run one step function as a task. Control-plane steps (canary, promote, roll
+        back: REST calls to Ray Serve) reserve no CPU, so they never queue behind replicas."""
         return run_to_result(
-            self.executor, fn, kwargs, Resources(cpus=cpus), on_event=self._emit(run, step)
+            self.executor,
+            fn,
+            kwargs,
+            Resources(cpus=cpus, gpus=gpus),
+            on_event=self._emit(run, step),
         )
 
     def _run_step(self, step: Any, run: Run, outputs: dict[str, Any]) -> tuple[Any, str]:
@@ -341,7 +349,7 @@ class PipelineService:
                 state = impl.deployment_state(impl.controller(home), step.deployment)
                 kwargs["before"] = state["traffic"]
                 self.runs.update(run.id, outputs={**outputs, before_key: state["traffic"]})
-            return self._exec(run, step.name, impl.canary_step, kwargs), ""
+            return self._exec(run, step.name, impl.canary_step, kwargs, cpus=0), ""
         if isinstance(step, PromoteStep):
             return self._promote(step, run, trained, outputs)
         raise BadRequest(f"unknown step type {step.type!r}")
@@ -375,7 +383,7 @@ class PipelineService:
             "dataset_version": version,
         }
         cpus = step.cpus or job.spec.resources.cpus
-        return self._exec(run, step.name, run_job, kwargs, cpus=cpus)
+        return self._exec(run, step.name, run_job, kwargs, cpus=cpus, gpus=job.spec.resources.gpus)
 
     def _job_name(self, base: str) -> str:
         """``base``, or ``base-r<n>`` after failed attempts (a failed job stays failed)."""
@@ -497,9 +505,11 @@ class PipelineService:
             approve, by, reason = _decision(decision)
             if not approve:
                 kwargs = {**common, "reason": f"{by}: {reason}"}
-                return self._exec(run, step.name, impl.rollback_step, kwargs), "rolled_back"
-            return self._exec(run, step.name, impl.promote_step, common), ""
-        return self._exec(run, step.name, impl.promote_step, {**common, "hold_s": step.hold_s}), ""
+                return self._exec(run, step.name, impl.rollback_step, kwargs, cpus=0), "rolled_back"
+            return self._exec(run, step.name, impl.promote_step, common, cpus=0), ""
+        return self._exec(
+            run, step.name, impl.promote_step, {**common, "hold_s": step.hold_s}, cpus=0
+        ), ""
 
 
 def _decision(value: Any) -> tuple[bool, str, str]:

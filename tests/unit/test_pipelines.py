@@ -713,3 +713,42 @@ def test_merge_step_writes_a_merged_model_and_an_nf4_copy(tmp_path: Path, tiny: 
     again = run_to_result(InlineExecutor(), steps.merge_step, kwargs, on_event=logs.append)
     assert again == merged
     assert not [e for e in logs if "merging" in e.get("message", "")]
+
+
+def test_ray_gets_headroom_for_tasks_and_a_bad_override_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qingliang.platform import cluster
+    from qingliang.platform.errors import ClusterError
+
+    monkeypatch.delenv("QINGLIANG_RAY_CPUS", raising=False)
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 2)
+    assert cluster.default_num_cpus() == 3  # the default deployment + gateway hold 2
+    monkeypatch.setenv("QINGLIANG_RAY_CPUS", "8")
+    assert cluster.default_num_cpus() == 8
+    monkeypatch.setenv("QINGLIANG_RAY_CPUS", "lots")
+    with pytest.raises(ClusterError, match="QINGLIANG_RAY_CPUS='lots' is not a whole number"):
+        cluster.default_num_cpus()
+
+
+def test_a_step_the_cluster_cannot_fit_is_refused_and_a_busy_one_says_why() -> None:
+    from qingliang.platform.errors import ClusterError
+    from qingliang.platform.executor import RayExecutor, Resources
+
+    class Cluster:  # ray.cluster_resources / available_resources, as Ray reports them
+        @staticmethod
+        def cluster_resources() -> dict:
+            return {"CPU": 3.0}
+
+        @staticmethod
+        def available_resources() -> dict:
+            return {"CPU": 0.5}
+
+    def run_job(emit: Any) -> None: ...
+
+    ex = RayExecutor()
+    with pytest.raises(ClusterError, match=r"asks for 1 GPU\(s\) but the Ray cluster has 0"):
+        ex._check_resources(Cluster, run_job, Resources(cpus=1, gpus=1))
+    why = ex._check_resources(Cluster, run_job, Resources(cpus=1))
+    assert why == "waiting for 1 CPU(s) for run_job: 0.5 of 3 free (deployments hold the rest)"
+    assert ex._check_resources(Cluster, run_job, Resources(cpus=0)) is None
