@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qingliang.platform.cli_agents import agents_app
+from qingliang.platform.cli_conversations import conversations_app
 from qingliang.platform.cli_data import data_app
 from qingliang.platform.cli_kb import kb_app, sync_after_apply
 from qingliang.platform.cli_pipelines import finetune_app, pipelines_app
@@ -46,6 +47,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(kb_app, name="kb")
 app.add_typer(agents_app, name="agents")
 app.add_typer(data_app, name="data")
+app.add_typer(conversations_app, name="conversations")
 app.add_typer(registry_app, name="registry")
 app.command("lineage")(lineage)
 app.add_typer(pipelines_app, name="pipelines")
@@ -282,6 +284,12 @@ def up(
         False, "--no-auth", help="Serve without API keys (local development only)."
     ),
     timeout: float = typer.Option(900, help="Seconds to wait for the deployments."),
+    log_conversations: bool = typer.Option(
+        False,
+        "--log-conversations",
+        help="Record answered chat requests (prompts and answers, in plain text) in "
+        "$QINGLIANG_HOME/conversations.sqlite; see `qingliang conversations`.",
+    ),
 ) -> None:
     """Start local Ray (127.0.0.1, dashboard :8265) and serve the default manifests."""
     from qingliang.platform import cluster
@@ -300,7 +308,7 @@ def up(
         console.print(f"Ray is up (dashboard {info.dashboard_url})")
         key = _ensure_default_key(settings) if not no_auth else None
         with console.status("Starting the gateway ..."):
-            ctl.ensure_gateway(auth_enabled=not no_auth)
+            ctl.ensure_gateway(auth_enabled=not no_auth, conversation_log=log_conversations)
         console.print("[bold]Deploying[/bold] (first start loads the model; this takes a while)")
         ctl.apply(paths, wait=True, timeout_s=timeout, progress=True, on_status=_status_printer())
         ctl.wait("qingliang-gateway", timeout_s=120)

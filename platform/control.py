@@ -187,13 +187,20 @@ class Controller:
         config = serve_config(self.settings, gateway or self._gateway(), plans.values())
         self._deployer.apply_config(config)
 
-    def ensure_gateway(self, *, auth_enabled: bool, embeddings: bool = True) -> None:
-        """Deploy (or update) the gateway application with the stored deployments."""
-        gateway = {
+    def ensure_gateway(
+        self, *, auth_enabled: bool, embeddings: bool = True, conversation_log: bool = False
+    ) -> None:
+        """Deploy (or update) the gateway application with the stored deployments.
+
+        ``conversation_log`` records answered chat requests (docs/data.md).
+        """
+        gateway: dict[str, Any] = {
             "home": str(self.settings.home),
             "auth_enabled": auth_enabled,
             "embeddings": embeddings,
         }
+        if conversation_log:  # only when on: an unchanged config does not restart the gateway
+            gateway["conversation_log"] = True
         self._push(self._stored_plans(), gateway)
         self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway)
 

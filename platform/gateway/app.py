@@ -26,6 +26,7 @@ import logging
 import random
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from qingliang.platform.conversations import Conversation, ConversationLog
 from qingliang.platform.errors import (
     ApiError,
     BadRequest,
@@ -42,7 +44,11 @@ from qingliang.platform.errors import (
     Unauthorized,
 )
 from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
-from qingliang.platform.gateway.knowledge import KnowledgeBackend, add_knowledge_routes
+from qingliang.platform.gateway.knowledge import (
+    KnowledgeBackend,
+    add_knowledge_routes,
+    tenant_of,
+)
 from qingliang.platform.gateway.pipelines import add_pipeline_routes
 
 logger = logging.getLogger(__name__)
@@ -173,6 +179,87 @@ def _with_trace(chunk: str, trace: dict[str, str | None]) -> str:
     return f"data: {json.dumps(event, ensure_ascii=False)}{sep}{rest}"
 
 
+class _Transcript:
+    """What a streamed chat answer said (choice 0), gathered from its SSE chunks."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+
+    def feed(self, chunk: str) -> None:
+        for line in chunk.splitlines():
+            if not line.startswith("data: "):
+                continue
+            try:
+                event = json.loads(line.removeprefix("data: "))
+            except ValueError:  # "[DONE]"
+                continue
+            if not isinstance(event, dict):
+                continue
+            if self.id is None and isinstance(event.get("id"), str):
+                self.id = event["id"]
+            if isinstance(event.get("usage"), dict):
+                self.usage = event["usage"]
+            for choice in event.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(text, str):
+                    self.parts.append(text)
+                if choice.get("finish_reason"):
+                    self.finish_reason = str(choice["finish_reason"])
+
+    def answer(self) -> dict:
+        """The transcript in the shape of a non-streamed chat answer."""
+        message = {"role": "assistant", "content": "".join(self.parts)}
+        return {
+            "id": self.id,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "usage": self.usage,
+        }
+
+
+def _conversation(
+    request: Request, body: dict, trace: dict[str, str | None], answer: dict, arrived: float
+) -> Conversation:
+    """The conversation-log row of an answered chat request."""
+    principal = getattr(request.state, "principal", None)
+    key_name = getattr(principal, "name", None)
+    choices = answer.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+
+    def tokens(name: str) -> int | None:
+        value = usage.get(name)
+        return value if isinstance(value, int) else None
+
+    answer_id = answer.get("id")
+    finish = first.get("finish_reason")
+    return Conversation(
+        id=answer_id if isinstance(answer_id, str) else f"chatcmpl-{uuid.uuid4().hex}",
+        created=arrived,
+        tenant=tenant_of(principal),
+        key_name=key_name if isinstance(key_name, str) else None,
+        model=str(body.get("model")),
+        deployment=trace["deployment"] or "",
+        adapter=trace["adapter"],
+        adapter_ref=trace["adapter_ref"],
+        messages=body.get("messages") if isinstance(body.get("messages"), list) else [],
+        response=text if isinstance(text, str) else None,
+        finish_reason=finish if isinstance(finish, str) else None,
+        prompt_tokens=tokens("prompt_tokens"),
+        completion_tokens=tokens("completion_tokens"),
+        latency_ms=round((time.time() - arrived) * 1000),
+    )
+
+
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
     if isinstance(exc, Saturated):
@@ -205,6 +292,7 @@ def create_app(
     knowledge: KnowledgeBackend | None = None,
     agents: AgentsBackend | None = None,
     pipelines: Any | None = None,
+    conversations: ConversationLog | None = None,
 ) -> FastAPI:
     """Build the gateway app. Nothing here touches Ray, disk or the network.
 
@@ -213,6 +301,8 @@ def create_app(
     :mod:`.agents`); without it they answer 501. ``pipelines`` (a
     :class:`~qingliang.platform.pipelines.service.PipelineService`) serves
     ``/v1/pipelines`` (see :mod:`.pipelines`); without it they answer 501.
+    With ``conversations``, every answered ``/v1/chat/completions`` request (streamed
+    ones when their stream ends normally) is appended to that log; errors are not.
     """
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
@@ -273,7 +363,15 @@ def create_app(
             )
         return entry
 
+    def _record(request: Request, body: dict, trace: dict, answer: dict, arrived: float) -> None:
+        assert conversations is not None
+        try:
+            conversations.append(_conversation(request, body, trace, answer, arrived))
+        except Exception:  # recording must never cost the client its answer
+            logger.exception("could not record a conversation")
+
     async def _generate(request: Request, endpoint: str) -> Response:
+        arrived = time.time()
         body = await _json_body(request)
         dep, adapter = parse_model(body.get("model"))
         entry = _lookup(dep, adapter)
@@ -285,9 +383,12 @@ def create_app(
             logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
         trace = _trace(entry, adapter)
         headers = _trace_headers(trace)
+        record = conversations is not None and endpoint == "chat"
         try:
             if not stream:
                 answer = await backend.generate(dep, endpoint, body, adapter)
+                if record:
+                    _record(request, body, trace, answer, arrived)
                 return JSONResponse({**answer, "qingliang": trace}, headers=headers)
             chunks = backend.stream(dep, endpoint, body, adapter)
             # Pull the first chunk before answering, so errors found before generation
@@ -302,13 +403,22 @@ def create_app(
             )
 
         async def relay() -> AsyncIterator[str]:
+            transcript = _Transcript() if record else None
+            if transcript is not None:
+                transcript.feed(first)
             yield _with_trace(first, trace)
             try:
                 async for chunk in chunks:
+                    if transcript is not None:
+                        transcript.feed(chunk)
                     yield chunk
             except ApiError as exc:
                 yield f"data: {json.dumps(exc.to_openai())}\n\n"
                 yield "data: [DONE]\n\n"
+                return
+            # Only here when the stream ended normally (not on an error or a disconnect).
+            if transcript is not None:
+                _record(request, body, trace, transcript.answer(), arrived)
 
         return StreamingResponse(
             relay(),

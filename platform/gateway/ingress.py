@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from qingliang.platform.conversations import ConversationLog
 from qingliang.platform.errors import ApiError, Saturated
 from qingliang.platform.gateway.app import ModelEntry, create_app
 from qingliang.platform.settings import Settings
@@ -373,9 +374,15 @@ class Gateway:
         embed_model: str,
         knowledge: Any = None,
         agents: Any = None,
+        conversation_log: bool = False,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         home_path = Path(home)
+        self._conversations: ConversationLog | None = None
+        if conversation_log:
+            # Opened (and its writer thread started) on the first answer, not here.
+            self._conversations = ConversationLog.for_home(home_path)
+            logger.info("recording answered chat requests in %s", self._conversations.path)
         metrics = ServingMetrics.create()
         self._backend = ServeBackend(StateStore(home_path / "state.sqlite"), metrics)
         self._embedder = HandleEmbedder(embedder, embed_model) if embedder is not None else None
@@ -396,7 +403,14 @@ class Gateway:
             self._knowledge,
             agents=self._agents,
             pipelines=self._pipelines,
+            conversations=self._conversations,
         )
+
+    def __del__(self) -> None:
+        # Serve drops the replica on shutdown: write the conversations still queued.
+        log = getattr(self, "_conversations", None)
+        if log is not None:
+            log.close()
 
 
 def build_gateway_app(
@@ -408,8 +422,13 @@ def build_gateway_app(
     knowledge: bool = True,
     agents: bool = True,
     max_ongoing_requests: int = 1000,
+    conversation_log: bool = False,
 ) -> Any:
-    """The gateway Serve application (gateway + embedding + knowledge + agents)."""
+    """The gateway Serve application (gateway + embedding + knowledge + agents).
+
+    ``conversation_log`` records answered chat requests in ``home/conversations.sqlite``
+    (see :mod:`qingliang.platform.conversations`).
+    """
     from ray import serve
 
     embedder = None
@@ -446,7 +465,13 @@ def build_gateway_app(
         max_ongoing_requests=max_ongoing_requests,
     )
     return gateway.bind(
-        str(home), auth_enabled, embedder, "multilingual-e5-small", kb_server, agents_server
+        str(home),
+        auth_enabled,
+        embedder,
+        "multilingual-e5-small",
+        kb_server,
+        agents_server,
+        conversation_log=conversation_log,
     )
 
 
@@ -459,4 +484,5 @@ def app_builder(args: dict) -> Any:
         embeddings=bool(args.get("embeddings", True)),
         knowledge=bool(args.get("knowledge", True)),
         agents=bool(args.get("agents", True)),
+        conversation_log=bool(args.get("conversation_log", False)),
     )
