@@ -22,10 +22,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -170,6 +172,27 @@ class Controller:
         assert self.deployer is not None
         return self.deployer
 
+    @contextmanager
+    def _serving_lock(self) -> Iterator[None]:
+        """Serialise read-modify-write of the deployments (push to Serve, then store).
+
+        ``set_adapter``, ``set_traffic``, ``apply`` and ``delete`` each read the stored
+        deployments, change one, push the whole Serve config and write the store. Two of
+        them at once (a pipeline's canary step and an operator's ``adapters traffic``)
+        would each start from the same rows and the later write would undo the earlier
+        change, in the store or in Serve. An ``flock`` beside the state database makes them
+        take turns, across threads and processes of this host; the kernel releases it if
+        the holder dies.
+        """
+        path = Path(self.settings.state_db).with_name(".deployments.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def _stored_plans(self) -> dict[str, DeploymentPlan]:
         return {
             row.name: DeploymentPlan.from_dict(row.plan)
@@ -201,8 +224,9 @@ class Controller:
         }
         if conversation_log:  # only when on: an unchanged config does not restart the gateway
             gateway["conversation_log"] = True
-        self._push(self._stored_plans(), gateway)
-        self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway)
+        with self._serving_lock():
+            self._push(self._stored_plans(), gateway)
+            self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway)
 
     def status(self, name: str) -> tuple[str, str]:
         return self._deployer.statuses().get(name, ("NOT_DEPLOYED", ""))
@@ -299,14 +323,16 @@ class Controller:
         plans = self.resolve(self.compile(loaded), progress=progress)
         changes = [self._change(item) for item in loaded]
         if loaded:
-            desired = self._stored_plans()
-            desired.update({p.name: p for p in plans})
-            # One config for everything: Serve applies it as a whole or refuses it, and
-            # the store is written only after it was accepted.
-            self._push(desired)
-            by_name = {p.name: p for p in plans}
-            for item in loaded:
-                self.store.put(item.kind, item.name, _normal(item), by_name[item.name].to_dict())
+            with self._serving_lock():
+                desired = self._stored_plans()
+                desired.update({p.name: p for p in plans})
+                # One config for everything: Serve applies it as a whole or refuses it,
+                # and the store is written only after it was accepted.
+                self._push(desired)
+                by_name = {p.name: p for p in plans}
+                for item in loaded:
+                    plan = by_name[item.name].to_dict()
+                    self.store.put(item.kind, item.name, _normal(item), plan)
         # Knowledge bases are registered here; syncing them (embedding) is the caller's
         # next step (`qingliang apply` does it with progress bars).
         kb_changes = [self._register_kb(item) for item in kbs]
@@ -470,15 +496,16 @@ class Controller:
                 self.store.delete(kind, name)
             return names
         names = list(names)
-        missing = [n for n in names if self.store.get(kind, n) is None]
-        if missing:
-            raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
-        desired = self._stored_plans()
-        for name in names:
-            desired.pop(name, None)
-        self._push(desired)
-        for name in names:
-            self.store.delete(kind, name)
+        with self._serving_lock():
+            missing = [n for n in names if self.store.get(kind, n) is None]
+            if missing:
+                raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+            desired = self._stored_plans()
+            for name in names:
+                desired.pop(name, None)
+            self._push(desired)
+            for name in names:
+                self.store.delete(kind, name)
         return names
 
     def _delete_kbs(self, names: list[str]) -> list[str]:
@@ -504,9 +531,17 @@ class Controller:
         ``spec.lora.refs``; loading new weights without one forgets the old ref (it would
         name other weights). Removing an adapter also drops its traffic share and ref.
 
+        Concurrent calls (and ``set_traffic``/``apply``) take turns: none undoes another.
+
         Example:
             >>> ctl.set_adapter("qwen", "faq", "/adapters/faq-3", ref="faq-bot@3")  # doctest: +SKIP
         """
+        with self._serving_lock():
+            return self._set_adapter(deployment, adapter, path, ref)
+
+    def _set_adapter(
+        self, deployment: str, adapter: str, path: str | None, ref: str | None
+    ) -> Change:
         row = self.store.get(MODEL_KIND, deployment)
         if row is None:
             raise NotFound(f"no ModelDeployment named {deployment!r}")
@@ -566,6 +601,10 @@ class Controller:
             >>> ctl.set_traffic("qwen", {"faq-v4": 0.1})  # doctest: +SKIP
             Change(kind='ModelDeployment', name='qwen', action='adapters', ...)
         """
+        with self._serving_lock():
+            return self._set_traffic(deployment, shares)
+
+    def _set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
         from qingliang.platform.manifests.loader import validate_document
 
         row = self.store.get(MODEL_KIND, deployment)

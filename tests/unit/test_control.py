@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -719,3 +721,81 @@ def test_a_knowledge_base_is_registered_beside_deployments(
     assert [c.action for c in ctl.diff([manifests])] == ["unchanged", "unchanged"]
     assert ctl.delete(["policies"], kind="KnowledgeBase") == ["policies"]
     assert ctl.store.get("KnowledgeBase", "policies") is None
+
+
+class BlockingDeployer(FakeDeployer):
+    """Holds the first push it gets until ``release`` is set (a slow Serve)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.block = False
+
+    def apply_config(self, config: dict) -> None:
+        if self.block:
+            self.block = False
+            self.entered.set()
+            assert self.release.wait(30)
+        super().apply_config(config)
+
+
+def test_concurrent_changes_do_not_undo_each_other(
+    settings: Settings, resolver: FakeResolver, manifests: Path, tmp_path: Path
+) -> None:
+    deployer = BlockingDeployer()
+
+    def controller() -> Controller:  # each caller its own, like two processes
+        return Controller(
+            settings,
+            deployer=deployer,
+            profile=HardwareProfile(cpu_isa="avx2", vllm=True),
+            resolver=resolver,
+        )
+
+    paths = {"sql": adapter_dir(tmp_path, "sql")}
+    lora = {"adapters": paths}
+    controller().apply(
+        [
+            write(manifests, "a.yaml", manifest("alpha", lora=lora)),
+            write(manifests, "b.yaml", manifest("beta", lora=lora)),
+        ],
+        wait=False,
+    )
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], object]) -> threading.Thread:
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced by the asserts below
+                errors.append(exc)
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    # A canary step loads v2 into alpha; Serve is slow to accept it. Meanwhile an
+    # operator sets alpha's traffic and loads an adapter into beta.
+    deployer.block = True
+    v2 = adapter_dir(tmp_path, "sql-v2")
+    loading = run(lambda: controller().set_adapter("alpha", "sql-v2", v2, ref="sql@2"))
+    assert deployer.entered.wait(30)
+    traffic = run(lambda: controller().set_traffic("alpha", {"sql": 0.1}))
+    other = run(lambda: controller().set_adapter("beta", "tutor", adapter_dir(tmp_path, "tutor")))
+    time.sleep(0.3)  # let them reach the lock
+    assert traffic.is_alive() and other.is_alive(), "they waited for the push in flight"
+    deployer.release.set()
+    for thread in (loading, traffic, other):
+        thread.join(30)
+    assert not errors
+
+    stored = _stored_lora(controller())
+    assert stored["adapters"] == {"sql": paths["sql"], "sql-v2": v2}
+    assert stored["refs"] == {"sql-v2": "sql@2"}
+    assert stored["traffic"] == {"sql": 0.1}  # not undone by the slower set_adapter
+    assert set(_stored_lora(controller(), "beta")["adapters"]) == {"sql", "tutor"}
+    # The last config Serve got has both deployments' adapters: neither push undid the other.
+    configs = {a["name"]: a for a in deployer.last["applications"]}
+    assert set(configs["alpha"]["deployments"][0]["user_config"]["adapters"]) == {"sql", "sql-v2"}
+    assert set(configs["beta"]["deployments"][0]["user_config"]["adapters"]) == {"sql", "tutor"}
