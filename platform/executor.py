@@ -71,13 +71,21 @@ def run_to_result(
     resources: Resources = Resources(),
     on_event: Emit | None = None,
 ) -> Any:
-    """Run ``fn`` on ``executor``, pass each event to ``on_event``, return the result."""
+    """Run ``fn`` on ``executor``, pass each event to ``on_event``, return the result.
+
+    The stream is read to its end, not left at the result: the result is the task's
+    last event, and a stream abandoned early has its task cancelled (see
+    :meth:`RayExecutor.stream`), which would kill a worker the next step may be given.
+    """
+    found, value = False, None
     for event in executor.stream(fn, kwargs, resources):
-        if event.get("kind") == "result":
-            return event.get("value")
-        if on_event is not None:
+        if event.get("kind") == "result" and not found:
+            found, value = True, event.get("value")
+        elif on_event is not None:
             on_event(event)
-    raise StepFailed(f"{getattr(fn, '__name__', fn)} ended without a result")
+    if not found:
+        raise StepFailed(f"{getattr(fn, '__name__', fn)} ended without a result")
+    return value
 
 
 def _error_event(exc: BaseException) -> dict[str, Any]:
@@ -252,15 +260,23 @@ class RayExecutor:
             max_retries=0,
             name=f"qingliang:{getattr(fn, '__name__', 'step')}",
         ).remote(fn, dict(kwargs))
+        finished = False
         try:
             for ref in gen:
                 try:
                     event = ray.get(ref)
                 except ray.exceptions.RayError as exc:
+                    finished = True  # the task is over: nothing to cancel
                     raise ClusterError(f"the Ray task of {fn.__name__} failed: {exc}") from exc
                 if event["kind"] == "error":
+                    finished = True  # the error is the task's last event
                     raise_error_event(event)
                 yield event
+            finished = True
         finally:
-            with contextlib.suppress(Exception):  # already finished
-                ray.cancel(gen, force=True)
+            # Only a task whose caller walked away mid-stream (Ctrl-C, a cancelled run)
+            # is cancelled. Force-cancelling one that finished kills its worker as it
+            # goes back to the pool, and the next task leased to it dies with it.
+            if not finished:
+                with contextlib.suppress(Exception):  # it may have just finished
+                    ray.cancel(gen, force=True)

@@ -184,3 +184,27 @@ def test_executor_passes_events_and_keeps_error_classes() -> None:
     assert info.value.param == "job"
     with pytest.raises(StepFailed, match="KeyError: 'oops'"):
         run_to_result(InlineExecutor(), step, {"fail": "bug"})
+
+
+def test_run_to_result_reads_a_step_stream_to_its_end() -> None:
+    """A stream left at its result would be closed early, and RayExecutor cancels the
+    task of a stream closed early (force: its worker is killed): the analysis → promote
+    steps of a pipeline then ran the second task on a dying worker."""
+    from qingliang.platform.executor import run_to_result
+
+    seen: list[str] = []
+
+    class Executor:
+        def stream(self, fn: Any, kwargs: Any, resources: Any) -> Any:
+            try:
+                yield {"kind": "log", "message": "working"}
+                yield {"kind": "result", "value": 42}
+                seen.append("ended")  # the task's own end, after its last event
+            except GeneratorExit:
+                seen.append("abandoned")
+                raise
+
+    events: list[dict] = []
+    assert run_to_result(Executor(), print, {}, on_event=events.append) == 42
+    assert seen == ["ended"]
+    assert events == [{"kind": "log", "message": "working"}]
