@@ -220,7 +220,8 @@ def test_registry_listings(chain: dict[str, str]) -> None:
 
     show = run("registry", "show", "gov-desk")
     assert show.startswith("adapter gov-desk@1: serving\n")
-    assert "  job: gov-ft-1 (lora, succeeded)" in show and "  metrics: rouge_l=0.51" in show
+    assert "  job: gov-ft-1 (lora, succeeded)" in show and "  metrics:\n    rouge_l: 0.51\n" in show
+    assert "evaluation sample" not in show and "--samples" not in show
     assert f"    train: {short(chain['data'])} ({chain['counts']}; active)" in show
     assert "  served by support: 100% since " in show
     assert "evaluated → approved: beats the base model" in show
@@ -239,6 +240,84 @@ def test_registry_listings(chain: dict[str, str]) -> None:
     assert out.startswith(f"{short(chain['data'])}  {chain['counts']}  ")
     assert out.rstrip().endswith("active")
     assert "did you mean 'gov-sft'?" in fails("registry", "datasets", "gov-stf")
+
+
+EVALUATION = {
+    "records": 7,
+    "metrics": {
+        "rouge_l": {"base": 0.123456, "adapter": 0.654321},
+        "exact_match": {"base": 0.0, "adapter": 0.5},
+    },
+    "samples": [
+        {
+            "reference": "Apply at the district office. " * 20,
+            "base": "I don't know",
+            "adapter": "Apply",
+        },
+        {
+            "id": "r-17",
+            "prompt": "How do I renew a residence permit?\nPlease be brief.",
+            "reference": "Renew online within 30 days.",
+            "base": "Renew it.",
+            "adapter": "Renew online within 30 days.",
+            "scores": {"rouge_l": {"base": 0.25, "adapter": 1.0}},
+        },
+        {"reference": "Yes.", "base": "No.", "adapter": "Yes."},
+    ],
+}
+
+
+def test_show_counts_the_evaluation_samples_and_lists_them_on_request(
+    chain: dict[str, str], home: Path
+) -> None:
+    metrics = {"final_train_loss": 1.234567, "steps": 12, "evaluation": EVALUATION}
+    with Registry(home=home) as reg:
+        ref = reg.register_adapter(
+            "gov-desk",
+            path="/adapters/gov-desk-2",
+            sha256="b" * 64,
+            job="gov-ft-1",
+            metrics=metrics,
+        ).ref
+    assert ref == "gov-desk@2"
+    long_reference = EVALUATION["samples"][0]["reference"]  # type: ignore[index]
+
+    show = run("registry", "show", "gov-desk@2")
+    lines = show.splitlines()
+    at = lines.index("  metrics:")
+    metrics_lines = lines[at + 1 : at + 6]
+    assert [" ".join(line.split()) for line in metrics_lines] == [
+        "final_train_loss: 1.235",
+        "steps: 12",
+        "evaluation.records: 7",
+        "evaluation.metrics.rouge_l: base 0.1235 → adapter 0.6543 (+0.5309)",
+        "evaluation.metrics.exact_match: base 0 → adapter 0.5 (+0.5)",
+    ]
+    # the values line up in one column
+    assert len({len(line) - len(line.split(":", 1)[1].lstrip()) for line in metrics_lines}) == 1
+    assert lines[at + 6] == "  3 evaluation samples; --samples to list them"
+    assert "residence permit" not in show and "district office" not in show
+    assert "  history:" in lines  # the rest of show is still there
+
+    listed = run("registry", "show", "gov-desk@2", "--samples")
+    assert "--samples to list them" not in listed
+    assert "  evaluation samples:" in listed.splitlines()
+    assert "    sample 1" in listed.splitlines()  # no record id stored for it
+    assert "    sample 2: record r-17" in listed
+    assert "      prompt:    How do I renew a residence permit? Please be brief." in listed
+    assert "      adapter:   Renew online within 30 days." in listed
+    assert "      scores:    rouge_l: base 0.25 → adapter 1 (+0.75)" in listed
+    cut = " ".join(long_reference.split())
+    assert f"      reference: {cut[:200]}… (+{len(cut) - 200} chars)" in listed
+    assert long_reference.strip() not in listed
+
+    doc = json.loads(run("registry", "show", "gov-desk@2", "--json"))
+    assert doc["metrics"] == metrics  # whole, untruncated
+
+
+def test_show_samples_when_none_are_stored(chain: dict[str, str]) -> None:
+    out = run("registry", "show", "gov-desk@1", "--samples")
+    assert "  evaluation samples: none stored" in out.splitlines()
 
 
 def test_delete_record_marks_the_adapter_stale(
