@@ -7,6 +7,10 @@ failed, approvals). One process drives a run at a time: :meth:`RunStore.lock` ta
 ``flock`` on the run's lock file, which the kernel releases when the driver dies, so a
 run whose status says ``running`` but whose lock is free was interrupted.
 
+A store keeps one SQLite connection per thread (a run's driver writes an event per training
+step, and opening a connection each time costs more than the write); a process forked from
+one that used the store opens its own. :meth:`RunStore.close` closes them.
+
 Statuses::
 
     queued -> running -> waiting (an approval) -> running -> succeeded
@@ -25,7 +29,9 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,26 +95,111 @@ class Event:
         return {**self.data, "seq": self.seq, "at": self.at, "step": self.step, "kind": self.kind}
 
 
+class _Connection:
+    """A store's connection in one thread, and the process that opened it."""
+
+    __slots__ = ("__weakref__", "closed", "db", "pid")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.pid = os.getpid()
+        self.closed = False
+
+
+# Connections a forked child inherited: never used or closed there (SQLite forbids using a
+# connection across fork(), and closing it could act on the parent's locks), only kept
+# referenced so that garbage collection does not close them either.
+_INHERITED: list[_Connection] = []
+
+
 class RunStore:
-    """Runs and events in ``<root>/runs.sqlite``; lock files in ``<root>/locks``."""
+    """Runs and events in ``<root>/runs.sqlite``; lock files in ``<root>/locks``.
+
+    Safe to use from several threads (each has its own connection) and after ``fork()``.
+
+    Example:
+        >>> with RunStore(tmp_path / "pipelines") as runs:  # doctest: +SKIP
+        ...     runs.create("pl-1", "faq", manifest, "/srv/pipelines", actor="alice")
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "locks").mkdir(exist_ok=True)
         self.path = self.root / "runs.sqlite"
+        self._local = threading.local()
+        # Every thread's connection, for close(); a thread's goes when the thread ends.
+        self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._open_lock = threading.Lock()
         with self._db() as db:
             db.executescript(SCHEMA)
 
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections this process opened, in every thread.
+
+        Call it when no other thread is using the store; a later call reopens one.
+        """
+        with self._open_lock:
+            conns = [c for c in self._open if c.pid == os.getpid() and not c.closed]
+            self._open.clear()
+        for conn in conns:
+            conn.closed = True
+            conn.db.close()
+
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.pid != os.getpid():
+            _INHERITED.append(conn)
+            conn = None
+        if conn is None or conn.closed:
+            # check_same_thread=False only so that close() can close other threads'
+            # connections; each is otherwise used by the thread that opened it.
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA busy_timeout=30000")
+            except BaseException:
+                db.close()
+                raise
+            conn = _Connection(db)
+            self._local.conn = conn
+            with self._open_lock:
+                self._open.add(conn)
+        return conn
+
+    def _forget(self, conn: _Connection) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            del self._local.conn
+        with self._open_lock:
+            self._open.discard(conn)
+        conn.closed = True
+        with contextlib.suppress(sqlite3.Error):
+            conn.db.close()
+
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """This thread's connection; what fails leaves no transaction open on it."""
+        conn = self._connection()
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+            yield conn.db
+        except sqlite3.Error:
+            self._forget(conn)  # closing rolls back; the next call opens a fresh one
+            raise
+        except BaseException:
+            if conn.db.in_transaction:
+                try:
+                    conn.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._forget(conn)
+            raise
 
     def create(self, run_id: str, pipeline: str, manifest: dict, base_dir: str, actor: str) -> Run:
         now = time.time()
