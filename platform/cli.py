@@ -287,8 +287,9 @@ def up(
     log_conversations: bool = typer.Option(
         False,
         "--log-conversations",
-        help="Record answered chat requests (prompts and answers, in plain text) in "
-        "$QINGLIANG_HOME/conversations.sqlite; see `qingliang conversations`.",
+        help="Record answered chat and completion requests, one row per choice (prompts "
+        "and answers, in plain text), in $QINGLIANG_HOME/conversations.sqlite; see "
+        "`qingliang conversations`.",
     ),
 ) -> None:
     """Start local Ray (127.0.0.1, dashboard :8265) and serve the default manifests."""

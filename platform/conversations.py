@@ -1,12 +1,16 @@
-"""The conversation log: answered chat requests, kept for review and training data.
+"""The conversation log: answered requests, kept for review and training data.
 
 When the gateway runs with ``conversation_log`` on (``qingliang up --log-conversations``)
-every answered ``/v1/chat/completions`` request becomes one row of
-``$QINGLIANG_HOME/conversations.sqlite``: who asked (tenant, key name), what model was
-asked for and what answered (deployment, adapter, adapter ref), the messages, the answer,
-its finish reason, token usage and latency. :meth:`ConversationLog.export` writes them as
-the JSONL that a Dataset's ``gateway_logs`` source reads, which closes the loop
-"answers → reviewed → training data"; :meth:`ConversationLog.purge` enforces retention.
+every answered ``/v1/chat/completions`` and ``/v1/completions`` request becomes rows of
+``$QINGLIANG_HOME/conversations.sqlite``, one per choice (``n > 1`` gives several): who
+asked (tenant, key name), what model was asked for and what answered (deployment,
+adapter, adapter ref), the messages (a legacy completion's prompt as one user message),
+the choice's answer and finish reason, the response's token usage and latency, the choice
+index and the endpoint. A file written before the last two columns existed gets them
+(``choice`` 0, ``endpoint`` ``chat``) when it is first opened.
+:meth:`ConversationLog.export` writes them as the JSONL that a Dataset's ``gateway_logs``
+source reads, which closes the loop "answers → reviewed → training data";
+:meth:`ConversationLog.purge` enforces retention.
 
 Rows are only added (an UPDATE is refused) or purged by age. :meth:`ConversationLog.append`
 never touches the disk: rows go onto a bounded queue that a background thread writes in
@@ -68,34 +72,42 @@ CREATE TABLE IF NOT EXISTS conversations (
     finish_reason     TEXT,
     prompt_tokens     INTEGER,
     completion_tokens INTEGER,
-    latency_ms        INTEGER
+    latency_ms        INTEGER,
+    choice            INTEGER NOT NULL DEFAULT 0,
+    endpoint          TEXT NOT NULL DEFAULT 'chat'
 );
 CREATE INDEX IF NOT EXISTS conversations_created ON conversations (created);
 CREATE TRIGGER IF NOT EXISTS conversations_no_update BEFORE UPDATE ON conversations
 BEGIN SELECT RAISE(ABORT, 'the conversation log is append-only'); END;
 """
+#: Columns added after the first release, with their definitions: a file created before
+#: them gets them by ALTER TABLE (its rows take the defaults).
+_ADDED_COLUMNS = {
+    "choice": "INTEGER NOT NULL DEFAULT 0",
+    "endpoint": "TEXT NOT NULL DEFAULT 'chat'",
+}
 _COLUMNS = (
     "id, created, tenant, key_name, model, deployment, adapter, adapter_ref, messages, "
-    "response, finish_reason, prompt_tokens, completion_tokens, latency_ms"
+    "response, finish_reason, prompt_tokens, completion_tokens, latency_ms, choice, endpoint"
 )
-_INSERT = f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(['?'] * 14)})"
+_INSERT = f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(['?'] * 16)})"
 _STOP = object()
 
 
 @dataclass(frozen=True)
 class Conversation:
-    """One answered chat request, as the gateway saw it."""
+    """One choice of an answered request, as the gateway saw it."""
 
-    #: The response id (``chatcmpl-…``).
+    #: The response id (``chatcmpl-…``, ``cmpl-…``), shared by the response's choices.
     id: str
     #: When the request arrived (unix seconds).
     created: float
     #: ``model`` as the client sent it (``qwen`` or ``qwen:sql``).
     model: str
     deployment: str
-    #: The request's ``messages``, as sent.
+    #: The request's ``messages``, as sent; a legacy completion's prompt as one user message.
     messages: Sequence[Any]
-    #: The answer's text (choice 0), or None when it had none (tool calls only).
+    #: The choice's text, or None when it had none (tool calls only).
     response: str | None
     #: The ``tenant:<name>`` scope of the API key; None for operator keys or no auth.
     tenant: str | None = None
@@ -103,9 +115,14 @@ class Conversation:
     adapter: str | None = None
     adapter_ref: str | None = None
     finish_reason: str | None = None
+    #: Token usage and latency are the whole response's, shared by its choices.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: int | None = None
+    #: The choice's ``index`` in the response (``n > 1`` answers have several).
+    choice: int = 0
+    #: ``chat`` (``/v1/chat/completions``) or ``completion`` (``/v1/completions``).
+    endpoint: str = "chat"
 
     def _row(self) -> tuple:
         return (
@@ -123,6 +140,8 @@ class Conversation:
             self.prompt_tokens,
             self.completion_tokens,
             self.latency_ms,
+            int(self.choice),
+            self.endpoint,
         )
 
 
@@ -145,7 +164,8 @@ def _plain_messages(messages: Any) -> Any:
 
 def _export_line(row: tuple) -> dict[str, Any]:
     (id_, created, tenant, key_name, model, deployment, adapter, adapter_ref) = row[:8]
-    messages, response, finish, prompt_tokens, completion_tokens, latency_ms = row[8:]
+    messages, response, finish, prompt_tokens, completion_tokens, latency_ms = row[8:14]
+    choice, endpoint = row[14:]
     usage = None
     if prompt_tokens is not None or completion_tokens is not None:
         usage = {
@@ -167,11 +187,34 @@ def _export_line(row: tuple) -> dict[str, Any]:
         "finish_reason": finish,
         "usage": usage,
         "latency_ms": latency_ms,
+        "choice": choice,
+        "endpoint": endpoint,
     }
 
 
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Give a file written by an older gateway the columns added since (rows kept)."""
+
+    def missing() -> list[str]:
+        have = {r[1] for r in conn.execute("PRAGMA table_info(conversations)")}
+        return [c for c in _ADDED_COLUMNS if c not in have]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Checked again under the write lock: another process may have added them.
+        for column in missing():
+            conn.execute(f"ALTER TABLE conversations ADD COLUMN {column} {_ADDED_COLUMNS[column]}")
+            logger.info("conversation log: added column %r", column)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class ConversationLog:
-    """Append-only SQLite store of answered chat requests (WAL, busy timeout).
+    """Append-only SQLite store of answered requests, a row per choice (WAL, busy timeout).
 
     Nothing is opened until first use. Writes go through a background thread; reads
     (:meth:`export`, :meth:`count`) and :meth:`purge` first wait for what this object has
@@ -375,6 +418,7 @@ class ConversationLog:
                             raise
                         time.sleep(0.02)
                 conn.executescript(_SCHEMA)
+                _add_columns(conn)
             self._ready = True
 
     @contextmanager
@@ -411,9 +455,11 @@ class ConversationLog:
 
         Each line is ``{"id", "created", "tenant", "key_name", "model", "deployment",
         "adapter", "adapter_ref", "messages", "response", "finish_reason", "usage",
-        "latency_ms"}``, oldest first. ``since`` (inclusive) and ``until`` (exclusive) are
-        unix seconds; ``tenants`` and ``models`` keep only those values of ``tenant`` and
-        ``model`` (the model as the client sent it), as a source's filters do.
+        "latency_ms", "choice", "endpoint"}``, oldest first: one line per choice, so an
+        ``n > 1`` answer gives several lines with the same ``id``. ``since`` (inclusive)
+        and ``until`` (exclusive) are unix seconds; ``tenants`` and ``models`` keep only
+        those values of ``tenant`` and ``model`` (the model as the client sent it), as a
+        source's filters do.
         """
         where: list[str] = []
         params: list[float | str] = []

@@ -180,12 +180,15 @@ def _with_trace(chunk: str, trace: dict[str, str | None]) -> str:
 
 
 class _Transcript:
-    """What a streamed chat answer said (choice 0), gathered from its SSE chunks."""
+    """What a streamed answer said, choice by choice, gathered from its SSE chunks.
+
+    Chat chunks carry ``delta.content``, legacy completion chunks ``text``.
+    """
 
     def __init__(self) -> None:
         self.id: str | None = None
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
+        self.parts: dict[int, list[str]] = {}
+        self.finish_reasons: dict[int, str | None] = {}
         self.usage: dict | None = None
 
     def feed(self, chunk: str) -> None:
@@ -203,35 +206,65 @@ class _Transcript:
             if isinstance(event.get("usage"), dict):
                 self.usage = event["usage"]
             for choice in event.get("choices") or ():
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                if not isinstance(choice, dict):
                     continue
+                index = choice.get("index", 0)
+                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                    continue
+                parts = self.parts.setdefault(index, [])
+                self.finish_reasons.setdefault(index, None)
                 delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else None
+                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
                 if isinstance(text, str):
-                    self.parts.append(text)
+                    parts.append(text)
                 if choice.get("finish_reason"):
-                    self.finish_reason = str(choice["finish_reason"])
+                    self.finish_reasons[index] = str(choice["finish_reason"])
 
-    def answer(self) -> dict:
-        """The transcript in the shape of a non-streamed chat answer."""
-        message = {"role": "assistant", "content": "".join(self.parts)}
-        return {
-            "id": self.id,
-            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
-            "usage": self.usage,
-        }
+    def answer(self, endpoint: str) -> dict:
+        """The transcript in the shape of a non-streamed answer of ``endpoint``."""
+        choices = []
+        for index in sorted(self.parts) or [0]:
+            text = "".join(self.parts.get(index, ()))
+            choice: dict[str, Any] = {
+                "index": index,
+                "finish_reason": self.finish_reasons.get(index),
+            }
+            if endpoint == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        return {"id": self.id, "choices": choices, "usage": self.usage}
 
 
-def _conversation(
-    request: Request, body: dict, trace: dict[str, str | None], answer: dict, arrived: float
-) -> Conversation:
-    """The conversation-log row of an answered chat request."""
+def _prompt_messages(body: dict, endpoint: str, index: int) -> list | None:
+    """The messages a choice answered: a chat request's ``messages``; for a legacy
+    completion, its prompt as one user message (a batch of prompts: the one of choice
+    ``index``). None when there is no text to record (token-id prompts)."""
+    if endpoint == "chat":
+        messages = body.get("messages")
+        return messages if isinstance(messages, list) else []
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        n = body.get("n", 1)
+        per_prompt = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        prompt = prompt[index // per_prompt] if index // per_prompt < len(prompt) else None
+    if not isinstance(prompt, str):
+        return None
+    return [{"role": "user", "content": prompt}]
+
+
+def _conversations(
+    request: Request,
+    endpoint: str,
+    body: dict,
+    trace: dict[str, str | None],
+    answer: dict,
+    arrived: float,
+) -> list[Conversation]:
+    """The conversation-log rows of an answered request: one per choice."""
     principal = getattr(request.state, "principal", None)
     key_name = getattr(principal, "name", None)
-    choices = answer.get("choices") or [{}]
-    first = choices[0] if isinstance(choices[0], dict) else {}
-    message = first.get("message")
-    text = message.get("content") if isinstance(message, dict) else None
     usage = answer.get("usage")
     if not isinstance(usage, dict):
         usage = {}
@@ -241,23 +274,50 @@ def _conversation(
         return value if isinstance(value, int) else None
 
     answer_id = answer.get("id")
-    finish = first.get("finish_reason")
-    return Conversation(
-        id=answer_id if isinstance(answer_id, str) else f"chatcmpl-{uuid.uuid4().hex}",
-        created=arrived,
-        tenant=tenant_of(principal),
-        key_name=key_name if isinstance(key_name, str) else None,
-        model=str(body.get("model")),
-        deployment=trace["deployment"] or "",
-        adapter=trace["adapter"],
-        adapter_ref=trace["adapter_ref"],
-        messages=body.get("messages") if isinstance(body.get("messages"), list) else [],
-        response=text if isinstance(text, str) else None,
-        finish_reason=finish if isinstance(finish, str) else None,
-        prompt_tokens=tokens("prompt_tokens"),
-        completion_tokens=tokens("completion_tokens"),
-        latency_ms=round((time.time() - arrived) * 1000),
-    )
+    if not isinstance(answer_id, str):
+        prefix = "chatcmpl" if endpoint == "chat" else "cmpl"
+        answer_id = f"{prefix}-{uuid.uuid4().hex}"
+    latency_ms = round((time.time() - arrived) * 1000)
+    rows = []
+    choices = [c for c in answer.get("choices") or () if isinstance(c, dict)] or [{}]
+    for position, choice in enumerate(choices):
+        index = choice.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = position
+        messages = _prompt_messages(body, endpoint, index)
+        if messages is None:
+            continue
+        if endpoint == "chat":
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+        else:
+            text = choice.get("text")
+            # With `echo` the text starts with the prompt: keep only the answer.
+            prompt = messages[0]["content"]
+            if body.get("echo") is True and isinstance(text, str) and text.startswith(prompt):
+                text = text[len(prompt) :]
+        finish = choice.get("finish_reason")
+        rows.append(
+            Conversation(
+                id=answer_id,
+                created=arrived,
+                tenant=tenant_of(principal),
+                key_name=key_name if isinstance(key_name, str) else None,
+                model=str(body.get("model")),
+                deployment=trace["deployment"] or "",
+                adapter=trace["adapter"],
+                adapter_ref=trace["adapter_ref"],
+                messages=messages,
+                response=text if isinstance(text, str) else None,
+                finish_reason=finish if isinstance(finish, str) else None,
+                prompt_tokens=tokens("prompt_tokens"),
+                completion_tokens=tokens("completion_tokens"),
+                latency_ms=latency_ms,
+                choice=index,
+                endpoint=endpoint,
+            )
+        )
+    return rows
 
 
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -301,8 +361,9 @@ def create_app(
     :mod:`.agents`); without it they answer 501. ``pipelines`` (a
     :class:`~qingliang.platform.pipelines.service.PipelineService`) serves
     ``/v1/pipelines`` (see :mod:`.pipelines`); without it they answer 501.
-    With ``conversations``, every answered ``/v1/chat/completions`` request (streamed
-    ones when their stream ends normally) is appended to that log; errors are not.
+    With ``conversations``, every answered ``/v1/chat/completions`` and ``/v1/completions``
+    request (streamed ones when their stream ends normally) is appended to that log, one
+    row per choice; errors are not.
     """
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
@@ -363,10 +424,13 @@ def create_app(
             )
         return entry
 
-    def _record(request: Request, body: dict, trace: dict, answer: dict, arrived: float) -> None:
+    def _record(
+        request: Request, endpoint: str, body: dict, trace: dict, answer: dict, arrived: float
+    ) -> None:
         assert conversations is not None
         try:
-            conversations.append(_conversation(request, body, trace, answer, arrived))
+            for row in _conversations(request, endpoint, body, trace, answer, arrived):
+                conversations.append(row)
         except Exception:  # recording must never cost the client its answer
             logger.exception("could not record a conversation")
 
@@ -383,12 +447,12 @@ def create_app(
             logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
         trace = _trace(entry, adapter)
         headers = _trace_headers(trace)
-        record = conversations is not None and endpoint == "chat"
+        record = conversations is not None and endpoint in ("chat", "completion")
         try:
             if not stream:
                 answer = await backend.generate(dep, endpoint, body, adapter)
                 if record:
-                    _record(request, body, trace, answer, arrived)
+                    _record(request, endpoint, body, trace, answer, arrived)
                 return JSONResponse({**answer, "qingliang": trace}, headers=headers)
             chunks = backend.stream(dep, endpoint, body, adapter)
             # Pull the first chunk before answering, so errors found before generation
@@ -418,7 +482,7 @@ def create_app(
                 return
             # Only here when the stream ended normally (not on an error or a disconnect).
             if transcript is not None:
-                _record(request, body, trace, transcript.answer(), arrived)
+                _record(request, endpoint, body, trace, transcript.answer(endpoint), arrived)
 
         return StreamingResponse(
             relay(),

@@ -39,7 +39,7 @@ NOW = 1_750_000_000.0
 runner = CliRunner()
 
 
-def chat_answer(content: str) -> dict:
+def chat_answer(content: str, n: int = 1) -> dict:
     return {
         "id": "chatcmpl-42",
         "object": "chat.completion",
@@ -47,28 +47,72 @@ def chat_answer(content: str) -> dict:
         "model": "qwen",
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "index": i,
+                "message": {"role": "assistant", "content": variant(content, i)},
+                "finish_reason": "stop" if i == 0 else "length",
             }
+            for i in range(n)
         ],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4 * n, "total_tokens": 9 + 4 * n},
     }
 
 
-def sse(content: str, finish: str | None = None) -> str:
+def completion_answer(content: str, n: int = 1, prompt: str = "") -> dict:
+    return {
+        "id": "cmpl-9",
+        "object": "text_completion",
+        "created": 1,
+        "model": "qwen",
+        "choices": [
+            {"index": i, "text": prompt + variant(content, i), "finish_reason": "stop"}
+            for i in range(n)
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3 * n, "total_tokens": 5 + 3 * n},
+    }
+
+
+def variant(content: str, i: int) -> str:
+    """Choice ``i``'s answer: choice 0 says ``content``, the others add their number."""
+    return content if i == 0 else f"{content}（{i}）"
+
+
+def sse(content: str, finish: str | None = None, index: int = 0) -> str:
     chunk = {
         "id": "chatcmpl-7",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "qwen",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        "choices": [{"index": index, "delta": {"content": content}, "finish_reason": finish}],
     }
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
+def sse_text(content: str, finish: str | None = None, index: int = 0) -> str:
+    chunk = {
+        "id": "cmpl-8",
+        "object": "text_completion",
+        "created": 1,
+        "model": "qwen",
+        "choices": [{"index": index, "text": content, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def usage_chunk(prompt_tokens: int, completion_tokens: int) -> str:
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n"
+
+
 class FakeBackend:
-    """Canned answers; ``error`` is raised before the answer, ``mid_error`` mid-stream."""
+    """Canned answers; ``error`` is raised before the answer, ``mid_error`` mid-stream.
+
+    Answers have the request's ``n`` choices (interleaved when streamed) and the shape of
+    the endpoint (chat or legacy completion).
+    """
 
     def __init__(self, entries: list[ModelEntry]) -> None:
         self.entries = entries
@@ -83,14 +127,36 @@ class FakeBackend:
     async def generate(self, deployment: str, endpoint: str, body: dict, adapter: str | None):
         if self.error is not None:
             raise self.error
-        return chat_answer(self.answer)
+        n = int(body.get("n", 1))
+        if endpoint == "completion":
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            echo = body["prompt"] if body.get("echo") else ""
+            # A batch of text prompts gets n choices per prompt.
+            per_batch = len(prompts) if all(isinstance(p, str) for p in prompts) else 1
+            return completion_answer(self.answer, n * per_batch, echo)
+        return chat_answer(self.answer, n)
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
     ) -> AsyncIterator[str]:
         if self.error is not None:
             raise self.error
-        for i, chunk in enumerate([*self.chunks, "data: [DONE]\n\n"]):
+        n = int(body.get("n", 1))
+        chunks = self.chunks
+        if endpoint == "completion":
+            chunks = [
+                sse_text("携带身份证"),
+                sse_text("到街道服务中心办理。"),
+                sse_text("", "stop"),
+            ]
+        if n > 1:
+            event = sse if endpoint == "chat" else sse_text
+            chunks = []
+            for part, finish in (("携带身份证", None), ("到街道服务中心办理。", None)):
+                chunks += [event(part, finish, i) for i in range(n)]
+            chunks += [event("" if i == 0 else f"（{i}）", "stop", i) for i in range(n)]
+            chunks.append(usage_chunk(9, 4 * n))
+        for i, chunk in enumerate([*chunks, "data: [DONE]\n\n"]):
             if i == 1 and self.mid_error is not None:
                 raise self.mid_error
             yield chunk
@@ -255,15 +321,85 @@ def test_a_stream_that_fails_midway_is_not_logged(
     assert log.count() == 0
 
 
-def test_legacy_completions_are_not_logged(
+def complete(client: TestClient, key: str, model: str, prompt: Any, **body: Any) -> Any:
+    return client.post(
+        "/v1/completions",
+        json={"model": model, "prompt": prompt, **body},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_choice_of_an_n_choice_answer_is_logged(
+    client: TestClient, log: ConversationLog, tenant_key: str, stream: bool
+) -> None:
+    r = ask(client, tenant_key, "qwen:sql", n=2, stream=stream)
+    assert r.status_code == 200
+    rows = exported(log)
+    assert [row["choice"] for row in rows] == [0, 1]
+    assert [row["response"] for row in rows] == [
+        "携带身份证到街道服务中心办理。",
+        "携带身份证到街道服务中心办理。（1）",
+    ]
+    assert len({row["id"] for row in rows}) == 1
+    assert rows[0]["id"] == ("chatcmpl-7" if stream else "chatcmpl-42")
+    for row in rows:
+        assert row["endpoint"] == "chat"
+        assert row["messages"] == [{"role": "user", "content": "居住证怎么办理？"}]
+        assert (row["adapter"], row["adapter_ref"], row["tenant"]) == (
+            "sql",
+            "sql-desk@3",
+            "city-a",
+        )
+        # Usage is the whole response's, shared by its choices.
+        assert row["usage"] == {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}
+    if not stream:
+        assert [row["finish_reason"] for row in rows] == ["stop", "length"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_legacy_completions_are_logged_with_the_prompt_as_a_user_message(
+    client: TestClient, log: ConversationLog, tenant_key: str, stream: bool
+) -> None:
+    r = complete(client, tenant_key, "gov", "居住证怎么办理？", stream=stream)
+    assert r.status_code == 200
+    (row,) = exported(log)
+    assert row["endpoint"] == "completion" and row["choice"] == 0
+    assert row["id"] == ("cmpl-8" if stream else "cmpl-9")
+    assert row["messages"] == [{"role": "user", "content": "居住证怎么办理？"}]
+    assert row["response"] == "携带身份证到街道服务中心办理。"
+    assert (row["model"], row["adapter"], row["adapter_ref"]) == ("gov", "desk", "gov-desk@2")
+    assert row["finish_reason"] == "stop"
+
+
+def test_legacy_completions_with_several_prompts_and_choices(
     client: TestClient, log: ConversationLog, tenant_key: str
 ) -> None:
-    r = client.post(
-        "/v1/completions",
-        json={"model": "qwen", "prompt": "hi"},
-        headers={"Authorization": f"Bearer {tenant_key}"},
-    )
-    assert r.status_code == 200
+    # Choices of a batch of prompts are numbered by prompt: index = prompt * n + k.
+    assert complete(client, tenant_key, "qwen", ["问一", "问二"], n=2).status_code == 200
+    rows = exported(log)
+    assert [(r["choice"], r["messages"][0]["content"]) for r in rows] == [
+        (0, "问一"),
+        (1, "问一"),
+        (2, "问二"),
+        (3, "问二"),
+    ]
+
+
+def test_legacy_completions_with_echo_log_only_the_answer(
+    client: TestClient, log: ConversationLog, tenant_key: str
+) -> None:
+    r = complete(client, tenant_key, "qwen", "居住证怎么办理？", echo=True)
+    assert r.json()["choices"][0]["text"].startswith("居住证怎么办理？")
+    (row,) = exported(log)
+    assert row["response"] == "携带身份证到街道服务中心办理。"
+
+
+def test_legacy_completions_of_token_ids_are_not_logged(
+    client: TestClient, log: ConversationLog, tenant_key: str
+) -> None:
+    assert complete(client, tenant_key, "qwen", [101, 2023, 102]).status_code == 200
+    assert complete(client, tenant_key, "qwen", [[101, 2023]]).status_code == 200
     assert log.count() == 0
 
 
@@ -347,6 +483,80 @@ def test_reading_a_missing_log_creates_nothing(home: Path) -> None:
     assert not home.exists()
 
 
+OLD_SCHEMA = """
+CREATE TABLE conversations (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT NOT NULL,
+    created           REAL NOT NULL,
+    tenant            TEXT,
+    key_name          TEXT,
+    model             TEXT NOT NULL,
+    deployment        TEXT NOT NULL,
+    adapter           TEXT,
+    adapter_ref       TEXT,
+    messages          TEXT NOT NULL,
+    response          TEXT,
+    finish_reason     TEXT,
+    prompt_tokens     INTEGER,
+    completion_tokens INTEGER,
+    latency_ms        INTEGER
+);
+CREATE INDEX conversations_created ON conversations (created);
+CREATE TRIGGER conversations_no_update BEFORE UPDATE ON conversations
+BEGIN SELECT RAISE(ABORT, 'the conversation log is append-only'); END;
+"""
+OLD_INSERT = (
+    "INSERT INTO conversations (id, created, tenant, key_name, model, deployment, adapter, "
+    "adapter_ref, messages, response, finish_reason, prompt_tokens, completion_tokens, "
+    "latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def old_row(n: int, created: float) -> tuple:
+    messages = json.dumps([{"role": "user", "content": f"旧问题 {n}"}], ensure_ascii=False)
+    head = (f"chatcmpl-old{n}", created, "city-a", "app", "qwen", "qwen", None, None)
+    return (*head, messages, f"旧回答 {n}", "stop", 3, 2, 40)
+
+
+@pytest.mark.parametrize("first", ["export", "append", "count"])
+def test_a_log_written_by_the_old_schema_is_migrated_without_losing_rows(
+    home: Path, first: str
+) -> None:
+    home.mkdir()
+    path = home / "conversations.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(OLD_SCHEMA)
+        db.executemany(OLD_INSERT, [old_row(1, NOW - 2), old_row(2, NOW - 1)])
+        db.commit()
+    log = ConversationLog.for_home(home, flush_interval_s=0.01)
+    if first == "append":
+        log.append(conversation(3, NOW, endpoint="completion", choice=1))
+        log.flush()
+    elif first == "count":
+        assert log.count() == 2
+    rows = exported(log)
+    assert [r["id"] for r in rows][:2] == ["chatcmpl-old1", "chatcmpl-old2"]
+    assert rows[0]["messages"] == [{"role": "user", "content": "旧问题 1"}]
+    assert rows[0]["response"] == "旧回答 1"
+    assert rows[0]["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    # Old rows take the defaults: the only kind the old gateway recorded.
+    assert [(r["choice"], r["endpoint"]) for r in rows[:2]] == [(0, "chat"), (0, "chat")]
+    if first == "append":
+        assert (rows[2]["choice"], rows[2]["endpoint"]) == (1, "completion")
+    # An old gateway replica still writing to the file keeps working, and rows stay locked.
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(OLD_INSERT, old_row(4, NOW + 1))
+        db.commit()
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE conversations SET response = 'edited'")
+    assert exported(log)[-1]["id"] == "chatcmpl-old4"
+    log.close()
+    # Opening it again changes nothing.
+    again = ConversationLog.for_home(home)
+    assert again.count() == (4 if first == "append" else 3)
+    again.close()
+
+
 # ------------------------------------------------------------ export → dataset
 
 
@@ -393,6 +603,52 @@ def test_exported_conversations_become_a_dataset_version(
     assert {r["metadata"]["source_id"] for r in records} == {"chatcmpl-42", "chatcmpl-7"}
     (source,) = store.report("city-a-sft", v.version)["sources"]
     assert (source["rows"], source["filtered"]) == (3, 1)
+
+
+def test_choices_and_legacy_completions_become_dataset_records(
+    client: TestClient, log: ConversationLog, tenant_key: str, tmp_path: Path
+) -> None:
+    ask(client, tenant_key, "qwen", question="社保卡丢了怎么补办？", n=2)
+    ask(client, tenant_key, "qwen", question="公积金可以提前提取吗？", n=2, stream=True)
+    complete(client, tenant_key, "qwen", "居住证怎么办理？")
+    complete(client, tenant_key, "qwen", "护照怎么办理？", stream=True)
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    with (folder / "all.jsonl").open("w", encoding="utf-8") as out:
+        assert log.export(out) == 6
+    manifest = Dataset.model_validate(
+        {
+            "apiVersion": "qingliang.io/v1",
+            "kind": "Dataset",
+            "metadata": {"name": "choices"},
+            "spec": {
+                "format": "chat",
+                "sources": [{"path": "all.jsonl", "kind": "gateway_logs"}],
+                # No dedup: the test's choices differ by one character.
+                "governance": [{"step": "schema"}, {"step": "pii"}],
+                "split": {"eval_fraction": 0.0},
+            },
+        }
+    )
+    store = DatasetStore(tmp_path / "datasets", env={})
+    v = store.cut(manifest, folder, actor="alice")
+    assert (v.records, v.quarantined) == (6, 0)
+    pairs = {
+        (r["messages"][0]["content"], r["messages"][-1]["content"], r["metadata"]["choice"])
+        for r in store.read("choices", v.version)
+    }
+    answer, second = "携带身份证到街道服务中心办理。", "携带身份证到街道服务中心办理。（1）"
+    assert pairs == {
+        ("社保卡丢了怎么补办？", answer, 0),
+        ("社保卡丢了怎么补办？", second, 1),
+        ("公积金可以提前提取吗？", answer, 0),
+        ("公积金可以提前提取吗？", second, 1),
+        ("居住证怎么办理？", answer, 0),
+        ("护照怎么办理？", answer, 0),
+    }
+    for r in store.read("choices", v.version):
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
+        assert r["metadata"]["endpoint"] in ("chat", "completion")
 
 
 # ------------------------------------------------------------------------------ CLI
