@@ -122,8 +122,12 @@ async def run_agent(
     tools = [step.tools[name] for name in agent.tools]
     specs = [openai_spec(t) for t in tools]
     by_name = {t.name: t for t in tools}
-    tokens, called, forms = 0, [], {}
+    tokens, called = 0, []
+    forms: dict[str, Any] = {}
     text = ""
+    # The run's id keeps a bare deployment's canary choice sticky for the whole run.
+    run_id = run.get("run_id")
+    who = str(run_id) if run_id else None
     for round_no in range(agent.max_tool_rounds + 1):
         if budget is not None and used + tokens >= budget:
             raise RunStopped(
@@ -143,6 +147,7 @@ async def run_agent(
                 max_tokens=agent.max_tokens,
                 temperature=agent.temperature,
                 on_delta=on_delta,
+                user=who,
             )
             return reply.to_json()
 

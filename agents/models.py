@@ -13,6 +13,12 @@ renders it with the model's own tool-calling template (the engine runs with
 ``--enable-auto-tool-choice --tool-call-parser hermes``); the reply's ``tool_calls`` come
 back parsed. Without tools the reply streams, and each token delta reaches ``on_delta``.
 
+A bare deployment (``qwen``, no ``:adapter``) follows its canary split
+(``spec.lora.traffic``) as an API request does: :class:`BackendChat` picks the adapter with
+the gateway's :func:`~qingliang.platform.gateway.app.choose_adapter`, keyed by ``user``
+(the agent run's id, so one run stays on one arm). The :class:`ChatReply` says which
+adapter answered and its registry ref; the run's journal records both.
+
 Example:
     >>> reply = await BackendChat(backend).complete(          # doctest: +SKIP
     ...     "qwen-coder", [{"role": "user", "content": "hi"}], max_tokens=16)
@@ -21,14 +27,18 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qingliang.platform.errors import ApiError, EngineError
+
+if TYPE_CHECKING:
+    from qingliang.platform.gateway.app import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,10 @@ class ChatReply:
     tokens: int = 0
     model: str = ""
     finish_reason: str | None = None
+    #: The LoRA adapter that answered; None for the base model (or when not known).
+    adapter: str | None = None
+    #: That adapter's model-registry ref (``name@version``), where known.
+    adapter_ref: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +73,8 @@ class ChatReply:
             "tokens": self.tokens,
             "model": self.model,
             "finish_reason": self.finish_reason,
+            "adapter": self.adapter,
+            "adapter_ref": self.adapter_ref,
         }
 
     @classmethod
@@ -69,10 +85,16 @@ class ChatReply:
             tokens=int(d.get("tokens", 0)),
             model=d.get("model", ""),
             finish_reason=d.get("finish_reason"),
+            # Absent from replies journaled before adapters were recorded.
+            adapter=d.get("adapter"),
+            adapter_ref=d.get("adapter_ref"),
         )
 
 
 class ChatModel(Protocol):
+    """A chat model. ``user`` is a stable key of the caller (the agent run's id) that
+    keeps canary routing sticky."""
+
     async def complete(
         self,
         model: str,
@@ -82,6 +104,7 @@ class ChatModel(Protocol):
         max_tokens: int = 256,
         temperature: float = 0.0,
         on_delta: OnDelta | None = None,
+        user: str | None = None,
     ) -> ChatReply: ...
 
 
@@ -128,12 +151,19 @@ def parse_reply(response: dict[str, Any]) -> ChatReply:
             args, error = {}, f"arguments are not a JSON object ({exc}): {str(raw)[:200]}"
         calls.append(ToolCall(tc.get("id") or f"call_{i}", str(fn.get("name", "")), args, error))
     usage = response.get("usage") or {}
+    # The gateway says what answered in a `qingliang` object (absent from engine replies).
+    trace = response.get("qingliang")
+    if not isinstance(trace, dict):
+        trace = {}
+    adapter, ref = trace.get("adapter"), trace.get("adapter_ref")
     return ChatReply(
         text=message.get("content") or "",
         tool_calls=calls,
         tokens=int(usage.get("total_tokens") or 0),
         model=str(response.get("model", "")),
         finish_reason=choice.get("finish_reason"),
+        adapter=adapter if isinstance(adapter, str) else None,
+        adapter_ref=ref if isinstance(ref, str) else None,
     )
 
 
@@ -166,8 +196,8 @@ def recover_tool_call(reply: ChatReply, offered: set[str]) -> ChatReply:
     if name not in offered or not isinstance(args, dict):
         return reply
     log.debug("reply of %s: tool call %s recovered from its text", reply.model, name)
-    return ChatReply(
-        "", [ToolCall("call_0", str(name), args)], reply.tokens, reply.model, "tool_calls"
+    return dataclasses.replace(
+        reply, text="", tool_calls=[ToolCall("call_0", str(name), args)], finish_reason="tool_calls"
     )
 
 
@@ -177,10 +207,21 @@ def _split(model: str) -> tuple[str, str | None]:
 
 
 class BackendChat:
-    """Models through the gateway's backend (Serve handles) — the in-platform path."""
+    """Models through the gateway's backend (Serve handles) — the in-platform path.
+
+    A bare deployment's canary split is applied here, as the gateway applies it to API
+    requests; a backend without ``models()`` (or a deployment it does not list) has none,
+    and the request goes to the base model.
+    """
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
+
+    def _entry(self, deployment: str) -> ModelEntry | None:
+        models = getattr(self._backend, "models", None)
+        if models is None:
+            return None
+        return next((e for e in models() if e.name == deployment), None)
 
     async def complete(
         self,
@@ -191,12 +232,22 @@ class BackendChat:
         max_tokens: int = 256,
         temperature: float = 0.0,
         on_delta: OnDelta | None = None,
+        user: str | None = None,
     ) -> ChatReply:
         dep, adapter = _split(model)
+        entry = self._entry(dep)
+        if adapter is None and entry is not None and entry.traffic:
+            # Imported here: the gateway app pulls in FastAPI, which agents need not load.
+            from qingliang.platform.gateway.app import choose_adapter
+
+            adapter = choose_adapter(entry, user)
+            log.debug("%s: agent call sent to %s", dep, adapter or "the base model")
+        ref = entry.refs.get(adapter) if entry is not None and adapter else None
         stream = on_delta is not None and not tools
         body = body_for(model, messages, tools, max_tokens, temperature, stream)
         if not stream:
-            return parse_reply(await self._backend.generate(dep, "chat", body, adapter))
+            reply = parse_reply(await self._backend.generate(dep, "chat", body, adapter))
+            return dataclasses.replace(reply, adapter=adapter, adapter_ref=ref)
         parts: list[str] = []
         tokens, finish = 0, None
         async for chunk in self._backend.stream(dep, "chat", body, adapter):
@@ -215,7 +266,7 @@ class BackendChat:
                         on_delta(delta)
                     finish = choice.get("finish_reason") or finish
                 tokens = int((event.get("usage") or {}).get("total_tokens") or tokens)
-        return ChatReply("".join(parts), [], tokens, model, finish)
+        return ChatReply("".join(parts), [], tokens, model, finish, adapter, ref)
 
 
 class HttpChat:
@@ -236,8 +287,11 @@ class HttpChat:
         max_tokens: int = 256,
         temperature: float = 0.0,
         on_delta: OnDelta | None = None,
+        user: str | None = None,
     ) -> ChatReply:
         body = body_for(model, messages, tools, max_tokens, temperature, stream=False)
+        if user is not None:
+            body["user"] = user  # the gateway's canary split keys on it
         r = await self._client.post("/chat/completions", json=body)
         if r.status_code >= 400:
             raise ApiError(f"model {model!r}: HTTP {r.status_code}: {r.text[:300]}")

@@ -35,7 +35,15 @@ class EchoChat:
     """Answers with the last user message, at once (no model)."""
 
     async def complete(
-        self, model, messages, *, tools=None, max_tokens=256, temperature=0.0, on_delta=None
+        self,
+        model,
+        messages,
+        *,
+        tools=None,
+        max_tokens=256,
+        temperature=0.0,
+        on_delta=None,
+        user=None,
     ):
         from qingliang.agents.models import ChatReply
 

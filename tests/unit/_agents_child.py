@@ -47,7 +47,15 @@ class ScriptedChat:
         self.log = home / "model-calls.log"
 
     async def complete(
-        self, model, messages, *, tools=None, max_tokens=256, temperature=0.0, on_delta=None
+        self,
+        model,
+        messages,
+        *,
+        tools=None,
+        max_tokens=256,
+        temperature=0.0,
+        on_delta=None,
+        user=None,
     ):
         with self.log.open("a") as f:
             f.write(model + "\n")

@@ -28,7 +28,15 @@ class Scripted:
         self.tokens = tokens
 
     async def complete(
-        self, model, messages, *, tools=None, max_tokens=256, temperature=0.0, on_delta=None
+        self,
+        model,
+        messages,
+        *,
+        tools=None,
+        max_tokens=256,
+        temperature=0.0,
+        on_delta=None,
+        user=None,
     ):
         self.calls.append(model)
         await asyncio.sleep(self.delay.get(model, 0))

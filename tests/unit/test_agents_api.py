@@ -46,6 +46,7 @@ class ScriptedChat:
         max_tokens: int = 256,
         temperature: float = 0.0,
         on_delta: Any = None,
+        user: str | None = None,
     ) -> ChatReply:
         if tools and not any(m["role"] == "tool" for m in messages):
             call = ToolCall("call-1", "clinics", {"query": "SELECT name FROM clinic"})
