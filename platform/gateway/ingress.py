@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from qingliang.platform.arm_stats import ArmStats
 from qingliang.platform.conversations import ConversationLog
 from qingliang.platform.errors import ApiError, Saturated
 from qingliang.platform.gateway.app import ModelEntry, create_app
@@ -65,14 +66,40 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class ServeBackend:
-    """Routes gateway requests to model deployments over Serve handles."""
+    """Routes gateway requests to model deployments over Serve handles.
 
-    def __init__(self, store: StateStore, metrics: ServingMetrics, ttl_s: float = 0.5) -> None:
+    With ``stats``, every request's outcome is counted per arm (adapter or base model)
+    for canary analysis (:mod:`qingliang.platform.arm_stats`): answered, or failed with
+    a server error. Client errors, saturation and abandoned streams are not counted.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        metrics: ServingMetrics,
+        ttl_s: float = 0.5,
+        stats: ArmStats | None = None,
+    ) -> None:
         self._store = store
         self._metrics = metrics
         self._ttl = ttl_s
+        self._stats = stats
         self._cached: tuple[float, list[ModelEntry]] = (0.0, [])
         self._handles: dict[str, Any] = {}
+
+    def _observe(
+        self, deployment: str, adapter: str | None, started: float, error: ApiError | None
+    ) -> None:
+        if self._stats is None:
+            return
+        if error is not None and error.status_code < 500:
+            return  # bad input or saturation: nothing about the arm
+        try:
+            self._stats.observe(
+                deployment, adapter, ok=error is None, latency_s=time.monotonic() - started
+            )
+        except Exception:  # counting must never cost the client its answer
+            logger.exception("could not count a request to %s", deployment)
 
     def models(self) -> list[ModelEntry]:
         at, entries = self._cached
@@ -111,20 +138,26 @@ class ServeBackend:
     async def generate(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
     ) -> dict:
+        started = time.monotonic()
         for attempt in (0, 1):
             try:
-                return await self._handle(deployment).generate.remote(endpoint, body, adapter)
+                answer = await self._handle(deployment).generate.remote(endpoint, body, adapter)
             except Exception as exc:
                 if attempt == 0 and _retryable(exc):
                     logger.warning("replica of %s died; retrying once", deployment)
                     continue
-                raise translate(exc) from None
+                error = translate(exc)
+                self._observe(deployment, adapter, started, error)
+                raise error from None
+            self._observe(deployment, adapter, started, None)
+            return answer
         raise AssertionError("unreachable")
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
     ) -> AsyncIterator[str]:
         started = False
+        began = time.monotonic()
         for attempt in (0, 1):
             gen = (
                 self._handle(deployment)
@@ -135,12 +168,17 @@ class ServeBackend:
                 async for chunk in gen:
                     started = True
                     yield chunk
-                return
             except Exception as exc:
                 if attempt == 0 and not started and _retryable(exc):
                     logger.warning("replica of %s died before streaming; retrying once", deployment)
                     continue
-                raise translate(exc) from None
+                error = translate(exc)
+                self._observe(deployment, adapter, began, error)
+                raise error from None
+            # Only here when the stream ended; a client that walked away closes the
+            # generator at a yield above (GeneratorExit), which is not counted.
+            self._observe(deployment, adapter, began, None)
+            return
 
     async def ready(self) -> dict[str, str]:
         async def one(name: str) -> tuple[str, str]:
@@ -293,7 +331,9 @@ class AgentsServer:
         from qingliang.agents.service import AgentService
 
         store = StateStore(self._home / "state.sqlite")
-        backend = ServeBackend(store, ServingMetrics.create())
+        # Agents' model calls count towards the arms too: a canary serves them as well.
+        self._stats = ArmStats.for_home(self._home)
+        backend = ServeBackend(store, ServingMetrics.create(), stats=self._stats)
         router = RouterClient(router_actor(str(self._home / "router.sqlite"), ROUTER_NAMESPACE))
         loop = asyncio.get_running_loop()
         knowledge = SyncKnowledge(self._knowledge, loop) if self._knowledge else None
@@ -384,7 +424,10 @@ class Gateway:
             self._conversations = ConversationLog.for_home(home_path)
             logger.info("recording answered chat requests in %s", self._conversations.path)
         metrics = ServingMetrics.create()
-        self._backend = ServeBackend(StateStore(home_path / "state.sqlite"), metrics)
+        self._stats = ArmStats.for_home(home_path)
+        self._backend = ServeBackend(
+            StateStore(home_path / "state.sqlite"), metrics, stats=self._stats
+        )
         self._embedder = HandleEmbedder(embedder, embed_model) if embedder is not None else None
         self._auth = KeyAuth(home_path / "state.sqlite", auth_enabled)
         self._knowledge = HandleKnowledge(knowledge) if knowledge is not None else None
@@ -411,6 +454,9 @@ class Gateway:
         log = getattr(self, "_conversations", None)
         if log is not None:
             log.close()
+        stats = getattr(self, "_stats", None)
+        if stats is not None:
+            stats.close()
 
 
 def build_gateway_app(

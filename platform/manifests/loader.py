@@ -110,8 +110,8 @@ def _without_union_tags(model: type[BaseModel], loc: tuple) -> tuple:
     for i, part in enumerate(loc):
         if (
             isinstance(part, str)
-            and out
-            and isinstance(out[-1], int)
+            and i > 0
+            and isinstance(loc[i - 1], int)  # only the part right after the index
             and i + 1 < len(loc)
             and part not in (_fields_at(model, tuple(out)) or [part])
         ):

@@ -12,9 +12,10 @@ per step, each run as a Ray task:
 ``approval``  wait for a person (``qingliang pipelines approve``); approving marks the
               adapter ``approved`` in the registry
 ``canary``    load the adapter into a deployment and give it ``share`` of its traffic
-``promote``   after an approval (``mode: approval``) or a hold time (``mode: auto``), give
+``promote``   after an approval (``mode: approval``), or once the canary has held
+              ``hold_s`` and its served requests pass ``analysis`` (``mode: auto``), give
               the adapter the whole share and unload the version it replaces; a rejection
-              rolls the canary back
+              or a failed analysis rolls the canary back
 
 Validation is pure and checks the order as a whole (a canary needs an approved adapter,
 so an ``approval`` before it; ``evaluate`` needs a ``finetune`` before it, …). Files named
@@ -166,14 +167,79 @@ class CanaryStep(_Step):
         return valid_name(v)
 
 
+class CanaryAnalysis(Strict):
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        le=1_000_000,
+        description="Requests the canary must have answered or failed before it is judged; "
+        "0 promotes after `hold_s` without looking.",
+    )
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Highest share of server errors on the canary."
+    )
+    max_error_rate_increase: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="How far the canary's error rate may exceed the baseline's (the "
+        "versions it replaces, or the base model), when the baseline has `min_requests`.",
+    )
+    max_latency_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="Highest canary mean latency as a multiple of the baseline's "
+        "(unset: latency is reported, not judged).",
+    )
+    max_wait_s: float = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="Roll back as inconclusive when the canary has not had `min_requests` "
+        "this many seconds after it started.",
+    )
+    interval_s: float = Field(
+        default=10, gt=0, le=3600, description="How often the figures are read."
+    )
+
+
 class PromoteStep(_Step):
     type: Literal["promote"] = Field(description="Make the canary the served version.")
     mode: Literal["approval", "auto"] = Field(
         default="approval",
         description="`approval`: wait for `pipelines approve` (reject rolls back); `auto`: "
-        "promote after `hold_s`.",
+        "promote when the canary has held `hold_s` and passes `analysis`, roll back when "
+        "it fails it.",
     )
-    hold_s: float = Field(default=0, ge=0, le=7 * 86400, description="auto: seconds to wait.")
+    hold_s: float = Field(
+        default=0,
+        ge=0,
+        le=7 * 86400,
+        description="auto: the least time, from the canary's start, before promotion.",
+    )
+    analysis: CanaryAnalysis = Field(
+        default_factory=CanaryAnalysis,
+        description="auto: what the canary must show, against its baseline, to be promoted.",
+    )
+
+    @model_validator(mode="after")
+    def _auto_only(self) -> PromoteStep:
+        # Compared with the defaults, not the fields given: a stored run's manifest is
+        # dumped with every default written out.
+        extra = [
+            name
+            for name, given, default in (
+                ("analysis", self.analysis, CanaryAnalysis()),
+                ("hold_s", self.hold_s, 0),
+            )
+            if given != default
+        ]
+        if self.mode == "approval" and extra:
+            raise ValueError(
+                f"{' and '.join(extra)} apply to `mode: auto`; with `mode: approval` a person "
+                "decides (the canary's figures are shown to them)"
+            )
+        return self
 
 
 Step = Annotated[

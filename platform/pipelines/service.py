@@ -492,13 +492,21 @@ class PipelineService:
         assert canary is not None
         common = {"home": str(self.home), "canary": canary, "base_model": trained["base_model"]}
         if step.mode == "approval":
+            try:
+                figures = impl.canary_figures(str(self.home), canary)
+                so_far = (
+                    f" So far the canary had {figures['canary'].describe()}; its baseline "
+                    f"({figures['baseline'].arm}) {figures['baseline'].describe()}."
+                )
+            except Exception as exc:  # the figures help the approver; they never block
+                so_far = f" (canary figures unavailable: {exc})"
             decision = interrupt(
                 {
                     "step": step.name,
                     "kind": "promote",
                     "message": f"promote {trained['adapter']} on {canary['deployment']} "
                     f"(canary share {canary['traffic'][canary['loaded_as']]:.0%})? "
-                    "Reject rolls the canary back.",
+                    "Reject rolls the canary back." + so_far,
                     "adapter": trained["adapter"],
                 }
             )
@@ -507,9 +515,20 @@ class PipelineService:
                 kwargs = {**common, "reason": f"{by}: {reason}"}
                 return self._exec(run, step.name, impl.rollback_step, kwargs, cpus=0), "rolled_back"
             return self._exec(run, step.name, impl.promote_step, common, cpus=0), ""
-        return self._exec(
-            run, step.name, impl.promote_step, {**common, "hold_s": step.hold_s}, cpus=0
-        ), ""
+        watch = {
+            "home": str(self.home),
+            "canary": canary,
+            "hold_s": step.hold_s,
+            "analysis": step.analysis.model_dump(mode="json"),
+        }
+        verdict = self._exec(run, step.name, impl.analyse_canary_step, watch, cpus=0)
+        self.runs.event(run.id, step.name, "analysis", verdict)
+        if not verdict["healthy"]:
+            kwargs = {**common, "reason": f"canary analysis: {verdict['reason']}"}
+            out = self._exec(run, step.name, impl.rollback_step, kwargs, cpus=0)
+            return {**out, "analysis": verdict}, "rolled_back"
+        out = self._exec(run, step.name, impl.promote_step, common, cpus=0)
+        return {**out, "analysis": verdict}, ""
 
 
 def _decision(value: Any) -> tuple[bool, str, str]:

@@ -244,7 +244,8 @@ def canary_step(
     ``before`` is the deployment's traffic when the step first ran (the pipeline passes
     it on retries, so the split is computed from the same starting point).
 
-    Returns ``{"deployment", "adapter", "loaded_as", "before", "traffic"}``.
+    Returns ``{"deployment", "adapter", "loaded_as", "before", "traffic", "at"}``: ``at``
+    is when the canary started taking traffic (its analysis window starts there).
     """
     ctl = controller(home)
     state = deployment_state(ctl, deployment)
@@ -284,18 +285,130 @@ def canary_step(
         "loaded_as": loaded_as,
         "before": start,
         "traffic": traffic,
+        "at": time.time(),
     }
 
 
+def _baseline_arms(canary: dict[str, Any]) -> list[str]:
+    """What the canary is compared with: the versions of its adapter it would replace,
+    else the base model (arm ``""``)."""
+    name = canary["adapter"].partition("@")[0]
+    replaced = [
+        a for a in canary["before"] if a.startswith(f"{name}-v") and a != canary["loaded_as"]
+    ]
+    return replaced or [""]
+
+
+def canary_figures(home: str, canary: dict[str, Any]) -> dict[str, Any]:
+    """The canary's and its baseline's counts since the canary started."""
+    from qingliang.platform.arm_stats import combined, summary
+
+    arms = summary(Path(home), canary["deployment"], since=float(canary.get("at") or 0))
+    return {
+        "canary": combined(arms, [canary["loaded_as"]]),
+        "baseline": combined(arms, _baseline_arms(canary)),
+    }
+
+
+def judge_canary(figures: dict[str, Any], analysis: dict[str, Any]) -> tuple[bool | None, str]:
+    """``(True, why)`` healthy, ``(False, why)`` failing, ``(None, why)`` too few requests."""
+    c, b = figures["canary"], figures["baseline"]
+    need = int(analysis["min_requests"])
+    if c.requests < need:
+        return None, f"{c.requests} of {need} requests so far"
+    problems = []
+    if c.error_rate > analysis["max_error_rate"]:
+        problems.append(
+            f"error rate {c.error_rate:.1%} is over max_error_rate {analysis['max_error_rate']:.1%}"
+        )
+    if b.requests >= need and b.requests > 0:
+        allowed = b.error_rate + analysis["max_error_rate_increase"]
+        if c.error_rate > allowed:
+            problems.append(
+                f"error rate {c.error_rate:.1%} is over the baseline's {b.error_rate:.1%} "
+                f"+ max_error_rate_increase {analysis['max_error_rate_increase']:.1%}"
+            )
+        ratio = analysis.get("max_latency_ratio")
+        slow = ratio and c.mean_latency_ms and b.mean_latency_ms
+        if slow and c.mean_latency_ms > ratio * b.mean_latency_ms:
+            problems.append(
+                f"mean latency {c.mean_latency_ms:.0f} ms is over {ratio:g} x the "
+                f"baseline's {b.mean_latency_ms:.0f} ms"
+            )
+    figures_text = f"canary: {c.describe()}; baseline ({b.arm}): {b.describe()}"
+    if problems:
+        return False, "; ".join(problems) + f" ({figures_text})"
+    return True, figures_text
+
+
+def analyse_canary_step(
+    emit: Emit,
+    *,
+    home: str,
+    canary: dict[str, Any],
+    hold_s: float,
+    analysis: dict[str, Any],
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Watch the canary's served requests until it can be judged (``promote: auto``).
+
+    Healthy once it has held ``hold_s`` (counted from the canary's start, so a resumed
+    run does not start over) with ``min_requests`` and its figures within the limits;
+    failing as soon as it has ``min_requests`` and is outside them; inconclusive (and so
+    failing) when ``max_wait_s`` passes without ``min_requests``.
+
+    Returns ``{"healthy", "reason", "canary", "baseline", "waited_s"}``.
+    """
+    started = float(canary.get("at") or clock())
+    hold_until = started + hold_s
+    give_up = started + max(hold_s, float(analysis["max_wait_s"]))
+    need = int(analysis["min_requests"])
+    if need == 0:
+        if clock() < hold_until:
+            emit({"kind": "log", "message": f"holding the canary for {hold_s:g} s"})
+            sleep(max(0.0, hold_until - clock()))
+        return {"healthy": True, "reason": "min_requests is 0: not analysed", "waited_s": 0}
+    emit(
+        {
+            "kind": "log",
+            "message": f"analysing the canary: {need} requests needed, held at least "
+            f"{hold_s:g} s, at most {give_up - started:g} s",
+        }
+    )
+    said = ""
+    while True:
+        now = clock()
+        figures = canary_figures(home, canary)
+        verdict, why = judge_canary(figures, analysis)
+        result = {
+            "canary": figures["canary"].to_dict(),
+            "baseline": figures["baseline"].to_dict(),
+            "waited_s": round(now - started, 1),
+        }
+        if verdict is False:
+            return {"healthy": False, "reason": why, **result}
+        if verdict and now >= hold_until:
+            return {"healthy": True, "reason": why, **result}
+        if verdict is None and now >= give_up:
+            reason = (
+                f"inconclusive: {why} after {now - started:.0f} s (max_wait_s); "
+                f"canary: {figures['canary'].describe()}"
+            )
+            return {"healthy": False, "reason": reason, **result}
+        if why != said:
+            emit({"kind": "log", "message": f"canary analysis: {why}"})
+            said = why
+        deadline = hold_until if verdict else give_up
+        sleep(max(0.05, min(float(analysis["interval_s"]), deadline - now)))
+
+
 def promote_step(
-    emit: Emit, *, home: str, canary: dict[str, Any], base_model: str, hold_s: float = 0
+    emit: Emit, *, home: str, canary: dict[str, Any], base_model: str
 ) -> dict[str, Any]:
     """Give the canary the whole share its adapter name had; unload the versions it replaces."""
     from qingliang.platform.registry import Registry
 
-    if hold_s > 0:
-        emit({"kind": "log", "message": f"holding the canary for {hold_s:g} s"})
-        time.sleep(hold_s)
     deployment, loaded_as = canary["deployment"], canary["loaded_as"]
     ctl = controller(home)
     state = deployment_state(ctl, deployment)
@@ -343,5 +456,5 @@ def rollback_step(
     with Registry(home=Path(home)) as reg:
         if reg.get_adapter(canary["adapter"]).status == "approved":
             reg.set_status(canary["adapter"], "retired", f"canary rolled back: {reason}")
-    emit({"kind": "log", "message": f"{deployment}: canary {loaded_as} rolled back"})
+    emit({"kind": "log", "message": f"{deployment}: canary {loaded_as} rolled back ({reason})"})
     return {"deployment": deployment, "traffic": before, "unloaded": [loaded_as]}

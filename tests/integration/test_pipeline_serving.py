@@ -1,11 +1,13 @@
 """A Pipeline on the real platform: steps as Ray tasks on the local cluster, the adapter
 hot-loaded into the vLLM deployment `tiny` as a canary behind the real gateway, answers
-that name the adapter's registry ref, and `qingliang lineage` from that ref back to the
+that name the adapter's registry ref, the gateway's per-arm counts promoting the canary
+(`promote: auto` with its analysis), and `qingliang lineage` from that ref back to the
 dataset version it was trained on."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import httpx
 from _platform import Platform
 from typer.testing import CliRunner
 
+from qingliang.platform.arm_stats import summary
 from qingliang.platform.executor import RayExecutor
 from qingliang.platform.manifests.loader import parse_documents
 from qingliang.platform.pipelines.service import PipelineService
@@ -65,7 +68,10 @@ spec:
     - {type: evaluate, max_records: 4, max_new_tokens: 8}
     - {type: approval, message: "Put permits-bot into a canary on tiny?"}
     - {type: canary, deployment: tiny, share: 0.5}
-    - {type: promote}
+    # Held 60 s from the canary's start (the test's 24 requests land in the canary),
+    # then promoted on the gateway's counts: 6 canary requests, no server errors.
+    - {type: promote, mode: auto, hold_s: 60,
+       analysis: {min_requests: 6, interval_s: 1, max_wait_s: 300}}
 """
     )
     return root / "pipeline.yaml"
@@ -100,13 +106,27 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
         progress = [e for e in svc.runs.events(run.id) if e.kind == "progress"]
         assert [e.data["train_step"] for e in progress if e.data["phase"] == "train"][-1] == 20
 
-        run = svc.approve(run.id, approve=True, by="ci", reason="eval ok")
-        assert run.status == "waiting" and run.step == "promote", run.error
+        # The approval starts the canary; the promote step then watches the traffic, so
+        # the driver runs in a thread while this one plays the users.
+        canary_from = time.time()
+        driven: dict[str, object] = {}
+
+        def drive() -> None:
+            try:
+                driven["run"] = svc.approve(run.id, approve=True, by="ci", reason="eval ok")
+            except BaseException as exc:
+                driven["error"] = exc
+
+        driver = threading.Thread(target=drive, daemon=True)
+        driver.start()
         # Wait for the replicas to load the adapter (a lightweight Serve update).
         deadline = time.monotonic() + 120
         while ask(http, "tiny:permits-bot-v1", "probe").status_code != 200:
             assert time.monotonic() < deadline, "the canary adapter never loaded"
+            assert driver.is_alive(), driven
             time.sleep(1.0)
+        with Registry(home=home) as reg:
+            assert reg.get_adapter("permits-bot@1").status == "canary"
         time.sleep(1.0)  # the gateway reads manifests with a 0.5 s cache
         arms = {}
         for i in range(24):
@@ -115,6 +135,22 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
             arms[i] = r.headers["x-qingliang-adapter-ref"]
             assert r.json()["qingliang"]["adapter_ref"] == (arms[i] or None)
         assert set(arms.values()) == {"", "permits-bot@1"}, arms
+
+        driver.join(360)
+        assert not driver.is_alive() and "error" not in driven, driven
+        run = driven["run"]  # type: ignore[assignment]
+        assert run.status == "succeeded", run.error
+        verdict = run.outputs["promote"]["analysis"]
+        assert verdict["healthy"] and verdict["baseline"]["arm"] == "base", verdict
+        canary_arm = verdict["canary"]
+        assert canary_arm["requests"] >= 6 and canary_arm["errors"] == 0, verdict
+        assert verdict["waited_s"] >= 60
+        # The figures are the gateway's own counts of what it served.
+        counted = summary(home, "tiny", since=canary_from)
+        on_canary = sum(1 for v in arms.values() if v)
+        assert counted["permits-bot-v1"].requests >= on_canary + 1  # + the probe
+        assert counted[""].requests >= 24 - on_canary
+        assert counted["permits-bot-v1"].mean_latency_ms is not None
 
         # From an answer's adapter ref back to the data it was trained on.
         ref = next(v for v in arms.values() if v)
@@ -127,11 +163,7 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
         assert "tiny-llama" in out.output and run.outputs["finetune"]["job"] in out.output
         tree = CliRunner().invoke(app, ["lineage", "tiny:permits-bot-v1"], env=env)
         assert tree.exit_code == 0 and run.outputs["govern"]["ref"][:20] in tree.output
-        with Registry(home=home) as reg:
-            assert reg.get_adapter(ref).status == "canary"
 
-        run = svc.approve(run.id, approve=True, by="ci", reason="canary healthy")
-        assert run.status == "succeeded", run.error
         time.sleep(1.0)
         refs = {
             ask(http, "tiny", f"citizen-{i}").headers["x-qingliang-adapter-ref"] for i in range(6)

@@ -422,6 +422,8 @@ def test_pipeline_canary_then_promote_then_next_version_rolled_back(
     run = svc.drive(svc.start(pipeline, base_dir=path.parent, actor="a").id)
     run = svc.approve(run.id, approve=True, by="bob", reason="eval ok")
     assert run.status == "waiting" and run.step == "promote"
+    assert run.waiting is not None
+    assert "So far the canary had 0 requests" in run.waiting["message"]  # for the approver
     lora = lora_of(served.ctl)
     assert lora["traffic"] == {"permits-bot-v1": 0.2}
     assert lora["refs"] == {"permits-bot-v1": "permits-bot@1"}
@@ -459,6 +461,90 @@ def test_pipeline_canary_then_promote_then_next_version_rolled_back(
         assert reg.get_adapter("permits-bot@1").status == "serving"
 
 
+def test_auto_promote_follows_the_canarys_served_figures(
+    tmp_path: Path, tiny: Path, served: Any
+) -> None:
+    """v1 answers well and is promoted; v2 fails one request in three against v1's none
+    and is rolled back without anyone deciding. The counts arrive as the gateway's
+    backend writes them (ArmStats), while the promote step waits."""
+    import threading
+
+    from qingliang.platform.arm_stats import ArmStats
+
+    path = write_project(tmp_path / "proj", tiny)
+    path.write_text(
+        path.read_text()
+        + "    - {type: canary, deployment: chat, share: 0.2}\n"
+        + "    - {type: promote, mode: auto, hold_s: 0.2,\n"
+        + "       analysis: {min_requests: 6, interval_s: 0.05, max_wait_s: 60}}\n"
+    )
+    stop = threading.Event()
+
+    def gateway() -> None:  # requests to both versions and the base, as they come
+        stats = ArmStats.for_home(served.home, flush_s=0.05)
+        i = 0
+        while not stop.wait(0.01):
+            i += 1
+            stats.observe("chat", None, ok=True, latency_s=0.2)
+            stats.observe("chat", "permits-bot-v1", ok=True, latency_s=0.2)
+            stats.observe("chat", "permits-bot-v2", ok=i % 3 != 0, latency_s=0.2)
+        stats.close()
+
+    feeder = threading.Thread(target=gateway, daemon=True)
+    feeder.start()
+    try:
+        svc = PipelineService(served.home, InlineExecutor())
+        pipeline = load_pipeline(path)
+        run = svc.drive(svc.start(pipeline, base_dir=path.parent, actor="a").id)
+        run = svc.approve(run.id, approve=True, by="bob")
+        assert run.status == "succeeded", run.error
+        assert lora_of(served.ctl)["traffic"] == {"permits-bot-v1": 1.0}
+        verdict = run.outputs["promote"]["analysis"]
+        assert verdict["healthy"] and verdict["canary"]["errors"] == 0
+        assert verdict["baseline"]["arm"] == "base"
+
+        second = svc.drive(svc.start(pipeline, base_dir=path.parent, actor="a").id)
+        second = svc.approve(second.id, approve=True, by="bob")
+    finally:
+        stop.set()
+        feeder.join(10)
+    assert second.status == "rolled_back"
+    (analysis,) = events(svc, second.id, "analysis")
+    assert analysis["healthy"] is False
+    assert analysis["baseline"]["arm"] == "permits-bot-v1"
+    assert "over max_error_rate 5.0%" in analysis["reason"]
+    lora = lora_of(served.ctl)
+    assert lora["traffic"] == {"permits-bot-v1": 1.0}
+    assert sorted(lora["adapters"]) == ["permits-bot-v1"]
+    with Registry(home=served.home) as reg:
+        assert reg.get_adapter("permits-bot@2").status == "retired"
+        assert reg.get_adapter("permits-bot@1").status == "serving"
+    logs = [e.get("message", "") for e in events(svc, second.id, "log")]
+    assert any("rolled back (canary analysis: error rate" in m for m in logs)
+
+
+def test_promote_settings_that_only_auto_reads_are_refused_with_approval() -> None:
+    issues = _issues(
+        PIPE
+        + "    - {type: finetune, job: j.yaml}\n"
+        + "    - {type: approval}\n"
+        + "    - {type: canary, deployment: chat, share: 0.1}\n"
+        + "    - {type: promote, hold_s: 60, analysis: {min_requests: 5}}\n"
+    )
+    assert "analysis and hold_s apply to `mode: auto`" in issues["spec.steps.3.promote"]
+    issues = _issues(
+        PIPE
+        + "    - {type: finetune, job: j.yaml}\n"
+        + "    - {type: approval}\n"
+        + "    - {type: canary, deployment: chat, share: 0.1}\n"
+        + "    - {type: promote, mode: auto, analysis: {max_error_rate: 2, min_requests: -1}}\n"
+    )
+    assert set(issues) == {
+        "spec.steps.3.analysis.max_error_rate",
+        "spec.steps.3.analysis.min_requests",
+    }
+
+
 def test_canary_step_is_idempotent_and_refuses_a_full_deployment(
     tmp_path: Path, tiny: Path, served: Any
 ) -> None:
@@ -484,6 +570,7 @@ def test_canary_step_is_idempotent_and_refuses_a_full_deployment(
     first = run_to_result(InlineExecutor(), steps.canary_step, kwargs)
     pushes = len(served.deployer.configs)
     again = run_to_result(InlineExecutor(), steps.canary_step, kwargs)
+    assert first.pop("at") <= again.pop("at")  # when the canary started taking traffic
     assert first == again and first["traffic"] == {"bot-v1": 0.3}
     assert len(served.deployer.configs) == pushes  # nothing was pushed twice
 
