@@ -3,8 +3,9 @@
 `up` launches ``ray start --head --block`` in its own process group, bound to
 127.0.0.1 (GCS, dashboard on 8265, metrics export port), and records its PID and
 ports in ``$QINGLIANG_HOME/run.json``. `down` deletes the Serve applications through the
-dashboard REST API, then
-signals only that process group: it never uses Ray's machine-wide stop command, which kills every
+dashboard REST API, then stops only the processes that `up` started: that process group, then
+the Ray workers its raylet started, which run in process groups of their own (the detached
+router actor's among them). It never uses Ray's machine-wide stop command, which kills every
 Ray process on the machine.
 
 Example:
@@ -220,6 +221,10 @@ def stop_head(settings: Settings, *, timeout_s: float = 60) -> bool:
         settings.run_file.unlink(missing_ok=True)
         return False
     _shutdown_serve(info, timeout_s=timeout_s)
+    # Taken while the raylet runs: its workers (detached actors such as the router
+    # included) are its children, each in a process group of its own, and are
+    # reparented to init once it is gone.
+    started = _descendants(info.pid)
     # SIGTERM to the group: GCS and the dashboard exit at once, but the raylet then
     # waits ~35 s for the GCS to come back. With Serve already shut down there is
     # nothing left to drain, so after a short grace the group is killed.
@@ -233,6 +238,9 @@ def stop_head(settings: Settings, *, timeout_s: float = 60) -> bool:
             time.sleep(0.3)
         if not _pgroup_alive(info.pgid):
             break
+    # Only now, with the GCS and the raylet gone: a worker killed before would have its
+    # actor restarted (the router's max_restarts is -1).
+    _stop_workers(started)
     _kill_session_stragglers(Path(info.temp_dir))
     settings.run_file.unlink(missing_ok=True)
     return True
@@ -269,6 +277,93 @@ def _pgroup_alive(pgid: int) -> bool:
         if fields[0] != "Z" and int(fields[2]) == pgid:
             return True
     return False
+
+
+@dataclass(frozen=True)
+class _Proc:
+    pid: int
+    ppid: int
+    pgid: int
+    start: int  # clock ticks after boot: tells a process from a later one with its pid
+    zombie: bool
+
+
+def _proc(pid: int) -> _Proc | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (in parentheses) may hold spaces; the fields follow its last ")".
+    fields = stat.rsplit(")", 1)[1].split()
+    return _Proc(pid, int(fields[1]), int(fields[2]), int(fields[19]), fields[0] == "Z")
+
+
+def _processes() -> list[_Proc]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (p := _proc(int(entry.name))) is not None:
+            out.append(p)
+    return out
+
+
+def _descendants(root: int) -> list[_Proc]:
+    """``root`` and every live process below it."""
+    procs = _processes()
+    children: dict[int, list[_Proc]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p)
+    out = [p for p in procs if p.pid == root]
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child.pid)
+    return [p for p in out if not p.zombie]
+
+
+def _still_running(p: _Proc) -> bool:
+    now = _proc(p.pid)
+    return now is not None and now.start == p.start and not now.zombie
+
+
+def _raylet_workers(raylets: set[int]) -> list[_Proc]:
+    """Live processes started by one of ``raylets`` (a worker's environment names its
+    raylet's pid): workers the raylet started after the snapshot was taken."""
+    if not raylets:
+        return []
+    out = []
+    for p in _processes():
+        if p.zombie:
+            continue
+        try:
+            env = Path(f"/proc/{p.pid}/environ").read_bytes()
+        except OSError:
+            continue
+        value = next((v[15:] for v in env.split(b"\0") if v.startswith(b"RAY_RAYLET_PID=")), b"")
+        if value.isdigit() and int(value) in raylets:
+            out.append(p)
+    return out
+
+
+def _stop_workers(started: list[_Proc], grace_s: float = 3.0, timeout_s: float = 10.0) -> None:
+    """Stop what is left of ``started`` and of the workers of its raylets: SIGTERM, then
+    SIGKILL after ``grace_s``; wait (up to ``timeout_s``) until they are gone."""
+    pids = {p.pid for p in started}
+    left = {p.pid: p for p in [*started, *_raylet_workers(pids)] if _still_running(p)}
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, timeout_s)):
+        if not left:
+            return
+        if sig == signal.SIGKILL:
+            logger.warning("Ray processes %s ignored SIGTERM; killing them", sorted(left))
+        for p in left.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, sig)
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = {pid: p for pid, p in left.items() if _still_running(p)}
+    if left:
+        logger.warning("Ray processes %s are still running after SIGKILL", sorted(left))
 
 
 def _kill_session_stragglers(temp_dir: Path) -> None:
