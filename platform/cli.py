@@ -341,16 +341,20 @@ def up(
 
 
 def _ensure_default_key(settings: Settings) -> str:
-    """The key `up` prints: made once, kept readable only by this user."""
-    from qingliang.platform.keys import KeyStore
+    """The operator key `up` prints (scope admin): made once, readable only by this user."""
+    from qingliang.platform.keys import ADMIN, KeyStore
 
     path = settings.home / KEY_FILE
     store = KeyStore(settings.state_db)
     if path.exists():
         key = path.read_text().strip()
-        if store.verify(key) is not None:
+        record = store.verify(key)
+        if record is not None and ADMIN in record.scopes:
             return key
-    _record, key = store.create(f"default-{int(time.time())}")
+        if record is not None:  # made before scopes were enforced: an operator key anew
+            store.revoke(record.id)
+            console.print(f"replaced the operator key {record.prefix} by one with scope admin")
+    _record, key = store.create(f"default-{int(time.time())}", scopes=[ADMIN])
     settings.home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -449,23 +453,54 @@ def chat(
 def keys_create(
     name: str = typer.Argument(..., help="A label for the key."),
     tenant: str = typer.Option(
-        None, help="Limit the key to one tenant's knowledge bases (default: all)."
+        None,
+        help="The tenant the key acts for (default: the tenant 'default'). "
+        "Only an --admin key acts for every tenant.",
+    ),
+    scope: list[str] = typer.Option(
+        None,
+        "--scope",
+        "-s",
+        help="A scope the key carries; repeat for more (default: inference, "
+        "knowledge:read, agents:run). `qingliang keys scopes` lists them.",
+    ),
+    admin: bool = typer.Option(
+        False, "--admin", help="Every route and every tenant: the operator's key."
     ),
 ) -> None:
     """Create a key; the key itself is printed once and never stored."""
-    from qingliang.platform.keys import KeyStore
+    from qingliang.platform.keys import ADMIN, DEFAULT_SCOPES, TENANT_PREFIX, KeyStore
 
-    scopes = ["inference"] + ([f"tenant:{tenant}"] if tenant is not None else [])
+    if admin and tenant is not None:
+        _fail(QingliangError("--admin acts for every tenant; it takes no --tenant"))
+    scopes = [ADMIN] if admin else list(scope or DEFAULT_SCOPES)
+    if admin and scope:
+        scopes += [s for s in scope if s != ADMIN]
+    if tenant is not None:
+        scopes.append(f"{TENANT_PREFIX}{tenant}")
     try:
         record, key = KeyStore(_settings().state_db).create(name, scopes=scopes)
     except QingliangError as exc:
         _fail(exc)
         return
-    scope = f", tenant {tenant}" if tenant is not None else ""
     err.print(
-        f"created {record.prefix} ({record.name}{scope}); store it now, it is not shown again:"
+        f"created {record.prefix} ({record.name}), scopes: {' '.join(record.scopes)}; "
+        "store it now, it is not shown again:",
+        highlight=False,
     )
     print(key)
+
+
+@keys_app.command("scopes")
+def keys_scopes() -> None:
+    """List the scopes a key can carry and what each allows."""
+    from qingliang.platform.keys import DEFAULT_SCOPES, SCOPES
+
+    table = Table("SCOPE", "ALLOWS")
+    for name, what in SCOPES.items():
+        table.add_row(name + (" (default)" if name in DEFAULT_SCOPES else ""), what)
+    table.add_row("tenant:<id>", "act for this tenant only (else the tenant 'default')")
+    console.print(table)
 
 
 @keys_app.command("list")

@@ -119,3 +119,14 @@ class Saturated(ApiError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class Unavailable(ApiError):
+    """A part the request needs (the key store, a replica) cannot answer now; retry."""
+
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after

@@ -56,6 +56,33 @@ SECRET_BYTES = 32
 LAST_USED_RESOLUTION_S = 60.0
 #: How long a call waits for another process's write lock before failing.
 BUSY_TIMEOUT_S = 30.0
+#: How long a key check waits to write ``last_used_at`` before skipping it.
+TOUCH_BUSY_TIMEOUT_MS = 50
+
+ADMIN = "admin"
+DEPLOY = "deploy"
+INFERENCE = "inference"
+KNOWLEDGE_READ = "knowledge:read"
+KNOWLEDGE_WRITE = "knowledge:write"
+AGENTS_RUN = "agents:run"
+APPROVE = "approve"
+TENANT_PREFIX = "tenant:"
+DEFAULT_TENANT = "default"
+
+#: Every scope a key may carry, besides ``tenant:<id>``, with what it is for.
+SCOPES: dict[str, str] = {
+    ADMIN: "every route and every tenant",
+    DEPLOY: "pipelines (start, watch, cancel, resume); never bound to a tenant",
+    INFERENCE: "chat, completions, embeddings, models",
+    KNOWLEDGE_READ: "read and search knowledge bases",
+    KNOWLEDGE_WRITE: "upload, delete, sync, snapshot, roll back knowledge bases",
+    AGENTS_RUN: "start and read agent runs, give feedback",
+    APPROVE: "approve, edit or reject waiting agent and pipeline runs",
+}
+#: What ``qingliang keys create NAME`` gives when no ``--scope`` is named: what a domain
+#: application needs to chat, search and run agents.
+DEFAULT_SCOPES = (INFERENCE, KNOWLEDGE_READ, AGENTS_RUN)
+
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 SCOPE_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}\Z")
@@ -131,6 +158,18 @@ def _one(conn: sqlite3.Connection, sql: str, params: tuple) -> tuple | None:
     return rows[0] if rows else None
 
 
+def _key_id(text: str) -> str:
+    """The id in ``ql-<id>`` (what ``keys list`` prints) or in a whole key; else ``text``."""
+    if isinstance(text, str):
+        whole = _KEY_RE.match(text)
+        if whole:
+            return whole.group(1)
+        shown = re.match(rf"^{KEY_PREFIX}-([0-9a-f]{{{ID_HEX_CHARS}}})\Z", text)
+        if shown:
+            return shown.group(1)
+    return text
+
+
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
@@ -151,6 +190,33 @@ def _check_name(name: object) -> str:
     return name
 
 
+def check_scope_set(scopes: tuple[str, ...]) -> None:
+    """Refuse a scope set that makes no sense (raises BadRequest naming why)."""
+    tenants = [s for s in scopes if s.startswith(TENANT_PREFIX)]
+    unknown = [s for s in scopes if s not in SCOPES and not s.startswith(TENANT_PREFIX)]
+    if unknown:
+        raise BadRequest(
+            f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}, tenant:<id>",
+            param="scopes",
+        )
+    if any(not t[len(TENANT_PREFIX) :] for t in tenants):
+        raise BadRequest("a tenant scope names its tenant: tenant:<id>", param="scopes")
+    if len(tenants) > 1:
+        raise BadRequest(
+            f"a key acts for one tenant at most, not {', '.join(tenants)}", param="scopes"
+        )
+    if tenants and ADMIN in scopes:
+        raise BadRequest(
+            "an admin key acts for every tenant; drop the tenant scope", param="scopes"
+        )
+    if tenants and DEPLOY in scopes:
+        raise BadRequest(
+            "deploy changes what every tenant is served, so a deploy key cannot be "
+            "bound to one tenant",
+            param="scopes",
+        )
+
+
 def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     if isinstance(scopes, str):
         raise BadRequest(
@@ -166,6 +232,7 @@ def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
                 "starting with a letter",
                 param="scopes",
             )
+    check_scope_set(out)
     return out
 
 
@@ -270,7 +337,9 @@ class KeyStore:
 
     # ---------------------------------------------------------------------- public
 
-    def create(self, name: str, *, scopes: Iterable[str] = ("inference",)) -> tuple[KeyRecord, str]:
+    def create(
+        self, name: str, *, scopes: Iterable[str] = DEFAULT_SCOPES
+    ) -> tuple[KeyRecord, str]:
         """Create a key; return its record and the plaintext, which is not kept.
 
         Raises:
@@ -317,12 +386,16 @@ class KeyStore:
         return record, key
 
     def revoke(self, key_id_or_name: str) -> KeyRecord:
-        """Revoke a key by id or by the name of an active key; return its record.
+        """Revoke a key by id (``ql-<id>`` as listed, or the bare id), the whole key, or
+        the name of an active key; return its record.
 
         Raises:
             NotFound: no key has this id or name.
             BadRequest: the key is already revoked.
         """
+        given, key_id_or_name = key_id_or_name, _key_id(key_id_or_name)
+        if isinstance(given, str) and _KEY_RE.match(given):
+            given = f"{KEY_PREFIX}-{key_id_or_name}"  # never echo a secret
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -335,9 +408,7 @@ class KeyStore:
                     (key_id_or_name,),
                 )
                 if row is None:
-                    raise NotFound(
-                        f"no API key with id or name {key_id_or_name!r}", code="key_not_found"
-                    )
+                    raise NotFound(f"no API key with id or name {given!r}", code="key_not_found")
                 record = KeyRecord._from_row(row)
                 if record.revoked_at is not None:
                     raise BadRequest(
@@ -379,14 +450,32 @@ class KeyStore:
                 return None
             now = self._clock()
             last = record.last_used_at.timestamp() if record.last_used_at else None
-            if last is None or now - last >= LAST_USED_RESOLUTION_S:
-                conn.execute(
-                    "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND "
-                    "(last_used_at IS NULL OR last_used_at <= ?)",
-                    (now, key_id, now - LAST_USED_RESOLUTION_S),
-                )
+            if (last is None or now - last >= LAST_USED_RESOLUTION_S) and self._touch(
+                conn, key_id, now
+            ):
                 record = replace(record, last_used_at=datetime.fromtimestamp(now, UTC))
         return record
+
+    def _touch(self, conn: sqlite3.Connection, key_id: str, now: float) -> bool:
+        """Best effort: write ``last_used_at`` unless another writer holds the lock.
+
+        A key check must not wait for the write lock (another process may hold it for
+        seconds): the write is skipped and tried again on a later request.
+        """
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {TOUCH_BUSY_TIMEOUT_MS}")
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND "
+                "(last_used_at IS NULL OR last_used_at <= ?)",
+                (now, key_id, now - LAST_USED_RESOLUTION_S),
+            )
+            return True
+        except sqlite3.OperationalError as exc:
+            logger.debug("last_used_at of key %s not written: %s", key_id, exc)
+            return False
+        finally:
+            with suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
 
     def list(self) -> builtins.list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""

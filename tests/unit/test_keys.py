@@ -99,7 +99,8 @@ def test_create_returns_record_and_plaintext_once(store: KeyStore, clock: FakeCl
     assert record.prefix == f"ql-{record.id}"
     assert key.startswith(record.prefix + "-")
     assert record.name == "ci"
-    assert record.scopes == ("inference",)
+    # What a domain application needs, bound to the tenant "default" (no admin).
+    assert record.scopes == ("inference", "knowledge:read", "agents:run")
     assert record.created_at == datetime.fromtimestamp(clock.now, UTC)
     assert (record.revoked_at, record.last_used_at, record.revoked) == (None, None, False)
     assert record.allows("inference") and not record.allows("admin")
@@ -129,6 +130,11 @@ def test_scopes(store: KeyStore) -> None:
         (["in ference"], "is invalid"),
         ([""], "scope '' is invalid"),
         ([3], "scope 3 is invalid"),
+        (["inferense"], "unknown scope"),
+        (["admin", "tenant:a"], "admin key acts for every tenant"),
+        (["deploy", "tenant:a"], "deploy key cannot be bound"),
+        (["inference", "tenant:a", "tenant:b"], "one tenant at most"),
+        (["inference", "tenant:"], "names its tenant"),
     ],
 )
 def test_bad_scopes(store: KeyStore, scopes: object, fragment: str) -> None:
@@ -248,7 +254,7 @@ def test_verify_accepts_the_key(store: KeyStore) -> None:
     record, key = store.create("ci")
     verified = store.verify(key)
     assert verified is not None
-    assert (verified.id, verified.name, verified.scopes) == (record.id, "ci", ("inference",))
+    assert (verified.id, verified.name, verified.scopes) == (record.id, "ci", record.scopes)
 
 
 def test_revoked_key_fails_verify(store: KeyStore) -> None:
@@ -570,3 +576,49 @@ def test_a_forked_child_opens_its_own_connection(store: KeyStore) -> None:
 def test_docstring_example_runs() -> None:
     result = doctest.testmod(keys_mod)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------- issue 13: revoke, locks
+
+
+def test_revoke_by_the_id_keys_list_prints(store: KeyStore) -> None:
+    """`keys list` shows ``ql-<id>``; revoking by exactly that must work (it did not)."""
+    record, key = store.create("app")
+    shown = store.list()[0].prefix
+    assert shown == f"ql-{record.id}"
+    assert store.revoke(shown).revoked
+    assert store.verify(key) is None
+
+
+def test_revoke_by_the_whole_key(store: KeyStore) -> None:
+    _record, key = store.create("app")
+    store.revoke(key)
+    assert store.verify(key) is None
+
+
+def test_revoke_unknown_prefix_is_not_found(store: KeyStore) -> None:
+    store.create("app")
+    with pytest.raises(NotFound, match="ql-0123456789ab"):
+        store.revoke("ql-0123456789ab")
+
+
+def test_verify_does_not_wait_for_a_locked_store(tmp_path: Path) -> None:
+    """Another process holding the write lock must not stall a key check for the busy
+    timeout (it was 30 s, then a 500): the ``last_used_at`` write is skipped."""
+    store = KeyStore(tmp_path / "state.sqlite")
+    _record, key = store.create("app")
+    other = sqlite3.connect(tmp_path / "state.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock, as another writer would
+    try:
+        started = time.monotonic()
+        verified = store.verify(key)
+        waited = time.monotonic() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert verified is not None and verified.name == "app"
+    assert verified.last_used_at is None  # not written this time
+    assert waited < store._busy_timeout_s / 2  # not the 30 s busy timeout
+    # Once the lock is gone the write happens.
+    again = store.verify(key)
+    assert again is not None and again.last_used_at is not None
