@@ -277,6 +277,11 @@ class Node(Strict):
     on_reject: str | None = Field(
         default=None, description="approval: node to go to on rejection; absent: the run ends."
     )
+    allow_self_approval: bool = Field(
+        default=False,
+        description="approval: whether the key that started the run may answer it "
+        "(default: another key with the `approve` scope must).",
+    )
     tool: Id | None = Field(default=None, description="tool: which of `spec.tools` runs.")
     arguments: dict[str, Any] = Field(
         default_factory=dict,
@@ -314,11 +319,20 @@ class Node(Strict):
             "agent": {"agent"},
             "router": {"routes", "models", "agent", "router"},
             "parallel": {"branches"},
-            "approval": {"when", "prompt", "on_reject"},
+            "approval": {"when", "prompt", "on_reject", "allow_self_approval"},
             "tool": {"tool", "arguments"},
             "graph": {"graph"},
         }[self.type]
-        for key in ("agent", "routes", "models", "branches", "on_reject", "tool", "graph"):
+        for key in (
+            "agent",
+            "routes",
+            "models",
+            "branches",
+            "on_reject",
+            "tool",
+            "graph",
+            "allow_self_approval",
+        ):
             if key not in own and getattr(self, key):
                 raise ValueError(f"`{key}` does not apply to a {self.type} node")
         if self.type == "router":

@@ -330,6 +330,7 @@ class GraphCompiler:
                     "prompt": node.prompt,
                     "answer": state.get("last") or "",
                     "forms": state.get("forms") or {},
+                    "allow_self_approval": node.allow_self_approval,
                 }
             )
             action = decision["action"]

@@ -44,11 +44,14 @@ from qingliang.agents.runtime import (
     router_config,
     router_key,
 )
-from qingliang.platform.errors import BadRequest, Conflict, NotFound
+from qingliang.platform.errors import BadRequest, Conflict, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 32_000
+#: The actor of a request that carried no key (a gateway started with ``--no-auth``):
+#: callers cannot be told apart, so the distinct-approver rule cannot apply to it.
+ANONYMOUS = "api"
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 RUN_KEYS = frozenset({"input", "domain", "attachments", "stream"})
@@ -213,6 +216,14 @@ class AgentService:
             decision.update(self._checked_edit(gdef, body))
         elif "answer" in body or "forms" in body:
             raise BadRequest("`answer` and `forms` go with action edit", param="action")
+        if actor == run.actor and actor != ANONYMOUS and not run.pending.get(
+            "allow_self_approval"
+        ):
+            raise Forbidden(
+                f"run {run_id!r} was started by {actor}; another key with the `approve` "
+                "scope must answer its approval (the graph may set allow_self_approval)",
+                code="self_approval",
+            )
         # The claim: only one resume of this approval can move the run out of `waiting`.
         if not self.store.set_status(run_id, "running", expect="waiting"):
             raise Conflict(f"run {run_id!r} was resumed already")
