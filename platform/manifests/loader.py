@@ -15,11 +15,20 @@ Example:
     ... ''', source="tiny.yaml")
     >>> docs[0].manifest.name
     'tiny'
+
+Manifests may come from anyone who can hand a file to ``qingliang validate``, so reading
+one is bounded: a file is at most :data:`MAX_FILE_BYTES`; aliases are counted while the
+YAML is composed, before anything is built, so a 349-byte "billion laughs" is refused
+instead of expanding to a billion strings (:data:`MAX_ALIASES`, :data:`MAX_ALIAS_NODES`);
+nesting stops at :data:`MAX_DEPTH`; and an error quotes at most :data:`QUOTE_CHARS` of a
+value (cut with "…").
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+import reprlib
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +61,145 @@ YAML_SUFFIXES = (".yaml", ".yml")
 #: location: ``"@nodes[2].next: unknown node"`` raised on ``spec`` is reported at
 #: ``spec.nodes[2].next`` (see :func:`qingliang.agents.manifest.check_graph`).
 FIELD_PREFIX = "@"
+
+#: Largest manifest file (or text) read, in bytes.
+MAX_FILE_BYTES = 1 << 20
+#: Aliases (``*name``) in one document.
+MAX_ALIASES = 100
+#: Nodes that aliases may add to one document when expanded: a list of nine aliases of
+#: a list of nine ... is refused here, long before its expansion is built or printed.
+MAX_ALIAS_NODES = 10_000
+#: Levels of nested lists and mappings (PyYAML composes them recursively).
+MAX_DEPTH = 100
+#: Characters of a value an error message quotes.
+QUOTE_CHARS = 200
+#: Characters of one error message (a last resort: values are cut first).
+MESSAGE_CHARS = 2000
+
+
+class _OverLimit(yaml.YAMLError):
+    """A manifest past one of the loader's limits: valid YAML, refused all the same."""
+
+    def __init__(self, problem: str, mark: object) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _ManifestYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts aliases and depth while composing (see the limits).
+
+    Each composed node's expanded size (nodes, with aliases followed) is kept, so an
+    alias costs what it would expand to, without expanding anything.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._alias_nodes = 0
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> expanded size; nodes live as long
+
+    def compose_document(self) -> yaml.Node | None:
+        self._aliases = self._alias_nodes = self._depth = 0
+        self._sizes = {}
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: typing.Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # else PyYAML's own "found undefined alias"
+                self._count_alias(event, target)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise _OverLimit(f"lists and mappings nested more than {MAX_DEPTH} levels deep", mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._sizes[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        self._sizes[id(node)] = size
+        return node
+
+    def _count_alias(self, event: typing.Any, target: yaml.Node) -> None:
+        name = _quote(event.anchor)
+        self._aliases += 1
+        if self._aliases > MAX_ALIASES:
+            raise _OverLimit(
+                f"more than {MAX_ALIASES} aliases in one document (at *{name[1:-1]}); "
+                "write the repeated parts out",
+                event.start_mark,
+            )
+        size = self._sizes.get(id(target))
+        if size is None:  # the anchored node is still being composed
+            raise _OverLimit(
+                f"the alias *{name[1:-1]} refers to the node that contains it "
+                "(a structure that contains itself is not a manifest)",
+                event.start_mark,
+            )
+        self._alias_nodes += size
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _OverLimit(
+                f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (at *{name[1:-1]}); "
+                "an alias of an alias of ... repeats its anchor's content each time: write "
+                "the repeated parts out or use fewer aliases",
+                event.start_mark,
+            )
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:  # int("1" * 5000), date(2024, 2, 30): Python's own errors
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {_clip(str(exc))}", node.start_mark
+            ) from None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = QUOTE_CHARS
+_REPR.maxother = QUOTE_CHARS
+_REPR.maxlevel = 3
+_REPR.fillvalue = "…"
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 10
+
+# A quoted value in a message (a validator's ``f"{v!r}"``) longer than QUOTE_CHARS.
+_LONG_QUOTED = re.compile(
+    rf"'(?:[^'\\\n]|\\.){{{QUOTE_CHARS + 1},}}'|" + rf'"(?:[^"\\\n]|\\.){{{QUOTE_CHARS + 1},}}"'
+)
+
+
+def _quote(value: object) -> str:
+    """``repr(value)`` in at most about QUOTE_CHARS characters, cut with "…".
+
+    Never builds the whole repr of a large list or mapping.
+
+    Example:
+        >>> _quote("x" * 1000)[-5:], len(_quote("x" * 1000))
+        ("xxx…'", 203)
+    """
+    if isinstance(value, str):
+        if len(value) <= QUOTE_CHARS:
+            return repr(value)
+        text = repr(value[:QUOTE_CHARS])
+        return f"{text[:-1]}…{text[-1]}"
+    text = _REPR.repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "…"
+
+
+def _clip(message: str, limit: int = MESSAGE_CHARS) -> str:
+    """``message`` with long quoted values cut to QUOTE_CHARS, and at most ``limit`` long."""
+    if len(message) > QUOTE_CHARS:
+        message = _LONG_QUOTED.sub(
+            lambda m: f"{m.group()[: QUOTE_CHARS + 1]}…{m.group()[0]}", message
+        )
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -124,8 +272,8 @@ def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
     issues = []
     for err in exc.errors(include_url=False):
         loc = _without_union_tags(model, tuple(err["loc"]))
-        path = ".".join(str(p) for p in loc)
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        path = ".".join(_clip(str(p), QUOTE_CHARS) for p in loc)
+        msg = _clip(str(err["msg"]).removeprefix("Value error, "))
         if msg.startswith(FIELD_PREFIX):
             # A whole-object check listing several fields below ``path`` (one per line).
             for line in msg.splitlines():
@@ -134,7 +282,7 @@ def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
             continue
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+            hint = _close(loc[-1], allowed)
             msg = "unknown key"
             msg += f" (did you mean {hint[0]!r}?)" if hint else ""
             if allowed:
@@ -143,14 +291,21 @@ def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
             msg = "required key is missing"
         elif err["type"] == "literal_error":
             got = err.get("input")
-            msg = f"{got!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+            msg = f"{_quote(got)} is not allowed: {msg[0].lower()}{msg[1:]}"
             expected = (err.get("ctx") or {}).get("expected", "")
             options = [o.strip().strip("'") for o in str(expected).replace(" or ", ",").split(",")]
-            hint = difflib.get_close_matches(str(got), [o for o in options if o], n=1)
+            hint = _close(got, [o for o in options if o])
             if hint:
                 msg += f" (did you mean {hint[0]!r}?)"
         issues.append(FieldIssue(path, msg))
     return issues
+
+
+def _close(word: object, options: list[str]) -> list[str]:
+    """The closest option to ``word`` (a "did you mean"), for a short string only."""
+    if not isinstance(word, str) or len(word) > QUOTE_CHARS:
+        return []
+    return difflib.get_close_matches(word, options, n=1, cutoff=0.6)
 
 
 def validate_document(doc: object, source: str) -> Loaded:
@@ -163,10 +318,10 @@ def validate_document(doc: object, source: str) -> Loaded:
     if kind is None:
         raise ManifestError([FieldIssue("kind", "required key is missing")], source)
     if not isinstance(kind, str) or kind not in KINDS:  # a list or mapping is unhashable
-        hint = difflib.get_close_matches(str(kind), list(KINDS), n=1)
+        hint = _close(kind, list(KINDS))
         more = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ManifestError(
-            [FieldIssue("kind", f"unknown kind {kind!r}{more}; known: {', '.join(KINDS)}")],
+            [FieldIssue("kind", f"unknown kind {_quote(kind)}{more}; known: {', '.join(KINDS)}")],
             source,
         )
     model = KINDS[str(kind)]
@@ -178,15 +333,27 @@ def validate_document(doc: object, source: str) -> Loaded:
 
 
 def parse_documents(text: str, source: str) -> list[Loaded]:
-    """Parse a YAML stream (one or more ``---`` documents) and validate each."""
+    """Parse a YAML stream (one or more ``---`` documents) and validate each.
+
+    Raises:
+        ManifestError: Text over :data:`MAX_FILE_BYTES`, invalid YAML, too many or too
+            large aliases, too deep nesting, or a manifest that is not valid.
+    """
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise ManifestError([FieldIssue("", _too_large())], source)
     try:
         # Number documents as written: an empty one between two `---` still counts.
-        docs = [(i, d) for i, d in enumerate(yaml.safe_load_all(text)) if d is not None]
+        docs = [
+            (i, d)
+            for i, d in enumerate(yaml.load_all(text, Loader=_ManifestYamlLoader))
+            if d is not None
+        ]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError([FieldIssue("", f"{where}invalid YAML: {problem}")], source) from None
+        problem = _clip(getattr(exc, "problem", None) or str(exc))
+        what = "" if isinstance(exc, _OverLimit) else "invalid YAML: "
+        raise ManifestError([FieldIssue("", f"{where}{what}{problem}")], source) from None
     if not docs:
         raise ManifestError([FieldIssue("", "no manifest found (the file is empty)")], source)
     loaded: list[Loaded] = []
@@ -204,6 +371,22 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
     if issues:
         raise ManifestError(issues, source)
     return loaded
+
+
+def _too_large() -> str:
+    return (
+        f"larger than {MAX_FILE_BYTES // (1 << 20)} MiB ({MAX_FILE_BYTES:,} bytes), the most a "
+        "manifest file may hold; split it into several files"
+    )
+
+
+def _read(path: Path) -> str:
+    """A manifest file's text; ManifestError past MAX_FILE_BYTES, before reading it all."""
+    with path.open("rb") as f:  # also a FIFO or a device: read no more than the limit
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ManifestError([FieldIssue("", _too_large())], str(path))
+    return data.decode("utf-8")
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -235,9 +418,12 @@ def load_paths(paths: Iterable[Path]) -> list[Loaded]:
             continue
         for f in files:
             try:
-                text = f.read_text(encoding="utf-8")
+                text = _read(f)
             except (OSError, UnicodeDecodeError) as exc:
                 errors.append(f"{f}: cannot read: {exc}")
+                continue
+            except ManifestError as exc:
+                errors.append(str(exc))
                 continue
             try:
                 loaded.extend(parse_documents(text, str(f)))
