@@ -13,9 +13,10 @@ source reads, which closes the loop "answers → reviewed → training data";
 :meth:`ConversationLog.purge` enforces retention.
 
 Rows are only added (an UPDATE is refused) or purged by age. :meth:`ConversationLog.append`
-never touches the disk: rows go onto a bounded queue that a background thread writes in
-batches (one transaction per batch, at most every ``flush_interval_s``), so the gateway's
-event loop never pays for a commit. :meth:`~ConversationLog.close` writes what is queued.
+never touches the disk: rows go onto a queue, bounded in rows and in bytes, that a
+background thread writes in batches (one transaction per batch, at most every
+``flush_interval_s``), so the gateway's event loop never pays for a commit.
+:meth:`~ConversationLog.close` writes what is queued.
 The file is created readable by its owner only: it holds prompts and answers in plain
 text. Nothing here logs their content.
 
@@ -42,6 +43,7 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -92,6 +94,9 @@ _COLUMNS = (
 )
 _INSERT = f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(['?'] * 16)})"
 _STOP = object()
+#: Bytes of queued rows beyond which new ones are dropped (a stuck disk must not grow the
+#: gateway's memory without bound: rows of 4 MiB prompts add up fast).
+MAX_PENDING_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,11 @@ class Conversation:
             int(self.choice),
             self.endpoint,
         )
+
+
+def _row_bytes(row: tuple) -> int:
+    """Approximate memory of a stored row: its values' sizes (strings dominate)."""
+    return sys.getsizeof(row) + sum(sys.getsizeof(value) for value in row)
 
 
 def _plain_messages(messages: Any) -> Any:
@@ -227,6 +237,8 @@ class ConversationLog:
         batch_size: At most this many rows per transaction.
         max_pending: Rows queued beyond this are dropped (and counted in ``dropped``)
             rather than growing memory without bound when the disk is stuck.
+        max_pending_bytes: Likewise for the rows' size in memory (see
+            :attr:`pending_bytes`), counted until each batch is written.
         busy_timeout_s: How long to wait for another writer's lock.
         clock: Time source for :meth:`purge`.
     """
@@ -238,6 +250,7 @@ class ConversationLog:
         flush_interval_s: float = 0.5,
         batch_size: int = 256,
         max_pending: int = 10_000,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -247,6 +260,9 @@ class ConversationLog:
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._max_pending_bytes = max_pending_bytes
+        #: Bytes of the rows queued or being written (guarded by _lock).
+        self._pending_bytes = 0
         self._lock = threading.Lock()
         # Separate from _lock: preparing may wait on another process's lock, and append
         # (on the gateway's event loop) must never wait for that.
@@ -267,15 +283,36 @@ class ConversationLog:
 
     # ----------------------------------------------------------------- writing
 
+    @property
+    def pending_bytes(self) -> int:
+        """Approximate bytes of the rows queued or being written."""
+        with self._lock:
+            return self._pending_bytes
+
     def append(self, conversation: Conversation) -> None:
         """Queue one conversation; it is committed within ``flush_interval_s``.
 
-        Never blocks and never raises for a full queue or a closed log: the row is
-        dropped, counted in ``dropped`` and a warning says how many so far.
+        Never blocks and never raises for a full queue, a closed log or a row that cannot
+        be stored: the row is dropped, counted in ``dropped`` and a warning says how many
+        so far. The row is serialized here, so the queue holds its final size.
         """
+        try:
+            row = conversation._row()
+        except (TypeError, ValueError) as exc:  # messages that are not JSON
+            with self._lock:
+                self._drop(1, f"not storable: {exc}")
+            return
+        size = _row_bytes(row)
         with self._lock:
             if self._closed:
                 self._drop(1, "the log is closed")
+                return
+            if self._pending_bytes + size > self._max_pending_bytes:
+                self._drop(
+                    1,
+                    f"{self._pending_bytes} bytes of conversations are waiting to be written "
+                    f"(at most {self._max_pending_bytes})",
+                )
                 return
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -283,9 +320,11 @@ class ConversationLog:
                 )
                 self._thread.start()
             try:
-                self._queue.put_nowait(conversation)
+                self._queue.put_nowait((row, size))
             except queue.Full:
                 self._drop(1, "too many conversations are waiting to be written")
+                return
+            self._pending_bytes += size
 
     def flush(self, timeout_s: float | None = BUSY_TIMEOUT_S) -> None:
         """Return once every conversation appended before this call is written."""
@@ -330,7 +369,11 @@ class ConversationLog:
             while True:
                 rows, markers, stop = self._next_batch()
                 if rows:
-                    conn = self._write(conn, rows)
+                    try:
+                        conn = self._write(conn, [row for row, _ in rows])
+                    finally:  # written or dropped: no longer held
+                        with self._lock:
+                            self._pending_bytes -= sum(size for _, size in rows)
                 for done in markers:
                     done.set()
                 if stop:
@@ -339,12 +382,13 @@ class ConversationLog:
             if conn is not None:
                 conn.close()
 
-    def _next_batch(self) -> tuple[list[Conversation], list[threading.Event], bool]:
-        """The rows to write next: what arrives within the flush interval after the first
-        one, up to ``batch_size``, stopping early at a flush marker or the stop signal."""
+    def _next_batch(self) -> tuple[list[tuple[tuple, int]], list[threading.Event], bool]:
+        """The rows to write next, each with its size: what arrives within the flush
+        interval after the first one, up to ``batch_size``, stopping early at a flush
+        marker or the stop signal."""
         item = self._queue.get()
         deadline = time.monotonic() + self._interval
-        rows: list[Conversation] = []
+        rows: list[tuple[tuple, int]] = []
         while True:
             if item is _STOP:
                 return rows, [], True
@@ -360,7 +404,7 @@ class ConversationLog:
                 return rows, [], False
 
     def _write(
-        self, conn: sqlite3.Connection | None, rows: list[Conversation]
+        self, conn: sqlite3.Connection | None, rows: list[tuple]
     ) -> sqlite3.Connection | None:
         try:
             if conn is None:
@@ -368,7 +412,7 @@ class ConversationLog:
                 conn = self._open()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_INSERT, [c._row() for c in rows])
+                conn.executemany(_INSERT, rows)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -401,7 +445,7 @@ class ConversationLog:
         with self._prepare_lock:
             if self._ready:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Prompts and answers in plain text; SQLite gives -wal/-shm the same mode.
             with suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
