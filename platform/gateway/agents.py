@@ -44,6 +44,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qingliang.platform.errors import ApiError, BadRequest, QingliangError
 from qingliang.platform.gateway.knowledge import _actor, read_json_object, tenant_of
+from qingliang.platform.gateway.limits import check_attachments
+from qingliang.platform.settings import GatewayLimits
 
 logger = logging.getLogger(__name__)
 
@@ -297,8 +299,14 @@ def _sse(event: dict) -> str:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
-def add_agent_routes(app: FastAPI, agents: AgentsBackend | None) -> None:
-    """Mount the ``/v1/agents`` and ``/v1/feedback`` routes (501 each without ``agents``)."""
+def add_agent_routes(
+    app: FastAPI, agents: AgentsBackend | None, limits: GatewayLimits | None = None
+) -> None:
+    """Mount the ``/v1/agents`` and ``/v1/feedback`` routes (501 each without ``agents``).
+
+    A run's ``attachments`` are refused over ``limits.max_attachments`` files or
+    ``limits.max_attachment_bytes`` each, before the run starts."""
+    limits = limits or GatewayLimits()
 
     def who(request: Request) -> tuple[str | None, bool, str]:
         """(tenant, all_tenants, actor) of the caller; 501 when agents are off."""
@@ -319,6 +327,7 @@ def add_agent_routes(app: FastAPI, agents: AgentsBackend | None) -> None:
         tenant, all_tenants, actor = who(request)
         assert agents is not None
         body = await read_json_object(request)
+        check_attachments(body.get("attachments"), limits)
         stream = _stream_flag(body)
         events = agents.stream(method, tenant, all_tenants, actor, {**kwargs, "body": body})
         # Pull the first event before answering, so errors found before the run starts
