@@ -53,7 +53,7 @@ NAME_LEN = 128
 VERSION_LEN = 71  # "sha256:" + 64 hex digits
 
 ADAPTER_STATUSES = ("registered", "evaluated", "approved", "canary", "serving", "retired", "stale")
-JOB_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = ("pending", "running", "interrupted", "succeeded", "failed", "cancelled")
 JOB_METHODS = ("lora", "qlora")
 DATASET_STATUSES = ("active", "superseded")
 DATASET_ROLES = ("train", "eval")

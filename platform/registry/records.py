@@ -25,8 +25,10 @@ makes, because they follow from what deployments serve)::
     retired    -> (nothing)
 
 A stale adapter is never promoted again; an adapter a deployment still serves cannot be
-retired (end its serving first). Jobs: ``pending -> running | failed | cancelled``,
-``running -> succeeded | failed | cancelled``.
+retired (end its serving first). Jobs: ``pending -> running | interrupted | failed |
+cancelled``, ``running -> succeeded | interrupted | failed | cancelled``, ``interrupted ->
+running | failed | cancelled`` (``interrupted``: the process driving it died; run again
+under its name, it resumes from its last training checkpoint).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ KINDS: tuple[Kind, ...] = (
 AdapterStatus = Literal[
     "registered", "evaluated", "approved", "canary", "serving", "retired", "stale"
 ]
-JobStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["pending", "running", "interrupted", "succeeded", "failed", "cancelled"]
 
 ADAPTER_TRANSITIONS: Mapping[str, frozenset[str]] = {
     "registered": frozenset({"evaluated", "retired", "stale"}),
@@ -68,8 +70,9 @@ SERVED: frozenset[str] = frozenset({"canary", "serving"})
 DEPLOYABLE: frozenset[str] = frozenset({"approved", "canary", "serving"})
 
 JOB_TRANSITIONS: Mapping[str, frozenset[str]] = {
-    "pending": frozenset({"running", "failed", "cancelled"}),
-    "running": frozenset({"succeeded", "failed", "cancelled"}),
+    "pending": frozenset({"running", "interrupted", "failed", "cancelled"}),
+    "running": frozenset({"succeeded", "interrupted", "failed", "cancelled"}),
+    "interrupted": frozenset({"running", "failed", "cancelled"}),
     "succeeded": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),

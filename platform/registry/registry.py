@@ -393,7 +393,8 @@ class Registry:
         metrics: Mapping[str, Any] | None = None,
         error: str | None = None,
     ) -> Job:
-        """Move a job along ``pending -> running -> succeeded | failed | cancelled``;
+        """Move a job along ``pending -> running -> succeeded | failed | cancelled``
+        (``interrupted`` when its driver died, ``running`` again when it resumes);
         ``metrics`` (replacing earlier ones) and ``error`` are stored with it."""
         if status not in JOB_STATUSES:
             raise BadRequest(

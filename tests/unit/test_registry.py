@@ -378,6 +378,52 @@ def test_job_transitions(reg: Registry) -> None:
         reg.register_adapter("bot", path="/a", sha256=sha("1"), job="ft")
 
 
+def test_an_interrupted_job_resumes_or_ends(reg: Registry) -> None:
+    reg.register_base_model("qwen", source="/m/qwen", format="safetensors")
+    reg.register_dataset_version("faq", V1, record_counts={"train": 1})
+    for name in ("ft", "ft-2"):
+        reg.register_job(name, method="lora", base_model="qwen", train=[f"faq@{V1}"])
+        reg.set_job_status(name, "running")
+        assert reg.set_job_status(name, "interrupted").finished_at is None
+    with pytest.raises(Conflict, match="job 'ft' is interrupted; only a running or succeeded"):
+        reg.register_adapter("bot", path="/a", sha256=sha("1"), job="ft")
+    reg.set_job_status("ft", "running")  # resumed from its checkpoint
+    reg.register_adapter("bot", path="/a", sha256=sha("1"), job="ft")
+    assert reg.set_job_status("ft", "succeeded").status == "succeeded"
+    assert reg.set_job_status("ft-2", "cancelled", error="run cancelled").status == "cancelled"
+    assert [j.status for j in reg.list_jobs(status="interrupted")] == []
+
+
+def test_a_registry_from_before_interrupted_jobs_is_migrated(url: str) -> None:
+    from alembic import command
+
+    from qingliang.platform.registry._db import _alembic_config, make_engine
+
+    engine = make_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0001")
+    finally:
+        engine.dispose()
+    with Registry(url) as r:  # migrates to the head
+        assert r.schema_upgraded is True
+        r.register_base_model("qwen", source="/m/qwen", format="safetensors")
+        r.register_dataset_version("faq", V1, record_counts={"train": 1})
+        r.register_job("ft", method="lora", base_model="qwen", train=[f"faq@{V1}"])
+        r.set_job_status("ft", "running")
+        r.set_job_status("ft", "interrupted")
+    engine = make_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0001")
+            row = conn.execute(text("SELECT status, error FROM registry_jobs")).one()
+            assert tuple(row) == ("failed", "interrupted (schema downgraded)")
+            with pytest.raises(Exception, match="(?i)check"), conn.begin_nested():
+                conn.execute(text("UPDATE registry_jobs SET status = 'interrupted'"))
+    finally:
+        engine.dispose()
+
+
 # -- deployments -----------------------------------------------------------------------------
 
 
