@@ -7,11 +7,13 @@ as a Ray task and stream its ``progress`` events. It is idempotent per job name:
 * a job that already succeeded returns its registered adapter and trains nothing;
 * a job that was killed mid-training resumes from its last checkpoint
   (``train.checkpoint_every``), with the same result as an uninterrupted run;
-* a job that failed is not retried under the same name (the registry keeps the failure).
+* a job that failed is not retried under the same name (the registry keeps the failure);
+* a job rejected by the checks before training (``preflight``) writes nothing at all.
 
 What it records in the registry (``<home>/registry.sqlite`` by default): the base model,
 the dataset version(s) it read, the job (``pending → running → succeeded | failed`` with
-its settings and metrics) and the adapter ``<output.adapter>@<N>`` with lineage edges
+its settings and metrics; ``interrupted`` when the pipeline driving it died, ``running``
+again when it resumes) and the adapter ``<output.adapter>@<N>`` with lineage edges
 dataset version → job → adapter. The adapter's files are written under
 ``<home>/adapters/<adapter>/<job>/``.
 
@@ -138,8 +140,9 @@ def run_job(
         "train", "eval", "metrics", "resumed_from_step", "reused"}``.
 
     Raises:
-        InvalidFineTune: bad settings, data or base model (nothing trained; a registered
-            job is marked failed).
+        InvalidFineTune: bad settings, data or base model. Rejected by the checks before
+            training (:func:`~qingliang.platform.finetune.train.preflight`), the job writes
+            nothing, in the registry either; a job that fails later is marked failed.
         FineTuneFailed: training could not go on.
         Conflict: ``job_name`` names a job that failed or was cancelled.
     """
@@ -169,7 +172,6 @@ def run_job(
         raise invalid("spec.train.eval_every", "is set but the dataset has no eval records")
 
     with Registry(home=settings.home) as reg:
-        data_ref = record_dataset_version(reg, version).ref
         name = job_name or next_job_name(reg, manifest.name)
         try:
             existing = reg.get_job(name)
@@ -186,6 +188,33 @@ def run_job(
             if found:
                 emit({"kind": "log", "message": f"job {name} already succeeded: {found[0].ref}"})
                 return _outcome(found[0], existing, base_path, eval_records, 0, reused=True)
+
+    out = settings.home / ADAPTERS_DIR / spec.output.adapter / name
+    data_sha = version.version.removeprefix("sha256:")
+    complete = _complete(out)
+    resume = False
+    if not complete:
+        from qingliang.platform.finetune.train import preflight
+
+        resume = (out / "checkpoint" / "state.json").is_file()
+        if out.is_dir() and any(out.iterdir()) and not resume:
+            # Killed before its first checkpoint: nothing worth keeping.
+            aside = out.with_name(f"{out.name}.incomplete-{int(time.time())}")
+            out.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        # A job the checks reject writes nothing, in the registry either: it never started.
+        preflight(
+            base_path,
+            train_records,
+            out,
+            train_settings,
+            eval_records=eval_records,
+            data_sha256=data_sha,
+            resume=resume,
+        )
+
+    with Registry(home=settings.home) as reg:
+        data_ref = record_dataset_version(reg, version).ref
         if existing is None:
             _ensure_base_model(reg, base_name, spec.base_model.source, base_path)
             reg.register_job(
@@ -196,23 +225,18 @@ def run_job(
                 eval=[data_ref] if eval_records else [],
                 settings=json.loads(json.dumps(asdict(train_settings))),
             )
-        if existing is None or existing.status == "pending":
+        if existing is None or existing.status in ("pending", "interrupted"):
+            if existing is not None and existing.status == "interrupted":
+                emit({"kind": "log", "message": f"job {name} was interrupted; continuing it"})
             reg.set_job_status(name, "running")
 
-    out = settings.home / ADAPTERS_DIR / spec.output.adapter / name
     resumed_from = 0
-    if _complete(out):
+    if complete:
         emit({"kind": "log", "message": f"{out} holds a finished adapter; not training again"})
         metrics = json.loads((out / "metrics.json").read_text("utf-8"))
     else:
         from qingliang.platform.finetune.train import train
 
-        resume = (out / "checkpoint" / "state.json").is_file()
-        if out.is_dir() and any(out.iterdir()) and not resume:
-            # Killed before its first checkpoint: nothing worth keeping.
-            aside = out.with_name(f"{out.name}.incomplete-{int(time.time())}")
-            out.rename(aside)
-            shutil.rmtree(aside, ignore_errors=True)
         if resume:
             state = json.loads((out / "checkpoint" / "state.json").read_text("utf-8"))
             resumed_from = int(state.get("step", 0))
@@ -231,7 +255,7 @@ def run_job(
                 out,
                 train_settings,
                 eval_records=eval_records,
-                data_sha256=version.version.removeprefix("sha256:"),
+                data_sha256=data_sha,
                 on_progress=lambda ev: emit(_progress(ev)),
                 resume=resume,
             )

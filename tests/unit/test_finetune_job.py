@@ -123,15 +123,29 @@ def test_same_job_name_reuses_and_a_new_run_registers_the_next_version(
     assert (second["job"], second["adapter"]) == ("faq-lora-2", "faq-bot@2")
 
 
-def test_failed_job_is_recorded_and_not_rerun_under_its_name(home: Path, tiny: Path) -> None:
+def test_a_job_rejected_by_the_checks_before_training_writes_nothing(
+    home: Path, tiny: Path
+) -> None:
     bad = job(tiny, lora={"r": 4, "target_modules": ["nope_proj"]})
     with pytest.raises(BadRequest, match="nope_proj"):
         run(home, bad, job_name="faq-bad")
     with Registry(home=home) as reg:
+        assert reg.list_jobs() == [] and reg.list_base_models() == []
+        assert reg.list_dataset_versions() == []
+    assert not (home / "adapters" / "faq-bot").exists()
+    # Nothing was recorded, so the name is free once the manifest is fixed.
+    assert run(home, job(tiny), job_name="faq-bad")["adapter"] == "faq-bot@1"
+
+
+def test_failed_job_is_recorded_and_not_rerun_under_its_name(home: Path, tiny: Path) -> None:
+    # Passes the checks, then fails in training: no record keeps an answer token.
+    short = job(tiny, train={"max_steps": 4, "batch_size": 4, "max_seq_len": 8})
+    with pytest.raises(BadRequest, match="max_seq_len=8"):
+        run(home, short, job_name="faq-bad")
+    with Registry(home=home) as reg:
         failed = reg.get_job("faq-bad")
-        assert failed.status == "failed" and "nope_proj" in (failed.error or "")
+        assert failed.status == "failed" and "max_seq_len=8" in (failed.error or "")
         assert reg.list_adapters("faq-bot") == []
-    assert not (home / "adapters" / "faq-bot" / "faq-bad").exists()
     with pytest.raises(Conflict, match="failed earlier"):
         run(home, job(tiny), job_name="faq-bad")
 
