@@ -3,6 +3,7 @@
 The public surface::
 
     resolve_sources(spec.sources, base) -> [Path]          which files a manifest names
+    find_sources(spec.sources, base) -> SourceFiles        ... and which entries are skipped
     ingest_paths(paths, IngestOptions) -> IngestReport     chunks, documents, per-file errors
     Document / Chunk / Location                            what is stored and cited
     ParserRegistry / default_registry()                    parsers by file type
@@ -30,6 +31,9 @@ from qingliang.knowledge.ingest.pipeline import (
     IngestFailure,
     IngestOptions,
     IngestReport,
+    Skipped,
+    SourceFiles,
+    find_sources,
     ingest_paths,
     resolve_sources,
 )
@@ -47,9 +51,12 @@ __all__ = [
     "Parsed",
     "Parser",
     "ParserRegistry",
+    "Skipped",
+    "SourceFiles",
     "content_hash",
     "default_registry",
     "document_id",
+    "find_sources",
     "ingest_paths",
     "normalise",
     "resolve_sources",

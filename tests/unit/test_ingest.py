@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from qingliang.knowledge.ingest import (
     IngestOptions,
     content_hash,
     default_registry,
+    find_sources,
     ingest_paths,
     resolve_sources,
     split_text,
 )
+from qingliang.knowledge.ingest.errors import describe
 from qingliang.knowledge.manifest import (
     Chunking,
     CsvOptions,
@@ -361,6 +364,22 @@ def test_a_parser_crash_is_reported_not_raised(tmp_path: Path) -> None:
     assert [c.text for c in report.chunks] == ["fine"]
 
 
+def test_a_parser_crash_reason_shows_no_host_path(tmp_path: Path) -> None:
+    registry = default_registry()
+
+    def boom(data: bytes, source: str, *_: object) -> list:
+        raise RuntimeError(f'cannot seek in {source}\n  File "/venv/lib/pypdf/_reader.py"')
+
+    from qingliang.knowledge.ingest import Parser
+
+    registry.register(Parser("boom", (".boom",), boom))
+    path = write(tmp_path / "x.boom", "x")
+    report = ingest_paths([path], IngestOptions(registry=registry))
+    assert report.errors == [
+        (str(path), "corrupt or unreadable: RuntimeError: cannot seek in <path>")
+    ]
+
+
 def test_registry_has_a_parser_for_every_document_type() -> None:
     # A missing library is reported per file (tests/unit/test_ingest_documents.py).
     registry = default_registry()
@@ -408,6 +427,71 @@ def test_resolve_sources_include_exclude_and_glob(tmp_path: Path) -> None:
     ]
     got = [p.relative_to(tmp_path).as_posix() for p in resolve_sources(sources, tmp_path)]
     assert got == ["d/a.md", "d/sub/b.md", "g/deep/z.csv", "g/y.csv", "missing.md"]
+
+
+def _tree(tmp_path: Path) -> tuple[Path, Path]:
+    """A source folder with a link to a file, a link to a folder (both outside), a link
+    inside, a dangling link and a FIFO next to real files; and the outside folder."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for rel in ["a.md", "sub/b.md"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x", encoding="utf-8")
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.md").write_text("secret", encoding="utf-8")
+    (outside / "deep" / "more.md").write_text("secret", encoding="utf-8")
+    (root / "file-link.md").symlink_to(outside / "secret.md")
+    (root / "sub" / "dir-link").symlink_to(outside, target_is_directory=True)
+    (root / "inner.md").symlink_to(root / "a.md")
+    (root / "dangling.md").symlink_to(tmp_path / "nowhere.md")
+    os.mkfifo(root / "pipe.md")
+    return root, outside
+
+
+def test_folder_sources_never_follow_symlinks(tmp_path: Path) -> None:
+    root, _ = _tree(tmp_path)
+    found = find_sources([Source(folder="root")], tmp_path)
+    assert [p.relative_to(root).as_posix() for p in found.files] == ["a.md", "sub/b.md"]
+    reasons = {Path(s.path).relative_to(root).as_posix(): s.reason for s in found.skipped}
+    assert set(reasons) == {"file-link.md", "sub/dir-link", "inner.md", "dangling.md", "pipe.md"}
+    assert reasons["file-link.md"].startswith("symbolic link to outside the source folder")
+    assert reasons["sub/dir-link"].startswith("symbolic link to outside the source folder")
+    assert reasons["inner.md"].startswith("symbolic link: not followed")
+    assert reasons["dangling.md"].startswith("symbolic link to nothing")
+    assert reasons["pipe.md"].startswith("not a regular file")
+    assert resolve_sources([Source(folder="root")], tmp_path) == found.files
+    # include / exclude apply to skipped files too; a linked folder is always reported.
+    only = find_sources([Source(folder="root", include=["b.md"], exclude=["pipe*"])], tmp_path)
+    assert [Path(s.path).name for s in only.skipped] == ["dir-link"]
+
+
+def test_glob_sources_never_follow_symlinks_or_leave_the_folder(tmp_path: Path) -> None:
+    root, outside = _tree(tmp_path)
+    found = find_sources([Source(glob="*/*.md"), Source(glob="*.md")], root)
+    assert [p.relative_to(root).as_posix() for p in found.files] == ["a.md", "sub/b.md"]
+    assert {Path(s.path).relative_to(root).as_posix() for s in found.skipped} == {
+        "file-link.md",
+        "inner.md",
+        "dangling.md",
+        "pipe.md",
+    }
+    deep = find_sources([Source(glob="sub/*/*.md")], root)
+    assert deep.files == [] and [Path(s.path).name for s in deep.skipped] == ["secret.md"]
+    up = find_sources([Source(glob="../outside/*.md")], root)
+    assert up.files == [] and "outside the source folder" in up.skipped[0].reason
+    absolute = find_sources([Source(glob=str(outside / "*.md"))], root)
+    assert absolute.files == [] and "relative to the manifest" in absolute.skipped[0].reason
+
+
+def test_an_explicit_path_source_is_used_as_given(tmp_path: Path) -> None:
+    root, _ = _tree(tmp_path)
+    found = find_sources([Source(path="file-link.md")], root)
+    assert found.files == [root / "file-link.md"] and found.skipped == []
+
+
+def test_describe_keeps_no_host_path_or_traceback() -> None:
+    exc = OSError("cannot open /srv/home/uploads/gov/a.pdf\nTraceback (most recent call last):")
+    assert describe(exc) == "OSError: cannot open <path>"
+    assert describe(ValueError("x" * 1000)).endswith("…") and len(describe(ValueError())) == 10
 
 
 def test_options_from_a_manifest_spec() -> None:
@@ -461,6 +545,7 @@ def test_real_policy_documents_and_fmea_table(tmp_path: Path) -> None:
         "qingliang.knowledge.ingest.chunking",
         "qingliang.knowledge.ingest.parsers",
         "qingliang.knowledge.ingest.pipeline",
+        "qingliang.knowledge.ingest.errors",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:
