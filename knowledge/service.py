@@ -16,6 +16,14 @@ from the API passes the caller's tenant: a KB of another tenant is reported as u
 tenant as well, so a shared collection never leaks another tenant's chunks. ``tenant=None``
 is the local operator (the CLI), who sees every KB.
 
+**Files and paths.** A request writes and deletes only in the KB's own upload folder, and
+only regular files directly in it: an upload is stored under its plain file name, and a
+delete that names anything else (``../``, an absolute path, a symlink, another tenant's
+upload) is the same ``NotFound`` as an unknown document, decided without looking outside
+the folder (:mod:`._paths`). Symlinks in source and upload folders are never followed;
+sync reports each one it skipped (``skipped``). No response or error names a host path:
+documents are shown relative to the KB's upload or source folder.
+
 **Versions.** A sync that changes something, a rollback, and each learned answer added or
 retracted make a new version; the points written carry it, so citations name it.
 
@@ -31,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import shutil
 import threading
 import time
 import uuid
@@ -43,9 +51,24 @@ from typing import Any
 from qingliang.knowledge import snapshots as snaps
 from qingliang.knowledge._bm25 import Bm25Encoder
 from qingliang.knowledge._images import ClipPassages, ClipQueries, image_collection
+from qingliang.knowledge._paths import (
+    PublicPaths,
+    is_upload_name,
+    list_uploads,
+    public_errors,
+    upload_file,
+    upload_name,
+)
 from qingliang.knowledge.answers import LearnedAnswers
 from qingliang.knowledge.embedders import embedder_for
-from qingliang.knowledge.ingest import IngestOptions, IngestReport, ingest_paths, resolve_sources
+from qingliang.knowledge.ingest import (
+    IngestOptions,
+    IngestReport,
+    Skipped,
+    SourceFiles,
+    find_sources,
+    ingest_paths,
+)
 from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.knowledge.registry import KnowledgeRegistry, SnapshotRecord
 from qingliang.knowledge.retrieval import Retriever
@@ -60,7 +83,6 @@ KIND = "KnowledgeBase"
 #: Stages reported to a progress callback: (stage, done, total).
 Progress = Callable[[str, int, int], None]
 
-_UPLOAD_NAME = re.compile(r"^[\w\u3400-\u9fff][\w\u3400-\u9fff .()+-]{0,199}\Z")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
@@ -73,9 +95,14 @@ class SyncOutcome:
     files: int = 0
     seconds: float = 0.0
     images: SyncReport | None = None
+    #: Entries of the source and upload folders not read (symlinks, FIFOs ...), and why.
+    skipped: list[Skipped] = field(default_factory=list)
+    #: How paths are shown in :meth:`to_dict` (relative to the KB's folders).
+    paths: PublicPaths = field(default_factory=PublicPaths, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        r = self.report
+        """JSON-ready, for the API and the CLI: paths relative to the KB's folders."""
+        r, shown = self.report, self.paths
         return {
             "kb": self.kb,
             "version": self.version,
@@ -90,7 +117,10 @@ class SyncOutcome:
             "reused": r.reused,
             "reembedded_share": round(r.reembedded_share, 4),
             "kept_documents": r.kept_documents,
-            "errors": [{"path": e.path, "reason": e.reason} for e in r.errors],
+            "errors": [
+                {"path": shown.path(e.path), "reason": shown.text(e.reason)} for e in r.errors
+            ],
+            "skipped": [{"path": shown.path(k.path), "reason": k.reason} for k in self.skipped],
             "seconds": round(self.seconds, 3),
             "images": None
             if self.images is None
@@ -202,6 +232,9 @@ class KnowledgeService(LearnedAnswers):
                             store.drop_collection(coll)
                 for rec in self.registry.snapshots(name):
                     snaps.remove(self._snap_root, name, rec.version)
+                # Left behind, the files would become sources of the next KB of this name,
+                # whichever tenant it belongs to.
+                _remove_folder(self._uploads(name))
             self.registry.forget(name)
             self.registry.log(name, actor=actor, action="remove", detail={"data": drop_data})
             self.state.delete(KIND, name)
@@ -212,12 +245,15 @@ class KnowledgeService(LearnedAnswers):
 
     def files(self, name: str) -> list[Path]:
         """The files the KB's sources name now, uploads included."""
-        kb = self._kb(name, None)
-        paths = resolve_sources(kb.manifest.spec.sources, kb.base)
-        up = self._uploads(name)
-        if up.is_dir():
-            paths += sorted(p for p in up.iterdir() if p.is_file() and not p.name.startswith("."))
-        return sorted(dict.fromkeys(paths))
+        return self._source_files(self._kb(name, None)).files
+
+    def _source_files(self, kb: _Kb) -> SourceFiles:
+        found = find_sources(kb.manifest.spec.sources, kb.base)
+        uploads = list_uploads(self._uploads(kb.name))
+        return SourceFiles(
+            files=sorted(dict.fromkeys(found.files + uploads.files)),
+            skipped=found.skipped + uploads.skipped,
+        )
 
     def sync(
         self,
@@ -231,13 +267,14 @@ class KnowledgeService(LearnedAnswers):
         """Ingest the KB's sources and write only what changed (see :mod:`..sync`)."""
         kb = self._kb(name, tenant)
         started = time.perf_counter()
-        with kb.lock:
+        with kb.lock, public_errors(self._public(kb)):
             if rebuild:
                 self._drop_for_rebuild(kb)
-            files = self.files(name)
-            report = self._ingest(kb, files, progress)
+            found = self._source_files(kb)
+            report = self._ingest(kb, found.files, progress)
             outcome = self._apply(kb, report, actor=actor, action="sync", progress=progress)
-            outcome.files = len(files)
+            outcome.files = len(found.files)
+            outcome.skipped = found.skipped
             self._reconcile_answers(kb)
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -288,12 +325,16 @@ class KnowledgeService(LearnedAnswers):
                 errors=report.errors,
             )
             images = self._image_syncer(kb).sync(kb.name, pictures, **kwargs)
-        outcome = SyncOutcome(kb.name, result, self.registry.version(kb.name), images=images)
+        outcome = SyncOutcome(
+            kb.name, result, self.registry.version(kb.name), images=images, paths=self._public(kb)
+        )
         changed = result.written or result.deleted
         if images is not None:
             changed = changed or images.written or images.deleted
         if changed:
-            detail = {k: v for k, v in outcome.to_dict().items() if k not in ("errors", "kb")}
+            detail = {
+                k: v for k, v in outcome.to_dict().items() if k not in ("errors", "kb", "skipped")
+            }
             detail["errors"] = len(result.errors)
             outcome.version = self.registry.bump(kb.name, actor=actor, action=action, detail=detail)
             outcome.snapshot = self._auto_snapshot(kb, actor)
@@ -371,8 +412,34 @@ class KnowledgeService(LearnedAnswers):
         since: str | None = None,
         until: str | None = None,
     ) -> dict[str, Any]:
-        """Cited hits for ``query``; ``mode`` defaults to hybrid when the KB has BM25."""
+        """Cited hits for ``query``; ``mode`` defaults to hybrid when the KB has BM25.
+
+        Citations name their document relative to the KB's folders (``source``,
+        ``image_path``), never by its host path.
+        """
         kb = self._kb(name, tenant)
+        shown = self._public(kb)
+        with public_errors(shown):
+            out = self._search(kb, query, limit, mode, mmr, domain, kinds, since, until)
+        for c in out["citations"]:
+            c["source"] = shown.path(c["source"])
+            if c.get("image_path"):
+                c["image_path"] = shown.path(c["image_path"])
+        return out
+
+    def _search(
+        self,
+        kb: _Kb,
+        query: str,
+        limit: int,
+        mode: str | None,
+        mmr: float | None,
+        domain: str | Sequence[str] | None,
+        kinds: Sequence[str] | None,
+        since: str | None,
+        until: str | None,
+    ) -> dict[str, Any]:
+        name = kb.name
         spec = kb.manifest.spec
         store = self._store(kb)
         coll = kb.manifest.collection
@@ -421,8 +488,20 @@ class KnowledgeService(LearnedAnswers):
     # -- documents ------------------------------------------------------------------------
 
     def documents(self, name: str, *, tenant: str | None = None) -> list[dict[str, Any]]:
-        """One row per stored document (learned answers excluded), sorted by source."""
+        """One row per stored document (learned answers excluded), sorted by source.
+
+        ``source`` is relative to the KB: an upload's file name, or the path below the
+        source folder it comes from.
+        """
         kb = self._kb(name, tenant)
+        shown = self._public(kb)
+        with public_errors(shown):
+            rows = [{**r, "source": shown.path(str(r["source"]))} for r in self._rows(kb)]
+        return sorted(rows, key=lambda r: (str(r["source"]), str(r["record"] or "")))
+
+    def _rows(self, kb: _Kb) -> list[dict[str, Any]]:
+        """:meth:`documents` with the stored (host) ``source`` paths."""
+        name = kb.name
         store = self._store(kb)
         coll = kb.manifest.collection
         if coll not in store.list_collections():
@@ -469,7 +548,7 @@ class KnowledgeService(LearnedAnswers):
         stored for it; a replaced document whose new version fails keeps its old chunks.
         """
         kb = self._kb(name, tenant)
-        clean = _upload_name(filename)
+        clean = upload_name(filename)
         if not data:
             raise BadRequest(f"{clean}: the file is empty", param="file")
         if len(data) > MAX_UPLOAD_BYTES:
@@ -478,17 +557,22 @@ class KnowledgeService(LearnedAnswers):
                 param="file",
             )
         started = time.perf_counter()
-        with kb.lock:
+        shown = self._public(kb)
+        with kb.lock, public_errors(shown):
             folder = self._uploads(name)
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / clean
-            # Hidden (so never a source) but with the real suffix, so it parses alike.
+            # Hidden (so never a source) but with the real suffix, so it parses alike;
+            # created exclusively, so nothing already there (a planted link) is written
+            # through. os.replace then swaps the directory entry: a link at `target` is
+            # replaced, never followed.
             tmp = folder / f".{uuid.uuid4().hex[:8]}.{clean}"
-            tmp.write_bytes(data)
+            with open(tmp, "xb") as f:
+                f.write(data)
             report = ingest_paths([tmp], IngestOptions.from_spec(kb.manifest.spec))
             if report.errors and not report.chunks:
                 tmp.unlink()
-                reason = report.errors[0].reason
+                reason = shown.text(report.errors[0].reason)
                 raise BadRequest(f"{clean}: {reason}; nothing was stored", param="file")
             os.replace(tmp, target)
             report = ingest_paths([target], IngestOptions.from_spec(kb.manifest.spec))
@@ -509,32 +593,56 @@ class KnowledgeService(LearnedAnswers):
     ) -> SyncOutcome:
         """Delete an uploaded document (by doc_id or upload name) and its chunks.
 
+        Only a regular file directly in the KB's upload folder is ever removed. Anything
+        else ``doc`` may name — a path with ``..`` or separators, an absolute path, a
+        symlink, another KB's upload — is the same ``NotFound`` as an unknown document,
+        decided without looking at anything outside the folder.
         Documents of the manifest's own sources are refused (``Conflict``): the next sync
         would bring them back; remove them from the source folder instead.
         """
         kb = self._kb(name, tenant)
-        with kb.lock:
-            rows = [r for r in self.documents(name) if doc in (r["doc_id"], r["source"])]
+        shown = self._public(kb)
+        # One message for every refusal, whatever `doc` is: it tells nothing about disk.
+        unknown = NotFound(
+            f"knowledge base {name!r} has no document by that doc_id or upload name",
+            param="doc",
+        )
+        with kb.lock, public_errors(shown):
             folder = self._uploads(name)
-            if not rows and (folder / doc).is_file():
-                rows = [{"source": str(folder / doc), "uploaded": True}]
-            if not rows:
-                raise NotFound(f"knowledge base {name!r} has no document {doc!r}", param="doc")
-            row = rows[0]
-            if not row["uploaded"]:
+            # Plain string comparisons: the listed doc_id or source, never a path.
+            rows = [
+                r
+                for r in self._rows(kb)
+                if isinstance(doc, str) and doc in (r["doc_id"], shown.path(str(r["source"])))
+            ]
+            rows.sort(key=lambda r: not r["uploaded"])
+            if rows and not rows[0]["uploaded"]:
                 raise Conflict(
-                    f"document {doc!r} comes from the manifest's sources ({row['source']}); "
-                    "remove it there and sync, or change spec.sources"
+                    f"document {doc!r} comes from the manifest's sources "
+                    f"({shown.path(str(rows[0]['source']))}); remove it there and sync, "
+                    "or change spec.sources"
                 )
-            source = str(row["source"])
-            Path(source).unlink(missing_ok=True)
+            if rows:
+                file_name = Path(str(rows[0]["source"])).name
+                if str(folder / file_name) != rows[0]["source"]:
+                    raise unknown
+            elif is_upload_name(doc):
+                file_name = doc  # a file left without chunks (an upload that crashed)
+            else:
+                raise unknown
+            on_disk = upload_file(folder, file_name)
+            if on_disk == "other" or (on_disk == "missing" and not rows):
+                raise unknown
+            source = folder / file_name
+            if on_disk == "file":
+                source.unlink()
             outcome = self._apply(
                 kb,
                 IngestReport(),
                 actor=actor,
                 action="delete-document",
                 progress=None,
-                only_sources=[source],
+                only_sources=[str(source)],
             )
         return outcome
 
@@ -545,7 +653,7 @@ class KnowledgeService(LearnedAnswers):
     ) -> SnapshotRecord:
         """Save the KB's points as of its current version (replacing an earlier save of it)."""
         kb = self._kb(name, tenant)
-        with kb.lock:
+        with kb.lock, public_errors(self._public(kb)):
             return self._snapshot(kb, note=note, actor=actor)
 
     def _snapshot(self, kb: _Kb, *, note: str, actor: str) -> SnapshotRecord:
@@ -600,7 +708,7 @@ class KnowledgeService(LearnedAnswers):
                 f"knowledge base {name!r} has no snapshot of version {version} (have: {have})",
                 param="version",
             )
-        with kb.lock:
+        with kb.lock, public_errors(self._public(kb)):
             snap = snaps.load(self._snap_root, name, version)
             rep = snaps.restore(
                 self._store(kb),
@@ -618,11 +726,16 @@ class KnowledgeService(LearnedAnswers):
 
     def stats(self, name: str, *, tenant: str | None = None) -> dict[str, Any]:
         kb = self._kb(name, tenant)
+        with public_errors(self._public(kb)):
+            return self._stats(kb)
+
+    def _stats(self, kb: _Kb) -> dict[str, Any]:
+        name = kb.name
         spec = kb.manifest.spec
         store = self._store(kb)
         coll = kb.manifest.collection
         synced = coll in store.list_collections()
-        docs = self.documents(name) if synced else []
+        docs = self._rows(kb) if synced else []
         events = self.registry.events(name, limit=20)
         last_sync = next((e for e in events if e.action in ("sync", "upload")), None)
         return {
@@ -659,6 +772,17 @@ class KnowledgeService(LearnedAnswers):
 
     def _uploads(self, name: str) -> Path:
         return self.home / "uploads" / name
+
+    def _public(self, kb: _Kb) -> PublicPaths:
+        """How this KB's paths are shown: below its upload, source or manifest folder."""
+        roots = [self._uploads(kb.name)]
+        for src in kb.manifest.spec.sources:
+            if src.folder is not None:
+                roots.append(kb.base / src.folder)
+            elif src.path is not None:
+                roots.append((kb.base / src.path).parent)
+        roots.append(kb.base)
+        return PublicPaths(roots, data_dir=self.home)
 
     def _kb(self, name: str, tenant: str | None) -> _Kb:
         if not isinstance(name, str) or not name:
@@ -756,13 +880,9 @@ def _check_compatible(before: KnowledgeBase, after: KnowledgeBase) -> None:
         )
 
 
-def _upload_name(filename: object) -> str:
-    if not isinstance(filename, str) or not filename:
-        raise BadRequest("the upload needs a file name", param="file")
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if not name or name in (".", "..") or not _UPLOAD_NAME.match(name):
-        raise BadRequest(
-            f"file name {filename!r}: use letters, digits, spaces and . _ - ( ) +",
-            param="file",
-        )
-    return name
+def _remove_folder(folder: Path) -> None:
+    """Remove ``folder`` and its files; a symlink in its place is unlinked, not followed."""
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.is_dir():
+        shutil.rmtree(folder)
