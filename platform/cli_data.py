@@ -187,6 +187,8 @@ def report(
             f"({removed or 'nothing'}) from {_short(d['from'])}: {d['reason']}"
         )
     _out(f"  stored: {r['records']} records, {r['quarantined']} quarantined")
+    for warning in r.get("warnings") or []:
+        _out(f"  warning: {warning}")
 
 
 @data_app.command("quarantine")

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -378,6 +379,47 @@ def read_sources(spec: DatasetSpec, base: Path, key: bytes) -> ReadResult:
     if corrections:
         _apply_corrections(out, corrections, spec.format, key)
     return out
+
+
+_COLUMN = re.compile(r"\s*\(column \d+\)")
+
+
+def drop_reasons(read: ReadResult, steps: list[dict[str, Any]], tombstoned: int) -> Counter[str]:
+    """Why the records read did not all reach the version: ``"<step>: <reason>"`` ->
+    records (a record the quality step refuses under two rules counts under both)."""
+    out = Counter[str]()
+    for q in read.quarantine:  # rows that never became records
+        out[f"{q.get('step', 'read')}: {_COLUMN.sub('', str(q.get('reason', '')))}"] += 1
+    filtered = sum(int(s.get("filtered", 0)) for s in read.sources)
+    if filtered:
+        out["read: gateway conversation outside the source's tenants / models"] += filtered
+    if tombstoned:
+        out["deleted: the record was deleted (tombstoned)"] += tombstoned
+    for entry in steps:
+        step = entry.get("step")
+        if step == "schema":
+            out.update({f"schema: {k}": v for k, v in (entry.get("reasons") or {}).items()})
+        elif step == "dedup":
+            removed = entry.get("removed") or {}
+            out.update({f"dedup: {k} duplicate": v for k, v in removed.items() if v})
+        elif step == "quality":
+            out.update({f"quality: {k}": v for k, v in (entry.get("removed") or {}).items()})
+    return out
+
+
+def check_sources(spec: DatasetSpec, base: Path) -> list[tuple[str, str]]:
+    """What would stop the sources from being read, found without reading them: a file
+    that is missing, a glob matching nothing, a format that cannot be told. Returns
+    ``(field path, message)`` pairs (``spec.sources[1].path``), empty when all is well."""
+    issues: list[tuple[str, str]] = []
+    for index, source in enumerate(spec.sources):
+        try:
+            for path in resolve_files(source, base, index):
+                file_format(source, path, index)
+        except ResolveError as exc:
+            where, _, message = str(exc).partition(": ")
+            issues.append((where, message))
+    return issues
 
 
 def _entry(

@@ -54,7 +54,13 @@ from qingliang.platform.data._governance import (
     redact_raw,
     settings_hash,
 )
-from qingliang.platform.data._sources import canonical, read_sources, resolve_files
+from qingliang.platform.data._sources import (
+    ReadResult,
+    canonical,
+    drop_reasons,
+    read_sources,
+    resolve_files,
+)
 from qingliang.platform.data._versions import (
     FILES,
     PREFIX,
@@ -94,6 +100,9 @@ class DatasetVersion:
     reason: str = ""
     latest: bool = False
     path: Path | None = None  # the folder holding the files (None unless active)
+    #: What the cut that returned it found worth saying (an empty eval split); only
+    #: ``cut`` fills it, and ``report.json`` keeps it.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,8 +246,12 @@ class DatasetStore:
         Sources are relative to ``manifest_dir``. Identical content gives the existing
         version back. Retention runs afterwards.
 
+        An empty split is cut but said in ``warnings`` (and logged); a cut that would
+        hold no record at all is refused.
+
         Raises:
-            ResolveError: a source is missing or unreadable, or ``salt_env`` is not set.
+            ResolveError: a source is missing or unreadable, ``salt_env`` is not set, or
+                no record is left (the message counts the records dropped by reason).
         """
         name, spec = dataset.name, dataset.spec
         base = Path(manifest_dir).resolve()
@@ -268,6 +281,12 @@ class DatasetStore:
             for rec in governed.records:
                 split = is_eval(rec.id, spec.split.eval_fraction, spec.split.seed)
                 (evals if split else train).append(rec.stored())
+            if not governed.records:
+                error = _nothing_left(name, read, drop_reasons(read, governed.steps, len(dropped)))
+                with self._write() as c:
+                    self._log(c, name, actor, "cut_failed", error=error)
+                raise ResolveError(error)
+            warnings = _split_warnings(name, spec.split.eval_fraction, len(train), len(evals))
             settings = settings_hash(spec)
             now = self.clock()
             report: dict[str, Any] = {
@@ -291,6 +310,7 @@ class DatasetStore:
                 "records": len(train) + len(evals),
                 "quarantined": len(quarantine),
                 "deletions": [],
+                "warnings": warnings,
             }
             manifest = {
                 "manifest": dataset.model_dump(mode="json", by_alias=True),
@@ -299,7 +319,10 @@ class DatasetStore:
             files = Files(lines(train), lines(evals), lines(quarantine), report, manifest)
             version = files.version(settings)
             report["version"] = version
-            return self._register(name, version, files, actor, manifest, now)
+            cut = self._register(name, version, files, actor, manifest, now)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        return dataclasses.replace(cut, warnings=tuple(warnings))
 
     def _register(
         self,
@@ -671,3 +694,35 @@ class DatasetStore:
                 c.execute("DELETE FROM datasets WHERE name=?", (name,))
                 self._log(c, name, actor, "remove")
             shutil.rmtree(self.root / name, ignore_errors=True)
+
+
+def _nothing_left(name: str, read: ReadResult, reasons: Mapping[str, int]) -> str:
+    """Why a cut would store no record, counted by reason (most frequent first)."""
+    rows = sum(int(s["rows"]) for s in read.sources)
+    head = (
+        f"dataset {name}: no record is left to store, so no version was cut "
+        f"({rows} rows read from {len(read.sources)} file(s))"
+    )
+    if not rows:
+        return head + ": the sources hold no rows"
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    parts = [f"{reason} ({n})" for reason, n in top[:10]]
+    if len(top) > 10:
+        parts.append(f"{len(top) - 10} more reason(s)")
+    return head + "; dropped by reason: " + "; ".join(parts)
+
+
+def _split_warnings(name: str, eval_fraction: float, train: int, evals: int) -> list[str]:
+    out = []
+    if not evals and eval_fraction > 0:
+        out.append(
+            f"dataset {name}: the eval split is empty (split.eval_fraction {eval_fraction:g} "
+            f"held out none of {train} records); an evaluate step or an eval loss needs eval "
+            "records: add records or raise split.eval_fraction"
+        )
+    if not train:
+        out.append(
+            f"dataset {name}: the train split is empty (all {evals} records are held out "
+            "for evaluation); a fine-tune job needs train records"
+        )
+    return out

@@ -146,3 +146,34 @@ def test_delete_a_dataset(applied: str, home: Path) -> None:
 def test_validate_accepts_the_examples() -> None:
     out = run("validate", "-f", str(EXAMPLE))
     assert "Dataset/gov-sft" in out
+
+
+def _dataset(folder: Path, lines: list[str], eval_fraction: float) -> Path:
+    (folder / "qa.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    path = folder / "ds.yaml"
+    path.write_text(
+        "apiVersion: qingliang.io/v1\nkind: Dataset\nmetadata: {name: tiny-set}\n"
+        "spec:\n  sources: [{path: qa.jsonl}]\n  governance: [{step: schema}]\n"
+        f"  split: {{eval_fraction: {eval_fraction}}}\n"
+    )
+    return path
+
+
+def test_apply_refuses_a_dataset_with_no_usable_record(tmp_path: Path, home: Path) -> None:
+    path = _dataset(tmp_path, ["{broken", "{broken too", '"a string"'], 0.1)
+    r = runner.invoke(app, ["apply", "-f", str(path)])
+    assert r.exit_code == 1
+    text = " ".join(r.output.split())
+    assert "dataset tiny-set: no record is left to store, so no version was cut" in text
+    assert "read: invalid JSON: Expecting property name enclosed in double quotes (2)" in text
+    assert "read: a record must be a JSON object, got str (1)" in text
+    assert runner.invoke(app, ["data", "versions", "tiny-set"]).exit_code == 1
+
+
+def test_an_empty_eval_split_is_reported(tmp_path: Path, home: Path) -> None:
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    run("apply", "-f", str(_dataset(tmp_path, [good], 1e-6)))
+    out = " ".join(run("data", "report", "tiny-set").split())
+    assert "warning: dataset tiny-set: the eval split is empty (split.eval_fraction 1e-06" in out

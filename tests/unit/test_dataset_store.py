@@ -274,6 +274,56 @@ def test_instruction_datasets_quarantine_what_they_cannot_hold(
     ]
 
 
+def test_a_cut_that_keeps_no_record_is_refused_with_the_reasons(
+    store: DatasetStore, tmp_path: Path
+) -> None:
+    folder = tmp_path / "m"
+    no_answer = {"messages": [{"role": "user", "content": "有人吗？"}]}
+    write_jsonl(folder / "train.jsonl", ["{not json", "[1, 2]", "{oops", no_answer, no_answer])
+    with pytest.raises(ResolveError) as err:
+        store.cut(dataset(governance=[{"step": "schema"}]), folder, "t")
+    message = str(err.value)
+    assert message.startswith(
+        "dataset gov-sft: no record is left to store, so no version was cut "
+        "(5 rows read from 1 file(s)); dropped by reason: "
+    ), message
+    assert "read: invalid JSON: Expecting property name enclosed in double quotes (2)" in message
+    assert "read: a record must be a JSON object, got list (1)" in message
+    assert "schema: no assistant message (2)" in message
+    with pytest.raises(NotFound):
+        store.get("gov-sft")
+    assert not (store.root / "gov-sft" / "versions").exists()
+    assert [e.action for e in store.audit("gov-sft")] == ["cut_failed"]
+
+    # Its only record deleted, a dataset's next cut is refused too; the version the
+    # deletion left stays the latest.
+    write_jsonl(folder / "train.jsonl", [chat(*QUESTIONS[0])])
+    first = store.cut(dataset(governance=[{"step": "dedup"}]), folder, "t")
+    rid = store.read("gov-sft", first.version)[0]["id"]
+    latest = store.delete_record("gov-sft", rid, actor="t", reason="gdpr").superseded
+    with pytest.raises(ResolveError, match=r"deleted: the record was deleted \(tombstoned\) \(1\)"):
+        store.cut(dataset(governance=[{"step": "dedup"}]), folder, "t")
+    assert store.get("gov-sft").version == latest[first.version]
+    write_jsonl(folder / "empty.jsonl", [])
+    with pytest.raises(
+        ResolveError, match=r"\(0 rows read from 1 file\(s\)\): the sources hold no"
+    ):
+        store.cut(dataset(sources=[{"path": "empty.jsonl"}]), folder, "t")
+
+
+def test_an_empty_eval_split_is_cut_with_a_warning(
+    store: DatasetStore, src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    v = store.cut(dataset(split={"eval_fraction": 1e-6}), src, "t")
+    assert (v.train, v.eval) == (6, 0)
+    (warning,) = v.warnings
+    assert warning.startswith("dataset gov-sft: the eval split is empty (split.eval_fraction 1e-06")
+    assert store.report("gov-sft")["warnings"] == [warning]
+    assert warning in caplog.text  # the CLI prints WARNING records
+    # No eval split asked for, none warned about.
+    assert store.cut(dataset("plain"), src, "t").warnings == ()
+
+
 # ----------------------------------------------------------------------- governance
 
 
