@@ -90,13 +90,28 @@ def _status_printer():  # noqa: ANN202
 
 @app.command()
 def validate(files: list[Path] = FilesOpt) -> None:
-    """Check manifests without touching anything (exit 1 on the first bad field)."""
+    """Check manifests without touching anything (exit 1 on the first bad field).
+
+    Besides each manifest's own fields, what it refers to is followed, read-only: a
+    Pipeline's dataset and job files (present, valid, their own references), a Dataset's
+    source files, a FineTuneJob's local base model folder.
+    """
+    from qingliang.platform.errors import FieldIssue, ManifestError
     from qingliang.platform.manifests.loader import load_paths
     from qingliang.platform.manifests.model_deployment import ModelDeployment
     from qingliang.platform.manifests.plan import HardwareProfile, compile_plan
+    from qingliang.platform.pipelines.references import check_references
 
     try:
         loaded = load_paths(files)
+        unusable: list[str] = []
+        for item in loaded:
+            try:
+                check_references(item)
+            except ManifestError as exc:
+                unusable.append(str(exc))
+        if unusable:
+            raise ManifestError([FieldIssue("", text) for text in unusable])
         profile = HardwareProfile.detect()
         for item in loaded:
             if isinstance(item.manifest, ModelDeployment):

@@ -57,6 +57,76 @@ def test_validate_names_file_and_field_of_a_bad_manifest(tmp_path: Path) -> None
     )
 
 
+def _project(root: Path) -> Path:
+    """A pipeline with its dataset, data file, job and base model folder; all valid."""
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "qa.jsonl").write_text('{"instruction": "q", "output": "a"}\n')
+    (root / "model").mkdir()
+    (root / "model" / "config.json").write_text("{}")
+    (root / "dataset.yaml").write_text(
+        "apiVersion: qingliang.io/v1\nkind: Dataset\nmetadata: {name: faq}\n"
+        "spec: {format: instruction, sources: [{path: data/*.jsonl}]}\n"
+    )
+    (root / "job.yaml").write_text(
+        "apiVersion: qingliang.io/v1\nkind: FineTuneJob\nmetadata: {name: faq-lora}\n"
+        "spec:\n  base_model: {source: model}\n  lora: {r: 4}\n"
+        "  data: {dataset: faq}\n  output: {adapter: faq-bot}\n"
+    )
+    (root / "pipeline.yaml").write_text(
+        "apiVersion: qingliang.io/v1\nkind: Pipeline\nmetadata: {name: faq-release}\n"
+        "spec:\n  steps:\n    - {type: govern, dataset: dataset.yaml}\n"
+        "    - {type: finetune, job: job.yaml}\n"
+    )
+    return root
+
+
+def _validate(*paths: Path) -> tuple[int, str]:
+    r = runner.invoke(app, ["validate", *(a for p in paths for a in ("-f", str(p)))])
+    return r.exit_code, " ".join(r.output.split())
+
+
+def test_validate_follows_what_pipelines_datasets_and_jobs_refer_to(tmp_path: Path) -> None:
+    from qingliang.platform.manifests.loader import load_paths
+
+    root = _project(tmp_path / "p")
+    code, out = _validate(root)
+    assert code == 0, out
+    assert "ok " in out and "Pipeline/faq-release" in out
+
+    (root / "job.yaml").rename(root / "job.yml")
+    code, out = _validate(root / "pipeline.yaml")
+    assert code == 1
+    assert f"{root / 'pipeline.yaml'}: spec.steps[1].job: job.yaml: no such file" in out
+    assert load_paths([root / "pipeline.yaml"])  # the manifest's own validation stays pure
+
+    (root / "job.yml").rename(root / "job.yaml")
+    job = (root / "job.yaml").read_text()
+    (root / "job.yaml").write_text(job.replace("r: 4", "r: 0"))
+    code, out = _validate(root / "pipeline.yaml")
+    assert code == 1
+    assert (
+        "pipeline.yaml: spec.steps[1].job: job.yaml: spec.lora.r: Input should be greater "
+        "than or equal to 1"
+    ) in out
+    (root / "job.yaml").write_text(job.replace("dataset: faq}", "dataset: other}"))
+    code, out = _validate(root / "pipeline.yaml")
+    assert "spec.steps[1].job: job.yaml: spec.data.dataset: the job trains on 'other' but " in out
+    (root / "job.yaml").write_text(job.replace("source: model", "source: gone"))
+    code, out = _validate(root / "job.yaml")
+    assert code == 1
+    assert f"job.yaml: spec.base_model.source: 'gone': {root / 'gone'} does not exist" in out
+    (root / "job.yaml").write_text(job)
+
+    (root / "data" / "qa.jsonl").unlink()
+    code, out = _validate(root)  # the folder: the dataset and the pipeline both fail
+    assert code == 1
+    assert f"{root / 'dataset.yaml'}: spec.sources[0].path: 'data/*.jsonl' matches no file" in out
+    assert (
+        f"{root / 'pipeline.yaml'}: spec.steps[0].dataset: dataset.yaml: "
+        "spec.sources[0].path: 'data/*.jsonl' matches no file"
+    ) in out
+
+
 def test_render_prints_the_serve_config_for_a_cluster() -> None:
     r = runner.invoke(
         app, ["render", "-f", str(REPO / "deploy" / "examples" / "qwen-gpu-awq.yaml")]
