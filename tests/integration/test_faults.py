@@ -164,12 +164,25 @@ def test_model_replica_killed_mid_stream_ends_the_stream_clearly(
         if not killed and len(sse.events) >= 2:
             killed.append(_kill(replica))
 
+    def unstreamed() -> tuple[httpx.Response, float]:
+        # Waiting for its whole answer when the replica dies: the gateway retries it once.
+        with _client(platform, platform.key) as c:
+            r = c.post("/v1/chat/completions", json={**body, "stream": False}, timeout=REPLACE_S)
+            return r, time.monotonic()
+
     sse = Sse()
     timeout = httpx.Timeout(60.0, read=READ_TIMEOUT_S)
-    with http.stream("POST", "/v1/chat/completions", json=body, timeout=timeout) as r:
-        assert r.status_code == 200, r.read()
-        sse.read(r, kill_on_second_chunk)
-    ended_s = time.monotonic() - killed[0]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(unstreamed)
+        with http.stream("POST", "/v1/chat/completions", json=body, timeout=timeout) as r:
+            assert r.status_code == 200, r.read()
+            sse.read(r, kill_on_second_chunk)
+        ended_s = time.monotonic() - killed[0]
+        other, answered_at = waiting.result(timeout=REPLACE_S + 10)
+    # The unstreamed request is answered (retried on the new replica), or told to retry.
+    assert other.status_code == 200 or (
+        other.status_code == 503 and "retry-after" in other.headers
+    ), other.text
     assert not _finished(sse.events), "the answer ended before the kill landed: inconclusive"
     # A clear end: an error event, then [DONE]; or the connection closed. Never silence.
     assert (sse.errors and sse.done) or sse.cut, (sse.events[-3:], sse.done)
@@ -194,6 +207,8 @@ def test_model_replica_killed_mid_stream_ends_the_stream_clearly(
                 assert r.json()["choices"][0]["message"]["content"]
                 break
             assert r.status_code == 503 and "retry-after" in r.headers, r.text
+        except httpx.TimeoutException:
+            raise
         except httpx.TransportError as exc:
             statuses[type(exc).__name__] += 1
         assert time.monotonic() < deadline, statuses
@@ -207,6 +222,8 @@ def test_model_replica_killed_mid_stream_ends_the_stream_clearly(
         stream_end="error event + [DONE]" if sse.errors else f"connection closed ({sse.cut})",
         error=sse.errors[0]["error"]["message"] if sse.errors else None,
         stream_ended_after_kill_s=round(ended_s, 2),
+        unstreamed_in_flight=other.status_code,
+        unstreamed_answered_after_kill_s=round(answered_at - killed[0], 1),
         requests_after=sent,
         statuses_after=dict(statuses),
         answered_after_kill_s=round(recovered_s, 1),
@@ -284,7 +301,7 @@ def test_knowledge_replica_killed_mid_sync_loses_and_duplicates_nothing(
     with _client(platform, platform.key) as c:
         deadline = time.monotonic() + 120
         # Kill once part of the KB is written: some batches in the store, not all.
-        while not partial:
+        while partial < KB_FILES // 4:
             assert time.monotonic() < deadline, "the sync wrote nothing in 120 s"
             assert syncing.is_alive(), f"the sync ended before it could be killed: {outcome}"
             polls += 1
@@ -303,6 +320,10 @@ def test_knowledge_replica_killed_mid_sync_loses_and_duplicates_nothing(
             assert "unavailable" in outcome["body"]["error"]["message"], outcome
 
         _wait_replaced(platform, GATEWAY_APP, "Knowledge", replica, 120)
+        # What the killed sync left: at least what was seen written (SIGKILL loses no
+        # acknowledged write), not all of it.
+        kept = c.get(f"/v1/knowledge/{KB}", timeout=60).json()["chunks"]
+        assert partial <= kept < sum(expected.values()), (partial, kept)
         r = c.post(f"/v1/knowledge/{KB}/sync", json={}, timeout=REPLACE_S)
         assert r.status_code == 200, r.text
         resync = r.json()
@@ -311,17 +332,19 @@ def test_knowledge_replica_killed_mid_sync_loses_and_duplicates_nothing(
         again = c.post(f"/v1/knowledge/{KB}/sync", json={}, timeout=REPLACE_S).json()
     # Exactly what a clean sync of the folder writes: every document, each chunk once.
     assert stats["documents"] == KB_FILES, stats
-    assert stats["chunks"] == sum(expected.values()), (stats["chunks"], partial)
+    assert stats["chunks"] == sum(expected.values()), (stats["chunks"], kept)
     assert {Path(d["source"]).name: d["chunks"] for d in docs} == expected
     # The resync wrote what the killed one had not; the points it had written were kept
     # (their vectors were not embedded again), and a further sync changes nothing.
-    assert resync["added"] == sum(expected.values()) - partial, (resync, partial)
+    assert resync["added"] == sum(expected.values()) - kept, (resync, kept)
+    assert resync["updated"] == resync["deleted"] == 0, resync
     assert again["added"] == again["updated"] == again["deleted"] == again["embedded"] == 0
     _report(
         "knowledge-replica-mid-sync",
         documents=KB_FILES,
         chunks=stats["chunks"],
-        chunks_written_before_kill=partial,
+        chunks_seen_before_kill=partial,
+        chunks_kept_after_kill=kept,
         stats_polls=polls,
         interrupted_sync=outcome.get("status", outcome.get("error")),
         ended_after_kill_s=round(ended_s, 2),
@@ -508,6 +531,38 @@ def test_gateway_replica_killed_under_load_never_hangs_a_client(platform: Platfo
         refusals=refusals,
         after_replacement=dict(after),
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Ray Serve's HTTP proxy answers 500 text/plain 'Internal Server Error' (not our "
+    "OpenAI error JSON, no Retry-After) to a request in flight on a gateway replica that "
+    "dies, where 503 with Retry-After (retryable) is due; the mapping is the proxy's "
+    "(ray/serve/_private/http_util.py: RayActorError -> 500), ahead of the gateway",
+)
+def test_a_request_in_flight_on_a_dying_gateway_replica_gets_a_retryable_answer(
+    platform: Platform,
+) -> None:
+    replica = _replica(platform, GATEWAY_APP, "Gateway")
+    body = {"model": "tiny", "messages": HI, "max_tokens": 220, "ignore_eos": True}
+    with _client(platform, platform.key) as c, ThreadPoolExecutor(1) as pool:
+        sent = time.monotonic()
+        answer = pool.submit(c.post, "/v1/chat/completions", json=body)
+        time.sleep(0.3)  # the gateway is waiting for the model's answer
+        if answer.done():
+            pytest.skip(f"answered in {time.monotonic() - sent:.2f} s, before the kill")
+        _kill(replica)
+        try:
+            r = answer.result(timeout=READ_TIMEOUT_S + 10)
+            outcome = f"{r.status_code} {r.headers.get('retry-after')} {r.text[:200]}"
+        except httpx.TimeoutException:
+            raise
+        except httpx.TransportError as exc:
+            r, outcome = None, f"cut {type(exc).__name__}"
+    _wait_replaced(platform, GATEWAY_APP, "Gateway", replica, 120)
+    _report("gateway-replica-request-in-flight", outcome=outcome)
+    # A connection cut is clear too; a status must say "retry" (503 + Retry-After).
+    assert r is None or (r.status_code == 503 and "retry-after" in r.headers), outcome
 
 
 # ------------------------------------------------------------ 5. state.sqlite locked
