@@ -11,9 +11,16 @@ The model's SQL is untrusted, so reading is enforced four times over:
    anything but whitespace or comments after it is refused (``SELECT 1; DROP TABLE t``).
 
 A progress handler stops a query after ``timeout_s`` (a runaway recursive CTE), and at most
-``max_rows`` rows come back (``truncated`` says when there were more). The tool's default
-description lists the tables and their columns, read once (on first use), so the model
-knows what it can ask.
+``max_rows`` rows come back (``truncated`` says when there were more), and at most
+:data:`MAX_RESULT_CHARS` of cell text. Memory is bounded per connection with SQLite's own
+limits: one string or blob is at most :data:`MAX_VALUE_BYTES` (``randomblob(400000000)``
+is refused before it is built; a single function call is one step the progress handler
+cannot interrupt), a result row has at most :data:`MAX_COLUMNS` columns, and expression
+depth, compound SELECTs and LIKE patterns are held below SQLite's defaults
+(:data:`LIMITS`). The database path is resolved (symlinks, ``..``) and must be a regular
+file; it is percent-quoted into the ``file:`` URI, so a name holding ``?mode=rwc`` or
+``#`` cannot add URI parameters. The tool's default description lists the tables and
+their columns, read once (on first use), so the model knows what it can ask.
 
 Example:
     >>> import sqlite3, tempfile
@@ -58,6 +65,26 @@ SCHEMA_CHARS = 3000
 MAX_QUERY_CHARS = 20_000
 #: VM instructions between two looks at the clock.
 PROGRESS_STEPS = 1000
+#: Bytes of one string or blob a query may read or build (SQLITE_LIMIT_LENGTH).
+MAX_VALUE_BYTES = 1_000_000
+#: Columns of a result row (SQLITE_LIMIT_COLUMN, set once the schema is read, so a wider
+#: table stays readable by naming its columns): a row holds at most this many values.
+MAX_COLUMNS = 64
+#: Characters of cell text that ``data`` keeps over all rows; past it, ``truncated``.
+MAX_RESULT_CHARS = 1_000_000
+#: SQLite's per-connection limits on a query (besides the column limit above).
+#: Not used: ``PRAGMA hard_heap_limit`` / ``soft_heap_limit``. They set a limit for the
+#: whole process, and the agent process keeps its checkpoints, runs and routing log in
+#: SQLite too: their writes would fail while a heavy query runs.
+LIMITS: dict[int, int] = {
+    sqlite3.SQLITE_LIMIT_LENGTH: MAX_VALUE_BYTES,
+    sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,  # MAX_QUERY_CHARS in UTF-8, and then some
+    sqlite3.SQLITE_LIMIT_EXPR_DEPTH: 100,
+    sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 50,
+    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 1000,
+    sqlite3.SQLITE_LIMIT_ATTACHED: 0,
+    sqlite3.SQLITE_LIMIT_WORKER_THREADS: 0,
+}
 
 _READ_ACTIONS = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -197,18 +224,17 @@ class SqlTool:
             raise ToolError(f"cannot open the database {self.database.name}: {exc}") from None
         try:
             conn.execute("PRAGMA query_only = ON")
+            _limit(conn)
             conn.set_authorizer(_authorizer(denied))
             deadline = time.monotonic() + self.config.timeout_s
             conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
             cur = conn.execute(query)
             columns = [d[0] for d in cur.description or ()]
-            fetched = cur.fetchmany(self.config.max_rows + 1)
+            rows, truncated = _fetch(cur, self.config.max_rows)
         except sqlite3.Error as exc:
             raise ToolError(self._explain(exc, denied)) from None
         finally:
             conn.close()
-        truncated = len(fetched) > self.config.max_rows
-        rows = [[_cell(v) for v in row] for row in fetched[: self.config.max_rows]]
         log.debug(
             "sql %s run=%s: %d rows%s",
             self.name,
@@ -216,15 +242,21 @@ class SqlTool:
             len(rows),
             " (truncated)" if truncated else "",
         )
-        content = render(columns, rows, truncated, self.config.max_rows)
+        content = render(columns, rows, truncated, len(rows))
         return ToolResult(
             content=content, data={"columns": columns, "rows": rows, "truncated": truncated}
         )
 
     def _connect(self) -> sqlite3.Connection:
-        if not self.database.is_file():
-            raise sqlite3.OperationalError(f"{self.database} does not exist")
-        uri = f"file:{urllib.parse.quote(str(self.database.resolve()))}?mode=ro"
+        try:
+            # Strict: `gone/../x.sqlite` does not exist, whatever a lexical `..` would say.
+            path = self.database.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, unreadable folder, symlink loop
+            raise sqlite3.OperationalError(f"{self.database} does not exist") from None
+        if not path.is_file():  # a folder, FIFO or device
+            raise sqlite3.OperationalError(f"{path} is not a regular file")
+        # quote() escapes `?`, `#` and `%`: the name cannot add URI parameters (mode=rwc).
+        uri = f"file:{urllib.parse.quote(str(path), safe='/')}?mode=ro"
         return sqlite3.connect(uri, uri=True, timeout=self.config.timeout_s)
 
     def _explain(self, exc: sqlite3.Error, denied: list[str]) -> str:
@@ -236,6 +268,16 @@ class SqlTool:
             )
         if isinstance(exc, sqlite3.ProgrammingError) and "one statement" in message:
             return "only one statement per call: remove everything after the first `;`"
+        if message == "string or blob too big":
+            return (
+                f"a string or blob would be larger than {MAX_VALUE_BYTES:,} bytes, the most "
+                "this tool reads or builds; leave such values out (length() still works)"
+            )
+        if message == "too many columns in result set":
+            return (
+                f"the result would have more than {MAX_COLUMNS} columns, the most this tool "
+                "returns; name the columns you need instead of *"
+            )
         if message == "interrupted":
             return (
                 f"the query was stopped after {self.config.timeout_s:g} s (timeout_s); "
@@ -273,6 +315,32 @@ def _query(args: dict[str, Any]) -> str:
         shown = word or query.strip()[:20]
         raise ToolError(f"SQL syntax error: a query starts with SELECT or WITH, not {shown!r}")
     return query
+
+
+def _limit(conn: sqlite3.Connection) -> None:
+    """Set :data:`LIMITS` and :data:`MAX_COLUMNS` on a fresh connection."""
+    # The limits also apply to the CREATE statements as the schema is parsed: read the
+    # schema first, so a table wider than MAX_COLUMNS is no "malformed database schema".
+    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    for limit, value in LIMITS.items():
+        conn.setlimit(limit, value)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, MAX_COLUMNS)
+
+
+def _fetch(cur: sqlite3.Cursor, max_rows: int) -> tuple[list[list[Any]], bool]:
+    """At most ``max_rows`` rows of JSON-ready cells and MAX_RESULT_CHARS of cell text
+    (the first row always), and whether there was more."""
+    rows: list[list[Any]] = []
+    chars = 0
+    for row in iter(cur.fetchone, None):
+        if len(rows) == max_rows:
+            return rows, True
+        cells = [_cell(v) for v in row]
+        chars += sum(len(v) if isinstance(v, str) else 8 for v in cells)
+        if rows and chars > MAX_RESULT_CHARS:
+            return rows, True
+        rows.append(cells)
+    return rows, False
 
 
 def _authorizer(denied: list[str]) -> Any:
