@@ -228,7 +228,7 @@ def test_completions_are_traced_too(client: TestClient) -> None:
 
 
 def test_stream_first_event_names_the_adapter(client: TestClient) -> None:
-    body = {"model": "support:v4", "messages": [], "stream": True}
+    body = {"model": "support:v4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         assert r.headers["x-qingliang-adapter"] == "v4"
@@ -259,7 +259,11 @@ def test_rejection_is_counted_for_the_chosen_adapter(
     backend.entries = [ModelEntry("support", ("v4",), traffic={"v4": 1.0})]
     backend.error = Saturated("busy", retry_after=1)
     for stream in (False, True):
-        body = {"model": "support", "messages": [], "stream": stream}
+        body = {
+            "model": "support",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": stream,
+        }
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 429
         assert set(r.json()) == {"error"}  # the OpenAI error shape, nothing added
