@@ -3,22 +3,37 @@
 A :class:`PiiScanner` finds personal data in one text and redacts it. Built-in detectors,
 each with a stable ``kind`` name:
 
-=============  ==============================================================  ===============
-kind           what it matches                                                 tag
-=============  ==============================================================  ===============
-``id_cn``      18-character resident identity number (GB 11643-1999): region    ``[ID]``
-               first digit 1-8, a real birth date (1900 to today), ISO 7064
-               MOD 11-2 check character (0-9 or X)
-``phone_cn``   mainland mobile number ``1[3-9]`` + 9 digits, optional ``+86``   ``[PHONE]``
-               / ``0086`` / ``86`` prefix, optional 3-4-4 grouping by space or
-               dash
-``bank_card``  13-19 digits, contiguous or grouped in 4s (also Amex 4-6-5),    ``[BANK_CARD]``
-               passing the Luhn check, first digit 2-6 or 9 (see below), and
-               not a valid ``id_cn``
-``email``      practical e-mail address: ASCII local part, subdomains,         ``[EMAIL]``
-               internationalised domains and TLDs (``例子.中国``, ``пример.рф``,
-               ``xn--fiqs8s``); trailing punctuation is not part of it
-=============  ==============================================================  ===============
+=================  ==========================================================  ===============
+kind               what it matches                                             tag
+=================  ==========================================================  ===============
+``id_cn``          18-character resident identity number (GB 11643-1999):      ``[ID]``
+                   region first digit 1-8, a real birth date (1900 to today),
+                   ISO 7064 MOD 11-2 check character (0-9 or X); contiguous or
+                   grouped 6-8-4 or 6-4-4-4 by one kind of separator
+                   (``110101 19900307 123X``). Also the 15-digit number issued
+                   before 1999 (region, ``YYMMDD`` birth date of the 1900s,
+                   sequence; no check character), contiguous or 6-6-3, whose
+                   first two digits are a province code (11-15, 21-23, 31-37,
+                   41-46, 50-54, 61-65, 71, 81, 82)
+``phone_cn``       mainland mobile number ``1[3-9]`` + 9 digits, optional      ``[PHONE]``
+                   ``+86`` / ``0086`` / ``86`` prefix, optional 3-4-4
+                   grouping by space or dash, or by two dots
+                   (``138.1234.5678``)
+``landline_cn``    fixed-line number: area code ``010``, ``02x`` or ``0xxx``,  ``[PHONE]``
+                   then a separator (``010-``, ``0591 ``) or in brackets
+                   (``(0591)``, ``（021）``), or ``+86`` / ``0086`` and the area
+                   code without its 0; a 7-8 digit local number (contiguous,
+                   3-4 or 4-4); an optional ``-`` extension of 1-5 digits. A
+                   run of digits without a separator after the area code is
+                   not taken (too many order numbers look like one)
+``bank_card``      13-19 digits, contiguous or grouped in 4s (also Amex        ``[BANK_CARD]``
+                   4-6-5), passing the Luhn check, first digit 2-6 or 9 (see
+                   below), and not a valid 18-character ``id_cn``
+``email``          practical e-mail address: ASCII local part, subdomains,     ``[EMAIL]``
+                   internationalised domains and TLDs (``例子.中国``,
+                   ``пример.рф``, ``xn--fiqs8s``); trailing punctuation is not
+                   part of it
+=================  ==========================================================  ===============
 
 Users add their own patterns with :class:`PiiPattern` (from a manifest, later); they are
 validated when built and tagged ``[<KIND>]`` unless they name a ``replacement``.
@@ -30,26 +45,33 @@ How matching works, and why:
   character and a digit. A number inside a longer digit run is not reported.
 - Built-in detectors see a width-normalised copy of the text (full-width digits, letters,
   ``＠``, ``＋``, ``－``, ``．`` become ASCII; one character for one, so offsets are
-  unchanged). Numbers may be grouped by a space, a dash or an ideographic space (U+3000).
+  unchanged). Numbers may be grouped by a space, a dash or an ideographic space (U+3000);
+  a mobile number also by dots.
   Custom patterns see the text as given (Python's ``\\d`` matches full-width digits too).
 - ``bank_card`` requires a first digit of 2-6 or 9 (the ISO/IEC 7812 industry digits of
   payment cards, including UnionPay 62 and domestic 9-prefixed cards): one random number
   in ten passes Luhn, and this keeps 13-digit millisecond timestamps (``17…``) and
   86-prefixed phone numbers from being reported as cards.
+- A 15-digit card number can also read as an old identity number (about one in thirty
+  Amex numbers has a date where the birth date would be); both are redacted, and the
+  tie goes to ``id_cn``.
 - Overlapping findings are resolved the same way every time: the longer span wins; on
-  equal length the detector listed first wins (``id_cn``, ``phone_cn``, ``bank_card``,
-  ``email``, then custom patterns in the order given); then the earlier start.
+  equal length the detector listed first wins (``id_cn``, ``phone_cn``, ``landline_cn``,
+  ``bank_card``, ``email``, then custom patterns in the order given); then the earlier
+  start.
 
 Redaction modes: ``tag`` writes the tag; ``mask`` keeps a few characters of the
 normalised value (``138****8000``, ``z***@example.com``); ``hash`` writes
 ``[<LABEL>:<12 hex>]``, an HMAC-SHA256 of kind and normalised value under a secret salt,
 so one value maps to one token across records (``+86 138-0013-8000`` and
-``13800138000`` alike) while a different salt gives unrelated tokens.
+``13800138000`` alike; ``+86 10 12345678`` and ``010-12345678``) while a different salt
+gives unrelated tokens.
 
 Throughput: every regex is compiled once at import or construction; a text is normalised
 only when it holds a full-width digit, letter or sign; one cheap pass finds the stretches
-of 11 or more digits and separators, and the digit detectors run inside those windows
-only; ``email`` is matched once at each ``@`` rather than tried at every position.
+of 11 or more digits and separators (space, dash, dot, brackets), and the digit
+detectors run inside those windows only; ``email`` is matched once at each ``@`` rather
+than tried at every position.
 
 Example:
     >>> scanner = PiiScanner()
@@ -86,7 +108,7 @@ RedactionMode = Literal["tag", "mask", "hash"]
 REDACTION_MODES: Final[tuple[str, ...]] = get_args(RedactionMode)
 
 #: Built-in detector kinds, in their tie-break order for overlapping findings.
-BUILTIN_KINDS: Final[tuple[str, ...]] = ("id_cn", "phone_cn", "bank_card", "email")
+BUILTIN_KINDS: Final[tuple[str, ...]] = ("id_cn", "phone_cn", "landline_cn", "bank_card", "email")
 
 #: Hex characters of a ``hash``-mode token (48 bits: for a million distinct values the
 #: chance that two share a token is about 0.2 %).
@@ -103,23 +125,52 @@ _FULL_WIDTH_CHARS: Final = "".join(
 )
 _WIDTH_TABLE: Final = {ord(c): ord(c) - 0xFEE0 for c in _FULL_WIDTH_CHARS}
 _FULL_WIDTH_RE = re.compile(f"[{re.escape(_FULL_WIDTH_CHARS)}]")
-# Stretches where a number may be: a digit and 10+ more digits, spaces or dashes. Every
-# digit detector needs 11 digits at least, so the rest of the text is never looked at.
-_DIGIT_RUN_RE = re.compile(r"[0-9][0-9 \-\u3000]{10,}")
+# Stretches where a number may be: a digit and 10+ more digits or separators (spaces,
+# dashes, dots, brackets). Every digit detector needs 11 characters at least, so the rest
+# of the text is never looked at.
+_DIGIT_RUN_RE = re.compile(r"[0-9][0-9 .()（）\-\u3000]{10,}")
+# Characters a number may start with, just before its first digit.
+_NUMBER_OPENERS: Final = "+(（"
+_SEP = r"[ \-\u3000]"
 
 _PHONE_RE = re.compile(
     r"(?<![0-9])"
     r"(?:(?:\+|00)?86[ \-\u3000]?)?"
-    r"1[3-9][0-9](?:[0-9]{8}|[ \-\u3000][0-9]{4}[ \-\u3000][0-9]{4})"
+    r"1[3-9][0-9](?:[0-9]{8}|[ \-\u3000][0-9]{4}[ \-\u3000][0-9]{4}|\.[0-9]{4}\.[0-9]{4})"
     r"(?![0-9])"
 )
+_MMDD = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
 _ID_RE = re.compile(
     r"(?<![0-9])"
     r"[1-8][0-9]{5}"  # region code
-    r"(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"  # birth date
+    r"(?:"
+    rf"(?P<s>{_SEP}?)(?:19|20)[0-9]{{2}}{_MMDD}(?P=s)"  # birth date: 6-8-4 or contiguous
+    rf"|(?P<t>{_SEP})(?:19|20)[0-9]{{2}}(?P=t){_MMDD}(?P=t)"  # 6-4-4-4
+    r")"
     r"[0-9]{3}[0-9Xx]"  # sequence, check character
     r"(?![0-9])"
 )
+# The 15-digit number of before 1999: region, YYMMDD (1900s), sequence; contiguous or 6-6-3.
+_OLD_ID_RE = re.compile(
+    rf"(?<![0-9])[1-8][0-9]{{5}}(?P<s>{_SEP}?)[0-9]{{2}}{_MMDD}(?P=s)[0-9]{{3}}(?![0-9])"
+)
+_PROVINCES: Final = frozenset(
+    str(n)
+    for n in (*range(11, 16), *range(21, 24), *range(31, 38), *range(41, 47), *range(50, 55))
+    + (*range(61, 66), 71, 81, 82)
+)
+_AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"  # without its leading 0
+_LANDLINE_RE = re.compile(
+    r"(?<![0-9])(?:"
+    rf"[(（]0{_AREA}[)）][ \u3000]?"  # (0591) 8765 4321
+    rf"|0{_AREA}{_SEP}"  # 010-12345678
+    rf"|(?:\+|00)86{_SEP}?{_AREA}{_SEP}"  # +86 10 12345678
+    r")"
+    rf"[1-9][0-9]{{2,3}}(?:[0-9]{{4}}|{_SEP}[0-9]{{4}})"  # local number: 7-8 digits
+    r"(?:-[0-9]{1,5})?"  # extension
+    r"(?![0-9])"
+)
+_ID_SEPARATORS_RE = re.compile(_SEP)
 _CARD_RE = re.compile(
     r"(?<![0-9])(?:"
     r"[0-9]{13,19}"
@@ -313,10 +364,13 @@ class _Detector:
 
 
 def _id_value(candidate: str) -> str | None:
-    """The upper-cased identity number if ``candidate`` is a valid one, else None."""
-    if len(candidate) != 18:
+    """The identity number without separators, upper-cased, if ``candidate`` is a valid
+    one (18 characters, or 15 digits of the old format), else None."""
+    value = _ID_SEPARATORS_RE.sub("", candidate).upper()
+    if len(value) == 15:
+        return _old_id_value(value)
+    if len(value) != 18:
         return None
-    value = candidate.upper()
     if not value.isascii() or not value[:17].isdigit() or value[0] not in "12345678":
         return None
     if id_cn_check_char(value[:17]) != value[17]:
@@ -330,35 +384,64 @@ def _id_value(candidate: str) -> str | None:
     return value
 
 
+def _old_id_value(value: str) -> str | None:
+    if not value.isascii() or not value.isdigit() or value[:2] not in _PROVINCES:
+        return None
+    try:
+        dt.date(1900 + int(value[6:8]), int(value[8:10]), int(value[10:12]))
+    except ValueError:
+        return None
+    return value
+
+
 def _digit_windows(text: str) -> list[tuple[int, int]]:
     """(pos, endpos) around every run that may hold a number.
 
-    The window starts one character early at a ``+`` (``+86``) and ends two characters
-    late: a final ``X`` of an identity number, and the character after it, which the
-    detectors' ``(?![0-9])`` must see. No match can lie in that tail alone (all need 11
-    characters), so windows never report one finding twice.
+    The window starts one character early at a ``+`` (``+86``) or an opening bracket
+    (``(0591)``) and ends two characters late: a final ``X`` of an identity number, and
+    the character after it, which the detectors' ``(?![0-9])`` must see. No match can lie
+    in that tail alone (all need 11 characters), so windows never report one finding
+    twice.
     """
     n = len(text)
     windows = []
     for m in _DIGIT_RUN_RE.finditer(text):
         pos, end = m.span()
-        if pos and text[pos - 1] == "+":
+        if pos and text[pos - 1] in _NUMBER_OPENERS:
             pos -= 1
         windows.append((pos, min(n, end + 2)))
     return windows
 
 
 def _find_id(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int, str]]:
-    for m in _ID_RE.finditer(text, pos, endpos):
-        value = _id_value(m.group())
-        if value is not None:
-            yield m.start(), m.end(), value
+    for regex in (_ID_RE, _OLD_ID_RE):
+        for m in regex.finditer(text, pos, endpos):
+            value = _id_value(m.group())
+            if value is not None:
+                yield m.start(), m.end(), value
 
 
 def _find_phone(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int, str]]:
     for m in _PHONE_RE.finditer(text, pos, endpos):
         digits = "".join(c for c in m.group() if c.isdigit())
         yield m.start(), m.end(), digits[-11:]
+
+
+def _find_landline(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int, str]]:
+    for m in _LANDLINE_RE.finditer(text, pos, endpos):
+        raw = m.group()
+        digits = "".join(c for c in raw if c.isdigit())
+        # +86 10 … and 0086 10 … are 010 …: one value, one hash token.
+        if raw[0] == "+":
+            digits = "0" + digits[2:]
+        elif raw.startswith("0086"):
+            digits = "0" + digits[4:]
+        yield m.start(), m.end(), digits
+
+
+def _mask_landline(value: str) -> str:
+    # Keep the area code (010, 02x: three digits; the others four) and the last two.
+    return _keep(value, 3 if value[1] in "12" else 4, 2)
 
 
 def _card_value(digits: str) -> str | None:
@@ -437,6 +520,9 @@ _BUILTINS: Final[dict[str, _Detector]] = {
         _Detector("id_cn", "ID", "[ID]", _find_id, lambda v: _keep(v, 3, 4), digits_only=True),
         _Detector(
             "phone_cn", "PHONE", "[PHONE]", _find_phone, lambda v: _keep(v, 3, 4), digits_only=True
+        ),
+        _Detector(
+            "landline_cn", "PHONE", "[PHONE]", _find_landline, _mask_landline, digits_only=True
         ),
         _Detector(
             "bank_card",

@@ -35,6 +35,15 @@ def make_id(first17: str) -> str:
     return first17 + check_char(first17)
 
 
+def spaced(valid_id: str, sep: str = " ", groups: tuple[int, ...] = (6, 8, 4)) -> str:
+    """An identity number written in groups: ``110101 19900307 123X``."""
+    out, pos = [], 0
+    for n in groups:
+        out.append(valid_id[pos : pos + n])
+        pos += n
+    return sep.join(out)
+
+
 def wrong_check(valid_id: str) -> str:
     """The same number with a different (wrong) check character."""
     alt = "1" if valid_id[-1] != "1" else "2"
@@ -83,6 +92,10 @@ LUHN_ID_X = next(
 )
 # A 86-prefixed mobile number whose 13 digits pass Luhn.
 LUHN_PHONE = next(p for p in (f"86138{n:08d}" for n in range(1000)) if luhn_ok(p))
+# An identity number ending in X, for the grouped forms.
+ID_X = next(i for i in (make_id(f"11010119900307{n:03d}") for n in range(1000)) if i.endswith("X"))
+ID_DIGIT = make_id("44030119900307123")
+OLD_ID = "110101900307123"  # 15 digits (before 1999): region, YYMMDD, sequence; no check
 VISA = "4111111111111111"
 UNIONPAY_19 = make_card("622202123456789012")
 
@@ -118,6 +131,12 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("phone_cn", "电话：138\u30000013\u30008000。", "138\u30000013\u30008000"),
     ("phone_cn", "14712345678号码", "14712345678"),
     ("phone_cn", "2024年 13800138000 已登记", "13800138000"),
+    ("phone_cn", "138.1234.5678", "138.1234.5678"),
+    ("phone_cn", "手机138.1234.5678。", "138.1234.5678"),
+    ("phone_cn", "138 1234 5678", "138 1234 5678"),
+    ("phone_cn", "电话：+86 138-1234-5678，", "+86 138-1234-5678"),
+    ("phone_cn", "tel +86 138.1234.5678", "+86 138.1234.5678"),
+    ("phone_cn", "手机：１３８．１２３４．５６７８", "１３８．１２３４．５６７８"),
     # id_cn
     ("id_cn", KNOWN_ID, KNOWN_ID),
     ("id_cn", f"身份证号：{KNOWN_ID_2}，", KNOWN_ID_2),
@@ -130,6 +149,14 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("id_cn", f"身份证{full_width(KNOWN_ID_2)}", full_width(KNOWN_ID_2)),
     ("id_cn", LUHN_ID, LUHN_ID),  # also Luhn-valid: still an ID, not a card
     ("id_cn", f"号码{LUHN_ID_X}", LUHN_ID_X),
+    ("id_cn", spaced(ID_X), spaced(ID_X)),  # 110101 19900307 123X
+    ("id_cn", f"身份证：{spaced(ID_DIGIT)}，", spaced(ID_DIGIT)),
+    ("id_cn", f"证件 {spaced(ID_X, '-')} 已核验", spaced(ID_X, "-")),
+    ("id_cn", spaced(ID_X, " ", (6, 4, 4, 4)), spaced(ID_X, " ", (6, 4, 4, 4))),
+    ("id_cn", f"身份证{spaced(KNOWN_ID, chr(0x3000))}", spaced(KNOWN_ID, chr(0x3000))),
+    ("id_cn", OLD_ID, OLD_ID),
+    ("id_cn", "旧身份证430102850615231。", "430102850615231"),
+    ("id_cn", "ID 110101 900307 123 on file", "110101 900307 123"),
     # bank_card
     ("bank_card", VISA, VISA),
     ("bank_card", f"卡号{VISA}号", VISA),
@@ -144,6 +171,17 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("bank_card", f"卡{full_width(VISA)}", full_width(VISA)),
     ("bank_card", "4111 1111 1111 1111 2024年", "4111 1111 1111 1111"),
     ("bank_card", "卡 4111 1111 1111 1111 12 号", "4111 1111 1111 1111"),  # 18 digits fail Luhn
+    # landline_cn
+    ("landline_cn", "010-12345678", "010-12345678"),
+    ("landline_cn", "电话(0591) 8765 4321。", "(0591) 8765 4321"),
+    ("landline_cn", "总机0591-87654321-123，", "0591-87654321-123"),
+    ("landline_cn", "（021）6543 2109", "（021）6543 2109"),
+    ("landline_cn", "Tel: (010)62751234.", "(010)62751234"),
+    ("landline_cn", "客服 0755 8888 6666 转人工", "0755 8888 6666"),
+    ("landline_cn", "call +86 10 12345678", "+86 10 12345678"),
+    ("landline_cn", "拨打0086-591-87654321", "0086-591-87654321"),
+    ("landline_cn", "传真：０２０－３８７６５４３２", "０２０－３８７６５４３２"),
+    ("landline_cn", "0371 6789012", "0371 6789012"),  # a 7-digit local number
     # email
     ("email", "zhang.san@example.com", "zhang.san@example.com"),
     ("email", "请发邮件至 li_si+tag@mail.example.com.cn。", "li_si+tag@mail.example.com.cn"),
@@ -172,6 +210,10 @@ NEGATIVES: list[tuple[str, str]] = [
     ("phone_cn", "138  0013  8000"),  # double separators
     ("phone_cn", "138 0013 80001"),  # last group too long
     ("phone_cn", "+8612800138000"),  # prefix, but 12x
+    ("phone_cn", "138.1234.56789"),  # dotted, last group too long
+    ("phone_cn", "138.12345.678"),  # dotted 3-5-3
+    ("phone_cn", "IP 138.123.45.67"),
+    ("phone_cn", "138.00138000"),  # one dot only
     # id_cn
     ("id_cn", wrong_check(KNOWN_ID)),
     ("id_cn", wrong_check(KNOWN_ID_2)),
@@ -186,6 +228,16 @@ NEGATIVES: list[tuple[str, str]] = [
     ("id_cn", KNOWN_ID_2 + "7"),
     ("id_cn", KNOWN_ID[:17]),  # 17 characters
     ("id_cn", KNOWN_ID + "5"),  # a digit right after the X
+    ("id_cn", spaced(wrong_check(ID_X))),  # grouped, wrong check character
+    ("id_cn", f"{ID_X[:6]} {ID_X[6:14]}-{ID_X[14:]}"),  # two different separators
+    ("id_cn", f"{ID_X[:6]}  {ID_X[6:14]}  {ID_X[14:]}"),  # double spaces
+    ("id_cn", spaced(ID_X, " ", (6, 7, 5))),  # not a grouping of the date
+    ("id_cn", "110101901307123"),  # 15 digits, month 13
+    ("id_cn", "110101900230123"),  # 15 digits, Feb 30
+    ("id_cn", "200101900307123"),  # 15 digits, no province 20
+    ("id_cn", "910101900307123"),  # 15 digits, no province 91
+    ("id_cn", "1101019003071234"),  # 16 digits
+    ("id_cn", "11010190030712"),  # 14 digits
     # bank_card
     ("bank_card", "4111111111111112"),  # Luhn fails
     ("bank_card", "4111 1111 1111 1112"),  # grouped, Luhn fails
@@ -198,6 +250,17 @@ NEGATIVES: list[tuple[str, str]] = [
     ("bank_card", f"身份证{LUHN_ID_X}"),  # ... also with X, whose 17 digits pass Luhn
     ("bank_card", LUHN_PHONE),  # a phone number with 86 prefix is no card
     ("bank_card", "41111 1111 1111 111"),  # not grouped in 4s
+    # landline_cn
+    ("landline_cn", "2024-03-15"),
+    ("landline_cn", "2024.03.15 10:30"),
+    ("landline_cn", "010-1234"),  # local number too short
+    ("landline_cn", "0591-876543"),  # 6 digits
+    ("landline_cn", "0591-876543210"),  # 9 digits
+    ("landline_cn", "00-12345678"),  # no such area code
+    ("landline_cn", "0591--87654321"),  # double separator
+    ("landline_cn", "订单号 059187654321"),  # no separator: not taken for a number
+    ("landline_cn", "1010-12345678"),  # inside a longer digit run
+    ("landline_cn", "v0.10.12345678"),
     # email
     ("email", "foo@bar"),
     ("email", "foo@.com"),
@@ -248,6 +311,12 @@ def test_negatives_are_near_misses() -> None:
         ("008613800138000", "13800138000"),
         ("１３８ ００１３ ８０００", "13800138000"),
         ("11010519491231002x", "11010519491231002X"),
+        ("138.1234.5678", "13812345678"),
+        (spaced(ID_X.lower()), ID_X),
+        ("110101 900307 123", OLD_ID),
+        ("(0591) 8765 4321", "059187654321"),
+        ("+86 10 12345678", "01012345678"),
+        ("0591-87654321-123", "059187654321123"),
         ("4111 1111 1111 1111", "4111111111111111"),
         ("Zhang.San@Example.COM", "zhang.san@example.com"),
     ],
@@ -276,6 +345,40 @@ def test_mask_mode() -> None:
         "张三，电话138****8000，身份证110***********002X，卡号4111********1111，"
         "邮箱 z***@example.com。"
     )
+
+
+def test_mask_mode_keeps_a_landline_area_code() -> None:
+    r = PiiScanner(mode="mask").redact("电话(0591) 8765 4321，或 010-12345678")
+    assert r.text == "电话0591******21，或 010******78"
+
+
+def test_hash_mode_links_landline_formats() -> None:
+    s = PiiScanner(mode="hash", salt=b"k")
+    assert s.redact("010-12345678").text == s.redact("+86 10 1234 5678").text
+    assert s.redact("010-12345678").text.startswith("[PHONE:")
+    assert s.redact(spaced(ID_X)).text == s.redact(ID_X).text
+
+
+ORDINARY = [
+    "价格 ¥1,299.00，优惠 ¥138.50",
+    "总价 12345678.90 元",
+    "日期 2024.03.15，时间 2024-03-15 10:30:00，2024/03/15",
+    "2024.03.15-2024.12.31",
+    "订单号 202403151234567",
+    "订单号 DD20240315123456",
+    "快递单号 SF1234567890123",
+    "version 1.2.3, build 10.0.22621.1, Python 3.11.7",
+    "IP 192.168.100.200 / 10.0.0.1",
+    "1,234,567,890 次浏览",
+    "第 0591 号文件，共 87654321 字",
+    "坐标 39.9042, 116.4074",
+    "ISBN 978-7-111-12345-6",
+]
+
+
+@pytest.mark.parametrize("text", ORDINARY)
+def test_ordinary_numbers_are_not_pii(text: str) -> None:
+    assert PiiScanner().scan(text) == []
 
 
 def test_mask_uses_the_normalised_value() -> None:
@@ -467,8 +570,8 @@ def test_duplicate_pattern_kind_is_refused() -> None:
 
 
 def test_kinds_select_detectors_in_fixed_order() -> None:
-    s = PiiScanner(kinds=["email", "phone_cn"], patterns=[PiiPattern("x", "QL")])
-    assert s.kinds == ("phone_cn", "email", "x")
+    s = PiiScanner(kinds=["email", "landline_cn", "phone_cn"], patterns=[PiiPattern("x", "QL")])
+    assert s.kinds == ("phone_cn", "landline_cn", "email", "x")
     assert PiiScanner().kinds == BUILTIN_KINDS
     assert [f.kind for f in PiiScanner(kinds=["email"]).scan(MIXED)] == ["email"]
 
@@ -506,6 +609,11 @@ def test_finding_and_redaction_are_immutable() -> None:
         "a" * 100_000 + "@example.com",
         "1234 " * 20_000,
         "@" + "x" * 100_000,
+        "1." * 50_000,
+        "(0" * 50_000,
+        "0591-" * 20_000,
+        "110101 " * 15_000,
+        "（010）" * 20_000,
     ],
 )
 def test_pathological_inputs_stay_fast(text: str) -> None:
