@@ -97,6 +97,12 @@ def _print_sync(out: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    for s in out.get("skipped", []):
+        console.print(
+            f"  [yellow]not read[/yellow] {s['path']}: {s['reason']}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def sync_after_apply(names: list[str]) -> None:

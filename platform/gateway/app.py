@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -42,14 +43,19 @@ from qingliang.platform.errors import (
     NotFound,
     Saturated,
     Unauthorized,
+    Unavailable,
 )
+from qingliang.platform.gateway._params import check_generation
 from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.knowledge import (
     KnowledgeBackend,
     add_knowledge_routes,
     tenant_of,
 )
+from qingliang.platform.gateway.limits import BodyLimitMiddleware, parse_json_body
 from qingliang.platform.gateway.pipelines import add_pipeline_routes
+from qingliang.platform.gateway.scopes import authorize, route_of, rule_for, verify_key
+from qingliang.platform.settings import GatewayLimits
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +328,7 @@ def _conversations(
 
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
-    if isinstance(exc, Saturated):
+    if isinstance(exc, Saturated | Unavailable):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
@@ -335,14 +341,8 @@ def _base64_floats(vector: list[float]) -> str:
 
 
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
-    try:
-        body = json.loads(raw or b"")
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    # Its size is bounded by BodyLimitMiddleware before it is read whole here.
+    return parse_json_body(await request.body())
 
 
 def create_app(
@@ -353,6 +353,7 @@ def create_app(
     agents: AgentsBackend | None = None,
     pipelines: Any | None = None,
     conversations: ConversationLog | None = None,
+    limits: GatewayLimits | None = None,
 ) -> FastAPI:
     """Build the gateway app. Nothing here touches Ray, disk or the network.
 
@@ -364,7 +365,10 @@ def create_app(
     With ``conversations``, every answered ``/v1/chat/completions`` and ``/v1/completions``
     request (streamed ones when their stream ends normally) is appended to that log, one
     row per choice; errors are not.
+    ``limits`` bound request bodies (413 over them, see :mod:`.limits`) and ``n``; by
+    default :meth:`GatewayLimits.from_env`.
     """
+    limits = limits if limits is not None else GatewayLimits.from_env()
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
     @app.exception_handler(ApiError)
@@ -390,19 +394,31 @@ def create_app(
 
     @app.middleware("http")
     async def _authenticate(request: Request, call_next: Any) -> Response:
-        if auth.enabled and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return _error(Unauthorized("missing API key: send 'Authorization: Bearer <key>'"))
-            principal = auth.verify(token.strip())
-            if not principal:
-                return _error(Unauthorized("invalid or revoked API key"))
-            request.state.principal = principal
         try:
+            if auth.enabled:
+                await _authorize(request)
             return await call_next(request)
-        except ApiError as exc:  # raised inside a streaming body before headers went out
+        except ApiError as exc:  # refused, or raised inside a streaming body before headers
             return _error(exc)
+
+    async def _authorize(request: Request) -> None:
+        """Check the key and the route's scope rule (see :mod:`.scopes`): one place."""
+        route = route_of(app.router.routes, request.scope)
+        rule = rule_for(request.method, route.path) if route is not None else None
+        if rule is not None and rule.public:
+            return
+        if route is None and not request.url.path.startswith("/v1/"):
+            return  # the router answers 404 / 405; nothing behind it
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        principal = await verify_key(auth, token.strip())
+        if not principal:
+            raise Unauthorized("invalid or revoked API key")
+        request.state.principal = principal
+        if route is not None:  # else the router answers 404 / 405 to a known key
+            authorize(principal, request.method, route.path)
 
     def _lookup(dep: str, adapter: str | None) -> ModelEntry:
         entries = {m.name: m for m in backend.models()}
@@ -442,6 +458,7 @@ def create_app(
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("`stream` must be true or false", param="stream")
+        check_generation(body, endpoint, max_n=limits.max_n)
         if adapter is None:
             adapter = choose_adapter(entry, body.get("user"))
             logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
@@ -598,16 +615,31 @@ def create_app(
     async def healthz() -> dict:
         return {"status": "ok", "time": time.time()}
 
+    async def _has_valid_key(request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        try:
+            # Off the event loop: verifying may wait on the key store's write lock.
+            return bool(await asyncio.to_thread(auth.verify, token.strip()))
+        except Exception:  # a probe must not fail on the key store: answer as for no key
+            logger.debug("readyz: could not verify a key", exc_info=True)
+            return False
+
     @app.get("/readyz")
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         states = await backend.ready()
         ready = all(s == "ready" for s in states.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "deployments": states},
-            status_code=200 if ready else 503,
-        )
+        answer: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        # Open to probes; deployment names only for a caller with a key (or no auth).
+        if not auth.enabled or await _has_valid_key(request):
+            answer["deployments"] = states
+        return JSONResponse(answer, status_code=200 if ready else 503)
 
-    add_knowledge_routes(app, knowledge)
-    add_agent_routes(app, agents)
+    add_knowledge_routes(app, knowledge, limits)
+    add_agent_routes(app, agents, limits)
     add_pipeline_routes(app, pipelines)
+    # Added last, so outermost of our middleware: a body over its limit by
+    # Content-Length is refused before authentication or anything else reads it.
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
     return app

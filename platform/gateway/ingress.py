@@ -21,7 +21,7 @@ from typing import Any
 
 from qingliang.platform.arm_stats import ArmStats
 from qingliang.platform.conversations import ConversationLog
-from qingliang.platform.errors import ApiError, Saturated
+from qingliang.platform.errors import ApiError, Saturated, Unavailable
 from qingliang.platform.gateway.app import ModelEntry, create_app
 from qingliang.platform.settings import Settings
 from qingliang.platform.state import StateStore
@@ -52,11 +52,13 @@ def translate(exc: BaseException) -> ApiError:
             retry_after=1.0,
         )
     if isinstance(cause, (rex.RayActorError, DeploymentUnavailableError, rex.ActorDiedError)):
-        err = ApiError(f"deployment is temporarily unavailable: {type(cause).__name__}")
-        err.status_code = 503
-        return err
+        return Unavailable(
+            f"deployment is temporarily unavailable ({type(cause).__name__}); retry shortly",
+            retry_after=2.0,
+        )
     logger.exception("unexpected error from a deployment", exc_info=exc)
-    return ApiError(f"internal error: {type(cause).__name__}: {cause}")
+    # The exception's text can name host paths and internals: it stays in the log.
+    return ApiError(f"internal error ({type(cause).__name__}); the server log has the details")
 
 
 def _retryable(exc: BaseException) -> bool:

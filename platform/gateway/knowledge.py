@@ -22,21 +22,23 @@ The routes only parse and check requests; the work is a :class:`KnowledgeBackend
 in tests :class:`LocalKnowledge` over a :class:`~qingliang.knowledge.service.KnowledgeService`).
 :func:`dispatch` is the one place where a method name becomes a service call, for both.
 
-**Tenancy**: a key with the scope ``tenant:<name>`` acts for that tenant only; a key without
-one (the operator's key ``qingliang up`` writes, or ``--no-auth``) acts for all.
+**Tenancy**: a key with the scope ``tenant:<name>`` acts for that tenant only, an ``admin``
+key (the operator's key ``qingliang up`` writes) or ``--no-auth`` for all, any other key for
+the tenant ``default``. Which key may call which route: :mod:`.scopes`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-import json
 import logging
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 
 from qingliang.platform.errors import ApiError, BadRequest
+from qingliang.platform.gateway.limits import BodyTooLarge, parse_json_body, size_text
+from qingliang.platform.settings import GatewayLimits
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +134,10 @@ class LocalKnowledge:
 
 
 def tenant_of(principal: Any) -> str | None:
-    """The tenant a verified key acts for (its ``tenant:<name>`` scope), else None (all)."""
-    for scope in getattr(principal, "scopes", ()) or ():
-        if scope.startswith(TENANT_SCOPE):
-            return scope[len(TENANT_SCOPE) :]
-    return None
+    """The tenant a caller acts for, or None for all (see :func:`.scopes.tenant_of`)."""
+    from qingliang.platform.gateway.scopes import tenant_of as of
+
+    return of(principal)
 
 
 def _actor(principal: Any) -> str:
@@ -145,17 +146,9 @@ def _actor(principal: Any) -> str:
 
 
 async def read_json_object(request: Request) -> dict:
-    """The request's JSON object body (an empty body is ``{}``); 400 otherwise."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    """The request's JSON object body (an empty body is ``{}``); 400 otherwise, also for
+    one nested too deeply (see :func:`.limits.parse_json_body`)."""
+    return parse_json_body(await request.body(), allow_empty=True)
 
 
 async def _body(request: Request, method: str) -> dict:
@@ -170,8 +163,14 @@ async def _body(request: Request, method: str) -> dict:
     return body
 
 
-def add_knowledge_routes(app: FastAPI, knowledge: KnowledgeBackend | None) -> None:
-    """Mount the ``/v1/knowledge`` routes on ``app`` (501 for each when ``knowledge`` is None)."""
+def add_knowledge_routes(
+    app: FastAPI, knowledge: KnowledgeBackend | None, limits: GatewayLimits | None = None
+) -> None:
+    """Mount the ``/v1/knowledge`` routes on ``app`` (501 for each when ``knowledge`` is None).
+
+    An upload's file may have at most ``limits.max_upload_bytes`` (the body as a whole is
+    bounded by :class:`.limits.BodyLimitMiddleware` while it is parsed)."""
+    max_upload = (limits or GatewayLimits()).max_upload_bytes
 
     async def run(request: Request, method: str, kb: str | None, kwargs: dict) -> Any:
         if knowledge is None:
@@ -209,12 +208,21 @@ def add_knowledge_routes(app: FastAPI, knowledge: KnowledgeBackend | None) -> No
                 "(curl -F file=@policy.pdf ...)",
                 param="file",
             )
-        form = await request.form()
-        item = form.get("file")
-        if item is None or isinstance(item, str):
-            raise BadRequest("the multipart form has no file in the field `file`", param="file")
-        data = await item.read()
-        return await run(request, "upload", kb, {"filename": item.filename or "", "data": data})
+        # Parsing spools the file to disk as it arrives, counted by BodyLimitMiddleware;
+        # the form's temporary files are removed on leaving the block.
+        async with request.form() as form:
+            item = form.get("file")
+            if item is None or isinstance(item, str):
+                raise BadRequest("the multipart form has no file in the field `file`", param="file")
+            if item.size is not None and item.size > max_upload:
+                raise BodyTooLarge(
+                    f"POST {request.url.path}: the file is {item.size} bytes and the upload "
+                    f"limit is {size_text(max_upload)} (QINGLIANG_MAX_UPLOAD_BYTES)",
+                    param="file",
+                )
+            data = await item.read()
+            filename = item.filename or ""
+        return await run(request, "upload", kb, {"filename": filename, "data": data})
 
     @app.delete("/v1/knowledge/{kb}/documents/{doc:path}")
     async def delete_document(request: Request, kb: str, doc: str) -> Any:

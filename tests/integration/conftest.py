@@ -46,7 +46,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, packag
     try:
         ctl = Controller(settings)
         ctl.ensure_gateway(auth_enabled=True)
-        _record, key = KeyStore(settings.state_db).create("integration")
+        _record, key = KeyStore(settings.state_db).create("integration", scopes=["admin"])
         work = tmp_path_factory.mktemp("manifests")
         p = Platform(
             settings, ctl, key, f"http://127.0.0.1:{PORTS['http_port']}/v1", tiny_models, work

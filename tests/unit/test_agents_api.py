@@ -149,9 +149,11 @@ def make_keys(home: Path) -> dict[str, str]:
     return {
         name: keys.create(name, scopes=scopes)[1]
         for name, scopes in {
-            "a": ("inference", "tenant:city-a"),
-            "b": ("inference", "tenant:city-b"),
-            "ops": ("inference",),
+            "a": ("inference", "agents:run", "approve", "tenant:city-a"),
+            "a-lead": ("approve", "tenant:city-a"),
+            "b": ("inference", "agents:run", "approve", "tenant:city-b"),
+            "ops": ("admin",),
+            "lead": ("admin",),
         }.items()
     }
 
@@ -273,7 +275,7 @@ def test_approval_inbox_and_resume_with_approve_edit_reject(client: Any) -> None
     r = client.post(
         f"/v1/agents/runs/{ids[0]}/resume",
         json={"action": "approve", "comment": "fine"},
-        headers=_h(client, "ops"),
+        headers=_h(client, "lead"),
     )
     assert r.status_code == 200, r.text
     events = sse(r.text)
@@ -281,14 +283,14 @@ def test_approval_inbox_and_resume_with_approve_edit_reject(client: Any) -> None
     assert [e["type"] for e in events[:-1]] == ["run", "approval", "node", "status"]
     assert events[0] == {"type": "run", "run_id": ids[0], "graph": "desk"}
     assert events[1]["action"] == "approve" and events[1]["comment"] == "fine"
-    assert events[1]["actor"].startswith("key:ops")
+    assert events[1]["actor"].startswith("key:lead")
     assert events[-2]["status"] == "done" and events[-2]["answer"] == item["answer"]
 
     # edit, not streamed: the edited answer is the run's answer
     r = client.post(
         f"/v1/agents/runs/{ids[1]}/resume",
         json={"action": "edit", "answer": "Clinics open at 8.", "stream": False},
-        headers=_h(client, "ops"),
+        headers=_h(client, "lead"),
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "done" and r.json()["answer"] == "Clinics open at 8."
@@ -298,7 +300,7 @@ def test_approval_inbox_and_resume_with_approve_edit_reject(client: Any) -> None
     r = client.post(
         f"/v1/agents/runs/{ids[2]}/resume",
         json={"action": "reject", "comment": "no", "stream": False},
-        headers=_h(client, "ops"),
+        headers=_h(client, "lead"),
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "rejected" and r.json()["reason"] == "rejected at approval"
@@ -414,9 +416,14 @@ def test_a_tenant_never_sees_or_touches_another_tenants_run(client: Any) -> None
         "city-b"
     ]
     assert len(client.get("/v1/agents/runs", headers=ops).json()["data"]) == 2
-    # The run is untouched by B's attempts, and A can resume it.
+    # The run is untouched by B's attempts; A may not approve its own run, another key
+    # of A's tenant with `approve` may.
+    r = client.post(f"/v1/agents/runs/{run_id}/resume", json={"action": "approve"}, headers=a)
+    assert "another key with the `approve` scope" in _error(r, 403)
     r = client.post(
-        f"/v1/agents/runs/{run_id}/resume", json={"action": "approve", "stream": False}, headers=a
+        f"/v1/agents/runs/{run_id}/resume",
+        json={"action": "approve", "stream": False},
+        headers=_h(client, "a-lead"),
     )
     assert r.status_code == 200 and r.json()["status"] == "done"
 
@@ -508,3 +515,32 @@ def test_without_an_agents_backend_the_routes_answer_501(tmp_path: Path) -> None
             c.post("/v1/feedback", json={"run_id": "x", "score": 1}),
         ):
             assert r.status_code == 501 and "not enabled" in r.json()["error"]["message"]
+
+
+def test_self_approval_only_where_the_graph_allows_it(tmp_path: Path) -> None:
+    """Issue 13 item 3: by default the key that started a run cannot approve it; a graph
+    whose approval node says ``allow_self_approval: true`` lets it."""
+    import copy
+
+    home = tmp_path / "home"
+    service, _router = make_service(home, tmp_path / "desk")
+    lenient = copy.deepcopy(DESK)
+    lenient["metadata"]["name"] = "lenient"
+    lenient["spec"]["nodes"][-1]["allow_self_approval"] = True
+    gdef = GraphDef(AgentGraph.model_validate(lenient), tmp_path / "desk")
+    service.catalog.add(gdef)  # type: ignore[attr-defined]
+    with TestClient(make_app(home, service)) as c:
+        c.keys = make_keys(home)  # type: ignore[attr-defined]
+        for graph, status in (("desk", 403), ("lenient", 200)):
+            r = start(c, "careful: when?", "a", graph=graph, stream=False)
+            assert r.json()["status"] == "waiting", r.text
+            run_id = r.json()["id"]
+            r = c.post(
+                f"/v1/agents/runs/{run_id}/resume",
+                json={"action": "approve", "stream": False},
+                headers=_h(c, "a"),
+            )
+            assert r.status_code == status, r.text
+            state = c.get(f"/v1/agents/runs/{run_id}", headers=_h(c, "a")).json()["status"]
+            assert state == ("waiting" if status == 403 else "done")
+        c.portal.call(service.close)  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import stat
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -210,7 +211,7 @@ def tenant_key(keys: KeyStore) -> str:
 
 @pytest.fixture
 def operator_key(keys: KeyStore) -> str:
-    return keys.create("ops")[1]
+    return keys.create("ops", scopes=("admin",))[1]
 
 
 @pytest.fixture
@@ -442,6 +443,34 @@ def test_close_writes_what_is_queued(home: Path) -> None:
     assert ConversationLog.for_home(home).count() == 0
     log.close()
     assert ConversationLog.for_home(home).count() == 2
+
+
+def test_queued_rows_are_bounded_in_bytes(home: Path) -> None:
+    # A long flush interval keeps every accepted row in memory, as a stuck disk would.
+    bound = 4 * 1024 * 1024
+    log = ConversationLog.for_home(home, flush_interval_s=60, max_pending_bytes=bound)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(200):  # 200 distinct prompts of 256 KiB: 50 MiB offered
+            big = [{"role": "user", "content": f"{n}:" + "长" * (128 * 1024)}]
+            log.append(conversation(n, NOW, messages=big))
+            assert log.pending_bytes <= bound
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < bound + 1024 * 1024
+    accepted = 200 - log.dropped
+    assert 0 < accepted < 20 and log.pending_bytes > bound // 2
+    log.close()
+    assert log.pending_bytes == 0
+    assert ConversationLog.for_home(home).count() == accepted
+
+
+def test_a_row_that_is_not_json_is_dropped_alone(log: ConversationLog) -> None:
+    log.append(conversation(1, NOW, messages=[{"role": "user", "content": object()}]))
+    log.append(conversation(2, NOW))
+    assert log.count() == 1 and log.dropped == 1
 
 
 def test_the_file_is_owner_only_and_rows_cannot_be_changed(

@@ -115,8 +115,8 @@ class StoreAuth:
         self.enabled = enabled
         self._store = store
 
-    def verify(self, token: str) -> bool:
-        return self._store.verify(token) is not None
+    def verify(self, token: str) -> object:
+        return self._store.verify(token)
 
 
 ENTRIES = [
@@ -268,7 +268,7 @@ def test_stream_relays_chunks_in_order(client: TestClient, backend: FakeBackend)
     with client.stream(
         "POST",
         "/v1/chat/completions",
-        json={"model": "qwen", "messages": [], "stream": True},
+        json={"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "stream": True},
     ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -563,7 +563,9 @@ async def test_openai_client_mid_stream_error(
     oai: openai.AsyncOpenAI, backend: FakeBackend
 ) -> None:
     backend.mid_error = BadRequest("engine refused", param="messages")
-    stream = await oai.chat.completions.create(model="qwen", messages=[], stream=True)
+    stream = await oai.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     seen = []
     with pytest.raises(openai.APIError) as info:
         async for c in stream:
@@ -593,7 +595,9 @@ async def test_openai_client_errors(
 ) -> None:
     backend.error = error
     with pytest.raises(cls) as info:
-        await oai.chat.completions.create(model=model, messages=[], stream=stream)
+        await oai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
     body = info.value.body
     assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
     if error is None:

@@ -72,9 +72,9 @@ def client(home: Path, svc: KnowledgeService, folders: tuple[Path, Path]) -> Any
     c.keys = {  # type: ignore[attr-defined]
         name: keys.create(name, scopes=scopes)[1]
         for name, scopes in {
-            "a": ("inference", "tenant:city-a"),
-            "b": ("inference", "tenant:city-b"),
-            "ops": ("inference",),
+            "a": ("knowledge:read", "knowledge:write", "tenant:city-a"),
+            "b": ("knowledge:read", "knowledge:write", "tenant:city-b"),
+            "ops": ("admin",),
         }.items()
     }
     return c
