@@ -302,7 +302,9 @@ def status(
 
 def _summary(kind: str, out: dict[str, Any]) -> str:
     if kind == "govern":
-        return f"{out.get('ref')} ({out.get('train')} train / {out.get('eval')} eval)"
+        warned = "; ".join(f"warning: {w}" for w in out.get("warnings") or [])
+        counts = f"{out.get('ref')} ({out.get('train')} train / {out.get('eval')} eval)"
+        return counts + (f"; {warned}" if warned else "")
     if kind == "finetune":
         return f"{out.get('adapter')} (job {out.get('job')})"
     if kind == "evaluate":

@@ -19,6 +19,10 @@ Statuses::
     waiting | interrupted | failed -> cancelled (`pipelines cancel`; a live canary is
                                       rolled back first)
     running, lock free -> interrupted (shown so; `pipelines resume` continues it)
+
+A process that holds a run's lock (``pipelines cancel``, ``resume``) finds a stored
+``running`` only where a driver died: ``get(run, holder=True)`` reads it as
+``interrupted``.
 """
 
 from __future__ import annotations
@@ -212,7 +216,12 @@ class RunStore:
         self.event(run_id, None, "created", {"actor": actor})
         return self.get(run_id)
 
-    def get(self, run_id: str) -> Run:
+    def get(self, run_id: str, *, holder: bool = False) -> Run:
+        """The run; ``running`` with no driver is shown ``interrupted``.
+
+        ``holder``: the caller holds the run's lock (:meth:`lock`) and has not started
+        driving it, so a stored ``running`` is a dead driver's.
+        """
         with self._db() as db:
             row = db.execute("SELECT * FROM pipeline_runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -224,7 +233,7 @@ class RunStore:
             more = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise NotFound(f"no pipeline run {run_id!r}{more}", param="run")
         run = _run(row)
-        if run.status == "running" and not self.locked(run_id):
+        if run.status == "running" and (holder or not self.locked(run_id)):
             run = _replace_status(run, "interrupted")
         return run
 
@@ -297,19 +306,28 @@ class RunStore:
             return False
 
     @contextlib.contextmanager
-    def lock(self, run_id: str) -> Iterator[None]:
-        """Hold the run's driver lock (Conflict if another process drives it)."""
+    def lock(self, run_id: str, *, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the run's driver lock (Conflict if another process drives it).
+
+        ``wait_s``: how long to wait for a lock held only for a moment (a status read
+        that settles a dead driver's run holds it for milliseconds).
+        """
         path = self.root / "locks" / f"{run_id}.lock"
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Conflict(
-                    f"pipeline run {run_id} is being driven by another process; "
-                    "see `qingliang pipelines status`",
-                    param="run",
-                ) from None
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Conflict(
+                            f"pipeline run {run_id} is being driven by another process; "
+                            "see `qingliang pipelines status`",
+                            param="run",
+                        ) from None
+                    time.sleep(0.05)
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
             yield

@@ -9,11 +9,17 @@ into the run's log. LangGraph checkpoints after every node (``durability="sync"`
 
 * a driver killed mid-step (``kill -9``) leaves the run ``interrupted``; ``drive`` again
   (``qingliang pipelines resume``) re-runs only the unfinished step, which is idempotent
-  (fine-tuning continues from its last training checkpoint);
+  (fine-tuning continues the same job from its last training checkpoint);
 * a step that failed leaves the earlier steps' artifacts and outputs as they were; after
-  the cause is fixed, ``drive`` retries that step;
+  the cause is fixed, ``drive`` retries that step (a failed fine-tune job under a new name,
+  ``<job>-r2``);
 * approval steps are LangGraph interrupts: the run waits, with no process, until
   :meth:`approve` resumes it with the decision.
+
+The registry says what the run says: once a run is found failed or interrupted (by
+:meth:`get`, :meth:`list` or :meth:`drive`), its unfinished fine-tune job is marked
+``failed`` or ``interrupted`` there too. A promote question is rendered on each read, with
+the canary's figures as they are then.
 
 Example:
     >>> svc = PipelineService(home, executor=RayExecutor(settings))  # doctest: +SKIP
@@ -35,7 +41,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from qingliang.platform.errors import BadRequest, Conflict, QingliangError, ResolveError
 from qingliang.platform.executor import Executor, Resources, run_to_result
@@ -55,6 +61,10 @@ logger = logging.getLogger(__name__)
 
 PIPELINES_DIR = "pipelines"
 CHECKPOINTS = "checkpoints.sqlite"
+#: Registry job statuses of a fine-tune job that has not ended.
+OPEN_JOB = ("pending", "running", "interrupted")
+#: How long a driver waits for a run's lock held for a moment by a status read.
+LOCK_WAIT_S = 5.0
 
 
 def _merge(a: dict | None, b: dict | None) -> dict:
@@ -107,10 +117,75 @@ class PipelineService:
         return self.runs.create(new_run_id(), pipeline.name, manifest, str(base), actor)
 
     def get(self, run_id: str) -> Run:
-        return self.runs.get(run_id)
+        """The run as it stands now (see :meth:`list`)."""
+        run = self.runs.get(run_id)
+        self._settle([run])
+        return self._current(run)
 
     def list(self, pipeline: str | None = None, limit: int = 50) -> builtins.list[Run]:
-        return self.runs.list(pipeline, limit)
+        """Runs, newest first, as they stand now: the fine-tune jobs of a failed or
+        interrupted run are marked so in the registry (unless a driver holds the run),
+        and a promote question gives the canary's figures as of this read."""
+        runs = self.runs.list(pipeline, limit)
+        self._settle(runs)
+        return [self._current(r) for r in runs]
+
+    # -- what a read shows ------------------------------------------------------------
+    def _settle(self, runs: builtins.list[Run]) -> None:
+        """Bring the registry's jobs of failed and interrupted runs in line with them."""
+        from qingliang.platform.registry import Registry
+
+        ended = [r for r in runs if r.status in ("failed", "interrupted")]
+        if not ended:
+            return
+        try:
+            with Registry(home=self.home) as reg:
+                jobs = [(j.name, j.status) for j in reg.list_jobs() if j.status in OPEN_JOB]
+            for run in ended:
+                unfinished = _unfinished(run.status)
+                if not any(n.startswith(f"{run.id}-") and st in unfinished for n, st in jobs):
+                    continue
+                try:
+                    with self.runs.lock(run.id):
+                        current = self.runs.get(run.id, holder=True)
+                        if current.status == "failed" or current.status == "interrupted":
+                            self._settle_jobs(current.id, current.status, current.error)
+                except Conflict:  # a driver took it meanwhile: the registry is its business
+                    continue
+        except QingliangError:  # a read still shows the runs; the next one settles them
+            logger.warning("cannot bring the registry's jobs in line with the runs", exc_info=True)
+
+    def _settle_jobs(
+        self, run_id: str, status: Literal["failed", "interrupted"], error: str | None = None
+    ) -> None:
+        """Mark the run's unfinished fine-tune jobs ``status``: what the registry says then
+        matches the run, and a resume retries a failed job under a new name
+        (``<job>-r2``) but continues an interrupted one from its last checkpoint. Call it
+        holding the run's lock."""
+        from qingliang.platform.registry import Registry
+
+        unfinished = _unfinished(status)
+        why = None
+        if status == "failed":
+            why = (f"pipeline run {run_id} failed" + (f": {error}" if error else ""))[:2000]
+        with Registry(home=self.home) as reg:
+            for job in reg.list_jobs():
+                if job.name.startswith(f"{run_id}-") and job.status in unfinished:
+                    reg.set_job_status(job.name, status, error=why)
+                    logger.info("pipeline run %s: job %s marked %s", run_id, job.name, status)
+
+    def _current(self, run: Run) -> Run:
+        """``run`` with a promote question's canary figures as they are now."""
+        waiting = run.waiting
+        if run.status != "waiting" or not waiting or waiting.get("kind") != "promote":
+            return run
+        canary = waiting.get("canary")
+        if not isinstance(canary, dict):
+            return run  # asked before the question kept its canary
+        import dataclasses
+
+        message, figures = _promote_question(self.home, str(waiting.get("adapter")), canary)
+        return dataclasses.replace(run, waiting={**waiting, "message": message, "figures": figures})
 
     def approve(self, run_id: str, *, approve: bool, by: str, reason: str = "") -> Run:
         """Answer the approval the run waits for, then drive it on."""
@@ -133,8 +208,8 @@ class PipelineService:
         from qingliang.platform.pipelines import steps as impl
         from qingliang.platform.registry import Registry
 
-        with self.runs.lock(run_id):
-            run = self.runs.get(run_id)
+        with self.runs.lock(run_id, wait_s=LOCK_WAIT_S):
+            run = self.runs.get(run_id, holder=True)
             if run.status not in ("queued", "waiting", "interrupted", "failed"):
                 raise Conflict(
                     f"pipeline run {run_id} is {run.status}; only waiting, interrupted or "
@@ -158,7 +233,7 @@ class PipelineService:
                 self._exec(run, "cancel", impl.rollback_step, kwargs, cpus=0)
             with Registry(home=self.home) as reg:
                 for job in reg.list_jobs():
-                    if job.name.startswith(f"{run_id}-") and job.status in ("pending", "running"):
+                    if job.name.startswith(f"{run_id}-") and job.status in OPEN_JOB:
                         reg.set_job_status(job.name, "cancelled", error=why)
             self.runs.update(run_id, status="cancelled", waiting=None, error=why)
             self.runs.event(run_id, None, "cancelled", {"by": by, "reason": reason})
@@ -167,12 +242,15 @@ class PipelineService:
     # -- driving ----------------------------------------------------------------------
     def drive(self, run_id: str, *, decision: dict[str, Any] | None = None) -> Run:
         """Run (or resume) until the end, a failure or an approval; return the run."""
-        with self.runs.lock(run_id):
-            run = self.runs.get(run_id)
+        with self.runs.lock(run_id, wait_s=LOCK_WAIT_S):
+            run = self.runs.get(run_id, holder=True)
             if run.status in FINAL and run.status != "failed":
                 return run
             if run.status == "waiting" and decision is None:
                 return run
+            if run.status == "failed" or run.status == "interrupted":
+                # A failed job is retried under a new name, an interrupted one continued.
+                self._settle_jobs(run_id, run.status, run.error)
             pipeline = Pipeline.model_validate(run.manifest)
             with self._checkpointer(pipeline) as saver:
                 graph = self._compile(pipeline, run, saver)
@@ -191,18 +269,10 @@ class PipelineService:
                 try:
                     for _ in graph.stream(inp, config, stream_mode="updates", durability="sync"):
                         pass
-                except QingliangError as exc:
-                    step = self.runs.get(run_id).step
-                    self.runs.event(run_id, step, "failed", {"error": str(exc)})
-                    self.runs.update(run_id, status="failed", error=str(exc))
-                    return self.runs.get(run_id)
                 except Exception as exc:
-                    logger.exception("pipeline run %s failed", run_id)
-                    step = self.runs.get(run_id).step
-                    message = f"{type(exc).__name__}: {exc}"
-                    self.runs.event(run_id, step, "failed", {"error": message})
-                    self.runs.update(run_id, status="failed", error=message)
-                    return self.runs.get(run_id)
+                    if not isinstance(exc, QingliangError):
+                        logger.exception("pipeline run %s failed", run_id)
+                    return self._failed(run_id, exc)
                 snapshot = graph.get_state(config)
                 values = snapshot.values or {}
                 self.runs.update(run_id, outputs=values.get("outputs") or {})
@@ -216,6 +286,19 @@ class PipelineService:
                     self.runs.update(run_id, status=status, step=None)
                     self.runs.event(run_id, None, status, {})
             return self.runs.get(run_id)
+
+    def _failed(self, run_id: str, exc: Exception) -> Run:
+        """End the run ``failed`` with ``exc``; a fine-tune job it left unfinished (its
+        worker was killed, say) is marked failed too. Call it holding the run's lock."""
+        message = str(exc) if isinstance(exc, QingliangError) else f"{type(exc).__name__}: {exc}"
+        step = self.runs.get(run_id).step
+        self.runs.event(run_id, step, "failed", {"error": message})
+        self.runs.update(run_id, status="failed", error=message)
+        try:
+            self._settle_jobs(run_id, "failed", message)
+        except QingliangError:  # the run's failure is recorded; a later read settles it
+            logger.warning("pipeline run %s: cannot mark its jobs failed", run_id, exc_info=True)
+        return self.runs.get(run_id)
 
     @contextlib.contextmanager
     def _checkpointer(self, pipeline: Pipeline) -> Iterator[Any]:
@@ -492,22 +575,17 @@ class PipelineService:
         assert canary is not None
         common = {"home": str(self.home), "canary": canary, "base_model": trained["base_model"]}
         if step.mode == "approval":
-            try:
-                figures = impl.canary_figures(str(self.home), canary)
-                so_far = (
-                    f" So far the canary had {figures['canary'].describe()}; its baseline "
-                    f"({figures['baseline'].arm}) {figures['baseline'].describe()}."
-                )
-            except Exception as exc:  # the figures help the approver; they never block
-                so_far = f" (canary figures unavailable: {exc})"
+            # The question keeps the canary, so that a read shows its figures as they are
+            # then, not as they were when it was asked (see _current).
+            message, figures = _promote_question(self.home, trained["adapter"], canary)
             decision = interrupt(
                 {
                     "step": step.name,
                     "kind": "promote",
-                    "message": f"promote {trained['adapter']} on {canary['deployment']} "
-                    f"(canary share {canary['traffic'][canary['loaded_as']]:.0%})? "
-                    "Reject rolls the canary back." + so_far,
+                    "message": message,
                     "adapter": trained["adapter"],
+                    "canary": canary,
+                    "figures": figures,
                 }
             )
             approve, by, reason = _decision(decision)
@@ -529,6 +607,32 @@ class PipelineService:
             return {**out, "analysis": verdict}, "rolled_back"
         out = self._exec(run, step.name, impl.promote_step, common, cpus=0)
         return {**out, "analysis": verdict}, ""
+
+
+def _unfinished(run_status: str) -> tuple[str, ...]:
+    """The job statuses a run's job may not keep once the run is ``run_status``."""
+    return ("pending", "running") if run_status == "interrupted" else OPEN_JOB
+
+
+def _promote_question(
+    home: Path, adapter: str, canary: dict[str, Any]
+) -> tuple[str, dict[str, Any] | None]:
+    """What a promote approval asks, with the canary's figures as of now, and the figures
+    (``{"canary", "baseline", "at"}``, None when they cannot be read)."""
+    from qingliang.platform.pipelines import steps as impl
+
+    share = (canary.get("traffic") or {}).get(canary.get("loaded_as"), 0.0)
+    ask = (
+        f"promote {adapter} on {canary.get('deployment')} (canary share {share:.0%})? "
+        "Reject rolls the canary back."
+    )
+    try:
+        figures = impl.canary_figures(str(home), canary)
+    except Exception as exc:  # the figures help the approver; they never block
+        return f"{ask} (canary figures unavailable: {exc})", None
+    c, b = figures["canary"], figures["baseline"]
+    so_far = f" So far the canary had {c.describe()}; its baseline ({b.arm}) {b.describe()}."
+    return ask + so_far, {"canary": c.to_dict(), "baseline": b.to_dict(), "at": time.time()}
 
 
 def _decision(value: Any) -> tuple[bool, str, str]:

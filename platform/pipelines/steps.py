@@ -64,6 +64,7 @@ def govern_step(emit: Emit, *, home: str, dataset_file: str, actor: str) -> dict
         "train": v.train,
         "eval": v.eval,
         "quarantined": v.quarantined,
+        "warnings": list(v.warnings),
     }
     emit(
         {
@@ -72,6 +73,8 @@ def govern_step(emit: Emit, *, home: str, dataset_file: str, actor: str) -> dict
             f"{v.quarantined} quarantined",
         }
     )
+    for warning in v.warnings:
+        emit({"kind": "log", "message": f"warning: {warning}"})
     return result
 
 

@@ -20,8 +20,14 @@ import pytest
 from typer.testing import CliRunner
 
 from qingliang.platform.data.store import DatasetStore
-from qingliang.platform.errors import Conflict, ManifestError, NotFound, ResolveError
-from qingliang.platform.executor import InlineExecutor
+from qingliang.platform.errors import (
+    ClusterError,
+    Conflict,
+    ManifestError,
+    NotFound,
+    ResolveError,
+)
+from qingliang.platform.executor import InlineExecutor, StepFailed
 from qingliang.platform.manifests.loader import parse_documents
 from qingliang.platform.pipelines.service import PipelineService
 from qingliang.platform.registry import Registry
@@ -264,6 +270,33 @@ def test_failed_step_keeps_earlier_work_and_resumes_after_the_fix(
     ]
 
 
+def test_govern_says_when_the_eval_split_is_empty_and_fails_on_no_records(
+    tmp_path: Path, tiny: Path
+) -> None:
+    path = write_project(tmp_path / "proj", tiny)
+    path.write_text(path.read_text().split("    - {type: finetune")[0])  # govern only
+    data = path.parent / "data" / "qa.jsonl"
+    data.write_text("\n".join(data.read_text().splitlines()[:3]) + "\n")
+    ds = path.parent / "dataset.yaml"
+    ds.write_text(ds.read_text().replace("eval_fraction: 0.2", "eval_fraction: 0.000001"))
+    home = tmp_path / "home"
+    svc = PipelineService(home, InlineExecutor())
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="a").id)
+    assert run.status == "succeeded", run.error
+    (warning,) = run.outputs["govern"]["warnings"]
+    assert warning.startswith("dataset permits: the eval split is empty")
+    assert f"warning: {warning}" in [e["message"] for e in events(svc, run.id, "log")]
+    env = {"QINGLIANG_HOME": str(home), "COLUMNS": "300"}
+    shown = CliRunner().invoke(_app(), ["pipelines", "status", run.id], env=env)
+    assert "warning: dataset permits: the eval split is empty" in shown.output, shown.output
+
+    data.write_text("{not json\n")
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="a").id)
+    assert run.status == "failed"
+    assert "dataset permits: no record is left to store" in (run.error or "")
+    assert "read: invalid JSON" in (run.error or "")
+
+
 def test_unknown_run_and_missing_files_are_clear(tmp_path: Path, tiny: Path) -> None:
     path = write_project(tmp_path / "proj", tiny)
     svc = PipelineService(tmp_path / "home", InlineExecutor())
@@ -311,6 +344,7 @@ def test_killed_mid_training_resumes_without_repeating_finished_steps(
             os.killpg(proc.pid, signal.SIGKILL)
     assert run_id is not None
     assert svc.get(run_id).status == "interrupted"
+    assert _job_statuses(home) == {f"{run_id}-finetune": "interrupted"}
 
     result = CliRunner().invoke(
         _app(), ["pipelines", "resume", run_id, "--inline"], env={"QINGLIANG_HOME": str(home)}
@@ -327,6 +361,118 @@ def test_killed_mid_training_resumes_without_repeating_finished_steps(
         [job] = reg.list_jobs()
         assert job.status == "succeeded" and job.metrics["steps"] == 400
         assert [a.ref for a in reg.list_adapters("permits-bot")] == ["permits-bot@1"]
+
+
+class _Killed(BaseException):
+    """What a SIGKILL leaves behind: no ``except Exception`` handler of the step runs."""
+
+
+class _DriverDied(BaseException):
+    """The pipeline driver's own death, as far as the code after it can tell."""
+
+
+class FineTuneWorkerKilled:
+    """The executor boundary when the fine-tune task's worker is killed at a training step:
+    the job's own handlers never run, so it records nothing, and the stream ends as
+    RayExecutor ends a lost task, with a ClusterError (or, with ``driver_dies``, the
+    driver goes with it). Training and every other step are real (InlineExecutor); a
+    later run of the step is not touched."""
+
+    def __init__(self, at_step: int, *, driver_dies: bool = False) -> None:
+        self.at_step = at_step
+        self.driver_dies = driver_dies
+        self.fired = False
+
+    def stream(self, fn: Any, kwargs: Any, resources: Any = None) -> Any:
+        from qingliang.platform.executor import Resources
+        from qingliang.platform.finetune.job import run_job
+
+        resources = resources or Resources()
+        if fn is not run_job or self.fired:
+            yield from InlineExecutor().stream(fn, kwargs, resources)
+            return
+        self.fired = True
+
+        def killed_mid_training(emit: Any, **kw: Any) -> Any:
+            def on_event(event: dict) -> None:
+                emit(event)
+                if event.get("phase") == "train" and event.get("train_step") == self.at_step:
+                    raise _Killed
+
+            return run_job(on_event, **kw)
+
+        try:
+            yield from InlineExecutor().stream(killed_mid_training, kwargs, resources)
+        except StepFailed as exc:
+            if self.driver_dies:
+                raise _DriverDied from exc
+            raise ClusterError(f"the Ray task of run_job failed: its worker died ({exc})") from exc
+
+
+def _job_statuses(home: Path) -> dict[str, str]:
+    with Registry(home=home) as reg:
+        return {j.name: j.status for j in reg.list_jobs()}
+
+
+def test_a_killed_fine_tune_worker_fails_its_job_and_resume_retries_it_as_r2(
+    tmp_path: Path, tiny: Path
+) -> None:
+    path = write_project(tmp_path / "proj", tiny)
+    home = tmp_path / "home"
+    svc = PipelineService(home, FineTuneWorkerKilled(at_step=6))
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="a").id)
+    assert run.status == "failed" and "worker died" in (run.error or "")
+    job = f"{run.id}-finetune"
+    assert _job_statuses(home) == {job: "failed"}
+    with Registry(home=home) as reg:
+        assert "worker died" in (reg.get_job(job).error or "")
+
+    run = svc.drive(run.id)  # `pipelines resume`: the documented retry name
+    assert run.status == "waiting", run.error
+    assert run.outputs["finetune"]["job"] == f"{job}-r2"
+    assert _job_statuses(home) == {job: "failed", f"{job}-r2": "succeeded"}
+
+
+def test_a_dead_driver_leaves_its_job_interrupted_and_resume_continues_it(
+    tmp_path: Path, tiny: Path
+) -> None:
+    path = write_project(tmp_path / "proj", tiny)  # 8 steps, a checkpoint every 4
+    home = tmp_path / "home"
+    svc = PipelineService(home, FineTuneWorkerKilled(at_step=6, driver_dies=True))
+    run = svc.start(load_pipeline(path), base_dir=path.parent, actor="a")
+    with pytest.raises(_DriverDied):
+        svc.drive(run.id)
+    job = f"{run.id}-finetune"
+    assert _job_statuses(home) == {job: "running"}  # as the dead driver left it
+
+    assert svc.get(run.id).status == "interrupted"  # `pipelines status` reads it
+    assert _job_statuses(home) == {job: "interrupted"}
+
+    run = svc.drive(run.id)  # `pipelines resume`: the same job, from its checkpoint
+    assert run.status == "waiting", run.error
+    assert run.outputs["finetune"]["job"] == job
+    resumed = [e["message"] for e in events(svc, run.id, "log") if "resuming" in e["message"]]
+    assert resumed == [f"resuming {job} from step 4"]
+    assert _job_statuses(home) == {job: "succeeded"}
+
+
+def test_cancel_ends_a_run_status_calls_interrupted(tmp_path: Path, tiny: Path) -> None:
+    path = write_project(tmp_path / "proj", tiny)
+    home = tmp_path / "home"
+    svc = PipelineService(home, FineTuneWorkerKilled(at_step=2, driver_dies=True))
+    run = svc.start(load_pipeline(path), base_dir=path.parent, actor="a")
+    with pytest.raises(_DriverDied):
+        svc.drive(run.id)
+    env = {"QINGLIANG_HOME": str(home)}
+    runner = CliRunner()
+    status = runner.invoke(_app(), ["pipelines", "status"], env=env)
+    assert f"{run.id}  permits-release      interrupted" in status.output, status.output
+
+    done = runner.invoke(_app(), ["pipelines", "cancel", run.id, "--by", "ops"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "cancelled (cancelled by ops)" in done.output
+    assert svc.get(run.id).status == "cancelled"
+    assert _job_statuses(home) == {f"{run.id}-finetune": "cancelled"}
 
 
 def _app() -> Any:
@@ -459,6 +605,36 @@ def test_pipeline_canary_then_promote_then_next_version_rolled_back(
     with Registry(home=served.home) as reg:
         assert reg.get_adapter("permits-bot@2").status == "retired"
         assert reg.get_adapter("permits-bot@1").status == "serving"
+
+
+def test_the_promote_question_gives_the_canarys_figures_as_of_each_read(
+    tmp_path: Path, tiny: Path, served: Any
+) -> None:
+    from qingliang.platform.arm_stats import ArmStats
+
+    path = write_project(tmp_path / "proj", tiny)
+    path.write_text(
+        path.read_text()
+        + "    - {type: canary, deployment: chat, share: 0.2}\n    - {type: promote}\n"
+    )
+    svc = PipelineService(served.home, InlineExecutor())
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="a").id)
+    run = svc.approve(run.id, approve=True, by="bob")
+    assert run.waiting is not None and "So far the canary had 0 requests" in run.waiting["message"]
+
+    stats = ArmStats.for_home(served.home, flush_s=0.05)  # the gateway serves 3 requests
+    for ok in (True, True, False):
+        stats.observe("chat", "permits-bot-v1", ok=ok, latency_s=0.1)
+    stats.close()
+
+    waiting = svc.get(run.id).waiting
+    assert waiting is not None
+    assert "So far the canary had 3 requests, 1 server errors (33.3%)" in waiting["message"]
+    assert waiting["figures"]["canary"]["requests"] == 3
+    assert [r.waiting["figures"]["canary"]["requests"] for r in svc.list()] == [3]  # type: ignore[index]
+    env = {"QINGLIANG_HOME": str(served.home)}
+    shown = CliRunner().invoke(_app(), ["pipelines", "status", run.id], env=env)
+    assert "So far the canary had 3 requests" in shown.output, shown.output
 
 
 def test_auto_promote_follows_the_canarys_served_figures(
