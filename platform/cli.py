@@ -482,6 +482,10 @@ def keys_create(
     admin: bool = typer.Option(
         False, "--admin", help="Every route and every tenant: the operator's key."
     ),
+    rpm: int = typer.Option(None, "--rpm", help="At most this many requests a minute."),
+    tokens_per_day: int = typer.Option(
+        None, "--tokens-per-day", help="At most this many tokens (prompt + answer) a UTC day."
+    ),
 ) -> None:
     """Create a key; the key itself is printed once and never stored."""
     from qingliang.platform.keys import ADMIN, DEFAULT_SCOPES, TENANT_PREFIX, KeyStore
@@ -494,16 +498,67 @@ def keys_create(
     if tenant is not None:
         scopes.append(f"{TENANT_PREFIX}{tenant}")
     try:
-        record, key = KeyStore(_settings().state_db).create(name, scopes=scopes)
+        record, key = KeyStore(_settings().state_db).create(
+            name, scopes=scopes, requests_per_minute=rpm, tokens_per_day=tokens_per_day
+        )
     except QingliangError as exc:
         _fail(exc)
         return
     err.print(
-        f"created {record.prefix} ({record.name}), scopes: {' '.join(record.scopes)}; "
-        "store it now, it is not shown again:",
+        f"created {record.prefix} ({record.name}), scopes: {' '.join(record.scopes)}"
+        f"{_limits_text(record)}; store it now, it is not shown again:",
         highlight=False,
     )
     print(key)
+
+
+def _limits_text(record: Any) -> str:
+    parts = []
+    if record.requests_per_minute:
+        parts.append(f"{record.requests_per_minute} requests/min")
+    if record.tokens_per_day:
+        parts.append(f"{record.tokens_per_day} tokens/day")
+    return f", limits: {', '.join(parts)}" if parts else ""
+
+
+def _limit_option(text: str | None, what: str) -> Any:
+    """``None`` → keep; ``"none"`` → lift; a number → that limit."""
+    from qingliang.platform.keys import KEEP
+
+    if text is None:
+        return KEEP
+    if text.strip().lower() in ("none", "off", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        _fail(QingliangError(f"{what} must be a whole number or 'none', not {text!r}"))
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key: str = typer.Argument(..., help="Key id (ql-…) or name."),
+    rpm: str = typer.Option(None, "--rpm", help="Requests a minute, or 'none'."),
+    tokens_per_day: str = typer.Option(
+        None, "--tokens-per-day", help="Tokens a UTC day, or 'none'."
+    ),
+) -> None:
+    """Change a key's limits (over one, the gateway answers 429 with Retry-After)."""
+    from qingliang.platform.keys import KeyStore
+
+    try:
+        record = KeyStore(_settings().state_db).set_limits(
+            key,
+            requests_per_minute=_limit_option(rpm, "--rpm"),
+            tokens_per_day=_limit_option(tokens_per_day, "--tokens-per-day"),
+        )
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"{record.prefix} ({record.name}){_limits_text(record) or ': no limits'}",
+        highlight=False,
+    )
 
 
 @keys_app.command("scopes")
@@ -523,7 +578,7 @@ def keys_list() -> None:
     """List keys (id, name, dates; never the secret)."""
     from qingliang.platform.keys import KeyStore
 
-    table = Table("ID", "NAME", "SCOPES", "CREATED", "LAST USED", "REVOKED")
+    table = Table("ID", "NAME", "SCOPES", "LIMITS", "CREATED", "LAST USED", "REVOKED")
     for r in KeyStore(_settings().state_db).list():
 
         def fmt(t: datetime | None) -> str:
@@ -533,6 +588,7 @@ def keys_list() -> None:
             r.prefix,
             r.name,
             " ".join(r.scopes),
+            _limits_text(r).removeprefix(", limits: ") or "-",
             fmt(r.created_at),
             fmt(r.last_used_at),
             fmt(r.revoked_at),

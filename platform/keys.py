@@ -103,8 +103,25 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name
     ON api_keys (name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS api_key_usage (
+    key_id  TEXT NOT NULL,
+    day     TEXT NOT NULL,
+    tokens  INTEGER NOT NULL,
+    PRIMARY KEY (key_id, day)
+);
 """
-_COLUMNS = "id, name, scopes, created_at, revoked_at, last_used_at"
+#: Columns added after the first release, created on open when missing.
+_ADDED_COLUMNS = {"requests_per_minute": "INTEGER", "tokens_per_day": "INTEGER"}
+_COLUMNS = (
+    "id, name, scopes, created_at, revoked_at, last_used_at, requests_per_minute, tokens_per_day"
+)
+
+
+class _Keep:
+    """The default of :meth:`KeyStore.set_limits`: leave this limit as it is."""
+
+
+KEEP = _Keep()
 
 
 def _utc(ts: float | None) -> datetime | None:
@@ -121,6 +138,10 @@ class KeyRecord:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    #: At most this many requests a minute (None: no limit of its own).
+    requests_per_minute: int | None = None
+    #: At most this many tokens (prompt and completion) a UTC day (None: no limit).
+    tokens_per_day: int | None = None
 
     @property
     def prefix(self) -> str:
@@ -137,7 +158,7 @@ class KeyRecord:
 
     @classmethod
     def _from_row(cls, row: tuple) -> KeyRecord:
-        key_id, name, scopes, created, revoked, used = row
+        key_id, name, scopes, created, revoked, used, rpm, tpd = row
         return cls(
             id=key_id,
             name=name,
@@ -145,6 +166,8 @@ class KeyRecord:
             created_at=datetime.fromtimestamp(created, UTC),
             revoked_at=_utc(revoked),
             last_used_at=_utc(used),
+            requests_per_minute=rpm,
+            tokens_per_day=tpd,
         )
 
 
@@ -215,6 +238,16 @@ def check_scope_set(scopes: tuple[str, ...]) -> None:
             "bound to one tenant",
             param="scopes",
         )
+
+
+def _check_limit(value: object, param: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(
+            f"{param} must be a whole number of at least 1, not {value!r}", param=param
+        )
+    return value
 
 
 def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
@@ -317,6 +350,11 @@ class KeyStore:
             try:
                 self._use_wal(conn)
                 conn.executescript(_SCHEMA)
+                have = {r[1] for r in conn.execute("PRAGMA table_info(api_keys)").fetchall()}
+                for column, kind in _ADDED_COLUMNS.items():
+                    if column not in have:
+                        with suppress(sqlite3.OperationalError):  # another process added it
+                            conn.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
             finally:
                 conn.close()
             self._ready = True
@@ -338,7 +376,12 @@ class KeyStore:
     # ---------------------------------------------------------------------- public
 
     def create(
-        self, name: str, *, scopes: Iterable[str] = DEFAULT_SCOPES
+        self,
+        name: str,
+        *,
+        scopes: Iterable[str] = DEFAULT_SCOPES,
+        requests_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
     ) -> tuple[KeyRecord, str]:
         """Create a key; return its record and the plaintext, which is not kept.
 
@@ -347,6 +390,8 @@ class KeyStore:
         """
         name = _check_name(name)
         scope_tuple = _check_scopes(scopes)
+        rpm = _check_limit(requests_per_minute, "requests_per_minute")
+        tpd = _check_limit(tokens_per_day, "tokens_per_day")
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -366,9 +411,9 @@ class KeyStore:
                     key = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
                     try:
                         conn.execute(
-                            "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at) "
-                            "VALUES (?, ?, ?, ?, ?)",
-                            (key_id, name, _digest(key), " ".join(scope_tuple), now),
+                            "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at, "
+                            "requests_per_minute, tokens_per_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (key_id, name, _digest(key), " ".join(scope_tuple), now, rpm, tpd),
                         )
                         break
                     except sqlite3.IntegrityError as exc:
@@ -381,7 +426,9 @@ class KeyStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        record = KeyRecord(key_id, name, scope_tuple, datetime.fromtimestamp(now, UTC), None, None)
+        record = KeyRecord(
+            key_id, name, scope_tuple, datetime.fromtimestamp(now, UTC), None, None, rpm, tpd
+        )
         logger.info("created API key %s (%s)", key_id, name)
         return record, key
 
@@ -476,6 +523,72 @@ class KeyStore:
         finally:
             with suppress(sqlite3.Error):
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+
+    def set_limits(
+        self,
+        key_id_or_name: str,
+        *,
+        requests_per_minute: int | None | _Keep = KEEP,
+        tokens_per_day: int | None | _Keep = KEEP,
+    ) -> KeyRecord:
+        """Change an active key's limits (None lifts one); return the record.
+
+        Raises:
+            NotFound: no active key has this id or name.
+            BadRequest: a limit is not a whole number of at least 1.
+        """
+        changes: dict[str, int | None] = {}
+        if not isinstance(requests_per_minute, _Keep):
+            changes["requests_per_minute"] = _check_limit(
+                requests_per_minute, "requests_per_minute"
+            )
+        if not isinstance(tokens_per_day, _Keep):
+            changes["tokens_per_day"] = _check_limit(tokens_per_day, "tokens_per_day")
+        key_id = _key_id(key_id_or_name)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = _one(
+                    conn,
+                    f"SELECT {_COLUMNS} FROM api_keys WHERE (id = ? OR name = ?) "
+                    "AND revoked_at IS NULL",
+                    (key_id, key_id_or_name),
+                )
+                if row is None:
+                    raise NotFound(
+                        f"no active API key with id or name {key_id_or_name!r}",
+                        code="key_not_found",
+                    )
+                record = KeyRecord._from_row(row)
+                for column, value in changes.items():
+                    conn.execute(
+                        f"UPDATE api_keys SET {column} = ? WHERE id = ?", (value, record.id)
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        logger.info("changed the limits of API key %s: %s", record.id, changes)
+        return replace(record, **changes)  # type: ignore[arg-type]
+
+    def tokens_used(self, key_id: str, day: str) -> int:
+        """Tokens charged to a key on a UTC day (``YYYY-MM-DD``)."""
+        with self._connect() as conn:
+            row = _one(
+                conn, "SELECT tokens FROM api_key_usage WHERE key_id = ? AND day = ?", (key_id, day)
+            )
+        return int(row[0]) if row else 0
+
+    def charge(self, key_id: str, day: str, tokens: int) -> None:
+        """Add ``tokens`` to a key's use on ``day`` (one short write transaction)."""
+        if tokens <= 0:
+            return
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO api_key_usage (key_id, day, tokens) VALUES (?, ?, ?) "
+                "ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens",
+                (key_id, day, int(tokens)),
+            )
 
     def list(self) -> builtins.list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""

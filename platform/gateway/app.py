@@ -54,6 +54,7 @@ from qingliang.platform.gateway.knowledge import (
 )
 from qingliang.platform.gateway.limits import BodyLimitMiddleware, parse_json_body
 from qingliang.platform.gateway.pipelines import add_pipeline_routes
+from qingliang.platform.gateway.quotas import Quotas
 from qingliang.platform.gateway.scopes import authorize, route_of, rule_for, verify_key
 from qingliang.platform.settings import GatewayLimits
 
@@ -326,6 +327,44 @@ def _conversations(
     return rows
 
 
+def _asked_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _with_usage(body: dict) -> dict:
+    """``body`` asking its stream for a final usage event."""
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    return {**body, "stream_options": {**options, "include_usage": True}}
+
+
+def _without_usage(chunk: str) -> str:
+    """``chunk`` without its usage-only events (``choices`` empty, ``usage`` set), which a
+    client that did not ask for usage must not get."""
+    kept = []
+    for event in chunk.split("\n\n"):
+        if event.startswith("data: {") and '"usage"' in event:
+            try:
+                data = json.loads(event.removeprefix("data: "))
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and data.get("usage") and not data.get("choices"):
+                continue
+        kept.append(event)
+    return "\n\n".join(kept)
+
+
+def _total_tokens(usage: object) -> int | None:
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    return sum(p for p in parts if isinstance(p, int) and not isinstance(p, bool)) or None
+
+
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
     if isinstance(exc, Saturated | Unavailable):
@@ -369,6 +408,7 @@ def create_app(
     default :meth:`GatewayLimits.from_env`.
     """
     limits = limits if limits is not None else GatewayLimits.from_env()
+    quotas = Quotas(getattr(auth, "usage", None))
     app = FastAPI(title="Qingliang gateway", version="1", docs_url="/docs", redoc_url=None)
 
     @app.exception_handler(ApiError)
@@ -419,6 +459,7 @@ def create_app(
         request.state.principal = principal
         if route is not None:  # else the router answers 404 / 405 to a known key
             authorize(principal, request.method, route.path)
+            await quotas.admit(principal)
 
     def _lookup(dep: str, adapter: str | None) -> ModelEntry:
         entries = {m.name: m for m in backend.models()}
@@ -465,13 +506,21 @@ def create_app(
         trace = _trace(entry, adapter)
         headers = _trace_headers(trace)
         record = conversations is not None and endpoint in ("chat", "completion")
+        principal = getattr(request.state, "principal", None)
+        metered = quotas.limits(principal)[1] is not None
+        # A key with a token limit is charged what it used: a stream is asked for its
+        # usage, and the usage event is kept from a client that did not ask for it.
+        hide_usage = metered and stream and not _asked_usage(body)
+        sent = _with_usage(body) if hide_usage else body
         try:
             if not stream:
                 answer = await backend.generate(dep, endpoint, body, adapter)
                 if record:
                     _record(request, endpoint, body, trace, answer, arrived)
+                if metered:
+                    await quotas.charge(principal, _total_tokens(answer.get("usage")))
                 return JSONResponse({**answer, "qingliang": trace}, headers=headers)
-            chunks = backend.stream(dep, endpoint, body, adapter)
+            chunks = backend.stream(dep, endpoint, sent, adapter)
             # Pull the first chunk before answering, so errors found before generation
             # (bad parameters, prompt too long, saturation) get a real status code.
             first = await chunks.__anext__()
@@ -484,21 +533,28 @@ def create_app(
             )
 
         async def relay() -> AsyncIterator[str]:
-            transcript = _Transcript() if record else None
+            transcript = _Transcript() if record or metered else None
             if transcript is not None:
                 transcript.feed(first)
-            yield _with_trace(first, trace)
+            yield _with_trace(_without_usage(first) if hide_usage else first, trace)
             try:
                 async for chunk in chunks:
                     if transcript is not None:
                         transcript.feed(chunk)
+                    if hide_usage:
+                        chunk = _without_usage(chunk)
+                        if not chunk:
+                            continue
                     yield chunk
             except ApiError as exc:
                 yield f"data: {json.dumps(exc.to_openai())}\n\n"
                 yield "data: [DONE]\n\n"
                 return
+            finally:
+                if metered and transcript is not None:
+                    await quotas.charge(principal, _total_tokens(transcript.usage))
             # Only here when the stream ended normally (not on an error or a disconnect).
-            if transcript is not None:
+            if record and transcript is not None:
                 _record(request, endpoint, body, trace, transcript.answer(endpoint), arrived)
 
         return StreamingResponse(
@@ -597,6 +653,7 @@ def create_app(
         if input_type not in ("query", "passage"):
             raise BadRequest("`input_type` must be 'query' or 'passage'", param="input_type")
         vectors, tokens = await embedder.embed(texts, input_type)
+        await quotas.charge(getattr(request.state, "principal", None), tokens)
         return {
             "object": "list",
             "model": embedder.model_id,

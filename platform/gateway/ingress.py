@@ -204,13 +204,18 @@ class KeyAuth:
         self._db = db
         self._store: Any = None
 
-    def verify(self, token: str) -> Any:
-        """The key's record when valid (its scopes may name a tenant), else None."""
+    @property
+    def usage(self) -> Any:
+        """The key store, where per-key token use is charged (see :mod:`.quotas`)."""
         if self._store is None:
             from qingliang.platform.keys import KeyStore
 
             self._store = KeyStore(self._db)
-        return self._store.verify(token)
+        return self._store
+
+    def verify(self, token: str) -> Any:
+        """The key's record when valid (its scopes may name a tenant), else None."""
+        return self.usage.verify(token)
 
 
 class HandleEmbedder:
