@@ -26,6 +26,7 @@ from typing import Any
 
 from qingliang.agents.manifest import Checkpointer
 from qingliang.platform.errors import ResolveError
+from qingliang.platform.state import create_private
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def inline_sqlite_saver(path: Path) -> Any:
     method: Any = InlineSqliteSaver.aput_writes
     method.__signature__ = inspect.signature(method)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    create_private(path)  # checkpoints hold users' conversations: owner-only
     conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

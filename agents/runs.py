@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qingliang.platform.state import create_private
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "waiting", "done", "rejected", "stopped", "failed")
@@ -346,7 +348,7 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(self.path)  # runs hold users' questions and answers: owner-only
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             self.path, timeout=30, isolation_level=None, check_same_thread=False

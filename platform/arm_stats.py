@@ -98,7 +98,9 @@ class ArmSummary:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from qingliang.platform.state import create_private
+
+    create_private(path)  # owner-only: who called which adapter is nobody else's business
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(_SCHEMA)

@@ -370,7 +370,7 @@ def _ensure_default_key(settings: Settings) -> str:
             store.revoke(record.id)
             console.print(f"replaced the operator key {record.prefix} by one with scope admin")
     _record, key = store.create(f"default-{int(time.time())}", scopes=[ADMIN])
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
