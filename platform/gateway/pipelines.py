@@ -138,11 +138,9 @@ def add_pipeline_routes(app: FastAPI, service: Any | None) -> None:
         reason = body.get("reason", "")
         if not isinstance(reason, str):
             raise BadRequest("`reason` must be a string", param="reason")
+        # Refused here, not in the background: waiting, and not the starter's own run.
+        service.check_approval(run_id, approve=body["approve"], by=actor)
         run = service.get(run_id)
-        if run.status != "waiting":
-            from qingliang.platform.errors import Conflict
-
-            raise Conflict(f"pipeline run {run_id} is {run.status}, not waiting for an approval")
         _background(service.approve, run_id, approve=body["approve"], by=actor, reason=reason)
         return JSONResponse(run_json(run), status_code=202)
 

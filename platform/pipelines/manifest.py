@@ -146,9 +146,17 @@ class MergeStep(_Step):
     )
 
 
+#: Who may approve: by default not the one who started the run.
+_SELF_APPROVAL = (
+    "Whether the one who started the run (the same API key, or the same user at the "
+    "command line) may approve it; by default someone else must."
+)
+
+
 class ApprovalStep(_Step):
     type: Literal["approval"] = Field(description="Wait for a person to approve or reject.")
     message: str = Field(default="", description="Shown to the approver.")
+    allow_self_approval: bool = Field(default=False, description=_SELF_APPROVAL)
 
 
 class CanaryStep(_Step):
@@ -221,6 +229,7 @@ class PromoteStep(_Step):
         default_factory=CanaryAnalysis,
         description="auto: what the canary must show, against its baseline, to be promoted.",
     )
+    allow_self_approval: bool = Field(default=False, description="approval: " + _SELF_APPROVAL)
 
     @model_validator(mode="after")
     def _auto_only(self) -> PromoteStep:

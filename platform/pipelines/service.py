@@ -43,7 +43,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
-from qingliang.platform.errors import BadRequest, Conflict, QingliangError, ResolveError
+from qingliang.platform.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    QingliangError,
+    ResolveError,
+)
 from qingliang.platform.executor import Executor, Resources, run_to_result
 from qingliang.platform.pipelines.manifest import (
     ApprovalStep,
@@ -187,14 +193,32 @@ class PipelineService:
         message, figures = _promote_question(self.home, str(waiting.get("adapter")), canary)
         return dataclasses.replace(run, waiting={**waiting, "message": message, "figures": figures})
 
-    def approve(self, run_id: str, *, approve: bool, by: str, reason: str = "") -> Run:
-        """Answer the approval the run waits for, then drive it on."""
+    def check_approval(self, run_id: str, *, approve: bool, by: str) -> Run:
+        """The run, if ``by`` may answer the approval it waits for; else raise.
+
+        Raises:
+            Conflict: the run is not waiting for an approval.
+            Forbidden: ``by`` started the run and its step does not allow self-approval.
+        """
         run = self.runs.get(run_id)
         if run.status != "waiting" or not run.waiting:
             raise Conflict(
                 f"pipeline run {run_id} is {run.status}, not waiting for an approval",
                 param="run",
             )
+        if approve and by == run.actor and not _allows_self_approval(run.manifest, run.step):
+            raise Forbidden(
+                f"pipeline run {run_id} was started by {by}; someone else must approve it "
+                "(or its step may set allow_self_approval: true)",
+                param="run",
+                code="self_approval",
+            )
+        return run
+
+    def approve(self, run_id: str, *, approve: bool, by: str, reason: str = "") -> Run:
+        """Answer the approval the run waits for, then drive it on (see
+        :meth:`check_approval` for who may)."""
+        run = self.check_approval(run_id, approve=approve, by=by)
         decision = {"approve": bool(approve), "by": by, "reason": reason}
         self.runs.event(run_id, run.step, "decision", decision)
         return self.drive(run_id, decision=decision)
@@ -639,6 +663,15 @@ def _decision(value: Any) -> tuple[bool, str, str]:
     if not isinstance(value, dict) or not isinstance(value.get("approve"), bool):
         raise BadRequest("an approval needs {'approve': true|false, 'by': ..., 'reason': ...}")
     return value["approve"], str(value.get("by") or "unknown"), str(value.get("reason") or "")
+
+
+def _allows_self_approval(manifest: dict, step_name: str | None) -> bool:
+    """Whether the waiting step of a stored run lets the run's starter approve it."""
+    steps = (manifest.get("spec") or {}).get("steps") or []
+    for step in steps:
+        if isinstance(step, dict) and (step.get("name") or step.get("type")) == step_name:
+            return bool(step.get("allow_self_approval", False))
+    return False
 
 
 def _output_of(

@@ -17,6 +17,7 @@ import pytest
 from _platform import Platform
 
 from qingliang.platform.errors import ResolveError
+from qingliang.platform.keys import KeyStore
 
 pytestmark = pytest.mark.integration
 
@@ -97,9 +98,15 @@ def test_graph_routes_pauses_survives_a_replica_kill_and_submits_once(
     os.kill(old, signal.SIGKILL)
     _wait_agents(platform, old)
 
+    # The key that started the run may not approve it; a second operator key may.
+    edit = {"action": "edit", "forms": {"intake": {"applicant": "李雷"}}, "stream": False}
+    r = http.post(f"/v1/agents/runs/{run_id}/resume", json=edit)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "self_approval", r.text
+    lead = KeyStore(platform.settings.state_db).create("it-agents-lead", scopes=["admin"])[1]
     r = http.post(
         f"/v1/agents/runs/{run_id}/resume",
-        json={"action": "edit", "forms": {"intake": {"applicant": "李雷"}}, "stream": False},
+        json=edit,
+        headers={"Authorization": f"Bearer {lead}"},
     )
     assert r.status_code == 200, r.text
     run = r.json()

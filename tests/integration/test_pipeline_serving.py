@@ -113,7 +113,7 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
 
         def drive() -> None:
             try:
-                driven["run"] = svc.approve(run.id, approve=True, by="ci", reason="eval ok")
+                driven["run"] = svc.approve(run.id, approve=True, by="ci-lead", reason="eval ok")
             except BaseException as exc:
                 driven["error"] = exc
 

@@ -23,6 +23,7 @@ from qingliang.platform.data.store import DatasetStore
 from qingliang.platform.errors import (
     ClusterError,
     Conflict,
+    Forbidden,
     ManifestError,
     NotFound,
     ResolveError,
@@ -209,6 +210,12 @@ def test_pipeline_waits_for_approval_then_succeeds_with_lineage(tmp_path: Path, 
     progress = events(svc, run.id, "progress")
     assert [e["train_step"] for e in progress if e["phase"] == "train"] == list(range(1, 9))
 
+    with Registry(home=home) as reg:
+        assert reg.get_adapter("permits-bot@1").status == "evaluated"
+    # Whoever started the run cannot approve it (issue 13 item 3): nothing changes.
+    with pytest.raises(Forbidden, match="someone else must approve"):
+        svc.approve(run.id, approve=True, by="alice")
+    assert svc.get(run.id).status == "waiting"
     with Registry(home=home) as reg:
         assert reg.get_adapter("permits-bot@1").status == "evaluated"
     run = svc.approve(run.id, approve=True, by="bob", reason="metrics fine")
@@ -799,7 +806,8 @@ def test_api_starts_watches_and_approves_a_run(tmp_path: Path, tiny: Path) -> No
     home = tmp_path / "home"
     home.mkdir()
     keys = KeyStore(home / "state.sqlite")
-    ops = keys.create("ops", scopes=("inference",))[1]
+    ops = keys.create("ops", scopes=("admin",))[1]
+    lead = keys.create("lead", scopes=("approve",))[1]
     tenant = keys.create("a", scopes=("inference", "tenant:city-a"))[1]
     svc = PipelineService(home, InlineExecutor())
     app = create_app(_NoModels(), None, KeyAuth(home / "state.sqlite", True), pipelines=svc)  # type: ignore[arg-type]
@@ -829,14 +837,18 @@ def test_api_starts_watches_and_approves_a_run(tmp_path: Path, tiny: Path) -> No
         assert events["data"][0]["kind"] == "created"
         r = client.post(f"/v1/pipelines/{run_id}/approve", json={"approve": "yes"}, headers=auth)
         assert r.status_code == 400 and r.json()["error"]["param"] == "approve"
+        # The key that started the run may not approve it (issue 13 item 3); another may.
+        r = client.post(f"/v1/pipelines/{run_id}/approve", json={"approve": True}, headers=auth)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "self_approval"
+        assert client.get(f"/v1/pipelines/{run_id}", headers=auth).json()["status"] == "waiting"
         r = client.post(
             f"/v1/pipelines/{run_id}/approve",
             json={"approve": True, "reason": "ok"},
-            headers=auth,
+            headers={"Authorization": f"Bearer {lead}"},
         )
         assert r.status_code == 202
         done = _wait_status(client, auth, run_id, "succeeded")
-        assert done["outputs"]["approval"] == {"approved": True, "by": "key:ops", "reason": "ok"}
+        assert done["outputs"]["approval"] == {"approved": True, "by": "key:lead", "reason": "ok"}
         r = client.post(f"/v1/pipelines/{run_id}/approve", json={"approve": True}, headers=auth)
         assert r.status_code == 409
         assert client.get("/v1/pipelines/pl-nope", headers=auth).status_code == 404
@@ -1015,3 +1027,15 @@ def test_a_step_the_cluster_cannot_fit_is_refused_and_a_busy_one_says_why() -> N
     why = ex._check_resources(Cluster, run_job, Resources(cpus=1))
     assert why == "waiting for 1 CPU(s) for run_job: 0.5 of 3 free (deployments hold the rest)"
     assert ex._check_resources(Cluster, run_job, Resources(cpus=0)) is None
+
+
+def test_a_step_may_allow_its_starter_to_approve(tmp_path: Path, tiny: Path) -> None:
+    """``allow_self_approval: true`` on the approval step lets the starter approve."""
+    path = write_project(tmp_path / "proj", tiny)
+    text = path.read_text()
+    assert "type: approval" in text
+    path.write_text(text.replace("type: approval", "type: approval, allow_self_approval: true"))
+    svc = PipelineService(tmp_path / "home", InlineExecutor())
+    run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="alice").id)
+    assert run.status == "waiting"
+    assert svc.approve(run.id, approve=True, by="alice").status == "succeeded"
