@@ -365,7 +365,11 @@ class Controller:
             f"version {v.version}: {v.records} records ({v.train} train, {v.eval} eval), "
             f"{v.quarantined} quarantined"
         )
-        return dataclasses.replace(change, action=action, fields=(*change.fields, summary))
+        # Warnings (an empty eval split, ...) belong in what apply prints, not only the log.
+        warnings = tuple(f"warning: {w}" for w in getattr(v, "warnings", ()) or ())
+        return dataclasses.replace(
+            change, action=action, fields=(*change.fields, summary, *warnings)
+        )
 
     def _record_dataset(self, version: Any) -> None:
         """Record a cut version in the model registry (lineage starts there). A registry

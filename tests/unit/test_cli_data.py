@@ -174,6 +174,7 @@ def test_an_empty_eval_split_is_reported(tmp_path: Path, home: Path) -> None:
     good = json.dumps(
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     )
-    run("apply", "-f", str(_dataset(tmp_path, [good], 1e-6)))
+    applied = " ".join(run("apply", "-f", str(_dataset(tmp_path, [good], 1e-6))).split())
+    assert "warning: dataset tiny-set: the eval split is empty" in applied  # in what apply says
     out = " ".join(run("data", "report", "tiny-set").split())
     assert "warning: dataset tiny-set: the eval split is empty (split.eval_fraction 1e-06" in out
