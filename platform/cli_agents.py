@@ -268,7 +268,11 @@ class EventPrinter:
             )
             if pending.get("forms"):
                 _say(f"  forms: {json.dumps(pending['forms'], ensure_ascii=False)}")
-            _say(f"run {self.run_id} waits for a person; resume it with one of:")
+            _say(
+                f"run {self.run_id} waits for a person; resume it with one of (with "
+                "$QINGLIANG_API_KEY set to an `approve` key other than the one that "
+                "started it, unless the graph allows self-approval):"
+            )
             _say(f"  qingliang agents approve {self.run_id}")
             _say(f'  qingliang agents approve {self.run_id} --edit-answer "..."')
             _say(f"  qingliang agents reject {self.run_id}")

@@ -93,14 +93,14 @@ def platform(home: Path, tmp_path: Path) -> Iterator[Any]:
         yield server
 
 
-def _ok(args: list[str]) -> str:
-    result = runner.invoke(app, args)
+def _ok(args: list[str], env: dict[str, str] | None = None) -> str:
+    result = runner.invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def _fails(args: list[str]) -> str:
-    result = runner.invoke(app, args)
+def _fails(args: list[str], env: dict[str, str] | None = None) -> str:
+    result = runner.invoke(app, args, env=env)
     assert result.exit_code == 1, result.output
     return result.output
 
@@ -164,25 +164,29 @@ def test_waiting_run_then_approve_edit_and_reject(platform: Any) -> None:
     assert " answers: careful" in out
     assert _ok(["agents", "runs", "--status", "waiting"]).count("run_") == 1
 
+    # The operator key started the run: it may not answer the approval; another key may.
+    assert "another key with the `approve` scope" in _fails(["agents", "approve", run_id])
+    lead = {"QINGLIANG_API_KEY": platform.keys["lead"]}
     out = _ok(
-        ["agents", "approve", run_id, "--edit-answer", "Yes, from 8 am.", "--comment", "short"]
+        ["agents", "approve", run_id, "--edit-answer", "Yes, from 8 am.", "--comment", "short"],
+        env=lead,
     )
     assert out.splitlines() == [
         f"run {run_id} (desk)",
-        "  edit by key:ops: short",
+        "  edit by key:lead: short",
         "▸ review",
         "Yes, from 8 am.",
         "done",
     ]
-    assert "not waiting" in _fails(["agents", "approve", run_id])
+    assert "not waiting" in _fails(["agents", "approve", run_id], env=lead)
     assert _ok(["agents", "approvals"]).strip() == "no runs are waiting for approval"
 
     second = _run_id(_ok(["agents", "run", "desk", "careful: and on Sunday?"]))
-    out = _ok(["agents", "reject", second, "--comment", "check the rota"])
-    assert "  reject by key:ops" in out and out.rstrip().endswith("rejected: rejected at approval")
+    out = _ok(["agents", "reject", second, "--comment", "check the rota"], env=lead)
+    assert "  reject by key:lead" in out and out.rstrip().endswith("rejected: rejected at approval")
     third = _run_id(_ok(["agents", "run", "desk", "careful: a third one"]))
-    out = _ok(["agents", "approve", third])
-    assert "  approve by key:ops" in out and out.rstrip().endswith("done")
+    out = _ok(["agents", "approve", third], env=lead)
+    assert "  approve by key:lead" in out and out.rstrip().endswith("done")
 
 
 def test_no_stream_json_attachments_and_feedback(platform: Any, tmp_path: Path) -> None:
