@@ -15,6 +15,10 @@ Routes (every one scoped to the caller's tenant — see
                                                 "answer", "forms", "comment", "stream"}
     POST   /v1/feedback                        {"run_id", "score" (-1..1), "comment"}
 
+Bodies are models of :mod:`.bodies` (``AgentRunBody``, ``ResumeBody``, ``FeedbackBody``):
+documented in ``/openapi.json``, unknown fields refused with a "did you mean" hint, JSON
+types checked; the agents service checks the values (the graph, the action, the forms).
+
 A streamed answer is ``text/event-stream``: one ``data: {json}`` line per event (``run``
 first, carrying ``run_id``; then ``node``, ``route``, ``token``, ``tool``, ``citations``,
 ``approval``, ``recovered``; ``status`` last) and ``data: [DONE]``. Errors found before
@@ -39,10 +43,17 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qingliang.platform.errors import ApiError, BadRequest, QingliangError
+from qingliang.platform.gateway.bodies import (
+    AgentRunBody,
+    FeedbackBody,
+    ResumeBody,
+    request_body,
+    validated,
+)
 from qingliang.platform.gateway.knowledge import _actor, read_json_object, tenant_of
 from qingliang.platform.gateway.limits import check_attachments
 from qingliang.platform.settings import GatewayLimits
@@ -56,14 +67,13 @@ METHODS: dict[str, frozenset[str]] = {
     "runs": frozenset({"status", "graph", "limit"}),
     "approvals": frozenset(),
     "events": frozenset({"run_id"}),
-    "feedback": frozenset({"run_id", "score", "comment"}),
+    "feedback": frozenset(FeedbackBody.model_fields),
 }
 #: Methods :func:`dispatch_stream` answers (their events are streamed).
 STREAM_METHODS: dict[str, frozenset[str]] = {
     "start": frozenset({"graph", "body"}),
     "resume": frozenset({"run_id", "body"}),
 }
-FEEDBACK_KEYS = METHODS["feedback"]
 RUNS_QUERY = METHODS["runs"]
 MAX_LIST = 500
 
@@ -323,11 +333,14 @@ def add_agent_routes(
         assert agents is not None
         return await agents.call(method, tenant, all_tenants, actor, kwargs)
 
-    async def run_events(request: Request, method: str, kwargs: dict) -> Response:
+    async def run_events(
+        request: Request, method: str, kwargs: dict, model: type[AgentRunBody | ResumeBody]
+    ) -> Response:
         tenant, all_tenants, actor = who(request)
         assert agents is not None
         body = await read_json_object(request)
-        check_attachments(body.get("attachments"), limits)
+        check_attachments(body.get("attachments"), limits)  # 413 before any other check
+        validated(model, body)
         stream = _stream_flag(body)
         events = agents.stream(method, tenant, all_tenants, actor, {**kwargs, "body": body})
         # Pull the first event before answering, so errors found before the run starts
@@ -363,7 +376,13 @@ def add_agent_routes(
         return await call(request, "graphs", {})
 
     @app.get("/v1/agents/runs")
-    async def runs(request: Request) -> Any:
+    async def runs(
+        request: Request,
+        status: str | None = Query(None, description="Only runs with this status."),
+        graph: str | None = Query(None, description="Only runs of this graph."),
+        limit: str | None = Query(None, description=f"At most this many (1-{MAX_LIST}; 50)."),
+    ) -> Any:
+        # Read from the query itself: unknown parameters are refused by name.
         params = dict(request.query_params)
         _only(params, RUNS_QUERY, "query parameter")
         return await call(request, "runs", params)
@@ -380,21 +399,17 @@ def add_agent_routes(
     async def run_events_list(request: Request, run_id: str) -> Any:
         return await call(request, "events", {"run_id": run_id})
 
-    @app.post("/v1/agents/{name}/runs")
+    @app.post("/v1/agents/{name}/runs", openapi_extra=request_body(AgentRunBody))
     async def start(request: Request, name: str) -> Response:
-        return await run_events(request, "start", {"graph": name})
+        return await run_events(request, "start", {"graph": name}, AgentRunBody)
 
-    @app.post("/v1/agents/runs/{run_id}/resume")
+    @app.post("/v1/agents/runs/{run_id}/resume", openapi_extra=request_body(ResumeBody))
     async def resume(request: Request, run_id: str) -> Response:
-        return await run_events(request, "resume", {"run_id": run_id})
+        return await run_events(request, "resume", {"run_id": run_id}, ResumeBody)
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=request_body(FeedbackBody))
     async def feedback(request: Request) -> Any:
         who(request)
         body = await read_json_object(request)
-        _only(body, FEEDBACK_KEYS, "field")
-        if "run_id" not in body:
-            raise BadRequest("`run_id` is required: the run the feedback is about", param="run_id")
-        if "score" not in body:
-            raise BadRequest("`score` is required: a number from -1 to 1", param="score")
+        validated(FeedbackBody, body)
         return await call(request, "feedback", body)

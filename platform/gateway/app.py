@@ -10,6 +10,13 @@ a ``qingliang`` object in the JSON body (in the first event of a stream). Errors
 OpenAI's format (``{"error": {"message", "type", "param", "code"}}``); a saturated
 deployment answers 429 with ``Retry-After``.
 
+Every route's body is a pydantic model (:mod:`.bodies`, :mod:`.openai_bodies`) that
+``/openapi.json`` documents and the route checks after reading the body itself with
+:func:`.limits.parse_json_body` (FastAPI never parses a body: its size and nesting are
+bounded first). Documented OpenAI fields never break a client: those no engine
+implements are dropped and named in ``X-Qingliang-Ignored-Fields``; unknown fields are
+refused by name (see :mod:`.openai_bodies` for the whole policy).
+
 The app holds no Ray code: the :class:`Backend` it is given does (see ``ingress.py``),
 so it is tested with a small fake backend and, in integration, with the real one.
 
@@ -47,12 +54,22 @@ from qingliang.platform.errors import (
 )
 from qingliang.platform.gateway._params import check_generation
 from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
+from qingliang.platform.gateway.bodies import BODIES, install_openapi, refuse_unknown, request_body
 from qingliang.platform.gateway.knowledge import (
     KnowledgeBackend,
     add_knowledge_routes,
     tenant_of,
 )
 from qingliang.platform.gateway.limits import BodyLimitMiddleware, parse_json_body
+from qingliang.platform.gateway.openai_bodies import (
+    IGNORED_HEADER,
+    OPENAI_BODIES,
+    ChatCompletionBody,
+    CompletionBody,
+    EmbeddingBody,
+    checked,
+    forwarded,
+)
 from qingliang.platform.gateway.pipelines import add_pipeline_routes
 from qingliang.platform.gateway.quotas import Quotas
 from qingliang.platform.gateway.scopes import authorize, route_of, rule_for, verify_key
@@ -417,8 +434,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Query and path parameters (bodies are read and checked by the routes).
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        loc = list(first["loc"])
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        where = ".".join(str(p) for p in loc)
         return _error(BadRequest(f"{where}: {first['msg']}", param=where or None))
 
     @app.exception_handler(404)
@@ -497,14 +518,21 @@ def create_app(
         dep, adapter = parse_model(body.get("model"))
         entry = _lookup(dep, adapter)
         stream = body.get("stream", False)
+        if stream is None:
+            stream = False
         if not isinstance(stream, bool):
             raise BadRequest("`stream` must be true or false", param="stream")
         check_generation(body, endpoint, max_n=limits.max_n)
+        model = ChatCompletionBody if endpoint == "chat" else CompletionBody
+        checked(body, model)
+        body, ignored = forwarded(body, model)
         if adapter is None:
             adapter = choose_adapter(entry, body.get("user"))
             logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
         trace = _trace(entry, adapter)
         headers = _trace_headers(trace)
+        if ignored:
+            headers[IGNORED_HEADER] = ", ".join(ignored)
         record = conversations is not None and endpoint in ("chat", "completion")
         principal = getattr(request.state, "principal", None)
         metered = quotas.limits(principal)[1] is not None
@@ -563,12 +591,23 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionBody))
     async def chat_completions(request: Request) -> Response:
+        """OpenAI's chat completions, streamed (`stream: true`) or not.
+
+        `model` names a deployment or `deployment:adapter`. Every field of OpenAI's
+        request is accepted; those no engine here implements (`store`, `metadata`,
+        `service_tier`, `functions`, …) are ignored and named in the answer's
+        `X-Qingliang-Ignored-Fields` header. vLLM's sampling extras (`top_k`, `min_p`,
+        `repetition_penalty`, `chat_template_kwargs`, …) go to the engine. Any other field
+        is a 400 naming it, as OpenAI answers: a misspelt option is never silently dropped.
+        """
         return await _generate(request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionBody))
     async def completions(request: Request) -> Response:
+        """OpenAI's legacy completions, streamed or not; fields as for chat completions
+        (`best_of` is ignored and named in `X-Qingliang-Ignored-Fields`)."""
         return await _generate(request, "completion")
 
     @app.get("/v1/models")
@@ -609,23 +648,13 @@ def create_app(
                 return item
         raise NotFound(f"model {model_id!r} does not exist", param="model", code="model_not_found")
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=request_body(EmbeddingBody))
     async def embeddings(request: Request) -> dict:
+        """OpenAI's embeddings; unknown fields are a 400 naming them."""
         if embedder is None:
             raise NotFound("no embedding model is configured on this gateway")
         body = await _json_body(request)
-        unknown = set(body) - {
-            "model",
-            "input",
-            "encoding_format",
-            "user",
-            "input_type",
-            "dimensions",
-        }
-        if unknown:
-            raise BadRequest(
-                f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0]
-            )
+        refuse_unknown(EmbeddingBody, body)
         if body.get("model") != embedder.model_id:
             raise NotFound(
                 f"embedding model {body.get('model')!r} does not exist; use {embedder.model_id!r}",
@@ -640,7 +669,7 @@ def create_app(
         if len(texts) > 2048:
             raise BadRequest(f"`input` has {len(texts)} items; at most 2048", param="input")
         # The official openai client sends encoding_format "base64" unless told otherwise.
-        encoding = body.get("encoding_format", "float")
+        encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest(
                 "`encoding_format` must be 'float' or 'base64'", param="encoding_format"
@@ -649,9 +678,10 @@ def create_app(
             raise BadRequest(
                 "this model has 384 dimensions; `dimensions` cannot change it", param="dimensions"
             )
-        input_type = body.get("input_type", "passage")
+        input_type = body.get("input_type") or "passage"
         if input_type not in ("query", "passage"):
             raise BadRequest("`input_type` must be 'query' or 'passage'", param="input_type")
+        checked(body, EmbeddingBody)  # the types of the rest (`user`)
         vectors, tokens = await embedder.embed(texts, input_type)
         await quotas.charge(getattr(request.state, "principal", None), tokens)
         return {
@@ -696,6 +726,7 @@ def create_app(
     add_knowledge_routes(app, knowledge, limits)
     add_agent_routes(app, agents, limits)
     add_pipeline_routes(app, pipelines)
+    install_openapi(app, (*OPENAI_BODIES, *BODIES))
     # Added last, so outermost of our middleware: a body over its limit by
     # Content-Length is refused before authentication or anything else reads it.
     app.add_middleware(BodyLimitMiddleware, limits=limits)

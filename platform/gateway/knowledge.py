@@ -17,6 +17,10 @@ Routes (every one scoped to the caller's tenant — see :func:`tenant_of`)::
     POST   /v1/knowledge/{kb}/answers             {"question", "answer", "provenance"}
     POST   /v1/knowledge/{kb}/answers/{id}/retract {"reason"}
 
+Each body is a model of :mod:`.bodies` (``SearchBody``, ``SyncBody``, …): documented in
+``/openapi.json``, unknown fields refused with a "did you mean" hint, JSON types checked;
+the values (ranges, modes, dates) are the service's to check.
+
 The routes only parse and check requests; the work is a :class:`KnowledgeBackend` call
 (in production a Ray Serve handle to the knowledge server that owns the embedded shards;
 in tests :class:`LocalKnowledge` over a :class:`~qingliang.knowledge.service.KnowledgeService`).
@@ -30,13 +34,24 @@ the tenant ``default``. Which key may call which route: :mod:`.scopes`.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 
 from qingliang.platform.errors import ApiError, BadRequest
+from qingliang.platform.gateway.bodies import (
+    AnswerBody,
+    RetractBody,
+    RollbackBody,
+    SearchBody,
+    SnapshotBody,
+    SyncBody,
+    UploadForm,
+    request_body,
+    validated,
+)
 from qingliang.platform.gateway.limits import BodyTooLarge, parse_json_body, size_text
 from qingliang.platform.settings import GatewayLimits
 
@@ -44,21 +59,22 @@ logger = logging.getLogger(__name__)
 
 TENANT_SCOPE = "tenant:"
 
-#: Methods a backend may be asked for, with the body keys each accepts.
+#: Methods a backend may be asked for, with the keyword arguments each takes (the
+#: request bodies are checked by the routes against the models of :mod:`.bodies`).
 METHODS: dict[str, frozenset[str]] = {
     "names": frozenset(),
     "stats": frozenset(),
-    "search": frozenset({"query", "limit", "mode", "mmr", "domain", "kinds", "since", "until"}),
+    "search": frozenset(SearchBody.model_fields),
     "documents": frozenset(),
     "upload": frozenset({"filename", "data"}),
     "delete_document": frozenset({"doc"}),
-    "sync": frozenset({"rebuild"}),
+    "sync": frozenset(SyncBody.model_fields),
     "snapshots": frozenset(),
-    "snapshot": frozenset({"note"}),
-    "rollback": frozenset({"version"}),
+    "snapshot": frozenset(SnapshotBody.model_fields),
+    "rollback": frozenset(RollbackBody.model_fields),
     "answers": frozenset({"status"}),
-    "add_answer": frozenset({"question", "answer", "provenance"}),
-    "retract_answer": frozenset({"answer_id", "reason"}),
+    "add_answer": frozenset(AnswerBody.model_fields),
+    "retract_answer": frozenset({"answer_id", *RetractBody.model_fields}),
 }
 
 
@@ -151,15 +167,11 @@ async def read_json_object(request: Request) -> dict:
     return parse_json_body(await request.body(), allow_empty=True)
 
 
-async def _body(request: Request, method: str) -> dict:
+async def _body(request: Request, model: type[BaseModel]) -> dict:
+    """The request's JSON object, checked against ``model`` (400 naming the field); the
+    object as sent goes on, so the service sees what the client wrote."""
     body = await read_json_object(request)
-    allowed = METHODS[method]
-    for key in body:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            known = ", ".join(sorted(allowed)) or "none"
-            raise BadRequest(f"unknown field {key!r}{hint}; accepted: {known}", param=key)
+    validated(model, body)
     return body
 
 
@@ -188,18 +200,18 @@ def add_knowledge_routes(
     async def stats(request: Request, kb: str) -> Any:
         return await run(request, "stats", kb, {})
 
-    @app.post("/v1/knowledge/{kb}/search")
+    @app.post("/v1/knowledge/{kb}/search", openapi_extra=request_body(SearchBody))
     async def search(request: Request, kb: str) -> Any:
-        body = await _body(request, "search")
-        if "query" not in body:
-            raise BadRequest("`query` is required", param="query")
-        return await run(request, "search", kb, body)
+        return await run(request, "search", kb, await _body(request, SearchBody))
 
     @app.get("/v1/knowledge/{kb}/documents")
     async def documents(request: Request, kb: str) -> Any:
         return await run(request, "documents", kb, {})
 
-    @app.post("/v1/knowledge/{kb}/documents")
+    @app.post(
+        "/v1/knowledge/{kb}/documents",
+        openapi_extra=request_body(UploadForm, media_type="multipart/form-data"),
+    )
     async def upload(request: Request, kb: str) -> Any:
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data"):
@@ -228,36 +240,37 @@ def add_knowledge_routes(
     async def delete_document(request: Request, kb: str, doc: str) -> Any:
         return await run(request, "delete_document", kb, {"doc": doc})
 
-    @app.post("/v1/knowledge/{kb}/sync")
+    @app.post("/v1/knowledge/{kb}/sync", openapi_extra=request_body(SyncBody, required=False))
     async def sync(request: Request, kb: str) -> Any:
-        return await run(request, "sync", kb, await _body(request, "sync"))
+        return await run(request, "sync", kb, await _body(request, SyncBody))
 
     @app.get("/v1/knowledge/{kb}/snapshots")
     async def snapshots(request: Request, kb: str) -> Any:
         return await run(request, "snapshots", kb, {})
 
-    @app.post("/v1/knowledge/{kb}/snapshots")
+    @app.post(
+        "/v1/knowledge/{kb}/snapshots", openapi_extra=request_body(SnapshotBody, required=False)
+    )
     async def snapshot(request: Request, kb: str) -> Any:
-        return await run(request, "snapshot", kb, await _body(request, "snapshot"))
+        return await run(request, "snapshot", kb, await _body(request, SnapshotBody))
 
-    @app.post("/v1/knowledge/{kb}/rollback")
+    @app.post("/v1/knowledge/{kb}/rollback", openapi_extra=request_body(RollbackBody))
     async def rollback(request: Request, kb: str) -> Any:
-        body = await _body(request, "rollback")
-        if "version" not in body:
-            raise BadRequest("`version` is required", param="version")
-        return await run(request, "rollback", kb, body)
+        return await run(request, "rollback", kb, await _body(request, RollbackBody))
 
     @app.get("/v1/knowledge/{kb}/answers")
     async def answers(request: Request, kb: str, status: str = "active") -> Any:
         return await run(request, "answers", kb, {"status": None if status == "all" else status})
 
-    @app.post("/v1/knowledge/{kb}/answers")
+    @app.post("/v1/knowledge/{kb}/answers", openapi_extra=request_body(AnswerBody))
     async def add_answer(request: Request, kb: str) -> Any:
-        return await run(request, "add_answer", kb, await _body(request, "add_answer"))
+        return await run(request, "add_answer", kb, await _body(request, AnswerBody))
 
-    @app.post("/v1/knowledge/{kb}/answers/{answer_id}/retract")
+    @app.post(
+        "/v1/knowledge/{kb}/answers/{answer_id}/retract", openapi_extra=request_body(RetractBody)
+    )
     async def retract(request: Request, kb: str, answer_id: str) -> Any:
-        body = await _body(request, "retract_answer")
+        body = await _body(request, RetractBody)
         return await run(
             request, "retract_answer", kb, {"answer_id": answer_id, "reason": body.get("reason")}
         )

@@ -13,6 +13,10 @@ a pipeline changes what every tenant is served; see :mod:`.scopes`)::
     POST /v1/pipelines/{run}/cancel         {"reason": "..."} end a waiting, interrupted or
                                             failed run (a live canary is rolled back) → 200
 
+Bodies are models of :mod:`.bodies` (``PipelineStartBody``, ``PipelineApproveBody``,
+``PipelineCancelBody``): documented in ``/openapi.json``, unknown fields refused with a
+"did you mean" hint; the manifest is checked as ``qingliang validate`` checks one.
+
 Runs are driven in a background thread of the gateway replica, with each step a Ray
 task; a replica that dies leaves its runs ``interrupted`` and ``resume`` (here or
 ``qingliang pipelines resume``) continues them from their last finished step.
@@ -33,6 +37,13 @@ from qingliang.platform.errors import (
     BadRequest,
     ManifestError,
     QingliangError,
+)
+from qingliang.platform.gateway.bodies import (
+    PipelineApproveBody,
+    PipelineCancelBody,
+    PipelineStartBody,
+    request_body,
+    validated,
 )
 from qingliang.platform.gateway.knowledge import _actor, read_json_object
 
@@ -76,18 +87,15 @@ def add_pipeline_routes(app: FastAPI, service: Any | None) -> None:
             raise BadRequest("limit must be from 1 to 1000", param="limit")
         return {"object": "list", "data": [run_json(r) for r in service.list(pipeline, limit)]}
 
-    @app.post("/v1/pipelines")
+    @app.post("/v1/pipelines", status_code=202, openapi_extra=request_body(PipelineStartBody))
     async def start(request: Request) -> Response:
         actor = operator(request)
         assert service is not None
         from qingliang.platform.pipelines.manifest import Pipeline
 
         body = await read_json_object(request)
-        unknown = set(body) - {"manifest", "base_dir"}
-        if unknown:
-            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-        base_dir = body.get("base_dir")
-        if not isinstance(base_dir, str) or not Path(base_dir).is_absolute():
+        base_dir = validated(PipelineStartBody, body).base_dir
+        if not Path(base_dir).is_absolute():
             raise BadRequest(
                 "`base_dir` must be an absolute folder on the platform host: the files the "
                 "steps name (dataset, job) are read from there",
@@ -125,42 +133,36 @@ def add_pipeline_routes(app: FastAPI, service: Any | None) -> None:
         data = [e.to_dict() for e in service.runs.events(run_id, after=after)]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/pipelines/{run_id}/approve")
+    @app.post(
+        "/v1/pipelines/{run_id}/approve",
+        status_code=202,
+        openapi_extra=request_body(PipelineApproveBody),
+    )
     async def approve(request: Request, run_id: str) -> Response:
         actor = operator(request)
         assert service is not None
-        body = await read_json_object(request)
-        unknown = set(body) - {"approve", "reason"}
-        if unknown:
-            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-        if not isinstance(body.get("approve"), bool):
-            raise BadRequest("`approve` must be true or false", param="approve")
-        reason = body.get("reason", "")
-        if not isinstance(reason, str):
-            raise BadRequest("`reason` must be a string", param="reason")
+        decision = validated(PipelineApproveBody, await read_json_object(request))
+        body, reason = {"approve": decision.approve}, decision.reason
         # Refused here, not in the background: waiting, and not the starter's own run.
         service.check_approval(run_id, approve=body["approve"], by=actor)
         run = service.get(run_id)
         _background(service.approve, run_id, approve=body["approve"], by=actor, reason=reason)
         return JSONResponse(run_json(run), status_code=202)
 
-    @app.post("/v1/pipelines/{run_id}/cancel")
+    @app.post(
+        "/v1/pipelines/{run_id}/cancel",
+        openapi_extra=request_body(PipelineCancelBody, required=False),
+    )
     async def cancel(request: Request, run_id: str) -> dict:
         import asyncio
 
         actor = operator(request)
         assert service is not None
-        body = await read_json_object(request)
-        unknown = set(body) - {"reason"}
-        if unknown:
-            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-        reason = body.get("reason", "")
-        if not isinstance(reason, str):
-            raise BadRequest("`reason` must be a string", param="reason")
+        reason = validated(PipelineCancelBody, await read_json_object(request)).reason
         run = await asyncio.to_thread(service.cancel, run_id, by=actor, reason=reason)
         return run_json(run)
 
-    @app.post("/v1/pipelines/{run_id}/resume")
+    @app.post("/v1/pipelines/{run_id}/resume", status_code=202)
     async def resume(request: Request, run_id: str) -> Response:
         operator(request)
         assert service is not None

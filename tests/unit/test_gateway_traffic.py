@@ -164,10 +164,15 @@ def test_sticky_user_over_http(client: TestClient, backend: RecordingBackend) ->
         assert arms == {choose_adapter(SUPPORT, user) or ""}
 
 
-def test_a_non_string_user_is_not_hashed(client: TestClient, backend: RecordingBackend) -> None:
-    for _ in range(200):
-        chat(client, "support", user=7)
-    assert set(backend.sent) == {"v4", None}  # random, so both arms
+def test_a_non_string_user_is_refused_and_never_hashed(
+    client: TestClient, backend: RecordingBackend
+) -> None:
+    body = {"model": "support", "messages": [{"role": "user", "content": "hi"}], "user": 7}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "user"
+    assert backend.sent == []
+    # choose_adapter itself draws at random for a user that is not a string.
+    assert {choose_adapter(SUPPORT, 7) for _ in range(200)} == {"v4", None}
 
 
 def test_explicit_adapter_bypasses_the_shares(

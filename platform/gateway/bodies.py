@@ -1,0 +1,464 @@
+"""Request bodies of the gateway as pydantic models: what ``/openapi.json`` documents and
+what each route checks a parsed body against.
+
+A route reads its body with :func:`.limits.parse_json_body` (size and depth guards), never
+with FastAPI's own parsing, then checks the parsed object with :func:`validated`. The
+model is declared for the OpenAPI document with :func:`request_body` (the route's
+``openapi_extra``) and its schema added to ``components`` once by :func:`install_openapi`.
+A :class:`pydantic.ValidationError` becomes one :class:`BadRequest` (:func:`bad_request`):
+``param`` is the path of the field as the client wrote it (``messages[1].content``), an
+unknown field is named with a "did you mean" hint and the accepted names, and a missing
+one says what it is for.
+
+Our own bodies (:class:`Body`: knowledge, agents, feedback, pipelines) refuse unknown
+fields and take JSON types as they are (``"5"`` is not a number, ``1`` is not ``true``).
+The values a service checks itself (ranges, names, dates) are documented here with
+``json_schema_extra`` and refused by that service, whose messages say more than a range.
+OpenAI's bodies and their policy on fields: :mod:`.openai_bodies`.
+
+Example:
+    >>> validated(FeedbackBody, {"run_id": "run_1", "score": 1}).score
+    1.0
+    >>> try:
+    ...     validated(FeedbackBody, {"run_id": "run_1", "scroe": 1})
+    ... except BadRequest as exc:
+    ...     print(exc.param, "|", exc.message.split(";")[0])
+    scroe | unknown field 'scroe' (did you mean 'score'?)
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import types
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import models_json_schema
+
+from qingliang.platform.errors import BadRequest
+
+logger = logging.getLogger(__name__)
+
+#: Where a model's schema lives in the OpenAPI document.
+REF = "#/components/schemas/"
+#: Accepted field names an unknown field's message lists; a longer list points to /docs.
+MAX_LISTED = 16
+#: Error statuses every operation may answer, all in OpenAI's error format.
+_ERROR_RANGES = ("4XX", "5XX")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """Base of our own request bodies: unknown fields refused, JSON types taken as sent."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _docs(**schema: Any) -> dict[str, Any]:
+    """JSON-schema keywords shown in ``/openapi.json`` but checked by the service."""
+    return schema
+
+
+# ----------------------------------------------------------------------- error format
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What is wrong, for a person to read.")
+    type: str = Field(description="invalid_request_error, authentication_error, …")
+    param: str | None = Field(description="The field or parameter at fault, if one is.")
+    code: str | int | None = Field(description="A machine-readable code, or the status.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers, in OpenAI's format."""
+
+    error: ErrorDetail
+
+
+# ------------------------------------------------------------------------- knowledge
+
+
+class SearchBody(Body):
+    """``POST /v1/knowledge/{kb}/search``: cited chunks of one knowledge base."""
+
+    query: str = Field(
+        description="What to search for: 1-4000 characters, not only whitespace.",
+        json_schema_extra=_docs(minLength=1, maxLength=4000),
+    )
+    limit: int = Field(
+        5, description="How many citations.", json_schema_extra=_docs(minimum=1, maximum=100)
+    )
+    mode: str | None = Field(
+        None,
+        description="dense, or hybrid (dense + BM25); the default is hybrid where the KB has BM25.",
+        json_schema_extra=_docs(enum=["dense", "hybrid", None]),
+    )
+    mmr: float | None = Field(
+        None,
+        description="Diversity re-ranking: MMR's lambda from 0 (diverse) to 1 (relevant).",
+        json_schema_extra=_docs(minimum=0, maximum=1),
+    )
+    domain: str | list[str] | None = Field(None, description="A domain, or any of several.")
+    kinds: str | list[str] | None = Field(
+        None,
+        description="Chunk kinds to keep: text, table-row, table-summary, image-ocr; or "
+        "[image] alone to search the KB's images.",
+    )
+    since: str | None = Field(None, description="Only chunks synced on or after (ISO 8601).")
+    until: str | None = Field(None, description="Only chunks synced on or before (ISO 8601).")
+
+
+class SyncBody(Body):
+    """``POST /v1/knowledge/{kb}/sync``: ingest what changed in the KB's sources."""
+
+    rebuild: bool = Field(False, description="Re-embed every document, changed or not.")
+
+
+class SnapshotBody(Body):
+    """``POST /v1/knowledge/{kb}/snapshots``: save the current version."""
+
+    note: str = Field(
+        "", description="Why, for the snapshot list.", json_schema_extra=_docs(maxLength=500)
+    )
+
+
+class RollbackBody(Body):
+    """``POST /v1/knowledge/{kb}/rollback``: restore a saved version."""
+
+    version: int = Field(description="The snapshot's version.")
+
+
+class Provenance(BaseModel):
+    """Where a learned answer came from; other keys are kept with it."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    source: str = Field(description="feedback, review, api, …")
+    by: str | None = Field(None, description="Who; by default the key that adds it.")
+
+
+class AnswerBody(Body):
+    """``POST /v1/knowledge/{kb}/answers``: a question/answer pair, searchable at once."""
+
+    question: str = Field(description="The question as users ask it.")
+    answer: str = Field(description="The approved answer.")
+    provenance: Provenance
+
+
+class RetractBody(Body):
+    """``POST /v1/knowledge/{kb}/answers/{answer_id}/retract``: take an answer out."""
+
+    reason: str = Field(description="Why it is retracted.", json_schema_extra=_docs(minLength=1))
+
+
+class UploadForm(Body):
+    """``POST /v1/knowledge/{kb}/documents`` (multipart/form-data): one document."""
+
+    file: bytes = Field(
+        description="The document (PDF, DOCX, XLSX, Markdown, text, an image); its name is "
+        "cut to its last part."
+    )
+
+
+# ---------------------------------------------------------------------------- agents
+
+
+class Attachment(Body):
+    """A file sent with an agent run."""
+
+    name: str = Field(description="A plain file name (no folders).")
+    data: str = Field(description="The file's bytes, base64-encoded.")
+
+
+class AgentRunBody(Body):
+    """``POST /v1/agents/{name}/runs``: start a run of an applied graph."""
+
+    input: str = Field(description="the request text")
+    domain: str | None = Field(
+        None, description="The domain the router sees; by default the graph's label."
+    )
+    attachments: list[Attachment] | None = Field(
+        None, description="Files for the graph's tools (counted and sized by the gateway)."
+    )
+    stream: bool = Field(
+        True, description="Server-sent events (default), or the finished run as one object."
+    )
+
+
+class ResumeBody(Body):
+    """``POST /v1/agents/runs/{run_id}/resume``: answer a run waiting for approval."""
+
+    action: str = Field(
+        description="approve, edit or reject",
+        json_schema_extra=_docs(enum=["approve", "edit", "reject"]),
+    )
+    answer: str | None = Field(None, description="With edit: the answer to send instead.")
+    forms: dict[str, dict[str, Any]] | None = Field(
+        None, description="With edit: values of the graph's form tools, by tool name."
+    )
+    comment: str | None = Field(None, description="Kept with the decision.")
+    stream: bool = Field(True, description="Server-sent events, or the run as one object.")
+
+
+class FeedbackBody(Body):
+    """``POST /v1/feedback``: a reward for a finished run (the router learns from it)."""
+
+    run_id: str = Field(description="the run the feedback is about")
+    score: float = Field(
+        description="a number from -1 to 1", json_schema_extra=_docs(minimum=-1, maximum=1)
+    )
+    comment: str | None = Field(None, description="Kept with the score.")
+
+
+# ------------------------------------------------------------------------- pipelines
+
+
+class PipelineStartBody(Body):
+    """``POST /v1/pipelines``: start a run of a Pipeline manifest."""
+
+    manifest: dict[str, Any] = Field(
+        description="A Pipeline manifest (apiVersion, kind: Pipeline, metadata, spec) as "
+        "JSON; checked as `qingliang validate` checks its YAML."
+    )
+    base_dir: str = Field(
+        description="An absolute folder on the platform host: the files the steps name "
+        "(dataset, job) are read from there."
+    )
+
+
+class PipelineApproveBody(Body):
+    """``POST /v1/pipelines/{run_id}/approve``: decide a run's approval step."""
+
+    approve: bool = Field(description="true to go on, false to stop the run.")
+    reason: str = Field("", description="Kept with the decision.")
+
+
+class PipelineCancelBody(Body):
+    """``POST /v1/pipelines/{run_id}/cancel``: end a waiting, interrupted or failed run."""
+
+    reason: str = Field("", description="Kept with the cancellation.")
+
+
+#: Our own bodies, for :func:`install_openapi`.
+BODIES: tuple[type[BaseModel], ...] = (
+    ErrorResponse,
+    SearchBody,
+    SyncBody,
+    SnapshotBody,
+    RollbackBody,
+    AnswerBody,
+    RetractBody,
+    UploadForm,
+    AgentRunBody,
+    ResumeBody,
+    FeedbackBody,
+    PipelineStartBody,
+    PipelineApproveBody,
+    PipelineCancelBody,
+)
+
+
+# -------------------------------------------------------------------------- checking
+
+
+def validated(model: type[M], body: Any) -> M:
+    """``body`` (a parsed JSON object) checked against ``model``.
+
+    Raises:
+        BadRequest: naming the first bad field (see :func:`bad_request`).
+    """
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise bad_request(exc, model, body) from None
+
+
+def bad_request(exc: ValidationError, model: type[BaseModel], body: Any) -> BadRequest:
+    """The 400 for a body ``model`` refused: its first unknown field, else its first error.
+
+    ``param`` is the field's path in the body as sent (``attachments[0].name``): pydantic's
+    own location also names union members (``str``, a message's role), which are left out.
+    """
+    errors = exc.errors(include_url=False)
+    paths = [_path(e["loc"], body, missing=e["type"] == "missing") for e in errors]
+    # Unknown fields first, as the routes refused them before anything else; else the
+    # error deepest in the body (of a union's members, the one that got furthest).
+    unknown = [i for i, e in enumerate(errors) if e["type"] == "extra_forbidden"]
+    at = unknown[0] if unknown else max(range(len(errors)), key=lambda i: len(paths[i]))
+    first, path = errors[at], paths[at]
+    param = field_path(path)
+    if first["type"] == "extra_forbidden":
+        return _unknown(model, path)
+    if first["type"] == "missing":
+        info = _field_at(model, path)
+        what = f": {info.description}" if info is not None and info.description else ""
+        message = f"`{param}` is required{what}"
+    else:
+        message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return BadRequest(message, param=param or None)
+
+
+def refuse_unknown(model: type[BaseModel], body: dict) -> None:
+    """Refuse a top-level field ``model`` does not declare, as :func:`validated` would, but
+    before anything else is checked."""
+    for name in body:
+        if name not in _by_alias(model):
+            raise _unknown(model, [name])
+
+
+def _unknown(model: type[BaseModel], path: Sequence[str | int]) -> BadRequest:
+    name = str(path[-1]) if path else "?"
+    where = field_path(path[:-1])
+    accepted = sorted(_fields_at(model, path[:-1]))
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    inside = f" in {where}" if where else ""
+    listed = (
+        ", ".join(accepted) if len(accepted) <= MAX_LISTED else f"see {model.__name__} in /docs"
+    )
+    return BadRequest(
+        f"unknown field {name!r}{inside}{hint}; accepted: {listed}", param=field_path(path)
+    )
+
+
+def field_path(path: Sequence[str | int]) -> str:
+    """``["messages", 1, "content"]`` → ``"messages[1].content"``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _path(loc: Sequence[str | int], body: Any, *, missing: bool = False) -> list[str | int]:
+    """The parts of pydantic's ``loc`` that are keys or indexes of ``body`` (and, for a
+    ``missing`` field, its name last)."""
+    path: list[str | int] = []
+    here = body
+    for i, part in enumerate(loc):
+        key = isinstance(here, dict) and isinstance(part, str)
+        index = isinstance(here, list) and isinstance(part, int) and 0 <= part < len(here)
+        if (key and part in here) or index:
+            here = here[part]
+        elif key and missing and i == len(loc) - 1:
+            here = None  # a missing field: named, though the body lacks it
+        else:
+            continue  # a union member's tag or type name
+        path.append(part)
+    return path
+
+
+def _members(tp: Any) -> list[Any]:
+    """The types ``tp`` may hold, through ``Annotated`` and unions."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(tp) for m in _members(arg)]
+    return [tp]
+
+
+def _step(types_here: list[Any], part: str | int) -> list[Any]:
+    """The types found one key (or index) down from ``types_here``."""
+    out: list[Any] = []
+    for tp in (m for t in types_here for m in _members(t)):
+        origin = get_origin(tp)
+        if isinstance(part, int) and origin in (list, tuple):
+            out.extend(get_args(tp)[:1])
+        elif isinstance(part, str) and origin is dict:
+            out.extend(get_args(tp)[1:2])
+        elif isinstance(part, str) and isinstance(tp, type) and issubclass(tp, BaseModel):
+            info = _by_alias(tp).get(part)
+            if info is not None:
+                out.append(info.annotation)
+    return out
+
+
+def _by_alias(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[str | int]) -> set[str]:
+    """Field names (as sent) of the objects the body may hold at ``path``."""
+    here: list[Any] = [model]
+    for part in path:
+        here = _step(here, part)
+    names: set[str] = set()
+    for tp in (m for t in here for m in _members(t)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            names |= set(_by_alias(tp))
+    return names
+
+
+def _field_at(model: type[BaseModel], path: Sequence[str | int]) -> FieldInfo | None:
+    """The declared field at ``path`` (its last part a field name), if one is found."""
+    if not path or not isinstance(path[-1], str):
+        return None
+    here: list[Any] = [model]
+    for part in path[:-1]:
+        here = _step(here, part)
+    for tp in (m for t in here for m in _members(t)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            info = _by_alias(tp).get(path[-1])
+            if info is not None:
+                return info
+    return None
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+def request_body(
+    model: type[BaseModel],
+    *,
+    required: bool = True,
+    media_type: Literal["application/json", "multipart/form-data"] = "application/json",
+) -> dict[str, Any]:
+    """A route's ``openapi_extra`` declaring ``model`` as its request body.
+
+    The route still reads the body itself (:func:`.limits.parse_json_body`), so FastAPI
+    never parses it; the model's schema is added by :func:`install_openapi`.
+    """
+    schema = {"$ref": f"{REF}{model.__name__}"}
+    return {"requestBody": {"required": required, "content": {media_type: {"schema": schema}}}}
+
+
+def install_openapi(app: Any, models: Sequence[type[BaseModel]]) -> None:
+    """Make ``app.openapi()`` document ``models`` (in ``components.schemas``) and answer
+    every operation's errors in OpenAI's format (``4XX``/``5XX``: :class:`ErrorResponse`)
+    instead of FastAPI's 422, which the gateway never sends."""
+    build: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI's, cached on the app; completed here once
+            _, top = models_json_schema(
+                [(m, "validation") for m in models], ref_template=REF + "{model}"
+            )
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in top.get("$defs", {}).items():
+                if name in schemas and schemas[name] != definition:
+                    raise ValueError(f"two request-body schemas are named {name!r}")
+                schemas[name] = definition
+            _openai_errors(schema)
+        return app.openapi_schema  # type: ignore[no-any-return]
+
+    app.openapi = openapi
+
+
+def _openai_errors(schema: dict[str, Any]) -> None:
+    error = {
+        "description": "An error in OpenAI's format.",
+        "content": {"application/json": {"schema": {"$ref": f"{REF}ErrorResponse"}}},
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in _ERROR_RANGES:
+                responses.setdefault(status, error)
+    schemas = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
