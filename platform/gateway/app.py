@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qingliang.platform.conversations import Conversation, ConversationLog
 from qingliang.platform.errors import (
@@ -72,7 +73,13 @@ from qingliang.platform.gateway.openai_bodies import (
 )
 from qingliang.platform.gateway.pipelines import add_pipeline_routes
 from qingliang.platform.gateway.quotas import Quotas
-from qingliang.platform.gateway.scopes import authorize, route_of, rule_for, verify_key
+from qingliang.platform.gateway.scopes import (
+    ROUTES,
+    authorize,
+    route_of,
+    rule_for,
+    verify_key,
+)
 from qingliang.platform.settings import GatewayLimits
 
 logger = logging.getLogger(__name__)
@@ -442,6 +449,16 @@ def create_app(
         where = ".".join(str(p) for p in loc)
         return _error(BadRequest(f"{where}: {first['msg']}", param=where or None))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (a multipart body without a boundary, …): OpenAI's
+        # format too, never FastAPI's {"detail": …}.
+        err = ApiError(str(exc.detail))
+        err.status_code = exc.status_code
+        if exc.status_code < 500:
+            err.error_type = "invalid_request_error"
+        return _error(err, getattr(exc, "headers", None))
+
     @app.exception_handler(404)
     async def _not_found(request: Request, _: Exception) -> JSONResponse:
         return _error(NotFound(f"no route {request.method} {request.url.path}"))
@@ -726,7 +743,9 @@ def create_app(
     add_knowledge_routes(app, knowledge, limits)
     add_agent_routes(app, agents, limits)
     add_pipeline_routes(app, pipelines)
-    install_openapi(app, (*OPENAI_BODIES, *BODIES))
+    install_openapi(
+        app, (*OPENAI_BODIES, *BODIES), public=[r for r, rule in ROUTES.items() if rule.public]
+    )
     # Added last, so outermost of our middleware: a body over its limit by
     # Content-Length is refused before authentication or anything else reads it.
     app.add_middleware(BodyLimitMiddleware, limits=limits)

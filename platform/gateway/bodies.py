@@ -31,7 +31,7 @@ from __future__ import annotations
 import difflib
 import logging
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -425,10 +425,16 @@ def request_body(
     return {"requestBody": {"required": required, "content": {media_type: {"schema": schema}}}}
 
 
-def install_openapi(app: Any, models: Sequence[type[BaseModel]]) -> None:
-    """Make ``app.openapi()`` document ``models`` (in ``components.schemas``) and answer
+def install_openapi(
+    app: Any,
+    models: Sequence[type[BaseModel]],
+    public: Collection[tuple[str, str]] = (),
+) -> None:
+    """Make ``app.openapi()`` document ``models`` (in ``components.schemas``), answer
     every operation's errors in OpenAI's format (``4XX``/``5XX``: :class:`ErrorResponse`)
-    instead of FastAPI's 422, which the gateway never sends."""
+    instead of FastAPI's 422, which the gateway never sends, and ask for an API key
+    (``Authorization: Bearer``) on every operation but the ``public`` ones (method and
+    path template), so ``/docs`` can send one."""
     build: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -443,9 +449,23 @@ def install_openapi(app: Any, models: Sequence[type[BaseModel]]) -> None:
                     raise ValueError(f"two request-body schemas are named {name!r}")
                 schemas[name] = definition
             _openai_errors(schema)
+            _bearer(schema, {(m.lower(), path) for m, path in public})
         return app.openapi_schema  # type: ignore[no-any-return]
 
     app.openapi = openapi
+
+
+def _bearer(schema: dict[str, Any], public: set[tuple[str, str]]) -> None:
+    schema["components"].setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key, ql-<id>-<secret> (`qingliang keys create`).",
+    }
+    schema["security"] = [{"apiKey": []}]
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (method, path) in public:
+                operation["security"] = []
 
 
 def _openai_errors(schema: dict[str, Any]) -> None:

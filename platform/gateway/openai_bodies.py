@@ -380,12 +380,17 @@ def _ignored(description: str = "") -> Any:
 class _Sampling(_Top):
     """Fields chat and legacy completions share (OpenAI's, then vLLM's extras)."""
 
-    model: str = Field(description="A deployment, or deployment:adapter (GET /v1/models).")
+    model: str = Field(
+        min_length=1, description="A deployment, or deployment:adapter (GET /v1/models)."
+    )
     stream: bool | None = Field(False, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, lt=_INT64)
     n: int | None = Field(
-        None, ge=1, description="Choices to generate (at most QINGLIANG_MAX_N, 16 by default)."
+        None,
+        ge=1,
+        description="Choices to generate: at most QINGLIANG_MAX_N, 16 by default.",
+        json_schema_extra={"maximum": 16},
     )
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)

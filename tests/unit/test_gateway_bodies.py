@@ -418,6 +418,33 @@ def test_openapi_documents_every_body(app: Any, client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_the_document_asks_for_a_key_except_on_public_routes(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert doc["security"] == [{"apiKey": []}]
+    for path in ("/healthz", "/readyz"):
+        assert doc["paths"][path]["get"]["security"] == []
+    assert "security" not in doc["paths"]["/v1/chat/completions"]["post"]  # the default
+
+
+def test_starlettes_own_refusals_are_openai_errors(tmp_path: Path) -> None:
+    """A multipart body without a boundary (found by the fuzzer): 400 in OpenAI's format,
+    not FastAPI's {"detail": ...}."""
+    from tests.unit.test_gateway_limits import FakeKnowledge
+
+    keys = KeyStore(tmp_path / "state.sqlite")
+    key = keys.create("ops", scopes=("admin",))[1]
+    app = create_app(FakeBackend(list(ENTRIES)), None, StoreAuth(keys), FakeKnowledge())
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as c:
+        r = c.post(
+            "/v1/knowledge/kb/documents",
+            content=b"--x\r\n",
+            headers={"content-type": "multipart/form-data"},
+        )
+    assert "boundary" in _error(r, 400, None)
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_every_post_route_declares_its_body(tmp_path: Path) -> None:
     from tests.unit.test_scopes import full_app
 
