@@ -18,7 +18,7 @@ Properties, for every request:
   hashed before and after each request.
 
 Generation is deterministic (``derandomize``), bounded per operation and without an
-example database, so CI sends the same requests every time: about 5,700 over the 35
+example database, so CI sends the same requests every time: about 4,200 over the 35
 operations, in about a minute on two cores. Path parameters and body ``model`` fields
 are steered towards real names (the KB, the graphs, a run, the deployments, traversal
 attempts at the sentinel), and extension-less uploads get text or traversal names, so
