@@ -459,6 +459,15 @@ def create_app(
             err.error_type = "invalid_request_error"
         return _error(err, getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: still a 500 (and re-raised to the server, which logs the traceback), but
+        # in OpenAI's format, and without the exception's text, which can name host paths.
+        logger.error("%s %s: unhandled %s", request.method, request.url.path, type(exc).__name__)
+        return _error(
+            ApiError(f"internal error ({type(exc).__name__}); the server log has the details")
+        )
+
     @app.exception_handler(404)
     async def _not_found(request: Request, _: Exception) -> JSONResponse:
         return _error(NotFound(f"no route {request.method} {request.url.path}"))

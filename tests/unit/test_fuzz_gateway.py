@@ -21,12 +21,15 @@ Generation is deterministic (``derandomize``), bounded per operation and without
 example database, so CI sends the same requests every time: about 4,200 over the 35
 operations, in about a minute on two cores. Path parameters and body ``model`` fields
 are steered towards real names (the KB, the graphs, a run, the deployments, traversal
-attempts at the sentinel), and extension-less uploads get text or traversal names, so
-the fuzzer gets past the 404s into the code behind them. ``pytest -s`` prints what was
+attempts at the sentinel) and hostile ones (past the file-name limit, a NUL byte), and
+extension-less uploads get text or traversal names, so the fuzzer gets past the 404s
+into the code behind them. ``pytest -s`` prints what was
 sent and answered, by operation.
 
 A 5xx found here is a bug: fixed in the gateway, or — in another area — reported and
-marked here as an expected failure naming the request (none is, today).
+marked here as an expected failure naming the request: cancelling a pipeline run whose id
+is longer than a file name or holds a NUL byte (found while reading what the fuzzer left
+in the data directory; its generated ids are short and printable).
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ REAL = {
     "model_id": ["qwen", "qwen:sql", EMBED_MODEL],
     "doc": ["kept.md", "policy.md", "../../sentinel/secret.txt"],
 }
+#: Path segments no generator draws often: past the file-name limit, a NUL byte.
+HOSTILE = ["x" * 300, "a" * 255, "\x00"]
+#: Where HOSTILE is left out: a known bug, marked in test_cancelling_an_unknown_pipeline_run_is_404.
+KNOWN_BUGS = {"/v1/pipelines/{run_id}/cancel"}
 MODELS = {"/v1/chat/completions": "qwen", "/v1/completions": "tiny", "/v1/embeddings": EMBED_MODEL}
 #: Files in the data directory that requests may write: databases, Qdrant's store, snapshots.
 WRITABLE = ("knowledge", "snapshots", "uploads", "pipelines", "agents", "runs")
@@ -130,8 +137,9 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
     if not isinstance(path_parameters, dict):
         return st.just(path_parameters)
     options = [path_parameters]
+    hostile = [] if context.operation.path in KNOWN_BUGS else HOSTILE
     for name in path_parameters:
-        for value in REAL.get(name, []) + KNOWN.get(name, []):
+        for value in REAL.get(name, []) + KNOWN.get(name, []) + hostile:
             options.append({**path_parameters, name: value})
     return st.sampled_from(options) if len(options) > 1 else st.just(path_parameters)
 
@@ -361,3 +369,31 @@ def test_the_sentinels_are_where_a_traversal_would_reach(env: Env) -> None:
     assert (env.home.parent / "sentinel" / "secret.txt").read_text().startswith("do not")
     with sqlite3.connect(env.home / "state.sqlite") as db:
         assert db.execute("SELECT count(*) FROM api_keys").fetchone()[0] == 1
+
+
+#: Why the case below fails today (reported; platform/pipelines is not the gateway's).
+LOCK_BUG = (
+    "pipelines: PipelineService.cancel takes RunStore.lock(run_id) before it looks the run "
+    "up, and lock() opens <home>/pipelines/locks/<run_id>.lock: an id over the file-name "
+    "limit is ENAMETOOLONG, one with a NUL byte a ValueError, each a 500 (and every other "
+    "unknown id leaves a 0644 lock file behind)"
+)
+
+
+def _lock_bug(raised: type[Exception]) -> Any:
+    return pytest.mark.xfail(strict=True, raises=raised, reason=LOCK_BUG)
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        pytest.param("x" * 300, id="300-chars", marks=_lock_bug(OSError)),
+        pytest.param("a" * 255, id="255-chars", marks=_lock_bug(OSError)),
+        pytest.param("%00", id="nul", marks=_lock_bug(ValueError)),
+        pytest.param("run_nope", id="plain"),
+    ],
+)
+def test_cancelling_an_unknown_pipeline_run_is_404(env: Env, run_id: str) -> None:
+    """Found after the fuzzer: its generated run ids are short and printable."""
+    r = env.client.post(f"/v1/pipelines/{run_id}/cancel", json={})
+    assert r.status_code == 404, r.text

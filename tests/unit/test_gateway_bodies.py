@@ -445,6 +445,26 @@ def test_starlettes_own_refusals_are_openai_errors(tmp_path: Path) -> None:
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_an_unexpected_error_is_a_500_in_openai_format(
+    backend: FakeBackend, keys: KeyStore
+) -> None:
+    async def broken(*args: Any) -> dict:
+        raise OSError("[Errno 36] File name too long: '/srv/qingliang/home/x.lock'")
+
+    backend.generate = broken  # type: ignore[method-assign]
+    app = create_app(backend, FakeEmbedder(), StoreAuth(keys, enabled=False))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/chat/completions", json={"model": "qwen", "messages": MESSAGES})
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error == {
+        "message": "internal error (OSError); the server log has the details",
+        "type": "server_error",
+        "param": None,
+        "code": 500,
+    }
+
+
 def test_every_post_route_declares_its_body(tmp_path: Path) -> None:
     from tests.unit.test_scopes import full_app
 
