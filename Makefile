@@ -59,6 +59,9 @@ bench-agents: install ## Run the agents benchmark (router regret and latency, or
 bench-lifecycle: install ## Run the lifecycle benchmark (governance records/s, LoRA/QLoRA step time and memory); updates bench/RESULTS.md
 	$(BIN)/python bench/lifecycle.py
 
+bench-reliability: install ## Run the reliability soak (10 min of mixed traffic at and above capacity: 5xx, 429s, lost work, RSS); updates bench/RESULTS.md
+	$(BIN)/python bench/reliability.py
+
 lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -72,4 +75,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install up down test test-unit bench bench-knowledge bench-agents bench-lifecycle lint lock clean
+.PHONY: help install up down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability lint lock clean
