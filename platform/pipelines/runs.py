@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -55,6 +56,8 @@ CREATE TABLE IF NOT EXISTS pipeline_events (
     kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
 """
 FINAL = ("succeeded", "failed", "gated", "rejected", "rolled_back", "cancelled")
+#: What a run id may look like where it names a lock file (ids are ``pl-…``).
+_LOCK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 @dataclass(frozen=True)
@@ -312,8 +315,10 @@ class RunStore:
         ``wait_s``: how long to wait for a lock held only for a moment (a status read
         that settles a dead driver's run holds it for milliseconds).
         """
+        if not _LOCK_NAME_RE.match(run_id):  # a run id names a file here: never a path
+            raise NotFound(f"no pipeline run {run_id[:80]!r}", param="run")
         path = self.root / "locks" / f"{run_id}.lock"
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             deadline = time.monotonic() + wait_s
             while True:

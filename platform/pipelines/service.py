@@ -232,6 +232,7 @@ class PipelineService:
         from qingliang.platform.pipelines import steps as impl
         from qingliang.platform.registry import Registry
 
+        self.runs.get(run_id)  # an unknown run is a 404 before any lock file is made
         with self.runs.lock(run_id, wait_s=LOCK_WAIT_S):
             run = self.runs.get(run_id, holder=True)
             if run.status not in ("queued", "waiting", "interrupted", "failed"):
