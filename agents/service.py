@@ -216,9 +216,7 @@ class AgentService:
             decision.update(self._checked_edit(gdef, body))
         elif "answer" in body or "forms" in body:
             raise BadRequest("`answer` and `forms` go with action edit", param="action")
-        if actor == run.actor and actor != ANONYMOUS and not run.pending.get(
-            "allow_self_approval"
-        ):
+        if actor == run.actor and actor != ANONYMOUS and not run.pending.get("allow_self_approval"):
             raise Forbidden(
                 f"run {run_id!r} was started by {actor}; another key with the `approve` "
                 "scope must answer its approval (the graph may set allow_self_approval)",
