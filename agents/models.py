@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from qingliang.platform.errors import ApiError, EngineError
+from qingliang.platform.errors import ApiError, EngineError, Saturated
 
 if TYPE_CHECKING:
     from qingliang.platform.gateway.app import ModelEntry
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OnDelta = Callable[[str], None]
+#: How long, in all, an agent's model call waits out a saturated deployment (429).
+SATURATED_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -245,28 +248,69 @@ class BackendChat:
         ref = entry.refs.get(adapter) if entry is not None and adapter else None
         stream = on_delta is not None and not tools
         body = body_for(model, messages, tools, max_tokens, temperature, stream)
+        # A saturated deployment refuses before it generates anything: the agent waits as
+        # it is told (Retry-After) and asks again, up to SATURATED_WAIT_S in all, rather
+        # than failing the whole run on a moment's overload.
+        waited = 0.0
+        while True:
+            try:
+                return await self._once(dep, model, body, adapter, ref, stream, on_delta)
+            except Saturated as exc:
+                pause = max(0.05, min(exc.retry_after, SATURATED_WAIT_S - waited))
+                if waited >= SATURATED_WAIT_S:
+                    raise
+                log.debug("%s is saturated; the agent asks again in %.2f s", dep, pause)
+                await asyncio.sleep(pause)
+                waited += pause
+
+    async def _once(
+        self,
+        dep: str,
+        model: str,
+        body: dict[str, Any],
+        adapter: str | None,
+        ref: str | None,
+        stream: bool,
+        on_delta: OnDelta | None,
+    ) -> ChatReply:
         if not stream:
             reply = parse_reply(await self._backend.generate(dep, "chat", body, adapter))
             return dataclasses.replace(reply, adapter=adapter, adapter_ref=ref)
         parts: list[str] = []
         tokens, finish = 0, None
-        async for chunk in self._backend.stream(dep, "chat", body, adapter):
-            for line in chunk.splitlines():
-                data = line.removeprefix("data: ").strip()
-                if not data or data == "[DONE]" or not line.startswith("data: "):
-                    continue
-                event = json.loads(data)
-                if "error" in event:
-                    raise ApiError(str(event["error"].get("message", event["error"])))
-                for choice in event.get("choices") or []:
-                    delta = (choice.get("delta") or {}).get("content") or ""
-                    if delta:
-                        parts.append(delta)
-                        assert on_delta is not None
-                        on_delta(delta)
-                    finish = choice.get("finish_reason") or finish
-                tokens = int((event.get("usage") or {}).get("total_tokens") or tokens)
+        try:
+            async for chunk in self._backend.stream(dep, "chat", body, adapter):
+                tokens, finish = self._feed(chunk, parts, on_delta, tokens, finish)
+        except Saturated as exc:
+            if parts:  # tokens went out already: asking again would repeat them
+                raise ApiError(str(exc)) from None
+            raise
         return ChatReply("".join(parts), [], tokens, model, finish, adapter, ref)
+
+    @staticmethod
+    def _feed(
+        chunk: str,
+        parts: list[str],
+        on_delta: OnDelta | None,
+        tokens: int,
+        finish: str | None,
+    ) -> tuple[int, str | None]:
+        for line in chunk.splitlines():
+            data = line.removeprefix("data: ").strip()
+            if not data or data == "[DONE]" or not line.startswith("data: "):
+                continue
+            event = json.loads(data)
+            if "error" in event:
+                raise ApiError(str(event["error"].get("message", event["error"])))
+            for choice in event.get("choices") or []:
+                delta = (choice.get("delta") or {}).get("content") or ""
+                if delta:
+                    parts.append(delta)
+                    assert on_delta is not None
+                    on_delta(delta)
+                finish = choice.get("finish_reason") or finish
+            tokens = int((event.get("usage") or {}).get("total_tokens") or tokens)
+        return tokens, finish
 
 
 class HttpChat:
