@@ -98,9 +98,8 @@ def _memory(r: dict[str, Any]) -> list[str]:
         f"({fmt(q23['growth_pct'], 2)} %) |",
         "",
         f"Verdict: {verdict} (flat: slope ≤ {m['threshold_mib_per_min']:g} MiB/min over the "
-        "last 2/3). The first third ran at capacity and the rest above it, so the whole-soak "
-        "quartile growth includes the step to the heavier load; the slope window holds one "
-        "load only.",
+        "last 2/3). The slope window holds one load only (phase 2), which the warm-up ran "
+        "before the soak; the whole-soak quartile growth also spans the step from phase 1.",
         "",
         "| process | RSS first (MiB) | last | peak | slope, last 2/3 (MiB/min) | last 1/3 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -172,7 +171,13 @@ def section(r: dict[str, Any], json_rel: str) -> str:
         "are closed loops that wait Retry-After (at most 5 s) after a 429 and 0.5 s after another "
         f"error. Every request: read timeout {cfg['read_timeout_s']:.0f} s, hard limit "
         f"{cfg['hard_limit_s']:.0f} s; past either it counts as lost.",
-        f"- Phase 1, at capacity ({p1['seconds']:.0f} s): {_workers(p1['workers'])} — "
+        (
+            f"- Warm-up, not counted: {cfg['warmup_s']:.0f} s at the phase-2 mix (the heaviest), "
+            "so that the replicas' memory has risen to that load before it is measured. "
+            if cfg.get("warmup_s")
+            else "- "
+        )
+        + f"Phase 1, at capacity ({p1['seconds']:.0f} s): {_workers(p1['workers'])} — "
         f"{p1['model_bound_workers']} model-bound workers. Phase 2, above capacity "
         f"({p2['seconds']:.0f} s): {_workers(p2['workers'])} — "
         f"{p2['model_bound_workers']} model-bound ({cfg['overload']}×).",
