@@ -100,7 +100,9 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
 
         want = {"qingliang:govern_step", "qingliang:run_job", "qingliang:run_evaluation"}
         deadline = time.monotonic() + 30  # task states reach the state API with a delay
-        while not want <= (names := {t.name for t in list_tasks(limit=1000)}):
+        # The platform's own dashboard, not whatever Ray instance auto-detection finds.
+        dashboard = f"http://127.0.0.1:{platform.settings.dashboard_port}"
+        while not want <= (names := {t.name for t in list_tasks(dashboard, limit=1000)}):
             assert time.monotonic() < deadline, names
             time.sleep(1.0)
         progress = [e for e in svc.runs.events(run.id) if e.kind == "progress"]

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from _platform import Platform
 
+from qingliang.platform.keys import KeyStore
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults" / "qwen-coder.yaml"
@@ -103,7 +105,11 @@ def test_qwen_fills_a_form_through_its_native_tool_calls(
         assert run["status"] == "waiting", run
         form = run["pending"]["forms"]["intake"]
         assert "Li Lei" in form["applicant"] and "13800000000" in form["phone"]
+        # Another key than the one that started the run answers its approval.
+        lead = KeyStore(platform.settings.state_db).create("it-qwen-lead", scopes=["admin"])[1]
         done = http.post(
-            f"/v1/agents/runs/{run['id']}/resume", json={"action": "approve", "stream": False}
+            f"/v1/agents/runs/{run['id']}/resume",
+            json={"action": "approve", "stream": False},
+            headers={"Authorization": f"Bearer {lead}"},
         ).json()
         assert done["status"] == "done", done
