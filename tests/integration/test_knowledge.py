@@ -56,7 +56,9 @@ def kbs(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     keys = KeyStore(platform.settings.state_db)
     return {
         "ops": platform.key,
-        "a": keys.create("it-city-a", scopes=("knowledge:read", "knowledge:write", "tenant:city-a"))[1],
+        "a": keys.create(
+            "it-city-a", scopes=("knowledge:read", "knowledge:write", "tenant:city-a")
+        )[1],
         "b": keys.create("it-city-b", scopes=("knowledge:read", "tenant:city-b"))[1],
     }
 
