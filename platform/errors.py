@@ -112,21 +112,21 @@ class Conflict(ApiError):
     error_type = "conflict_error"
 
 
-class Saturated(ApiError):
-    status_code = 429
-    error_type = "rate_limit_error"
+class Retryable(ApiError):
+    """A refusal that passes with time: answered with ``Retry-After: retry_after``."""
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
 
 
-class Unavailable(ApiError):
+class Saturated(Retryable):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class Unavailable(Retryable):
     """A part the request needs (the key store, a replica) cannot answer now; retry."""
 
     status_code = 503
     error_type = "server_error"
-
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
-        super().__init__(message, **kw)  # type: ignore[arg-type]
-        self.retry_after = retry_after

@@ -49,9 +49,9 @@ from qingliang.platform.errors import (
     ApiError,
     BadRequest,
     NotFound,
+    Retryable,
     Saturated,
     Unauthorized,
-    Unavailable,
 )
 from qingliang.platform.gateway._params import check_generation
 from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
@@ -391,7 +391,7 @@ def _total_tokens(usage: object) -> int | None:
 
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
-    if isinstance(exc, Saturated | Unavailable):
+    if isinstance(exc, Retryable):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

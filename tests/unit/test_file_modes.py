@@ -14,6 +14,7 @@ from qingliang.agents.checkpoint import inline_sqlite_saver
 from qingliang.agents.runs import RunStore
 from qingliang.platform.arm_stats import _connect
 from qingliang.platform.keys import KeyStore
+from qingliang.platform.state import StateStore, open_db
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,23 @@ def test_agent_checkpoints(tmp_path: Path) -> None:
 def test_canary_arm_stats(tmp_path: Path) -> None:
     _connect(tmp_path / "home" / "arm_stats.sqlite").close()
     assert mode(tmp_path / "home" / "arm_stats.sqlite") == 0o600
+
+
+def test_state_database_is_owner_only(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    StateStore(home / "state.sqlite").put("ModelDeployment", "qwen", {"spec": {}})
+    assert mode(home) == 0o700
+    assert mode(home / "state.sqlite") == 0o600
+    wal = home / "state.sqlite-wal"
+    assert not wal.exists() or mode(wal) == 0o600
+    # The key store opened second keeps the file as it found it.
+    KeyStore(home / "state.sqlite").create("ci")
+    assert mode(home / "state.sqlite") == 0o600
+
+
+def test_every_open_db_file_is_owner_only(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir(mode=0o755)
+    with open_db(tmp_path / "shared" / "datasets.sqlite", "CREATE TABLE t (x);"):
+        pass
+    assert mode(tmp_path / "shared" / "datasets.sqlite") == 0o600
+    assert mode(tmp_path / "shared") == 0o755  # a directory it did not create is left alone

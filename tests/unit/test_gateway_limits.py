@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ from qingliang.platform.gateway.limits import (
 )
 from qingliang.platform.keys import KeyStore
 from qingliang.platform.settings import GatewayLimits
-from qingliang.platform.state import StateStore, open_db
 from tests.unit.test_gateway import (
     ENTRIES,
     FakeBackend,
@@ -475,39 +472,3 @@ def test_readyz_without_auth_shows_deployments(backend: FakeBackend, keys: KeySt
     app = create_app(backend, None, StoreAuth(keys, enabled=False))
     with TestClient(app) as c:
         assert c.get("/readyz").json()["deployments"] == {"qwen": "ready", "tiny": "ready"}
-
-
-# ------------------------------------------------------------------------ file modes
-
-
-@pytest.fixture
-def loose_umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def test_state_database_is_owner_only(tmp_path: Path, loose_umask: None) -> None:
-    home = tmp_path / "home"
-    StateStore(home / "state.sqlite").put("ModelDeployment", "qwen", {"spec": {}})
-    assert mode(home) == 0o700
-    assert mode(home / "state.sqlite") == 0o600
-    wal = home / "state.sqlite-wal"
-    assert not wal.exists() or mode(wal) == 0o600
-    # The key store opened second keeps the file as it found it.
-    KeyStore(home / "state.sqlite").create("ci")
-    assert mode(home / "state.sqlite") == 0o600
-
-
-def test_every_open_db_file_is_owner_only(tmp_path: Path, loose_umask: None) -> None:
-    (tmp_path / "shared").mkdir(mode=0o755)
-    with open_db(tmp_path / "shared" / "datasets.sqlite", "CREATE TABLE t (x);"):
-        pass
-    assert mode(tmp_path / "shared" / "datasets.sqlite") == 0o600
-    assert mode(tmp_path / "shared") == 0o755  # a directory it did not create is left alone

@@ -9,7 +9,9 @@ chunks, then, only when ``stream_options.include_usage`` is set, a usage-only ev
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +81,16 @@ def _h(key: str) -> dict[str, str]:
 def test_requests_a_minute_over_the_limit_get_429_with_retry_after(env: Any) -> None:
     _rec, key = env.store.create("app", scopes=["inference"], requests_per_minute=3)
     _rec, other = env.store.create("other", scopes=["inference"])
+    first = time.time()
     codes = [
         env.post("/v1/chat/completions", json=CHAT, headers=_h(key)).status_code for _ in range(3)
     ]
     assert codes == [200, 200, 200]
     r = env.post("/v1/chat/completions", json=CHAT, headers=_h(key))
     assert r.status_code == 429
-    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    # Retry-After: when the first of the three leaves the 60 s window, to the second.
+    due = first + 60 - time.time()
+    assert abs(int(r.headers["Retry-After"]) - due) <= 1.5, (r.headers["Retry-After"], due)
     err = r.json()["error"]
     assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_exceeded"
     assert "3 a minute" in err["message"] and "app" in err["message"]
@@ -113,7 +118,11 @@ def test_tokens_a_day_are_charged_and_then_refused(env: Any) -> None:
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "token_quota_exceeded"
     assert "30 of its 25 tokens" in r.json()["error"]["message"]
-    assert 1 <= int(r.headers["Retry-After"]) <= 86400
+    # Retry-After: the seconds left until midnight UTC, when the day's count starts anew.
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    due = max(1.0, (midnight - now).total_seconds())
+    assert abs(int(r.headers["Retry-After"]) - due) <= 1.5, (r.headers["Retry-After"], due)
 
 
 def test_a_client_that_asked_for_usage_still_gets_it(env: Any) -> None:
@@ -185,6 +194,4 @@ def test_cli_sets_and_shows_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def _today() -> str:
-    from datetime import UTC, datetime
-
     return datetime.now(UTC).strftime("%Y-%m-%d")

@@ -32,17 +32,10 @@ from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.ingress import KeyAuth
 from qingliang.platform.gateway.knowledge import LocalKnowledge
 from qingliang.platform.keys import KeyStore
+from tests.unit.test_knowledge_api import NoModels
 from tests.unit.test_knowledge_service import BigramEmbedder, _manifest
 
 SECRET = "机密：不得外泄的内容。"
-
-
-class NoModels:
-    def models(self) -> list:
-        return []
-
-    async def ready(self) -> dict:
-        return {}
 
 
 @pytest.fixture
