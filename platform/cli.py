@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from qingliang.platform.cli_agents import agents_app
 from qingliang.platform.cli_conversations import conversations_app
@@ -578,7 +578,16 @@ def keys_list() -> None:
     """List keys (id, name, dates; never the secret)."""
     from qingliang.platform.keys import KeyStore
 
-    table = Table("ID", "NAME", "SCOPES", "LIMITS", "CREATED", "LAST USED", "REVOKED")
+    # The id and the name are what `keys revoke` takes: never cut short, whatever the width.
+    table = Table(
+        Column("ID", no_wrap=True, min_width=len("ql-") + 12),
+        Column("NAME", no_wrap=True),
+        Column("SCOPES", no_wrap=True),
+        "LIMITS",
+        "CREATED",
+        "LAST USED",
+        "REVOKED",
+    )
     for r in KeyStore(_settings().state_db).list():
 
         def fmt(t: datetime | None) -> str:
@@ -587,7 +596,7 @@ def keys_list() -> None:
         table.add_row(
             r.prefix,
             r.name,
-            " ".join(r.scopes),
+            "\n".join(r.scopes),  # one a line: never cut in a narrow terminal
             _limits_text(r).removeprefix(", limits: ") or "-",
             fmt(r.created_at),
             fmt(r.last_used_at),

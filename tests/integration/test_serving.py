@@ -282,6 +282,36 @@ def test_api_keys_are_required_and_revocable(platform: Platform) -> None:
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
 
 
+def test_a_key_token_quota_is_charged_from_vllm_usage_then_refused(platform: Platform) -> None:
+    """A key with a daily token limit: a streamed answer (the client asked no usage) is
+    charged what vLLM reports, the client gets no usage event, and once the day's tokens
+    are spent the next request is a 429 with Retry-After."""
+    from datetime import UTC, datetime
+
+    store = KeyStore(platform.settings.state_db)
+    record, key = store.create("metered", scopes=["inference"], tokens_per_day=40)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "tiny", "messages": HI, "max_tokens": 8, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=platform.base_url, headers=headers, timeout=120) as http:
+        r = http.post("/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        events = [json.loads(e[6:]) for e in r.text.split("\n\n") if e.startswith("data: {")]
+        assert events and all(e.get("choices") for e in events)  # no usage-only event
+        used = store.tokens_used(record.id, day)
+        assert used > 8  # the prompt's tokens and up to 8 generated ones, from vLLM's usage
+        while used < 40:  # spend the rest of the day's tokens
+            assert http.post("/chat/completions", json=body).status_code == 200
+            assert store.tokens_used(record.id, day) > used
+            used = store.tokens_used(record.id, day)
+        r = http.post("/chat/completions", json=body)
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "token_quota_exceeded"
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() + 86400
+    assert abs(int(r.headers["Retry-After"]) - max(1, midnight - now.timestamp())) <= 2
+
+
 def test_bad_apply_leaves_the_running_system_as_it_was(
     platform: Platform, client: openai.OpenAI
 ) -> None:

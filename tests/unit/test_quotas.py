@@ -195,3 +195,21 @@ def test_cli_sets_and_shows_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def _today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def test_keys_list_shows_whole_ids_in_a_narrow_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `keys list` prints is what `keys revoke` takes, even 80 columns wide (the id
+    was cut to ``ql-4a017…``, and revoking that failed)."""
+    from qingliang.platform.cli import app
+
+    monkeypatch.setenv("QINGLIANG_HOME", str(tmp_path))
+    store = KeyStore(tmp_path / "state.sqlite")
+    record, key = store.create("my-app")
+    runner = CliRunner()
+    listed = runner.invoke(app, ["keys", "list"], env={"COLUMNS": "80"})
+    assert record.prefix in listed.output, listed.output
+    out = runner.invoke(app, ["keys", "revoke", record.prefix])
+    assert out.exit_code == 0, out.output
+    assert store.verify(key) is None
