@@ -803,7 +803,10 @@ def test_apply_cuts_a_version_and_delete_removes_it(tmp_path: Path, src: Path) -
     ctl = Controller(Settings(home=tmp_path / "home"))
     (change,) = ctl.apply([path], wait=False)
     assert (change.kind, change.name, change.action) == ("Dataset", "gov-sft", "create")
-    assert change.fields[-1].startswith("version sha256:")
+    summary = [f for f in change.fields if f.startswith("version sha256:")]
+    assert len(summary) == 1  # the cut's summary, then its warnings, if any
+    after = change.fields[change.fields.index(summary[0]) + 1 :]
+    assert all(f.startswith("warning: ") for f in after), change.fields
     store = DatasetStore.for_home(tmp_path / "home")
     assert store.get("gov-sft").records == 6
     assert [c.action for c in ctl.apply([path], wait=False)] == ["unchanged"]
