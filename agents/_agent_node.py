@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qingliang.agents._journal import NodeJournal
+from qingliang.agents.llm import ChatReply, recover_tool_call
 from qingliang.agents.manifest import Agent
-from qingliang.agents.models import ChatReply, recover_tool_call
 from qingliang.agents.tools.base import Tool, openai_spec
 
 if TYPE_CHECKING:

@@ -38,8 +38,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from qingliang.knowledge.manifest import ENV_NAME_RE, LABEL_RE
-from qingliang.platform.manifests.metadata import BaseMetadata, MetadataLabels, Strict, valid_name
-from qingliang.platform.manifests.model_deployment import ADAPTER_RE
+from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict, valid_name
+from qingliang.serving.manifest import ADAPTER_RE
 
 #: Node, agent and tool names: they appear in events, logs and the router's arms.
 ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")

@@ -32,8 +32,8 @@ from langchain_core.runnables import RunnableConfig
 
 from qingliang.agents._agent_node import AgentStep, run_agent
 from qingliang.agents._journal import NodeJournal, node_namespace
+from qingliang.agents.llm import ChatModel
 from qingliang.agents.manifest import END, AgentGraph, Node, RouterSettings
-from qingliang.agents.models import ChatModel
 from qingliang.agents.runs import RunStore
 from qingliang.agents.tools.base import KnowledgeSearch, Tool, ToolContext, ToolError
 from qingliang.platform.errors import QingliangError

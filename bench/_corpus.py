@@ -120,7 +120,7 @@ def _luhn_digit(body: str) -> str:
 
 
 def _pii_value(kind: str, rng: random.Random) -> str:
-    from qingliang.platform.data.pii import id_cn_check_char
+    from qingliang.platform.lifecycle.data.pii import id_cn_check_char
 
     if kind == "phone":
         d = f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}"

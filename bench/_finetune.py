@@ -1,7 +1,7 @@
 """Fine-tuning measurements for a benchmark script (private helpers).
 
 :func:`measure` runs the shared LoRA / QLoRA loop
-(:func:`qingliang.platform.finetune.train.train`) for a few optimizer steps in a fresh
+(:func:`qingliang.platform.lifecycle.finetune.train.train`) for a few optimizer steps in a fresh
 ``spawn`` process, so its peak RSS belongs to that run alone, and returns step times,
 throughput and memory. The first ``warmup`` steps are left out of the medians (the first
 step pays one-off costs). The data is a fixed set of bilingual records cut to
@@ -97,7 +97,7 @@ def _run(
     import torch
 
     torch.set_num_threads(threads)
-    from qingliang.platform.finetune.train import LoraSettings, TrainSettings, train
+    from qingliang.platform.lifecycle.finetune.train import LoraSettings, TrainSettings, train
 
     rss_after_import = rss_now_mb()
     events: list[dict[str, Any]] = []

@@ -45,7 +45,7 @@ class EchoChat:
         on_delta=None,
         user=None,
     ):
-        from qingliang.agents.models import ChatReply
+        from qingliang.agents.llm import ChatReply
 
         text = str(messages[-1]["content"])[:64]
         if on_delta is not None:

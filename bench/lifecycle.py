@@ -107,11 +107,11 @@ def _rate(n: int, times: list[float]) -> dict[str, Any]:
 
 def governance_size(n: int, seed: int, repeats: int, tmp: Path) -> dict[str, Any]:
     """One size: the three steps alone, then the whole cut (see the module docstring)."""
-    from qingliang.platform.data.dedup import Deduplicator
-    from qingliang.platform.data.manifest import Dataset, DedupStep, PiiStep, QualityStep
-    from qingliang.platform.data.pii import PiiScanner
-    from qingliang.platform.data.quality import QualityFilter
-    from qingliang.platform.data.store import DatasetStore
+    from qingliang.platform.lifecycle.data.dedup import Deduplicator
+    from qingliang.platform.lifecycle.data.manifest import Dataset, DedupStep, PiiStep, QualityStep
+    from qingliang.platform.lifecycle.data.pii import PiiScanner
+    from qingliang.platform.lifecycle.data.quality import QualityFilter
+    from qingliang.platform.lifecycle.data.store import DatasetStore
 
     t0 = time.perf_counter()
     gen = generate(n, seed)
@@ -362,7 +362,8 @@ def _governance_lines(g: dict[str, Any]) -> list[str]:
     if removed.get("mojibake", 0) < injected.get("mojibake", 0):
         lines += [
             "",
-            "**Mojibake passes the quality filter**: `noise_share` (platform/data/quality.py) "
+            "**Mojibake passes the quality filter**: `noise_share` "
+            "(platform/lifecycle/data/quality.py) "
             "returns 0 as soon as `str.isprintable()` holds, and U+FFFD, the replacement "
             "character, is printable; so a text whose only noise is U+FFFD is never measured "
             "(its doctest passes only because it also holds a NUL).",

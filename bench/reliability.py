@@ -269,7 +269,9 @@ class Platform:
             TRANSFORMERS_OFFLINE="1",
         )
         exe = Path(sys.executable).with_name("qingliang")
-        self.cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli"]
+        self.cli = (
+            [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
+        )
         self.head_pid: int | None = None
         self.started = False
         self.stopped = False
@@ -540,7 +542,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         admin = platform.admin_key()
         r["setup"]["sync"] = _sync_kb(platform.base, admin)
         r["setup"]["kb"] = _kb_stats(platform.base, admin)
-        from qingliang.platform.keys import KeyStore
+        from qingliang.platform.storage.keys import KeyStore
 
         store = KeyStore(home / "state.sqlite")
         scopes = ["inference", "knowledge:read", "agents:run"]

@@ -3,8 +3,8 @@ training step's progress event in a pipeline run). Prints JSON; no timed asserti
 
     .venv/bin/python bench/runlog.py [--events 2000] [--repeats 3] [--store PATH.py]
 
-``--store`` measures another version of ``platform/pipelines/runs.py`` (e.g. one written
-out with ``git show REV:platform/pipelines/runs.py``), for before/after figures.
+``--store`` measures another version of ``platform/lifecycle/pipelines/runs.py`` (e.g. one written
+out with ``git show REV:platform/lifecycle/pipelines/runs.py``), for before/after figures.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 def _store_module(path: Path | None) -> Any:
     if path is None:
-        from qingliang.platform.pipelines import runs
+        from qingliang.platform.lifecycle.pipelines import runs
 
         return runs
     spec = importlib.util.spec_from_file_location("runs_under_test", path)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps(
             {
-                "store": str(args.store or "platform/pipelines/runs.py"),
+                "store": str(args.store or "platform/lifecycle/pipelines/runs.py"),
                 "events": args.events,
                 "repeats": args.repeats,
                 "events_per_s_median": round(statistics.median(rates)),

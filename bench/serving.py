@@ -128,8 +128,8 @@ def _now_utc() -> str:
 # -- the plan and the model cache ----------------------------------------------------------
 def _compile(manifests: Path):  # noqa: ANN202 - a DeploymentPlan, imported lazily
     from qingliang.platform.manifests.loader import load_paths
-    from qingliang.platform.manifests.model_deployment import ModelDeployment
-    from qingliang.platform.manifests.plan import HardwareProfile, compile_plan
+    from qingliang.serving.manifest import ModelDeployment
+    from qingliang.serving.plan import HardwareProfile, compile_plan
 
     profile = HardwareProfile.detect()
     plans = [
@@ -164,8 +164,8 @@ def _ensure_cache(source: str, cache: Path) -> dict[str, Any]:
 
 def _deployed_plan(home: Path, name: str):  # noqa: ANN202
     """The plan `qingliang up` deployed, as recorded in its state store."""
-    from qingliang.platform.manifests.plan import DeploymentPlan
-    from qingliang.platform.state import StateStore
+    from qingliang.platform.storage.state import StateStore
+    from qingliang.serving.plan import DeploymentPlan
 
     row = StateStore(home / "state.sqlite").get("ModelDeployment", name)
     if row is None or row.plan is None:
@@ -238,7 +238,9 @@ class Platform:
             QINGLIANG_RAY_PORT=str(PORTS["ray"]),
         )
         exe = Path(sys.executable).with_name("qingliang")
-        self.cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli"]
+        self.cli = (
+            [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
+        )
         self.up_proc: subprocess.Popen[str] | None = None
         self.up_lines: list[tuple[float, str]] = []
         self.head_pid: int | None = None

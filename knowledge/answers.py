@@ -2,7 +2,7 @@
 
 They come from human feedback, reviewers or API clients with their ``provenance``, are
 searchable at once as ``kind: qa`` chunks, and can be retracted. The registry
-(:mod:`qingliang.knowledge.registry`) is their source of truth: sync never compares or
+(:mod:`qingliang.knowledge.ledger`) is their source of truth: sync never compares or
 deletes them (``origin: learned``), snapshots leave them out, and after a rollback or a crash
 :meth:`LearnedAnswers._reconcile_answers` makes the store match the registry again, so a
 retracted answer never returns.
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from qingliang.knowledge._bm25 import Bm25Encoder
-from qingliang.knowledge.registry import AnswerRecord
+from qingliang.knowledge.ledger import AnswerRecord
 from qingliang.knowledge.stores import Filter, Point, PointId
 from qingliang.knowledge.sync import LEARNED
 from qingliang.platform.errors import BadRequest, NotFound

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from qingliang.platform.manifests.metadata import BaseMetadata, MetadataLabels, Strict
+from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict
 
 API_VERSION = "qingliang.io/v1"
 

@@ -68,7 +68,7 @@ class Citation:
     ``score`` is the search's own score (cosine for dense, RRF for hybrid), also after MMR
     re-ordering. ``version`` is the knowledge-base version that wrote this text (the
     version of the sync, rollback or learned answer; see
-    :mod:`qingliang.knowledge.registry`), ``snapshot`` the time of that write
+    :mod:`qingliang.knowledge.ledger`), ``snapshot`` the time of that write
     (``synced_at``). Images carry ``image_path`` and ``region`` (x0, y0, x1, y1 pixels);
     learned answers (``kind == "qa"``) carry their ``provenance``.
     """

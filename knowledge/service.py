@@ -69,13 +69,13 @@ from qingliang.knowledge.ingest import (
     find_sources,
     ingest_paths,
 )
+from qingliang.knowledge.ledger import KnowledgeRegistry, SnapshotRecord
 from qingliang.knowledge.manifest import KnowledgeBase
-from qingliang.knowledge.registry import KnowledgeRegistry, SnapshotRecord
 from qingliang.knowledge.retrieval import Retriever
 from qingliang.knowledge.stores import Filter, PointId, VectorStore
 from qingliang.knowledge.sync import LEARNED, Syncer, SyncReport
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
-from qingliang.platform.state import StateStore
+from qingliang.platform.storage.state import StateStore
 
 log = logging.getLogger(__name__)
 

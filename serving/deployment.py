@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError
-from qingliang.platform.manifests.plan import DeploymentPlan
 from qingliang.serving.engine import Engine
 from qingliang.serving.metrics import ServingMetrics
+from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
 

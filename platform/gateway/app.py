@@ -44,7 +44,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qingliang.platform.conversations import Conversation, ConversationLog
 from qingliang.platform.errors import (
     ApiError,
     BadRequest,
@@ -54,13 +53,7 @@ from qingliang.platform.errors import (
     Unauthorized,
 )
 from qingliang.platform.gateway._params import check_generation
-from qingliang.platform.gateway.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.bodies import BODIES, install_openapi, refuse_unknown, request_body
-from qingliang.platform.gateway.knowledge import (
-    KnowledgeBackend,
-    add_knowledge_routes,
-    tenant_of,
-)
 from qingliang.platform.gateway.limits import BodyLimitMiddleware, parse_json_body
 from qingliang.platform.gateway.openai_bodies import (
     IGNORED_HEADER,
@@ -71,8 +64,14 @@ from qingliang.platform.gateway.openai_bodies import (
     checked,
     forwarded,
 )
-from qingliang.platform.gateway.pipelines import add_pipeline_routes
 from qingliang.platform.gateway.quotas import Quotas
+from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
+from qingliang.platform.gateway.routes.knowledge import (
+    KnowledgeBackend,
+    add_knowledge_routes,
+    tenant_of,
+)
+from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
 from qingliang.platform.gateway.scopes import (
     ROUTES,
     authorize,
@@ -81,6 +80,7 @@ from qingliang.platform.gateway.scopes import (
     verify_key,
 )
 from qingliang.platform.settings import GatewayLimits
+from qingliang.platform.storage.conversations import Conversation, ConversationLog
 
 logger = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ def create_app(
     ``knowledge`` serves the ``/v1/knowledge`` routes (see :mod:`.knowledge`); without it
     they answer 501. ``agents`` serves ``/v1/agents`` and ``/v1/feedback`` (see
     :mod:`.agents`); without it they answer 501. ``pipelines`` (a
-    :class:`~qingliang.platform.pipelines.service.PipelineService`) serves
+    :class:`~qingliang.platform.lifecycle.pipelines.service.PipelineService`) serves
     ``/v1/pipelines`` (see :mod:`.pipelines`); without it they answer 501.
     With ``conversations``, every answered ``/v1/chat/completions`` and ``/v1/completions``
     request (streamed ones when their stream ends normally) is appended to that log, one

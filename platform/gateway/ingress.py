@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.arm_stats import ArmStats
-from qingliang.platform.conversations import ConversationLog
 from qingliang.platform.errors import ApiError, Saturated, Unavailable
 from qingliang.platform.gateway.app import ModelEntry, create_app
 from qingliang.platform.settings import Settings
-from qingliang.platform.state import StateStore
+from qingliang.platform.storage.arm_stats import ArmStats
+from qingliang.platform.storage.conversations import ConversationLog
+from qingliang.platform.storage.state import StateStore
 from qingliang.serving.deployment import MODEL_DEPLOYMENT
 from qingliang.serving.metrics import ServingMetrics
 
@@ -71,7 +71,7 @@ class ServeBackend:
     """Routes gateway requests to model deployments over Serve handles.
 
     With ``stats``, every request's outcome is counted per arm (adapter or base model)
-    for canary analysis (:mod:`qingliang.platform.arm_stats`): answered, or failed with
+    for canary analysis (:mod:`qingliang.platform.storage.arm_stats`): answered, or failed with
     a server error. Client errors, saturation and abandoned streams are not counted.
     """
 
@@ -208,7 +208,7 @@ class KeyAuth:
     def usage(self) -> Any:
         """The key store, where per-key token use is charged (see :mod:`.quotas`)."""
         if self._store is None:
-            from qingliang.platform.keys import KeyStore
+            from qingliang.platform.storage.keys import KeyStore
 
             self._store = KeyStore(self._db)
         return self._store
@@ -264,7 +264,7 @@ class KnowledgeServer:
     async def call(
         self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
     ) -> Any:
-        from qingliang.platform.gateway.knowledge import dispatch
+        from qingliang.platform.gateway.routes.knowledge import dispatch
 
         return await asyncio.to_thread(dispatch, self._service, method, kb, tenant, actor, kwargs)
 
@@ -333,7 +333,7 @@ class AgentsServer:
 
     async def _start(self) -> Any:
         from qingliang.agents.catalog import StoreCatalog
-        from qingliang.agents.models import BackendChat
+        from qingliang.agents.llm import BackendChat
         from qingliang.agents.routing.actor import RouterClient, router_actor
         from qingliang.agents.service import AgentService
 
@@ -365,14 +365,14 @@ class AgentsServer:
     async def call(
         self, method: str, tenant: str | None, all_tenants: bool, actor: str, kwargs: dict
     ) -> Any:
-        from qingliang.platform.gateway.agents import dispatch_call
+        from qingliang.platform.gateway.routes.agents import dispatch_call
 
         return await dispatch_call(await self._agents(), method, tenant, all_tenants, actor, kwargs)
 
     async def stream(
         self, method: str, tenant: str | None, all_tenants: bool, actor: str, kwargs: dict
     ) -> AsyncIterator[dict]:
-        from qingliang.platform.gateway.agents import dispatch_stream
+        from qingliang.platform.gateway.routes.agents import dispatch_stream
 
         async for event in dispatch_stream(
             await self._agents(), method, tenant, all_tenants, actor, kwargs
@@ -439,8 +439,8 @@ class Gateway:
         self._auth = KeyAuth(home_path / "state.sqlite", auth_enabled)
         self._knowledge = HandleKnowledge(knowledge) if knowledge is not None else None
         self._agents = HandleAgents(agents) if agents is not None else None
-        from qingliang.platform.executor import RayExecutor
-        from qingliang.platform.pipelines.service import PipelineService
+        from qingliang.platform.lifecycle.pipelines.executor import RayExecutor
+        from qingliang.platform.lifecycle.pipelines.service import PipelineService
 
         # Inside a replica Ray is initialised: the steps become tasks of this cluster.
         self._pipelines = PipelineService(home_path, RayExecutor(Settings(home=home_path)))
@@ -480,7 +480,7 @@ def build_gateway_app(
     """The gateway Serve application (gateway + embedding + knowledge + agents).
 
     ``conversation_log`` records answered chat requests in ``home/conversations.sqlite``
-    (see :mod:`qingliang.platform.conversations`).
+    (see :mod:`qingliang.platform.storage.conversations`).
     """
     from ray import serve
 

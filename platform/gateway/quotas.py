@@ -46,7 +46,7 @@ USAGE_REFRESH_S = 2.0
 
 
 class Usage(Protocol):
-    """Where token use is kept (the :class:`~qingliang.platform.keys.KeyStore`)."""
+    """Where token use is kept (the :class:`~qingliang.platform.storage.keys.KeyStore`)."""
 
     def tokens_used(self, key_id: str, day: str) -> int: ...
 

@@ -1,6 +1,6 @@
 """Who may call which route: the scope table of the gateway, checked in one place.
 
-A key carries scopes (defined in :mod:`qingliang.platform.keys`)::
+A key carries scopes (defined in :mod:`qingliang.platform.storage.keys`)::
 
     admin              every route, every tenant (the key ``qingliang up`` writes)
     deploy             pipelines: start, watch, cancel, resume (they change what every
@@ -44,7 +44,7 @@ from typing import Any
 from starlette.routing import Match
 
 from qingliang.platform.errors import ApiError, Forbidden, Unavailable
-from qingliang.platform.keys import (
+from qingliang.platform.storage.keys import (
     ADMIN,
     AGENTS_RUN,
     APPROVE,

@@ -39,11 +39,11 @@ from pydantic import BaseModel, ValidationError
 
 from qingliang.agents.manifest import AgentGraph
 from qingliang.knowledge.manifest import KnowledgeBase
-from qingliang.platform.data.manifest import Dataset
 from qingliang.platform.errors import FieldIssue, ManifestError
-from qingliang.platform.finetune.manifest import FineTuneJob
-from qingliang.platform.manifests.model_deployment import ModelDeployment
-from qingliang.platform.pipelines.manifest import Pipeline
+from qingliang.platform.lifecycle.data.manifest import Dataset
+from qingliang.platform.lifecycle.finetune.manifest import FineTuneJob
+from qingliang.platform.lifecycle.pipelines.manifest import Pipeline
+from qingliang.serving.manifest import ModelDeployment
 
 #: Manifest kinds by ``kind``.
 KINDS: dict[str, type[BaseModel]] = {

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound
-from qingliang.platform.manifests.model_deployment import ADAPTER_RE
-from qingliang.platform.manifests.plan import DeploymentPlan
 from qingliang.serving.engine import EngineOutput
+from qingliang.serving.manifest import ADAPTER_RE
+from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound
-from qingliang.platform.manifests.plan import DeploymentPlan
 from qingliang.serving.engine import EngineOutput, api_error
+from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
 

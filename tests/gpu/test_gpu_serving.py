@@ -37,8 +37,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _plan(tiny: Path, **engine: object):
-    from qingliang.platform.manifests.model_deployment import ModelDeployment
-    from qingliang.platform.manifests.plan import HardwareProfile, compile_plan
+    from qingliang.serving.manifest import ModelDeployment
+    from qingliang.serving.plan import HardwareProfile, compile_plan
 
     md = ModelDeployment.model_validate(
         {

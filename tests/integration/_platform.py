@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from qingliang.platform.control import Controller
+from qingliang.platform.control.apply import Controller
 from qingliang.platform.settings import Settings
 
 PORTS = {"http_port": 28000, "dashboard_port": 28265, "metrics_port": 28080, "ray_port": 26380}

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from _platform import PORTS, Platform, tiny_manifest
 
-from qingliang.platform import cluster
-from qingliang.platform.control import Controller
-from qingliang.platform.keys import KeyStore
+from qingliang.platform.control import cluster
+from qingliang.platform.control.apply import Controller
 from qingliang.platform.settings import Settings
+from qingliang.platform.storage.keys import KeyStore
 from qingliang.serving.tiny_model import build_tiny_adapter, build_tiny_llama
 
 

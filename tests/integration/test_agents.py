@@ -17,7 +17,7 @@ import pytest
 from _platform import Platform
 
 from qingliang.platform.errors import ResolveError
-from qingliang.platform.keys import KeyStore
+from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from qingliang.platform import cluster
+from qingliang.platform.control import cluster
 from qingliang.platform.gateway.ingress import ROUTER_NAMESPACE
 from qingliang.platform.settings import Settings
 
@@ -105,6 +105,6 @@ def test_down_stops_the_router_actor_and_every_ray_process_up_started(tmp_path: 
 
 
 def _app():  # noqa: ANN202 - the typer app, imported late like the CLI does
-    from qingliang.platform.cli import app
+    from qingliang.platform.cli.main import app
 
     return app

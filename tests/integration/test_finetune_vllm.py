@@ -16,12 +16,12 @@ import pytest
 import pytest_asyncio
 import torch
 
-from qingliang.platform.finetune import _data
-from qingliang.platform.finetune.evaluate import greedy_answers
-from qingliang.platform.finetune.settings import LoraSettings, TrainSettings
-from qingliang.platform.finetune.train import train
-from qingliang.platform.manifests.model_deployment import ModelDeployment
-from qingliang.platform.manifests.plan import HardwareProfile, compile_plan
+from qingliang.platform.lifecycle.finetune import _data
+from qingliang.platform.lifecycle.finetune.evaluate import greedy_answers
+from qingliang.platform.lifecycle.finetune.settings import LoraSettings, TrainSettings
+from qingliang.platform.lifecycle.finetune.train import train
+from qingliang.serving.manifest import ModelDeployment
+from qingliang.serving.plan import HardwareProfile, compile_plan
 from qingliang.serving.tiny_model import build_tiny_llama
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]

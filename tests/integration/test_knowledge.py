@@ -10,8 +10,8 @@ import pytest
 import yaml
 from _platform import Platform
 
-from qingliang.knowledge.client import RemoteKnowledge, connect
-from qingliang.platform.keys import KeyStore
+from qingliang.platform.cli.kb_client import RemoteKnowledge, connect
+from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import httpx
 from _platform import Platform
 from typer.testing import CliRunner
 
-from qingliang.platform.arm_stats import summary
-from qingliang.platform.executor import RayExecutor
+from qingliang.platform.lifecycle.pipelines.executor import RayExecutor
+from qingliang.platform.lifecycle.pipelines.service import PipelineService
+from qingliang.platform.lifecycle.registry import Registry
 from qingliang.platform.manifests.loader import parse_documents
-from qingliang.platform.pipelines.service import PipelineService
-from qingliang.platform.registry import Registry
+from qingliang.platform.storage.arm_stats import summary
 
 HI = [{"role": "user", "content": "Where do I renew a permit?"}]
 
@@ -157,7 +157,7 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
         # From an answer's adapter ref back to the data it was trained on.
         ref = next(v for v in arms.values() if v)
         env = {"QINGLIANG_HOME": str(home)}
-        from qingliang.platform.cli import app
+        from qingliang.platform.cli.main import app
 
         out = CliRunner().invoke(app, ["lineage", ref, "--json"], env=env)
         assert out.exit_code == 0, out.output

@@ -16,7 +16,7 @@ import pytest
 from _platform import Platform, tiny_manifest
 
 from qingliang.platform.errors import ManifestError, ModelSourceError
-from qingliang.platform.keys import KeyStore
+from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = pytest.mark.integration
 

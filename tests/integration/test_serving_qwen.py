@@ -10,7 +10,7 @@ import pytest
 import yaml
 from _platform import Platform
 
-from qingliang.platform.keys import KeyStore
+from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

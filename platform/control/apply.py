@@ -1,0 +1,694 @@
+"""apply / diff / get / delete: manifests in, Ray Serve applications out.
+
+`apply` runs in three stages and touches the running system only in the last:
+
+1. load and validate every manifest (all errors reported together);
+2. compile each into a plan for this hardware and resolve its model source
+   (packaged weights are verified and converted here, once, with a progress bar);
+3. hand each application to Ray Serve and record the manifest in the state store.
+
+A bad manifest, an unknown quantisation for the hardware or a corrupt model file
+fails in stage 1 or 2, so the running deployments stay exactly as they were.
+Changing only a deployment's adapters is a Serve lightweight update (user_config):
+replicas reload adapters without restarting. Canary shares (``spec.lora.traffic``) and
+registry refs (``spec.lora.refs``) are read by the gateway from the state store, so
+changing them touches no replica at all.
+
+Example:
+    >>> ctl = Controller(Settings())          # doctest: +SKIP
+    >>> ctl.apply([Path("deploy/defaults")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from qingliang.platform.errors import (
+    BadRequest,
+    ClusterError,
+    FieldIssue,
+    ManifestError,
+    ModelSourceError,
+    NotFound,
+    QingliangError,
+    ResolveError,
+)
+from qingliang.platform.manifests.loader import Loaded, load_paths
+from qingliang.platform.settings import Settings
+from qingliang.platform.storage.state import StateStore
+from qingliang.serving.manifest import ModelDeployment
+from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan
+
+if TYPE_CHECKING:
+    from qingliang.platform.lifecycle.data.store import DatasetStore
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "ModelDeployment"
+KB_KIND = "KnowledgeBase"
+GRAPH_KIND = "AgentGraph"
+DATASET_KIND = "Dataset"
+#: Kinds `apply` accepts.
+APPLIED_KINDS = (MODEL_KIND, KB_KIND, GRAPH_KIND, DATASET_KIND)
+
+
+class Deployer(Protocol):
+    """The narrow part of Ray Serve the controller uses: a declarative config."""
+
+    def apply_config(self, config: dict) -> None: ...
+
+    def statuses(self) -> dict[str, tuple[str, str]]: ...
+
+
+class ServeRestDeployer:
+    """Ray Serve's declarative REST API on the dashboard (what `serve deploy` and
+    KubeRay's RayService use). A config that changes only a deployment's
+    ``user_config`` is a lightweight update: replicas are reconfigured, not restarted.
+    """
+
+    def __init__(self, dashboard_url: str, timeout_s: float = 30) -> None:
+        self.url = dashboard_url.rstrip("/") + "/api/serve/applications/"
+        self.timeout_s = timeout_s
+
+    def apply_config(self, config: dict) -> None:
+        import httpx
+
+        try:
+            r = httpx.put(self.url, json=config, timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise ClusterError(f"Ray dashboard at {self.url} is unreachable: {exc}") from exc
+        if r.status_code >= 400:
+            raise ClusterError(f"Ray Serve refused the config ({r.status_code}): {r.text[:2000]}")
+
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        import httpx
+
+        try:
+            r = httpx.get(self.url, timeout=self.timeout_s)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ClusterError(f"Ray dashboard at {self.url} is unreachable: {exc}") from exc
+        out = {}
+        for name, app in (r.json().get("applications") or {}).items():
+            message = app.get("message") or ""
+            for dep in (app.get("deployments") or {}).values():
+                if dep.get("message") and dep.get("status") != "HEALTHY":
+                    message = dep["message"]
+            out[name] = (str(app.get("status")), message)
+        return out
+
+
+GATEWAY_KIND = "Gateway"
+GATEWAY_NAME = "gateway"
+
+
+def serve_config(settings: Settings, gateway: dict, plans: Iterable[DeploymentPlan]) -> dict:
+    """The whole Ray Serve config: the gateway application plus one per deployment."""
+    from qingliang.serving.deployment import MODEL_DEPLOYMENT
+
+    apps: list[dict[str, Any]] = [
+        {
+            "name": "qingliang-gateway",
+            "route_prefix": "/",
+            "import_path": "qingliang.platform.gateway.ingress:app_builder",
+            "args": dict(gateway),
+        }
+    ]
+    for plan in sorted(plans, key=lambda p: p.name):
+        apps.append(
+            {
+                "name": plan.name,
+                "route_prefix": None,
+                "import_path": "qingliang.serving.deployment:app_builder",
+                # Adapters stay out of args (the code version): see app_builder.
+                "args": {"plan": dataclasses.replace(plan, adapters=()).to_dict()},
+                "deployments": [
+                    {"name": MODEL_DEPLOYMENT, "user_config": {"adapters": plan.adapter_map}}
+                ],
+            }
+        )
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": settings.host, "port": settings.http_port},
+        "applications": apps,
+    }
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `diff` / `apply` found for one manifest."""
+
+    kind: str
+    name: str
+    action: str  # create | update | adapters | unchanged
+    fields: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass
+class Controller:
+    settings: Settings
+    deployer: Deployer | None = None
+    profile: HardwareProfile | None = None
+    resolver: Callable[[str, Path, bool], Path] | None = None
+
+    def __post_init__(self) -> None:
+        self.store = StateStore(self.settings.state_db)
+        if self.deployer is None:
+            url = f"http://{self.settings.host}:{self.settings.dashboard_port}"
+            self.deployer = ServeRestDeployer(url)
+
+    @property
+    def _deployer(self) -> Deployer:
+        assert self.deployer is not None
+        return self.deployer
+
+    @contextmanager
+    def _serving_lock(self) -> Iterator[None]:
+        """Serialise read-modify-write of the deployments (push to Serve, then store).
+
+        ``set_adapter``, ``set_traffic``, ``apply`` and ``delete`` each read the stored
+        deployments, change one, push the whole Serve config and write the store. Two of
+        them at once (a pipeline's canary step and an operator's ``adapters traffic``)
+        would each start from the same rows and the later write would undo the earlier
+        change, in the store or in Serve. An ``flock`` beside the state database makes them
+        take turns, across threads and processes of this host; the kernel releases it if
+        the holder dies.
+        """
+        path = Path(self.settings.state_db).with_name(".deployments.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _stored_plans(self) -> dict[str, DeploymentPlan]:
+        return {
+            row.name: DeploymentPlan.from_dict(row.plan)
+            for row in self.store.list(MODEL_KIND)
+            if row.plan is not None
+        }
+
+    def _gateway(self) -> dict:
+        row = self.store.get(GATEWAY_KIND, GATEWAY_NAME)
+        if row is not None:
+            return row.body
+        return {"home": str(self.settings.home), "auth_enabled": True, "embeddings": True}
+
+    def _push(self, plans: dict[str, DeploymentPlan], gateway: dict | None = None) -> None:
+        config = serve_config(self.settings, gateway or self._gateway(), plans.values())
+        self._deployer.apply_config(config)
+
+    def ensure_gateway(
+        self, *, auth_enabled: bool, embeddings: bool = True, conversation_log: bool = False
+    ) -> None:
+        """Deploy (or update) the gateway application with the stored deployments.
+
+        ``conversation_log`` records answered chat requests (docs/data.md).
+        """
+        gateway: dict[str, Any] = {
+            "home": str(self.settings.home),
+            "auth_enabled": auth_enabled,
+            "embeddings": embeddings,
+        }
+        if conversation_log:  # only when on: an unchanged config does not restart the gateway
+            gateway["conversation_log"] = True
+        with self._serving_lock():
+            self._push(self._stored_plans(), gateway)
+            self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway)
+
+    def status(self, name: str) -> tuple[str, str]:
+        return self._deployer.statuses().get(name, ("NOT_DEPLOYED", ""))
+
+    # -- stage 1 and 2: pure validation, then resolution ----------------------------
+    def load(self, paths: Iterable[Path]) -> list[Loaded]:
+        """Load and validate; only kinds this controller can deploy are accepted."""
+        loaded = load_paths(paths)
+        runs = {
+            "FineTuneJob": "qingliang finetune run -f",
+            "Pipeline": "qingliang pipelines run -f",
+        }
+        issues = sorted(
+            {
+                (
+                    f"{i.source}: {i.kind}/{i.name}: a {i.kind} is run, not applied: "
+                    f"`{runs[i.kind]} {_file_of(i.source)}`"
+                )
+                if i.kind in runs
+                else (
+                    f"{i.source}: {i.kind}/{i.name}: validated, but `apply` cannot deploy "
+                    f"this kind (only {', '.join(APPLIED_KINDS)})"
+                )
+                for i in loaded
+                if i.kind not in APPLIED_KINDS
+            }
+        )
+        if issues:
+            raise ManifestError([FieldIssue("kind", text) for text in issues])
+        return loaded
+
+    def compile(self, loaded: list[Loaded]) -> list[DeploymentPlan]:
+        profile = self.profile or HardwareProfile.detect()
+        plans = []
+        for item in loaded:
+            if isinstance(item.manifest, ModelDeployment):
+                plans.append(compile_plan(item.manifest, profile, source=item.source))
+        return plans
+
+    def resolve(self, plans: list[DeploymentPlan], *, progress: bool) -> list[DeploymentPlan]:
+        resolver = self.resolver or _default_resolver
+        out = []
+        for plan in plans:
+            path = resolver(plan.source, self.settings.model_cache, progress)
+            out.append(plan.with_model_path(str(path)))
+            if plan.tokenizer and not Path(plan.tokenizer).exists():
+                raise ModelSourceError(
+                    f"{plan.name}: spec.model.tokenizer: {plan.tokenizer!r} does not exist"
+                )
+            for name, adapter_path in plan.adapters:
+                if not (Path(adapter_path) / "adapter_config.json").is_file():
+                    raise ModelSourceError(
+                        f"{plan.name}: spec.lora.adapters.{name}: {adapter_path!r} is not a "
+                        "PEFT adapter directory (no adapter_config.json)"
+                    )
+        return out
+
+    # -- diff ------------------------------------------------------------------------
+    def diff(self, paths: Iterable[Path]) -> list[Change]:
+        return [self._change(item) for item in self.load(paths)]
+
+    def _change(self, item: Loaded) -> Change:
+        body = _normal(item)
+        current = self.store.get(item.kind, item.name)
+        if current is None:
+            return Change(item.kind, item.name, "create", source=item.source)
+        changed = tuple(_changed_paths(current.body, body))
+        if not changed:
+            return Change(item.kind, item.name, "unchanged", source=item.source)
+        action = "adapters" if _adapters_only(current.body, body, changed) else "update"
+        return Change(item.kind, item.name, action, changed, item.source)
+
+    # -- stage 3: apply ----------------------------------------------------------------
+    def apply(
+        self,
+        paths: Iterable[Path],
+        *,
+        wait: bool = True,
+        timeout_s: float = 600,
+        progress: bool = True,
+        on_status: Callable[[str, str, str], None] | None = None,
+    ) -> list[Change]:
+        everything = self.load(paths)
+        loaded = [i for i in everything if i.kind == MODEL_KIND]
+        kbs = [i for i in everything if i.kind == KB_KIND]
+        graphs = [i for i in everything if i.kind == GRAPH_KIND]
+        # Graphs name deployments, KBs and other graphs: check them all before anything
+        # is pushed or recorded.
+        graph_plans = self._resolve_graphs(graphs, loaded, kbs)
+        datasets = [i for i in everything if i.kind == DATASET_KIND]
+        for item in datasets:  # missing sources stop the apply before anything changes
+            manifest: Any = item.manifest
+            self._datasets().check(manifest, _base(item), source=item.source)
+        plans = self.resolve(self.compile(loaded), progress=progress)
+        changes = [self._change(item) for item in loaded]
+        if loaded:
+            with self._serving_lock():
+                desired = self._stored_plans()
+                desired.update({p.name: p for p in plans})
+                # One config for everything: Serve applies it as a whole or refuses it,
+                # and the store is written only after it was accepted.
+                self._push(desired)
+                by_name = {p.name: p for p in plans}
+                for item in loaded:
+                    plan = by_name[item.name].to_dict()
+                    self.store.put(item.kind, item.name, _normal(item), plan)
+        # Knowledge bases are registered here; syncing them (embedding) is the caller's
+        # next step (`qingliang apply` does it with progress bars).
+        kb_changes = [self._register_kb(item) for item in kbs]
+        graph_changes = [self._change(item) for item in graphs]
+        for item in graphs:
+            self.store.put(item.kind, item.name, _normal(item), graph_plans[item.name])
+        # Datasets are cut here: each apply reads the sources and stores a version.
+        dataset_changes = [self._cut_dataset(item) for item in datasets]
+        if wait:
+            for change in changes:
+                self.wait(change.name, timeout_s=timeout_s, on_status=on_status)
+        return changes + kb_changes + graph_changes + dataset_changes
+
+    def _datasets(self) -> DatasetStore:
+        from qingliang.platform.lifecycle.data.store import DatasetStore
+
+        return DatasetStore.for_home(self.settings.home)
+
+    def _cut_dataset(self, item: Loaded) -> Change:
+        change = self._change(item)
+        row = self.store.get(item.kind, item.name)
+        manifest: Any = item.manifest
+        v = self._datasets().cut(manifest, _base(item), actor="apply")
+        self._record_dataset(v)
+        self.store.put(item.kind, item.name, _normal(item), {"version": v.version})
+        action = change.action
+        if action == "unchanged" and (row is None or (row.plan or {}).get("version") != v.version):
+            action = "cut"  # same manifest, new content in the sources
+        summary = (
+            f"version {v.version}: {v.records} records ({v.train} train, {v.eval} eval), "
+            f"{v.quarantined} quarantined"
+        )
+        # Warnings (an empty eval split, ...) belong in what apply prints, not only the log.
+        warnings = tuple(f"warning: {w}" for w in getattr(v, "warnings", ()) or ())
+        return dataclasses.replace(
+            change, action=action, fields=(*change.fields, summary, *warnings)
+        )
+
+    def _record_dataset(self, version: Any) -> None:
+        """Record a cut version in the model registry (lineage starts there). A registry
+        that cannot be written does not undo the cut: `qingliang registry sync` catches up."""
+        from qingliang.platform.lifecycle.registry import Registry, record_dataset_version
+
+        try:
+            with Registry(home=self.settings.home) as reg:
+                record_dataset_version(reg, version)
+        except QingliangError as exc:
+            logger.warning(
+                "dataset %s@%s was cut but not recorded in the registry (%s); run "
+                "`qingliang registry sync %s`",
+                version.name,
+                version.version,
+                exc,
+                version.name,
+            )
+
+    def _resolve_graphs(
+        self, graphs: list[Loaded], models: list[Loaded], kbs: list[Loaded]
+    ) -> dict[str, dict]:
+        from qingliang.agents.resolve import resolve_graph
+
+        if not graphs:
+            return {}
+        known_models = {
+            row.name: tuple(sorted((row.body["spec"].get("lora") or {}).get("adapters") or {}))
+            for row in self.store.list(MODEL_KIND)
+        }
+        for item in models:
+            lora = item.manifest.spec.lora  # type: ignore[attr-defined]
+            known_models[item.name] = tuple(sorted(lora.adapters))
+        known_kbs = {row.name for row in self.store.list(KB_KIND)} | {i.name for i in kbs}
+        known_graphs = {row.name for row in self.store.list(GRAPH_KIND)}
+        known_graphs |= {i.name for i in graphs}
+        plans, issues = {}, []
+        for item in graphs:
+            base = Path(re.sub(r"\[\d+\]$", "", item.source)).resolve().parent
+            for problem in resolve_graph(
+                item.manifest,  # type: ignore[arg-type]
+                base,
+                models=known_models,
+                kbs=known_kbs,
+                graphs=known_graphs,
+            ):
+                issues.append(f"{item.source}: {problem}")
+            plans[item.name] = {"base_dir": str(base)}
+        if issues:
+            raise ResolveError("\n".join(issues))
+        return plans
+
+    def _register_kb(self, item: Loaded) -> Change:
+        from qingliang.knowledge.service import KnowledgeService
+
+        change = self._change(item)
+        base = Path(re.sub(r"\[\d+\]$", "", item.source)).resolve().parent
+        KnowledgeService(self.settings.home).register(item.manifest, base=base, actor="apply")  # type: ignore[arg-type]
+        return change
+
+    def wait(
+        self,
+        name: str,
+        *,
+        timeout_s: float = 600,
+        on_status: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, message = self.status(name)
+            if on_status:
+                on_status(name, status, message)
+            if status == "RUNNING":
+                return
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise ClusterError(f"deployment {name!r} failed: {message}")
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"deployment {name!r} not ready after {timeout_s:.0f} s "
+                    f"(status {status}: {message})"
+                )
+            time.sleep(1.0)
+
+    # -- get / delete ------------------------------------------------------------------
+    def get(self, *, live: bool = True) -> list[dict[str, Any]]:
+        rows = []
+        statuses = self._deployer.statuses() if live else {}
+        for row in self.store.list(MODEL_KIND):
+            spec = row.body.get("spec", {})
+            status, message = statuses.get(row.name, ("NOT_DEPLOYED", "")) if live else ("", "")
+            rows.append(
+                {
+                    "kind": row.kind,
+                    "name": row.name,
+                    "source": (spec.get("model") or {}).get("source", ""),
+                    "engine": (spec.get("engine") or {}).get("kind", ""),
+                    "adapters": sorted((spec.get("lora") or {}).get("adapters") or {}),
+                    "traffic": dict((spec.get("lora") or {}).get("traffic") or {}),
+                    "generation": row.generation,
+                    "status": status,
+                    "message": message,
+                    "applied_at": row.applied_at,
+                }
+            )
+        return rows
+
+    def delete(self, names: Iterable[str], kind: str = MODEL_KIND) -> list[str]:
+        if kind == KB_KIND:
+            return self._delete_kbs(list(names))
+        if kind == DATASET_KIND:
+            names = list(names)
+            datasets = self._datasets()
+            known = set(datasets.names())
+            missing = [n for n in names if n not in known and self.store.get(kind, n) is None]
+            if missing:
+                raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+            for name in names:
+                if name in known:
+                    datasets.remove(name, actor="delete")
+                self.store.delete(kind, name)
+            return names
+        if kind == GRAPH_KIND:
+            names = list(names)
+            missing = [n for n in names if self.store.get(kind, n) is None]
+            if missing:
+                raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+            for name in names:
+                self.store.delete(kind, name)
+            return names
+        names = list(names)
+        with self._serving_lock():
+            missing = [n for n in names if self.store.get(kind, n) is None]
+            if missing:
+                raise NotFound(f"no {kind} named {', '.join(map(repr, missing))}")
+            desired = self._stored_plans()
+            for name in names:
+                desired.pop(name, None)
+            self._push(desired)
+            for name in names:
+                self.store.delete(kind, name)
+        return names
+
+    def _delete_kbs(self, names: list[str]) -> list[str]:
+        from qingliang.knowledge.service import KnowledgeService
+
+        missing = [n for n in names if self.store.get(KB_KIND, n) is None]
+        if missing:
+            raise NotFound(f"no {KB_KIND} named {', '.join(map(repr, missing))}")
+        service = KnowledgeService(self.settings.home)
+        try:
+            for name in names:
+                service.remove(name, actor="delete")
+        finally:
+            service.close()
+        return names
+
+    def set_adapter(
+        self, deployment: str, adapter: str, path: str | None, ref: str | None = None
+    ) -> Change:
+        """Add / replace (path) or remove (None) one adapter, as an adapters-only update.
+
+        ``ref`` records the adapter's model-registry ref (``name@version``) in
+        ``spec.lora.refs``; loading new weights without one forgets the old ref (it would
+        name other weights). Removing an adapter also drops its traffic share and ref.
+
+        Concurrent calls (and ``set_traffic``/``apply``) take turns: none undoes another.
+
+        Example:
+            >>> ctl.set_adapter("qwen", "faq", "/adapters/faq-3", ref="faq-bot@3")  # doctest: +SKIP
+        """
+        with self._serving_lock():
+            return self._set_adapter(deployment, adapter, path, ref)
+
+    def _set_adapter(
+        self, deployment: str, adapter: str, path: str | None, ref: str | None
+    ) -> Change:
+        row = self.store.get(MODEL_KIND, deployment)
+        if row is None:
+            raise NotFound(f"no ModelDeployment named {deployment!r}")
+        if path is None and ref is not None:
+            raise BadRequest("a ref names the weights being loaded: give a path with it")
+        body = _deep_copy(row.body)
+        lora = body["spec"].setdefault("lora", {})
+        adapters = dict(lora.get("adapters") or {})
+        refs = dict(lora.get("refs") or {})
+        if path is None:
+            if adapter not in adapters:
+                raise NotFound(f"deployment {deployment!r} has no adapter {adapter!r}")
+            adapters.pop(adapter)
+            lora["traffic"] = {k: v for k, v in (lora.get("traffic") or {}).items() if k != adapter}
+            refs.pop(adapter, None)
+        else:
+            before = adapters.get(adapter)
+            adapters[adapter] = str(Path(path).resolve())
+            if ref is not None:
+                refs[adapter] = ref
+            elif adapters[adapter] != before:
+                refs.pop(adapter, None)
+        lora["adapters"] = adapters
+        lora["refs"] = refs
+        # Keep LoRA on once it was: removing the last adapter must not turn it off (that
+        # changes the replicas' arguments and restarts them).
+        if path is not None or _lora_active(row.body):
+            lora["enabled"] = True
+        from qingliang.platform.manifests.loader import validate_document
+
+        item = validate_document(body, f"{deployment} (stored)")
+        plan = self.resolve(self.compile([item]), progress=False)[0]
+        desired = self._stored_plans()
+        desired[deployment] = plan
+        self._push(desired)
+        new_body = _normal(item)
+        self.store.put(MODEL_KIND, deployment, new_body, plan.to_dict())
+        changed = tuple(_changed_paths(row.body, new_body))
+        if not changed:
+            return Change(MODEL_KIND, deployment, "unchanged")
+        # Turning LoRA on for a deployment started without it restarts its replicas.
+        action = "adapters" if _adapters_only(row.body, new_body, changed) else "update"
+        return Change(MODEL_KIND, deployment, action, changed)
+
+    def set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
+        """Replace the canary shares of ``deployment`` (an empty mapping clears them).
+
+        ``shares`` maps adapter names to the share of bare-deployment requests each gets;
+        the rest goes to the base model. Only the stored manifest changes: the gateway
+        reads it (within about a second), and no replica restarts or is reconfigured.
+
+        Raises:
+            NotFound: no such deployment.
+            ManifestError: the shares are invalid (``spec.lora.traffic``); nothing changes.
+
+        Example:
+            >>> ctl.set_traffic("qwen", {"faq-v4": 0.1})  # doctest: +SKIP
+            Change(kind='ModelDeployment', name='qwen', action='adapters', ...)
+        """
+        with self._serving_lock():
+            return self._set_traffic(deployment, shares)
+
+    def _set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
+        from qingliang.platform.manifests.loader import validate_document
+
+        row = self.store.get(MODEL_KIND, deployment)
+        if row is None:
+            raise NotFound(f"no ModelDeployment named {deployment!r}")
+        body = _deep_copy(row.body)
+        body["spec"].setdefault("lora", {})["traffic"] = dict(shares)
+        new_body = _normal(validate_document(body, f"{deployment} (stored)"))
+        changed = tuple(_changed_paths(row.body, new_body))
+        if not changed:
+            return Change(MODEL_KIND, deployment, "unchanged")
+        # The plan (and so the Serve config) does not depend on traffic: keep it as is.
+        self.store.put(MODEL_KIND, deployment, new_body, row.plan)
+        logger.info("deployment %s: traffic set to %s", deployment, dict(shares))
+        return Change(MODEL_KIND, deployment, "adapters", changed)
+
+
+def _file_of(source: str) -> str:
+    """``a.yaml[1]`` (the second document of a file) → ``a.yaml``."""
+    return re.sub(r"\[\d+\]$", "", source)
+
+
+def _base(item: Loaded) -> Path:
+    """The folder of the file a manifest came from (relative paths start there)."""
+    return Path(re.sub(r"\[\d+\]$", "", item.source)).resolve().parent
+
+
+def _default_resolver(source: str, cache: Path, progress: bool) -> Path:
+    from qingliang.serving.sources import resolve_source
+
+    return resolve_source(source, cache, progress=progress)
+
+
+def _normal(item: Loaded) -> dict:
+    return item.manifest.model_dump(mode="json", by_alias=True)
+
+
+def _lora_active(body: dict) -> bool:
+    """``LoraOptions.active`` on a stored body: whether the replicas run with LoRA."""
+    lora = (body.get("spec") or {}).get("lora") or {}
+    enabled = lora.get("enabled")
+    return bool(enabled) or (enabled is None and bool(lora.get("adapters")))
+
+
+#: Fields whose change is a lightweight update: adapters reload through user_config;
+#: traffic and refs are read by the gateway and never reach the replicas.
+_LIGHTWEIGHT = ("spec.lora.adapters", "spec.lora.traffic", "spec.lora.refs")
+
+
+def _adapters_only(old: dict, new: dict, changed: Iterable[str]) -> bool:
+    """Whether a change is a lightweight update: adapters, traffic and refs only, LoRA
+    staying on or off."""
+    paths = list(changed)
+    return (
+        bool(paths)
+        and all(
+            p == "spec.lora.enabled" or any(p == f or p.startswith(f + ".") for f in _LIGHTWEIGHT)
+            for p in paths
+        )
+        and _lora_active(old) == _lora_active(new)
+    )
+
+
+def _deep_copy(body: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(body))
+
+
+def _changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                # A field added to the schema since a body was stored reads as its empty
+                # default there: not a change.
+                if (old.get(key) if key in old else new.get(key)) != {}:
+                    out.append(path)
+            else:
+                out.extend(_changed_paths(old[key], new[key], path))
+        return out
+    return [] if old == new else [prefix]

