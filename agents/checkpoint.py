@@ -26,7 +26,7 @@ from typing import Any
 
 from qingliang.agents.manifest import Checkpointer
 from qingliang.platform.errors import ResolveError
-from qingliang.platform.storage.state import create_private
+from qingliang.platform.storage.sqlite import create_private
 
 log = logging.getLogger(__name__)
 

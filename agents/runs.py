@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.storage.state import create_private
+from qingliang.platform.storage.sqlite import create_private
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qingliang.platform.storage.state import open_db
+from qingliang.platform.storage.sqlite import open_db
 
 log = logging.getLogger(__name__)
 

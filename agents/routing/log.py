@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from qingliang.platform.errors import Conflict, NotFound
-from qingliang.platform.storage.state import open_db
+from qingliang.platform.storage.sqlite import open_db
 
 log = logging.getLogger(__name__)
 

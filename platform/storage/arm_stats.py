@@ -98,7 +98,7 @@ class ArmSummary:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    from qingliang.platform.storage.state import create_private
+    from qingliang.platform.storage.sqlite import create_private
 
     create_private(path)  # owner-only: who called which adapter is nobody else's business
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)

@@ -13,13 +13,14 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from qingliang.platform.storage.sqlite import open_db, write
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -44,44 +45,6 @@ class Applied:
     plan: dict | None = None
 
 
-def create_private(path: Path) -> None:
-    """Create the file ``path`` readable by its owner only (0600), and its directory (0700)
-    if missing; an existing file or directory is left as it is.
-
-    SQLite creates a database with the process's umask (usually 0644) and gives its
-    ``-wal`` and ``-shm`` files the database's mode, so the file is created here first.
-    Whichever of the platform's stores opens a new file first (the state store and the key
-    store share ``state.sqlite``), it ends up owner-only.
-
-    Example:
-        >>> import tempfile, stat
-        >>> p = Path(tempfile.mkdtemp()) / "new" / "x.sqlite"
-        >>> create_private(p)
-        >>> oct(stat.S_IMODE(p.stat().st_mode)), oct(stat.S_IMODE(p.parent.stat().st_mode))
-        ('0o600', '0o700')
-    """
-    # Parents above it keep the default mode; the data directory itself is owner-only.
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-
-
-@contextmanager
-def open_db(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
-    """An autocommit connection to ``path`` in WAL mode with ``schema`` applied (idempotent
-    ``CREATE ... IF NOT EXISTS`` statements), closed on exit. Callers open their own
-    ``BEGIN IMMEDIATE`` transactions for writes. A new file is created owner-only
-    (:func:`create_private`)."""
-    create_private(path)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(schema)
-        yield conn
-    finally:
-        conn.close()
-
-
 class StateStore:
     """Applied manifests by (kind, name). Safe to share between processes."""
 
@@ -97,8 +60,7 @@ class StateStore:
         now = time.time()
         text = json.dumps(body, sort_keys=True)
         plan_text = None if plan is None else json.dumps(plan, sort_keys=True)
-        with self._conn() as c:
-            c.execute("BEGIN IMMEDIATE")
+        with self._conn() as c, write(c):
             row = c.execute(
                 "SELECT generation, body FROM manifests WHERE kind=? AND name=?", (kind, name)
             ).fetchone()
@@ -110,7 +72,6 @@ class StateStore:
                 "applied_at=excluded.applied_at",
                 (kind, name, text, plan_text, gen, now),
             )
-            c.execute("COMMIT")
         return Applied(kind, name, body, gen, now, plan)
 
     def get(self, kind: str, name: str) -> Applied | None:

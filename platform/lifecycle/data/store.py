@@ -75,7 +75,7 @@ from qingliang.platform.lifecycle.data._versions import (
     write_version,
 )
 from qingliang.platform.lifecycle.data.manifest import Dataset, Retention
-from qingliang.platform.storage.state import open_db
+from qingliang.platform.storage.sqlite import open_db
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from qingliang.agents.checkpoint import inline_sqlite_saver
 from qingliang.agents.runs import RunStore
 from qingliang.platform.storage.arm_stats import _connect
 from qingliang.platform.storage.keys import KeyStore
-from qingliang.platform.storage.state import StateStore, open_db
+from qingliang.platform.storage.sqlite import open_db
+from qingliang.platform.storage.state import StateStore
 
 
 @pytest.fixture(autouse=True)

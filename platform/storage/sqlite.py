@@ -1,0 +1,96 @@
+"""The one SQLite helper every store uses: owner-only files, WAL, and write transactions.
+
+Each store (applied state, keys, conversations, arm statistics, the KB ledger, agent runs,
+the router log, dataset versions, pipeline runs) opens its file with :func:`open_db` and
+wraps every write in :func:`write`: one ``BEGIN IMMEDIATE`` transaction, committed on
+success and rolled back on any error, so concurrent writers (the CLI, the gateway's
+replicas, a pipeline step) serialise behind SQLite's busy timeout and a failure leaves the
+previous rows as they were.
+
+Example:
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.sqlite"
+    >>> with open_db(path, "CREATE TABLE IF NOT EXISTS t (v INTEGER);") as conn:
+    ...     with write(conn):
+    ...         _ = conn.execute("INSERT INTO t VALUES (1)")
+    ...     conn.execute("SELECT v FROM t").fetchall()
+    [(1,)]
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+#: Seconds a writer waits for another's transaction before SQLite gives up (busy timeout).
+BUSY_TIMEOUT_S = 30.0
+
+
+def create_private(path: Path) -> None:
+    """Create the file ``path`` readable by its owner only (0600), and its directory (0700)
+    if missing; an existing file or directory is left as it is.
+
+    SQLite creates a database with the process's umask (usually 0644) and gives its
+    ``-wal`` and ``-shm`` files the database's mode, so the file is created here first.
+    Whichever of the platform's stores opens a new file first (the state store and the key
+    store share ``state.sqlite``), it ends up owner-only.
+
+    Example:
+        >>> import tempfile, stat
+        >>> p = Path(tempfile.mkdtemp()) / "new" / "x.sqlite"
+        >>> create_private(p)
+        >>> oct(stat.S_IMODE(p.stat().st_mode)), oct(stat.S_IMODE(p.parent.stat().st_mode))
+        ('0o600', '0o700')
+    """
+    # Parents above it keep the default mode; the data directory itself is owner-only.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def connect(path: Path, *, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    """An autocommit connection to ``path`` in WAL mode; a new file is created owner-only.
+
+    Autocommit (``isolation_level=None``) so that reads take no lock and every write opens
+    its own transaction with :func:`write`, where the busy timeout applies.
+    """
+    path = Path(path)
+    create_private(path)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def open_db(
+    path: Path, schema: str, *, timeout: float = BUSY_TIMEOUT_S
+) -> Iterator[sqlite3.Connection]:
+    """A :func:`connect` connection with ``schema`` applied (idempotent ``CREATE ... IF NOT
+    EXISTS`` statements), closed on exit."""
+    conn = connect(path, timeout=timeout)
+    try:
+        conn.executescript(schema)
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction on an autocommit connection: committed when the
+    block ends, rolled back when it raises (the exception goes on)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
