@@ -19,6 +19,8 @@ so callers catch one family::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -130,3 +132,36 @@ class Unavailable(Retryable):
 
     status_code = 503
     error_type = "server_error"
+
+
+#: Words longer than this get no "did you mean" (a pasted blob is not a typo).
+HINT_MAX_CHARS = 200
+
+
+def closest(word: object, options: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The option closest to ``word`` when one is close enough, else None.
+
+    Example:
+        >>> closest("max_model_lenn", ["max_model_len", "dtype"])
+        'max_model_len'
+        >>> closest(3, ["a"]) is None
+        True
+    """
+    if not isinstance(word, str) or len(word) > HINT_MAX_CHARS:
+        return None
+    found = difflib.get_close_matches(word, list(options), n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def did_you_mean(word: object, options: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """The one "did you mean" hint every error message uses: ``" (did you mean 'x'?)"``
+    for the closest option, or ``""`` when none is close.
+
+    Example:
+        >>> "unknown key" + did_you_mean("scroe", ["score", "limit"])
+        "unknown key (did you mean 'score'?)"
+        >>> did_you_mean("zzz", ["score"])
+        ''
+    """
+    near = closest(word, options, cutoff=cutoff)
+    return f" (did you mean {near!r}?)" if near else ""
