@@ -52,10 +52,22 @@ from qingliang.platform.errors import (
     Saturated,
     Unauthorized,
 )
-from qingliang.platform.gateway._params import check_generation
-from qingliang.platform.gateway.bodies import BODIES, install_openapi, refuse_unknown, request_body
-from qingliang.platform.gateway.limits import BodyLimitMiddleware, parse_json_body
-from qingliang.platform.gateway.openai_bodies import (
+from qingliang.platform.gateway.auth.quotas import Quotas
+from qingliang.platform.gateway.auth.scopes import (
+    ROUTES,
+    authorize,
+    route_of,
+    rule_for,
+    verify_key,
+)
+from qingliang.platform.gateway.http.bodies import (
+    BODIES,
+    install_openapi,
+    refuse_unknown,
+    request_body,
+)
+from qingliang.platform.gateway.http.limits import BodyLimitMiddleware, parse_json_body
+from qingliang.platform.gateway.http.openai_bodies import (
     IGNORED_HEADER,
     OPENAI_BODIES,
     ChatCompletionBody,
@@ -64,7 +76,7 @@ from qingliang.platform.gateway.openai_bodies import (
     checked,
     forwarded,
 )
-from qingliang.platform.gateway.quotas import Quotas
+from qingliang.platform.gateway.http.params import check_generation
 from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.routes.knowledge import (
     KnowledgeBackend,
@@ -72,13 +84,6 @@ from qingliang.platform.gateway.routes.knowledge import (
     tenant_of,
 )
 from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
-from qingliang.platform.gateway.scopes import (
-    ROUTES,
-    authorize,
-    route_of,
-    rule_for,
-    verify_key,
-)
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.conversations import Conversation, ConversationLog
 

@@ -19,15 +19,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from qingliang.platform.errors import BadRequest
-from qingliang.platform.gateway._params import check_generation
 from qingliang.platform.gateway.app import create_app
-from qingliang.platform.gateway.limits import (
+from qingliang.platform.gateway.http.limits import (
     BodyTooLarge,
     body_limit,
     check_attachments,
     json_depth,
     parse_json_body,
 )
+from qingliang.platform.gateway.http.params import check_generation
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.keys import KeyStore
 from tests.unit.gateway.test_gateway import (

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from qingliang.platform.errors import BadRequest, Saturated
 from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.gateway.auth.quotas import Quotas
 from qingliang.platform.gateway.ingress import KeyAuth
-from qingliang.platform.gateway.quotas import Quotas
 from qingliang.platform.storage.keys import KeyStore
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}

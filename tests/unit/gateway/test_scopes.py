@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from starlette.routing import Route
 
 from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.gateway.auth.scopes import ROUTES, rule_for, tenant_of
 from qingliang.platform.gateway.ingress import KeyAuth
-from qingliang.platform.gateway.scopes import ROUTES, rule_for, tenant_of
 from qingliang.platform.storage.keys import KeyStore
 
 

@@ -27,7 +27,7 @@ A content part or response format of a type not listed here (vLLM's ``video_url`
 ``structural_tag``) is passed on for the engine to judge.
 
 The ranges of sampling parameters are checked first, with their own messages, by
-:func:`._params.check_generation`; the ranges here document them.
+:func:`.params.check_generation`; the ranges here document them.
 
 Example:
     >>> body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}],
@@ -44,8 +44,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from qingliang.platform.errors import BadRequest
-from qingliang.platform.gateway._params import MAX_LOGPROBS, MAX_STOP
-from qingliang.platform.gateway.bodies import validated
+from qingliang.platform.gateway.http.bodies import validated
+from qingliang.platform.gateway.http.params import MAX_LOGPROBS, MAX_STOP
 
 #: Answer header naming the request fields that were accepted but not acted on.
 IGNORED_HEADER = "X-Qingliang-Ignored-Fields"

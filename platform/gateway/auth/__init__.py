@@ -1,0 +1,1 @@
+"""Who may call what: route scopes and per-key quotas."""
