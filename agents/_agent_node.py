@@ -7,18 +7,17 @@ once and a side-effecting tool runs once.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from qingliang.agents._journal import NodeJournal
 from qingliang.agents.llm import ChatReply, recover_tool_call
 from qingliang.agents.manifest import Agent
+from qingliang.agents.state import GraphDef, RunState, RunStopped, Services, emit, run_config
 from qingliang.agents.tools.base import Tool, openai_spec
-
-if TYPE_CHECKING:
-    from qingliang.agents.runtime import GraphCompiler, GraphDef, RunState
+from qingliang.agents.tools.knowledge import search_knowledge
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +43,33 @@ class NestedAgentTool:
         object.__setattr__(self, "parameters", schema)
 
 
+class Compiler(Protocol):
+    """What an agent node needs of the graph compiler (:class:`~.runtime.GraphCompiler`)."""
+
+    s: Services
+
+    async def call_tool(
+        self, tool: Tool, args: dict, state: RunState, config: dict, journal: NodeJournal, node: str
+    ) -> dict:
+        """Run ``tool`` once per journal key: ``{"content", "data", "citations"}`` or
+        ``{"error"}``."""
+        ...
+
+    async def invoke_nested(self, name: str, text: str, state: RunState, config: dict) -> dict:
+        """Run graph ``name`` inside the current node; its final state."""
+        ...
+
+
 @dataclass(frozen=True)
 class AgentStep:
-    compiler: GraphCompiler
+    """One agent answering in one node: the agent, the model it runs on, its tools."""
+
+    compiler: Compiler
     gdef: GraphDef
     node: str
     agent: Agent
     model: str
     tools: dict[str, Tool]
-
-
-def _emit(config: dict, event: dict) -> None:
-    from qingliang.agents.runtime import emit
-
-    emit(config, event)
 
 
 def _passages(hits: list[dict], start: int) -> list[str]:
@@ -91,23 +103,72 @@ async def run_agent(
     step: AgentStep, state: RunState, config: dict, journal: NodeJournal
 ) -> dict[str, Any]:
     """The node's state update: answer, citations, tokens, tools called, forms filled."""
-    from qingliang.agents.runtime import RunStopped, run_config
-
-    s = step.compiler.s
     run = run_config(config)
     agent = step.agent
     budget = step.gdef.manifest.spec.limits.token_budget
     used = int(state.get("tokens") or 0)
+    passages, citations = await _search_knowledge(step, state, run, journal)
+    messages = build_messages(agent, state, passages)
+    tools = [step.tools[name] for name in agent.tools]
+    specs = [openai_spec(t) for t in tools]
+    by_name = {t.name: t for t in tools}
+    turn = _Turn(citations=citations)
+    text = ""
+    for round_no in range(agent.max_tool_rounds + 1):
+        if budget is not None and used + turn.tokens >= budget:
+            raise RunStopped(
+                f"token budget of {budget} spent ({used + turn.tokens} used) before "
+                f"{step.node!r} could answer"
+            )
+        offer = specs if specs and round_no < agent.max_tool_rounds else None
+        reply = await _call_model(step, messages, offer, set(by_name), run, config, journal)
+        turn.tokens += reply.tokens
+        if not reply.tool_calls or offer is None:
+            text = reply.text
+            break
+        messages.append(_assistant_message(reply))
+        for tc in reply.tool_calls:
+            content = await _answer_tool_call(step, tc, by_name, state, turn, config, journal)
+            turn.called.append({"node": step.node, "tool": tc.name})
+            messages.append({"role": "tool", "tool_call_id": tc.id, "content": content})
+    if turn.citations:
+        emit(config, {"type": "citations", "node": step.node, "citations": turn.citations})
+    update: dict[str, Any] = {"answers": {step.node: text}, "last": text, "tokens": turn.tokens}
+    if turn.citations:
+        update["citations"] = turn.citations
+    if turn.called:
+        update["tools_called"] = turn.called
+    if turn.forms:
+        update["forms"] = turn.forms
+    return update
+
+
+@dataclass
+class _Turn:
+    """What an agent's model ↔ tool rounds have gathered so far."""
+
+    citations: list[dict]
+    tokens: int = 0
+    called: list[dict] = field(default_factory=list)
+    forms: dict[str, Any] = field(default_factory=dict)
+
+
+async def _search_knowledge(
+    step: AgentStep, state: RunState, run: dict, journal: NodeJournal
+) -> tuple[list[str], list[dict]]:
+    """The agent's knowledge bases searched with the request: (prompt passages, citations)."""
+    s = step.compiler.s
+    agent = step.agent
     citations: list[dict] = []
     passages: list[str] = []
     for kb in agent.knowledge:
-        if s.knowledge is None:
+        knowledge = s.knowledge
+        if knowledge is None:
             raise RunStopped(f"agent {agent.name!r} uses knowledge but none is configured")
 
-        async def search(_key: str, kb: str = kb) -> list[dict]:
-            assert s.knowledge is not None
-            return await asyncio.to_thread(
-                s.knowledge,
+        async def search(_key: str, kb: str = kb, knowledge: Any = knowledge) -> list[dict]:
+            return await search_knowledge(  # type: ignore[no-any-return]
+                knowledge,
                 kb,
                 state.get("input") or "",
                 tenant=run.get("tenant"),
@@ -118,116 +179,93 @@ async def run_agent(
         hits, _ = await journal.step(search)
         passages += _passages(hits, len(passages) + 1)
         citations += [{"kb": kb, **h} for h in hits]
-    messages = build_messages(agent, state, passages)
-    tools = [step.tools[name] for name in agent.tools]
-    specs = [openai_spec(t) for t in tools]
-    by_name = {t.name: t for t in tools}
-    tokens, called = 0, []
-    forms: dict[str, Any] = {}
-    text = ""
+    return passages, citations
+
+
+async def _call_model(
+    step: AgentStep,
+    messages: list[dict],
+    offer: list[dict] | None,
+    tool_names: set[str],
+    run: dict,
+    config: dict,
+    journal: NodeJournal,
+) -> ChatReply:
+    """One model call (a journal step: replayed, not repeated, after a re-execution)."""
+    agent = step.agent
     # The run's id keeps a bare deployment's canary choice sticky for the whole run.
     run_id = run.get("run_id")
     who = str(run_id) if run_id else None
-    for round_no in range(agent.max_tool_rounds + 1):
-        if budget is not None and used + tokens >= budget:
-            raise RunStopped(
-                f"token budget of {budget} spent ({used + tokens} used) before "
-                f"{step.node!r} could answer"
-            )
-        offer = specs if specs and round_no < agent.max_tool_rounds else None
 
-        def on_delta(delta: str) -> None:
-            _emit(config, {"type": "token", "node": step.node, "delta": delta})
+    def on_delta(delta: str) -> None:
+        emit(config, {"type": "token", "node": step.node, "delta": delta})
 
-        async def call_model(_key: str, offer: Any = offer) -> dict:
-            reply = await s.chat.complete(
-                step.model,
-                messages,
-                tools=offer,
-                max_tokens=agent.max_tokens,
-                temperature=agent.temperature,
-                on_delta=on_delta,
-                user=who,
-            )
-            return reply.to_json()
-
-        raw, replayed = await journal.step(call_model)
-        reply = ChatReply.from_json(raw)
-        if offer is not None:
-            reply = recover_tool_call(reply, set(by_name))
-        tokens += reply.tokens
-        if replayed and reply.text:
-            _emit(
-                config, {"type": "token", "node": step.node, "delta": reply.text, "replayed": True}
-            )
-        if not reply.tool_calls or offer is None:
-            text = reply.text
-            break
-        messages.append(
-            {
-                "role": "assistant",
-                "content": reply.text or None,
-                "tool_calls": [
-                    {
-                        "id": tc.id,
-                        "type": "function",
-                        "function": {"name": tc.name, "arguments": _json(tc.arguments)},
-                    }
-                    for tc in reply.tool_calls
-                ],
-            }
+    async def call_model(_key: str) -> dict:
+        reply = await step.compiler.s.chat.complete(
+            step.model,
+            messages,
+            tools=offer,
+            max_tokens=agent.max_tokens,
+            temperature=agent.temperature,
+            on_delta=on_delta,
+            user=who,
         )
-        for tc in reply.tool_calls:
-            tool = by_name.get(tc.name)
-            if tool is None:
-                content = f"error: unknown tool {tc.name!r}; available: {', '.join(by_name)}"
-            elif tc.error:
-                content = f"error: {tc.error}"
-            elif isinstance(tool, NestedAgentTool):
-                merged = {**state, "forms": {**(state.get("forms") or {}), **forms}}
-                content, nested_tokens = await _call_nested(
-                    step,
-                    tool,
-                    tc.arguments,
-                    merged,
-                    config,
-                    journal,  # type: ignore[arg-type]
-                )
-                tokens += nested_tokens
-            else:
-                merged = {**state, "forms": {**(state.get("forms") or {}), **forms}}
-                out = await step.compiler.call_tool(
-                    tool,
-                    tc.arguments,
-                    merged,
-                    config,
-                    journal,
-                    step.node,  # type: ignore[arg-type]
-                )
-                if out.get("error"):
-                    content = f"error: {out['error']}"
-                else:
-                    content = out.get("content") or ""
-                    citations += out.get("citations") or []
-                    data = out.get("data")
-                    if isinstance(data, dict) and "values" in data and "form" in data:
-                        forms[str(data["form"])] = data["values"]
-            called.append({"node": step.node, "tool": tc.name})
-            messages.append({"role": "tool", "tool_call_id": tc.id, "content": content})
-    if citations:
-        _emit(config, {"type": "citations", "node": step.node, "citations": citations})
-    update: dict[str, Any] = {
-        "answers": {step.node: text},
-        "last": text,
-        "tokens": tokens,
+        return reply.to_json()
+
+    raw, replayed = await journal.step(call_model)
+    reply = ChatReply.from_json(raw)
+    if offer is not None:
+        reply = recover_tool_call(reply, tool_names)
+    if replayed and reply.text:
+        emit(config, {"type": "token", "node": step.node, "delta": reply.text, "replayed": True})
+    return reply
+
+
+def _assistant_message(reply: ChatReply) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": reply.text or None,
+        "tool_calls": [
+            {
+                "id": tc.id,
+                "type": "function",
+                "function": {"name": tc.name, "arguments": _json(tc.arguments)},
+            }
+            for tc in reply.tool_calls
+        ],
     }
-    if citations:
-        update["citations"] = citations
-    if called:
-        update["tools_called"] = called
-    if forms:
-        update["forms"] = forms
-    return update
+
+
+async def _answer_tool_call(
+    step: AgentStep,
+    tc: Any,
+    by_name: dict[str, Tool],
+    state: RunState,
+    turn: _Turn,
+    config: dict,
+    journal: NodeJournal,
+) -> str:
+    """The tool message for one of the model's tool calls (``turn`` gathers the rest)."""
+    tool = by_name.get(tc.name)
+    if tool is None:
+        return f"error: unknown tool {tc.name!r}; available: {', '.join(by_name)}"
+    if tc.error:
+        return f"error: {tc.error}"
+    merged: Any = {**state, "forms": {**(state.get("forms") or {}), **turn.forms}}
+    if isinstance(tool, NestedAgentTool):
+        content, nested_tokens = await _call_nested(
+            step, tool, tc.arguments, merged, config, journal
+        )
+        turn.tokens += nested_tokens
+        return content
+    out = await step.compiler.call_tool(tool, tc.arguments, merged, config, journal, step.node)
+    if out.get("error"):
+        return f"error: {out['error']}"
+    turn.citations += out.get("citations") or []
+    data = out.get("data")
+    if isinstance(data, dict) and "values" in data and "form" in data:
+        turn.forms[str(data["form"])] = data["values"]
+    return str(out.get("content") or "")
 
 
 async def _call_nested(
@@ -247,7 +285,7 @@ async def _call_nested(
         return {"last": out.get("last") or "", "tokens": out.get("tokens") or 0}
 
     out, replayed = await journal.step(call)
-    _emit(
+    emit(
         config,
         {
             "type": "tool",
@@ -263,6 +301,4 @@ async def _call_nested(
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from qingliang.agents.manifest import AgentGraph
-from qingliang.agents.runtime import GraphDef
+from qingliang.agents.state import GraphDef
 from qingliang.platform.errors import NotFound
 
 log = logging.getLogger(__name__)

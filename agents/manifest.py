@@ -31,43 +31,15 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from qingliang.agents.tools.specs import END, Id, Tool, valid_id, valid_regex
 from qingliang.knowledge.manifest import ENV_NAME_RE, LABEL_RE
+from qingliang.platform.errors import did_you_mean
 from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict, valid_name
 from qingliang.serving.manifest import ADAPTER_RE
-
-#: Node, agent and tool names: they appear in events, logs and the router's arms.
-ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
-#: Form field names: JSON keys the model fills in.
-FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-END = "end"
-
-Id = Annotated[str, Field(min_length=1, max_length=63)]
-
-
-def _valid_id(v: str, what: str = "name") -> str:
-    if not ID_RE.match(v):
-        raise ValueError(
-            f"{v!r} is not a valid {what}: use a lower-case letter, then letters, digits, "
-            "'-' or '_' (at most 63)"
-        )
-    if v == END:
-        raise ValueError(f"{END!r} is reserved (it means: the run ends here)")
-    return v
-
-
-def _regex(v: str | None) -> str | None:
-    if v is not None:
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {v!r}: {exc}") from None
-    return v
 
 
 def valid_model_ref(v: str) -> str:
@@ -117,116 +89,12 @@ class Agent(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _valid_id(v, "agent name")
+        return valid_id(v, "agent name")
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
         return valid_model_ref(v)
-
-
-class FormField(Strict):
-    name: str = Field(description="Key in the filled form.")
-    type: Literal["string", "integer", "number", "boolean", "date"] = Field(
-        default="string", description="Value type; `date` is YYYY-MM-DD."
-    )
-    description: str = Field(default="", max_length=500, description="Shown to the model.")
-    required: bool = Field(default=True, description="The form is incomplete without it.")
-    pattern: str | None = Field(default=None, description="Regular expression a string matches.")
-    enum: list[str] | None = Field(default=None, description="Allowed string values.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not FIELD_RE.match(v):
-            raise ValueError(f"{v!r} is not a valid field name (letters, digits, '_')")
-        return v
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str | None) -> str | None:
-        return _regex(v)
-
-
-class _ToolBase(Strict):
-    name: Id = Field(description="Tool name the model calls and nodes reference.")
-    description: str = Field(
-        default="", max_length=1000, description="Shown to the model (a default per kind)."
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _valid_id(v, "tool name")
-
-
-class KnowledgeTool(_ToolBase):
-    kind: Literal["knowledge_search"]
-    knowledge: Id = Field(description="Knowledge base to search (the caller's tenant applies).")
-    limit: int = Field(default=4, ge=1, le=20, description="Hits returned.")
-    mode: Literal["hybrid", "dense"] = Field(default="hybrid", description="Retrieval mode.")
-
-
-class OcrTool(_ToolBase):
-    kind: Literal["ocr"]
-    max_pixels: int = Field(
-        default=40_000_000, ge=1, description="Images larger than this are refused."
-    )
-
-
-class FormTool(_ToolBase):
-    kind: Literal["form"]
-    fields: list[FormField] = Field(min_length=1, description="The form's fields.")
-
-    @field_validator("fields")
-    @classmethod
-    def _distinct(cls, v: list[FormField]) -> list[FormField]:
-        names = [f.name for f in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"duplicate field names: {', '.join(dup)}")
-        return v
-
-
-class SubmitTool(_ToolBase):
-    kind: Literal["submit"]
-    form: Id = Field(description="The `form` tool whose filled values are submitted.")
-    database: str = Field(
-        description="SQLite file the submission is written to (relative to the manifest)."
-    )
-    table: str = Field(default="submissions", description="Table (created if missing).")
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, v: str) -> str:
-        if not FIELD_RE.match(v):
-            raise ValueError(f"{v!r} is not a valid table name (letters, digits, '_')")
-        return v
-
-
-class SqlTool(_ToolBase):
-    kind: Literal["sql"]
-    database: str = Field(description="SQLite file queried read-only (relative to the manifest).")
-    max_rows: int = Field(default=50, ge=1, le=10_000, description="Rows returned at most.")
-    timeout_s: float = Field(default=2.0, gt=0, le=60, description="A query is stopped after.")
-
-
-class CallAgentTool(_ToolBase):
-    kind: Literal["call_agent"]
-    graph: str = Field(description="The AgentGraph called (its answer is the tool result).")
-
-    @field_validator("graph")
-    @classmethod
-    def _graph(cls, v: str) -> str:
-        return valid_name(v)
-
-
-Tool = Annotated[
-    KnowledgeTool | OcrTool | FormTool | SubmitTool | SqlTool | CallAgentTool,
-    Field(discriminator="kind"),
-]
-#: Tools whose calls change something outside the run (journaled: exactly once).
-SIDE_EFFECT_KINDS = frozenset({"submit", "call_agent"})
 
 
 class ApprovalCondition(Strict):
@@ -247,7 +115,7 @@ class ApprovalCondition(Strict):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, v: str | None) -> str | None:
-        return _regex(v)
+        return valid_regex(v)
 
     @model_validator(mode="after")
     def _some(self) -> ApprovalCondition:
@@ -295,7 +163,7 @@ class Node(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _valid_id(v, "node name")
+        return valid_id(v, "node name")
 
     @field_validator("models")
     @classmethod
@@ -483,8 +351,7 @@ class AgentGraph(Strict):
 
 
 def _unknown(what: str, value: str, known: list[str]) -> str:
-    hint = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
-    more = f" (did you mean {hint[0]!r}?)" if hint else ""
+    more = did_you_mean(value, known)
     listed = f"; known: {', '.join(known)}" if known else f"; none declared in spec.{what}s"
     return f"unknown {what} {value!r}{more}{listed}"
 
@@ -510,10 +377,20 @@ def check_graph(spec: AgentGraphSpec) -> list[str]:
             problems.append(f"{kind}s: duplicate name {dup!r}")
     if problems:
         return problems
-    agents = [a.name for a in spec.agents]
+    problems = _reference_problems(spec)
+    for i, n in enumerate(spec.nodes):
+        problems += _node_problems(spec, i, n)
+    if spec.router.prior and not any(n.type == "router" for n in spec.nodes):
+        problems.append("router.prior: there is no router node")
+    if problems:
+        return problems
+    return _flow_problems(spec)
+
+
+def _reference_problems(spec: AgentGraphSpec) -> list[str]:
+    """Agents' tools, submit tools' forms and the entry that name nothing declared."""
+    problems: list[str] = []
     tools = {t.name: t for t in spec.tools}
-    nodes = {n.name: n for n in spec.nodes}
-    node_names = list(nodes)
     for i, a in enumerate(spec.agents):
         for j, t in enumerate(a.tools):
             if t not in tools:
@@ -527,48 +404,60 @@ def check_graph(spec: AgentGraphSpec) -> list[str]:
         if t.kind == "submit" and (t.form not in tools or tools[t.form].kind != "form"):
             forms = [n for n, x in tools.items() if x.kind == "form"]
             problems.append(f"tools[{i}].form: {_unknown('form tool', t.form, forms)}")
-    if spec.entry is not None and spec.entry not in nodes:
+    node_names = [n.name for n in spec.nodes]
+    if spec.entry is not None and spec.entry not in node_names:
         problems.append(f"entry: {_unknown('node', spec.entry, node_names)}")
-    for i, n in enumerate(spec.nodes):
-        at = f"nodes[{i}]"
-        if n.agent and n.agent not in agents:
-            problems.append(f"{at}.agent: {_unknown('agent', n.agent, agents)}")
-        if n.tool and n.tool not in tools:
-            problems.append(f"{at}.tool: {_unknown('tool', n.tool, list(tools))}")
-        for key in ("routes", "branches"):
-            for j, target in enumerate(getattr(n, key)):
-                if target not in nodes:
-                    problems.append(f"{at}.{key}[{j}]: {_unknown('node', target, node_names)}")
-                elif target == n.name:
-                    problems.append(f"{at}.{key}[{j}]: a node cannot route to itself")
-        for key in ("next", "on_reject"):
-            target = getattr(n, key)
-            if target is not None and target != END and target not in nodes:
-                problems.append(f"{at}.{key}: {_unknown('node', target, node_names + [END])}")
-        if n.router is not None and n.type != "router":
-            problems.append(f"{at}.router: applies to router nodes only")
-        for arm in (n.router or spec.router).prior if n.type == "router" else ():
-            if arm not in (n.routes or n.models):
-                problems.append(f"{at}: router prior names {arm!r}, which is not one of its arms")
-        for j, b in enumerate(n.branches):
-            branch = nodes.get(b)
-            if branch is None:
-                continue
-            if branch.type not in ("agent", "tool", "graph"):
-                problems.append(
-                    f"{at}.branches[{j}]: a parallel branch is an agent, tool or graph node, "
-                    f"not a {branch.type} node"
-                )
-            elif branch.next is not None:
-                problems.append(
-                    f"nodes[{node_names.index(b)}].next: {b!r} is a branch of {n.name!r}, which "
-                    "decides what follows; remove its `next`"
-                )
-    if spec.router.prior and not any(n.type == "router" for n in spec.nodes):
-        problems.append("router.prior: there is no router node")
-    if problems:
-        return problems
-    # Reachability from the entry, and an exit from every reachable node.
+    return problems
+
+
+def _node_problems(spec: AgentGraphSpec, i: int, n: Node) -> list[str]:
+    """What node ``i`` (``n``) names that is not declared, or may not be used there."""
+    problems: list[str] = []
+    agents = [a.name for a in spec.agents]
+    tools = [t.name for t in spec.tools]
+    nodes = {x.name: x for x in spec.nodes}
+    node_names = list(nodes)
+    at = f"nodes[{i}]"
+    if n.agent and n.agent not in agents:
+        problems.append(f"{at}.agent: {_unknown('agent', n.agent, agents)}")
+    if n.tool and n.tool not in tools:
+        problems.append(f"{at}.tool: {_unknown('tool', n.tool, tools)}")
+    for key in ("routes", "branches"):
+        for j, target in enumerate(getattr(n, key)):
+            if target not in nodes:
+                problems.append(f"{at}.{key}[{j}]: {_unknown('node', target, node_names)}")
+            elif target == n.name:
+                problems.append(f"{at}.{key}[{j}]: a node cannot route to itself")
+    for key in ("next", "on_reject"):
+        target = getattr(n, key)
+        if target is not None and target != END and target not in nodes:
+            problems.append(f"{at}.{key}: {_unknown('node', target, node_names + [END])}")
+    if n.router is not None and n.type != "router":
+        problems.append(f"{at}.router: applies to router nodes only")
+    for arm in (n.router or spec.router).prior if n.type == "router" else ():
+        if arm not in (n.routes or n.models):
+            problems.append(f"{at}: router prior names {arm!r}, which is not one of its arms")
+    for j, b in enumerate(n.branches):
+        branch = nodes.get(b)
+        if branch is None:
+            continue
+        if branch.type not in ("agent", "tool", "graph"):
+            problems.append(
+                f"{at}.branches[{j}]: a parallel branch is an agent, tool or graph node, "
+                f"not a {branch.type} node"
+            )
+        elif branch.next is not None:
+            problems.append(
+                f"nodes[{node_names.index(b)}].next: {b!r} is a branch of {n.name!r}, which "
+                "decides what follows; remove its `next`"
+            )
+    return problems
+
+
+def _flow_problems(spec: AgentGraphSpec) -> list[str]:
+    """Nodes the entry cannot reach, and reachable ones with no way to the end."""
+    problems: list[str] = []
+    nodes = {n.name: n for n in spec.nodes}
     entry = spec.entry_node
     seen, stack = {entry}, [entry]
     while stack:

@@ -45,7 +45,7 @@ def resolve_graph(
     ``models`` maps applied deployments to their adapters; ``kbs`` and ``graphs`` are the
     applied knowledge bases and agent graphs (including those applied in the same batch).
     """
-    from qingliang.agents.tools.toolbox import check_tools
+    from qingliang.agents.toolbox import check_tools
 
     spec = graph.spec
     problems = []

@@ -1,17 +1,18 @@
 """An ``AgentGraph`` manifest compiled to a LangGraph ``StateGraph``.
 
 :class:`GraphCompiler` turns a validated manifest into a compiled graph whose nodes are
-plain async functions over :class:`RunState`; the checkpointer is injected
-(:mod:`qingliang.agents.checkpoint`). What the nodes use comes in :class:`Services`: the
-chat model (the serving layer), the router, knowledge search, the run store (journal and
-events) and the catalog of other graphs (nested graphs and ``call_agent`` tools).
+plain async functions over :class:`~.state.RunState`; the checkpointer is injected
+(:mod:`qingliang.agents.checkpoint`). What the nodes use comes in
+:class:`~.state.Services`: the chat model (the serving layer), the router, knowledge
+search, the run store (journal and events) and the catalog of other graphs (nested graphs
+and ``call_agent`` tools).
 
 Every non-repeatable step of a node (model call, tool call, routing decision) goes
 through :class:`~qingliang.agents._journal.NodeJournal`, so LangGraph's re-execution of a
 node after an interrupt or a crash replays those steps instead of repeating them.
 
 Events reach the caller through the run's event sink (``configurable.run["events"]``, see
-:func:`emit`): ``node`` (start), ``route`` (arm and propensity), ``token`` (deltas),
+:func:`~.state.emit`): ``node`` (start), ``route`` (arm and propensity), ``token`` (deltas),
 ``tool``, ``citations``. Nested graphs get the same settings, so their events join their
 parent run's.
 
@@ -22,110 +23,29 @@ Example:
 from __future__ import annotations
 
 import logging
-import operator
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypedDict
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
 from qingliang.agents._agent_node import AgentStep, run_agent
 from qingliang.agents._journal import NodeJournal, node_namespace
-from qingliang.agents.llm import ChatModel
 from qingliang.agents.manifest import END, AgentGraph, Node, RouterSettings
-from qingliang.agents.runs import RunStore
-from qingliang.agents.tools.base import KnowledgeSearch, Tool, ToolContext, ToolError
-from qingliang.platform.errors import QingliangError
+from qingliang.agents.state import (
+    GraphDef,
+    RunState,
+    RunStopped,
+    Services,
+    emit,
+    run_config,
+)
+from qingliang.agents.tools.base import Tool, ToolContext, ToolError
 
 log = logging.getLogger(__name__)
 
 #: Approval decisions and the reward part each gives the router.
 APPROVAL_VALUE = {"approve": 1.0, "edit": 0.5, "reject": -1.0}
-
-
-class RunStopped(QingliangError):
-    """A run stopped cleanly at a limit (token budget, nested depth); ``reason`` says which."""
-
-
-def _merge(a: dict | None, b: dict | None) -> dict:
-    return {**(a or {}), **(b or {})}
-
-
-def _latest(a: Any, b: Any) -> Any:
-    return b
-
-
-class RunState(TypedDict, total=False):
-    """What flows between nodes (checkpointed after every step)."""
-
-    input: str
-    domain: str | None
-    modality: str
-    attachments: list[str]
-    answers: Annotated[dict, _merge]
-    last: Annotated[str, _latest]
-    citations: Annotated[list, operator.add]
-    routes: Annotated[list, operator.add]
-    tools_called: Annotated[list, operator.add]
-    forms: Annotated[dict, _merge]
-    results: Annotated[dict, _merge]
-    tokens: Annotated[int, operator.add]
-    approvals: Annotated[list, operator.add]
-    outcome: Annotated[str, _latest]
-
-
-@dataclass(frozen=True)
-class GraphDef:
-    """An applied AgentGraph and the folder its relative paths resolve against."""
-
-    manifest: AgentGraph
-    base_dir: Path
-    version: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-
-class Router(Protocol):
-    """The router as the runtime sees it (a local service or the shared Ray actor)."""
-
-    async def decide(
-        self, router: str, features: Any, *, run_id: str, tenant: str | None
-    ) -> Any: ...
-
-
-@dataclass
-class Services:
-    chat: ChatModel
-    store: RunStore
-    router: Router | None = None
-    knowledge: KnowledgeSearch | None = None
-    #: Query embedding for the router's features (None: a hashing embedding is used).
-    embed: Callable[[str], Awaitable[list[float] | None]] | None = None
-    #: Other graphs by name (nested graphs, ``call_agent`` tools).
-    graphs: Callable[[str], GraphDef] | None = None
-    #: Compiled graphs by name, filled by the compiler for nested use.
-    compiled: dict[str, Any] = field(default_factory=dict)
-
-
-def run_config(config: dict) -> dict:
-    """The run's own settings (``configurable.run``) inside a node."""
-    run = (config.get("configurable") or {}).get("run")
-    if not run:
-        raise RuntimeError("the run settings are missing from the graph config")
-    return run
-
-
-def emit(config: dict, event: dict) -> None:
-    """Send ``event`` to the run's event sink (none: nothing listens)."""
-    # A direct call, not LangGraph's custom stream, which hops every event through
-    # call_soon_threadsafe and keeps a waiter task per run: about 7% of the CPU time of a
-    # 3-node run (bench/_orchestration.py).
-    sink = run_config(config).get("events")
-    if sink is not None:
-        sink(event)
 
 
 def router_key(graph: str, node: str) -> str:

@@ -612,7 +612,7 @@ def _modality(files: dict[str, bytes]) -> str:
 def default_tools(gdef: GraphDef) -> dict:
     """The graph's tools: built from the manifest, plus ``call_agent`` as nested graphs."""
     from qingliang.agents._agent_node import NestedAgentTool
-    from qingliang.agents.tools.toolbox import build_tools
+    from qingliang.agents.toolbox import build_tools
 
     tools: dict[str, Any] = dict(build_tools(gdef.manifest.spec, gdef.base_dir))
     for t in gdef.manifest.spec.tools:

@@ -3,7 +3,8 @@
 The runtime hands the model :meth:`Tool.openai_spec` (OpenAI ``tools`` format, which vLLM
 renders with the model's native tool-calling template), validates nothing itself, and
 calls :meth:`Tool.run` in a worker thread with the parsed arguments and a
-:class:`ToolContext`. A tool raises :class:`ToolError` for arguments it cannot use; the
+:class:`ToolContext` (a tool with ``is_async = True`` has a coroutine ``run``, awaited on
+the run's event loop instead). A tool raises :class:`ToolError` for arguments it cannot use; the
 message goes back to the model (and to the event stream) so it can correct itself.
 
 A tool with ``side_effect = True`` changes something outside the run. The runtime journals
@@ -24,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +48,9 @@ class ToolResult:
 
 #: ``search(kb, query, *, tenant, limit, mode) -> list of hit dicts``: the ``citations`` of
 #: the knowledge API's search answer (flat dicts: text, score, source, page, doc_id, ...).
-KnowledgeSearch = Callable[..., list[dict]]
+#: An async function (the knowledge server's handle) or a plain one (an in-process
+#: service, run in a worker thread).
+KnowledgeSearch = Callable[..., list[dict] | Awaitable[list[dict]]]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ constraint: ``INSERT ... ON CONFLICT DO NOTHING`` then a read by key, so a repea
 submission id and writes nothing.
 
 Example:
-    >>> from qingliang.agents.manifest import FormTool as FormConfig
+    >>> from qingliang.agents.tools.specs import FormTool as FormConfig
     >>> config = FormConfig.model_validate({"kind": "form", "name": "permit", "fields": [
     ...     {"name": "applicant"}, {"name": "start", "type": "date"}]})
     >>> values, problems = validate_values(config, {"applicant": "Li Wei", "start": "2024-02-30"})
@@ -38,10 +38,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from qingliang.agents.manifest import FormField
-from qingliang.agents.manifest import FormTool as FormConfig
-from qingliang.agents.manifest import SubmitTool as SubmitConfig
 from qingliang.agents.tools.base import ToolContext, ToolError, ToolResult
+from qingliang.agents.tools.specs import FormField
+from qingliang.agents.tools.specs import FormTool as FormConfig
+from qingliang.agents.tools.specs import SubmitTool as SubmitConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def validate_values(config: FormConfig, values: dict[str, Any]) -> tuple[dict[st
     ``integer`` field. A field that is ``None`` is left out (not filled).
 
     Example:
-        >>> from qingliang.agents.manifest import FormTool as FormConfig
+        >>> from qingliang.agents.tools.specs import FormTool as FormConfig
         >>> config = FormConfig.model_validate({"kind": "form", "name": "f", "fields": [
         ...     {"name": "age", "type": "integer"}]})
         >>> validate_values(config, {"age": 42.0, "agee": 1})
@@ -182,7 +182,7 @@ class FormTool:
         config: The manifest's ``form`` tool.
 
     Example:
-        >>> from qingliang.agents.manifest import FormTool as FormConfig
+        >>> from qingliang.agents.tools.specs import FormTool as FormConfig
         >>> from qingliang.agents.tools.base import ToolContext
         >>> tool = FormTool(FormConfig.model_validate({"kind": "form", "name": "permit",
         ...     "fields": [{"name": "applicant"}, {"name": "days", "type": "integer"}]}))
@@ -244,7 +244,7 @@ class SubmitTool:
 
     Example:
         >>> import tempfile
-        >>> from qingliang.agents.manifest import SubmitTool as SubmitConfig
+        >>> from qingliang.agents.tools.specs import SubmitTool as SubmitConfig
         >>> from qingliang.agents.tools.base import ToolContext
         >>> db = Path(tempfile.mkdtemp()) / "permits.sqlite"
         >>> tool = SubmitTool(SubmitConfig(kind="submit", name="file", form="permit",

@@ -1,8 +1,10 @@
 """The ``knowledge_search`` tool: the model searches one knowledge base and cites the hits.
 
 The search itself is ``ctx.knowledge`` (see :data:`~.base.KnowledgeSearch`): in a
-deployment a call to the knowledge server, in one process
-:meth:`KnowledgeService.search <qingliang.knowledge.service.KnowledgeService.search>`.
+deployment the knowledge server's async ``search`` (awaited on the run's event loop), in
+one process a plain function such as
+:meth:`KnowledgeService.search <qingliang.knowledge.service.KnowledgeService.search>`
+(run in a worker thread): :func:`search_knowledge` calls either.
 Either answer is accepted: the service's ``{"kb", "version", "mode", "citations": [...]}``
 or the list of citation dicts alone, each shaped like
 :meth:`Citation.to_dict <qingliang.knowledge.retrieval.Citation.to_dict>` (``text``,
@@ -13,15 +15,15 @@ few long chunks cannot fill its context; the run's citations get every hit in fu
 the knowledge base's name added.
 
 Example:
-    >>> from qingliang.agents.manifest import KnowledgeTool
+    >>> from qingliang.agents.tools.specs import KnowledgeTool
     >>> from qingliang.agents.tools.base import ToolContext
     >>> def search(kb, query, *, tenant, limit, mode):
     ...     return [{"text": "Clinics open at 8:00.", "score": 0.9, "source": "hours.md",
     ...              "page": None, "locator": "#0"}]
     >>> tool = KnowledgeSearchTool(KnowledgeTool(kind="knowledge_search", name="policy",
     ...                                          knowledge="gov-policy"))
-    >>> result = tool.run({"query": "opening hours"},
-    ...                   ToolContext(run_id="r1", tenant="city-a", knowledge=search))
+    >>> result = asyncio.run(tool.run({"query": "opening hours"},
+    ...                   ToolContext(run_id="r1", tenant="city-a", knowledge=search)))
     >>> print(result.content)
     [1] Clinics open at 8:00. (source: hours.md, #0)
     >>> result.citations[0]["kb"]
@@ -30,11 +32,13 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from typing import Any
 
-from qingliang.agents.manifest import KnowledgeTool
-from qingliang.agents.tools.base import ToolContext, ToolError, ToolResult
+from qingliang.agents.tools.base import KnowledgeSearch, ToolContext, ToolError, ToolResult
+from qingliang.agents.tools.specs import KnowledgeTool
 from qingliang.platform.errors import ApiError, NotFound
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,23 @@ DEFAULT_DESCRIPTION = (
 )
 
 
+async def search_knowledge(
+    knowledge: KnowledgeSearch, kb: str, query: str, *, tenant: str | None, limit: int, mode: str
+) -> Any:
+    """The answer of ``knowledge`` for ``query`` in ``kb``, for ``tenant``.
+
+    An async ``knowledge`` (the knowledge server's handle) is awaited here, on the event
+    loop; a plain function (an in-process service, a test's fake) runs in a worker thread
+    so it cannot hold the loop.
+    """
+    if inspect.iscoroutinefunction(knowledge):
+        return await knowledge(kb, query, tenant=tenant, limit=limit, mode=mode)
+    answer = await asyncio.to_thread(knowledge, kb, query, tenant=tenant, limit=limit, mode=mode)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
 class KnowledgeSearchTool:
     """Searches ``config.knowledge`` with the model's query, for the run's tenant.
 
@@ -58,7 +79,7 @@ class KnowledgeSearchTool:
         config: The manifest's ``knowledge_search`` tool.
 
     Example:
-        >>> from qingliang.agents.manifest import KnowledgeTool
+        >>> from qingliang.agents.tools.specs import KnowledgeTool
         >>> tool = KnowledgeSearchTool(KnowledgeTool(kind="knowledge_search", name="kb",
         ...                                          knowledge="gov-policy", limit=3))
         >>> tool.parameters["properties"]["limit"]["maximum"], tool.side_effect
@@ -66,6 +87,8 @@ class KnowledgeSearchTool:
     """
 
     side_effect = False
+    #: :meth:`run` is a coroutine: the runtime awaits it on the run's event loop.
+    is_async = True
 
     def __init__(self, config: KnowledgeTool) -> None:
         self.config = config
@@ -86,7 +109,7 @@ class KnowledgeSearchTool:
             "additionalProperties": False,
         }
 
-    def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         """Search and return the numbered passages and their citations.
 
         Raises:
@@ -116,8 +139,13 @@ class KnowledgeSearchTool:
         ):
             raise ToolError(f"`limit` must be an integer in 1..{self.config.limit}, got {limit!r}")
         try:
-            answer = ctx.knowledge(
-                kb, query.strip(), tenant=ctx.tenant, limit=limit, mode=self.config.mode
+            answer = await search_knowledge(
+                ctx.knowledge,
+                kb,
+                query.strip(),
+                tenant=ctx.tenant,
+                limit=limit,
+                mode=self.config.mode,
             )
         except NotFound as exc:
             raise ToolError(f"knowledge base {kb!r} is not available: {exc}") from exc

@@ -10,7 +10,7 @@ The model reads the lines in reading order (rows top to bottom, left to right wi
 row); ``data`` keeps each line's pixel box ``[x0, y0, x1, y1]`` and confidence.
 
 Example:
-    >>> from qingliang.agents.manifest import OcrTool as OcrConfig
+    >>> from qingliang.agents.tools.specs import OcrTool as OcrConfig
     >>> from qingliang.agents.tools.base import ToolContext
     >>> tool = OcrTool(OcrConfig(kind="ocr", name="read_image"))
     >>> ctx = ToolContext(run_id="r1", tenant=None, attachments={"scan.png": Path("scan.png")})
@@ -28,8 +28,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from qingliang.agents.manifest import OcrTool as OcrConfig
 from qingliang.agents.tools.base import ToolContext, ToolError, ToolResult
+from qingliang.agents.tools.specs import OcrTool as OcrConfig
 from qingliang.knowledge.ingest._image import Line, load_frames, ocr_engine, ocr_lines
 from qingliang.knowledge.ingest.errors import DocumentError
 
@@ -52,7 +52,7 @@ class OcrTool:
         config: The manifest's ``ocr`` tool.
 
     Example:
-        >>> from qingliang.agents.manifest import OcrTool as OcrConfig
+        >>> from qingliang.agents.tools.specs import OcrTool as OcrConfig
         >>> OcrTool(OcrConfig(kind="ocr", name="read_image")).parameters["required"]
         ['attachment']
     """

@@ -24,7 +24,7 @@ their columns, read once (on first use), so the model knows what it can ask.
 
 Example:
     >>> import sqlite3, tempfile
-    >>> from qingliang.agents.manifest import SqlTool as SqlConfig
+    >>> from qingliang.agents.tools.specs import SqlTool as SqlConfig
     >>> from qingliang.agents.tools.base import ToolContext
     >>> db = Path(tempfile.mkdtemp()) / "clinics.sqlite"
     >>> with sqlite3.connect(db) as conn:
@@ -51,8 +51,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from qingliang.agents.manifest import SqlTool as SqlConfig
 from qingliang.agents.tools.base import ToolContext, ToolError, ToolResult
+from qingliang.agents.tools.specs import SqlTool as SqlConfig
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class SqlTool:
         database: The SQLite file (resolved against the manifest's folder).
 
     Example:
-        >>> from qingliang.agents.manifest import SqlTool as SqlConfig
+        >>> from qingliang.agents.tools.specs import SqlTool as SqlConfig
         >>> tool = SqlTool(SqlConfig(kind="sql", name="db", database="x.sqlite",
         ...                          description="Sales figures."), Path("x.sqlite"))
         >>> tool.description, tool.parameters["required"]

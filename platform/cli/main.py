@@ -96,6 +96,7 @@ def validate(files: list[Path] = FilesOpt) -> None:
     Pipeline's dataset and job files (present, valid, their own references), a Dataset's
     source files, a FineTuneJob's local base model folder.
     """
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.errors import FieldIssue, ManifestError
     from qingliang.platform.lifecycle.pipelines.references import check_references
     from qingliang.platform.manifests.loader import load_paths
@@ -219,6 +220,7 @@ def delete(
                 _fail(QingliangError(f"{n!r}: kind must be one of {', '.join(targets)}"))
             targets[kind if sep else "ModelDeployment"].append(name if sep else n)
         if files:
+            import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
             from qingliang.platform.manifests.loader import load_paths
 
             for item in load_paths(files):
@@ -252,7 +254,7 @@ def render(
     """
     import yaml
 
-    from qingliang.platform.control.apply import serve_config
+    from qingliang.platform.control.serve_config import serve_config
 
     settings = _settings()
     try:

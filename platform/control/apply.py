@@ -22,16 +22,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+import qingliang.platform.control.kinds  # noqa: F401  (the kinds apply loads)
+from qingliang.platform.control.deployer import Deployer, ServeRestDeployer
+from qingliang.platform.control.diff import (
+    Change,
+    adapters_only,
+    changed_paths,
+    deep_copy,
+    lora_active,
+    normal,
+)
+from qingliang.platform.control.lock import deployments_lock
+from qingliang.platform.control.serve_config import GATEWAY_KIND, GATEWAY_NAME, serve_config
 from qingliang.platform.errors import (
     BadRequest,
     ClusterError,
@@ -42,11 +53,12 @@ from qingliang.platform.errors import (
     QingliangError,
     ResolveError,
 )
-from qingliang.platform.manifests.loader import Loaded, load_paths
+from qingliang.platform.manifests.loader import Loaded, load_paths, validate_document
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan
+from qingliang.serving.traffic import ServingView, entry_of
 
 if TYPE_CHECKING:
     from qingliang.platform.lifecycle.data.store import DatasetStore
@@ -61,101 +73,15 @@ DATASET_KIND = "Dataset"
 APPLIED_KINDS = (MODEL_KIND, KB_KIND, GRAPH_KIND, DATASET_KIND)
 
 
-class Deployer(Protocol):
-    """The narrow part of Ray Serve the controller uses: a declarative config."""
-
-    def apply_config(self, config: dict) -> None: ...
-
-    def statuses(self) -> dict[str, tuple[str, str]]: ...
-
-
-class ServeRestDeployer:
-    """Ray Serve's declarative REST API on the dashboard (what `serve deploy` and
-    KubeRay's RayService use). A config that changes only a deployment's
-    ``user_config`` is a lightweight update: replicas are reconfigured, not restarted.
-    """
-
-    def __init__(self, dashboard_url: str, timeout_s: float = 30) -> None:
-        self.url = dashboard_url.rstrip("/") + "/api/serve/applications/"
-        self.timeout_s = timeout_s
-
-    def apply_config(self, config: dict) -> None:
-        import httpx
-
-        try:
-            r = httpx.put(self.url, json=config, timeout=self.timeout_s)
-        except httpx.HTTPError as exc:
-            raise ClusterError(f"Ray dashboard at {self.url} is unreachable: {exc}") from exc
-        if r.status_code >= 400:
-            raise ClusterError(f"Ray Serve refused the config ({r.status_code}): {r.text[:2000]}")
-
-    def statuses(self) -> dict[str, tuple[str, str]]:
-        import httpx
-
-        try:
-            r = httpx.get(self.url, timeout=self.timeout_s)
-            r.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ClusterError(f"Ray dashboard at {self.url} is unreachable: {exc}") from exc
-        out = {}
-        for name, app in (r.json().get("applications") or {}).items():
-            message = app.get("message") or ""
-            for dep in (app.get("deployments") or {}).values():
-                if dep.get("message") and dep.get("status") != "HEALTHY":
-                    message = dep["message"]
-            out[name] = (str(app.get("status")), message)
-        return out
-
-
-GATEWAY_KIND = "Gateway"
-GATEWAY_NAME = "gateway"
-
-
-def serve_config(settings: Settings, gateway: dict, plans: Iterable[DeploymentPlan]) -> dict:
-    """The whole Ray Serve config: the gateway application plus one per deployment."""
-    from qingliang.serving.deployment import MODEL_DEPLOYMENT
-
-    apps: list[dict[str, Any]] = [
-        {
-            "name": "qingliang-gateway",
-            "route_prefix": "/",
-            "import_path": "qingliang.platform.gateway.ingress:app_builder",
-            "args": dict(gateway),
-        }
-    ]
-    for plan in sorted(plans, key=lambda p: p.name):
-        apps.append(
-            {
-                "name": plan.name,
-                "route_prefix": None,
-                "import_path": "qingliang.serving.deployment:app_builder",
-                # Adapters stay out of args (the code version): see app_builder.
-                "args": {"plan": dataclasses.replace(plan, adapters=()).to_dict()},
-                "deployments": [
-                    {"name": MODEL_DEPLOYMENT, "user_config": {"adapters": plan.adapter_map}}
-                ],
-            }
-        )
-    return {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": settings.host, "port": settings.http_port},
-        "applications": apps,
-    }
-
-
-@dataclass(frozen=True)
-class Change:
-    """What `diff` / `apply` found for one manifest."""
-
-    kind: str
-    name: str
-    action: str  # create | update | adapters | unchanged
-    fields: tuple[str, ...] = ()
-    source: str = ""
-
-
 @dataclass
 class Controller:
+    """Applies manifests to Ray Serve and the state store (see the module docstring).
+
+    ``deployer`` defaults to Ray Serve's REST API on this host's dashboard; ``profile`` to
+    the detected hardware; ``resolver`` (model source → local folder) to
+    :func:`qingliang.serving.sources.resolve_source`.
+    """
+
     settings: Settings
     deployer: Deployer | None = None
     profile: HardwareProfile | None = None
@@ -172,26 +98,8 @@ class Controller:
         assert self.deployer is not None
         return self.deployer
 
-    @contextmanager
-    def _serving_lock(self) -> Iterator[None]:
-        """Serialise read-modify-write of the deployments (push to Serve, then store).
-
-        ``set_adapter``, ``set_traffic``, ``apply`` and ``delete`` each read the stored
-        deployments, change one, push the whole Serve config and write the store. Two of
-        them at once (a pipeline's canary step and an operator's ``adapters traffic``)
-        would each start from the same rows and the later write would undo the earlier
-        change, in the store or in Serve. An ``flock`` beside the state database makes them
-        take turns, across threads and processes of this host; the kernel releases it if
-        the holder dies.
-        """
-        path = Path(self.settings.state_db).with_name(".deployments.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _serving_lock(self) -> AbstractContextManager[None]:
+        return deployments_lock(Path(self.settings.state_db))
 
     def _stored_plans(self) -> dict[str, DeploymentPlan]:
         return {
@@ -289,14 +197,14 @@ class Controller:
         return [self._change(item) for item in self.load(paths)]
 
     def _change(self, item: Loaded) -> Change:
-        body = _normal(item)
+        body = normal(item)
         current = self.store.get(item.kind, item.name)
         if current is None:
             return Change(item.kind, item.name, "create", source=item.source)
-        changed = tuple(_changed_paths(current.body, body))
+        changed = tuple(changed_paths(current.body, body))
         if not changed:
             return Change(item.kind, item.name, "unchanged", source=item.source)
-        action = "adapters" if _adapters_only(current.body, body, changed) else "update"
+        action = "adapters" if adapters_only(current.body, body, changed) else "update"
         return Change(item.kind, item.name, action, changed, item.source)
 
     # -- stage 3: apply ----------------------------------------------------------------
@@ -332,13 +240,13 @@ class Controller:
                 by_name = {p.name: p for p in plans}
                 for item in loaded:
                     plan = by_name[item.name].to_dict()
-                    self.store.put(item.kind, item.name, _normal(item), plan)
+                    self.store.put(item.kind, item.name, normal(item), plan)
         # Knowledge bases are registered here; syncing them (embedding) is the caller's
         # next step (`qingliang apply` does it with progress bars).
         kb_changes = [self._register_kb(item) for item in kbs]
         graph_changes = [self._change(item) for item in graphs]
         for item in graphs:
-            self.store.put(item.kind, item.name, _normal(item), graph_plans[item.name])
+            self.store.put(item.kind, item.name, normal(item), graph_plans[item.name])
         # Datasets are cut here: each apply reads the sources and stores a version.
         dataset_changes = [self._cut_dataset(item) for item in datasets]
         if wait:
@@ -357,7 +265,7 @@ class Controller:
         manifest: Any = item.manifest
         v = self._datasets().cut(manifest, _base(item), actor="apply")
         self._record_dataset(v)
-        self.store.put(item.kind, item.name, _normal(item), {"version": v.version})
+        self.store.put(item.kind, item.name, normal(item), {"version": v.version})
         action = change.action
         if action == "unchanged" and (row is None or (row.plan or {}).get("version") != v.version):
             action = "cut"  # same manifest, new content in the sources
@@ -396,10 +304,7 @@ class Controller:
 
         if not graphs:
             return {}
-        known_models = {
-            row.name: tuple(sorted((row.body["spec"].get("lora") or {}).get("adapters") or {}))
-            for row in self.store.list(MODEL_KIND)
-        }
+        known_models = {e.name: e.adapters for e in ServingView.read(self.store).models}
         for item in models:
             lora = item.manifest.spec.lora  # type: ignore[attr-defined]
             known_models[item.name] = tuple(sorted(lora.adapters))
@@ -459,6 +364,7 @@ class Controller:
         statuses = self._deployer.statuses() if live else {}
         for row in self.store.list(MODEL_KIND):
             spec = row.body.get("spec", {})
+            entry = entry_of(row)
             status, message = statuses.get(row.name, ("NOT_DEPLOYED", "")) if live else ("", "")
             rows.append(
                 {
@@ -466,8 +372,8 @@ class Controller:
                     "name": row.name,
                     "source": (spec.get("model") or {}).get("source", ""),
                     "engine": (spec.get("engine") or {}).get("kind", ""),
-                    "adapters": sorted((spec.get("lora") or {}).get("adapters") or {}),
-                    "traffic": dict((spec.get("lora") or {}).get("traffic") or {}),
+                    "adapters": list(entry.adapters),
+                    "traffic": dict(entry.traffic),
                     "generation": row.generation,
                     "status": status,
                     "message": message,
@@ -551,7 +457,7 @@ class Controller:
             raise NotFound(f"no ModelDeployment named {deployment!r}")
         if path is None and ref is not None:
             raise BadRequest("a ref names the weights being loaded: give a path with it")
-        body = _deep_copy(row.body)
+        body = deep_copy(row.body)
         lora = body["spec"].setdefault("lora", {})
         adapters = dict(lora.get("adapters") or {})
         refs = dict(lora.get("refs") or {})
@@ -572,22 +478,20 @@ class Controller:
         lora["refs"] = refs
         # Keep LoRA on once it was: removing the last adapter must not turn it off (that
         # changes the replicas' arguments and restarts them).
-        if path is not None or _lora_active(row.body):
+        if path is not None or lora_active(row.body):
             lora["enabled"] = True
-        from qingliang.platform.manifests.loader import validate_document
-
         item = validate_document(body, f"{deployment} (stored)")
         plan = self.resolve(self.compile([item]), progress=False)[0]
         desired = self._stored_plans()
         desired[deployment] = plan
         self._push(desired)
-        new_body = _normal(item)
+        new_body = normal(item)
         self.store.put(MODEL_KIND, deployment, new_body, plan.to_dict())
-        changed = tuple(_changed_paths(row.body, new_body))
+        changed = tuple(changed_paths(row.body, new_body))
         if not changed:
             return Change(MODEL_KIND, deployment, "unchanged")
         # Turning LoRA on for a deployment started without it restarts its replicas.
-        action = "adapters" if _adapters_only(row.body, new_body, changed) else "update"
+        action = "adapters" if adapters_only(row.body, new_body, changed) else "update"
         return Change(MODEL_KIND, deployment, action, changed)
 
     def set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
@@ -609,15 +513,13 @@ class Controller:
             return self._set_traffic(deployment, shares)
 
     def _set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
-        from qingliang.platform.manifests.loader import validate_document
-
         row = self.store.get(MODEL_KIND, deployment)
         if row is None:
             raise NotFound(f"no ModelDeployment named {deployment!r}")
-        body = _deep_copy(row.body)
+        body = deep_copy(row.body)
         body["spec"].setdefault("lora", {})["traffic"] = dict(shares)
-        new_body = _normal(validate_document(body, f"{deployment} (stored)"))
-        changed = tuple(_changed_paths(row.body, new_body))
+        new_body = normal(validate_document(body, f"{deployment} (stored)"))
+        changed = tuple(changed_paths(row.body, new_body))
         if not changed:
             return Change(MODEL_KIND, deployment, "unchanged")
         # The plan (and so the Serve config) does not depend on traffic: keep it as is.
@@ -640,55 +542,3 @@ def _default_resolver(source: str, cache: Path, progress: bool) -> Path:
     from qingliang.serving.sources import resolve_source
 
     return resolve_source(source, cache, progress=progress)
-
-
-def _normal(item: Loaded) -> dict:
-    return item.manifest.model_dump(mode="json", by_alias=True)
-
-
-def _lora_active(body: dict) -> bool:
-    """``LoraOptions.active`` on a stored body: whether the replicas run with LoRA."""
-    lora = (body.get("spec") or {}).get("lora") or {}
-    enabled = lora.get("enabled")
-    return bool(enabled) or (enabled is None and bool(lora.get("adapters")))
-
-
-#: Fields whose change is a lightweight update: adapters reload through user_config;
-#: traffic and refs are read by the gateway and never reach the replicas.
-_LIGHTWEIGHT = ("spec.lora.adapters", "spec.lora.traffic", "spec.lora.refs")
-
-
-def _adapters_only(old: dict, new: dict, changed: Iterable[str]) -> bool:
-    """Whether a change is a lightweight update: adapters, traffic and refs only, LoRA
-    staying on or off."""
-    paths = list(changed)
-    return (
-        bool(paths)
-        and all(
-            p == "spec.lora.enabled" or any(p == f or p.startswith(f + ".") for f in _LIGHTWEIGHT)
-            for p in paths
-        )
-        and _lora_active(old) == _lora_active(new)
-    )
-
-
-def _deep_copy(body: dict) -> dict:
-    import json
-
-    return json.loads(json.dumps(body))
-
-
-def _changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old or key not in new:
-                # A field added to the schema since a body was stored reads as its empty
-                # default there: not a change.
-                if (old.get(key) if key in old else new.get(key)) != {}:
-                    out.append(path)
-            else:
-                out.extend(_changed_paths(old[key], new[key], path))
-        return out
-    return [] if old == new else [prefix]

@@ -5,7 +5,13 @@ path, and unknown keys get a "did you mean" hint::
 
     deploy/qwen.yaml: spec.engine.max_model_lenn: unknown key (did you mean 'max_model_len'?)
 
+The loader imports no kind itself: each is registered from above with
+:func:`register_kind` (:mod:`qingliang.platform.control.kinds` registers the kinds
+``apply`` knows, :mod:`qingliang.platform.lifecycle.pipelines.kinds` adds ``FineTuneJob``
+and ``Pipeline``), so an entry point imports one of those before loading anything.
+
 Example:
+    >>> import qingliang.platform.control.kinds
     >>> from qingliang.platform.manifests.loader import parse_documents
     >>> docs = parse_documents('''
     ... apiVersion: qingliang.io/v1
@@ -26,7 +32,6 @@ value (cut with "…").
 
 from __future__ import annotations
 
-import difflib
 import re
 import reprlib
 import typing
@@ -37,23 +42,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from qingliang.agents.manifest import AgentGraph
-from qingliang.knowledge.manifest import KnowledgeBase
-from qingliang.platform.errors import FieldIssue, ManifestError
-from qingliang.platform.lifecycle.data.manifest import Dataset
-from qingliang.platform.lifecycle.finetune.manifest import FineTuneJob
-from qingliang.platform.lifecycle.pipelines.manifest import Pipeline
-from qingliang.serving.manifest import ModelDeployment
+from qingliang.platform.errors import FieldIssue, ManifestError, did_you_mean
 
-#: Manifest kinds by ``kind``.
-KINDS: dict[str, type[BaseModel]] = {
-    "ModelDeployment": ModelDeployment,
-    "KnowledgeBase": KnowledgeBase,
-    "AgentGraph": AgentGraph,
-    "Dataset": Dataset,
-    "FineTuneJob": FineTuneJob,
-    "Pipeline": Pipeline,
-}
+#: Manifest kinds by ``kind``, in the order they were registered (:func:`register_kind`).
+#: The loader imports no kind: the areas above fill this registry
+#: (:mod:`qingliang.platform.control.kinds`, :mod:`qingliang.platform.lifecycle.pipelines.kinds`).
+KINDS: dict[str, type[BaseModel]] = {}
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -282,9 +276,7 @@ def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
             continue
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1]) or []
-            hint = _close(loc[-1], allowed)
-            msg = "unknown key"
-            msg += f" (did you mean {hint[0]!r}?)" if hint else ""
+            msg = "unknown key" + did_you_mean(loc[-1], allowed)
             if allowed:
                 msg += f"; allowed here: {', '.join(sorted(allowed))}"
         elif err["type"] == "missing":
@@ -294,18 +286,35 @@ def _issues(model: type[BaseModel], exc: ValidationError) -> list[FieldIssue]:
             msg = f"{_quote(got)} is not allowed: {msg[0].lower()}{msg[1:]}"
             expected = (err.get("ctx") or {}).get("expected", "")
             options = [o.strip().strip("'") for o in str(expected).replace(" or ", ",").split(",")]
-            hint = _close(got, [o for o in options if o])
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
+            msg += did_you_mean(got, [o for o in options if o])
         issues.append(FieldIssue(path, msg))
     return issues
 
 
-def _close(word: object, options: list[str]) -> list[str]:
-    """The closest option to ``word`` (a "did you mean"), for a short string only."""
-    if not isinstance(word, str) or len(word) > QUOTE_CHARS:
-        return []
-    return difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+def register_kind(model: type[BaseModel]) -> type[BaseModel]:
+    """Make ``model`` the manifest kind named by its ``kind: Literal["..."]`` field.
+
+    Registering the same model again is a no-op, so importing a registering module twice
+    (or from two entry points) is harmless; the kinds keep their first registration order,
+    the order an "unknown kind" error lists them in.
+
+    Raises:
+        ValueError: ``model`` has no single-value ``kind`` literal, or another model is
+            already registered under its kind.
+    """
+    field = model.model_fields.get("kind")
+    names = typing.get_args(field.annotation) if field is not None else ()
+    if len(names) != 1 or not isinstance(names[0], str):
+        raise ValueError(f"{model.__name__} has no `kind: Literal[\"...\"]` field")
+    kind = names[0]
+    if KINDS.setdefault(kind, model) is not model:
+        raise ValueError(f"manifest kind {kind!r} is already registered ({KINDS[kind].__name__})")
+    return model
+
+
+def known_kinds() -> list[str]:
+    """The registered kinds, in registration order."""
+    return list(KINDS)
 
 
 def validate_document(doc: object, source: str) -> Loaded:
@@ -314,12 +323,16 @@ def validate_document(doc: object, source: str) -> Loaded:
         raise ManifestError(
             [FieldIssue("", f"a manifest must be a mapping, got {type(doc).__name__}")], source
         )
+    if not KINDS:
+        raise RuntimeError(
+            "no manifest kinds are registered: import qingliang.platform.control.kinds "
+            "(or qingliang.platform.lifecycle.pipelines.kinds for every kind) first"
+        )
     kind = doc.get("kind")
     if kind is None:
         raise ManifestError([FieldIssue("kind", "required key is missing")], source)
     if not isinstance(kind, str) or kind not in KINDS:  # a list or mapping is unhashable
-        hint = _close(kind, list(KINDS))
-        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        more = did_you_mean(kind, KINDS)
         raise ManifestError(
             [FieldIssue("kind", f"unknown kind {_quote(kind)}{more}; known: {', '.join(KINDS)}")],
             source,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from qingliang.agents.catalog import StaticCatalog
 from qingliang.agents.llm import ChatReply, ToolCall
-from qingliang.agents.runtime import GraphDef
 from qingliang.agents.service import AgentService, default_tools
+from qingliang.agents.state import GraphDef
 from qingliang.platform.manifests.loader import load_paths
 
 #: Scripted replies per model: the n-th call (counting tool results in the messages) of

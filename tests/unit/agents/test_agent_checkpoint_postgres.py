@@ -23,8 +23,8 @@ import yaml
 from qingliang.agents.catalog import StaticCatalog
 from qingliang.agents.checkpoint import CHECKPOINT_DB, Checkpointers
 from qingliang.agents.manifest import AgentGraph, Checkpointer
-from qingliang.agents.runtime import GraphDef
 from qingliang.agents.service import AgentService
+from qingliang.agents.state import GraphDef
 from qingliang.platform.errors import Conflict, ResolveError
 from tests.unit.agents._agents_child import ScriptedChat, tools_for
 from tests.unit.agents.test_agent_durability import GRAPHS, _rows, _run, _run_until_killed

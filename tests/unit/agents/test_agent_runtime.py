@@ -14,8 +14,8 @@ from qingliang.agents.llm import ChatReply
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.routing.actor import RouterClient
 from qingliang.agents.routing.service import RouterService
-from qingliang.agents.runtime import GraphDef
 from qingliang.agents.service import AgentService
+from qingliang.agents.state import GraphDef
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 

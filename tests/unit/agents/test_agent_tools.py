@@ -6,6 +6,7 @@ No Ray, no network, no model.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -21,13 +22,14 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from qingliang.agents.manifest import AgentGraph, FormTool, KnowledgeTool, OcrTool, SqlTool
-from qingliang.agents.manifest import SubmitTool as SubmitConfig
+from qingliang.agents.manifest import AgentGraph
+from qingliang.agents.toolbox import build_tools, check_tools
 from qingliang.agents.tools import forms, ocr
 from qingliang.agents.tools.base import ToolContext, ToolError, openai_spec
 from qingliang.agents.tools.knowledge import KnowledgeSearchTool
+from qingliang.agents.tools.specs import FormTool, KnowledgeTool, OcrTool, SqlTool
+from qingliang.agents.tools.specs import SubmitTool as SubmitConfig
 from qingliang.agents.tools.sql import SqlTool as SqlRunner
-from qingliang.agents.tools.toolbox import build_tools, check_tools
 from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.knowledge.service import KnowledgeService
 
@@ -94,9 +96,16 @@ def kb_tool(**kw: Any) -> KnowledgeSearchTool:
     return KnowledgeSearchTool(KnowledgeTool(kind="knowledge_search", name="policy", **kw))
 
 
+def search_with(tool: KnowledgeSearchTool, args: dict, context: ToolContext) -> Any:
+    """The tool's answer: its ``run`` is a coroutine (the runtime awaits it)."""
+    return asyncio.run(tool.run(args, context))
+
+
 def test_knowledge_search_cites_the_real_service(service: Any) -> None:
     tool = kb_tool(knowledge="gov", limit=2)
-    out = tool.run({"query": "返岗人员居家隔离"}, ctx(tenant="city-a", knowledge=service.search))
+    out = search_with(
+        tool, {"query": "返岗人员居家隔离"}, ctx(tenant="city-a", knowledge=service.search)
+    )
     first = out.content.splitlines()[0]
     assert first.startswith("[1] ") and "返岗人员应居家隔离十四天" in first
     assert first.endswith(f"(source: {top_source(out)}, chars 8-37)")
@@ -107,19 +116,21 @@ def test_knowledge_search_cites_the_real_service(service: Any) -> None:
         "返岗人员",
     ]
     assert top["score"] >= out.citations[1]["score"] and top["version"] == 1
-    one = tool.run(
-        {"query": "核酸检测", "limit": 1}, ctx(tenant="city-a", knowledge=service.search)
+    one = search_with(
+        tool, {"query": "核酸检测", "limit": 1}, ctx(tenant="city-a", knowledge=service.search)
     )
     assert len(one.citations) == 1 and "核酸检测" in one.citations[0]["text"]
 
 
 def test_knowledge_search_refuses_unknown_kb_and_other_tenants(service: Any) -> None:
     with pytest.raises(ToolError, match=r"knowledge base 'gvo' is not available: .*known: gov"):
-        kb_tool(knowledge="gvo").run({"query": "隔离"}, ctx(knowledge=service.search))
+        search_with(kb_tool(knowledge="gvo"), {"query": "隔离"}, ctx(knowledge=service.search))
     # another tenant's KB reads as unknown: the tenant of the run applies
     with pytest.raises(ToolError, match="knowledge base 'gov' is not available"):
-        kb_tool(knowledge="gov").run(
-            {"query": "隔离"}, ctx(tenant="city-b", knowledge=service.search)
+        search_with(
+            kb_tool(knowledge="gov"),
+            {"query": "隔离"},
+            ctx(tenant="city-b", knowledge=service.search),
         )
 
 
@@ -132,20 +143,33 @@ def test_knowledge_search_bad_input() -> None:
 
     tool = kb_tool(knowledge="gov", limit=3)
     with pytest.raises(ToolError, match="not available in this run"):
-        tool.run({"query": "hours"}, ctx())
+        search_with(tool, {"query": "hours"}, ctx())
     for bad in ({"query": "   "}, {}, {"query": 7}):
         with pytest.raises(ToolError, match="`query` must be a non-empty string"):
-            tool.run(bad, ctx(knowledge=search))
+            search_with(tool, bad, ctx(knowledge=search))
     for limit in (0, 4, "2", True):
         with pytest.raises(ToolError, match=r"`limit` must be an integer in 1\.\.3"):
-            tool.run({"query": "hours", "limit": limit}, ctx(knowledge=search))
+            search_with(tool, {"query": "hours", "limit": limit}, ctx(knowledge=search))
     assert not calls
-    out = tool.run({"query": " hours "}, ctx(tenant="t1", knowledge=search))
+    out = search_with(tool, {"query": " hours "}, ctx(tenant="t1", knowledge=search))
     assert calls == [("gov", "hours", {"tenant": "t1", "limit": 3, "mode": "hybrid"})]
     assert out.content.endswith("… (source: a.pdf, p. 3)") and len(out.content) < 800
     assert out.citations[0]["text"] == "x " * 1000  # the citation keeps the whole text
-    empty = tool.run({"query": "q"}, ctx(knowledge=lambda *a, **k: {"citations": []}))
+    empty = search_with(tool, {"query": "q"}, ctx(knowledge=lambda *a, **k: {"citations": []}))
     assert empty.content == "No passages in knowledge base 'gov' match the query."
+
+
+def test_knowledge_search_awaits_an_async_search_on_the_loop() -> None:
+    """The knowledge server's handle is async: awaited on the run's loop, no thread hop."""
+    seen: list[tuple] = []
+
+    async def search(kb: str, query: str, **kw: Any) -> list[dict]:
+        seen.append((kb, query, kw, threading.current_thread() is threading.main_thread()))
+        return [{"text": "Open at 8.", "score": 0.9, "source": "hours.md", "locator": "#0"}]
+
+    out = search_with(kb_tool(knowledge="gov"), {"query": "hours"}, ctx(knowledge=search))
+    assert seen == [("gov", "hours", {"tenant": None, "limit": 4, "mode": "hybrid"}, True)]
+    assert out.content == "[1] Open at 8. (source: hours.md, #0)"
 
 
 # ----------------------------------------------------------------------------------- OCR

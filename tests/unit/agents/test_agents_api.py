@@ -25,8 +25,8 @@ from qingliang.agents.llm import ChatReply, ToolCall
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.routing.actor import LocalRouter
 from qingliang.agents.routing.service import RouterService
-from qingliang.agents.runtime import GraphDef
 from qingliang.agents.service import AgentService
+from qingliang.agents.state import GraphDef
 from qingliang.platform.errors import Conflict
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.ingress import KeyAuth

@@ -15,8 +15,8 @@ from pathlib import Path
 from qingliang.agents.catalog import StaticCatalog
 from qingliang.agents.llm import BackendChat, ChatReply, recover_tool_call
 from qingliang.agents.manifest import AgentGraph
-from qingliang.agents.runtime import GraphDef
 from qingliang.agents.service import AgentService
+from qingliang.agents.state import GraphDef
 from qingliang.platform.gateway.app import ModelEntry
 
 QWEN = ModelEntry("qwen", ("faq-v2",), traffic={"faq-v2": 0.5}, refs={"faq-v2": "faq@2"})

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from qingliang.agents.manifest import SqlTool as SqlConfig
 from qingliang.agents.tools import sql as sql_mod
 from qingliang.agents.tools.base import ToolContext, ToolError
+from qingliang.agents.tools.specs import SqlTool as SqlConfig
 from qingliang.agents.tools.sql import SqlTool
 
 CTX = ToolContext("run-1", None)
@@ -57,7 +57,7 @@ def test_randomblob_of_400_mb_fails_fast_under_a_memory_limit(db: Path) -> None:
         f"""
         import resource
         from pathlib import Path
-        from qingliang.agents.manifest import SqlTool as SqlConfig
+        from qingliang.agents.tools.specs import SqlTool as SqlConfig
         from qingliang.agents.tools.base import ToolContext, ToolError
         from qingliang.agents.tools.sql import SqlTool
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))

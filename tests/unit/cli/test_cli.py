@@ -86,6 +86,7 @@ def _validate(*paths: Path) -> tuple[int, str]:
 
 
 def test_validate_follows_what_pipelines_datasets_and_jobs_refer_to(tmp_path: Path) -> None:
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.manifests.loader import load_paths
 
     root = _project(tmp_path / "p")
@@ -136,7 +137,7 @@ def test_render_prints_the_serve_config_for_a_cluster() -> None:
     names = [a["name"] for a in config["applications"]]
     assert names == ["qingliang-gateway", "qwen-7b-awq"]
     model = config["applications"][1]
-    assert model["import_path"] == "qingliang.serving.deployment:app_builder"
+    assert model["import_path"] == "qingliang.serving.deployments.model:app_builder"
     assert model["args"]["plan"]["adapters"] == []  # adapters ride in user_config
     assert set(model["deployments"][0]["user_config"]["adapters"]) == {"legal-qa", "sql"}
     assert config["http_options"]["host"] == "0.0.0.0"
@@ -176,6 +177,7 @@ class RunningDeployer:
 @pytest.fixture
 def deployed(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stored `tiny` deployment with adapters sql and law (as `apply` leaves it)."""
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.cli import main as cli
     from qingliang.platform.control.apply import Controller
     from qingliang.platform.manifests.loader import validate_document

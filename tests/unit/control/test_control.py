@@ -20,7 +20,9 @@ import pytest
 import yaml
 
 from qingliang.platform.control import apply as control
-from qingliang.platform.control.apply import Change, Controller, ServeRestDeployer
+from qingliang.platform.control.apply import Controller
+from qingliang.platform.control.deployer import ServeRestDeployer
+from qingliang.platform.control.diff import Change
 from qingliang.platform.errors import (
     BadRequest,
     ClusterError,
@@ -32,7 +34,7 @@ from qingliang.platform.settings import Settings
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile
 
 GATEWAY_IMPORT = "qingliang.platform.gateway.ingress:app_builder"
-MODEL_IMPORT = "qingliang.serving.deployment:app_builder"
+MODEL_IMPORT = "qingliang.serving.deployments.model:app_builder"
 
 
 class FakeDeployer:
@@ -528,7 +530,7 @@ def canary(ctl: Controller, manifests: Path, tmp_path: Path) -> dict[str, str]:
 def test_set_traffic_touches_no_replica(
     ctl: Controller, deployer: FakeDeployer, canary: dict[str, str]
 ) -> None:
-    from qingliang.platform.gateway.ingress import ServeBackend
+    from qingliang.serving.deployments.handles import ServeBackend
     from qingliang.serving.metrics import ServingMetrics
 
     row = ctl.store.get("ModelDeployment", "alpha")

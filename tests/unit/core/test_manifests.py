@@ -16,6 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.errors import ManifestError
 from qingliang.platform.manifests import loader as loader_mod
 from qingliang.platform.manifests.loader import (

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.cli.main import app
 from qingliang.platform.errors import ManifestError
 from qingliang.platform.manifests import loader as loader_mod
@@ -74,6 +75,7 @@ def test_full_alias_bomb_is_refused_under_a_memory_limit(tmp_path: Path) -> None
         import resource, sys
         from pathlib import Path
         from qingliang.platform.errors import ManifestError
+        import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
         from qingliang.platform.manifests.loader import load_paths
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         try:

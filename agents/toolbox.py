@@ -28,9 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from qingliang.agents.manifest import AgentGraphSpec, FormTool
+from qingliang.agents.manifest import AgentGraphSpec
 from qingliang.agents.tools import forms, knowledge, ocr, sql
 from qingliang.agents.tools.base import Tool
+from qingliang.agents.tools.specs import FormTool
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def default_description(config: Any) -> str:
     """The description a tool of ``config``'s kind shows when ``description`` is empty.
 
     Example:
-        >>> from qingliang.agents.manifest import CallAgentTool
+        >>> from qingliang.agents.tools.specs import CallAgentTool
         >>> default_description(CallAgentTool(kind="call_agent", name="ask", graph="legal"))[:36]
         "Ask the agent graph 'legal' and get "
     """
