@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from qingliang.platform.errors import ResolveError
-from qingliang.platform.lifecycle.data._sources import RAW_CHARS, Record, canonical
 from qingliang.platform.lifecycle.data.dedup import Deduplicator
 from qingliang.platform.lifecycle.data.manifest import (
     DatasetSpec,
@@ -28,6 +27,7 @@ from qingliang.platform.lifecycle.data.manifest import (
 )
 from qingliang.platform.lifecycle.data.pii import PiiScanner
 from qingliang.platform.lifecycle.data.quality import QualityFilter
+from qingliang.platform.lifecycle.data.sources import RAW_CHARS, Record, canonical
 
 logger = logging.getLogger(__name__)
 

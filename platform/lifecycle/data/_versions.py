@@ -1,4 +1,4 @@
-"""How a dataset version is laid out and written (helpers of ``store``).
+"""What a dataset version is, and how it is laid out and written (helpers of ``store``).
 
 A version is the bytes of ``train.jsonl``, ``eval.jsonl`` and ``quarantine.jsonl`` (one
 canonical JSON object per line) plus ``report.json`` and ``manifest.json``. Its id hashes
@@ -13,12 +13,12 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qingliang.platform.lifecycle.data._governance import texts
-from qingliang.platform.lifecycle.data._sources import canonical
+from qingliang.platform.lifecycle.data.sources import canonical
 
 PREFIX = "sha256:"
 FILES = ("train.jsonl", "eval.jsonl", "quarantine.jsonl")
@@ -54,6 +54,53 @@ VERSION_COLS = (
     "name, version, created_at, actor, status, records, train, eval, quarantined, "
     "settings_hash, superseded_by, reason"
 )
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """One version of a dataset; ``status`` is ``active``, ``superseded`` or ``removed``."""
+
+    name: str
+    version: str
+    created_at: float
+    actor: str
+    status: str
+    records: int
+    train: int
+    eval: int
+    quarantined: int
+    settings_hash: str
+    superseded_by: str | None = None
+    reason: str = ""
+    latest: bool = False
+    path: Path | None = None  # the folder holding the files (None unless active)
+    #: What the cut that returned it found worth saying (an empty eval split); only
+    #: ``cut`` fills it, and ``report.json`` keeps it.
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeletionResult:
+    """What :meth:`DatasetStore.delete_record` did: old version -> the version replacing it."""
+
+    name: str
+    record_ids: tuple[str, ...]
+    superseded: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def record_id(self) -> str:
+        return self.record_ids[0] if self.record_ids else ""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    name: str | None
+    actor: str
+    action: str
+    details: dict[str, Any]
 
 
 @dataclass

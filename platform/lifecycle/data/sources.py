@@ -1,4 +1,5 @@
-"""Reading a Dataset's sources into normalised records (helpers of ``store``).
+"""Reading a Dataset's sources into normalised records (used by ``store``, and by
+``qingliang validate`` through :func:`check_sources`).
 
 Every row read becomes either a :class:`Record` in the dataset's format or a quarantine
 entry that says where it was (source, line or row) and why it could not be used. A

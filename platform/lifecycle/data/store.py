@@ -43,90 +43,51 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from qingliang.platform.errors import BadRequest, NotFound, QingliangError, ResolveError
+from qingliang.platform.lifecycle.data._cut import (
+    Loaded,
+    cut_report,
+    nothing_left,
+    record_matcher,
+    recut_files,
+    retention_doomed,
+    split_records,
+    split_warnings,
+)
 from qingliang.platform.lifecycle.data._governance import (
     build_scanner,
     govern,
-    is_eval,
     redact_raw,
     settings_hash,
-)
-from qingliang.platform.lifecycle.data._sources import (
-    ReadResult,
-    canonical,
-    drop_reasons,
-    read_sources,
-    resolve_files,
 )
 from qingliang.platform.lifecycle.data._versions import (
     FILES,
     PREFIX,
     SCHEMA,
     VERSION_COLS,
+    AuditEntry,
+    DatasetVersion,
+    DeletionResult,
     Files,
     lines,
     parse,
-    split_lines,
-    text_of,
     write_version,
 )
 from qingliang.platform.lifecycle.data.manifest import Dataset, Retention
-from qingliang.platform.storage.sqlite import open_db
+from qingliang.platform.lifecycle.data.sources import (
+    canonical,
+    drop_reasons,
+    read_sources,
+    resolve_files,
+)
+from qingliang.platform.storage.sqlite import open_db, write
 
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "eval", "all"]
-
-
-@dataclass(frozen=True)
-class DatasetVersion:
-    """One version of a dataset; ``status`` is ``active``, ``superseded`` or ``removed``."""
-
-    name: str
-    version: str
-    created_at: float
-    actor: str
-    status: str
-    records: int
-    train: int
-    eval: int
-    quarantined: int
-    settings_hash: str
-    superseded_by: str | None = None
-    reason: str = ""
-    latest: bool = False
-    path: Path | None = None  # the folder holding the files (None unless active)
-    #: What the cut that returned it found worth saying (an empty eval split); only
-    #: ``cut`` fills it, and ``report.json`` keeps it.
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DeletionResult:
-    """What :meth:`DatasetStore.delete_record` did: old version -> the version replacing it."""
-
-    name: str
-    record_ids: tuple[str, ...]
-    superseded: dict[str, str] = field(default_factory=dict)
-    reason: str = ""
-
-    @property
-    def record_id(self) -> str:
-        return self.record_ids[0] if self.record_ids else ""
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: float
-    name: str | None
-    actor: str
-    action: str
-    details: dict[str, Any]
 
 
 class DatasetStore:
@@ -162,14 +123,8 @@ class DatasetStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._db() as c:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                yield c
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
+        with self._db() as c, write(c):
+            yield c
 
     def _key(self) -> bytes:
         with self._write() as c:
@@ -276,42 +231,27 @@ class DatasetStore:
                 {**q, "raw": redact_raw(q["raw"], scanner)} if "raw" in q else q
                 for q in read.quarantine
             ] + governed.quarantine
-            train: list[dict[str, Any]] = []
-            evals: list[dict[str, Any]] = []
-            for rec in governed.records:
-                split = is_eval(rec.id, spec.split.eval_fraction, spec.split.seed)
-                (evals if split else train).append(rec.stored())
+            train, evals = split_records(governed, spec)
             if not governed.records:
-                error = _nothing_left(name, read, drop_reasons(read, governed.steps, len(dropped)))
+                error = nothing_left(name, read, drop_reasons(read, governed.steps, len(dropped)))
                 with self._write() as c:
                     self._log(c, name, actor, "cut_failed", error=error)
                 raise ResolveError(error)
-            warnings = _split_warnings(name, spec.split.eval_fraction, len(train), len(evals))
+            warnings = split_warnings(name, spec.split.eval_fraction, len(train), len(evals))
             settings = settings_hash(spec)
             now = self.clock()
-            report: dict[str, Any] = {
-                "dataset": name,
-                "version": "",
-                "created_at": now,
-                "actor": actor,
-                "format": spec.format,
-                "settings_hash": settings,
-                "sources": read.sources,
-                "read": {
-                    "rows": sum(s["rows"] for s in read.sources),
-                    "records": len(read.records),
-                    "quarantined": len(read.quarantine),
-                    "ignored_fields": dict(sorted(read.ignored_fields.items())),
-                },
-                "corrections": read.corrections,
-                "tombstoned": {"removed": len(dropped), "ids": dropped[:10]},
-                "steps": governed.steps,
-                "split": {**spec.split.model_dump(), "train": len(train), "eval": len(evals)},
-                "records": len(train) + len(evals),
-                "quarantined": len(quarantine),
-                "deletions": [],
-                "warnings": warnings,
-            }
+            report = cut_report(
+                name,
+                spec,
+                actor=actor,
+                now=now,
+                settings=settings,
+                read=read,
+                dropped=dropped,
+                governed=governed,
+                counts=(len(train), len(evals), len(quarantine)),
+                warnings=warnings,
+            )
             manifest = {
                 "manifest": dataset.model_dump(mode="json", by_alias=True),
                 "base": str(base),
@@ -528,14 +468,7 @@ class DatasetStore:
             versions = [v for v in self.versions(name) if v.status == "active"]
             versions.reverse()  # oldest first
             loaded = {v.version: self._load(v) for v in versions}
-
-            def hit(item: dict[str, Any]) -> bool:
-                if record_id is not None:
-                    meta = item.get("metadata")
-                    corrects = meta.get("corrects") if isinstance(meta, dict) else None
-                    return record_id in (item.get("id"), corrects)
-                return match is not None and match in text_of(item)
-
+            hit = record_matcher(record_id, match)
             ids: set[str] = set()
             for files in loaded.values():
                 for part in files[:3]:
@@ -565,7 +498,7 @@ class DatasetStore:
                 result.superseded[v.version] = new
             return result
 
-    def _load(self, v: DatasetVersion) -> tuple[list, list, list, dict]:
+    def _load(self, v: DatasetVersion) -> Loaded:
         assert v.path is not None
         parts = [parse((v.path / f).read_bytes()) for f in FILES]
         report = json.loads((v.path / "report.json").read_text("utf-8"))
@@ -574,7 +507,7 @@ class DatasetStore:
     def _recut(
         self,
         old: DatasetVersion,
-        loaded: tuple[list, list, list, dict],
+        loaded: Loaded,
         hit: Callable[[dict[str, Any]], bool],
         ids: list[str],
         actor: str,
@@ -582,34 +515,10 @@ class DatasetStore:
         now: float,
     ) -> str:
         assert old.path is not None
-        # Keep every other line as it is stored, byte for byte.
-        kept_bytes, removed = [], {}
-        for fname, items in zip(FILES, loaded[:3], strict=True):
-            stored = split_lines((old.path / fname).read_bytes())
-            keep = [ln for ln, item in zip(stored, items, strict=True) if not hit(item)]
-            removed[fname.removesuffix(".jsonl")] = len(stored) - len(keep)
-            kept_bytes.append(b"".join(keep))
-        report = dict(loaded[3])
-        manifest = json.loads((old.path / "manifest.json").read_text("utf-8"))
-        report["deletions"] = [
-            *report.get("deletions", []),
-            {
-                "from": old.version,
-                "record_ids": ids,
-                "removed": removed,
-                "reason": reason,
-                "actor": actor,
-                "at": now,
-            },
-        ]
-        train = report["split"]["train"] = old.train - removed["train"]
-        evals = report["split"]["eval"] = old.eval - removed["eval"]
-        report["records"] = train + evals
-        report["quarantined"] = old.quarantined - removed["quarantine"]
-        report["created_at"], report["actor"] = now, actor
-        files = Files(kept_bytes[0], kept_bytes[1], kept_bytes[2], report, manifest)
+        deletion = {"record_ids": ids, "reason": reason, "actor": actor, "at": now}
+        files = recut_files(old, loaded, hit, deletion)
         new = files.version(old.settings_hash)
-        report["version"] = new
+        files.report["version"] = new
         with self._db() as c:
             row = c.execute(
                 "SELECT status FROM versions WHERE name=? AND version=?", (old.name, new)
@@ -659,18 +568,7 @@ class DatasetStore:
         rules: Retention = self.manifest(name).spec.retention
         versions = [v for v in self.versions(name) if v.status == "active"]
         now = self.clock()
-        doomed: dict[str, str] = {}
-        others = [v for v in versions if not v.latest]
-        if rules.max_versions is not None:
-            for v in others[max(rules.max_versions - 1, 0) :]:
-                doomed[v.version] = f"retention: max_versions {rules.max_versions}"
-        if rules.max_age_days is not None:
-            limit = now - rules.max_age_days * 86400
-            for v in others:
-                if v.created_at < limit:
-                    doomed.setdefault(
-                        v.version, f"retention: older than max_age_days {rules.max_age_days:g}"
-                    )
+        doomed = retention_doomed(rules, versions, now)
         if not doomed:
             return []
         with self._write() as c:
@@ -694,35 +592,3 @@ class DatasetStore:
                 c.execute("DELETE FROM datasets WHERE name=?", (name,))
                 self._log(c, name, actor, "remove")
             shutil.rmtree(self.root / name, ignore_errors=True)
-
-
-def _nothing_left(name: str, read: ReadResult, reasons: Mapping[str, int]) -> str:
-    """Why a cut would store no record, counted by reason (most frequent first)."""
-    rows = sum(int(s["rows"]) for s in read.sources)
-    head = (
-        f"dataset {name}: no record is left to store, so no version was cut "
-        f"({rows} rows read from {len(read.sources)} file(s))"
-    )
-    if not rows:
-        return head + ": the sources hold no rows"
-    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
-    parts = [f"{reason} ({n})" for reason, n in top[:10]]
-    if len(top) > 10:
-        parts.append(f"{len(top) - 10} more reason(s)")
-    return head + "; dropped by reason: " + "; ".join(parts)
-
-
-def _split_warnings(name: str, eval_fraction: float, train: int, evals: int) -> list[str]:
-    out = []
-    if not evals and eval_fraction > 0:
-        out.append(
-            f"dataset {name}: the eval split is empty (split.eval_fraction {eval_fraction:g} "
-            f"held out none of {train} records); an evaluate step or an eval loss needs eval "
-            "records: add records or raise split.eval_fraction"
-        )
-    if not train:
-        out.append(
-            f"dataset {name}: the train split is empty (all {evals} records are held out "
-            "for evaluation); a fine-tune job needs train records"
-        )
-    return out

@@ -32,7 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from qingliang.platform.errors import FieldIssue, ManifestError
-from qingliang.platform.lifecycle.data._sources import check_sources
+from qingliang.platform.lifecycle.data.sources import check_sources
 from qingliang.platform.lifecycle.data.manifest import Dataset
 from qingliang.platform.lifecycle.finetune.manifest import FineTuneJob
 from qingliang.platform.lifecycle.pipelines.manifest import FinetuneStep, GovernStep, Pipeline
@@ -102,6 +102,7 @@ def _pipeline(pipeline: Pipeline, base: Path) -> list[FieldIssue]:
 def _load_one(path: Path, kind: type[BaseModel]) -> tuple[BaseModel | None, list[str]]:
     """The one manifest of ``kind`` in ``path`` and what is wrong with it or its own
     references (messages relative to ``path``)."""
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.manifests.loader import parse_documents
 
     if not path.is_file():
