@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +29,18 @@ import typer
 from rich.console import Console
 
 from qingliang.platform.cli._metrics_text import SAMPLE_CHARS, key_lines, metric_items, sample_lines
-from qingliang.platform.errors import BadRequest, NotFound, QingliangError
+from qingliang.platform.errors import BadRequest, QingliangError
+from qingliang.platform.lifecycle.registry.lineage import (
+    DIRECTIONS,
+    LABEL,
+    dataset_version_ref,
+    resolve,
+    trace,
+)
 from qingliang.platform.settings import Settings
 
 if TYPE_CHECKING:
-    from qingliang.platform.lifecycle.registry import LineageNode, Registry
+    from qingliang.platform.lifecycle.registry import Registry
 
 registry_app = typer.Typer(
     help="The model registry: adapters, jobs, dataset versions; `qingliang lineage` traces.",
@@ -43,33 +49,6 @@ registry_app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-MODEL_KIND = "ModelDeployment"
-#: --kind values -> registry kinds.
-KINDS = {
-    "adapter": "adapter",
-    "dataset": "dataset_version",
-    "dataset_version": "dataset_version",
-    "job": "job",
-    "model": "base_model",
-    "base_model": "base_model",
-    "deployment": "deployment",
-    "quantized": "quantized",
-}
-DIRECTIONS = {
-    "up": "upstream",
-    "upstream": "upstream",
-    "down": "downstream",
-    "downstream": "downstream",
-    "both": "both",
-}
-LABEL = {
-    "adapter": "adapter",
-    "dataset_version": "dataset",
-    "job": "job",
-    "base_model": "base model",
-    "deployment": "deployment",
-    "quantized": "quantized",
-}
 # How a node relates to the one above it in the printed tree, per relation of the edge.
 UP = {
     "produced_by": "produced by",
@@ -159,244 +138,6 @@ def _share(share: float) -> str:
     return f"{share * 100:.4g}%"
 
 
-def _did_you_mean(value: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(value, names, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-# -- resolving a ref -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Resolved:
-    kind: str
-    ref: str
-    via: str | None = None  # how a deployment:adapter pair was resolved
-
-
-def resolve(reg: Registry, ref: str, kind: str | None = None) -> Resolved:
-    """Turn what the user typed into a registry kind and ref (see ``lineage --help``).
-
-    Raises:
-        NotFound: nothing by that ref (with a "did you mean" hint where one is close).
-        BadRequest: an unknown ``kind``, or a bare name that is several kinds at once.
-    """
-    ref = ref.strip()
-    wanted = None
-    if kind is not None:
-        wanted = KINDS.get(kind)
-        if wanted is None:
-            raise BadRequest(f"--kind {kind!r}: use one of {', '.join(sorted(KINDS))}")
-    name, at, after = ref.partition("@")
-    if wanted in (None, "adapter") and ":" in ref and not at:
-        return _through_deployment(ref)
-    if wanted is None:
-        if not at:
-            return _by_name(reg, ref)
-        wanted = "adapter" if after.isdigit() else "dataset_version"
-    if wanted == "adapter":
-        return Resolved("adapter", reg.get_adapter(ref).ref)
-    if wanted == "dataset_version":
-        return Resolved("dataset_version", _dataset_version(reg, name, after))
-    if at:
-        raise BadRequest(
-            f"{ref!r} is not a {LABEL[wanted]} name: '@' appears only in adapter and dataset "
-            "version refs"
-        )
-    return Resolved(wanted, ref)  # the lineage walk says if it is unknown
-
-
-def _dataset_version(reg: Registry, dataset: str, version: str) -> str:
-    """``dataset@sha256:<hex>`` or a unique hex prefix; no version: the newest one."""
-    rows = reg.list_dataset_versions(dataset)
-    if not rows:
-        known = sorted({v.dataset for v in reg.list_dataset_versions()})
-        raise NotFound(
-            f"no dataset {dataset!r} in the registry{_did_you_mean(dataset, known)}",
-            param="dataset",
-        )
-    if not version:
-        return rows[-1].ref
-    want = version.removeprefix("sha256:")
-    found = [v for v in rows if want and v.version.removeprefix("sha256:").startswith(want)]
-    if not found:
-        raise NotFound(
-            f"dataset {dataset!r} has no version {version!r} in the registry (newest: "
-            f"{rows[-1].version})",
-            param="dataset_version",
-        )
-    if len(found) > 1:
-        raise BadRequest(f"{dataset}@{version} names {len(found)} versions; give more digits")
-    return found[0].ref
-
-
-def _through_deployment(ref: str) -> Resolved:
-    """``deployment:adapter`` -> the registry ref in the stored ModelDeployment's
-    ``spec.lora.refs``."""
-    from qingliang.platform.storage.state import StateStore
-
-    deployment, _, adapter = ref.partition(":")
-    if not deployment or not adapter:
-        raise BadRequest(f"{ref!r}: expected DEPLOYMENT:ADAPTER, e.g. support:faq")
-    store = StateStore(Settings().state_db)
-    row = store.get(MODEL_KIND, deployment)
-    if row is None:
-        applied = [r.name for r in store.list(MODEL_KIND)]
-        listed = f" (applied: {', '.join(applied)})" if applied else " (none is applied)"
-        raise NotFound(
-            f"{ref!r}: no ModelDeployment named {deployment!r}"
-            f"{_did_you_mean(deployment, applied) or listed}",
-            param="deployment",
-        )
-    lora = (row.body.get("spec") or {}).get("lora") or {}
-    refs: dict[str, str] = dict(lora.get("refs") or {})
-    adapters = sorted({*(lora.get("adapters") or {}), *refs})
-    if adapter in refs:
-        return Resolved("adapter", str(refs[adapter]), f"{ref} → {refs[adapter]} (spec.lora.refs)")
-    has = ", ".join(f"{a} → {refs[a]}" if a in refs else f"{a} (no ref)" for a in adapters)
-    if adapter in adapters:
-        raise NotFound(
-            f"{ref!r}: deployment {deployment!r} loads adapter {adapter!r} without a registry "
-            f"ref, so its weights cannot be traced (it has: {has}); reload it with "
-            f"`qingliang adapters load {deployment} {adapter} PATH --ref NAME@VERSION`",
-            param="adapter",
-        )
-    raise NotFound(
-        f"{ref!r}: deployment {deployment!r} has no adapter {adapter!r}"
-        f"{_did_you_mean(adapter, adapters)} (it has: {has or 'none'})",
-        param="adapter",
-    )
-
-
-def _by_name(reg: Registry, name: str) -> Resolved:
-    """A bare name: whichever kind has it; ambiguous names need --kind."""
-    names = {
-        "adapter": sorted({a.name for a in reg.list_adapters()}),
-        "job": [j.name for j in reg.list_jobs()],
-        "base_model": [m.name for m in reg.list_base_models()],
-        "deployment": reg.list_deployments(),
-        "quantized": [q.name for q in reg.list_quantized()],
-        "dataset_version": sorted({v.dataset for v in reg.list_dataset_versions()}),
-    }
-    hits = [kind for kind, known in names.items() if name in known]
-    if len(hits) > 1:
-        which = " and ".join(f"{'an' if k == 'adapter' else 'a'} {LABEL[k]}" for k in hits)
-        flags = " or ".join(f"--kind {_flag(k)}" for k in hits)
-        raise BadRequest(f"{name!r} is {which}; say which with {flags}", param="kind")
-    if hits:
-        kind = hits[0]
-        if kind == "adapter":
-            return Resolved(kind, reg.get_adapter(name).ref)
-        if kind == "dataset_version":
-            return Resolved(kind, _dataset_version(reg, name, ""))
-        return Resolved(kind, name)
-    everything = [n for known in names.values() for n in known]
-    hint = _did_you_mean(name, everything)
-    applied = _applied_deployment(name)
-    if applied:
-        hint += (
-            f"; ModelDeployment {name!r} is applied but the registry has no record of what it "
-            f"serves: trace one of its adapters ({applied})"
-        )
-    raise NotFound(
-        f"{name!r} is not in the registry (no adapter, job, base model, deployment, quantized "
-        f"artifact or dataset by that name){hint}",
-        param="ref",
-    )
-
-
-def _flag(kind: str) -> str:
-    return {"dataset_version": "dataset", "base_model": "model"}.get(kind, kind)
-
-
-def _applied_deployment(name: str) -> str:
-    """``name:a, name:b`` for an applied ModelDeployment with adapters, else ``""``."""
-    from qingliang.platform.storage.state import StateStore
-
-    row = StateStore(Settings().state_db).get(MODEL_KIND, name)
-    if row is None:
-        return ""
-    lora = (row.body.get("spec") or {}).get("lora") or {}
-    adapters = sorted({*(lora.get("adapters") or {}), *(lora.get("refs") or {})})
-    return ", ".join(f"{name}:{a}" for a in adapters) or "it loads none"
-
-
-# -- lineage ---------------------------------------------------------------------------------
-
-
-class _Details:
-    """What to show next to each node, read from the registry once per ref."""
-
-    def __init__(self, reg: Registry) -> None:
-        self.reg = reg
-        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def of(self, kind: str, ref: str) -> dict[str, Any]:
-        key = (kind, ref)
-        if key not in self._cache:
-            self._cache[key] = self._read(kind, ref)
-        return self._cache[key]
-
-    def _read(self, kind: str, ref: str) -> dict[str, Any]:
-        reg = self.reg
-        if kind == "adapter":
-            a = reg.get_adapter(ref)
-            return {"status": a.status, "stale_reason": a.stale_reason, "path": a.path}
-        if kind == "dataset_version":
-            d = reg.get_dataset_version(ref)
-            return {
-                "status": d.status,
-                "record_counts": d.record_counts,
-                "superseded_by": d.superseded_by,
-                "superseded_reason": d.superseded_reason,
-            }
-        if kind == "job":
-            j = reg.get_job(ref)
-            return {"method": j.method, "status": j.status}
-        if kind == "base_model":
-            m = reg.get_base_model(ref)
-            return {"source": m.source, "merged_from": m.merged_from}
-        if kind == "quantized":
-            q = reg.get_quantized(ref)
-            return {"method": q.method, "model": q.model}
-        return {}
-
-    def traffic(self, deployment: str, target: str) -> dict[str, Any] | None:
-        """The newest interval during which ``deployment`` served ``target``."""
-        key = ("traffic", f"{deployment}|{target}")
-        if key not in self._cache:
-            found = [a for a in self.reg.deployment_history(deployment) if a.target == target]
-            last = found[-1] if found else None
-            self._cache[key] = (
-                {}
-                if last is None
-                else {
-                    "share": last.share,
-                    "since": last.started_at,
-                    "until": last.ended_at,
-                    "serving": last.ended_at is None,
-                }
-            )
-        return self._cache[key] or None
-
-
-def _node_dict(
-    node: LineageNode, parent: tuple[str, str], upward: bool, info: _Details
-) -> dict[str, Any]:
-    details = dict(info.of(node.kind, node.ref))
-    if node.relation == "serves":
-        deployment, target = (parent[1], node.ref) if upward else (node.ref, parent[1])
-        details["traffic"] = info.traffic(deployment, target)
-    return {
-        "kind": node.kind,
-        "ref": node.ref,
-        "relation": node.relation,
-        "status": node.status,
-        "details": details,
-        "children": [_node_dict(c, (node.kind, node.ref), upward, info) for c in node.children],
-    }
-
-
 def _detail_text(kind: str, details: dict[str, Any], full: bool) -> str:
     parts: list[str] = []
     if kind == "adapter":
@@ -476,30 +217,15 @@ def lineage(
         _fail(BadRequest(f"--direction {direction!r}: use up, down or both"))
         return
     with _registry() as reg:
-        found = resolve(reg, ref, kind)
-        tree = reg.lineage(found.kind, found.ref, direction=walk, depth=depth)  # type: ignore[arg-type]
-        info = _Details(reg)
-        root = (tree.kind, tree.ref)
-        doc: dict[str, Any] = {
-            "query": ref,
-            "kind": tree.kind,
-            "ref": tree.ref,
-            "status": tree.status,
-            "resolved_via": found.via,
-            "details": info.of(tree.kind, tree.ref),
-            "direction": walk,
-        }
-        if walk != "downstream":
-            doc["upstream"] = [_node_dict(n, root, True, info) for n in tree.upstream]
-        if walk != "upstream":
-            doc["downstream"] = [_node_dict(n, root, False, info) for n in tree.downstream]
+        found = resolve(reg, ref, kind, state_db=Settings().state_db)
+        doc = trace(reg, found, ref, direction=walk, depth=depth)
     if as_json:
         _json(doc)
         return
     if found.via:
         _out(found.via)
-    text = _detail_text(tree.kind, doc["details"], full)
-    _out(f"{LABEL[tree.kind]} {_short(tree.ref, full)}" + (f"  ({text})" if text else ""))
+    text = _detail_text(doc["kind"], doc["details"], full)
+    _out(f"{LABEL[doc['kind']]} {_short(doc['ref'], full)}" + (f"  ({text})" if text else ""))
     for key, title, upward in (
         ("upstream", "made from", True),
         ("downstream", "used by", False),
@@ -555,7 +281,7 @@ def show(
     Metrics are one per line; the evaluation's samples are only counted unless --samples.
     """
     with _registry() as reg:
-        found = resolve(reg, ref, "adapter")
+        found = resolve(reg, ref, "adapter", state_db=Settings().state_db)
         a = reg.get_adapter(found.ref)
         history = reg.adapter_history(a.ref)
         job = reg.get_job(a.job) if a.job else None
@@ -652,7 +378,7 @@ def datasets(
     with _registry() as reg:
         rows = reg.list_dataset_versions(name, status=status)
         if name and not rows:
-            _dataset_version(reg, name, "")  # NotFound with a did-you-mean
+            dataset_version_ref(reg, name)  # NotFound with a did-you-mean
     if as_json:
         _json(rows)
         return
