@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import sqlite3
 import sys
@@ -51,6 +50,8 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from qingliang.platform.storage.sqlite import connect, use_wal, write
 
 logger = logging.getLogger(__name__)
 
@@ -211,16 +212,11 @@ def _add_columns(conn: sqlite3.Connection) -> None:
 
     if not missing():
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write(conn):
         # Checked again under the write lock: another process may have added them.
         for column in missing():
             conn.execute(f"ALTER TABLE conversations ADD COLUMN {column} {_ADDED_COLUMNS[column]}")
             logger.info("conversation log: added column %r", column)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 class ConversationLog:
@@ -410,13 +406,8 @@ class ConversationLog:
             if conn is None:
                 self._prepare()
                 conn = self._open()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write(conn):
                 conn.executemany(_INSERT, rows)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
             logger.debug("%s: recorded %d conversation(s)", self, len(rows))
             return conn
         except (sqlite3.Error, OSError, TypeError, ValueError) as exc:
@@ -432,11 +423,9 @@ class ConversationLog:
     # ------------------------------------------------------------ connections
 
     def _open(self) -> sqlite3.Connection:
-        # Autocommit, with explicit BEGIN IMMEDIATE for writes so the busy timeout applies
-        # when the write lock is taken.
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+        # Autocommit, with BEGIN IMMEDIATE for writes (sqlite.write) so the busy timeout
+        # applies when the write lock is taken; the file is WAL since _prepare.
+        conn = connect(self.path, timeout=self._busy_timeout_s, wal=False)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
@@ -445,22 +434,10 @@ class ConversationLog:
         with self._prepare_lock:
             if self._ready:
                 return
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Prompts and answers in plain text; SQLite gives -wal/-shm the same mode.
-            with suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            # Prompts and answers in plain text: connect() creates the file owner-only
+            # (SQLite gives -wal/-shm the same mode).
             with closing(self._open()) as conn:
-                deadline = time.monotonic() + self._busy_timeout_s
-                while True:
-                    # Changing the journal mode does not wait on the busy handler.
-                    try:
-                        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                            conn.execute("PRAGMA journal_mode=WAL").fetchall()
-                        break
-                    except sqlite3.OperationalError as exc:
-                        if "locked" not in str(exc) or time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.02)
+                use_wal(conn, timeout=self._busy_timeout_s)
                 conn.executescript(_SCHEMA)
                 _add_columns(conn)
             self._ready = True
@@ -539,12 +516,7 @@ class ConversationLog:
         with self._reading() as conn:
             if conn is None:
                 return 0
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write(conn):
                 n = conn.execute("DELETE FROM conversations WHERE created < ?", (cutoff,)).rowcount
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         logger.info("%s: purged %d conversation(s) older than %.0f s", self, n, older_than_s)
         return int(n)

@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from qingliang.platform.errors import BadRequest, NotFound
+from qingliang.platform.storage.sqlite import connect, use_wal, write
 
 logger = logging.getLogger(__name__)
 
@@ -328,27 +329,19 @@ class KeyStore:
         yield conn
 
     def _open_connection(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit, with explicit BEGIN IMMEDIATE for writes so
-        # the busy timeout applies when the write lock is taken, not midway.
-        return sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,  # close() may run on another thread
-        )
+        # Autocommit, with BEGIN IMMEDIATE for writes (sqlite.write) so the busy timeout
+        # applies when the write lock is taken, not midway; the file is WAL since _prepare.
+        return connect(self.path, timeout=self._busy_timeout_s, wal=False)
 
     def _prepare(self) -> None:
         """Create the file (owner-only), switch it to WAL and create the table."""
         with self._lock:  # threads of this process: one of them prepares
             if self._ready:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Hashes only, but nobody else's business; SQLite gives -wal/-shm the same mode.
-            with suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             conn = self._open_connection()
             try:
-                self._use_wal(conn)
+                use_wal(conn, timeout=self._busy_timeout_s)
                 conn.executescript(_SCHEMA)
                 have = {r[1] for r in conn.execute("PRAGMA table_info(api_keys)").fetchall()}
                 for column, kind in _ADDED_COLUMNS.items():
@@ -358,20 +351,6 @@ class KeyStore:
             finally:
                 conn.close()
             self._ready = True
-
-    def _use_wal(self, conn: sqlite3.Connection) -> None:
-        # Changing the journal mode needs an exclusive lock and SQLite does not wait for it
-        # on the busy handler, so processes racing on a new file retry here.
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                if _one(conn, "PRAGMA journal_mode", ())[0] != "wal":  # type: ignore[index]
-                    conn.execute("PRAGMA journal_mode=WAL").fetchall()
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
 
     # ---------------------------------------------------------------------- public
 
@@ -392,40 +371,34 @@ class KeyStore:
         scope_tuple = _check_scopes(scopes)
         rpm = _check_limit(requests_per_minute, "requests_per_minute")
         tpd = _check_limit(tokens_per_day, "tokens_per_day")
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                clash = _one(
-                    conn, "SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+        with self._connect() as conn, write(conn):
+            clash = _one(
+                conn, "SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+            )
+            if clash:
+                raise BadRequest(
+                    f"an active key named {name!r} exists (id {clash[0]}); revoke it "
+                    "first or choose another name",
+                    param="name",
+                    code="duplicate_name",
                 )
-                if clash:
-                    raise BadRequest(
-                        f"an active key named {name!r} exists (id {clash[0]}); revoke it "
-                        "first or choose another name",
-                        param="name",
-                        code="duplicate_name",
+            now = self._clock()
+            for _ in range(8):
+                key_id = secrets.token_hex(ID_HEX_CHARS // 2)
+                key = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
+                try:
+                    conn.execute(
+                        "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at, "
+                        "requests_per_minute, tokens_per_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (key_id, name, _digest(key), " ".join(scope_tuple), now, rpm, tpd),
                     )
-                now = self._clock()
-                for _ in range(8):
-                    key_id = secrets.token_hex(ID_HEX_CHARS // 2)
-                    key = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
-                    try:
-                        conn.execute(
-                            "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at, "
-                            "requests_per_minute, tokens_per_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (key_id, name, _digest(key), " ".join(scope_tuple), now, rpm, tpd),
-                        )
-                        break
-                    except sqlite3.IntegrityError as exc:
-                        if "api_keys.id" not in str(exc):
-                            raise
-                        continue  # id collision: draw again
-                else:  # pragma: no cover - 8 collisions of 48 random bits
-                    raise RuntimeError("could not draw an unused key id")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                    break
+                except sqlite3.IntegrityError as exc:
+                    if "api_keys.id" not in str(exc):
+                        raise
+                    continue  # id collision: draw again
+            else:  # pragma: no cover - 8 collisions of 48 random bits
+                raise RuntimeError("could not draw an unused key id")
         record = KeyRecord(
             key_id, name, scope_tuple, datetime.fromtimestamp(now, UTC), None, None, rpm, tpd
         )
@@ -443,32 +416,26 @@ class KeyStore:
         given, key_id_or_name = key_id_or_name, _key_id(key_id_or_name)
         if isinstance(given, str) and _KEY_RE.match(given):
             given = f"{KEY_PREFIX}-{key_id_or_name}"  # never echo a secret
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = _one(
-                    conn, f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id_or_name,)
-                ) or _one(
-                    conn,
-                    f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? "
-                    "ORDER BY revoked_at IS NOT NULL, created_at DESC LIMIT 1",
-                    (key_id_or_name,),
+        with self._connect() as conn, write(conn):
+            row = _one(
+                conn, f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id_or_name,)
+            ) or _one(
+                conn,
+                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? "
+                "ORDER BY revoked_at IS NOT NULL, created_at DESC LIMIT 1",
+                (key_id_or_name,),
+            )
+            if row is None:
+                raise NotFound(f"no API key with id or name {given!r}", code="key_not_found")
+            record = KeyRecord._from_row(row)
+            if record.revoked_at is not None:
+                raise BadRequest(
+                    f"API key {record.id} ({record.name}) was already revoked at "
+                    f"{record.revoked_at.isoformat(timespec='seconds')}",
+                    code="already_revoked",
                 )
-                if row is None:
-                    raise NotFound(f"no API key with id or name {given!r}", code="key_not_found")
-                record = KeyRecord._from_row(row)
-                if record.revoked_at is not None:
-                    raise BadRequest(
-                        f"API key {record.id} ({record.name}) was already revoked at "
-                        f"{record.revoked_at.isoformat(timespec='seconds')}",
-                        code="already_revoked",
-                    )
-                now = self._clock()
-                conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, record.id))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            now = self._clock()
+            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, record.id))
         logger.info("revoked API key %s (%s)", record.id, record.name)
         return replace(record, revoked_at=datetime.fromtimestamp(now, UTC))
 
@@ -545,29 +512,21 @@ class KeyStore:
         if not isinstance(tokens_per_day, _Keep):
             changes["tokens_per_day"] = _check_limit(tokens_per_day, "tokens_per_day")
         key_id = _key_id(key_id_or_name)
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = _one(
-                    conn,
-                    f"SELECT {_COLUMNS} FROM api_keys WHERE (id = ? OR name = ?) "
-                    "AND revoked_at IS NULL",
-                    (key_id, key_id_or_name),
+        with self._connect() as conn, write(conn):
+            row = _one(
+                conn,
+                f"SELECT {_COLUMNS} FROM api_keys WHERE (id = ? OR name = ?) "
+                "AND revoked_at IS NULL",
+                (key_id, key_id_or_name),
+            )
+            if row is None:
+                raise NotFound(
+                    f"no active API key with id or name {key_id_or_name!r}",
+                    code="key_not_found",
                 )
-                if row is None:
-                    raise NotFound(
-                        f"no active API key with id or name {key_id_or_name!r}",
-                        code="key_not_found",
-                    )
-                record = KeyRecord._from_row(row)
-                for column, value in changes.items():
-                    conn.execute(
-                        f"UPDATE api_keys SET {column} = ? WHERE id = ?", (value, record.id)
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            record = KeyRecord._from_row(row)
+            for column, value in changes.items():
+                conn.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (value, record.id))
         logger.info("changed the limits of API key %s: %s", record.id, changes)
         return replace(record, **changes)  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -51,21 +52,46 @@ def create_private(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-def connect(path: Path, *, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+def connect(path: Path, *, timeout: float = BUSY_TIMEOUT_S, wal: bool = True) -> sqlite3.Connection:
     """An autocommit connection to ``path`` in WAL mode; a new file is created owner-only.
 
     Autocommit (``isolation_level=None``) so that reads take no lock and every write opens
     its own transaction with :func:`write`, where the busy timeout applies.
+
+    Args:
+        path: The database file.
+        timeout: The busy timeout, in seconds.
+        wal: Switch the file to WAL here; a store that does so once, when it prepares the
+            file (with :func:`use_wal`), opens its later connections with ``wal=False``.
     """
     path = Path(path)
     create_private(path)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error:
-        conn.close()
-        raise
+    if wal:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error:
+            conn.close()
+            raise
     return conn
+
+
+def use_wal(conn: sqlite3.Connection, *, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Switch ``conn``'s file to WAL, retrying for up to ``timeout`` seconds while locked.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not wait for it on
+    the busy handler, so processes racing on a new file retry here.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @contextmanager
@@ -85,12 +111,12 @@ def open_db(
 @contextmanager
 def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One ``BEGIN IMMEDIATE`` transaction on an autocommit connection: committed when the
-    block ends, rolled back when it raises (the exception goes on)."""
+    block ends, rolled back when it (or the commit) raises; the exception goes on."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
         with suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
