@@ -34,6 +34,8 @@ from qingliang.platform.errors import ClusterError, QingliangError
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "qingliang-router"
+#: Ray namespace of the platform's own detached actors (the shared router).
+ROUTER_NAMESPACE = "qingliang"
 #: Retries of a call while the actor restarts (see the module notes on ``decide``).
 MAX_TASK_RETRIES = 3
 #: Long-running calls that a local client runs in a worker thread.

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from qingliang.agents.api import LocalAgents
 from qingliang.agents.catalog import StaticCatalog
 from qingliang.agents.llm import ChatReply, ToolCall
 from qingliang.agents.manifest import AgentGraph
@@ -29,8 +30,7 @@ from qingliang.agents.service import AgentService
 from qingliang.agents.state import GraphDef
 from qingliang.platform.errors import Conflict
 from qingliang.platform.gateway.app import create_app
-from qingliang.platform.gateway.ingress import KeyAuth
-from qingliang.platform.gateway.routes.agents import LocalAgents
+from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.storage.keys import KeyStore
 
 
