@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
-import random
 import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -44,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qingliang.agents.api import AgentsBackend
 from qingliang.platform.errors import (
     ApiError,
     BadRequest,
@@ -77,7 +75,7 @@ from qingliang.platform.gateway.http.openai_bodies import (
     forwarded,
 )
 from qingliang.platform.gateway.http.params import check_generation
-from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
+from qingliang.platform.gateway.routes.agents import add_agent_routes
 from qingliang.platform.gateway.routes.knowledge import (
     KnowledgeBackend,
     add_knowledge_routes,
@@ -86,23 +84,9 @@ from qingliang.platform.gateway.routes.knowledge import (
 from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.conversations import Conversation, ConversationLog
+from qingliang.serving.traffic import ModelEntry, choose_adapter, parse_model
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A servable deployment as the gateway knows it."""
-
-    name: str
-    adapters: tuple[str, ...] = ()
-    created: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-    description: str = ""
-    #: Canary shares of bare-deployment requests by adapter (the rest: the base model).
-    traffic: dict[str, float] = field(default_factory=dict)
-    #: Model-registry refs (``name@version``) of the adapters, where known.
-    refs: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -135,52 +119,6 @@ class Auth(Protocol):
     def verify(self, token: str) -> Any:
         """The key's record (truthy; its ``scopes`` may name a tenant), or a falsy value."""
         ...
-
-
-def parse_model(value: object) -> tuple[str, str | None]:
-    """``"dep"`` → (dep, None); ``"dep:adapter"`` → (dep, adapter)."""
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(
-            "`model` is required: a deployment name or deployment:adapter", param="model"
-        )
-    dep, sep, adapter = value.partition(":")
-    if not dep:
-        raise BadRequest(f"model {value!r}: empty deployment name before ':'", param="model")
-    if sep and not adapter:
-        raise BadRequest(f"model {value!r}: empty adapter name after ':'", param="model")
-    if ":" in adapter:
-        raise BadRequest(f"model {value!r}: use deployment:adapter (one ':')", param="model")
-    return dep, adapter or None
-
-
-def choose_adapter(entry: ModelEntry, user: object = None) -> str | None:
-    """The adapter a request for the bare deployment goes to, or None for the base model.
-
-    A string ``user`` (OpenAI's end-user id) is hashed with the deployment name to a
-    point in [0, 1), so one user stays on one arm while the shares stay the same; without
-    it the point is drawn at random. The point falls into the adapters' shares laid end
-    to end in name order, or past them (the base model).
-
-    Example:
-        >>> entry = ModelEntry("qwen", ("faq-v4",), traffic={"faq-v4": 0.1})
-        >>> choose_adapter(entry, "user-17") == choose_adapter(entry, "user-17")
-        True
-        >>> choose_adapter(ModelEntry("qwen"), "user-17") is None
-        True
-    """
-    if not entry.traffic:
-        return None
-    if isinstance(user, str):
-        digest = hashlib.sha256(f"{entry.name}\0{user}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64
-    else:
-        point = random.random()
-    edge = 0.0
-    for name in sorted(entry.traffic):
-        edge += entry.traffic[name]
-        if point < edge:
-            return name
-    return None
 
 
 def _trace(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:

@@ -300,7 +300,7 @@ def build_model_app(plan: DeploymentPlan) -> Any:
 
 
 def app_builder(args: dict) -> Any:
-    """Serve config entry point: ``import_path: qingliang.serving.deployment:app_builder``.
+    """Serve config entry point: ``import_path: qingliang.serving.deployments.model:app_builder``.
 
     ``args`` is ``{"plan": DeploymentPlan.to_dict()}`` with the adapters left out;
     they come in the deployment's ``user_config`` so that changing them keeps the

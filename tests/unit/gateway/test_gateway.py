@@ -20,8 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from qingliang.platform.errors import ApiError, BadRequest, NotFound, Saturated
-from qingliang.platform.gateway.app import ModelEntry, create_app, parse_model
+from qingliang.platform.gateway.app import create_app
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.traffic import ModelEntry, parse_model
 
 EMBED_MODEL = "multilingual-e5-small"
 
@@ -109,7 +110,7 @@ class FakeEmbedder:
 
 
 class StoreAuth:
-    """The production adapter's shape (ingress.KeyAuth) over a KeyStore."""
+    """The production adapter's shape (auth.keys.KeyAuth) over a KeyStore."""
 
     def __init__(self, store: KeyStore, enabled: bool = True) -> None:
         self.enabled = enabled

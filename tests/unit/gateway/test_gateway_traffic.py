@@ -17,7 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from qingliang.platform.errors import ApiError, Saturated
-from qingliang.platform.gateway.app import ModelEntry, choose_adapter, create_app
+from qingliang.platform.gateway.app import create_app
+from qingliang.serving.traffic import ModelEntry, choose_adapter
 
 SUPPORT = ModelEntry(
     "support",

@@ -20,10 +20,11 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from qingliang.platform.errors import BadRequest, Saturated
-from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.gateway.app import create_app
+from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.gateway.auth.quotas import Quotas
-from qingliang.platform.gateway.ingress import KeyAuth
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.traffic import ModelEntry
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 

@@ -20,10 +20,11 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
-from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.gateway.app import create_app
+from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.gateway.auth.scopes import ROUTES, rule_for, tenant_of
-from qingliang.platform.gateway.ingress import KeyAuth
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.traffic import ModelEntry
 
 
 class Models:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError, NotFound, Saturated
-from qingliang.serving.deployment import MODEL_DEPLOYMENT, ModelService, deployment_options
+from qingliang.serving.deployments.model import MODEL_DEPLOYMENT, ModelService, deployment_options
 from qingliang.serving.engine import Engine
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.errors import ManifestError
 from qingliang.platform.manifests.loader import load_paths
 from qingliang.serving import plan as plan_mod

@@ -1,0 +1,25 @@
+"""The packaged embedding model (multilingual-e5-small) as a Ray Serve class.
+
+Example:
+    >>> serve.deployment(EmbedderServer).options(name="Embedder").bind()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class EmbedderServer:
+    """Ray Serve class hosting the packaged embedding model (multilingual-e5-small)."""
+
+    def __init__(self) -> None:
+        from qingliang.serving.embeddings import PackagedEmbedder
+
+        self._embedder = PackagedEmbedder()
+
+    async def embed(self, texts: list[str], input_type: str) -> tuple[list[list[float]], int]:
+        vectors = await asyncio.to_thread(self._embedder.embed, texts, input_type=input_type)
+        return vectors, self._embedder.count_tokens(texts)
+
+    async def model_id(self) -> str:
+        return self._embedder.model_id

@@ -1,0 +1,190 @@
+"""The callers' side of serving's deployments: requests over Ray Serve handles.
+
+:func:`translate` is the one place a Ray / Serve exception becomes the
+:class:`~qingliang.platform.errors.ApiError` a client sees (back-pressure → 429, a dead
+replica → 503); :func:`replica_died` says when a call is worth one retry.
+:class:`ServeBackend` sends model requests to each deployment's Serve application and
+reads the applied deployments through :class:`~qingliang.serving.traffic.ServingView`;
+:class:`HandleEmbedder` is the view of the embedding deployment.
+
+Example:
+    >>> backend = ServeBackend(StateStore(home / "state.sqlite"), metrics)  # doctest: +SKIP
+    >>> await backend.generate("qwen", "chat", body, adapter=None)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from qingliang.platform.errors import ApiError, Saturated, Unavailable
+from qingliang.platform.storage.arm_stats import ArmStats
+from qingliang.platform.storage.state import StateStore
+from qingliang.serving.deployments.model import MODEL_DEPLOYMENT
+from qingliang.serving.metrics import ServingMetrics
+from qingliang.serving.traffic import ModelEntry, ServingView
+
+logger = logging.getLogger(__name__)
+
+
+def translate(exc: BaseException) -> ApiError:
+    """A Ray / Serve exception as the ApiError a client should see."""
+    from ray import exceptions as rex
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    cause: BaseException = exc
+    if isinstance(exc, rex.RayTaskError) and exc.cause is not None:
+        cause = exc.cause
+    if isinstance(cause, ApiError):
+        return cause
+    if isinstance(cause, BackPressureError):
+        return Saturated(
+            "deployment is saturated: too many requests are queued; retry later",
+            retry_after=1.0,
+        )
+    if isinstance(cause, (rex.RayActorError, DeploymentUnavailableError, rex.ActorDiedError)):
+        return Unavailable(
+            f"deployment is temporarily unavailable ({type(cause).__name__}); retry shortly",
+            retry_after=2.0,
+        )
+    logger.exception("unexpected error from a deployment", exc_info=exc)
+    # The exception's text can name host paths and internals: it stays in the log.
+    return ApiError(f"internal error ({type(cause).__name__}); the server log has the details")
+
+
+def replica_died(exc: BaseException) -> bool:
+    """Whether ``exc`` says the replica died (worth one retry on another replica)."""
+    from ray import exceptions as rex
+
+    return isinstance(exc, (rex.RayActorError, rex.ActorDiedError))
+
+
+class ServeBackend:
+    """Routes gateway requests to model deployments over Serve handles.
+
+    With ``stats``, every request's outcome is counted per arm (adapter or base model)
+    for canary analysis (:mod:`qingliang.platform.storage.arm_stats`): answered, or failed with
+    a server error. Client errors, saturation and abandoned streams are not counted.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        metrics: ServingMetrics,
+        ttl_s: float = 0.5,
+        stats: ArmStats | None = None,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._ttl = ttl_s
+        self._stats = stats
+        self._cached: tuple[float, list[ModelEntry]] = (0.0, [])
+        self._handles: dict[str, Any] = {}
+
+    def _observe(
+        self, deployment: str, adapter: str | None, started: float, error: ApiError | None
+    ) -> None:
+        if self._stats is None:
+            return
+        if error is not None and error.status_code < 500:
+            return  # bad input or saturation: nothing about the arm
+        try:
+            self._stats.observe(
+                deployment, adapter, ok=error is None, latency_s=time.monotonic() - started
+            )
+        except Exception:  # counting must never cost the client its answer
+            logger.exception("could not count a request to %s", deployment)
+
+    def models(self) -> list[ModelEntry]:
+        at, entries = self._cached
+        if time.monotonic() - at < self._ttl:
+            return entries
+        # Canary shares and registry refs are read here, not by the replicas:
+        # changing them reaches every gateway replica within the TTL.
+        entries = list(ServingView.read(self._store).models)
+        self._cached = (time.monotonic(), entries)
+        return entries
+
+    def _handle(self, deployment: str) -> Any:
+        handle = self._handles.get(deployment)
+        if handle is None:
+            from ray import serve
+
+            handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=deployment)
+            self._handles[deployment] = handle
+        return handle
+
+    async def generate(
+        self, deployment: str, endpoint: str, body: dict, adapter: str | None
+    ) -> dict:
+        started = time.monotonic()
+        for attempt in (0, 1):
+            try:
+                answer = await self._handle(deployment).generate.remote(endpoint, body, adapter)
+            except Exception as exc:
+                if attempt == 0 and replica_died(exc):
+                    logger.warning("replica of %s died; retrying once", deployment)
+                    continue
+                error = translate(exc)
+                self._observe(deployment, adapter, started, error)
+                raise error from None
+            self._observe(deployment, adapter, started, None)
+            return answer
+        raise AssertionError("unreachable")
+
+    async def stream(
+        self, deployment: str, endpoint: str, body: dict, adapter: str | None
+    ) -> AsyncIterator[str]:
+        started = False
+        began = time.monotonic()
+        for attempt in (0, 1):
+            gen = (
+                self._handle(deployment)
+                .options(stream=True)
+                .generate_stream.remote(endpoint, body, adapter)
+            )
+            try:
+                async for chunk in gen:
+                    started = True
+                    yield chunk
+            except Exception as exc:
+                if attempt == 0 and not started and replica_died(exc):
+                    logger.warning("replica of %s died before streaming; retrying once", deployment)
+                    continue
+                error = translate(exc)
+                self._observe(deployment, adapter, began, error)
+                raise error from None
+            # Only here when the stream ended; a client that walked away closes the
+            # generator at a yield above (GeneratorExit), which is not counted.
+            self._observe(deployment, adapter, began, None)
+            return
+
+    async def ready(self) -> dict[str, str]:
+        async def one(name: str) -> tuple[str, str]:
+            try:
+                await asyncio.wait_for(self._handle(name).describe.remote(), timeout=5)
+                return name, "ready"
+            except Exception as exc:
+                return name, f"not ready: {type(exc).__name__}"
+
+        return dict(await asyncio.gather(*(one(m.name) for m in self.models())))
+
+    def rejected(self, deployment: str, adapter: str | None, endpoint: str) -> None:
+        self._metrics.rejected(deployment, adapter, endpoint)
+
+
+class HandleEmbedder:
+    """The gateway's view of the embedding deployment."""
+
+    def __init__(self, handle: Any, model_id: str) -> None:
+        self._handle = handle
+        self.model_id = model_id
+
+    async def embed(self, texts: list[str], input_type: str) -> tuple[list[list[float]], int]:
+        try:
+            return await self._handle.embed.remote(texts, input_type)
+        except Exception as exc:
+            raise translate(exc) from None

@@ -1,0 +1,143 @@
+"""Model traffic: which deployment, adapter and canary arm a request goes to.
+
+The applied ``ModelDeployment`` manifests are read through one typed view,
+:class:`ServingView`: each deployment as a :class:`ModelEntry` (its adapters, canary
+shares, registry refs, labels, description, when it was applied), never by digging into
+the stored dicts. ``model`` in a request names a deployment or ``deployment:adapter``
+(:func:`parse_model`); a bare deployment with canary shares (``spec.lora.traffic``) sends
+each request to one adapter or to the base model (:func:`choose_adapter`).
+
+Example:
+    >>> view = ServingView.of([])
+    >>> view.names()
+    ()
+    >>> parse_model("qwen:faq-v4")
+    ('qwen', 'faq-v4')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from qingliang.platform.errors import BadRequest
+
+#: The manifest kind of a model deployment, as the state store keeps it.
+MODEL_KIND = "ModelDeployment"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A servable deployment as the gateway knows it."""
+
+    name: str
+    adapters: tuple[str, ...] = ()
+    created: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    #: Canary shares of bare-deployment requests by adapter (the rest: the base model).
+    traffic: dict[str, float] = field(default_factory=dict)
+    #: Model-registry refs (``name@version``) of the adapters, where known.
+    refs: dict[str, str] = field(default_factory=dict)
+
+
+class AppliedRow(Protocol):
+    """What :class:`ServingView` reads of a state-store row (``StateStore.list``)."""
+
+    name: str
+    body: dict[str, Any]
+    applied_at: float
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def entry_of(row: AppliedRow) -> ModelEntry:
+    """One applied ``ModelDeployment`` row as a :class:`ModelEntry`."""
+    spec = _mapping(row.body.get("spec"))
+    meta = _mapping(row.body.get("metadata"))
+    lora = _mapping(spec.get("lora"))
+    return ModelEntry(
+        name=row.name,
+        adapters=tuple(sorted(lora.get("adapters") or {})),
+        created=int(row.applied_at),
+        labels=dict(meta.get("labels") or {}),
+        description=str(meta.get("description") or ""),
+        traffic={str(k): float(v) for k, v in (lora.get("traffic") or {}).items()},
+        refs={str(k): str(v) for k, v in (lora.get("refs") or {}).items()},
+    )
+
+
+@dataclass(frozen=True)
+class ServingView:
+    """The applied model deployments, typed: what the gateway and agents route by."""
+
+    models: tuple[ModelEntry, ...] = ()
+
+    @classmethod
+    def of(cls, rows: Iterable[AppliedRow]) -> ServingView:
+        """The view of the state store's ``ModelDeployment`` rows."""
+        return cls(tuple(entry_of(row) for row in rows))
+
+    @classmethod
+    def read(cls, store: Any) -> ServingView:
+        """The view of what ``store`` (a ``StateStore``) has applied now."""
+        return cls.of(store.list(MODEL_KIND))
+
+    def names(self) -> tuple[str, ...]:
+        """The deployments' names, in the store's order."""
+        return tuple(entry.name for entry in self.models)
+
+    def get(self, name: str) -> ModelEntry | None:
+        """The deployment called ``name``, or None."""
+        return next((entry for entry in self.models if entry.name == name), None)
+
+
+def parse_model(value: object) -> tuple[str, str | None]:
+    """``"dep"`` → (dep, None); ``"dep:adapter"`` → (dep, adapter)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(
+            "`model` is required: a deployment name or deployment:adapter", param="model"
+        )
+    dep, sep, adapter = value.partition(":")
+    if not dep:
+        raise BadRequest(f"model {value!r}: empty deployment name before ':'", param="model")
+    if sep and not adapter:
+        raise BadRequest(f"model {value!r}: empty adapter name after ':'", param="model")
+    if ":" in adapter:
+        raise BadRequest(f"model {value!r}: use deployment:adapter (one ':')", param="model")
+    return dep, adapter or None
+
+
+def choose_adapter(entry: ModelEntry, user: object = None) -> str | None:
+    """The adapter a request for the bare deployment goes to, or None for the base model.
+
+    A string ``user`` (OpenAI's end-user id) is hashed with the deployment name to a
+    point in [0, 1), so one user stays on one arm while the shares stay the same; without
+    it the point is drawn at random. The point falls into the adapters' shares laid end
+    to end in name order, or past them (the base model).
+
+    Example:
+        >>> entry = ModelEntry("qwen", ("faq-v4",), traffic={"faq-v4": 0.1})
+        >>> choose_adapter(entry, "user-17") == choose_adapter(entry, "user-17")
+        True
+        >>> choose_adapter(ModelEntry("qwen"), "user-17") is None
+        True
+    """
+    if not entry.traffic:
+        return None
+    if isinstance(user, str):
+        digest = hashlib.sha256(f"{entry.name}\0{user}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64
+    else:
+        point = random.random()
+    edge = 0.0
+    for name in sorted(entry.traffic):
+        edge += entry.traffic[name]
+        if point < edge:
+            return name
+    return None
