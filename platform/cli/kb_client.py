@@ -68,7 +68,7 @@ class LocalKnowledge:
     def call(
         self, method: str, kb: str | None, kwargs: dict, progress: Progress | None = None
     ) -> Any:
-        from qingliang.platform.gateway.routes.knowledge import dispatch
+        from qingliang.knowledge.api import dispatch
 
         if method == "sync" and progress is not None:
             return self.service.sync(

@@ -17,14 +17,17 @@ Routes (every one scoped to the caller's tenant — see :func:`tenant_of`)::
     POST   /v1/knowledge/{kb}/answers             {"question", "answer", "provenance"}
     POST   /v1/knowledge/{kb}/answers/{id}/retract {"reason"}
 
-Each body is a model of :mod:`.bodies` (``SearchBody``, ``SyncBody``, …): documented in
-``/openapi.json``, unknown fields refused with a "did you mean" hint, JSON types checked;
-the values (ranges, modes, dates) are the service's to check.
+Each body is a model of :mod:`qingliang.knowledge.api` (``SearchBody``, ``SyncBody``, …):
+documented in ``/openapi.json``, unknown fields refused with a "did you mean" hint, JSON
+types checked; the values (ranges, modes, dates) are the service's to check.
 
-The routes only parse and check requests; the work is a :class:`KnowledgeBackend` call
-(in production a Ray Serve handle to the knowledge server that owns the embedded shards;
-in tests :class:`LocalKnowledge` over a :class:`~qingliang.knowledge.service.KnowledgeService`).
-:func:`dispatch` is the one place where a method name becomes a service call, for both.
+The routes only parse and check requests; the work is a
+:class:`~qingliang.knowledge.api.KnowledgeBackend` call (in production
+:class:`~qingliang.knowledge.deployment.HandleKnowledge`, a Ray Serve handle to the
+knowledge server that owns the embedded shards; in tests
+:class:`~qingliang.knowledge.api.LocalKnowledge` over a
+:class:`~qingliang.knowledge.service.KnowledgeService`). The knowledge area's
+:func:`~qingliang.knowledge.api.dispatch` turns a method name into a service call.
 
 **Tenancy**: a key with the scope ``tenant:<name>`` acts for that tenant only, an ``admin``
 key (the operator's key ``qingliang up`` writes) or ``--no-auth`` for all, any other key for
@@ -33,125 +36,37 @@ the tenant ``default``. Which key may call which route: :mod:`.scopes`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from qingliang.platform.errors import ApiError, BadRequest
-from qingliang.platform.gateway.bodies import (
+from qingliang.knowledge.api import (
     AnswerBody,
+    KnowledgeBackend,
     RetractBody,
     RollbackBody,
     SearchBody,
     SnapshotBody,
     SyncBody,
     UploadForm,
-    request_body,
-    validated,
 )
-from qingliang.platform.gateway.limits import BodyTooLarge, parse_json_body, size_text
+from qingliang.platform.errors import ApiError, BadRequest
+from qingliang.platform.gateway.http.bodies import request_body, validated
+from qingliang.platform.gateway.http.limits import BodyTooLarge, parse_json_body, size_text
 from qingliang.platform.settings import GatewayLimits
 
 logger = logging.getLogger(__name__)
 
 TENANT_SCOPE = "tenant:"
 
-#: Methods a backend may be asked for, with the keyword arguments each takes (the
-#: request bodies are checked by the routes against the models of :mod:`.bodies`).
-METHODS: dict[str, frozenset[str]] = {
-    "names": frozenset(),
-    "stats": frozenset(),
-    "search": frozenset(SearchBody.model_fields),
-    "documents": frozenset(),
-    "upload": frozenset({"filename", "data"}),
-    "delete_document": frozenset({"doc"}),
-    "sync": frozenset(SyncBody.model_fields),
-    "snapshots": frozenset(),
-    "snapshot": frozenset(SnapshotBody.model_fields),
-    "rollback": frozenset(RollbackBody.model_fields),
-    "answers": frozenset({"status"}),
-    "add_answer": frozenset(AnswerBody.model_fields),
-    "retract_answer": frozenset({"answer_id", *RetractBody.model_fields}),
-}
-
-
-class KnowledgeBackend(Protocol):
-    async def call(
-        self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
-    ) -> Any: ...
-
-
-def dispatch(
-    service: Any, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
-) -> Any:
-    """Run ``method`` on a KnowledgeService and return a JSON-ready result."""
-    if method not in METHODS:
-        raise BadRequest(f"unknown knowledge method {method!r}")
-    if method == "names":
-        return {"data": [{"id": n, "object": "knowledge_base"} for n in service.names(tenant)]}
-    assert kb is not None
-    if method == "stats":
-        return service.stats(kb, tenant=tenant)
-    if method == "search":
-        return service.search(kb, kwargs.pop("query", None), tenant=tenant, **kwargs)
-    if method == "documents":
-        return {"data": service.documents(kb, tenant=tenant)}
-    if method == "upload":
-        out = service.upload(kb, kwargs["filename"], kwargs["data"], tenant=tenant, actor=actor)
-        return out.to_dict()
-    if method == "delete_document":
-        return service.delete_document(kb, kwargs["doc"], tenant=tenant, actor=actor).to_dict()
-    if method == "sync":
-        rebuild = kwargs.get("rebuild", False)
-        if not isinstance(rebuild, bool):
-            raise BadRequest("rebuild must be true or false", param="rebuild")
-        return service.sync(kb, tenant=tenant, actor=actor, rebuild=rebuild).to_dict()
-    if method == "snapshots":
-        return {"data": [s.to_dict() for s in service.snapshots(kb, tenant=tenant)]}
-    if method == "snapshot":
-        note = kwargs.get("note", "")
-        if not isinstance(note, str) or len(note) > 500:
-            raise BadRequest("note must be a string of at most 500 characters", param="note")
-        return service.snapshot(kb, note=note, tenant=tenant, actor=actor).to_dict()
-    if method == "rollback":
-        return service.rollback(kb, kwargs.get("version"), tenant=tenant, actor=actor)
-    if method == "answers":
-        recs = service.answers(kb, tenant=tenant, status=kwargs.get("status", "active"))
-        return {"data": [r.to_dict() for r in recs]}
-    if method == "add_answer":
-        rec = service.add_answer(
-            kb,
-            kwargs.get("question"),
-            kwargs.get("answer"),
-            provenance=kwargs.get("provenance"),
-            tenant=tenant,
-            actor=actor,
-        )
-        return rec.to_dict()
-    rec = service.retract_answer(
-        kb, kwargs["answer_id"], reason=kwargs.get("reason"), tenant=tenant, actor=actor
-    )
-    return rec.to_dict()
-
-
-class LocalKnowledge:
-    """A backend over an in-process KnowledgeService (tests, and one-process setups)."""
-
-    def __init__(self, service: Any) -> None:
-        self.service = service
-
-    async def call(
-        self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
-    ) -> Any:
-        return await asyncio.to_thread(dispatch, self.service, method, kb, tenant, actor, kwargs)
+__all__ = ["KnowledgeBackend", "add_knowledge_routes", "read_json_object", "tenant_of"]
 
 
 def tenant_of(principal: Any) -> str | None:
     """The tenant a caller acts for, or None for all (see :func:`.scopes.tenant_of`)."""
-    from qingliang.platform.gateway.scopes import tenant_of as of
+    from qingliang.platform.gateway.auth.scopes import tenant_of as of
 
     return of(principal)
 
@@ -173,6 +88,31 @@ async def _body(request: Request, model: type[BaseModel]) -> dict:
     body = await read_json_object(request)
     validated(model, body)
     return body
+
+
+async def _uploaded_file(request: Request, max_upload: int) -> tuple[str, bytes]:
+    """The name and bytes of the multipart form's field ``file`` (400 without one, 413
+    over ``max_upload`` bytes)."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise BadRequest(
+            "upload a file as multipart/form-data in the field `file` "
+            "(curl -F file=@policy.pdf ...)",
+            param="file",
+        )
+    # Parsing spools the file to disk as it arrives, counted by BodyLimitMiddleware;
+    # the form's temporary files are removed on leaving the block.
+    async with request.form() as form:
+        item = form.get("file")
+        if item is None or isinstance(item, str):
+            raise BadRequest("the multipart form has no file in the field `file`", param="file")
+        if item.size is not None and item.size > max_upload:
+            raise BodyTooLarge(
+                f"POST {request.url.path}: the file is {item.size} bytes and the upload "
+                f"limit is {size_text(max_upload)} (QINGLIANG_MAX_UPLOAD_BYTES)",
+                param="file",
+            )
+        return item.filename or "", await item.read()
 
 
 def add_knowledge_routes(
@@ -213,27 +153,7 @@ def add_knowledge_routes(
         openapi_extra=request_body(UploadForm, media_type="multipart/form-data"),
     )
     async def upload(request: Request, kb: str) -> Any:
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
-            raise BadRequest(
-                "upload a file as multipart/form-data in the field `file` "
-                "(curl -F file=@policy.pdf ...)",
-                param="file",
-            )
-        # Parsing spools the file to disk as it arrives, counted by BodyLimitMiddleware;
-        # the form's temporary files are removed on leaving the block.
-        async with request.form() as form:
-            item = form.get("file")
-            if item is None or isinstance(item, str):
-                raise BadRequest("the multipart form has no file in the field `file`", param="file")
-            if item.size is not None and item.size > max_upload:
-                raise BodyTooLarge(
-                    f"POST {request.url.path}: the file is {item.size} bytes and the upload "
-                    f"limit is {size_text(max_upload)} (QINGLIANG_MAX_UPLOAD_BYTES)",
-                    param="file",
-                )
-            data = await item.read()
-            filename = item.filename or ""
+        filename, data = await _uploaded_file(request, max_upload)
         return await run(request, "upload", kb, {"filename": filename, "data": data})
 
     @app.delete("/v1/knowledge/{kb}/documents/{doc:path}")

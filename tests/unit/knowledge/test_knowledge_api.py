@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from qingliang.knowledge.api import LocalKnowledge
 from qingliang.knowledge.service import KnowledgeService
 from qingliang.platform.gateway.app import create_app
-from qingliang.platform.gateway.ingress import KeyAuth
-from qingliang.platform.gateway.routes.knowledge import LocalKnowledge
+from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.storage.keys import KeyStore
 from tests.unit.knowledge.test_knowledge_service import BigramEmbedder, _manifest
 
