@@ -283,8 +283,8 @@ def _propagate(store: Any, result: Any, reason: str) -> tuple[list[str], dict[st
         stale = propagate_deletion(reg, result, reason, store=store)
         served: dict[str, list[str]] = {}
         if stale:
-            for deployment in reg.list_deployments():
-                for a in reg.serving(deployment):
+            for deployment in reg.deployments.names():
+                for a in reg.deployments.serving(deployment):
                     if a.target_kind == "adapter" and a.target in stale:
                         served.setdefault(a.target, []).append(deployment)
         return stale, served

@@ -287,8 +287,8 @@ def show(
         job = reg.get_job(a.job) if a.job else None
         served = [
             s
-            for d in reg.list_deployments()
-            for s in reg.serving(d)
+            for d in reg.deployments.names()
+            for s in reg.deployments.serving(d)
             if s.target_kind == "adapter" and s.target == a.ref
         ]
         data = {r: reg.get_dataset_version(r) for r in ((*job.train, *job.eval) if job else ())}

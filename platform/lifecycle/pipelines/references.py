@@ -32,8 +32,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from qingliang.platform.errors import FieldIssue, ManifestError
-from qingliang.platform.lifecycle.data.sources import check_sources
 from qingliang.platform.lifecycle.data.manifest import Dataset
+from qingliang.platform.lifecycle.data.sources import check_sources
 from qingliang.platform.lifecycle.finetune.manifest import FineTuneJob
 from qingliang.platform.lifecycle.pipelines.manifest import FinetuneStep, GovernStep, Pipeline
 

@@ -174,9 +174,9 @@ def merge_step(
         size = _folder_size(qout)
         with Registry(home=Path(home)) as reg:
             try:
-                reg.get_quantized(qname)
+                reg.quantized.get(qname)
             except NotFound:
-                reg.register_quantized(
+                reg.quantized.register(
                     qname,
                     model=name,
                     method="bnb-nf4",
@@ -222,7 +222,7 @@ def _record_serving(home: str, deployment: str, base_model: str, traffic: dict, 
 
     shares = {refs[a]: s for a, s in traffic.items() if a in refs}
     with Registry(home=Path(home)) as reg:
-        reg.set_serving(deployment, model=base_model, adapters=shares)
+        reg.deployments.set_serving(deployment, model=base_model, adapters=shares)
 
 
 def _apply_traffic(ctl: Any, deployment: str, traffic: dict[str, float]) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from qingliang.platform.errors import Conflict, QingliangError
-from qingliang.platform.lifecycle.registry.models import VERSION_TABLE
+from qingliang.platform.lifecycle.registry.tables import VERSION_TABLE
 
 logger = logging.getLogger(__name__)
 

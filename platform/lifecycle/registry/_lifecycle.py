@@ -16,12 +16,6 @@ from sqlalchemy.orm import Session
 
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 from qingliang.platform.lifecycle.registry import _rows
-from qingliang.platform.lifecycle.registry.models import (
-    AdapterEventRow,
-    AdapterRow,
-    AssignmentRow,
-    DatasetVersionRow,
-)
 from qingliang.platform.lifecycle.registry.records import (
     ADAPTER_TRANSITIONS,
     DEPLOYABLE,
@@ -29,6 +23,12 @@ from qingliang.platform.lifecycle.registry.records import (
     SERVED,
     check_version,
     split_dataset_ref,
+)
+from qingliang.platform.lifecycle.registry.tables import (
+    AdapterEventRow,
+    AdapterRow,
+    AssignmentRow,
+    DatasetVersionRow,
 )
 
 logger = logging.getLogger(__name__)

@@ -12,17 +12,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from qingliang.platform.errors import NotFound
-from qingliang.platform.lifecycle.registry.models import (
-    AdapterRow,
-    AssignmentRow,
-    BaseModelRow,
-    DatasetVersionRow,
-    DeploymentRow,
-    EdgeRow,
-    JobDatasetRow,
-    JobRow,
-    QuantizedRow,
-)
 from qingliang.platform.lifecycle.registry.records import (
     MERGED_FROM,
     Adapter,
@@ -35,6 +24,17 @@ from qingliang.platform.lifecycle.registry.records import (
     Quantized,
     split_adapter_ref,
     split_dataset_ref,
+)
+from qingliang.platform.lifecycle.registry.tables import (
+    AdapterRow,
+    AssignmentRow,
+    BaseModelRow,
+    DatasetVersionRow,
+    DeploymentRow,
+    EdgeRow,
+    JobDatasetRow,
+    JobRow,
+    QuantizedRow,
 )
 
 ROWS: dict[str, Any] = {

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from qingliang.platform.errors import BadRequest, Conflict
 from qingliang.platform.lifecycle.registry import _lifecycle, _rows
-from qingliang.platform.lifecycle.registry.models import AdapterRow, AssignmentRow, DeploymentRow
 from qingliang.platform.lifecycle.registry.records import DEPLOYABLE, SERVES, Assignment
+from qingliang.platform.lifecycle.registry.tables import AdapterRow, AssignmentRow, DeploymentRow
 
 _KIND = {"adapter_id": "adapter", "model_id": "base_model", "quantized_id": "quantized"}
 

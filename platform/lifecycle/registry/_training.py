@@ -11,12 +11,6 @@ from sqlalchemy.orm import Session
 
 from qingliang.platform.errors import BadRequest, Conflict
 from qingliang.platform.lifecycle.registry import _lifecycle, _rows, _serving
-from qingliang.platform.lifecycle.registry.models import (
-    AdapterEventRow,
-    AdapterRow,
-    JobDatasetRow,
-    JobRow,
-)
 from qingliang.platform.lifecycle.registry.records import (
     ADAPTS,
     EVALUATED_ON,
@@ -26,6 +20,12 @@ from qingliang.platform.lifecycle.registry.records import (
     TRAINED_ON,
     Adapter,
     Job,
+)
+from qingliang.platform.lifecycle.registry.tables import (
+    AdapterEventRow,
+    AdapterRow,
+    JobDatasetRow,
+    JobRow,
 )
 
 

@@ -181,8 +181,8 @@ def _by_name(reg: Registry, name: str, state_db: Path) -> Resolved:
         "adapter": sorted({a.name for a in reg.list_adapters()}),
         "job": [j.name for j in reg.list_jobs()],
         "base_model": [m.name for m in reg.list_base_models()],
-        "deployment": reg.list_deployments(),
-        "quantized": [q.name for q in reg.list_quantized()],
+        "deployment": reg.deployments.names(),
+        "quantized": [q.name for q in reg.quantized.all()],
         "dataset_version": sorted({v.dataset for v in reg.list_dataset_versions()}),
     }
     hits = [kind for kind, known in names.items() if name in known]
@@ -264,7 +264,7 @@ class _Details:
             m = reg.get_base_model(ref)
             return {"source": m.source, "merged_from": m.merged_from}
         if kind == "quantized":
-            q = reg.get_quantized(ref)
+            q = reg.quantized.get(ref)
             return {"method": q.method, "model": q.model}
         return {}
 
@@ -272,7 +272,7 @@ class _Details:
         """The newest interval during which ``deployment`` served ``target``."""
         key = ("traffic", f"{deployment}|{target}")
         if key not in self._cache:
-            found = [a for a in self.reg.deployment_history(deployment) if a.target == target]
+            found = [a for a in self.reg.deployments.history(deployment) if a.target == target]
             last = found[-1] if found else None
             self._cache[key] = (
                 {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from qingliang.platform.errors import BadRequest, Conflict
-from qingliang.platform.lifecycle.registry import _checks, _lifecycle, _rows, _serving, _training
+from qingliang.platform.lifecycle.registry import _checks, _lifecycle, _rows, _training
 from qingliang.platform.lifecycle.registry._db import (
     make_engine,
     normalize_url,
@@ -41,35 +40,21 @@ from qingliang.platform.lifecycle.registry._db import (
     upgrade,
     write_session,
 )
-from qingliang.platform.lifecycle.registry.models import (
-    ADAPTER_STATUSES,
-    JOB_METHODS,
-    JOB_STATUSES,
-    AdapterEventRow,
-    AdapterRow,
-    AssignmentRow,
-    BaseModelRow,
-    DatasetVersionRow,
-    DeploymentRow,
-    JobRow,
-    QuantizedRow,
-)
+from qingliang.platform.lifecycle.registry.deployments import Deployments
+from qingliang.platform.lifecycle.registry.quantized import QuantizedArtifacts
 from qingliang.platform.lifecycle.registry.records import (
     DERIVED_FROM,
     LINKABLE,
     MERGED_FROM,
     PROPAGATES_STALENESS,
-    QUANTIZED_FROM,
     Adapter,
     AdapterStatus,
-    Assignment,
     BaseModel,
     DatasetVersion,
     Job,
     JobStatus,
     Kind,
     Lineage,
-    Quantized,
     StatusEvent,
     check_kind,
     check_name,
@@ -78,6 +63,16 @@ from qingliang.platform.lifecycle.registry.records import (
     check_version,
     split_adapter_ref,
     split_dataset_ref,
+)
+from qingliang.platform.lifecycle.registry.tables import (
+    ADAPTER_STATUSES,
+    JOB_METHODS,
+    JOB_STATUSES,
+    AdapterEventRow,
+    AdapterRow,
+    BaseModelRow,
+    DatasetVersionRow,
+    JobRow,
 )
 
 logger = logging.getLogger(__name__)
@@ -116,6 +111,10 @@ class Registry:
         except BaseException:
             self._engine.dispose()
             raise
+        #: What each deployment serves, and served: ``reg.deployments.set_serving(...)``.
+        self.deployments = Deployments(self._read, self._write)
+        #: Quantised artifacts of base models: ``reg.quantized.register(...)``.
+        self.quantized = QuantizedArtifacts(self._read, self._write)
 
     def __repr__(self) -> str:
         return f"Registry({safe(self.url)!r})"
@@ -140,7 +139,7 @@ class Registry:
         with write_session(self._engine, self.url) as s:
             yield s
 
-    # -- base models and quantised artifacts ---------------------------------------------
+    # -- base models ---------------------------------------------------------------------
 
     def register_base_model(
         self,
@@ -201,60 +200,6 @@ class Registry:
         with self._read() as s:
             rows = s.scalars(select(BaseModelRow).order_by(BaseModelRow.name))
             return [_rows.base_model_record(s, r) for r in rows]
-
-    def register_quantized(
-        self,
-        name: str,
-        *,
-        model: str,
-        method: str,
-        path: str,
-        size_bytes: int | None = None,
-        sha256: str | None = None,
-        settings: Mapping[str, Any] | None = None,
-    ) -> Quantized:
-        """Record a quantised artifact of base (or merged) model ``model``; ``method`` is
-        e.g. ``awq``, ``gptq``, ``gguf-q4_k_m``, ``bnb-nf4``."""
-        check_name(name, "quantized")
-        check_token(method, "method")
-        path = _checks.text(path, "path")
-        size = _checks.size(size_bytes)
-        sha = None if sha256 is None else check_sha256(sha256)
-        opts = _checks.json_object(settings, "settings")
-        with self._write() as s:
-            old = s.scalar(select(QuantizedRow).where(QuantizedRow.name == name))
-            if old is not None:
-                raise Conflict(
-                    f"quantized artifact {name!r} is already registered ({old.method} at "
-                    f"{old.path!r})",
-                    param="quantized",
-                )
-            base = _rows.by_name(s, "base_model", model)
-            row = QuantizedRow(
-                name=name,
-                model_id=base.id,
-                method=method,
-                path=path,
-                size_bytes=size,
-                sha256=sha,
-                settings=opts,
-                created_at=_rows.now(),
-            )
-            s.add(row)
-            s.flush()
-            _rows.add_edge(s, ("base_model", base.id), ("quantized", row.id), QUANTIZED_FROM)
-            return _rows.quantized_record(s, row)
-
-    def get_quantized(self, name: str) -> Quantized:
-        with self._read() as s:
-            return _rows.quantized_record(s, _rows.by_name(s, "quantized", name))
-
-    def list_quantized(self, model: str | None = None) -> list[Quantized]:
-        with self._read() as s:
-            stmt = select(QuantizedRow).order_by(QuantizedRow.name)
-            if model is not None:
-                stmt = stmt.where(QuantizedRow.model_id == _rows.by_name(s, "base_model", model).id)
-            return [_rows.quantized_record(s, r) for r in s.scalars(stmt)]
 
     # -- dataset versions ----------------------------------------------------------------
 
@@ -497,73 +442,6 @@ class Registry:
             reason = _checks.text(reason, "reason")
         with self._write() as s:
             return _training.set_status(s, adapter, status, reason, values)
-
-    # -- deployments ---------------------------------------------------------------------
-
-    def set_serving(
-        self,
-        deployment: str,
-        *,
-        model: str | None = None,
-        quantized: str | None = None,
-        adapters: Mapping[str, float] | None = None,
-    ) -> list[Assignment]:
-        """Declare what ``deployment`` serves from now on: a base ``model`` or a
-        ``quantized`` artifact, and ``adapters`` as ``{"name@version": share}``, the share
-        of the traffic for that adapter name (``{"bot@3": 0.9, "bot@4": 0.1}`` is a canary).
-        Intervals that changed end now and new ones start; giving nothing records that the
-        deployment stopped. Adapter statuses follow: ``serving`` with a full share
-        somewhere, ``canary`` with a partial one, ``approved`` when no longer served.
-
-        Returns:
-            What the deployment serves now.
-
-        Raises:
-            BadRequest: both model and quantized, adapters without a model, an adapter for
-                another base model, shares outside (0, 1] or over 1 for one adapter name.
-            Conflict: a newly served adapter is not approved (or canary/serving), e.g. stale.
-        """
-        check_name(deployment, "deployment")
-        if adapters is not None and not isinstance(adapters, Mapping):
-            raise BadRequest("adapters must map 'name@version' to a share", param="adapters")
-        wanted = dict(adapters or {})
-        if model is not None and quantized is not None:
-            raise BadRequest(
-                f"deployment {deployment!r}: give model or quantized, not both", param="model"
-            )
-        if wanted and model is None and quantized is None:
-            raise BadRequest(
-                f"deployment {deployment!r}: adapters need the model they run on (model= or "
-                "quantized=)",
-                param="adapters",
-            )
-        for ref, share in wanted.items():
-            split_adapter_ref(ref)
-            _checks.share(share, ref)
-        with self._write() as s:
-            return _serving.set_serving(s, deployment, model, quantized, wanted)
-
-    def serving(self, deployment: str, at: datetime | None = None) -> list[Assignment]:
-        """What ``deployment`` serves now, or served at time ``at`` (timezone-aware)."""
-        if at is not None and at.tzinfo is None:
-            raise BadRequest("at must be timezone-aware", param="at")
-        with self._read() as s:
-            return _serving.open_assignments(s, _rows.by_name(s, "deployment", deployment).id, at)
-
-    def deployment_history(self, deployment: str) -> list[Assignment]:
-        """Every interval of ``deployment``, in the order they started."""
-        with self._read() as s:
-            dep = _rows.by_name(s, "deployment", deployment)
-            rows = s.scalars(
-                select(AssignmentRow)
-                .where(AssignmentRow.deployment_id == dep.id)
-                .order_by(AssignmentRow.started_at, AssignmentRow.id)
-            )
-            return [_rows.assignment_record(s, r) for r in rows]
-
-    def list_deployments(self) -> list[str]:
-        with self._read() as s:
-            return list(s.scalars(select(DeploymentRow.name).order_by(DeploymentRow.name)))
 
     # -- lineage -------------------------------------------------------------------------
 

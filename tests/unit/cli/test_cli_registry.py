@@ -57,7 +57,7 @@ def chain(home: Path, store: DatasetStore) -> dict[str, str]:
         reg.set_job_status("gov-ft-1", "succeeded", metrics={"loss": 0.42})
         reg.set_status(adapter, "evaluated", metrics={"rouge_l": 0.51})
         reg.set_status(adapter, "approved", "beats the base model")
-        reg.set_serving("support", model="qwen-tiny", adapters={adapter: 1.0})
+        reg.deployments.set_serving("support", model="qwen-tiny", adapters={adapter: 1.0})
     return {"adapter": adapter, "data": data, "counts": counts}
 
 

@@ -31,7 +31,7 @@ def reg(tmp_path: Path) -> Iterator[Registry]:
         reg.set_job_status("ft-1", "succeeded")
         reg.set_status("faq-bot@1", "evaluated")
         reg.set_status("faq-bot@1", "approved", "beats the base model")
-        reg.set_serving("support", model="qwen-tiny", adapters={"faq-bot@1": 1.0})
+        reg.deployments.set_serving("support", model="qwen-tiny", adapters={"faq-bot@1": 1.0})
         yield reg
 
 

@@ -584,9 +584,9 @@ def test_pipeline_canary_then_promote_then_next_version_rolled_back(
     assert lora["adapters"] == {"permits-bot-v1": str(adapter_dir)}
     with Registry(home=served.home) as reg:
         assert reg.get_adapter("permits-bot@1").status == "canary"
-        assert {a.target: a.share for a in reg.serving("chat") if a.target_kind == "adapter"} == {
-            "permits-bot@1": 0.2
-        }
+        assert {
+            a.target: a.share for a in reg.deployments.serving("chat") if a.target_kind == "adapter"
+        } == {"permits-bot@1": 0.2}
 
     run = svc.approve(run.id, approve=True, by="bob", reason="canary healthy")
     assert run.status == "succeeded"
@@ -602,7 +602,9 @@ def test_pipeline_canary_then_promote_then_next_version_rolled_back(
         {"permits-bot-v1": 0.8, "permits-bot-v2": 0.2}
     )
     with Registry(home=served.home) as reg:
-        shares = {a.target: a.share for a in reg.serving("chat") if a.target_kind == "adapter"}
+        shares = {
+            a.target: a.share for a in reg.deployments.serving("chat") if a.target_kind == "adapter"
+        }
         assert shares == pytest.approx({"permits-bot@1": 0.8, "permits-bot@2": 0.2})
     second = svc.approve(second.id, approve=False, by="carol", reason="complaints up")
     assert second.status == "rolled_back"
@@ -956,7 +958,7 @@ def test_merge_step_writes_a_merged_model_and_an_nf4_copy(tmp_path: Path, tiny: 
     )
     with Registry(home=home) as reg:
         assert reg.get_base_model(merged["model"]).source == merged["path"]
-        q = reg.get_quantized(merged["quantized"]["name"])
+        q = reg.quantized.get(merged["quantized"]["name"])
         assert q.method == "bnb-nf4" and q.model == merged["model"]
         assert merged["model"] in reg.lineage(
             "adapter", "permits-bot@1", direction="downstream"

@@ -70,7 +70,7 @@ def build_chain(reg: Registry) -> dict[str, str]:
     reg.set_job_status("ft-1", "succeeded", metrics={"loss": 0.5})
     reg.set_status(adapter.ref, "evaluated", metrics={"rouge_l": 0.41})
     reg.set_status(adapter.ref, "approved", "beats the base model")
-    reg.set_serving("support", model="qwen", adapters={adapter.ref: 1.0})
+    reg.deployments.set_serving("support", model="qwen", adapters={adapter.ref: 1.0})
     return {"adapter": adapter.ref, "dataset": f"faq@{V1}", "eval": f"faq-eval@{EVAL}"}
 
 
@@ -108,20 +108,20 @@ def test_register_chain_and_read_back(reg: Registry) -> None:
         "serving",
     ]
 
-    [model, served] = reg.serving("support")
+    [model, served] = reg.deployments.serving("support")
     assert (model.target_kind, model.target, model.share) == ("base_model", "qwen", 1.0)
     assert (served.target_kind, served.target, served.ended_at) == ("adapter", "bot@1", None)
 
-    q = reg.register_quantized(
+    q = reg.quantized.register(
         "qwen-awq", model="qwen", method="awq", path="/q/awq", size_bytes=2**33, settings={"b": 4}
     )
-    assert reg.get_quantized("qwen-awq") == q and q.size_bytes == 2**33
-    assert [x.name for x in reg.list_quantized(model="qwen")] == ["qwen-awq"]
+    assert reg.quantized.get("qwen-awq") == q and q.size_bytes == 2**33
+    assert [x.name for x in reg.quantized.all(model="qwen")] == ["qwen-awq"]
     assert [b.name for b in reg.list_base_models()] == ["qwen"]
     assert [d.ref for d in reg.list_dataset_versions("faq")] == [refs["dataset"]]
     assert [j.name for j in reg.list_jobs(status="succeeded")] == ["ft-1"]
     assert [a.ref for a in reg.list_adapters(status="serving")] == ["bot@1"]
-    assert reg.list_deployments() == ["support"]
+    assert reg.deployments.names() == ["support"]
 
 
 def test_adapter_versions_are_monotonic_per_name(reg: Registry) -> None:
@@ -163,7 +163,7 @@ def test_lineage_walks_both_ways(reg: Registry) -> None:
     reg.register_base_model(
         "qwen-bot", source="/m/merged", format="safetensors", merged_from=refs["adapter"]
     )
-    reg.register_quantized("qwen-bot-awq", model="qwen-bot", method="awq", path="/q/1")
+    reg.quantized.register("qwen-bot-awq", model="qwen-bot", method="awq", path="/q/1")
 
     up = reg.lineage("adapter", refs["adapter"], direction="upstream")
     assert up.downstream == () and up.status == "serving"
@@ -264,7 +264,9 @@ def test_superseded_data_makes_adapters_stale_transitively(reg: Registry) -> Non
     assert reg.get_adapter(other.ref).status == "registered"
     assert reg.get_adapter(evaluated_only.ref).status == "registered"
     # Still served: staleness is recorded; taking it out is the operator's call.
-    assert [a.target for a in reg.serving("support") if a.target_kind == "adapter"] == ["bot@1"]
+    assert [a.target for a in reg.deployments.serving("support") if a.target_kind == "adapter"] == [
+        "bot@1"
+    ]
 
     # A stale adapter is never promoted or newly deployed again; it can only retire.
     with pytest.raises(Conflict, match=r"from stale to approved .*PII in record 17"):
@@ -272,13 +274,13 @@ def test_superseded_data_makes_adapters_stale_transitively(reg: Registry) -> Non
     with pytest.raises(Conflict, match=r"from stale to evaluated"):
         reg.set_status(gen2.ref, "evaluated")
     with pytest.raises(Conflict, match=r"bot2@1 is stale .*only an approved adapter"):
-        reg.set_serving("lab", model="qwen-bot", adapters={gen2.ref: 1.0})
-    reg.set_serving("support", model="qwen", adapters={"bot@1": 0.5})  # phasing it out
+        reg.deployments.set_serving("lab", model="qwen-bot", adapters={gen2.ref: 1.0})
+    reg.deployments.set_serving("support", model="qwen", adapters={"bot@1": 0.5})  # phasing it out
     with pytest.raises(Conflict, match="bot@1 is stale; its share can only go down"):
-        reg.set_serving("support", model="qwen", adapters={"bot@1": 0.8})
+        reg.deployments.set_serving("support", model="qwen", adapters={"bot@1": 0.8})
     with pytest.raises(Conflict, match="would train on stale inputs: adapter bot@1 is stale"):
         reg.register_job("ft-6", method="lora", base_model="qwen-bot", train=[f"chat@{V3}"])
-    reg.set_serving("support", model="qwen")  # take it out; it stays stale
+    reg.deployments.set_serving("support", model="qwen")  # take it out; it stays stale
     assert reg.get_adapter("bot@1").status == "stale"
     assert reg.set_status("bot@1", "retired", "withdrawn").status == "retired"
 
@@ -329,7 +331,7 @@ def test_adapter_transitions(reg: Registry) -> None:
     with pytest.raises(Conflict, match="registered -> serving follows from deployments"):
         reg.set_status(ref, "serving")
     with pytest.raises(Conflict, match=r"bot@1 is registered; only an approved adapter"):
-        reg.set_serving("d", model="qwen", adapters={ref: 1.0})
+        reg.deployments.set_serving("d", model="qwen", adapters={ref: 1.0})
     with pytest.raises(BadRequest, match="'done' is not one of"):
         reg.set_status(ref, "done")  # type: ignore[arg-type]
     with pytest.raises(BadRequest, match="give the version too"):
@@ -339,13 +341,13 @@ def test_adapter_transitions(reg: Registry) -> None:
     assert reg.set_status(ref, "evaluated", metrics={"b": 2}).metrics == {"a": 1, "b": 2}
     reg.set_status(ref, "approved")
     assert reg.set_status(ref, "approved").status == "approved"  # no-op
-    reg.set_serving("d", model="qwen", adapters={ref: 0.2})
+    reg.deployments.set_serving("d", model="qwen", adapters={ref: 0.2})
     assert reg.get_adapter(ref).status == "canary"
     with pytest.raises(Conflict, match="canary -> approved follows from deployments"):
         reg.set_status(ref, "approved")
     with pytest.raises(Conflict, match="cannot go from canary to retired"):
         reg.set_status(ref, "retired")
-    reg.set_serving("d", model="qwen")
+    reg.deployments.set_serving("d", model="qwen")
     assert reg.get_adapter(ref).status == "approved"
     reg.set_status(ref, "retired", "replaced")
     with pytest.raises(Conflict, match=r"from retired to evaluated.*nothing \(final\)"):
@@ -432,21 +434,21 @@ def test_canary_rollout_and_history(reg: Registry) -> None:
     two = reg.register_adapter("bot", path="/a/bot-2", sha256=sha("b"), base_model="qwen").ref
     reg.set_status(two, "evaluated")
     reg.set_status(two, "approved")
-    before = reg.serving("support")
+    before = reg.deployments.serving("support")
 
-    canary = reg.set_serving("support", model="qwen", adapters={"bot@1": 0.9, two: 0.1})
+    canary = reg.deployments.set_serving("support", model="qwen", adapters={"bot@1": 0.9, two: 0.1})
     assert {(a.target, a.share) for a in canary} == {("qwen", 1.0), ("bot@1", 0.9), (two, 0.1)}
     assert (reg.get_adapter("bot@1").status, reg.get_adapter(two).status) == ("canary", "canary")
     start = next(a.started_at for a in canary if a.target == two)
     assert next(a for a in canary if a.target == "qwen").started_at < start  # kept open
 
-    reg.set_serving("support", model="qwen", adapters={two: 1.0})
+    reg.deployments.set_serving("support", model="qwen", adapters={two: 1.0})
     assert (reg.get_adapter("bot@1").status, reg.get_adapter(two).status) == ("approved", "serving")
 
     # What served when: the state just before the canary, read back by time.
-    then = reg.serving("support", at=start - timedelta(microseconds=1))
+    then = reg.deployments.serving("support", at=start - timedelta(microseconds=1))
     assert {(a.target, a.share) for a in then} == {(a.target, a.share) for a in before}
-    history = reg.deployment_history("support")
+    history = reg.deployments.history("support")
     assert [(a.target, a.share) for a in history if a.target_kind == "adapter"] == [
         ("bot@1", 1.0),
         ("bot@1", 0.9),
@@ -459,21 +461,23 @@ def test_canary_rollout_and_history(reg: Registry) -> None:
     ]
 
     with pytest.raises(BadRequest, match="shares of adapter 'bot' add up to 1.2"):
-        reg.set_serving("support", model="qwen", adapters={"bot@1": 0.5, two: 0.7})
+        reg.deployments.set_serving("support", model="qwen", adapters={"bot@1": 0.5, two: 0.7})
     with pytest.raises(BadRequest, match=r"share must be a number in \(0, 1\]"):
-        reg.set_serving("support", model="qwen", adapters={two: 0})
+        reg.deployments.set_serving("support", model="qwen", adapters={two: 0})
     with pytest.raises(BadRequest, match="adapters need the model"):
-        reg.set_serving("support", adapters={two: 1.0})
+        reg.deployments.set_serving("support", adapters={two: 1.0})
     reg.register_base_model("llama", source="/m/llama", format="gguf")
     with pytest.raises(BadRequest, match="bot@2 was made for 'qwen'"):
-        reg.set_serving("support", model="llama", adapters={two: 1.0})
+        reg.deployments.set_serving("support", model="llama", adapters={two: 1.0})
 
-    reg.register_quantized("qwen-awq", model="qwen", method="awq", path="/q")
-    now = reg.set_serving("support", quantized="qwen-awq", adapters={two: 1.0})
+    reg.quantized.register("qwen-awq", model="qwen", method="awq", path="/q")
+    now = reg.deployments.set_serving("support", quantized="qwen-awq", adapters={two: 1.0})
     assert {(a.target_kind, a.target) for a in now} == {("quantized", "qwen-awq"), ("adapter", two)}
-    assert reg.set_serving("support") == [] and reg.get_adapter(two).status == "approved"
+    assert (
+        reg.deployments.set_serving("support") == [] and reg.get_adapter(two).status == "approved"
+    )
     with pytest.raises(NotFound, match="no deployment 'suport' in the registry; did you mean"):
-        reg.serving("suport")
+        reg.deployments.serving("suport")
 
 
 # -- errors and atomicity --------------------------------------------------------------------
@@ -487,9 +491,9 @@ def test_duplicates_unknowns_and_bad_input(reg: Registry) -> None:
         reg.register_dataset_version("faq", V1, record_counts={"train": 1})
     with pytest.raises(Conflict, match="job 'ft-1' is already registered"):
         reg.register_job("ft-1", method="lora", base_model="qwen", train=[f"faq@{V1}"])
-    reg.register_quantized("q", model="qwen", method="awq", path="/q")
+    reg.quantized.register("q", model="qwen", method="awq", path="/q")
     with pytest.raises(Conflict, match="quantized artifact 'q' is already registered"):
-        reg.register_quantized("q", model="qwen", method="gptq", path="/q2")
+        reg.quantized.register("q", model="qwen", method="gptq", path="/q2")
 
     with pytest.raises(
         NotFound, match="no base model 'qwenn' in the registry; did you mean 'qwen'"
@@ -531,12 +535,12 @@ def test_failed_writes_leave_nothing_behind(reg: Registry) -> None:
     assert reg.lineage("dataset_version", f"faq@{V2}").downstream == ()
 
     # The second adapter is refused after the first interval ended: the deployment is as it was.
-    before = reg.serving("support")
+    before = reg.deployments.serving("support")
     stale = reg.register_adapter("bot", path="/a/2", sha256=sha("2"), base_model="qwen").ref
     reg.set_status(stale, "stale", "bad")
     with pytest.raises(Conflict):
-        reg.set_serving("support", model="qwen", adapters={"bot@1": 0.5, stale: 0.5})
-    assert reg.serving("support") == before
+        reg.deployments.set_serving("support", model="qwen", adapters={"bot@1": 0.5, stale: 0.5})
+    assert reg.deployments.serving("support") == before
     assert reg.get_adapter("bot@1").status == "serving"
 
     # One of two supersessions fails: neither dataset version changed, no adapter marked.
@@ -590,7 +594,7 @@ def test_models_match_migrations_and_downgrade_round_trips(url: str) -> None:
     from alembic.runtime.migration import MigrationContext
 
     from qingliang.platform.lifecycle.registry._db import _alembic_config
-    from qingliang.platform.lifecycle.registry.models import VERSION_TABLE, Base
+    from qingliang.platform.lifecycle.registry.tables import VERSION_TABLE, Base
 
     Registry(url).close()
     engine = create_engine(normalize_url(url))

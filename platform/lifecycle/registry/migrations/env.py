@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from qingliang.platform.lifecycle.registry.models import VERSION_TABLE, Base
+from qingliang.platform.lifecycle.registry.tables import VERSION_TABLE, Base
 
 
 def _run(connection: Connection) -> None:

@@ -1,7 +1,7 @@
 """Initial registry schema: models, dataset versions, jobs, adapters, quantised artifacts,
 deployments and lineage edges.
 
-Self-contained on purpose: a revision never imports the current models, whose later
+Self-contained on purpose: a revision never imports the current tables, whose later
 changes would otherwise rewrite history.
 
 Revision ID: 0001
