@@ -33,6 +33,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from qingliang.agents._approvals import (
+    MAX_INPUT_CHARS,
+    RESUME_KEYS,
+    RUN_KEYS,
+    check_keys,
+    checked_decision,
+)
 from qingliang.agents.checkpoint import Checkpointers
 from qingliang.agents.runs import FINAL, Run, RunStore, new_run_id
 from qingliang.agents.runtime import (
@@ -44,18 +51,12 @@ from qingliang.agents.runtime import (
     router_config,
     router_key,
 )
-from qingliang.platform.errors import BadRequest, Conflict, Forbidden, NotFound
+from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
-MAX_INPUT_CHARS = 32_000
-#: The actor of a request that carried no key (a gateway started with ``--no-auth``):
-#: callers cannot be told apart, so the distinct-approver rule cannot apply to it.
-ANONYMOUS = "api"
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-RUN_KEYS = frozenset({"input", "domain", "attachments", "stream"})
-RESUME_KEYS = frozenset({"action", "answer", "forms", "comment", "stream"})
 _DONE = object()
 #: Stored events are flushed at least this often while a run is going.
 EVENT_FLUSH_S = 0.25
@@ -67,18 +68,6 @@ class GraphCatalog(Protocol):
         ...
 
     def names(self) -> list[str]: ...
-
-
-def _check_keys(body: dict, allowed: frozenset[str], what: str) -> None:
-    import difflib
-
-    if not isinstance(body, dict):
-        raise BadRequest(f"{what} body must be a JSON object")
-    for key in body:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-            more = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise BadRequest(f"unknown field {key!r}{more}", param=key)
 
 
 class AgentService:
@@ -161,7 +150,7 @@ class AgentService:
         self, graph: str, body: dict, *, tenant: str | None, actor: str
     ) -> tuple[str, AsyncIterator[dict]]:
         """Start a run of ``graph``; returns its id and its live event stream."""
-        _check_keys(body, RUN_KEYS, "run")
+        check_keys(body, RUN_KEYS, "run")
         gdef = self.catalog.get(graph)
         text = body.get("input")
         if not isinstance(text, str) or not text.strip():
@@ -199,7 +188,7 @@ class AgentService:
         self, run_id: str, body: dict, *, tenant: str | None, actor: str, all_tenants: bool = False
     ) -> tuple[str, AsyncIterator[dict]]:
         """Answer the approval a run waits for (approve, edit or reject) and continue it."""
-        _check_keys(body, RESUME_KEYS, "resume")
+        check_keys(body, RESUME_KEYS, "resume")
         run = self.get(run_id, tenant, all_tenants)
         action = body.get("action")
         if action not in APPROVAL_VALUE:
@@ -207,21 +196,7 @@ class AgentService:
         if run.status != "waiting" or not run.pending:
             raise Conflict(f"run {run_id!r} is {run.status}, not waiting for an approval")
         gdef = self.catalog.get(run.graph)
-        decision: dict[str, Any] = {"action": action, "actor": actor}
-        comment = body.get("comment")
-        if comment is not None and not isinstance(comment, str):
-            raise BadRequest("`comment` must be a string", param="comment")
-        decision["comment"] = comment
-        if action == "edit":
-            decision.update(self._checked_edit(gdef, body))
-        elif "answer" in body or "forms" in body:
-            raise BadRequest("`answer` and `forms` go with action edit", param="action")
-        if actor == run.actor and actor != ANONYMOUS and not run.pending.get("allow_self_approval"):
-            raise Forbidden(
-                f"run {run_id!r} was started by {actor}; another key with the `approve` "
-                "scope must answer its approval (the graph may set allow_self_approval)",
-                code="self_approval",
-            )
+        decision = checked_decision(gdef, run, body, action=action, actor=actor)
         # The claim: only one resume of this approval can move the run out of `waiting`.
         if not self.store.set_status(run_id, "running", expect="waiting"):
             raise Conflict(f"run {run_id!r} was resumed already")
@@ -234,37 +209,6 @@ class AgentService:
         self._publish(run_id, [{"type": "approval", "run_id": run_id, **decision}], flush=True)
         self._launch(run_id, gdef, Command(resume=value), run.tenant, run.active_s)
         return run_id, stream
-
-    def _checked_edit(self, gdef: GraphDef, body: dict) -> dict:
-        out: dict[str, Any] = {}
-        answer, forms = body.get("answer"), body.get("forms")
-        if answer is None and forms is None:
-            raise BadRequest("action edit needs `answer` or `forms`", param="answer")
-        if answer is not None:
-            if not isinstance(answer, str) or len(answer) > MAX_INPUT_CHARS:
-                raise BadRequest("`answer` must be a string", param="answer")
-            out["answer"] = answer
-        if forms is not None:
-            if not isinstance(forms, dict):
-                raise BadRequest("`forms` must map form tool names to values", param="forms")
-            from qingliang.agents.tools.forms import validate_values
-
-            known = {t.name: t for t in gdef.manifest.spec.tools if t.kind == "form"}
-            checked = {}
-            for name, values in forms.items():
-                if name not in known:
-                    raise BadRequest(
-                        f"forms.{name}: unknown form; known: {', '.join(known) or 'none'}",
-                        param=f"forms.{name}",
-                    )
-                if not isinstance(values, dict):
-                    raise BadRequest(f"forms.{name} must be an object", param=f"forms.{name}")
-                clean, problems = validate_values(known[name], values)
-                if problems:
-                    raise BadRequest(f"forms.{name}: " + "; ".join(problems), param="forms")
-                checked[name] = clean
-            out["forms"] = checked
-        return out
 
     async def feedback(
         self,
