@@ -178,7 +178,7 @@ class RunningDeployer:
 def deployed(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stored `tiny` deployment with adapters sql and law (as `apply` leaves it)."""
     import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
-    from qingliang.platform.cli import main as cli
+    from qingliang.platform.cli import _common as cli
     from qingliang.platform.control.apply import Controller
     from qingliang.platform.manifests.loader import validate_document
     from qingliang.platform.settings import Settings
@@ -195,7 +195,7 @@ def deployed(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     body = validate_document(doc, "tiny.yaml").manifest.model_dump(mode="json", by_alias=True)
     settings = Settings()
     Controller(settings, deployer=RunningDeployer()).store.put("ModelDeployment", "tiny", body)
-    monkeypatch.setattr(cli, "_controller", lambda s: Controller(s, deployer=RunningDeployer()))
+    monkeypatch.setattr(cli, "controller", lambda s: Controller(s, deployer=RunningDeployer()))
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps tables at the terminal's width
     return settings.state_db
 

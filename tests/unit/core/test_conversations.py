@@ -23,17 +23,18 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from qingliang.platform.cli import main as cli_mod
+from qingliang.platform.cli import _common as cli_common
 from qingliang.platform.cli.main import app as cli_app
 from qingliang.platform.control import cluster
 from qingliang.platform.control.apply import Controller
 from qingliang.platform.errors import ApiError, BadRequest
-from qingliang.platform.gateway.app import ModelEntry, create_app
+from qingliang.platform.gateway.app import create_app
 from qingliang.platform.lifecycle.data.manifest import Dataset
 from qingliang.platform.lifecycle.data.store import DatasetStore
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.conversations import Conversation, ConversationLog
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.traffic import ModelEntry
 
 DAY = 86_400.0
 NOW = 1_750_000_000.0
@@ -170,7 +171,7 @@ class FakeBackend:
 
 
 class KeyAuth:
-    """ingress.KeyAuth's shape: the verified key's record (with its scopes) or None."""
+    """auth.keys.KeyAuth's shape: the verified key's record (with its scopes) or None."""
 
     def __init__(self, store: KeyStore, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -776,7 +777,7 @@ def test_up_passes_log_conversations_to_the_gateway(
         def get(self, live: bool) -> list:
             return []
 
-    monkeypatch.setattr(cli_mod, "_controller", lambda settings: FakeController())
+    monkeypatch.setattr(cli_common, "controller", lambda settings: FakeController())
     monkeypatch.setattr(
         cluster, "start_head", lambda settings: SimpleNamespace(dashboard_url="http://x")
     )

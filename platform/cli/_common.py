@@ -1,0 +1,54 @@
+"""What the command modules share: the consoles, settings, the error exit, the controller.
+
+Commands call :func:`controller` through this module (``_common.controller(...)``), so a
+test can replace it in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+from qingliang.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from qingliang.platform.control.apply import Controller
+
+console = Console()
+err = Console(stderr=True)
+
+#: ``-f/--file``, required and repeatable: manifest files or folders.
+FilesOpt = typer.Option(..., "-f", "--file", help="Manifest file or folder (repeatable).")
+
+
+def load_settings() -> Settings:
+    """The settings of this run (environment and defaults)."""
+    return Settings()
+
+
+def fail(exc: BaseException) -> None:
+    """Print ``error: <exc>`` on stderr and exit 1."""
+    err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def controller(settings: Settings) -> Controller:
+    """The controller of the local platform (imported lazily: it pulls in the areas)."""
+    from qingliang.platform.control.apply import Controller
+
+    return Controller(settings)
+
+
+def status_printer() -> Callable[[str, str, str], None]:
+    """An ``on_status`` callback that prints each deployment's status when it changes."""
+    last: dict[str, str] = {}
+
+    def on_status(name: str, status: str, message: str) -> None:
+        if last.get(name) != status:
+            last[name] = status
+            console.print(f"  {name}: {status}" + (f" — {message[:200]}" if message else ""))
+
+    return on_status

@@ -1,0 +1,206 @@
+"""``up``, ``down``, ``status``, ``chat``, ``models``: the local platform and talking to it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from qingliang.platform.cli import _common
+from qingliang.platform.cli._common import console, fail, load_settings, status_printer
+from qingliang.platform.errors import QingliangError
+from qingliang.platform.settings import Settings
+
+REPO_DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults"
+KEY_FILE = "api-key"
+
+
+def models() -> None:
+    """List the models shipped in PyPI packages (usable as `packaged:<name>`)."""
+    from qingliang.serving.sources import list_packaged
+
+    table = Table("SOURCE", "INSTALLED", "CACHED", "SIZE", "LICENCE", "DESCRIPTION")
+    for m in list_packaged(load_settings().model_cache):
+        table.add_row(
+            m["source"],
+            "yes" if m["installed"] else f"no: {m['install']}",
+            "yes" if m.get("cached") else "no",
+            f"{m['size'] / 1e6:.0f} MB",
+            m["licence"],
+            m["description"],
+        )
+    console.print(table)
+
+
+def up(
+    files: list[Path] = typer.Option(
+        None, "-f", "--file", help="Manifests to serve (default: deploy/defaults)."
+    ),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Serve without API keys (local development only)."
+    ),
+    timeout: float = typer.Option(900, help="Seconds to wait for the deployments."),
+    log_conversations: bool = typer.Option(
+        False,
+        "--log-conversations",
+        help="Record answered chat and completion requests, one row per choice (prompts "
+        "and answers, in plain text), in $QINGLIANG_HOME/conversations.sqlite; see "
+        "`qingliang conversations`.",
+    ),
+) -> None:
+    """Start local Ray (127.0.0.1, dashboard :8265) and serve the default manifests."""
+    from qingliang.platform.control import cluster
+
+    settings = load_settings()
+    started = time.monotonic()
+    paths = list(files or [REPO_DEFAULTS])
+    try:
+        ctl = _common.controller(settings)
+        # Validate, plan and resolve first: a bad manifest or a corrupt model file
+        # stops `up` before any process starts.
+        console.print("[bold]Checking manifests and model sources[/bold]")
+        ctl.resolve(ctl.compile(ctl.load(paths)), progress=True)
+        with console.status("Starting Ray on 127.0.0.1 ..."):
+            info = cluster.start_head(settings)
+        console.print(f"Ray is up (dashboard {info.dashboard_url})")
+        key = _ensure_default_key(settings) if not no_auth else None
+        with console.status("Starting the gateway ..."):
+            ctl.ensure_gateway(auth_enabled=not no_auth, conversation_log=log_conversations)
+        console.print("[bold]Deploying[/bold] (first start loads the model; this takes a while)")
+        ctl.apply(paths, wait=True, timeout_s=timeout, progress=True, on_status=status_printer())
+        ctl.wait("qingliang-gateway", timeout_s=120)
+    except QingliangError as exc:
+        fail(exc)
+        return
+    names = [r["name"] for r in ctl.get(live=False)]
+    elapsed = time.monotonic() - started
+    base = f"http://{settings.host}:{settings.http_port}"
+    console.print(f"\n[green]Qingliang is serving[/green] ({elapsed:.0f} s)")
+    console.print(f"  OpenAI API   {base}/v1   (models: {', '.join(names)})", highlight=False)
+    console.print(f"  Ray dashboard {info.dashboard_url}", highlight=False)
+    console.print(
+        f"  Prometheus   http://{settings.host}:{settings.metrics_port}/metrics", highlight=False
+    )
+    auth = ""
+    if key:
+        console.print(f"  API key      in {settings.home / KEY_FILE} (export QINGLIANG_API_KEY)")
+        auth = f' -H "Authorization: Bearer $(cat {settings.home / KEY_FILE})"'
+    model = names[0] if names else "MODEL"
+    console.print("\nTry:", highlight=False)
+    console.print(
+        f"  curl -s {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "你好"}}]}}'""",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("  qingliang chat        qingliang get        qingliang down", highlight=False)
+
+
+def _ensure_default_key(settings: Settings) -> str:
+    """The operator key `up` prints (scope admin): made once, readable only by this user."""
+    from qingliang.platform.storage.keys import ADMIN, KeyStore
+
+    path = settings.home / KEY_FILE
+    store = KeyStore(settings.state_db)
+    if path.exists():
+        key = path.read_text().strip()
+        record = store.verify(key)
+        if record is not None and ADMIN in record.scopes:
+            return key
+        if record is not None:  # made before scopes were enforced: an operator key anew
+            store.revoke(record.id)
+            console.print(f"replaced the operator key {record.prefix} by one with scope admin")
+    _record, key = store.create(f"default-{int(time.time())}", scopes=[ADMIN])
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+def down() -> None:
+    """Stop what `qingliang up` started (Serve, then its own Ray processes only)."""
+    from qingliang.platform.control import cluster
+
+    settings = load_settings()
+    with console.status("Stopping ..."):
+        stopped = cluster.stop_head(settings)
+    console.print("stopped" if stopped else "nothing was running")
+
+
+def status() -> None:
+    """Show whether the local platform runs and where."""
+    from qingliang.platform.control import cluster
+
+    settings = load_settings()
+    info = cluster.running(settings)
+    if info is None:
+        console.print(f"not running (data dir {settings.home})")
+        raise typer.Exit(3)
+    console.print(f"running since {time.ctime(info.started_at)} (pid {info.pid})")
+    console.print(f"  API        http://{settings.host}:{info.http_port}/v1", highlight=False)
+    console.print(f"  dashboard  {info.dashboard_url}", highlight=False)
+
+
+def chat(
+    model: str = typer.Argument(None, help="deployment or deployment:adapter (default: first)."),
+    message: str = typer.Option(None, "-m", "--message", help="Ask once and exit."),
+    url: str = typer.Option(None, help="Gateway base URL (default: the local one)."),
+    api_key: str = typer.Option(None, envvar="QINGLIANG_API_KEY", help="API key."),
+    max_tokens: int = typer.Option(512, help="Longest answer in tokens."),
+    temperature: float = typer.Option(0.7),
+) -> None:
+    """Chat with a deployment through the OpenAI API (streams the answer)."""
+    import openai
+
+    settings = load_settings()
+    base = url or f"http://{settings.host}:{settings.http_port}/v1"
+    key = api_key
+    if key is None and (settings.home / KEY_FILE).exists():
+        key = (settings.home / KEY_FILE).read_text().strip()
+    client = openai.OpenAI(base_url=base, api_key=key or "none", max_retries=0, timeout=600)
+    try:
+        if model is None:
+            ids = [m.id for m in client.models.list().data if ":" not in m.id]
+            if not ids:
+                fail(QingliangError("no deployments are being served"))
+            model = ids[0]
+        history: list[dict] = []
+        while True:
+            if message is not None:
+                text = message
+            else:
+                try:
+                    text = console.input(f"[bold]{model}>[/bold] ")
+                except (EOFError, KeyboardInterrupt):
+                    console.print()
+                    return
+                if text.strip() in ("/exit", "/quit"):
+                    return
+                if not text.strip():
+                    continue
+            history.append({"role": "user", "content": text})
+            stream = client.chat.completions.create(
+                model=model,
+                messages=history,  # type: ignore[arg-type]
+                stream=True,
+                max_tokens=max_tokens,
+                temperature=temperature,
+            )
+            answer = []
+            chunk: Any
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    piece = chunk.choices[0].delta.content
+                    answer.append(piece)
+                    console.print(piece, end="", markup=False, highlight=False)
+            console.print()
+            history.append({"role": "assistant", "content": "".join(answer)})
+            if message is not None:
+                return
+    except openai.APIError as exc:
+        fail(QingliangError(f"{base}: {exc}"))
