@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -44,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.storage.sqlite import create_private
+from qingliang.platform.storage.sqlite import connect, write
 
 log = logging.getLogger(__name__)
 
@@ -309,20 +308,16 @@ class WriteGroups:
         with self._lock:
             self.active = True
             try:
-                c.execute("BEGIN IMMEDIATE")
-                for fn, _fut in queue:
-                    c.execute("SAVEPOINT write")
-                    try:
-                        outcomes.append((True, fn()))
-                    except Exception as exc:
-                        c.execute("ROLLBACK TO write")
-                        outcomes.append((False, exc))
-                    c.execute("RELEASE write")
-                c.execute("COMMIT")
-            except BaseException as exc:  # no write of the group is kept
-                if c.in_transaction:
-                    with contextlib.suppress(Exception):
-                        c.execute("ROLLBACK")
+                with write(c):
+                    for fn, _fut in queue:
+                        c.execute("SAVEPOINT write")
+                        try:
+                            outcomes.append((True, fn()))
+                        except Exception as exc:
+                            c.execute("ROLLBACK TO write")
+                            outcomes.append((False, exc))
+                        c.execute("RELEASE write")
+            except BaseException as exc:  # no write of the group is kept (rolled back)
                 outcomes = [(False, exc)] * len(queue)
                 fatal = None if isinstance(exc, Exception) else exc
             finally:
@@ -348,12 +343,9 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        create_private(self.path)  # runs hold users' questions and answers: owner-only
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        # Owner-only (runs hold users' questions and answers), WAL, autocommit.
+        self._conn = connect(self.path)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
         self._groups = WriteGroups(self._conn, self._lock)
@@ -364,16 +356,8 @@ class RunStore:
             self._conn.close()
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(c)
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
-            return out
+        with self._lock, write(self._conn) as c:
+            return fn(c)
 
     async def _awrite(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """``fn(connection)`` in a group commit; returns once it is committed."""

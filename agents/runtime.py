@@ -57,9 +57,9 @@ def router_settings(graph: AgentGraph, node: Node) -> RouterSettings:
 
 
 def router_config(graph: AgentGraph, node: Node) -> Any:
-    """The :class:`~qingliang.agents.routing.service.RouterConfig` of a router node."""
+    """The :class:`~qingliang.agents.routing.router.RouterConfig` of a router node."""
     from qingliang.agents.routing.rewards import RewardWeights
-    from qingliang.agents.routing.service import RouterConfig
+    from qingliang.agents.routing.router import RouterConfig
 
     s = router_settings(graph, node)
     r = s.reward

@@ -28,7 +28,7 @@ from typing import Any
 
 from qingliang.agents.routing.features import RequestFeatures
 from qingliang.agents.routing.ope import OpeReport
-from qingliang.agents.routing.service import RouteDecision, RouterConfig, RouterService
+from qingliang.agents.routing.router import RouteDecision, RouterConfig, RouterService
 from qingliang.platform.errors import ClusterError, QingliangError
 
 log = logging.getLogger(__name__)

@@ -35,14 +35,14 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qingliang.platform.errors import Conflict, NotFound
-from qingliang.platform.storage.sqlite import open_db
+from qingliang.platform.storage.sqlite import open_db, write
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +149,9 @@ class DecisionLog:
             stack.close()
             self._local.conn = self._local.stack = None
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction on the calling thread's connection."""
+        return write(self._conn())
 
     # -- decisions ---------------------------------------------------------------------
     def record(

@@ -25,7 +25,7 @@ from qingliang.agents.catalog import StaticCatalog
 from qingliang.agents.llm import ChatReply, ToolCall
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.routing.actor import LocalRouter
-from qingliang.agents.routing.service import RouterService
+from qingliang.agents.routing.router import RouterService
 from qingliang.agents.service import AgentService
 from qingliang.agents.state import GraphDef
 from qingliang.platform.errors import Conflict

@@ -16,7 +16,7 @@ from qingliang.agents.routing.actor import LocalRouter, RouterClient
 from qingliang.agents.routing.features import RequestFeatures, hash_embedding
 from qingliang.agents.routing.policy import policy_from_state
 from qingliang.agents.routing.rewards import RewardWeights, combine
-from qingliang.agents.routing.service import RouterConfig, RouterService
+from qingliang.agents.routing.router import RouterConfig, RouterService
 from qingliang.platform.errors import Conflict, NotFound
 
 ARMS = ("tables", "prose", "images")
@@ -107,7 +107,7 @@ def test_changed_arms_keep_what_was_learned_and_new_arms_start_from_the_prior(
     changed = dataclasses.replace(
         greedy, arms=("tables", "prose", "charts"), prior={"charts": 0.8}, prior_weight=1.0
     )
-    with caplog.at_level(logging.INFO, logger="qingliang.agents.routing.service"):
+    with caplog.at_level(logging.INFO, logger="qingliang.agents.routing.router"):
         RouterService(db).register(R, changed)
     assert "arms added ['charts']" in caplog.text and "dropped ['images']" in caplog.text
     svc2 = RouterService(db)
