@@ -29,7 +29,7 @@ from typing import Any
 from qingliang.knowledge.ingest._optional import require
 from qingliang.knowledge.ingest.chunking import Block, Parsed, joined
 from qingliang.knowledge.ingest.errors import DocumentError, describe
-from qingliang.knowledge.manifest import Chunking, Parsers
+from qingliang.knowledge.ingest.options import Chunking, Parsers
 
 log = logging.getLogger(__name__)
 

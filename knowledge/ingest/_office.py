@@ -25,7 +25,7 @@ from qingliang.knowledge.ingest._optional import require
 from qingliang.knowledge.ingest._tables import Row, line, split_header, table_blocks
 from qingliang.knowledge.ingest.chunking import Block, Parsed
 from qingliang.knowledge.ingest.errors import DocumentError, describe
-from qingliang.knowledge.manifest import Chunking, Parsers
+from qingliang.knowledge.ingest.options import Chunking, Parsers
 
 log = logging.getLogger(__name__)
 

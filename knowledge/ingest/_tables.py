@@ -8,7 +8,7 @@ import io
 
 from qingliang.knowledge.ingest.chunking import Block, Parsed
 from qingliang.knowledge.ingest.errors import DocumentError
-from qingliang.knowledge.manifest import Chunking, CsvOptions
+from qingliang.knowledge.ingest.options import Chunking, CsvOptions
 
 #: A table row: its 1-based number as the source shows it, and its cells.
 Row = tuple[int, list[str]]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from qingliang.knowledge.ingest.document import Chunk, ChunkKind, Location, document_id
-from qingliang.knowledge.manifest import Chunking
+from qingliang.knowledge.ingest.options import Chunking
 
 #: Break points, best first: a chunk ends just after the last one found in its window.
 _BREAKS: tuple[tuple[str, ...], ...] = (

@@ -35,7 +35,7 @@ from qingliang.knowledge.ingest._pdf import parse_pdf
 from qingliang.knowledge.ingest._tables import parse_table
 from qingliang.knowledge.ingest.chunking import Block, Parsed, joined
 from qingliang.knowledge.ingest.errors import DocumentError
-from qingliang.knowledge.manifest import Chunking, JsonOptions, Parsers
+from qingliang.knowledge.ingest.options import Chunking, JsonOptions, Parsers
 
 ParseFn = Callable[[bytes, str, Parsers, Chunking], list[Parsed]]
 

@@ -36,13 +36,13 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from qingliang.knowledge.ingest.chunking import chunk_document
 from qingliang.knowledge.ingest.document import Chunk, Document, content_hash, document_id
 from qingliang.knowledge.ingest.errors import DocumentError, describe
+from qingliang.knowledge.ingest.options import Chunking, Parsers, Source
 from qingliang.knowledge.ingest.parsers import ParserRegistry, default_registry
-from qingliang.knowledge.manifest import Chunking, KnowledgeBaseSpec, Parsers, Source
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class IngestOptions:
     registry: ParserRegistry = field(default_factory=default_registry)
 
     @classmethod
-    def from_spec(cls, spec: KnowledgeBaseSpec) -> IngestOptions:
+    def from_spec(cls, spec: Any) -> IngestOptions:
+        """The options of a KnowledgeBase manifest's ``spec`` (its ``parsers`` and
+        ``chunking``; image files are parsed for CLIP when ``embedding.image`` is set)."""
         registry = default_registry(image_embedding=spec.embedding.image is not None)
         return cls(parsers=spec.parsers, chunking=spec.chunking, registry=registry)
 
@@ -106,7 +108,7 @@ def find_sources(sources: Iterable[Source], base: Path) -> SourceFiles:
 
     Example:
         >>> import tempfile, pathlib
-        >>> from qingliang.knowledge.manifest import Source
+        >>> from qingliang.knowledge.ingest.options import Source
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> _ = (root / "a.md").write_text("x", encoding="utf-8")
         >>> (root / "b.md").symlink_to("/etc/hostname")

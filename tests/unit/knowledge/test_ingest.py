@@ -22,7 +22,7 @@ from qingliang.knowledge.ingest import (
     split_text,
 )
 from qingliang.knowledge.ingest.errors import describe
-from qingliang.knowledge.manifest import (
+from qingliang.knowledge.ingest.options import (
     Chunking,
     CsvOptions,
     HtmlOptions,

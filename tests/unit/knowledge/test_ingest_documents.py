@@ -33,15 +33,15 @@ from qingliang.knowledge.ingest._image import Line, group_lines, load_frames
 from qingliang.knowledge.ingest._optional import require
 from qingliang.knowledge.ingest.chunking import chunk_document
 from qingliang.knowledge.ingest.errors import DocumentError
-from qingliang.knowledge.manifest import (
+from qingliang.knowledge.ingest.options import (
     Chunking,
     ImageOptions,
-    KnowledgeBase,
     Parsers,
     PdfOptions,
     Source,
     XlsxOptions,
 )
+from qingliang.knowledge.manifest import KnowledgeBase
 
 CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 

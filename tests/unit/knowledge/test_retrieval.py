@@ -15,7 +15,7 @@ import pytest
 
 from qingliang.knowledge._bm25 import Bm25Encoder, term_index, terms
 from qingliang.knowledge.ingest import IngestOptions, ingest_paths
-from qingliang.knowledge.manifest import Chunking
+from qingliang.knowledge.ingest.options import Chunking
 from qingliang.knowledge.retrieval import Citation, Retriever
 from qingliang.knowledge.stores import CollectionSpec, Point, QdrantEdgeStore, VectorStore
 from qingliang.knowledge.sync import sync

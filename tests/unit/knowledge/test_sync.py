@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from qingliang.knowledge.ingest import IngestOptions, IngestReport, ingest_paths
-from qingliang.knowledge.manifest import Chunking
+from qingliang.knowledge.ingest.options import Chunking
 from qingliang.knowledge.stores import Point, PointId, QdrantEdgeStore, VectorStore
 from qingliang.knowledge.sync import Syncer, SyncReport, point_id, sync
 
