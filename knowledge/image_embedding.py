@@ -197,8 +197,8 @@ def _items(value: object, name: str) -> Sequence[Any]:
 
 def _open(index: int, item: object) -> Any:
     """A Pillow RGB image (EXIF orientation applied, transparency on white)."""
-    from qingliang.knowledge.ingest._image import load_frames
     from qingliang.knowledge.ingest.errors import DocumentError
+    from qingliang.knowledge.ingest.images import load_frames
 
     if isinstance(item, bytes):
         data = item

@@ -4,7 +4,7 @@ A parser takes the file's bytes and returns one :class:`Parsed` per document (on
 most files, one per record for JSON / JSONL) or raises :class:`DocumentError`.
 
 PDF, DOCX, XLSX and image parsers import their library on first use (``_pdf.py``,
-``_office.py``, ``_image.py``); when it is not installed, each file of that type is
+``_office.py``, ``images.py``); when it is not installed, each file of that type is
 reported with the package to install.
 
 Example:
@@ -29,12 +29,12 @@ from pathlib import PurePath
 
 from qingliang.knowledge.ingest._decode import decode
 from qingliang.knowledge.ingest._html import SectionExtractor
-from qingliang.knowledge.ingest._image import parse_image
 from qingliang.knowledge.ingest._office import parse_docx, parse_xlsx
 from qingliang.knowledge.ingest._pdf import parse_pdf
 from qingliang.knowledge.ingest._tables import parse_table
 from qingliang.knowledge.ingest.chunking import Block, Parsed, joined
 from qingliang.knowledge.ingest.errors import DocumentError
+from qingliang.knowledge.ingest.images import parse_image
 from qingliang.knowledge.ingest.options import Chunking, JsonOptions, Parsers
 
 ParseFn = Callable[[bytes, str, Parsers, Chunking], list[Parsed]]

@@ -29,10 +29,10 @@ from qingliang.knowledge.ingest import (
     ingest_paths,
     resolve_sources,
 )
-from qingliang.knowledge.ingest._image import Line, group_lines, load_frames
 from qingliang.knowledge.ingest._optional import require
 from qingliang.knowledge.ingest.chunking import chunk_document
 from qingliang.knowledge.ingest.errors import DocumentError
+from qingliang.knowledge.ingest.images import Line, group_lines, load_frames
 from qingliang.knowledge.ingest.options import (
     Chunking,
     ImageOptions,
@@ -632,7 +632,7 @@ def test_a_missing_library_is_reported_per_file(
     draw_lines(tmp_path / "d.png", {"Hi": (5, 5)}, size=(80, 60))
     for module in ("pypdf", "docx", "openpyxl", "rapidocr_onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
-    import qingliang.knowledge.ingest._image as image_mod
+    import qingliang.knowledge.ingest.images as image_mod
 
     monkeypatch.setattr(image_mod, "_engine", None)
     report = ingest_paths(sorted(tmp_path.iterdir()), IngestOptions())
@@ -660,7 +660,7 @@ def test_a_library_that_fails_to_import_says_why(
 @pytest.mark.parametrize(
     "module",
     [
-        "qingliang.knowledge.ingest._image",
+        "qingliang.knowledge.ingest.images",
         "qingliang.knowledge.ingest._office",
         "qingliang.knowledge.ingest._optional",
     ],

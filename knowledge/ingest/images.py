@@ -8,8 +8,12 @@ paragraphs by their vertical gaps and packed into ``image-ocr`` chunks of at mos
 ``(x0, y0, x1, y1)`` pixel box around its lines, in the image as displayed. The OCR engine
 is loaded once per process, on first use, and runs one image at a time on one thread.
 
+Besides the parser (:func:`parse_image`), the public pieces other areas use: decoding
+(:func:`load_frames`), the OCR engine (:func:`ocr_engine`, :func:`ocr_lines`, :class:`Line`)
+and grouping lines into paragraphs (:func:`group_lines`).
+
 Example:
-    >>> from qingliang.knowledge.ingest._image import union
+    >>> from qingliang.knowledge.ingest.images import union
     >>> union([(10, 5, 50, 20), (8, 30, 40, 44)])
     (8, 5, 50, 44)
 """
