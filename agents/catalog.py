@@ -19,7 +19,7 @@ from pathlib import Path
 
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.state import GraphDef
-from qingliang.platform.errors import NotFound
+from qingliang.platform.errors import NotFound, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,7 @@ KIND = "AgentGraph"
 
 
 def _unknown(name: str, known: list[str]) -> NotFound:
-    import difflib
-
-    hint = difflib.get_close_matches(name, known, n=1)
-    more = f" (did you mean {hint[0]!r}?)" if hint else ""
+    more = did_you_mean(name, known)
     return NotFound(
         f"agent graph {name!r} not found{more}; applied: {', '.join(known) or 'none'}",
         param="name",

@@ -11,15 +11,14 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from qingliang.agents.manifest import AgentGraph
+from qingliang.platform.errors import did_you_mean
 
 
 def _hint(value: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(value, known, n=1)
-    more = f" (did you mean {close[0]!r}?)" if close else ""
+    more = did_you_mean(value, known)
     return f"{more}; known: {', '.join(sorted(known)) or 'none'}"
 
 

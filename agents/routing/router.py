@@ -44,7 +44,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 import threading
@@ -62,7 +61,7 @@ from qingliang.agents.routing.log import DecisionLog, LoggedDecision, StoredStat
 from qingliang.agents.routing.ope import Logged, OpeReport, evaluate
 from qingliang.agents.routing.policy import PolicySpec, make_policy, policy_from_state
 from qingliang.agents.routing.rewards import RewardWeights, combine, validate_part
-from qingliang.platform.errors import Conflict, NotFound
+from qingliang.platform.errors import Conflict, NotFound, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +135,7 @@ class RouterConfig:
             raise ValueError(f"frozen: must be true or false, got {self.frozen!r}")
         for arm, mean in self.prior.items():
             if arm not in self.arms:
-                near = difflib.get_close_matches(str(arm), self.arms, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                hint = did_you_mean(str(arm), self.arms)
                 raise ValueError(f"prior: unknown arm {arm!r}{hint}; arms: {', '.join(self.arms)}")
             _number(f"prior.{arm}", mean)
         if self.seed is not None and (
@@ -180,8 +178,7 @@ class RouterConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                hint = did_you_mean(key, names)
                 raise ValueError(f"{key}: unknown router setting{hint}")
         kw = dict(data)
         if isinstance(kw.get("reward"), Mapping):

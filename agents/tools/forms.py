@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from qingliang.agents.tools.base import ToolContext, ToolError, ToolResult
 from qingliang.agents.tools.specs import FormField
 from qingliang.agents.tools.specs import FormTool as FormConfig
 from qingliang.agents.tools.specs import SubmitTool as SubmitConfig
+from qingliang.platform.errors import closest, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def validate_values(config: FormConfig, values: dict[str, Any]) -> tuple[dict[st
     for key, value in values.items():
         spec = fields.get(key)
         if spec is None:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            near = closest(str(key), fields)
+            hint = f" (did you mean `{near}`?)" if near else ""
             problems.append(f"unknown field `{key}`{hint}; fields: {', '.join(fields)}")
             continue
         if value is None:
@@ -157,8 +157,7 @@ def _check(spec: FormField, value: Any) -> Any:
     # Patterns and allowed values of a non-string field apply to its JSON text (`3`, `true`).
     text = value if isinstance(value, str) else json.dumps(value)
     if spec.enum is not None and text not in spec.enum:
-        close = difflib.get_close_matches(text, spec.enum, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(text, spec.enum)
         raise ValueError(f"{text!r} is not one of {', '.join(spec.enum)}{hint}")
     if spec.pattern is not None and not re.fullmatch(spec.pattern, text):
         raise ValueError(f"{text!r} does not match the pattern {spec.pattern!r}")

@@ -1,6 +1,6 @@
 """The ``ocr`` tool: text read from an image uploaded with the run.
 
-OCR is the knowledge layer's (:mod:`qingliang.knowledge.ingest._image`: RapidOCR's
+OCR is the knowledge layer's (:mod:`qingliang.knowledge.ingest.images`: RapidOCR's
 PP-OCRv4 models on onnxruntime, one engine per process, EXIF orientation applied,
 transparency flattened, every page of a TIFF). Before anything is decoded the image's
 header is read and its pixels counted against ``max_pixels``, so a decompression bomb (a
@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import io
 import logging
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 
 from qingliang.agents.tools.base import ToolContext, ToolError, ToolResult
 from qingliang.agents.tools.specs import OcrTool as OcrConfig
-from qingliang.knowledge.ingest._image import Line, load_frames, ocr_engine, ocr_lines
 from qingliang.knowledge.ingest.errors import DocumentError
+from qingliang.knowledge.ingest.images import Line, load_frames, ocr_engine, ocr_lines
+from qingliang.platform.errors import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ def _attachment(name: str, attachments: dict[str, Path]) -> Path:
     known = sorted(attachments)
     if not known:
         raise ToolError(f"unknown attachment {name!r}: no files were attached to this run")
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, known)
     raise ToolError(f"unknown attachment {name!r}{hint}; attached: {', '.join(known)}")
 
 
@@ -173,7 +172,7 @@ def reading_order(lines: list[Line]) -> list[Line]:
     each left to right.
 
     Example:
-        >>> from qingliang.knowledge.ingest._image import Line
+        >>> from qingliang.knowledge.ingest.images import Line
         >>> right, left = Line((200, 10, 260, 30), "B", 0.9), Line((10, 12, 80, 31), "A", 0.9)
         >>> [ln.text for ln in reading_order([right, left, Line((10, 50, 90, 70), "C", 1.0)])]
         ['A', 'B', 'C']
