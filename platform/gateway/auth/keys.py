@@ -8,7 +8,17 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+
+class Auth(Protocol):
+    """What the gateway asks of its key check (:class:`KeyAuth` in production)."""
+
+    enabled: bool
+
+    def verify(self, token: str) -> Any:
+        """The key's record (truthy; its ``scopes`` may name a tenant), or a falsy value."""
+        ...
 
 
 class KeyAuth:

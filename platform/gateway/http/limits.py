@@ -293,3 +293,11 @@ def check_attachments(value: object, limits: GatewayLimits) -> None:
                 f"(QINGLIANG_MAX_ATTACHMENT_BYTES={limits.max_attachment_bytes})",
                 param=f"attachments[{i}]",
             )
+
+
+async def json_body(request: Any) -> dict:
+    """The JSON object of a Starlette ``request``'s body (see :func:`parse_json_body`).
+
+    Its size is bounded by :class:`BodyLimitMiddleware` before it is read whole here.
+    """
+    return parse_json_body(await request.body())

@@ -1,0 +1,247 @@
+"""OpenAI's generation routes: ``/v1/chat/completions`` and ``/v1/completions``.
+
+``model`` names a deployment or ``deployment:adapter``; a bare deployment with canary
+shares sends the request to one adapter or to the base model
+(:func:`~qingliang.serving.traffic.choose_adapter`). The body is checked
+(:mod:`.http.openai_bodies`), sent to the :class:`~.backend.Backend`, and the answer (a
+JSON body, or an SSE stream relayed chunk by chunk) says what made it (:mod:`.sse`). A key
+with a token limit is charged what it used; answered requests go to the conversation log.
+
+Example:
+    >>> add_generation_routes(app, backend, quotas, conversations, limits)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from qingliang.platform.errors import ApiError, BadRequest, NotFound, Saturated, did_you_mean
+from qingliang.platform.gateway.auth.quotas import Quotas
+from qingliang.platform.gateway.backend import Backend
+from qingliang.platform.gateway.http.bodies import request_body
+from qingliang.platform.gateway.http.limits import json_body
+from qingliang.platform.gateway.http.openai_bodies import (
+    IGNORED_HEADER,
+    ChatCompletionBody,
+    CompletionBody,
+    checked,
+    forwarded,
+)
+from qingliang.platform.gateway.http.params import check_generation
+from qingliang.platform.gateway.recording import conversation_rows
+from qingliang.platform.gateway.sse import (
+    Transcript,
+    asked_usage,
+    total_tokens,
+    trace_headers,
+    trace_of,
+    with_trace,
+    with_usage,
+    without_usage,
+)
+from qingliang.platform.settings import GatewayLimits
+from qingliang.platform.storage.conversations import ConversationLog
+from qingliang.serving.traffic import ModelEntry, choose_adapter, parse_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Call:
+    """One generation request, checked and routed, before it is sent."""
+
+    endpoint: str
+    arrived: float
+    body: dict
+    #: What goes to the engine: ``body``, asking for usage when the key is metered.
+    sent: dict
+    deployment: str
+    adapter: str | None
+    stream: bool
+    trace: dict[str, str | None]
+    headers: dict[str, str]
+    record: bool
+    principal: Any
+    metered: bool
+    hide_usage: bool
+
+
+class _Generation:
+    """The generation routes' logic over the app's parts."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        quotas: Quotas,
+        conversations: ConversationLog | None,
+        limits: GatewayLimits,
+    ) -> None:
+        self.backend = backend
+        self.quotas = quotas
+        self.conversations = conversations
+        self.limits = limits
+
+    def lookup(self, dep: str, adapter: str | None) -> ModelEntry:
+        entries = {m.name: m for m in self.backend.models()}
+        entry = entries.get(dep)
+        if entry is None:
+            raise NotFound(
+                f"model {dep!r} does not exist{did_you_mean(dep, list(entries))}",
+                param="model",
+                code="model_not_found",
+            )
+        if adapter is not None and adapter not in entry.adapters:
+            raise NotFound(
+                f"adapter {adapter!r} is not loaded on deployment {dep!r}"
+                + (f"; loaded: {', '.join(entry.adapters)}" if entry.adapters else ""),
+                param="model",
+                code="model_not_found",
+            )
+        return entry
+
+    def record(self, request: Request, call: _Call, answer: dict) -> None:
+        assert self.conversations is not None
+        try:
+            for row in conversation_rows(
+                request, call.endpoint, call.body, call.trace, answer, call.arrived
+            ):
+                self.conversations.append(row)
+        except Exception:  # recording must never cost the client its answer
+            logger.exception("could not record a conversation")
+
+    async def prepare(self, request: Request, endpoint: str) -> _Call:
+        """The request read, checked and routed to a deployment and an arm."""
+        arrived = time.time()
+        body = await json_body(request)
+        dep, adapter = parse_model(body.get("model"))
+        entry = self.lookup(dep, adapter)
+        stream = body.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise BadRequest("`stream` must be true or false", param="stream")
+        check_generation(body, endpoint, max_n=self.limits.max_n)
+        model = ChatCompletionBody if endpoint == "chat" else CompletionBody
+        checked(body, model)
+        body, ignored = forwarded(body, model)
+        if adapter is None:
+            adapter = choose_adapter(entry, body.get("user"))
+            logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
+        trace = trace_of(entry, adapter)
+        headers = trace_headers(trace)
+        if ignored:
+            headers[IGNORED_HEADER] = ", ".join(ignored)
+        principal = getattr(request.state, "principal", None)
+        metered = self.quotas.limits(principal)[1] is not None
+        # A key with a token limit is charged what it used: a stream is asked for its
+        # usage, and the usage event is kept from a client that did not ask for it.
+        hide_usage = metered and stream and not asked_usage(body)
+        return _Call(
+            endpoint=endpoint,
+            arrived=arrived,
+            body=body,
+            sent=with_usage(body) if hide_usage else body,
+            deployment=dep,
+            adapter=adapter,
+            stream=stream,
+            trace=trace,
+            headers=headers,
+            record=self.conversations is not None and endpoint in ("chat", "completion"),
+            principal=principal,
+            metered=metered,
+            hide_usage=hide_usage,
+        )
+
+    async def answer(self, request: Request, endpoint: str) -> Response:
+        call = await self.prepare(request, endpoint)
+        dep, adapter = call.deployment, call.adapter
+        try:
+            if not call.stream:
+                answer = await self.backend.generate(dep, endpoint, call.body, adapter)
+                if call.record:
+                    self.record(request, call, answer)
+                if call.metered:
+                    await self.quotas.charge(call.principal, total_tokens(answer.get("usage")))
+                return JSONResponse({**answer, "qingliang": call.trace}, headers=call.headers)
+            chunks = self.backend.stream(dep, endpoint, call.sent, adapter)
+            # Pull the first chunk before answering, so errors found before generation
+            # (bad parameters, prompt too long, saturation) get a real status code.
+            first = await chunks.__anext__()
+        except Saturated:
+            self.backend.rejected(dep, adapter, endpoint)
+            raise
+        except StopAsyncIteration:
+            return StreamingResponse(
+                iter(["data: [DONE]\n\n"]), media_type="text/event-stream", headers=call.headers
+            )
+        return StreamingResponse(
+            self.relay(request, call, first, chunks),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **call.headers},
+        )
+
+    async def relay(
+        self, request: Request, call: _Call, first: str, chunks: AsyncIterator[str]
+    ) -> AsyncIterator[str]:
+        """The stream as the client gets it: traced, usage kept or hidden, then recorded."""
+        transcript = Transcript() if call.record or call.metered else None
+        if transcript is not None:
+            transcript.feed(first)
+        yield with_trace(without_usage(first) if call.hide_usage else first, call.trace)
+        try:
+            async for chunk in chunks:
+                if transcript is not None:
+                    transcript.feed(chunk)
+                if call.hide_usage:
+                    chunk = without_usage(chunk)
+                    if not chunk:
+                        continue
+                yield chunk
+        except ApiError as exc:
+            yield f"data: {json.dumps(exc.to_openai())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        finally:
+            if call.metered and transcript is not None:
+                await self.quotas.charge(call.principal, total_tokens(transcript.usage))
+        # Only here when the stream ended normally (not on an error or a disconnect).
+        if call.record and transcript is not None:
+            self.record(request, call, transcript.answer(call.endpoint))
+
+
+def add_generation_routes(
+    app: FastAPI,
+    backend: Backend,
+    quotas: Quotas,
+    conversations: ConversationLog | None,
+    limits: GatewayLimits,
+) -> None:
+    """Add ``/v1/chat/completions`` and ``/v1/completions`` to ``app``."""
+    generation = _Generation(backend, quotas, conversations, limits)
+
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionBody))
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI's chat completions, streamed (`stream: true`) or not.
+
+        `model` names a deployment or `deployment:adapter`. Every field of OpenAI's
+        request is accepted; those no engine here implements (`store`, `metadata`,
+        `service_tier`, `functions`, …) are ignored and named in the answer's
+        `X-Qingliang-Ignored-Fields` header. vLLM's sampling extras (`top_k`, `min_p`,
+        `repetition_penalty`, `chat_template_kwargs`, …) go to the engine. Any other field
+        is a 400 naming it, as OpenAI answers: a misspelt option is never silently dropped.
+        """
+        return await generation.answer(request, "chat")
+
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionBody))
+    async def completions(request: Request) -> Response:
+        """OpenAI's legacy completions, streamed or not; fields as for chat completions
+        (`best_of` is ignored and named in `X-Qingliang-Ignored-Fields`)."""
+        return await generation.answer(request, "completion")

@@ -1,0 +1,148 @@
+r"""The SSE chunks the gateway relays, and the answers it builds from them.
+
+A generation answer says what made it (:func:`trace_of`: the ``qingliang`` object in the
+body, in the first event of a stream, and :func:`trace_headers`). A stream is read once on
+its way to the client: :class:`Transcript` gathers what it said (for the conversation log
+and the key's token charge); :func:`without_usage` keeps the usage-only event from a client
+that did not ask for it (a key with a token limit always has its stream asked for usage,
+:func:`with_usage`).
+
+Example:
+    >>> with_trace('data: {"id": "c1"}\n\n', {"deployment": "qwen"})
+    'data: {"id": "c1", "qingliang": {"deployment": "qwen"}}\n\n'
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qingliang.serving.traffic import ModelEntry
+
+
+def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:
+    """What made an answer: the ``qingliang`` object of its body."""
+    return {
+        "deployment": entry.name,
+        "adapter": adapter,
+        "adapter_ref": entry.refs.get(adapter) if adapter else None,
+    }
+
+
+def trace_headers(trace: dict[str, str | None]) -> dict[str, str]:
+    return {
+        "X-Qingliang-Deployment": trace["deployment"] or "",
+        "X-Qingliang-Adapter": trace["adapter"] or "",
+        "X-Qingliang-Adapter-Ref": trace["adapter_ref"] or "",
+    }
+
+
+def with_trace(chunk: str, trace: dict[str, str | None]) -> str:
+    """``chunk`` with ``trace`` added to its first event's JSON object, if it has one."""
+    head, sep, rest = chunk.partition("\n\n")
+    if not head.startswith("data: "):
+        return chunk
+    try:
+        event = json.loads(head.removeprefix("data: "))
+    except ValueError:  # "[DONE]" or not JSON: nothing to add to
+        return chunk
+    if not isinstance(event, dict):
+        return chunk
+    event["qingliang"] = trace
+    return f"data: {json.dumps(event, ensure_ascii=False)}{sep}{rest}"
+
+
+class Transcript:
+    """What a streamed answer said, choice by choice, gathered from its SSE chunks.
+
+    Chat chunks carry ``delta.content``, legacy completion chunks ``text``.
+    """
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.parts: dict[int, list[str]] = {}
+        self.finish_reasons: dict[int, str | None] = {}
+        self.usage: dict | None = None
+
+    def feed(self, chunk: str) -> None:
+        for line in chunk.splitlines():
+            if not line.startswith("data: "):
+                continue
+            try:
+                event = json.loads(line.removeprefix("data: "))
+            except ValueError:  # "[DONE]"
+                continue
+            if not isinstance(event, dict):
+                continue
+            if self.id is None and isinstance(event.get("id"), str):
+                self.id = event["id"]
+            if isinstance(event.get("usage"), dict):
+                self.usage = event["usage"]
+            for choice in event.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                index = choice.get("index", 0)
+                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                    continue
+                parts = self.parts.setdefault(index, [])
+                self.finish_reasons.setdefault(index, None)
+                delta = choice.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+                if choice.get("finish_reason"):
+                    self.finish_reasons[index] = str(choice["finish_reason"])
+
+    def answer(self, endpoint: str) -> dict:
+        """The transcript in the shape of a non-streamed answer of ``endpoint``."""
+        choices = []
+        for index in sorted(self.parts) or [0]:
+            text = "".join(self.parts.get(index, ()))
+            choice: dict[str, Any] = {
+                "index": index,
+                "finish_reason": self.finish_reasons.get(index),
+            }
+            if endpoint == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        return {"id": self.id, "choices": choices, "usage": self.usage}
+
+
+def asked_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def with_usage(body: dict) -> dict:
+    """``body`` asking its stream for a final usage event."""
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    return {**body, "stream_options": {**options, "include_usage": True}}
+
+
+def without_usage(chunk: str) -> str:
+    """``chunk`` without its usage-only events (``choices`` empty, ``usage`` set), which a
+    client that did not ask for usage must not get."""
+    kept = []
+    for event in chunk.split("\n\n"):
+        if event.startswith("data: {") and '"usage"' in event:
+            try:
+                data = json.loads(event.removeprefix("data: "))
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and data.get("usage") and not data.get("choices"):
+                continue
+        kept.append(event)
+    return "\n\n".join(kept)
+
+
+def total_tokens(usage: object) -> int | None:
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    return sum(p for p in parts if isinstance(p, int) and not isinstance(p, bool)) or None
