@@ -3,7 +3,7 @@
 :class:`ChatModel` is the narrow boundary the runtime calls. Two real implementations:
 
 - :class:`BackendChat` — in-process, over the gateway's
-  :class:`~qingliang.platform.gateway.app.Backend` (Ray Serve
+  :class:`~qingliang.platform.gateway.backend.Backend` (Ray Serve
   handles to the model deployments in production), so an agent's request takes
   the same path, queues and metrics as an API request;
 - :class:`HttpChat` — from outside the platform, over its OpenAI-compatible API.
@@ -15,7 +15,7 @@ back parsed. Without tools the reply streams, and each token delta reaches ``on_
 
 A bare deployment (``qwen``, no ``:adapter``) follows its canary split
 (``spec.lora.traffic``) as an API request does: :class:`BackendChat` picks the adapter with
-the gateway's :func:`~qingliang.platform.gateway.app.choose_adapter`, keyed by ``user``
+the gateway's :func:`~qingliang.serving.traffic.choose_adapter`, keyed by ``user``
 (the agent run's id, so one run stays on one arm). The :class:`ChatReply` says which
 adapter answered and its registry ref; the run's journal records both.
 
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qingliang.platform.errors import ApiError, EngineError, Saturated
 
 if TYPE_CHECKING:
-    from qingliang.platform.gateway.app import ModelEntry
+    from qingliang.serving.traffic import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class BackendChat:
         entry = self._entry(dep)
         if adapter is None and entry is not None and entry.traffic:
             # Imported here: the gateway app pulls in FastAPI, which agents need not load.
-            from qingliang.platform.gateway.app import choose_adapter
+            from qingliang.serving.traffic import choose_adapter
 
             adapter = choose_adapter(entry, user)
             log.debug("%s: agent call sent to %s", dep, adapter or "the base model")

@@ -259,7 +259,7 @@ def test_ocr_refuses_unknown_names_junk_and_bombs(
 def test_ocr_without_the_engine_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qingliang.knowledge.ingest._image as image_mod
+    import qingliang.knowledge.ingest.images as image_mod
 
     image = draw(tmp_path / "a.png", {"Hi": (5, 5)}, (80, 60))
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)

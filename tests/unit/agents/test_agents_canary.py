@@ -17,7 +17,7 @@ from qingliang.agents.llm import BackendChat, ChatReply, recover_tool_call
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.service import AgentService
 from qingliang.agents.state import GraphDef
-from qingliang.platform.gateway.app import ModelEntry
+from qingliang.serving.traffic import ModelEntry
 
 QWEN = ModelEntry("qwen", ("faq-v2",), traffic={"faq-v2": 0.5}, refs={"faq-v2": "faq@2"})
 ASK = [{"role": "user", "content": "居住证怎么办理？"}]
