@@ -129,15 +129,14 @@ def _dtype(md: ModelDeployment, profile: HardwareProfile, engine: str) -> str:
     return "bfloat16" if profile.cpu_isa in ("avx512", "amx") else "float32"
 
 
-def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = "") -> DeploymentPlan:
-    """Decide engine, dtype, resources and scaling for ``md`` on ``profile``.
+def _engine(md: ModelDeployment, profile: HardwareProfile, row: dict, source: str) -> str:
+    """The engine ``md`` runs on: its ``spec.engine.kind``, ``auto`` resolved for ``profile``.
 
     Raises:
-        ManifestError: the manifest asks for something this profile cannot serve.
+        ManifestError: vLLM is needed but not installed here.
     """
     spec = md.spec
     method = spec.quantization.method
-    row = quantization_catalog().get(method, {})
     issues: list[FieldIssue] = []
 
     engine = spec.engine.kind
@@ -167,8 +166,11 @@ def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = ""
         pass
     if issues:
         raise ManifestError(issues, source or None)
+    return engine
 
-    p = spec.placement
+
+def _actor_options(p: Placement) -> dict:
+    """Ray actor options of a replica placed as ``p`` (``spec.placement``)."""
     actor: dict = {"num_cpus": p.cpus}
     if p.accelerator == "gpu":
         # With tensor parallelism vLLM spawns its own workers; the replica holds one GPU.
@@ -179,7 +181,21 @@ def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = ""
         actor["accelerator_type"] = p.accelerator_type
     if p.memory_gib:
         actor["memory"] = int(p.memory_gib * 1024**3)
+    return actor
 
+
+def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = "") -> DeploymentPlan:
+    """Decide engine, dtype, resources and scaling for ``md`` on ``profile``.
+
+    Raises:
+        ManifestError: the manifest asks for something this profile cannot serve.
+    """
+    spec = md.spec
+    method = spec.quantization.method
+    row = quantization_catalog().get(method, {})
+    engine = _engine(md, profile, row, source)
+    p = spec.placement
+    actor = _actor_options(p)
     a = spec.autoscaling
     autoscaling = {
         "min_replicas": a.min_replicas,

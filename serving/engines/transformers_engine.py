@@ -25,142 +25,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import threading
-import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound
 from qingliang.serving.engine import EngineOutput
+from qingliang.serving.engines._hf_load import (
+    adapter_config,
+    context_length,
+    eos_ids_of,
+    quiet_bnb_int8_warning,
+    same_path,
+    set_threads,
+    strip_lora_layers,
+)
+from qingliang.serving.engines._hf_request import (
+    CHAT_KEYS,
+    COMPLETION_KEYS,
+    Request,
+    build_request,
+    check_keys,
+    is_int,
+    message_of,
+)
+from qingliang.serving.engines._hf_run import Run, sse_data, usage_of
 from qingliang.serving.manifest import ADAPTER_RE
 from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
-
-#: Parameters each endpoint honours. Anything else is refused by name (400).
-_SAMPLING_KEYS = "max_tokens temperature top_p top_k repetition_penalty seed stop n stream"
-_CHAT_KEYS = frozenset(
-    f"model messages max_completion_tokens stream_options user chat_template_kwargs "
-    f"{_SAMPLING_KEYS}".split()
-)
-_COMPLETION_KEYS = frozenset(f"model prompt stream_options user {_SAMPLING_KEYS}".split())
-#: Parameters accepted only at their neutral value (clients often send the default).
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None, True, False),
-    "response_format": (None, {"type": "text"}),
-    "echo": (None, False),
-    "suffix": (None, ""),
-    "best_of": (None, 1),
-}
-#: Default max_tokens for /v1/completions when absent (OpenAI's and vLLM's default).
-_COMPLETION_DEFAULT_MAX_TOKENS = 16
-#: Prompt tokens kept as detokenisation context, as vLLM does (leading spaces, bytes).
-_DETOKENIZE_CONTEXT = 5
-
-
-@dataclass(frozen=True)
-class _Request:
-    """One validated request, ready to generate."""
-
-    kind: str  # "chat" | "completion"
-    id: str
-    created: int
-    model: str
-    prompt_ids: list[int]
-    max_tokens: int
-    sampling: dict[str, Any]
-    seed: int | None
-    stop: tuple[str, ...]
-    stream: bool
-    include_usage: bool
-    adapter: str | None
-
-
-class _Run:
-    """Thread-side state of one generation; also its ``StoppingCriteria``.
-
-    ``generate`` calls it after every new token: it detokenises incrementally, applies
-    stop strings (holding back text that may start one, like vLLM), posts text deltas to
-    the event loop, and stops generation on a stop string, ``max_tokens`` or
-    cancellation (the client went away).
-    """
-
-    def __init__(self, req: _Request, tokenizer: Any, eos_ids: set[int], post: Any) -> None:
-        self.req = req
-        self.tok = tokenizer
-        self.eos_ids = eos_ids
-        self.post = post
-        self.cancel = threading.Event()
-        self.n_tokens = 0
-        self.finish_reason: str | None = None
-        self.stop_reason: str | None = None
-        self.text = ""
-        self.sent = 0
-        self._ids = list(req.prompt_ids[-_DETOKENIZE_CONTEXT:])
-        self._prefix = 0
-        self._read = len(self._ids)
-        self._holdback = max((len(s) for s in req.stop), default=1) - 1
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        done = self.cancel.is_set() or self.finish_reason is not None
-        if not done:
-            self._on_token(int(input_ids[0, -1]))
-            done = self.finish_reason is not None
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-    def _on_token(self, token: int) -> None:
-        self.n_tokens += 1
-        if token in self.eos_ids:
-            self.finish_reason = "stop"
-        else:
-            self._ids.append(token)
-            self._add_text(self._decode_delta(final=False))
-        if self.finish_reason is None and self.n_tokens >= self.req.max_tokens:
-            self.finish_reason = "length"
-        if self.finish_reason is not None:
-            self._add_text(self._decode_delta(final=True))
-        self._flush()
-
-    def _decode_delta(self, *, final: bool) -> str:
-        if self._read >= len(self._ids):
-            return ""
-        prefix = self.tok.decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
-        full = self.tok.decode(self._ids[self._prefix :], skip_special_tokens=True)
-        if not final and (len(full) <= len(prefix) or full.endswith("\ufffd")):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        self._prefix, self._read = self._read, len(self._ids)
-        return full[len(prefix) :]
-
-    def _add_text(self, delta: str) -> None:
-        if not delta or self.stop_reason is not None:
-            return
-        start = max(0, len(self.text) - self._holdback)
-        self.text += delta
-        hits = [(i, s) for s in self.req.stop if (i := self.text.find(s, start)) >= 0]
-        if hits:
-            i, s = min(hits)
-            self.text, self.stop_reason, self.finish_reason = self.text[:i], s, "stop"
-
-    def _flush(self) -> None:
-        end = len(self.text) if self.finish_reason else len(self.text) - self._holdback
-        if end > self.sent:
-            self.post(("delta", self.text[self.sent : end]))
-            self.sent = end
 
 
 class TransformersEngine:
@@ -188,7 +82,7 @@ class TransformersEngine:
         self._serial = 0
         self._lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._runs: set[_Run] = set()
+        self._runs: set[Run] = set()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -211,7 +105,7 @@ class TransformersEngine:
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"tf-{plan.name}",
-            initializer=_set_threads,
+            initializer=set_threads,
             initargs=(threads,),
         )
         try:
@@ -237,7 +131,7 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-        _set_threads(plan.options.cpu_threads)
+        set_threads(plan.options.cpu_threads)
         torch.manual_seed(plan.options.seed)
         if plan.accelerator == "cpu":
             device = torch.device("cpu")
@@ -269,7 +163,7 @@ class TransformersEngine:
                 else BitsAndBytesConfig(load_in_8bit=True)
             )
             kwargs["device_map"] = {"": device}
-            _quiet_bnb_int8_warning()
+            quiet_bnb_int8_warning()
         elif plan.quantization:
             raise EngineError(
                 f"{plan.name}: quantization {plan.quantization!r} is not available in the "
@@ -288,8 +182,8 @@ class TransformersEngine:
         if "device_map" not in kwargs:
             model.to(device)
         model.eval()
-        self._max_len = _context_length(plan, model.config)
-        self._eos_ids = _eos_ids(model.generation_config, tok)
+        self._max_len = context_length(plan, model.config)
+        self._eos_ids = eos_ids_of(model.generation_config, tok)
         gc = model.generation_config
         # vLLM's default: sampling fields from generation_config.json, unless requested.
         self._defaults = {
@@ -354,10 +248,10 @@ class TransformersEngine:
                 f"adapter name {name!r} is invalid: 1-64 letters, digits, '.', '_' or '-'",
                 param="adapter",
             )
-        config = _adapter_config(name, path, plan.max_lora_rank)
+        config = adapter_config(name, path, plan.max_lora_rank)
         async with self._lock:
             known = self._adapters.get(name)
-            if known is not None and _same_path(known, path):
+            if known is not None and same_path(known, path):
                 return
             if known is None and len(self._adapters) >= plan.max_loras:
                 raise BadRequest(
@@ -419,7 +313,7 @@ class TransformersEngine:
         peft = self._peft
         if peft is None:
             if failed:
-                _strip_lora_layers(self._model)  # a failed first load may leave layers behind
+                strip_lora_layers(self._model)  # a failed first load may leave layers behind
             return
         others = [a for a in peft.peft_config if a != peft_name]
         if not others:
@@ -447,7 +341,7 @@ class TransformersEngine:
     async def chat(self, body: dict, *, adapter: str | None) -> EngineOutput:
         """Serve an OpenAI chat-completions body (``messages``; chat template applied)."""
         await self.check_health()
-        _check_keys(body, _CHAT_KEYS)
+        check_keys(body, CHAT_KEYS)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("`messages` must be a non-empty list", param="messages")
@@ -463,7 +357,7 @@ class TransformersEngine:
             )
         try:
             text = self._tok.apply_chat_template(
-                [_message(m) for m in messages],
+                [message_of(m) for m in messages],
                 tokenize=False,
                 add_generation_prompt=True,
                 **extra,
@@ -478,13 +372,13 @@ class TransformersEngine:
     async def completion(self, body: dict, *, adapter: str | None) -> EngineOutput:
         """Serve an OpenAI completions body (one prompt: text or token ids)."""
         await self.check_health()
-        _check_keys(body, _COMPLETION_KEYS)
+        check_keys(body, COMPLETION_KEYS)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
         if isinstance(prompt, str):
             ids = self._tok(prompt)["input_ids"]
-        elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+        elif isinstance(prompt, list) and prompt and all(is_int(t) for t in prompt):
             ids = list(prompt)
             if max(ids) >= self._vocab or min(ids) < 0:
                 raise BadRequest("`prompt` holds token ids outside the vocabulary", param="prompt")
@@ -502,7 +396,16 @@ class TransformersEngine:
         if not ids:
             raise BadRequest(f"the {what} is empty after tokenization", param=what)
         self._check_adapter(adapter)
-        req = self._request(kind, body, ids, adapter, what)
+        req = build_request(
+            kind,
+            body,
+            ids,
+            adapter,
+            what,
+            max_len=self._max_len,
+            model_name=self._plan.name,
+            defaults=self._defaults,
+        )
         logger.debug(
             "%s: %s %s prompt=%d max_tokens=%d",
             self._plan.name,
@@ -522,104 +425,7 @@ class TransformersEngine:
                 param="model",
             )
 
-    def _request(
-        self, kind: str, body: dict, ids: list[int], adapter: str | None, what: str
-    ) -> _Request:
-        n = body.get("n", 1)
-        if n not in (None, 1) or isinstance(n, bool):
-            raise BadRequest(
-                f"n={n!r} is not supported: the transformers engine generates one sequence "
-                "per request (n must be 1)",
-                param="n",
-            )
-        key = "max_tokens"
-        max_tokens = body.get("max_tokens")
-        if body.get("max_completion_tokens") is not None:
-            key, max_tokens = "max_completion_tokens", body["max_completion_tokens"]
-        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-            raise BadRequest(f"`{key}` must be an integer >= 1", param=key)
-        limit, n_in = self._max_len or 0, len(ids)
-        if n_in >= limit:
-            raise BadRequest(
-                f"This model's maximum context length is {limit} tokens. However, your "
-                f"request has {n_in} input tokens. Please reduce the length of the input "
-                f"{'messages' if kind == 'chat' else 'prompt'}.",
-                param=what,
-            )
-        if max_tokens is None:
-            max_tokens = limit - n_in if kind == "chat" else _COMPLETION_DEFAULT_MAX_TOKENS
-            max_tokens = min(max_tokens, limit - n_in)
-        elif n_in + max_tokens > limit:
-            raise BadRequest(
-                f"'{key}' is too large: {max_tokens}. This model's maximum context length is "
-                f"{limit} tokens and your request has {n_in} input tokens "
-                f"({max_tokens} > {limit} - {n_in}).",
-                param=key,
-            )
-        stop = body.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
-        if stop is not None and not (
-            isinstance(stop, list) and all(isinstance(s, str) for s in stop)
-        ):
-            raise BadRequest("`stop` must be a string or a list of strings", param="stop")
-        seed = body.get("seed")
-        if seed is not None and not _is_int(seed):
-            raise BadRequest("`seed` must be an integer", param="seed")
-        options = body.get("stream_options") or {}
-        stream = body.get("stream") or False
-        if not isinstance(stream, bool):
-            raise BadRequest("`stream` must be a boolean", param="stream")
-        if not isinstance(options, dict) or (options and not stream):
-            raise BadRequest(
-                "`stream_options` is allowed only with stream: true", param="stream_options"
-            )
-        prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        return _Request(
-            kind=kind,
-            id=f"{prefix}-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=str(body.get("model") or self._plan.name),
-            prompt_ids=list(ids),
-            max_tokens=int(max_tokens),
-            sampling=self._sampling(body),
-            seed=seed,
-            stop=tuple(s for s in (stop or []) if s),
-            stream=stream,
-            include_usage=bool(options.get("include_usage")),
-            adapter=adapter,
-        )
-
-    def _sampling(self, body: dict) -> dict[str, Any]:
-        """``GenerationConfig`` fields: request values over the model's defaults."""
-        p = dict(self._defaults)
-        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
-            if body.get(key) is not None:
-                p[key] = body[key]
-        temperature, top_p = p.get("temperature", 1.0), p.get("top_p", 1.0)
-        top_k, penalty = p.get("top_k", 0), p.get("repetition_penalty", 1.0)
-        checks = {
-            "temperature": _is_num(temperature) and temperature >= 0,
-            "top_p": _is_num(top_p) and 0 < top_p <= 1,
-            "top_k": _is_int(top_k) and top_k >= -1,
-            "repetition_penalty": _is_num(penalty) and penalty > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise BadRequest(f"`{name}` is out of range: {p.get(name)!r}", param=name)
-        if temperature < 1e-5:  # vLLM's greedy threshold
-            # HF's neutral values, so the model's sampling defaults are not merged in.
-            neutral = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
-            return {"do_sample": False, **neutral, "repetition_penalty": float(penalty)}
-        return {
-            "do_sample": True,
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-            "top_k": max(int(top_k), 0),  # 0 / -1 (vLLM's "off") disable top-k in HF
-            "repetition_penalty": float(penalty),
-        }
-
-    async def _events(self, req: _Request) -> AsyncGenerator[tuple, None]:
+    async def _events(self, req: Request) -> AsyncGenerator[tuple, None]:
         """Run one generation in the worker thread; yield ("delta", text), then ("end", run)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple] = asyncio.Queue()
@@ -631,7 +437,7 @@ class TransformersEngine:
                 run.cancel.set()
 
         await self._lock.acquire()
-        run = _Run(req, self._tok, self._eos_ids, post)
+        run = Run(req, self._tok, self._eos_ids, post)
         future = None
         try:
             executor = self._executor
@@ -655,7 +461,7 @@ class TransformersEngine:
             else:
                 future.add_done_callback(lambda _f: self._lock.release())
 
-    def _generate_sync(self, run: _Run) -> None:
+    def _generate_sync(self, run: Run) -> None:
         """Worker thread: ``model.generate`` with ``run`` as stopping criterion."""
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
@@ -695,9 +501,9 @@ class TransformersEngine:
             err.__cause__ = exc
             run.post(("error", err))
 
-    async def _respond(self, req: _Request) -> dict:
+    async def _respond(self, req: Request) -> dict:
         parts: list[str] = []
-        run: _Run | None = None
+        run: Run | None = None
         async with contextlib.aclosing(self._events(req)) as events:
             async for event in events:
                 if event[0] == "delta":
@@ -718,10 +524,10 @@ class TransformersEngine:
             "created": req.created,
             "model": req.model,
             "choices": [choice],
-            "usage": _usage(req, run),
+            "usage": usage_of(req, run),
         }
 
-    async def _sse(self, req: _Request) -> AsyncIterator[str]:
+    async def _sse(self, req: Request) -> AsyncIterator[str]:
         """SSE strings shaped like vLLM's: role chunk, a chunk per text delta, finish, usage."""
         chat = req.kind == "chat"
         head = {
@@ -740,7 +546,7 @@ class TransformersEngine:
             choice.update(logprobs=None, finish_reason=finish)
             if finish is not None:
                 choice["stop_reason"] = stop
-            return _data({**head, "choices": [choice]})
+            return sse_data({**head, "choices": [choice]})
 
         async with contextlib.aclosing(self._events(req)) as events:
             if chat:
@@ -750,180 +556,16 @@ class TransformersEngine:
                     "logprobs": None,
                     "finish_reason": None,
                 }
-                yield _data({**head, "choices": [first]})
+                yield sse_data({**head, "choices": [first]})
             async for event in events:
                 if event[0] == "delta":
                     yield chunk(event[1])
                     continue
-                run: _Run = event[1]
+                run: Run = event[1]
                 yield chunk(None, run.finish_reason, run.stop_reason)
                 if req.include_usage:
-                    yield _data({**head, "choices": [], "usage": _usage(req, run)})
+                    yield sse_data({**head, "choices": [], "usage": usage_of(req, run)})
         yield "data: [DONE]\n\n"
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-class _DropBnbCastWarning(logging.Filter):
-    """bitsandbytes logs "inputs will be cast to float16" on every int8 matmul on CPU."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "will be cast from" not in record.getMessage()
-
-
-def _quiet_bnb_int8_warning() -> None:
-    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropBnbCastWarning) for f in bnb_logger.filters):
-        bnb_logger.addFilter(_DropBnbCastWarning())
-
-
-def _context_length(plan: DeploymentPlan, config: Any) -> int:
-    native: int | None = None
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(getattr(config, attr, None), int):
-            native = getattr(config, attr)
-            break
-    wanted = plan.options.max_model_len
-    if wanted and native and wanted > native:
-        raise EngineError(
-            f"{plan.name}: spec.engine.max_model_len {wanted} exceeds the model's "
-            f"{native} positions ({plan.model_path}/config.json)"
-        )
-    length = wanted or native
-    if not length:
-        raise EngineError(
-            f"{plan.name}: the model config states no context length; set spec.engine.max_model_len"
-        )
-    return length
-
-
-def _eos_ids(generation_config: Any, tok: Any) -> set[int]:
-    ids: set[int] = set()
-    for value in (generation_config.eos_token_id, tok.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids
-
-
-def _adapter_config(name: str, path: str, max_rank: int) -> dict:
-    cfg_path = Path(path) / "adapter_config.json"
-    try:
-        config = json.loads(cfg_path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise BadRequest(
-            f"adapter {name!r}: no adapter_config.json in {path} (expected a PEFT adapter "
-            "directory saved with save_pretrained)",
-            param="adapter",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise BadRequest(
-            f"adapter {name!r}: cannot read {cfg_path}: {exc}", param="adapter"
-        ) from exc
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        kind = config.get("peft_type") if isinstance(config, dict) else None
-        raise BadRequest(
-            f"adapter {name!r} at {path} is not a LoRA adapter (peft_type {kind!r})",
-            param="adapter",
-        )
-    rank = config.get("r")
-    if not _is_int(rank) or rank < 1:
-        raise BadRequest(
-            f"adapter {name!r}: adapter_config.json has no valid rank `r`", param="adapter"
-        )
-    if rank > max_rank:
-        raise BadRequest(
-            f"adapter {name!r} has LoRA rank {rank}, above this deployment's max_lora_rank "
-            f"{max_rank} (spec.lora.max_rank)",
-            param="adapter",
-        )
-    return config
-
-
-def _same_path(a: str, b: str) -> bool:
-    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def _strip_lora_layers(model: Any) -> None:
-    """Replace PEFT tuner layers left in ``model`` by a failed first load with their base."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
-    if "peft_config" in vars(model):
-        del model.peft_config
-
-
-def _check_keys(body: dict, allowed: frozenset[str]) -> None:
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    for key, value in body.items():
-        if key in allowed:
-            continue
-        if key in _NEUTRAL and any(
-            value == v and type(value) is type(v) for v in _NEUTRAL[key]
-        ):  # type check too: logprobs=0 asks for logprobs, it is not False
-            continue
-        if key in _NEUTRAL:
-            raise BadRequest(
-                f"`{key}` is not supported by the transformers engine (got {value!r})", param=key
-            )
-        raise BadRequest(f"unknown or unsupported parameter `{key}`", param=key)
-
-
-def _message(m: Any) -> dict:
-    """A chat message with text content (parts of type "text" are joined)."""
-    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-        raise BadRequest("each message must be an object with a `role`", param="messages")
-    content = m.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRequest(
-                    f"message content of type {kind!r} is not supported (text only)",
-                    param="messages",
-                )
-            texts.append(str(part.get("text", "")))
-        content = "".join(texts)
-    elif content is not None and not isinstance(content, str):
-        raise BadRequest("message `content` must be a string or a list of parts", param="messages")
-    if m.get("tool_calls"):
-        raise BadRequest(
-            "tool calls are not supported by the transformers engine", param="messages"
-        )
-    return {**{k: v for k, v in m.items() if k != "content"}, "content": content or ""}
-
-
-def _usage(req: _Request, run: _Run) -> dict:
-    n_in = len(req.prompt_ids)
-    return {
-        "prompt_tokens": n_in,
-        "completion_tokens": run.n_tokens,
-        "total_tokens": n_in + run.n_tokens,
-    }
-
-
-def _data(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-def _is_int(v: Any) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> TypeGuard[int | float]:
-    return isinstance(v, int | float) and not isinstance(v, bool)
