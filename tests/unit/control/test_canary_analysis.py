@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from qingliang.platform.errors import ApiError, BadRequest
-from qingliang.platform.gateway.ingress import ServeBackend
 from qingliang.platform.lifecycle.pipelines import steps
 from qingliang.platform.storage.arm_stats import ArmStats, ArmSummary, summary
 from qingliang.platform.storage.state import StateStore
+from qingliang.serving.deployments.handles import ServeBackend
 from qingliang.serving.metrics import ServingMetrics
 
 # -- the counts -----------------------------------------------------------------------
