@@ -1,15 +1,16 @@
 """Learned answers: approved question/answer pairs and corrections that join a knowledge base.
 
 They come from human feedback, reviewers or API clients with their ``provenance``, are
-searchable at once as ``kind: qa`` chunks, and can be retracted. The registry
+searchable at once as ``kind: qa`` chunks, and can be retracted. The ledger
 (:mod:`qingliang.knowledge.ledger`) is their source of truth: sync never compares or
 deletes them (``origin: learned``), snapshots leave them out, and after a rollback or a crash
-:meth:`LearnedAnswers._reconcile_answers` makes the store match the registry again, so a
+:meth:`LearnedAnswers._reconcile_answers` makes the store match the ledger again, so a
 retracted answer never returns.
 
-This is a mixin of :class:`~qingliang.knowledge.service.KnowledgeService`, kept apart so
-each file stays readable; it uses the service's ``_kb``, ``_store``, ``_embedder``,
-``_syncer`` and ``registry``.
+:class:`LearnedAnswers` is one of the bases of
+:class:`~qingliang.knowledge.service.KnowledgeService`, built on
+:class:`~qingliang.knowledge._base.KnowledgeBases` (its ``_kb``, ``_store``,
+``_embedder``, ``_syncer`` and ``ledger``).
 """
 
 from __future__ import annotations
@@ -18,28 +19,20 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from qingliang.knowledge._base import Kb, KnowledgeBases
 from qingliang.knowledge._bm25 import Bm25Encoder
 from qingliang.knowledge.ledger import AnswerRecord
 from qingliang.knowledge.stores import Filter, Point, PointId
 from qingliang.knowledge.sync import LEARNED
 from qingliang.platform.errors import BadRequest, NotFound
 
-if TYPE_CHECKING:
-    from qingliang.knowledge.service import _Kb
-
 MAX_ANSWER_CHARS = 8000
 
 
-class LearnedAnswers:
-    """Add, retract, list and reconcile learned answers (mixed into KnowledgeService)."""
-
-    registry: Any
-    _kb: Any
-    _store: Any
-    _embedder: Any
-    _syncer: Any
+class LearnedAnswers(KnowledgeBases):
+    """Add, retract, list and reconcile learned answers (a base of KnowledgeService)."""
 
     def add_answer(
         self,
@@ -66,7 +59,7 @@ class LearnedAnswers:
             )
         with kb.lock:
             self._ensure_collection(kb)
-            rec = self.registry.add_answer(
+            rec = self.ledger.add_answer(
                 name,
                 tenant=kb.tenant,
                 question=q,
@@ -92,7 +85,7 @@ class LearnedAnswers:
             raise BadRequest("a retraction needs a reason", param="reason")
         with kb.lock:
             try:
-                rec = self.registry.retract_answer(name, answer_id, actor=actor, reason=reason)
+                rec = self.ledger.retract_answer(name, answer_id, actor=actor, reason=reason)
             except KeyError as exc:
                 raise NotFound(str(exc.args[0]), param="answer_id") from None
             store = self._store(kb)
@@ -106,9 +99,9 @@ class LearnedAnswers:
         self._kb(name, tenant)
         if status not in (None, "active", "retracted"):
             raise BadRequest("status must be active, retracted or empty", param="status")
-        return self.registry.answers(name, status=status)  # type: ignore[arg-type]
+        return self.ledger.answers(name, status=status)  # type: ignore[arg-type]
 
-    def _write_answers(self, kb: _Kb, recs: Sequence[AnswerRecord]) -> None:
+    def _write_answers(self, kb: Kb, recs: Sequence[AnswerRecord]) -> None:
         if not recs:
             return
         spec = kb.manifest.spec
@@ -150,11 +143,11 @@ class LearnedAnswers:
             )
         self._store(kb).upsert(kb.manifest.collection, points)
 
-    def _reconcile_answers(self, kb: _Kb) -> None:
-        """Make the learned points match the registry's active answers (crash, rollback)."""
+    def _reconcile_answers(self, kb: Kb) -> None:
+        """Make the learned points match the ledger's active answers (crash, rollback)."""
         store = self._store(kb)
         coll = kb.manifest.collection
-        active = {_answer_point(kb.name, r.id): r for r in self.registry.answers(kb.name)}
+        active = {_answer_point(kb.name, r.id): r for r in self.ledger.answers(kb.name)}
         if coll not in store.list_collections():
             if not active:
                 return
@@ -172,7 +165,7 @@ class LearnedAnswers:
             store.delete(coll, extra)
         self._write_answers(kb, [r for pid, r in active.items() if pid not in present])
 
-    def _ensure_collection(self, kb: _Kb) -> None:
+    def _ensure_collection(self, kb: Kb) -> None:
         syncer = self._syncer(kb, None)
         syncer._ensure_collection()
 

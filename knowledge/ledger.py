@@ -1,6 +1,6 @@
 """The knowledge layer's own records, in SQLite: versions, snapshots, learned answers, audit.
 
-The vector store holds the chunks; this registry holds what is *about* a knowledge base:
+The vector store holds the chunks; this ledger holds what is *about* a knowledge base:
 
 - ``versions``: a KB's version counter. Every change of its points (a sync that wrote or
   deleted something, a rollback, an answer added or retracted) makes a new version, and the
@@ -15,8 +15,8 @@ Every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent writers (the C
 gateway's knowledge server) serialise and a failure leaves the previous rows.
 
 Example:
-    >>> reg = KnowledgeRegistry(Path("/tmp/ql/knowledge.sqlite"))  # doctest: +SKIP
-    >>> reg.bump("gov-policy", actor="cli", action="sync", detail={"added": 3})  # doctest: +SKIP
+    >>> ledger = KnowledgeLedger(Path("/tmp/ql/knowledge.sqlite"))  # doctest: +SKIP
+    >>> ledger.bump("gov-policy", actor="cli", action="sync", detail={"added": 3})  # doctest: +SKIP
     1
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qingliang.platform.storage.sqlite import open_db
+from qingliang.platform.storage.sqlite import open_db, write
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Event:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class KnowledgeRegistry:
+class KnowledgeLedger:
     """Versions, snapshots, learned answers and the audit log of every knowledge base."""
 
     def __init__(self, path: Path) -> None:
@@ -159,14 +159,8 @@ class KnowledgeRegistry:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._conn() as c:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                yield c
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
+        with self._conn() as c, write(c):
+            yield c
 
     # -- versions --------------------------------------------------------------------------
 

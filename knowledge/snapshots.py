@@ -14,7 +14,7 @@ snapshot or a whole one; :func:`load` re-checks the hashes and refuses a damaged
 points whose payload or vectors differ are upserted whole, points the snapshot lacks are
 deleted (last). Like sync, it is convergent: a rollback killed half-way and run again ends
 in exactly the snapshot's state. Learned answers (``origin: learned``) are not part of a
-snapshot and are left alone: the registry of answers decides them, so a retracted answer
+snapshot and are left alone: the ledger of answers decides them, so a retracted answer
 never comes back with an old version.
 
 Example:

@@ -229,7 +229,7 @@ def test_damaged_snapshot_is_refused_and_store_untouched(svc: KnowledgeService, 
     (docs / "readme.txt").unlink()
     svc.sync("gov")
     before = _dump(svc, "gov")
-    snap = svc.registry.snapshot("gov", 1)
+    snap = svc.ledger.snapshot("gov", 1)
     assert snap is not None
     (Path(snap.path) / "dense.npy").write_bytes(b"garbage")
     with pytest.raises(SnapshotError, match="damaged: dense.npy"):
@@ -294,7 +294,7 @@ def test_learned_answers_join_and_retract(svc: KnowledgeService, docs: Path) -> 
         svc.add_answer("gov", "q", "a", provenance={})
     with pytest.raises(BadRequest, match="question must be a non-empty string"):
         svc.add_answer("gov", "  ", "a", provenance={"source": "api"})
-    actions = [e.action for e in svc.registry.events("gov")]
+    actions = [e.action for e in svc.ledger.events("gov")]
     assert "answer.add" in actions and "answer.retract" in actions
 
 
@@ -334,7 +334,7 @@ def test_remove_drops_points_and_records(svc: KnowledgeService, docs: Path) -> N
     svc.register(_manifest("gov", docs), base=docs)
     svc.sync("gov")
     svc.remove("gov")
-    assert svc.names() == [] and svc.registry.version("gov") == 0
+    assert svc.names() == [] and svc.ledger.version("gov") == 0
     assert not list((svc.home / "snapshots").glob("gov/v*"))
 
 
