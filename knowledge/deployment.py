@@ -63,21 +63,3 @@ class HandleKnowledge(Searches):
             return await self._handle.call.remote(method, kb, tenant, actor, kwargs)
         except Exception as exc:
             raise translate(exc) from None
-
-
-class SyncKnowledge:
-    """Knowledge search as a plain function, for callers still running in a worker thread:
-    it hands the search to the knowledge server on the replica's event loop.
-
-    Prefer awaiting :meth:`HandleKnowledge.search` from the loop itself.
-    """
-
-    def __init__(self, knowledge: HandleKnowledge, loop: asyncio.AbstractEventLoop) -> None:
-        self._knowledge = knowledge
-        self._loop = loop
-
-    def __call__(
-        self, kb: str, query: str, *, tenant: str | None, limit: int = 4, mode: str = "hybrid"
-    ) -> list[dict]:
-        coro = self._knowledge.search(kb, query, tenant=tenant, limit=limit, mode=mode)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=120)
