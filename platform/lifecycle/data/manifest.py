@@ -25,12 +25,12 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from qingliang.platform.errors import did_you_mean
 from qingliang.platform.lifecycle.data.dedup import DedupSettings
 from qingliang.platform.lifecycle.data.pii import BUILTIN_KINDS, PiiPattern
 from qingliang.platform.lifecycle.data.quality import QualitySettings
@@ -234,8 +234,7 @@ class PiiStep(Strict):
     def _kinds(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for k in v or ():
             if k not in BUILTIN_KINDS:
-                close = difflib.get_close_matches(k, BUILTIN_KINDS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(k, BUILTIN_KINDS)
                 raise ValueError(f"unknown PII kind {k!r}{hint}; known: {', '.join(BUILTIN_KINDS)}")
         return v
 
@@ -368,8 +367,7 @@ class DatasetSpec(Strict):
                 issues.append(f"@{at}.step: required key is missing; one of {', '.join(STEPS)}")
                 continue
             if not isinstance(name, str) or name not in STEPS:
-                close = difflib.get_close_matches(str(name), list(STEPS), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(str(name), STEPS)
                 issues.append(f"@{at}.step: unknown step {name!r}{hint}; known: {', '.join(STEPS)}")
                 continue
             if name in seen:
@@ -429,8 +427,7 @@ def _step_issues(model: type[BaseModel], exc: ValidationError) -> list[tuple[str
             allowed = sorted(
                 info.alias or n for n, info in _model_at(model, loc[:-1]).model_fields.items()
             )
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
-            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+            msg = "unknown key" + did_you_mean(str(loc[-1]), allowed)
             msg += f"; allowed here: {', '.join(allowed)}"
         elif err["type"] == "missing":
             msg = "required key is missing"

@@ -27,7 +27,6 @@ label ``-100``.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -36,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qingliang.platform.errors import FieldIssue
+from qingliang.platform.errors import FieldIssue, did_you_mean
 from qingliang.platform.lifecycle.finetune.settings import InvalidFineTune, invalid
 
 logger = logging.getLogger(__name__)
@@ -105,8 +104,7 @@ def _parse_one(rec: object, where: str) -> Conversation:
 def _no_unknown(keys: set[str], allowed: set[str], where: str) -> None:
     unknown = sorted(keys - allowed)
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], sorted(allowed | _IGNORED_KEYS), n=1)
-        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        more = did_you_mean(unknown[0], sorted(allowed | _IGNORED_KEYS))
         raise invalid(f"{where}.{unknown[0]}", f"unknown key{more}")
 
 

@@ -3,7 +3,6 @@ weights), whether bitsandbytes 4-bit works here, and loading it for LoRA or QLoR
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import logging
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.errors import FieldIssue
+from qingliang.platform.errors import FieldIssue, closest
 from qingliang.platform.lifecycle.finetune.settings import ALL_LINEAR, InvalidFineTune, invalid
 
 logger = logging.getLogger(__name__)
@@ -98,8 +97,8 @@ def resolve_targets(
     issues = []
     for i, key in enumerate(names):
         if not any(_matches(x.name, key) for x in layers):
-            hint = difflib.get_close_matches(key, available, n=1)
-            more = f"did you mean {hint[0]!r}? " if hint else ""
+            near = closest(key, available)
+            more = f"did you mean {near!r}? " if near else ""
             issues.append(
                 FieldIssue(
                     f"{prefix}.target_modules[{i}]",

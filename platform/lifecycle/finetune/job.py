@@ -155,7 +155,128 @@ def run_job(
     manifest = FineTuneJob.model_validate(job)
     spec = manifest.spec
     settings = Settings(home=Path(home))
-    store = DatasetStore.for_home(settings.home)
+    version, train_records, eval_records = records = _records(
+        DatasetStore.for_home(settings.home), spec, dataset_version
+    )
+    base_path = base_model_dir(spec.base_model.source, Path(base_dir), settings.model_cache)
+    base_name = base_model_name(manifest, base_path)
+    train_settings = manifest.settings()
+    if train_settings.eval_every and not eval_records:
+        raise invalid("spec.train.eval_every", "is set but the dataset has no eval records")
+
+    with Registry(home=settings.home) as reg:
+        name = job_name or next_job_name(reg, manifest.name)
+        existing = _existing_job(reg, name)
+        done = _succeeded_adapter(reg, name, existing, spec.output.adapter)
+        if done is not None:
+            emit({"kind": "log", "message": f"job {name} already succeeded: {done.ref}"})
+            return _outcome(done, existing, base_path, eval_records, 0, reused=True)
+
+    out = settings.home / ADAPTERS_DIR / spec.output.adapter / name
+    data_sha = version.version.removeprefix("sha256:")
+    complete, resume = _prepare(out, base_path, train_settings, data_sha, records)
+
+    with Registry(home=settings.home) as reg:
+        data_ref = record_dataset_version(reg, version).ref
+        if existing is None:
+            _ensure_base_model(reg, base_name, spec.base_model.source, base_path)
+            _register_job(reg, name, spec.method, base_name, data_ref, train_settings, records)
+        _mark_running(emit, reg, name, existing)
+
+    if complete:
+        emit({"kind": "log", "message": f"{out} holds a finished adapter; not training again"})
+        metrics, resumed_from = json.loads((out / "metrics.json").read_text("utf-8")), 0
+    else:
+        what = f"{spec.output.adapter} ({spec.method}) on {data_ref}"
+        run = (base_path, out, train_settings, data_sha, resume)
+        metrics, resumed_from = _train(emit, name, settings.home, run, records, what)
+
+    with Registry(home=settings.home) as reg:
+        adapter, job_row = _register_adapter(reg, name, spec.output.adapter, out, metrics)
+    emit({"kind": "log", "message": f"registered {adapter.ref} ({out})"})
+    return _outcome(adapter, job_row, base_path, eval_records, resumed_from, reused=False)
+
+
+def _register_job(
+    reg: Any,
+    name: str,
+    method: Any,
+    base_name: str,
+    data_ref: str,
+    train_settings: Any,
+    records: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    """Record job ``name`` in the registry before it trains (its eval data only when the
+    version has eval records)."""
+    reg.register_job(
+        name,
+        method=method,
+        base_model=base_name,
+        train=[data_ref],
+        eval=[data_ref] if records[2] else [],
+        settings=json.loads(json.dumps(asdict(train_settings))),
+    )
+
+
+def _mark_running(emit: Emit, reg: Any, name: str, existing: Any) -> None:
+    """Mark job ``name`` running unless it already is (a new, pending or interrupted one)."""
+    if existing is None or existing.status in ("pending", "interrupted"):
+        if existing is not None and existing.status == "interrupted":
+            emit({"kind": "log", "message": f"job {name} was interrupted; continuing it"})
+        reg.set_job_status(name, "running")
+
+
+def _existing_job(reg: Any, name: str) -> Any:
+    """The registry's job ``name`` (None if new); one that failed or was cancelled is
+    refused."""
+    try:
+        existing = reg.get_job(name)
+    except NotFound:
+        return None
+    if existing.status in ("failed", "cancelled"):
+        raise Conflict(
+            f"job {name!r} {existing.status} earlier ({existing.error or 'no reason'}); "
+            "run it under a new name",
+            param="job",
+        )
+    return existing
+
+
+def _succeeded_adapter(reg: Any, name: str, existing: Any, adapter_name: str) -> Any:
+    """The adapter job ``name`` registered, if it already succeeded (None otherwise)."""
+    if existing is None or existing.status != "succeeded":
+        return None
+    found = [a for a in reg.list_adapters(adapter_name) if a.job == name]
+    return found[0] if found else None
+
+
+def _register_adapter(
+    reg: Any, name: str, adapter_name: str, out: Path, metrics: dict[str, Any]
+) -> tuple[Any, Any]:
+    """Register the adapter job ``name`` wrote in ``out`` (unless a resumed run already
+    did) and mark the job succeeded; the adapter and the job."""
+    summary = _summary(metrics)
+    found = [a for a in reg.list_adapters(adapter_name) if a.job == name]
+    adapter = found[0] if found else None
+    if adapter is None:
+        adapter = reg.register_adapter(
+            adapter_name,
+            path=str(out),
+            sha256=adapter_files_sha256(out),
+            job=name,
+            metrics=summary,
+        )
+    job_row = reg.get_job(name)
+    if job_row.status == "running":
+        job_row = reg.set_job_status(name, "succeeded", metrics=summary)
+    return adapter, job_row
+
+
+def _records(
+    store: Any, spec: Any, dataset_version: str | None
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The dataset version a job trains on, and its train and eval records (capped as the
+    job's ``spec.data`` says)."""
     wanted = dataset_version or (None if spec.data.version == "latest" else spec.data.version)
     try:
         version = store.get(spec.data.dataset, wanted)
@@ -167,125 +288,90 @@ def run_job(
     eval_records = store.read(spec.data.dataset, version.version, "eval")[
         : spec.data.max_eval_records
     ]
-    base_path = base_model_dir(spec.base_model.source, Path(base_dir), settings.model_cache)
-    base_name = base_model_name(manifest, base_path)
-    train_settings = manifest.settings()
-    if train_settings.eval_every and not eval_records:
-        raise invalid("spec.train.eval_every", "is set but the dataset has no eval records")
+    return version, train_records, eval_records
 
-    with Registry(home=settings.home) as reg:
-        name = job_name or next_job_name(reg, manifest.name)
-        try:
-            existing = reg.get_job(name)
-        except NotFound:
-            existing = None
-        if existing is not None and existing.status in ("failed", "cancelled"):
-            raise Conflict(
-                f"job {name!r} {existing.status} earlier ({existing.error or 'no reason'}); "
-                "run it under a new name",
-                param="job",
-            )
-        if existing is not None and existing.status == "succeeded":
-            found = [a for a in reg.list_adapters(spec.output.adapter) if a.job == name]
-            if found:
-                emit({"kind": "log", "message": f"job {name} already succeeded: {found[0].ref}"})
-                return _outcome(found[0], existing, base_path, eval_records, 0, reused=True)
 
-    out = settings.home / ADAPTERS_DIR / spec.output.adapter / name
-    data_sha = version.version.removeprefix("sha256:")
-    complete = _complete(out)
-    resume = False
-    if not complete:
-        from qingliang.platform.lifecycle.finetune.train import preflight
+def _prepare(
+    out: Path,
+    base_path: Path,
+    train_settings: Any,
+    data_sha: str,
+    records: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]],
+) -> tuple[bool, bool]:
+    """Whether ``out`` holds a finished adapter, and else whether the job resumes from a
+    checkpoint there, after checking it (:func:`~.train.preflight`): a job the checks
+    reject writes nothing, in the registry either (it never started)."""
+    from qingliang.platform.lifecycle.finetune.train import preflight
 
-        resume = (out / "checkpoint" / "state.json").is_file()
-        if out.is_dir() and any(out.iterdir()) and not resume:
-            # Killed before its first checkpoint: nothing worth keeping.
-            aside = out.with_name(f"{out.name}.incomplete-{int(time.time())}")
-            out.rename(aside)
-            shutil.rmtree(aside, ignore_errors=True)
-        # A job the checks reject writes nothing, in the registry either: it never started.
-        preflight(
+    if _complete(out):
+        return True, False
+    _, train_records, eval_records = records
+    resume = _clear_unresumable(out)
+    preflight(
+        base_path,
+        train_records,
+        out,
+        train_settings,
+        eval_records=eval_records,
+        data_sha256=data_sha,
+        resume=resume,
+    )
+    return False, resume
+
+
+def _clear_unresumable(out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint to resume from; files of a job killed before its
+    first checkpoint are removed (nothing worth keeping)."""
+    resume = (out / "checkpoint" / "state.json").is_file()
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        aside = out.with_name(f"{out.name}.incomplete-{int(time.time())}")
+        out.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    return resume
+
+
+def _train(
+    emit: Emit,
+    name: str,
+    home: Path,
+    run: tuple[Path, Path, Any, str, bool],
+    records: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]],
+    what: str,
+) -> tuple[dict[str, Any], int]:
+    """Train job ``name`` (``run``: base model path, output folder, settings, data sha256,
+    resume; ``what``: the adapter, method and data, for the log); its metrics and the step
+    it resumed from. A failure marks the job failed in
+    the registry."""
+    from qingliang.platform.lifecycle.finetune.train import train
+    from qingliang.platform.lifecycle.registry import Registry
+
+    base_path, out, train_settings, data_sha, resume = run
+    _, train_records, eval_records = records
+    resumed_from = 0
+    if resume:
+        state = json.loads((out / "checkpoint" / "state.json").read_text("utf-8"))
+        resumed_from = int(state.get("step", 0))
+        emit({"kind": "log", "message": f"resuming {name} from step {resumed_from}"})
+    sizes = f"{len(train_records)} train / {len(eval_records)} eval records"
+    emit({"kind": "log", "message": f"training {what}: {sizes}"})
+    try:
+        result = train(
             base_path,
             train_records,
             out,
             train_settings,
             eval_records=eval_records,
             data_sha256=data_sha,
+            on_progress=lambda ev: emit(_progress(ev)),
             resume=resume,
         )
-
-    with Registry(home=settings.home) as reg:
-        data_ref = record_dataset_version(reg, version).ref
-        if existing is None:
-            _ensure_base_model(reg, base_name, spec.base_model.source, base_path)
-            reg.register_job(
-                name,
-                method=spec.method,
-                base_model=base_name,
-                train=[data_ref],
-                eval=[data_ref] if eval_records else [],
-                settings=json.loads(json.dumps(asdict(train_settings))),
-            )
-        if existing is None or existing.status in ("pending", "interrupted"):
-            if existing is not None and existing.status == "interrupted":
-                emit({"kind": "log", "message": f"job {name} was interrupted; continuing it"})
-            reg.set_job_status(name, "running")
-
-    resumed_from = 0
-    if complete:
-        emit({"kind": "log", "message": f"{out} holds a finished adapter; not training again"})
-        metrics = json.loads((out / "metrics.json").read_text("utf-8"))
-    else:
-        from qingliang.platform.lifecycle.finetune.train import train
-
-        if resume:
-            state = json.loads((out / "checkpoint" / "state.json").read_text("utf-8"))
-            resumed_from = int(state.get("step", 0))
-            emit({"kind": "log", "message": f"resuming {name} from step {resumed_from}"})
-        emit(
-            {
-                "kind": "log",
-                "message": f"training {spec.output.adapter} ({spec.method}) on {data_ref}: "
-                f"{len(train_records)} train / {len(eval_records)} eval records",
-            }
-        )
-        try:
-            result = train(
-                base_path,
-                train_records,
-                out,
-                train_settings,
-                eval_records=eval_records,
-                data_sha256=data_sha,
-                on_progress=lambda ev: emit(_progress(ev)),
-                resume=resume,
-            )
-        except Exception as exc:
-            with Registry(home=settings.home) as reg:
-                reg.set_job_status(name, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            raise
-        if result.stopped:
-            raise FineTuneFailed(f"job {name} stopped at step {result.steps}")
-        metrics = dict(result.metrics)
-
-    summary = _summary(metrics)
-    with Registry(home=settings.home) as reg:
-        found = [a for a in reg.list_adapters(spec.output.adapter) if a.job == name]
-        adapter = found[0] if found else None
-        if adapter is None:
-            adapter = reg.register_adapter(
-                spec.output.adapter,
-                path=str(out),
-                sha256=adapter_files_sha256(out),
-                job=name,
-                metrics=summary,
-            )
-        job_row = reg.get_job(name)
-        if job_row.status == "running":
-            job_row = reg.set_job_status(name, "succeeded", metrics=summary)
-    emit({"kind": "log", "message": f"registered {adapter.ref} ({out})"})
-    return _outcome(adapter, job_row, base_path, eval_records, resumed_from, reused=False)
+    except Exception as exc:
+        with Registry(home=home) as reg:
+            reg.set_job_status(name, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    if result.stopped:
+        raise FineTuneFailed(f"job {name} stopped at step {result.steps}")
+    return dict(result.metrics), resumed_from
 
 
 def _progress(event: dict[str, Any]) -> dict[str, Any]:

@@ -236,29 +236,16 @@ class _Run:
         self.history: list[dict[str, float]] = []
         self.evals: list[dict[str, float]] = []
         self.prior_elapsed = 0.0
+        self.loop_start = time.perf_counter()
 
     def _emit(self, event: dict[str, Any]) -> None:
         if self.on_progress is not None:
             self.on_progress(event)
 
     def run(self) -> TrainResult:
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoTokenizer
-
         p, s = self.plan, self.s
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(p.base_model)
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        examples, skipped = _data.tokenize_all(tokenizer, p.train, s.max_seq_len)
-        if not examples:
-            raise invalid(
-                "train_records",
-                f"no record keeps an answer token within max_seq_len={s.max_seq_len}",
-            )
-        eval_examples, _ = _data.tokenize_all(tokenizer, p.eval, s.max_seq_len)
+        examples, eval_examples, skipped, pad_id = self._tokenize()
         per_epoch = _data.steps_per_epoch(len(examples), s.batch_size, s.grad_accum)
         total = s.max_steps or s.epochs * per_epoch
         logger.info(
@@ -271,7 +258,59 @@ class _Run:
             len(examples),
             total,
         )
+        done = self._build(total)
+        train_batches = _steps.Batches(examples, pad_id, p.device)
+        eval_batches = _steps.Batches(eval_examples, pad_id, p.device)
+        load_s = time.perf_counter() - started
+        self.loop_start = time.perf_counter()
 
+        stopped = False
+        epoch = 0.0
+        for window in _data.windows(len(examples), s.batch_size, s.grad_accum, total, s.seed):
+            if window.step <= done:
+                epoch = window.epoch
+                continue
+            if self.should_stop():
+                stopped = True
+                break
+            self._step(window, train_batches, total)
+            done, epoch = window.step, window.epoch
+            last = done == total
+            if eval_examples and (last or (s.eval_every and done % s.eval_every == 0)):
+                self._evaluate(eval_batches, done, total, epoch, self._elapsed())
+            if s.checkpoint_every and done % s.checkpoint_every == 0 and not last:
+                self._save_checkpoint(done, self._elapsed())
+        return self._finish(done, total, stopped, load_s, skipped, len(examples))
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far, the interrupted runs' before this one included."""
+        return self.prior_elapsed + time.perf_counter() - self.loop_start
+
+    def _tokenize(self) -> tuple[list, list, int, int]:
+        """The train and eval examples, how many records were skipped, the pad token id."""
+        from transformers import AutoTokenizer
+
+        p, s = self.plan, self.s
+        tokenizer = AutoTokenizer.from_pretrained(p.base_model)
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        examples, skipped = _data.tokenize_all(tokenizer, p.train, s.max_seq_len)
+        if not examples:
+            raise invalid(
+                "train_records",
+                f"no record keeps an answer token within max_seq_len={s.max_seq_len}",
+            )
+        eval_examples, _ = _data.tokenize_all(tokenizer, p.eval, s.max_seq_len)
+        return examples, eval_examples, skipped, pad_id
+
+    def _build(self, total: int) -> int:
+        """Load the model with its LoRA layers, the optimizer and the schedule, restored
+        from the checkpoint when resuming; the step training starts after."""
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        p, s = self.plan, self.s
         model = _model.load_for_training(p.base_model, s.method, p.device, s.gradient_checkpointing)
         torch.manual_seed(s.seed)
         lora = LoraConfig(
@@ -284,82 +323,73 @@ class _Run:
         )
         self.model = get_peft_model(model, lora)
         self.model.train()
-        params = [q for q in self.model.parameters() if q.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+        self.params = [q for q in self.model.parameters() if q.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=s.learning_rate, weight_decay=s.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _steps.lr_factor(s, total)
         )
-        done = 0
-        if p.resume_step:
-            restored = _checkpoint.load(
-                p.output_dir,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                device=p.device,
-            )
-            self.history, self.evals = restored["history"], restored["evals"]
-            self.prior_elapsed = restored["elapsed"]
-            done = p.resume_step
-            logger.info("resuming at step %d from %s", done, p.output_dir)
-        train_batches = _steps.Batches(examples, pad_id, p.device)
-        eval_batches = _steps.Batches(eval_examples, pad_id, p.device)
-        load_s = time.perf_counter() - started
-        loop_start = time.perf_counter()
+        if not p.resume_step:
+            return 0
+        restored = _checkpoint.load(
+            p.output_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            device=p.device,
+        )
+        self.history, self.evals = restored["history"], restored["evals"]
+        self.prior_elapsed = restored["elapsed"]
+        logger.info("resuming at step %d from %s", p.resume_step, p.output_dir)
+        return p.resume_step
 
-        def elapsed() -> float:
-            return self.prior_elapsed + time.perf_counter() - loop_start
+    def _step(self, window: Any, train_batches: _steps.Batches, total: int) -> None:
+        """One optimizer step over ``window``'s batches (gradient accumulation), reported."""
+        import torch
 
-        stopped = False
-        epoch = 0.0
-        for window in _data.windows(len(examples), s.batch_size, s.grad_accum, total, s.seed):
-            if window.step <= done:
-                epoch = window.epoch
-                continue
-            if self.should_stop():
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            batches = [train_batches.get(b) for b in window.batches]
-            labelled = max(sum(_steps.labelled(b) for b in batches), 1)
-            tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-            loss_total = 0.0
-            for batch in batches:
-                loss = _steps.loss_sum(self.model, batch) / labelled
-                loss.backward()
-                loss_total += float(loss.detach())
-            if not math.isfinite(loss_total):
-                raise FineTuneFailed(f"loss became {loss_total} at step {window.step}")
-            if s.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-            lr = float(self.scheduler.get_last_lr()[0])
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            done, epoch = window.step, window.epoch
-            step_s = time.perf_counter() - t0
-            self.history.append({"step": done, "loss": loss_total, "learning_rate": lr})
-            self._emit(
-                {
-                    "kind": "train",
-                    "step": done,
-                    "total_steps": total,
-                    "epoch": epoch,
-                    "loss": loss_total,
-                    "learning_rate": lr,
-                    "tokens_per_s": tokens / step_s if step_s > 0 else 0.0,
-                    "elapsed_s": elapsed(),
-                    "peak_rss_mb": peak_rss_mb(),
-                }
-            )
-            logger.debug("step %d/%d loss %.4f", done, total, loss_total)
-            last = done == total
-            if eval_examples and (last or (s.eval_every and done % s.eval_every == 0)):
-                self._evaluate(eval_batches, done, total, epoch, elapsed())
-            if s.checkpoint_every and done % s.checkpoint_every == 0 and not last:
-                self._save_checkpoint(done, elapsed())
+        s = self.s
+        t0 = time.perf_counter()
+        batches = [train_batches.get(b) for b in window.batches]
+        labelled = max(sum(_steps.labelled(b) for b in batches), 1)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        loss_total = 0.0
+        for batch in batches:
+            loss = _steps.loss_sum(self.model, batch) / labelled
+            loss.backward()
+            loss_total += float(loss.detach())
+        if not math.isfinite(loss_total):
+            raise FineTuneFailed(f"loss became {loss_total} at step {window.step}")
+        if s.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        done = window.step
+        step_s = time.perf_counter() - t0
+        self.history.append({"step": done, "loss": loss_total, "learning_rate": lr})
+        self._emit(
+            {
+                "kind": "train",
+                "step": done,
+                "total_steps": total,
+                "epoch": window.epoch,
+                "loss": loss_total,
+                "learning_rate": lr,
+                "tokens_per_s": tokens / step_s if step_s > 0 else 0.0,
+                "elapsed_s": self._elapsed(),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+        logger.debug("step %d/%d loss %.4f", done, total, loss_total)
 
-        train_time = elapsed()
+    def _finish(
+        self, done: int, total: int, stopped: bool, load_s: float, skipped: int, records: int
+    ) -> TrainResult:
+        """Save the adapter (and a checkpoint when stopped early) and its metrics."""
+        p = self.plan
+        train_time = self._elapsed()
         if done == 0:
             logger.info("fine-tuning stopped before the first step; nothing saved")
             return self._result(None, None, 0, total, True, train_time, {})
@@ -369,7 +399,7 @@ class _Run:
             self._save_checkpoint(done, train_time)
         else:
             _checkpoint.remove(p.output_dir)
-        metrics = self._metrics(done, total, stopped, train_time, load_s, skipped, len(examples))
+        metrics = self._metrics(done, total, stopped, train_time, load_s, skipped, records)
         path = p.output_dir / METRICS_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")

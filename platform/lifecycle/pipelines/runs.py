@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.errors import Conflict, NotFound
+from qingliang.platform.errors import Conflict, NotFound, did_you_mean
+from qingliang.platform.storage.sqlite import connect, write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipeline_runs (
@@ -167,16 +168,7 @@ class RunStore:
         if conn is None or conn.closed:
             # check_same_thread=False only so that close() can close other threads'
             # connections; each is otherwise used by the thread that opened it.
-            db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA busy_timeout=30000")
-            except BaseException:
-                db.close()
-                raise
-            conn = _Connection(db)
+            conn = _Connection(connect(self.path, timeout=30))
             self._local.conn = conn
             with self._open_lock:
                 self._open.add(conn)
@@ -230,11 +222,7 @@ class RunStore:
             if row is None:
                 ids = [r[0] for r in db.execute("SELECT id FROM pipeline_runs")]
         if row is None:
-            import difflib
-
-            hint = difflib.get_close_matches(run_id, ids, n=1)
-            more = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise NotFound(f"no pipeline run {run_id!r}{more}", param="run")
+            raise NotFound(f"no pipeline run {run_id!r}{did_you_mean(run_id, ids)}", param="run")
         run = _run(row)
         if run.status == "running" and (holder or not self.locked(run_id)):
             run = _replace_status(run, "interrupted")
@@ -272,8 +260,7 @@ class RunStore:
             )
 
     def event(self, run_id: str, step: str | None, kind: str, data: dict[str, Any]) -> int:
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._db() as db, write(db):
             (seq,) = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM pipeline_events WHERE run_id = ?",
                 (run_id,),
@@ -282,7 +269,6 @@ class RunStore:
                 "INSERT INTO pipeline_events VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, seq, time.time(), step, kind, json.dumps(data, default=str)),
             )
-            db.execute("COMMIT")
         return int(seq)
 
     def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> builtins.list[Event]:

@@ -152,39 +152,7 @@ def merge_step(
                 size_bytes=result["size_bytes"],
             )
     if quantize == "bnb-nf4":
-        qname = f"{name}-nf4"
-        qout = out.with_name(qname)
-        if not (qout / "config.json").is_file():
-            emit({"kind": "log", "message": f"saving a 4-bit NF4 copy of {name}"})
-
-            def write_nf4(tmp: Path) -> None:
-                from transformers import BitsAndBytesConfig
-
-                config = BitsAndBytesConfig(
-                    load_in_4bit=True,
-                    bnb_4bit_quant_type="nf4",
-                    bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=torch.float32,
-                )
-                model = AutoModelForCausalLM.from_pretrained(out, quantization_config=config)
-                model.save_pretrained(tmp)
-                AutoTokenizer.from_pretrained(out).save_pretrained(tmp)
-
-            _save_atomically(qout, write_nf4)
-        size = _folder_size(qout)
-        with Registry(home=Path(home)) as reg:
-            try:
-                reg.quantized.get(qname)
-            except NotFound:
-                reg.quantized.register(
-                    qname,
-                    model=name,
-                    method="bnb-nf4",
-                    path=str(qout),
-                    size_bytes=size,
-                    settings={"double_quant": True, "compute_dtype": "float32"},
-                )
-        result["quantized"] = {"name": qname, "path": str(qout), "size_bytes": size}
+        result["quantized"] = _nf4_copy(emit, home, name, out)
     emit(
         {
             "kind": "log",
@@ -192,6 +160,49 @@ def merge_step(
         }
     )
     return result
+
+
+def _nf4_copy(emit: Emit, home: str, name: str, out: Path) -> dict[str, Any]:
+    """Save a 4-bit NF4 copy of the merged model ``name`` in ``out`` next to it (unless
+    there) and register it as a quantised artifact; its name, path and size."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qingliang.platform.lifecycle.registry import Registry
+
+    qname = f"{name}-nf4"
+    qout = out.with_name(qname)
+    if not (qout / "config.json").is_file():
+        emit({"kind": "log", "message": f"saving a 4-bit NF4 copy of {name}"})
+
+        def write_nf4(tmp: Path) -> None:
+            from transformers import BitsAndBytesConfig
+
+            config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32,
+            )
+            model = AutoModelForCausalLM.from_pretrained(out, quantization_config=config)
+            model.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(out).save_pretrained(tmp)
+
+        _save_atomically(qout, write_nf4)
+    size = _folder_size(qout)
+    with Registry(home=Path(home)) as reg:
+        try:
+            reg.quantized.get(qname)
+        except NotFound:
+            reg.quantized.register(
+                qname,
+                model=name,
+                method="bnb-nf4",
+                path=str(qout),
+                size_bytes=size,
+                settings={"double_quant": True, "compute_dtype": "float32"},
+            )
+    return {"name": qname, "path": str(qout), "size_bytes": size}
 
 
 def controller(home: str) -> Any:

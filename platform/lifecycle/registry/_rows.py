@@ -3,7 +3,6 @@ and read or add lineage edges."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from qingliang.platform.errors import NotFound
+from qingliang.platform.errors import NotFound, closest
 from qingliang.platform.lifecycle.registry.records import (
     MERGED_FROM,
     Adapter,
@@ -60,8 +59,8 @@ def now() -> datetime:
 
 
 def _missing(what: str, value: str, names: Iterable[str]) -> NotFound:
-    close = difflib.get_close_matches(value, list(names), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    near = closest(value, names)
+    hint = f"; did you mean {near!r}?" if near else ""
     return NotFound(f"no {what} {value!r} in the registry{hint}", param=what.replace(" ", "_"))
 
 
