@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,8 +37,10 @@ from qingliang.platform.gateway.http.openai_bodies import (
 from qingliang.platform.gateway.http.params import check_generation
 from qingliang.platform.gateway.recording import conversation_rows
 from qingliang.platform.gateway.sse import (
+    DONE,
     Transcript,
     asked_usage,
+    sse_event,
     total_tokens,
     trace_headers,
     trace_of,
@@ -180,7 +181,7 @@ class _Generation:
             raise
         except StopAsyncIteration:
             return StreamingResponse(
-                iter(["data: [DONE]\n\n"]), media_type="text/event-stream", headers=call.headers
+                iter([DONE]), media_type="text/event-stream", headers=call.headers
             )
         return StreamingResponse(
             self.relay(request, call, first, chunks),
@@ -206,8 +207,8 @@ class _Generation:
                         continue
                 yield chunk
         except ApiError as exc:
-            yield f"data: {json.dumps(exc.to_openai())}\n\n"
-            yield "data: [DONE]\n\n"
+            yield sse_event(exc.to_openai(), ensure_ascii=True)
+            yield DONE
             return
         finally:
             if call.metered and transcript is not None:

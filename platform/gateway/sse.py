@@ -19,6 +19,14 @@ from typing import Any
 
 from qingliang.serving.traffic import ModelEntry
 
+#: The event that ends every stream.
+DONE = "data: [DONE]\n\n"
+
+
+def sse_event(data: object, *, ensure_ascii: bool = False) -> str:
+    """``data`` as one server-sent event (``data: <json>`` and a blank line)."""
+    return f"data: {json.dumps(data, ensure_ascii=ensure_ascii)}\n\n"
+
 
 def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:
     """What made an answer: the ``qingliang`` object of its body."""
