@@ -55,11 +55,11 @@ from schemathesis import GenerationMode
 from schemathesis.core import NotSet
 from schemathesis.generation.meta import TestPhase
 
+from qingliang.agents.api import LocalAgents
+from qingliang.knowledge.api import LocalKnowledge
 from qingliang.knowledge.service import KnowledgeService
 from qingliang.platform.gateway.app import create_app
-from qingliang.platform.gateway.ingress import KeyAuth
-from qingliang.platform.gateway.routes.agents import LocalAgents
-from qingliang.platform.gateway.routes.knowledge import LocalKnowledge
+from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.lifecycle.pipelines.executor import Resources, StepFailed
 from qingliang.platform.lifecycle.pipelines.service import PipelineService
 from qingliang.platform.storage.keys import KeyStore

@@ -1,7 +1,7 @@
 """Typed request bodies (issue 13, "then prove it"): every route's body is a pydantic model
 that /openapi.json documents, and the OpenAI field policy holds end to end.
 
-The policy (platform/gateway/openai_bodies.py, docs/serving.md): every documented OpenAI
+The policy (platform/gateway/http/openai_bodies.py, docs/serving.md): every documented OpenAI
 field is accepted — the official ``openai`` package's own request types are the list
 checked here —, those no engine implements are dropped before the engine and named in
 ``X-Qingliang-Ignored-Fields``, vLLM's extras go to the engine, vLLM's engine-internal
@@ -27,20 +27,17 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from qingliang.agents.api import AgentRunBody, FeedbackBody, ResumeBody
+from qingliang.knowledge.api import AnswerBody, SearchBody
 from qingliang.platform.errors import BadRequest
 from qingliang.platform.gateway.app import create_app
-from qingliang.platform.gateway.bodies import (
+from qingliang.platform.gateway.http.bodies import (
     BODIES,
-    AgentRunBody,
-    AnswerBody,
-    FeedbackBody,
     PipelineStartBody,
-    ResumeBody,
-    SearchBody,
     field_path,
     validated,
 )
-from qingliang.platform.gateway.openai_bodies import (
+from qingliang.platform.gateway.http.openai_bodies import (
     IGNORED,
     IGNORED_HEADER,
     INTERNAL,
