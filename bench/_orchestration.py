@@ -71,8 +71,8 @@ async def _bench(
 ) -> dict[str, Any]:
     from qingliang.agents.catalog import StaticCatalog
     from qingliang.agents.manifest import AgentGraph
-    from qingliang.agents.runtime import GraphDef
     from qingliang.agents.service import AgentService
+    from qingliang.agents.state import GraphDef
 
     gdef = GraphDef(AgentGraph.model_validate(GRAPH), home)
     latencies: list[float] = []

@@ -79,7 +79,7 @@ from qingliang.agents.routing.policy import (  # noqa: E402
     policy_from_state,
 )
 from qingliang.agents.routing.rewards import RewardWeights, combine  # noqa: E402
-from qingliang.agents.routing.service import RouterConfig, RouterService  # noqa: E402
+from qingliang.agents.routing.router import RouterConfig, RouterService  # noqa: E402
 
 logger = logging.getLogger("bench.agents")
 REPO = Path(__file__).resolve().parents[1]

@@ -245,6 +245,7 @@ def _write_jsonl(path: Path, docs: list[dict[str, Any]]) -> None:
 
 
 def _load_manifest(base: Path) -> Any:
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.knowledge.manifest import KnowledgeBase
     from qingliang.platform.manifests.loader import load_paths
 

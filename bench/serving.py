@@ -127,6 +127,7 @@ def _now_utc() -> str:
 
 # -- the plan and the model cache ----------------------------------------------------------
 def _compile(manifests: Path):  # noqa: ANN202 - a DeploymentPlan, imported lazily
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.manifests.loader import load_paths
     from qingliang.serving.manifest import ModelDeployment
     from qingliang.serving.plan import HardwareProfile, compile_plan

@@ -80,6 +80,7 @@ def _service(inline: bool) -> Any:
 
 
 def _load_one(path: Path, kind: str) -> Any:
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.manifests.loader import load_paths
 
     items = [i for i in load_paths([path]) if i.kind == kind]

@@ -305,7 +305,7 @@ def register_kind(model: type[BaseModel]) -> type[BaseModel]:
     field = model.model_fields.get("kind")
     names = typing.get_args(field.annotation) if field is not None else ()
     if len(names) != 1 or not isinstance(names[0], str):
-        raise ValueError(f"{model.__name__} has no `kind: Literal[\"...\"]` field")
+        raise ValueError(f'{model.__name__} has no `kind: Literal["..."]` field')
     kind = names[0]
     if KINDS.setdefault(kind, model) is not model:
         raise ValueError(f"manifest kind {kind!r} is already registered ({KINDS[kind].__name__})")

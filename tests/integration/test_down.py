@@ -14,8 +14,8 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from qingliang.agents.routing.actor import ROUTER_NAMESPACE
 from qingliang.platform.control import cluster
-from qingliang.platform.gateway.ingress import ROUTER_NAMESPACE
 from qingliang.platform.settings import Settings
 
 pytestmark = pytest.mark.integration

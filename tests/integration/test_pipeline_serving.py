@@ -15,6 +15,7 @@ import httpx
 from _platform import Platform
 from typer.testing import CliRunner
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.lifecycle.pipelines.executor import RayExecutor
 from qingliang.platform.lifecycle.pipelines.service import PipelineService
 from qingliang.platform.lifecycle.registry import Registry

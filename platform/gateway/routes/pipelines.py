@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from qingliang.platform.errors import ApiError, BadRequest, Conflict, ManifestError, QingliangError
-from qingliang.platform.gateway.bodies import (
+from qingliang.platform.gateway.http.bodies import (
     PipelineApproveBody,
     PipelineCancelBody,
     PipelineStartBody,
@@ -92,6 +92,7 @@ def _pipeline_of(body: dict[str, Any]) -> tuple[Any, Path]:
         )
     if not Path(base_dir).is_dir():
         raise BadRequest(f"base_dir {base_dir} is not a folder", param="base_dir")
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.manifests.loader import validate_document
 
     try:

@@ -209,6 +209,7 @@ class RunGraph:
         raise BadRequest(f"unknown step type {step.type!r}")
 
     def _finetune(self, step: FinetuneStep, run: Run, outputs: dict[str, Any]) -> Any:
+        import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
         from qingliang.platform.lifecycle.finetune.job import run_job
         from qingliang.platform.lifecycle.finetune.manifest import FineTuneJob
         from qingliang.platform.manifests.loader import load_paths
@@ -297,6 +298,7 @@ class RunGraph:
         return result, "" if not failures else "gated"
 
     def _job_manifest(self, run: Run) -> dict | None:
+        import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
         from qingliang.platform.lifecycle.finetune.manifest import FineTuneJob
         from qingliang.platform.manifests.loader import load_paths
 

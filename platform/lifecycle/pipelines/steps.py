@@ -39,6 +39,7 @@ def deployment_adapter_name(ref: str) -> str:
 
 def govern_step(emit: Emit, *, home: str, dataset_file: str, actor: str) -> dict[str, Any]:
     """Cut a version of the Dataset manifest in ``dataset_file`` and register it."""
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.lifecycle.data.manifest import Dataset
     from qingliang.platform.lifecycle.data.store import DatasetStore
     from qingliang.platform.lifecycle.registry import Registry, record_dataset_version

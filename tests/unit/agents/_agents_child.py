@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.agents.catalog import StaticCatalog
 from qingliang.agents.llm import ChatReply, ToolCall
 from qingliang.agents.service import AgentService, default_tools

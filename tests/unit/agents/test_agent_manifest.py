@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.resolve import resolve_graph
 from qingliang.platform.errors import ManifestError

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.cli.main import app
 from qingliang.platform.lifecycle.data.store import DatasetStore
 from qingliang.platform.lifecycle.registry import Registry, record_dataset_version

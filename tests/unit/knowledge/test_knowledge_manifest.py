@@ -15,6 +15,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.knowledge import manifest as kb_mod
 from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.platform.errors import ManifestError

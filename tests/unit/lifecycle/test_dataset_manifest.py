@@ -15,6 +15,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.errors import ManifestError
 from qingliang.platform.lifecycle.data import manifest as ds_mod
 from qingliang.platform.lifecycle.data.manifest import (

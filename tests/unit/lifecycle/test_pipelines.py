@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.errors import (
     ClusterError,
     Conflict,
@@ -801,7 +802,7 @@ def test_api_starts_watches_and_approves_a_run(tmp_path: Path, tiny: Path) -> No
     from fastapi.testclient import TestClient
 
     from qingliang.platform.gateway.app import create_app
-    from qingliang.platform.gateway.ingress import KeyAuth
+    from qingliang.platform.gateway.auth.keys import KeyAuth
     from qingliang.platform.storage.keys import KeyStore
 
     path = write_project(tmp_path / "proj", tiny)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
 from qingliang.platform.errors import NotFound
 from qingliang.platform.lifecycle.data.store import DatasetStore
 from qingliang.platform.lifecycle.registry import (

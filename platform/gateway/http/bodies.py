@@ -10,13 +10,15 @@ A :class:`pydantic.ValidationError` becomes one :class:`BadRequest` (:func:`bad_
 unknown field is named with a "did you mean" hint and the accepted names, and a missing
 one says what it is for.
 
-Our own bodies (:class:`Body`: knowledge, agents, feedback, pipelines) refuse unknown
+Our own bodies (:class:`Body`: pipelines; the knowledge and agents ones are
+:mod:`qingliang.knowledge.api`'s and :mod:`qingliang.agents.api`'s, alike) refuse unknown
 fields and take JSON types as they are (``"5"`` is not a number, ``1`` is not ``true``).
 The values a service checks itself (ranges, names, dates) are documented here with
 ``json_schema_extra`` and refused by that service, whose messages say more than a range.
 OpenAI's bodies and their policy on fields: :mod:`.openai_bodies`.
 
 Example:
+    >>> from qingliang.agents.api import FeedbackBody
     >>> validated(FeedbackBody, {"run_id": "run_1", "score": 1}).score
     1.0
     >>> try:
@@ -38,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import models_json_schema
 
+from qingliang.agents.api import BODIES as AGENTS_BODIES
+from qingliang.knowledge.api import BODIES as KNOWLEDGE_BODIES
 from qingliang.platform.errors import BadRequest
 
 logger = logging.getLogger(__name__)
@@ -79,140 +83,6 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-# ------------------------------------------------------------------------- knowledge
-
-
-class SearchBody(Body):
-    """``POST /v1/knowledge/{kb}/search``: cited chunks of one knowledge base."""
-
-    query: str = Field(
-        description="What to search for: 1-4000 characters, not only whitespace.",
-        json_schema_extra=_docs(minLength=1, maxLength=4000),
-    )
-    limit: int = Field(
-        5, description="How many citations.", json_schema_extra=_docs(minimum=1, maximum=100)
-    )
-    mode: str | None = Field(
-        None,
-        description="dense, or hybrid (dense + BM25); the default is hybrid where the KB has BM25.",
-        json_schema_extra=_docs(enum=["dense", "hybrid", None]),
-    )
-    mmr: float | None = Field(
-        None,
-        description="Diversity re-ranking: MMR's lambda from 0 (diverse) to 1 (relevant).",
-        json_schema_extra=_docs(minimum=0, maximum=1),
-    )
-    domain: str | list[str] | None = Field(None, description="A domain, or any of several.")
-    kinds: str | list[str] | None = Field(
-        None,
-        description="Chunk kinds to keep: text, table-row, table-summary, image-ocr; or "
-        "[image] alone to search the KB's images.",
-    )
-    since: str | None = Field(None, description="Only chunks synced on or after (ISO 8601).")
-    until: str | None = Field(None, description="Only chunks synced on or before (ISO 8601).")
-
-
-class SyncBody(Body):
-    """``POST /v1/knowledge/{kb}/sync``: ingest what changed in the KB's sources."""
-
-    rebuild: bool = Field(False, description="Re-embed every document, changed or not.")
-
-
-class SnapshotBody(Body):
-    """``POST /v1/knowledge/{kb}/snapshots``: save the current version."""
-
-    note: str = Field(
-        "", description="Why, for the snapshot list.", json_schema_extra=_docs(maxLength=500)
-    )
-
-
-class RollbackBody(Body):
-    """``POST /v1/knowledge/{kb}/rollback``: restore a saved version."""
-
-    version: int = Field(description="The snapshot's version.")
-
-
-class Provenance(BaseModel):
-    """Where a learned answer came from; other keys are kept with it."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    source: str = Field(description="feedback, review, api, …")
-    by: str | None = Field(None, description="Who; by default the key that adds it.")
-
-
-class AnswerBody(Body):
-    """``POST /v1/knowledge/{kb}/answers``: a question/answer pair, searchable at once."""
-
-    question: str = Field(description="The question as users ask it.")
-    answer: str = Field(description="The approved answer.")
-    provenance: Provenance
-
-
-class RetractBody(Body):
-    """``POST /v1/knowledge/{kb}/answers/{answer_id}/retract``: take an answer out."""
-
-    reason: str = Field(description="Why it is retracted.", json_schema_extra=_docs(minLength=1))
-
-
-class UploadForm(Body):
-    """``POST /v1/knowledge/{kb}/documents`` (multipart/form-data): one document."""
-
-    file: bytes = Field(
-        description="The document (PDF, DOCX, XLSX, Markdown, text, an image); its name is "
-        "cut to its last part."
-    )
-
-
-# ---------------------------------------------------------------------------- agents
-
-
-class Attachment(Body):
-    """A file sent with an agent run."""
-
-    name: str = Field(description="A plain file name (no folders).")
-    data: str = Field(description="The file's bytes, base64-encoded.")
-
-
-class AgentRunBody(Body):
-    """``POST /v1/agents/{name}/runs``: start a run of an applied graph."""
-
-    input: str = Field(description="the request text")
-    domain: str | None = Field(
-        None, description="The domain the router sees; by default the graph's label."
-    )
-    attachments: list[Attachment] | None = Field(
-        None, description="Files for the graph's tools (counted and sized by the gateway)."
-    )
-    stream: bool = Field(
-        True, description="Server-sent events (default), or the finished run as one object."
-    )
-
-
-class ResumeBody(Body):
-    """``POST /v1/agents/runs/{run_id}/resume``: answer a run waiting for approval."""
-
-    action: str = Field(
-        description="approve, edit or reject",
-        json_schema_extra=_docs(enum=["approve", "edit", "reject"]),
-    )
-    answer: str | None = Field(None, description="With edit: the answer to send instead.")
-    forms: dict[str, dict[str, Any]] | None = Field(
-        None, description="With edit: values of the graph's form tools, by tool name."
-    )
-    comment: str | None = Field(None, description="Kept with the decision.")
-    stream: bool = Field(True, description="Server-sent events, or the run as one object.")
-
-
-class FeedbackBody(Body):
-    """``POST /v1/feedback``: a reward for a finished run (the router learns from it)."""
-
-    run_id: str = Field(description="the run the feedback is about")
-    score: float = Field(
-        description="a number from -1 to 1", json_schema_extra=_docs(minimum=-1, maximum=1)
-    )
-    comment: str | None = Field(None, description="Kept with the score.")
-
-
 # ------------------------------------------------------------------------- pipelines
 
 
@@ -245,16 +115,8 @@ class PipelineCancelBody(Body):
 #: Our own bodies, for :func:`install_openapi`.
 BODIES: tuple[type[BaseModel], ...] = (
     ErrorResponse,
-    SearchBody,
-    SyncBody,
-    SnapshotBody,
-    RollbackBody,
-    AnswerBody,
-    RetractBody,
-    UploadForm,
-    AgentRunBody,
-    ResumeBody,
-    FeedbackBody,
+    *KNOWLEDGE_BODIES,
+    *AGENTS_BODIES,
     PipelineStartBody,
     PipelineApproveBody,
     PipelineCancelBody,
