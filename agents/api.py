@@ -23,24 +23,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from qingliang.agents.manifest import successors
 from qingliang.agents.runs import STATUSES
+from qingliang.platform.bodies import Body, docs_only
 from qingliang.platform.errors import BadRequest
 
 logger = logging.getLogger(__name__)
-
-
-class Body(BaseModel):
-    """Base of the agents' request bodies: unknown fields refused, JSON types taken as sent."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _docs(**schema: Any) -> dict[str, Any]:
-    """JSON-schema keywords shown in ``/openapi.json`` but checked by the service."""
-    return schema
 
 
 class Attachment(Body):
@@ -70,7 +60,7 @@ class ResumeBody(Body):
 
     action: str = Field(
         description="approve, edit or reject",
-        json_schema_extra=_docs(enum=["approve", "edit", "reject"]),
+        json_schema_extra=docs_only(enum=["approve", "edit", "reject"]),
     )
     answer: str | None = Field(None, description="With edit: the answer to send instead.")
     forms: dict[str, dict[str, Any]] | None = Field(
@@ -85,7 +75,7 @@ class FeedbackBody(Body):
 
     run_id: str = Field(description="the run the feedback is about")
     score: float = Field(
-        description="a number from -1 to 1", json_schema_extra=_docs(minimum=-1, maximum=1)
+        description="a number from -1 to 1", json_schema_extra=docs_only(minimum=-1, maximum=1)
     )
     comment: str | None = Field(None, description="Kept with the score.")
 

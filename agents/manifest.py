@@ -38,7 +38,13 @@ from pydantic import Field, field_validator, model_validator
 from qingliang.agents.tools.specs import END, Id, Tool, valid_id, valid_regex
 from qingliang.knowledge.manifest import ENV_NAME_RE, LABEL_RE
 from qingliang.platform.errors import did_you_mean
-from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict, valid_name
+from qingliang.platform.manifests.base import (
+    BaseMetadata,
+    Envelope,
+    MetadataLabels,
+    Strict,
+    valid_name,
+)
 from qingliang.serving.manifest import ADAPTER_RE
 
 
@@ -337,17 +343,10 @@ class AgentGraphSpec(Strict):
         return next(t for t in self.tools if t.name == name)
 
 
-class AgentGraph(Strict):
-    api_version: Literal["qingliang.io/v1"] = Field(
-        alias="apiVersion", description="Always `qingliang.io/v1`."
-    )
+class AgentGraph(Envelope):
     kind: Literal["AgentGraph"] = Field(description="Always `AgentGraph`.")
     metadata: Metadata = Field(description="Name, labels and description.")
     spec: AgentGraphSpec = Field(description="Agents, tools, nodes, router, limits.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
 
 def _unknown(what: str, value: str, known: list[str]) -> str:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qingliang.platform.bodies import Body, docs_only
 from qingliang.platform.errors import BadRequest
 
 logger = logging.getLogger(__name__)
@@ -41,36 +42,25 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------- request bodies
 
 
-class Body(BaseModel):
-    """Base of the knowledge request bodies: unknown fields refused, JSON types as sent."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _docs(**schema: Any) -> dict[str, Any]:
-    """JSON-schema keywords shown in ``/openapi.json`` but checked by the service."""
-    return schema
-
-
 class SearchBody(Body):
     """``POST /v1/knowledge/{kb}/search``: cited chunks of one knowledge base."""
 
     query: str = Field(
         description="What to search for: 1-4000 characters, not only whitespace.",
-        json_schema_extra=_docs(minLength=1, maxLength=4000),
+        json_schema_extra=docs_only(minLength=1, maxLength=4000),
     )
     limit: int = Field(
-        5, description="How many citations.", json_schema_extra=_docs(minimum=1, maximum=100)
+        5, description="How many citations.", json_schema_extra=docs_only(minimum=1, maximum=100)
     )
     mode: str | None = Field(
         None,
         description="dense, or hybrid (dense + BM25); the default is hybrid where the KB has BM25.",
-        json_schema_extra=_docs(enum=["dense", "hybrid", None]),
+        json_schema_extra=docs_only(enum=["dense", "hybrid", None]),
     )
     mmr: float | None = Field(
         None,
         description="Diversity re-ranking: MMR's lambda from 0 (diverse) to 1 (relevant).",
-        json_schema_extra=_docs(minimum=0, maximum=1),
+        json_schema_extra=docs_only(minimum=0, maximum=1),
     )
     domain: str | list[str] | None = Field(None, description="A domain, or any of several.")
     kinds: str | list[str] | None = Field(
@@ -92,7 +82,7 @@ class SnapshotBody(Body):
     """``POST /v1/knowledge/{kb}/snapshots``: save the current version."""
 
     note: str = Field(
-        "", description="Why, for the snapshot list.", json_schema_extra=_docs(maxLength=500)
+        "", description="Why, for the snapshot list.", json_schema_extra=docs_only(maxLength=500)
     )
 
 
@@ -121,7 +111,9 @@ class AnswerBody(Body):
 class RetractBody(Body):
     """``POST /v1/knowledge/{kb}/answers/{answer_id}/retract``: take an answer out."""
 
-    reason: str = Field(description="Why it is retracted.", json_schema_extra=_docs(minLength=1))
+    reason: str = Field(
+        description="Why it is retracted.", json_schema_extra=docs_only(minLength=1)
+    )
 
 
 class UploadForm(Body):

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from qingliang.knowledge.ingest.options import Chunking, Parsers, Source
-from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict
+from qingliang.platform.manifests.base import BaseMetadata, Envelope, MetadataLabels, Strict
 
 API_VERSION = "qingliang.io/v1"
 
@@ -211,17 +211,10 @@ class KnowledgeBaseSpec(Strict):
         return v
 
 
-class KnowledgeBase(Strict):
-    api_version: Literal["qingliang.io/v1"] = Field(
-        alias="apiVersion", description="Always `qingliang.io/v1`."
-    )
+class KnowledgeBase(Envelope):
     kind: Literal["KnowledgeBase"] = Field(description="Always `KnowledgeBase`.")
     metadata: Metadata = Field(description="Name, labels and description.")
     spec: KnowledgeBaseSpec = Field(description="Sources, parsing, chunking, embedding, store.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     @property
     def collection(self) -> str:

@@ -165,3 +165,32 @@ def did_you_mean(word: object, options: Iterable[str], *, cutoff: float = 0.6) -
     """
     near = closest(word, options, cutoff=cutoff)
     return f" (did you mean {near!r}?)" if near else ""
+
+
+#: The one HTTP status -> error class table (the engines' error answers, the CLI's clients).
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    429: Saturated,
+}
+
+
+def from_status(status: int, message: str, *, param: str | None = None) -> ApiError:
+    """The :class:`ApiError` for an HTTP status and message (the inverse of rendering one).
+
+    Example:
+        >>> type(from_status(404, "no such run")).__name__
+        'NotFound'
+        >>> err = from_status(418, "teapot")
+        >>> (err.status_code, err.error_type)
+        (418, 'invalid_request_error')
+    """
+    cls = _BY_STATUS.get(status, ApiError)
+    err = cls(message, param=param)
+    if cls is ApiError:
+        err.error_type = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    err.status_code = status
+    return err

@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from qingliang.platform.errors import ApiError, BadRequest, NotFound, Saturated
-
 #: What ``chat`` / ``completion`` return: a response body, or SSE strings when streaming.
 EngineOutput = dict | AsyncIterator[str]
 
@@ -74,13 +72,3 @@ class Engine(Protocol):
     async def shutdown(self) -> None:
         """Release the model and every resource the engine holds."""
         ...
-
-
-def api_error(status: int, message: str, *, param: str | None = None) -> ApiError:
-    """Map an HTTP status and message to the matching ApiError subclass."""
-    cls: type[ApiError] = {400: BadRequest, 404: NotFound, 429: Saturated}.get(status, ApiError)
-    err = cls(message, param=param)
-    if cls is ApiError:
-        err.status_code = status
-        err.error_type = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return err

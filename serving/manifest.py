@@ -24,10 +24,11 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from qingliang.platform.manifests.base import NAME_RE as NAME_RE
+
 # NAME_RE, Strict and valid_name live in metadata.py (so the other kinds' metadata can
 # share them without importing this module); they are re-exported here for old imports.
-from qingliang.platform.manifests.base import NAME_RE as NAME_RE
-from qingliang.platform.manifests.base import BaseMetadata, MetadataLabels, Strict
+from qingliang.platform.manifests.base import BaseMetadata, Envelope, MetadataLabels, Strict
 from qingliang.platform.manifests.base import valid_name as valid_name
 
 API_VERSION = "qingliang.io/v1"
@@ -400,12 +401,7 @@ class ModelDeploymentSpec(Strict):
         return self
 
 
-class ModelDeployment(Strict):
-    api_version: Literal["qingliang.io/v1"] = Field(alias="apiVersion")
+class ModelDeployment(Envelope):
     kind: Literal["ModelDeployment"]
     metadata: Metadata
     spec: ModelDeploymentSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

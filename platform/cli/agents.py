@@ -36,12 +36,8 @@ from rich.table import Table
 
 from qingliang.platform.errors import (
     ApiError,
-    BadRequest,
-    Conflict,
-    NotFound,
     QingliangError,
-    Saturated,
-    Unauthorized,
+    from_status,
 )
 from qingliang.platform.settings import Settings
 
@@ -61,22 +57,12 @@ NOT_RUNNING = "the platform is not running: start it with `qingliang up`"
 #: Statuses after which ``run``, ``approve`` and ``reject`` exit 1.
 FAILED = frozenset({"stopped", "failed"})
 
-_ERRORS: dict[int, type[ApiError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    404: NotFound,
-    409: Conflict,
-    429: Saturated,
-}
-
 
 def _api_error(status: int, body: object, text: str = "") -> ApiError:
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
     message = error.get("message") or text[:500] or f"HTTP {status}"
-    exc = _ERRORS.get(status, ApiError)(str(message), param=error.get("param"))
-    exc.status_code = status
-    return exc
+    return from_status(status, str(message), param=error.get("param"))
 
 
 class AgentsApi:

@@ -20,26 +20,13 @@ from typing import Any
 from urllib.parse import quote
 
 from qingliang.platform.errors import (
-    ApiError,
-    BadRequest,
-    Conflict,
-    NotFound,
-    Saturated,
-    Unauthorized,
+    from_status,
 )
 from qingliang.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-
-_ERRORS: dict[int, type[ApiError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    404: NotFound,
-    409: Conflict,
-    429: Saturated,
-}
 
 #: method -> (HTTP verb, path under /v1/knowledge/{kb})
 _ROUTES: dict[str, tuple[str, str]] = {
@@ -124,10 +111,7 @@ class RemoteKnowledge:
             return body
         err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
         message = err.get("message") or response.text[:500]
-        cls = _ERRORS.get(response.status_code, ApiError)
-        exc = cls(message, param=err.get("param"))
-        exc.status_code = response.status_code
-        raise exc
+        raise from_status(response.status_code, message, param=err.get("param"))
 
     def close(self) -> None:
         self._http.close()

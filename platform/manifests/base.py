@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -69,3 +69,23 @@ class BaseMetadata(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return valid_name(v)
+
+
+class Envelope(Strict):
+    """What every kind's top level shares: ``apiVersion``, and ``name`` from its metadata.
+
+    A kind declares ``kind``, ``metadata`` and ``spec`` with its own types, after
+    ``apiVersion`` (the field order of every manifest).
+    """
+
+    api_version: Literal["qingliang.io/v1"] = Field(
+        alias="apiVersion", description="Always `qingliang.io/v1`."
+    )
+
+    if TYPE_CHECKING:  # each kind declares its own metadata model; pydantic never sees this
+        metadata: BaseMetadata
+
+    @property
+    def name(self) -> str:
+        """The manifest's ``metadata.name``."""
+        return self.metadata.name

@@ -22,8 +22,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from qingliang.platform.errors import BadRequest, EngineError, NotFound
-from qingliang.serving.engine import EngineOutput, api_error
+from qingliang.platform.errors import BadRequest, EngineError, NotFound, from_status
+from qingliang.serving.engine import EngineOutput
 from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class VLLMEngine:
             # vLLM's own server maps these to 4xx in an exception handler; so do we.
             result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
-            raise api_error(result.error.code, result.error.message, param=result.error.param)
+            raise from_status(result.error.code, result.error.message, param=result.error.param)
         if hasattr(result, "model_dump"):
             return result.model_dump(exclude_none=True)
         return _checked_stream(result)
@@ -263,7 +263,7 @@ class VLLMEngine:
         )
         result = await self._models.load_lora_adapter(request)
         if isinstance(result, ErrorResponse):
-            raise api_error(result.error.code, f"adapter {name!r}: {result.error.message}")
+            raise from_status(result.error.code, f"adapter {name!r}: {result.error.message}")
         logger.info("deployment %s: adapter %s loaded", self.plan.name, name)
 
     async def unload_adapter(self, name: str) -> None:
@@ -332,7 +332,7 @@ async def _checked_stream(gen: AsyncIterator[str]) -> AsyncIterator[str]:
 
             try:
                 err = json.loads(chunk[6:])["error"]
-                raise api_error(int(err.get("code", 500)), str(err.get("message")))
+                raise from_status(int(err.get("code", 500)), str(err.get("message")))
             except (ValueError, KeyError):
                 raise EngineError(chunk.strip()) from None
         yield chunk

@@ -36,12 +36,13 @@ import types
 from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import models_json_schema
 
 from qingliang.agents.api import BODIES as AGENTS_BODIES
 from qingliang.knowledge.api import BODIES as KNOWLEDGE_BODIES
+from qingliang.platform.bodies import Body
 from qingliang.platform.errors import BadRequest
 
 logger = logging.getLogger(__name__)
@@ -54,17 +55,6 @@ MAX_LISTED = 16
 _ERROR_RANGES = ("4XX", "5XX")
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class Body(BaseModel):
-    """Base of our own request bodies: unknown fields refused, JSON types taken as sent."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def _docs(**schema: Any) -> dict[str, Any]:
-    """JSON-schema keywords shown in ``/openapi.json`` but checked by the service."""
-    return schema
 
 
 # ----------------------------------------------------------------------- error format

@@ -34,7 +34,7 @@ from qingliang.platform.errors import did_you_mean
 from qingliang.platform.lifecycle.data.dedup import DedupSettings
 from qingliang.platform.lifecycle.data.pii import BUILTIN_KINDS, PiiPattern
 from qingliang.platform.lifecycle.data.quality import QualitySettings
-from qingliang.platform.manifests.base import BaseMetadata, Strict
+from qingliang.platform.manifests.base import BaseMetadata, Envelope, Strict
 
 API_VERSION = "qingliang.io/v1"
 #: Environment variable names: what ``salt_env`` holds (never the salt itself).
@@ -401,17 +401,10 @@ class DatasetSpec(Strict):
         return next((s for s in self.governance if s.step == name), None)
 
 
-class Dataset(Strict):
-    api_version: Literal["qingliang.io/v1"] = Field(
-        alias="apiVersion", description="Always `qingliang.io/v1`."
-    )
+class Dataset(Envelope):
     kind: Literal["Dataset"] = Field(description="Always `Dataset`.")
     metadata: Metadata = Field(description="Name, labels and description.")
     spec: DatasetSpec = Field(description="Sources, format, governance, split, retention.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
 
 def _step_issues(model: type[BaseModel], exc: ValidationError) -> list[tuple[str, str]]:

@@ -36,7 +36,7 @@ from qingliang.platform.lifecycle.finetune.settings import (
     LoraSettings,
     TrainSettings,
 )
-from qingliang.platform.manifests.base import BaseMetadata, Strict, valid_name
+from qingliang.platform.manifests.base import BaseMetadata, Envelope, Strict, valid_name
 
 API_VERSION = "qingliang.io/v1"
 #: Registry names: letters, digits, '.', '_', '-' (no '@', ':' or '/').
@@ -197,10 +197,7 @@ class FineTuneJobSpec(Strict):
     resources: Resources = Field(default_factory=Resources, description="Ray resources.")
 
 
-class FineTuneJob(Strict):
-    api_version: Literal["qingliang.io/v1"] = Field(
-        alias="apiVersion", description="Always qingliang.io/v1."
-    )
+class FineTuneJob(Envelope):
     kind: Literal["FineTuneJob"] = Field(description="Always FineTuneJob.")
     metadata: Metadata = Field(description="Name and labels.")
     spec: FineTuneJobSpec = Field(description="What to train, on what, into what.")
@@ -212,10 +209,6 @@ class FineTuneJob(Strict):
         except InvalidFineTune as exc:
             raise ValueError("; ".join(i.render(None) for i in exc.issues)) from None
         return self
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     def settings(self) -> TrainSettings:
         """The training loop's settings (pure; raises InvalidFineTune)."""

@@ -44,7 +44,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from qingliang.agents.manifest import Checkpointer
-from qingliang.platform.manifests.base import BaseMetadata, Strict, valid_name
+from qingliang.platform.manifests.base import BaseMetadata, Envelope, Strict, valid_name
 
 STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 METRICS = ("exact_match", "rouge_l", "rules")
@@ -308,14 +308,7 @@ class PipelineSpec(Strict):
         return self
 
 
-class Pipeline(Strict):
-    api_version: Literal["qingliang.io/v1"] = Field(
-        alias="apiVersion", description="Always qingliang.io/v1."
-    )
+class Pipeline(Envelope):
     kind: Literal["Pipeline"] = Field(description="Always Pipeline.")
     metadata: Metadata = Field(description="Name, labels and description.")
     spec: PipelineSpec = Field(description="The steps and where run state is kept.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
