@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qingliang.platform.errors import ApiError, EngineError, Saturated
 
 if TYPE_CHECKING:
+    from qingliang.serving.engine import StreamChunk
     from qingliang.serving.traffic import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -289,27 +290,23 @@ class BackendChat:
 
     @staticmethod
     def _feed(
-        chunk: str,
+        chunk: StreamChunk,
         parts: list[str],
         on_delta: OnDelta | None,
         tokens: int,
         finish: str | None,
     ) -> tuple[int, str | None]:
-        for line in chunk.splitlines():
-            data = line.removeprefix("data: ").strip()
-            if not data or data == "[DONE]" or not line.startswith("data: "):
-                continue
-            event = json.loads(data)
-            if "error" in event:
-                raise ApiError(str(event["error"].get("message", event["error"])))
-            for choice in event.get("choices") or []:
-                delta = (choice.get("delta") or {}).get("content") or ""
-                if delta:
-                    parts.append(delta)
-                    assert on_delta is not None
-                    on_delta(delta)
-                finish = choice.get("finish_reason") or finish
-            tokens = int((event.get("usage") or {}).get("total_tokens") or tokens)
+        event = chunk.data
+        if "error" in event:
+            raise ApiError(str(event["error"].get("message", event["error"])))
+        for choice in event.get("choices") or []:
+            delta = (choice.get("delta") or {}).get("content") or ""
+            if delta:
+                parts.append(delta)
+                assert on_delta is not None
+                on_delta(delta)
+            finish = choice.get("finish_reason") or finish
+        tokens = int((event.get("usage") or {}).get("total_tokens") or tokens)
         return tokens, finish
 
 

@@ -4,7 +4,10 @@ An engine speaks OpenAI at the level of request bodies: it takes the JSON body o
 ``/v1/chat/completions`` or ``/v1/completions`` request (already routed: ``model`` is
 the deployment name, ``adapter`` names a LoRA adapter or is None) and returns either
 the response body as a dict, or, when ``body["stream"]`` is true, an async iterator of
-server-sent-event strings (``"data: {...}\\n\\n"`` ... ``"data: [DONE]\\n\\n"``).
+:class:`StreamChunk` objects: each one event of OpenAI's stream as a JSON-ready dict, read
+once (vLLM's SSE strings are parsed once, in its engine); the usage-only event carries
+its :class:`Usage` typed. There is no ``[DONE]`` chunk: the iterator ends. The SSE text
+a client reads is written once, in the gateway.
 
 Engines raise :class:`qingliang.platform.errors.ApiError` subclasses for requests they
 refuse (400 for a prompt over ``max_model_len``, 404 for an unknown adapter) and
@@ -21,10 +24,58 @@ Example:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
-#: What ``chat`` / ``completion`` return: a response body, or SSE strings when streaming.
-EngineOutput = dict | AsyncIterator[str]
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one answer used (OpenAI's ``usage`` object)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def of(cls, usage: object) -> Usage | None:
+        """``usage`` (a ``usage`` object of an answer) typed; None when it is not an object."""
+        if not isinstance(usage, dict):
+            return None
+        return cls(
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+            _count(usage.get("total_tokens")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One event of a streamed answer.
+
+    Attributes:
+        data: the event's JSON object (``{"id": ..., "choices": [...], ...}``), in the
+            key order the engine wrote it.
+        usage: set on the usage-only event (``choices`` empty, ``usage`` set) and only
+            there: what the answer used.
+    """
+
+    data: dict[str, Any]
+    usage: Usage | None = None
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> StreamChunk:
+        """``data`` as a chunk, its usage typed when it is the usage-only event."""
+        if "usage" in data and not data.get("choices"):
+            return cls(data, Usage.of(data["usage"]))
+        return cls(data)
+
+
+#: What ``chat`` / ``completion`` return: a response body, or chunks when streaming.
+EngineOutput = dict | AsyncIterator[StreamChunk]
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry
 
 
@@ -25,7 +26,9 @@ class Backend(Protocol):
 
     def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncIterator[StreamChunk]:
+        """The answer's events, typed; the gateway writes them as SSE."""
+        ...
 
     async def ready(self) -> dict[str, str]: ...
 

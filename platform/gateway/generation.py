@@ -4,8 +4,9 @@
 shares sends the request to one adapter or to the base model
 (:func:`~qingliang.serving.traffic.choose_adapter`). The body is checked
 (:mod:`.http.openai_bodies`), sent to the :class:`~.backend.Backend`, and the answer (a
-JSON body, or an SSE stream relayed chunk by chunk) says what made it (:mod:`.sse`). A key
-with a token limit is charged what it used; answered requests go to the conversation log.
+JSON body, or the backend's typed chunks written as SSE one by one, :mod:`.sse`) says what
+made it. A key with a token limit is charged what it used; answered requests go to the
+conversation log.
 
 Example:
     >>> add_generation_routes(app, backend, quotas, conversations, limits)  # doctest: +SKIP
@@ -40,16 +41,17 @@ from qingliang.platform.gateway.sse import (
     DONE,
     Transcript,
     asked_usage,
+    chunk_event,
     sse_event,
     total_tokens,
     trace_headers,
     trace_of,
     with_trace,
     with_usage,
-    without_usage,
 )
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.conversations import ConversationLog
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry, choose_adapter, parse_model
 
 logger = logging.getLogger(__name__)
@@ -190,22 +192,30 @@ class _Generation:
         )
 
     async def relay(
-        self, request: Request, call: _Call, first: str, chunks: AsyncIterator[str]
+        self,
+        request: Request,
+        call: _Call,
+        first: StreamChunk,
+        chunks: AsyncIterator[StreamChunk],
     ) -> AsyncIterator[str]:
-        """The stream as the client gets it: traced, usage kept or hidden, then recorded."""
+        """The stream as the client gets it: traced, usage kept or hidden, then recorded.
+
+        Each chunk is written once: the first with the trace added, the others in the
+        engine's compact JSON; the usage chunk is dropped for a client that did not ask.
+        """
         transcript = Transcript() if call.record or call.metered else None
         if transcript is not None:
-            transcript.feed(first)
-        yield with_trace(without_usage(first) if call.hide_usage else first, call.trace)
+            transcript.feed(first.data)
+        if not (call.hide_usage and first.usage is not None):
+            yield sse_event(with_trace(first.data, call.trace))
         try:
             async for chunk in chunks:
                 if transcript is not None:
-                    transcript.feed(chunk)
-                if call.hide_usage:
-                    chunk = without_usage(chunk)
-                    if not chunk:
-                        continue
-                yield chunk
+                    transcript.feed(chunk.data)
+                if call.hide_usage and chunk.usage is not None:
+                    continue
+                yield chunk_event(chunk.data)
+            yield DONE
         except ApiError as exc:
             yield sse_event(exc.to_openai(), ensure_ascii=True)
             yield DONE

@@ -1,21 +1,28 @@
-r"""The SSE chunks the gateway relays, and the answers it builds from them.
+r"""The server-sent events the gateway writes, and the answers it builds from a stream.
+
+Engines yield typed chunks (:class:`~qingliang.serving.engine.StreamChunk`); the SSE text
+is written here, once per event: :func:`chunk_event` for a relayed chunk, :func:`sse_event`
+for the gateway's own events (the traced first event, errors), then :data:`DONE`.
 
 A generation answer says what made it (:func:`trace_of`: the ``qingliang`` object in the
 body, in the first event of a stream, and :func:`trace_headers`). A stream is read once on
 its way to the client: :class:`Transcript` gathers what it said (for the conversation log
-and the key's token charge); :func:`without_usage` keeps the usage-only event from a client
-that did not ask for it (a key with a token limit always has its stream asked for usage,
-:func:`with_usage`).
+and the key's token charge). A key with a token limit always has its stream asked for
+usage (:func:`with_usage`); the usage chunk is kept from a client that did not ask for it.
 
 Example:
-    >>> with_trace('data: {"id": "c1"}\n\n', {"deployment": "qwen"})
+    >>> sse_event(with_trace({"id": "c1"}, {"deployment": "qwen"}))
     'data: {"id": "c1", "qingliang": {"deployment": "qwen"}}\n\n'
+    >>> chunk_event({"id": "c1", "choices": []})
+    'data: {"id":"c1","choices":[]}\n\n'
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from pydantic_core import to_json
 
 from qingliang.serving.traffic import ModelEntry
 
@@ -26,6 +33,15 @@ DONE = "data: [DONE]\n\n"
 def sse_event(data: object, *, ensure_ascii: bool = False) -> str:
     """``data`` as one server-sent event (``data: <json>`` and a blank line)."""
     return f"data: {json.dumps(data, ensure_ascii=ensure_ascii)}\n\n"
+
+
+def chunk_event(data: dict[str, Any]) -> str:
+    """An engine's chunk as one server-sent event, in the engine's own compact JSON.
+
+    pydantic's serializer is the one vLLM writes its events with (``model_dump_json``):
+    the client gets the bytes the engine meant (``1e-05`` is ``0.00001`` there).
+    """
+    return f"data: {to_json(data).decode()}\n\n"
 
 
 def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:
@@ -45,23 +61,13 @@ def trace_headers(trace: dict[str, str | None]) -> dict[str, str]:
     }
 
 
-def with_trace(chunk: str, trace: dict[str, str | None]) -> str:
-    """``chunk`` with ``trace`` added to its first event's JSON object, if it has one."""
-    head, sep, rest = chunk.partition("\n\n")
-    if not head.startswith("data: "):
-        return chunk
-    try:
-        event = json.loads(head.removeprefix("data: "))
-    except ValueError:  # "[DONE]" or not JSON: nothing to add to
-        return chunk
-    if not isinstance(event, dict):
-        return chunk
-    event["qingliang"] = trace
-    return f"data: {json.dumps(event, ensure_ascii=False)}{sep}{rest}"
+def with_trace(data: dict[str, Any], trace: dict[str, str | None]) -> dict[str, Any]:
+    """The first event's object with ``trace`` added (written with :func:`sse_event`)."""
+    return {**data, "qingliang": trace}
 
 
 class Transcript:
-    """What a streamed answer said, choice by choice, gathered from its SSE chunks.
+    """What a streamed answer said, choice by choice, gathered from its chunks.
 
     Chat chunks carry ``delta.content``, legacy completion chunks ``text``.
     """
@@ -72,34 +78,26 @@ class Transcript:
         self.finish_reasons: dict[int, str | None] = {}
         self.usage: dict | None = None
 
-    def feed(self, chunk: str) -> None:
-        for line in chunk.splitlines():
-            if not line.startswith("data: "):
+    def feed(self, event: dict[str, Any]) -> None:
+        """Take in one event of the stream (a chunk's ``data``)."""
+        if self.id is None and isinstance(event.get("id"), str):
+            self.id = event["id"]
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict):
                 continue
-            try:
-                event = json.loads(line.removeprefix("data: "))
-            except ValueError:  # "[DONE]"
+            index = choice.get("index", 0)
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
                 continue
-            if not isinstance(event, dict):
-                continue
-            if self.id is None and isinstance(event.get("id"), str):
-                self.id = event["id"]
-            if isinstance(event.get("usage"), dict):
-                self.usage = event["usage"]
-            for choice in event.get("choices") or ():
-                if not isinstance(choice, dict):
-                    continue
-                index = choice.get("index", 0)
-                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-                    continue
-                parts = self.parts.setdefault(index, [])
-                self.finish_reasons.setdefault(index, None)
-                delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
-                if choice.get("finish_reason"):
-                    self.finish_reasons[index] = str(choice["finish_reason"])
+            parts = self.parts.setdefault(index, [])
+            self.finish_reasons.setdefault(index, None)
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+            if choice.get("finish_reason"):
+                self.finish_reasons[index] = str(choice["finish_reason"])
 
     def answer(self, endpoint: str) -> dict:
         """The transcript in the shape of a non-streamed answer of ``endpoint``."""
@@ -128,22 +126,6 @@ def with_usage(body: dict) -> dict:
     options = body.get("stream_options")
     options = dict(options) if isinstance(options, dict) else {}
     return {**body, "stream_options": {**options, "include_usage": True}}
-
-
-def without_usage(chunk: str) -> str:
-    """``chunk`` without its usage-only events (``choices`` empty, ``usage`` set), which a
-    client that did not ask for usage must not get."""
-    kept = []
-    for event in chunk.split("\n\n"):
-        if event.startswith("data: {") and '"usage"' in event:
-            try:
-                data = json.loads(event.removeprefix("data: "))
-            except ValueError:
-                data = None
-            if isinstance(data, dict) and data.get("usage") and not data.get("choices"):
-                continue
-        kept.append(event)
-    return "\n\n".join(kept)
 
 
 def total_tokens(usage: object) -> int | None:

@@ -24,6 +24,7 @@ from qingliang.platform.errors import ApiError, Saturated, Unavailable
 from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.deployments.model import MODEL_DEPLOYMENT
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.metrics import ServingMetrics
 from qingliang.serving.traffic import ModelEntry, ServingView
 
@@ -137,7 +138,8 @@ class ServeBackend:
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
+        """The deployment's stream of typed chunks (no SSE text: the gateway writes it)."""
         started = False
         began = time.monotonic()
         for attempt in (0, 1):

@@ -14,16 +14,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError
-from qingliang.serving.engine import Engine
+from qingliang.serving.engine import Engine, StreamChunk, Usage
 from qingliang.serving.metrics import ServingMetrics
 from qingliang.serving.plan import DeploymentPlan
 
@@ -115,7 +113,7 @@ class ModelService:
         """Non-streaming chat or completion; returns the OpenAI response body."""
         started = self._enter()
         status = 500
-        usage: dict = {}
+        usage: Usage | None = None
         try:
             fn = self.engine.chat if endpoint == "chat" else self.engine.completion
             try:
@@ -126,7 +124,7 @@ class ModelService:
                 raise self._timed_out() from None
             if not isinstance(out, dict):  # pragma: no cover - engine contract
                 raise BadRequest("engine returned a stream for a non-streaming request")
-            usage = out.get("usage") or {}
+            usage = Usage.of(out.get("usage"))
             status = 200
             return out
         except ApiError as exc:
@@ -142,18 +140,22 @@ class ModelService:
                 status,
                 latency_s=elapsed,
                 ttft_s=elapsed if status == 200 else None,
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
             )
 
     async def generate_stream(
         self, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
-        """Streaming chat or completion: SSE strings, usage counted on the way."""
+    ) -> AsyncIterator[StreamChunk]:
+        """Streaming chat or completion: the engine's chunks, usage counted on the way.
+
+        The engine is always asked for usage; its usage chunk is counted here and passed
+        on only when the request asked for it.
+        """
         started = self._enter()
         status = 500
         ttft = None
-        usage: dict = {}
+        usage: Usage | None = None
         stream: Any = None
         try:
             options = body.get("stream_options") or {}
@@ -187,9 +189,8 @@ class ModelService:
                     raise self._timed_out()
                 if ttft is None:
                     ttft = time.perf_counter() - started
-                if '"usage"' in chunk and '"choices":[]' in chunk.replace(" ", ""):
-                    with contextlib.suppress(ValueError):
-                        usage = json.loads(chunk[6:]).get("usage") or {}
+                if chunk.usage is not None:
+                    usage = chunk.usage
                     if not wants_usage:
                         continue
                 yield chunk
@@ -219,8 +220,8 @@ class ModelService:
                     status,
                     latency_s=time.perf_counter() - started,
                     ttft_s=ttft,
-                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                    completion_tokens=int(usage.get("completion_tokens") or 0),
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
                 )
 
     def describe(self) -> dict[str, Any]:
@@ -251,7 +252,7 @@ class ModelServer:
 
     async def generate_stream(
         self, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
         async for chunk in self._service.generate_stream(endpoint, body, adapter):
             yield chunk
 

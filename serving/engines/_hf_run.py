@@ -1,12 +1,11 @@
 """One generation on the transformers engine's worker thread, and its OpenAI shapes.
 
 :class:`Run` is the thread-side state of a generation (also its ``StoppingCriteria``);
-:func:`usage_of` and :func:`sse_data` shape what the engine answers.
+:func:`usage_of` shapes what the engine answers.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -97,7 +96,3 @@ def usage_of(req: Request, run: Run) -> dict:
         "completion_tokens": run.n_tokens,
         "total_tokens": n_in + run.n_tokens,
     }
-
-
-def sse_data(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"

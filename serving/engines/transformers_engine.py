@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound
-from qingliang.serving.engine import EngineOutput
+from qingliang.serving.engine import EngineOutput, StreamChunk, Usage
 from qingliang.serving.engines._hf_load import (
     adapter_config,
     context_length,
@@ -50,7 +50,7 @@ from qingliang.serving.engines._hf_request import (
     is_int,
     message_of,
 )
-from qingliang.serving.engines._hf_run import Run, sse_data, usage_of
+from qingliang.serving.engines._hf_run import Run, usage_of
 from qingliang.serving.manifest import ADAPTER_RE
 from qingliang.serving.plan import DeploymentPlan
 
@@ -415,7 +415,7 @@ class TransformersEngine:
             req.max_tokens,
         )
         if req.stream:
-            return self._sse(req)
+            return self._stream(req)
         return await self._respond(req)
 
     def _check_adapter(self, adapter: str | None) -> None:
@@ -527,8 +527,8 @@ class TransformersEngine:
             "usage": usage_of(req, run),
         }
 
-    async def _sse(self, req: Request) -> AsyncIterator[str]:
-        """SSE strings shaped like vLLM's: role chunk, a chunk per text delta, finish, usage."""
+    async def _stream(self, req: Request) -> AsyncIterator[StreamChunk]:
+        """Chunks shaped like vLLM's events: role chunk, one per text delta, finish, usage."""
         chat = req.kind == "chat"
         head = {
             "id": req.id,
@@ -537,7 +537,9 @@ class TransformersEngine:
             "model": req.model,
         }
 
-        def chunk(delta: str | None, finish: str | None = None, stop: str | None = None) -> str:
+        def chunk(
+            delta: str | None, finish: str | None = None, stop: str | None = None
+        ) -> StreamChunk:
             choice: dict[str, Any] = {"index": 0}
             if chat:
                 choice["delta"] = {} if delta is None else {"content": delta}
@@ -546,7 +548,7 @@ class TransformersEngine:
             choice.update(logprobs=None, finish_reason=finish)
             if finish is not None:
                 choice["stop_reason"] = stop
-            return sse_data({**head, "choices": [choice]})
+            return StreamChunk({**head, "choices": [choice]})
 
         async with contextlib.aclosing(self._events(req)) as events:
             if chat:
@@ -556,7 +558,7 @@ class TransformersEngine:
                     "logprobs": None,
                     "finish_reason": None,
                 }
-                yield sse_data({**head, "choices": [first]})
+                yield StreamChunk({**head, "choices": [first]})
             async for event in events:
                 if event[0] == "delta":
                     yield chunk(event[1])
@@ -564,8 +566,8 @@ class TransformersEngine:
                 run: Run = event[1]
                 yield chunk(None, run.finish_reason, run.stop_reason)
                 if req.include_usage:
-                    yield sse_data({**head, "choices": [], "usage": usage_of(req, run)})
-        yield "data: [DONE]\n\n"
+                    usage = usage_of(req, run)
+                    yield StreamChunk({**head, "choices": [], "usage": usage}, Usage(**usage))
 
 
 # ---------------------------------------------------------------------- helpers

@@ -5,7 +5,9 @@ vLLM's own OpenAI serving classes (``OpenAIServingChat``, ``OpenAIServingComplet
 parameters, length checks and SSE formatting; this module builds them exactly as
 vLLM's API server does (its argument parser and ``init_app_state``) from a typed
 :class:`DeploymentPlan`, and translates their ``ErrorResponse`` objects into our
-exception tree. Why in-process rather than ``ray.serve.llm``: docs/serving.md.
+exception tree. Their SSE strings are read once here, into typed
+:class:`~qingliang.serving.engine.StreamChunk` objects. Why in-process rather than
+``ray.serve.llm``: docs/serving.md.
 
 Adapters are registered under ``"<deployment>:<adapter>"`` so the ``model`` field of
 every response is exactly what the client asked for.
@@ -17,13 +19,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound, from_status
-from qingliang.serving.engine import EngineOutput
+from qingliang.serving.engine import EngineOutput, StreamChunk
 from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
@@ -225,7 +229,7 @@ class VLLMEngine:
             raise from_status(result.error.code, result.error.message, param=result.error.param)
         if hasattr(result, "model_dump"):
             return result.model_dump(exclude_none=True)
-        return _checked_stream(result)
+        return _chunks(result)
 
     async def chat(self, body: dict, *, adapter: str | None) -> EngineOutput:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -305,7 +309,6 @@ class VLLMEngine:
 
 
 def _check_adapter_dir(path: str, max_rank: int) -> None:
-    import json
     from pathlib import Path
 
     cfg = Path(path) / "adapter_config.json"
@@ -319,23 +322,31 @@ def _check_adapter_dir(path: str, max_rank: int) -> None:
         raise BadRequest(f"adapter {path!r} has rank {rank}, above spec.lora.max_rank {max_rank}")
 
 
-async def _checked_stream(gen: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Pass vLLM's SSE strings through, turning an in-stream error event into a raise.
+async def _chunks(gen: AsyncGenerator[str, None]) -> AsyncIterator[StreamChunk]:
+    """vLLM's SSE strings as typed chunks, each parsed once; an error event raised.
 
-    vLLM reports failures inside a stream as a ``data: {"error": ...}`` event; we raise
-    instead (STYLE.md: never yield error objects inside streams), and the gateway ends
-    the stream with an OpenAI-format error event.
+    vLLM writes each event with ``model_dump_json`` and ends with ``data: [DONE]``,
+    which is dropped (the gateway writes it). vLLM reports failures inside a stream as
+    a ``data: {"error": ...}`` event; we raise instead (STYLE.md: never yield error
+    objects inside streams), and the gateway ends the stream with an OpenAI-format
+    error event. Closing this stream closes vLLM's, which aborts the request.
     """
-    async for chunk in gen:
-        if chunk.startswith('data: {"error"'):
-            import json
-
+    async with contextlib.aclosing(gen):
+        async for event in gen:
+            if not event.startswith("data: {"):
+                continue  # "data: [DONE]"
             try:
-                err = json.loads(chunk[6:])["error"]
-                raise from_status(int(err.get("code", 500)), str(err.get("message")))
-            except (ValueError, KeyError):
-                raise EngineError(chunk.strip()) from None
-        yield chunk
+                data = json.loads(event[6:])
+            except ValueError:
+                raise EngineError(f"unreadable stream event: {event.strip()[:200]}") from None
+            if next(iter(data), None) == "error":
+                err = data["error"]
+                try:
+                    code = int(err.get("code", 500))
+                except (ValueError, TypeError, AttributeError):
+                    raise EngineError(event.strip()) from None
+                raise from_status(code, str(err.get("message")))
+            yield StreamChunk.of(data)
 
 
 def _reject_unknown_fields(body: dict, request_cls: Any) -> None:

@@ -8,7 +8,6 @@ one model call was refused (429) and the refusal ended the run.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from qingliang.agents import llm as models
 from qingliang.agents.llm import BackendChat
 from qingliang.platform.errors import ApiError, Saturated
+from qingliang.serving.engine import StreamChunk
 
 
 class Backend:
@@ -34,16 +34,17 @@ class Backend:
         message = {"role": "assistant", "content": "ok"}
         return {"choices": [{"message": message, "finish_reason": "stop"}], "usage": {}}
 
-    async def stream(self, dep: str, endpoint: str, body: dict, adapter: Any) -> AsyncIterator[str]:
+    async def stream(
+        self, dep: str, endpoint: str, body: dict, adapter: Any
+    ) -> AsyncIterator[StreamChunk]:
         self.calls += 1
         if self.mid_stream:
-            yield "data: " + json.dumps({"choices": [{"delta": {"content": "he"}}]}) + "\n\n"
+            yield StreamChunk.of({"choices": [{"delta": {"content": "he"}}]})
             raise Saturated("deployment is saturated", retry_after=0.01)
         if self.calls <= self.refusals:
             raise Saturated("deployment is saturated", retry_after=0.01)
         for word in ("he", "llo"):
-            yield "data: " + json.dumps({"choices": [{"delta": {"content": word}}]}) + "\n\n"
-        yield "data: [DONE]\n\n"
+            yield StreamChunk.of({"choices": [{"delta": {"content": word}}]})
 
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -17,6 +17,7 @@ from qingliang.agents.llm import BackendChat, ChatReply, recover_tool_call
 from qingliang.agents.manifest import AgentGraph
 from qingliang.agents.service import AgentService
 from qingliang.agents.state import GraphDef
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry
 
 QWEN = ModelEntry("qwen", ("faq-v2",), traffic={"faq-v2": 0.5}, refs={"faq-v2": "faq@2"})
@@ -46,11 +47,10 @@ class NoModels:
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
         self.adapters.append(adapter)
         chunk = {"choices": [{"index": 0, "delta": {"content": adapter or "base"}}]}
-        yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+        yield StreamChunk.of(chunk)
 
 
 class Canary(NoModels):

@@ -34,6 +34,7 @@ from qingliang.platform.lifecycle.data.store import DatasetStore
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.conversations import Conversation, ConversationLog
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry
 
 DAY = 86_400.0
@@ -78,7 +79,7 @@ def variant(content: str, i: int) -> str:
     return content if i == 0 else f"{content}（{i}）"
 
 
-def sse(content: str, finish: str | None = None, index: int = 0) -> str:
+def sse(content: str, finish: str | None = None, index: int = 0) -> StreamChunk:
     chunk = {
         "id": "chatcmpl-7",
         "object": "chat.completion.chunk",
@@ -86,10 +87,10 @@ def sse(content: str, finish: str | None = None, index: int = 0) -> str:
         "model": "qwen",
         "choices": [{"index": index, "delta": {"content": content}, "finish_reason": finish}],
     }
-    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    return StreamChunk.of(chunk)
 
 
-def sse_text(content: str, finish: str | None = None, index: int = 0) -> str:
+def sse_text(content: str, finish: str | None = None, index: int = 0) -> StreamChunk:
     chunk = {
         "id": "cmpl-8",
         "object": "text_completion",
@@ -97,16 +98,16 @@ def sse_text(content: str, finish: str | None = None, index: int = 0) -> str:
         "model": "qwen",
         "choices": [{"index": index, "text": content, "finish_reason": finish}],
     }
-    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    return StreamChunk.of(chunk)
 
 
-def usage_chunk(prompt_tokens: int, completion_tokens: int) -> str:
+def usage_chunk(prompt_tokens: int, completion_tokens: int) -> StreamChunk:
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-    return f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n"
+    return StreamChunk.of({"id": "x", "choices": [], "usage": usage})
 
 
 class FakeBackend:
@@ -140,7 +141,7 @@ class FakeBackend:
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
         if self.error is not None:
             raise self.error
         n = int(body.get("n", 1))
@@ -158,7 +159,7 @@ class FakeBackend:
                 chunks += [event(part, finish, i) for i in range(n)]
             chunks += [event("" if i == 0 else f"（{i}）", "stop", i) for i in range(n)]
             chunks.append(usage_chunk(9, 4 * n))
-        for i, chunk in enumerate([*chunks, "data: [DONE]\n\n"]):
+        for i, chunk in enumerate(chunks):
             if i == 1 and self.mid_error is not None:
                 raise self.mid_error
             yield chunk
@@ -801,4 +802,4 @@ def test_the_controller_stores_the_gateway_flag(cli_home: Path) -> None:
     assert "conversation_log" not in deployer.configs[-1]["applications"][0]["args"]
     ctl.ensure_gateway(auth_enabled=True, conversation_log=True)
     assert deployer.configs[-1]["applications"][0]["args"]["conversation_log"] is True
-    assert ctl._gateway()["conversation_log"] is True
+    assert ctl._gateway().conversation_log is True

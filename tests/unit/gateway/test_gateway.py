@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from qingliang.platform.errors import ApiError, BadRequest, NotFound, Saturated
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry, parse_model
 
 EMBED_MODEL = "multilingual-e5-small"
@@ -44,19 +45,25 @@ def chat_body(content: str = "hello") -> dict:
     }
 
 
-def sse(content: str, finish: str | None = None) -> str:
-    chunk = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "qwen",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
-    }
-    return f"data: {json.dumps(chunk)}\n\n"
+def chunk(content: str, finish: str | None = None) -> StreamChunk:
+    return StreamChunk.of(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "qwen",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        }
+    )
+
+
+def wire(c: StreamChunk) -> str:
+    """The chunk as its engine wrote it before chunks were typed (compact JSON)."""
+    return f"data: {json.dumps(c.data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 DONE = "data: [DONE]\n\n"
-CHUNKS = [sse("Hel"), sse("lo"), sse("", "stop"), DONE]
+CHUNKS = [chunk("Hel"), chunk("lo"), chunk("", "stop")]
 
 
 class FakeBackend:
@@ -82,7 +89,7 @@ class FakeBackend:
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
         self.calls.append(("stream", deployment, endpoint, body, adapter))
         if self.error is not None:
             raise self.error
@@ -283,9 +290,9 @@ def test_stream_relays_chunks_in_order(client: TestClient, backend: FakeBackend)
         assert r.headers["cache-control"] == "no-cache"
         text = "".join(r.iter_text())
     # The first event says what made the answer; the rest are relayed as they came.
-    first = json.loads(CHUNKS[0].removeprefix("data: "))
+    first = {**CHUNKS[0].data}
     first["qingliang"] = {"deployment": "qwen", "adapter": None, "adapter_ref": None}
-    assert text == f"data: {json.dumps(first)}\n\n" + "".join(CHUNKS[1:])
+    assert text == f"data: {json.dumps(first)}\n\n" + "".join(map(wire, CHUNKS[1:])) + DONE
     assert backend.calls[0][:3] == ("stream", "qwen", "chat")
 
 
@@ -336,8 +343,8 @@ def test_error_mid_stream_becomes_error_event(client: TestClient, backend: FakeB
     events = [e for e in r.text.split("\n\n") if e]
     first = json.loads(events[0].removeprefix("data: "))
     assert first.pop("qingliang")["deployment"] == "qwen"
-    assert first == json.loads(CHUNKS[0].removeprefix("data: "))
-    assert events[1] == CHUNKS[1].strip()
+    assert first == CHUNKS[0].data
+    assert events[1] == wire(CHUNKS[1]).strip()
     assert json.loads(events[2].removeprefix("data: ")) == {
         "error": {
             "message": "adapter unloaded mid-stream",

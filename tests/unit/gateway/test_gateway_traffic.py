@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from qingliang.platform.errors import ApiError, Saturated
 from qingliang.platform.gateway.app import create_app
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry, choose_adapter
 
 SUPPORT = ModelEntry(
@@ -56,14 +57,13 @@ class RecordingBackend:
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
         self.sent.append(adapter)
         if self.error is not None:
             raise self.error
         for piece in ("Hel", "lo"):
             event = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": piece}}]}
-            yield f"data: {json.dumps(event)}\n\n"
-        yield "data: [DONE]\n\n"
+            yield StreamChunk.of(event)
 
     async def ready(self) -> dict[str, str]:
         return {e.name: "ready" for e in self.entries}

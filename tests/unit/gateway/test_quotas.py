@@ -24,13 +24,14 @@ from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.gateway.auth.quotas import Quotas
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.traffic import ModelEntry
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
-def _event(data: dict) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+def _event(data: dict) -> StreamChunk:
+    return StreamChunk.of(data)
 
 
 class Backend:
@@ -47,13 +48,12 @@ class Backend:
 
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: Any
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[StreamChunk]:
         self.bodies.append(body)
         for word in ("hi", " there", "!"):
             yield _event({"id": "c1", "choices": [{"index": 0, "delta": {"content": word}}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             yield _event({"id": "c1", "choices": [], "usage": USAGE})
-        yield "data: [DONE]\n\n"
 
     async def ready(self) -> dict[str, str]:
         return {"qwen": "ready"}

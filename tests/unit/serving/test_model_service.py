@@ -7,7 +7,6 @@ and is covered by the integration tests.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,21 +14,29 @@ import pytest
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError, NotFound, Saturated
 from qingliang.serving.deployments.model import MODEL_DEPLOYMENT, ModelService, deployment_options
-from qingliang.serving.engine import Engine
+from qingliang.serving.engine import Engine, StreamChunk, Usage
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan
 
-USAGE_CHUNK = (
-    'data: {"id":"x","object":"chat.completion.chunk","choices":[],'
-    '"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}\n\n'
+USAGE_CHUNK = StreamChunk.of(
+    {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
 )
 CONTENT = [
-    'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,'
-    f'"delta":{{"content":"{word}"}},"finish_reason":null}}]}}\n\n'
+    StreamChunk.of(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+        }
+    )
     for word in ("Hel", "lo")
 ]
-DONE = "data: [DONE]\n\n"
-CHUNKS = [*CONTENT, USAGE_CHUNK, DONE]
+CHUNKS = [*CONTENT, USAGE_CHUNK]
 BODY = {
     "id": "x",
     "object": "chat.completion",
@@ -69,7 +76,7 @@ class FakeEngine:
     async def completion(self, body: dict, *, adapter: str | None) -> Any:
         return await self._generate("completion", body, adapter)
 
-    async def _stream(self) -> AsyncIterator[str]:
+    async def _stream(self) -> AsyncIterator[StreamChunk]:
         try:
             for i, chunk in enumerate(self.chunks):
                 if i == 1 and self.mid_error is not None:
@@ -299,7 +306,7 @@ async def test_stream_strips_usage_unless_asked(
 ) -> None:
     body = {"messages": [], "stream_options": {"continuous_usage_stats": False}}
     chunks = await collect(service.generate_stream("chat", body, "sql"))
-    assert chunks == [*CONTENT, DONE]
+    assert chunks == CONTENT
     sent = engine.calls[0][1]
     assert sent["stream"] is True
     assert sent["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
@@ -316,7 +323,7 @@ async def test_stream_keeps_usage_when_asked(
     body = {"stream_options": {"include_usage": True}}
     chunks = await collect(service.generate_stream("completion", body, None))
     assert chunks == CHUNKS
-    assert json.loads(chunks[2][6:])["usage"]["total_tokens"] == 8
+    assert chunks[2].usage == Usage(3, 5, 8)
     rec = metrics.requests[0]
     assert (rec["endpoint"], rec["prompt_tokens"], rec["completion_tokens"]) == ("completion", 3, 5)
 
@@ -324,9 +331,29 @@ async def test_stream_keeps_usage_when_asked(
 async def test_stream_without_usage_chunk(
     service: ModelService, engine: FakeEngine, metrics: RecordingMetrics
 ) -> None:
-    engine.chunks = [*CONTENT, DONE]
-    assert await collect(service.generate_stream("chat", {}, None)) == [*CONTENT, DONE]
+    engine.chunks = list(CONTENT)
+    assert await collect(service.generate_stream("chat", {}, None)) == CONTENT
     assert metrics.requests[0]["prompt_tokens"] == 0
+
+
+def test_only_the_usage_only_event_carries_typed_usage() -> None:
+    assert USAGE_CHUNK.usage == Usage(3, 5, 8)
+    assert all(c.usage is None for c in CONTENT)
+    # continuous_usage_stats: usage on a chunk with choices is not the answer's usage
+    running = StreamChunk.of({**CONTENT[0].data, "usage": {"total_tokens": 4}})
+    assert running.usage is None
+    assert StreamChunk.of({"choices": [], "usage": None}).usage is None
+
+
+async def test_stream_usage_is_counted_once(
+    service: ModelService, engine: FakeEngine, metrics: RecordingMetrics
+) -> None:
+    running = [StreamChunk.of({**c.data, "usage": {"prompt_tokens": 3}}) for c in CONTENT]
+    engine.chunks = [*running, USAGE_CHUNK]
+    body = {"stream_options": {"include_usage": True}}
+    assert await collect(service.generate_stream("chat", body, None)) == engine.chunks
+    (rec,) = metrics.requests
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (3, 5)
 
 
 async def test_stream_options_must_be_an_object(
@@ -399,12 +426,12 @@ async def test_cancelled_stream(
 ) -> None:
     gate = asyncio.Event()
 
-    async def slow() -> AsyncIterator[str]:
+    async def slow() -> AsyncIterator[StreamChunk]:
         yield CONTENT[0]
         await gate.wait()
-        yield DONE
+        yield CONTENT[1]
 
-    async def chat(body: dict, *, adapter: str | None) -> AsyncIterator[str]:
+    async def chat(body: dict, *, adapter: str | None) -> AsyncIterator[StreamChunk]:
         return slow()
 
     engine.chat = chat  # type: ignore[method-assign]
@@ -481,7 +508,7 @@ class SlowEngine(FakeEngine):
             await asyncio.sleep(self.delay)
         return await super()._generate(endpoint, body, adapter)
 
-    async def _stream(self) -> AsyncIterator[str]:
+    async def _stream(self) -> AsyncIterator[StreamChunk]:
         try:
             await asyncio.sleep(self.delay)
             for chunk in self.chunks:
@@ -533,4 +560,4 @@ async def test_fast_requests_are_untouched_by_the_timeout(metrics: RecordingMetr
     service = _timed_service(SlowEngine(), metrics)
     assert (await service.generate("chat", {"messages": []}, None))["id"] == "x"
     chunks = [c async for c in service.generate_stream("chat", {"messages": []}, None)]
-    assert chunks[-1] == DONE
+    assert chunks == CONTENT

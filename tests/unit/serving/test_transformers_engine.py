@@ -18,7 +18,8 @@ import pytest_asyncio
 import torch
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound
-from qingliang.serving.engine import Engine
+from qingliang.platform.gateway.sse import DONE, chunk_event
+from qingliang.serving.engine import Engine, StreamChunk, Usage
 from qingliang.serving.engines.transformers_engine import TransformersEngine
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan
@@ -103,15 +104,13 @@ def content(out: dict) -> str:
     return out["choices"][0]["message"]["content"]
 
 
-async def collect(stream: Any) -> list[str]:
+async def collect(stream: Any) -> list[StreamChunk]:
     return [s async for s in stream]
 
 
-def payloads(events: list[str]) -> list[dict]:
-    assert events[-1] == "data: [DONE]\n\n"
-    for e in events:
-        assert e.startswith("data: ") and e.endswith("\n\n")
-    return [json.loads(e[len("data: ") :]) for e in events[:-1]]
+def payloads(events: list[StreamChunk]) -> list[dict]:
+    assert all(isinstance(e, StreamChunk) for e in events)
+    return [e.data for e in events]
 
 
 # ------------------------------------------------------------------ contract
@@ -216,6 +215,8 @@ async def test_chat_stream_chunks_usage_and_done(engine) -> None:
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert events[-1].usage == Usage(**whole["usage"])
+    assert all(e.usage is None for e in events[:-1])
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
     assert text == content(whole)
 
@@ -223,9 +224,10 @@ async def test_chat_stream_chunks_usage_and_done(engine) -> None:
 async def test_completion_stream_without_usage(engine) -> None:
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
     whole = await engine.completion(body, adapter=None)
-    chunks = payloads(await collect(await engine.completion({**body, "stream": True},
-                                                            adapter=None)))  # fmt: skip
+    events = await collect(await engine.completion({**body, "stream": True}, adapter=None))
+    chunks = payloads(events)
     assert all("usage" not in c for c in chunks)
+    assert all(e.usage is None for e in events)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
 
@@ -239,7 +241,7 @@ async def test_openai_client_parses_responses_and_streams(engine) -> None:
         out = await serve(body, adapter=None)
         if isinstance(out, dict):
             return httpx.Response(200, json=out)
-        text = "".join([s async for s in out])
+        text = "".join([chunk_event(s.data) async for s in out]) + DONE
         return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
