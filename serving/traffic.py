@@ -1,11 +1,12 @@
 """Model traffic: which deployment, adapter and canary arm a request goes to.
 
 The applied ``ModelDeployment`` manifests are read through one typed view,
-:class:`ServingView`: each deployment as a :class:`ModelEntry` (its adapters, canary
-shares, registry refs, labels, description, when it was applied), never by digging into
-the stored dicts. ``model`` in a request names a deployment or ``deployment:adapter``
-(:func:`parse_model`); a bare deployment with canary shares (``spec.lora.traffic``) sends
-each request to one adapter or to the base model (:func:`choose_adapter`).
+:class:`ServingView`: each deployment as a :class:`ModelEntry` (its adapters and their
+directories, whether LoRA is on, canary shares, registry refs, labels, description, when
+it was applied), never by digging into the stored dicts. ``model`` in a request names a
+deployment or ``deployment:adapter`` (:func:`parse_model`); a bare deployment with canary
+shares (``spec.lora.traffic``) sends each request to one adapter or to the base model
+(:func:`choose_adapter`).
 
 Example:
     >>> view = ServingView.of([])
@@ -42,6 +43,20 @@ class ModelEntry:
     traffic: dict[str, float] = field(default_factory=dict)
     #: Model-registry refs (``name@version``) of the adapters, where known.
     refs: dict[str, str] = field(default_factory=dict)
+    #: The adapters' local directories by name (``spec.lora.adapters``), in manifest order.
+    adapter_paths: Mapping[str, str] = field(default_factory=dict)
+    #: Whether the replicas run with LoRA (``LoraOptions.active``): ``spec.lora.enabled``,
+    #: or, where it is not set, whether any adapter is listed.
+    lora_enabled: bool = False
+    #: Where the base model comes from (``spec.model.source``).
+    source: str = ""
+    #: The engine kind (``spec.engine.kind``).
+    engine: str = ""
+
+    def adapter_refs(self) -> dict[str, str | None]:
+        """Every adapter named in ``adapters`` or ``refs``, in name order, to its
+        registry ref (None: loaded without one)."""
+        return {name: self.refs.get(name) for name in sorted({*self.adapters, *self.refs})}
 
 
 class AppliedRow(Protocol):
@@ -58,17 +73,35 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 def entry_of(row: AppliedRow) -> ModelEntry:
     """One applied ``ModelDeployment`` row as a :class:`ModelEntry`."""
-    spec = _mapping(row.body.get("spec"))
-    meta = _mapping(row.body.get("metadata"))
+    return entry_of_body(row.name, row.body, row.applied_at)
+
+
+def entry_of_body(name: str, body: Mapping[str, Any], applied_at: float = 0) -> ModelEntry:
+    """A ``ModelDeployment`` manifest in its stored (JSON) form as a :class:`ModelEntry`.
+
+    Example:
+        >>> body = {"spec": {"lora": {"adapters": {"faq": "/a/faq"}, "refs": {"faq": "faq@3"}}}}
+        >>> entry = entry_of_body("qwen", body)
+        >>> entry.adapters, dict(entry.adapter_paths), entry.lora_enabled
+        (('faq',), {'faq': '/a/faq'}, True)
+    """
+    spec = _mapping(body.get("spec"))
+    meta = _mapping(body.get("metadata"))
     lora = _mapping(spec.get("lora"))
+    paths = {str(k): str(v) for k, v in _mapping(lora.get("adapters")).items()}
+    enabled = lora.get("enabled")
     return ModelEntry(
-        name=row.name,
-        adapters=tuple(sorted(lora.get("adapters") or {})),
-        created=int(row.applied_at),
+        name=name,
+        adapters=tuple(sorted(paths)),
+        created=int(applied_at),
         labels=dict(meta.get("labels") or {}),
         description=str(meta.get("description") or ""),
         traffic={str(k): float(v) for k, v in (lora.get("traffic") or {}).items()},
         refs={str(k): str(v) for k, v in (lora.get("refs") or {}).items()},
+        adapter_paths=paths,
+        lora_enabled=bool(enabled) or (enabled is None and bool(paths)),
+        source=str(_mapping(spec.get("model")).get("source", "")),
+        engine=str(_mapping(spec.get("engine")).get("kind", "")),
     )
 
 
@@ -95,6 +128,11 @@ class ServingView:
     def get(self, name: str) -> ModelEntry | None:
         """The deployment called ``name``, or None."""
         return next((entry for entry in self.models if entry.name == name), None)
+
+    def adapter_refs(self) -> dict[str, dict[str, str | None]]:
+        """Each deployment's adapters to their registry refs (:meth:`ModelEntry.adapter_refs`),
+        in the store's order: what ``qingliang lineage`` resolves ``DEPLOYMENT:ADAPTER`` by."""
+        return {entry.name: entry.adapter_refs() for entry in self.models}
 
 
 def parse_model(value: object) -> tuple[str, str | None]:

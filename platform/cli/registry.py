@@ -33,6 +33,7 @@ from qingliang.platform.errors import BadRequest, QingliangError
 from qingliang.platform.lifecycle.registry.lineage import (
     DIRECTIONS,
     LABEL,
+    AppliedAdapters,
     dataset_version_ref,
     resolve,
     trace,
@@ -85,6 +86,14 @@ FullOpt = typer.Option(False, "--full", help="Print whole dataset version ids.")
 def _fail(exc: BaseException) -> None:
     err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _applied() -> AppliedAdapters:
+    """The applied deployments' adapters and registry refs, read through the serving view."""
+    from qingliang.platform.storage.state import StateStore
+    from qingliang.serving.traffic import ServingView
+
+    return ServingView.read(StateStore(Settings().state_db)).adapter_refs()
 
 
 @contextmanager
@@ -217,7 +226,7 @@ def lineage(
         _fail(BadRequest(f"--direction {direction!r}: use up, down or both"))
         return
     with _registry() as reg:
-        found = resolve(reg, ref, kind, state_db=Settings().state_db)
+        found = resolve(reg, ref, kind, applied=_applied)
         doc = trace(reg, found, ref, direction=walk, depth=depth)
     if as_json:
         _json(doc)
@@ -281,7 +290,7 @@ def show(
     Metrics are one per line; the evaluation's samples are only counted unless --samples.
     """
     with _registry() as reg:
-        found = resolve(reg, ref, "adapter", state_db=Settings().state_db)
+        found = resolve(reg, ref, "adapter", applied=_applied)
         a = reg.get_adapter(found.ref)
         history = reg.adapter_history(a.ref)
         job = reg.get_job(a.job) if a.job else None

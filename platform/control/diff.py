@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qingliang.platform.manifests.loader import Loaded
+from qingliang.serving.traffic import entry_of_body
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,9 @@ def deep_copy(body: dict) -> dict:
     return json.loads(json.dumps(body))
 
 
-# TODO(issue 14): read spec.lora through serving's typed ServingView once it exists,
-# instead of digging into the stored dict here.
 def lora_active(body: dict) -> bool:
     """``LoraOptions.active`` on a stored body: whether the replicas run with LoRA."""
-    lora = (body.get("spec") or {}).get("lora") or {}
-    enabled = lora.get("enabled")
-    return bool(enabled) or (enabled is None and bool(lora.get("adapters")))
+    return entry_of_body("", body).lora_enabled
 
 
 #: Fields whose change is a lightweight update: adapters reload through user_config;

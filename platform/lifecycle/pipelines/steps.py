@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qingliang.platform.errors import BadRequest, NotFound, ResolveError
+from qingliang.serving.traffic import MODEL_KIND, entry_of
 
 logger = logging.getLogger(__name__)
 
@@ -215,16 +216,20 @@ def controller(home: str) -> Any:
 
 
 def deployment_state(ctl: Any, name: str) -> dict[str, Any]:
-    from qingliang.platform.control.apply import MODEL_KIND
+    """The applied ``adapters`` (name → directory), canary ``traffic`` and registry ``refs``
+    of deployment ``name``, read through the serving view (:func:`entry_of`).
 
+    Raises:
+        NotFound: no ModelDeployment by that name is applied.
+    """
     row = ctl.store.get(MODEL_KIND, name)
     if row is None:
         raise NotFound(f"canary: no ModelDeployment named {name!r} is applied", param="deployment")
-    lora = (row.body.get("spec") or {}).get("lora") or {}
+    entry = entry_of(row)
     return {
-        "adapters": dict(lora.get("adapters") or {}),
-        "traffic": dict(lora.get("traffic") or {}),
-        "refs": dict(lora.get("refs") or {}),
+        "adapters": dict(entry.adapter_paths),
+        "traffic": dict(entry.traffic),
+        "refs": dict(entry.refs),
     }
 
 

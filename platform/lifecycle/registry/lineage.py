@@ -7,9 +7,12 @@ registry kind and ref. :func:`trace` walks the registry's lineage from there and
 JSON-ready document: each node with its relation, status and details (record counts, job
 method, traffic shares), which ``qingliang lineage`` prints as a tree or as JSON.
 
+The applied deployments' adapters come from the caller (``qingliang lineage`` reads them
+through serving's ``ServingView``): the registry does not read the applied manifests.
+
 Example:
     >>> with Registry(home=Path("/tmp/ql")) as reg:                       # doctest: +SKIP
-    ...     found = resolve(reg, "faq-bot@3", state_db=Path("/tmp/ql/state.sqlite"))
+    ...     found = resolve(reg, "faq-bot@3", applied=lambda: {"support": {"faq": "faq-bot@3"}})
     ...     doc = trace(reg, found, "faq-bot@3", direction="upstream")
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from qingliang.platform.errors import BadRequest, NotFound, closest
@@ -28,7 +31,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODEL_KIND = "ModelDeployment"
+#: The applied ModelDeployments, in the state store's order, each to its adapters (name
+#: order) and their model-registry refs (None: loaded without one).
+AppliedAdapters = Mapping[str, Mapping[str, str | None]]
+#: Reads :data:`AppliedAdapters` when a ref needs them (and only then).
+ReadApplied = Callable[[], AppliedAdapters]
+
 #: --kind values -> registry kinds.
 KINDS = {
     "adapter": "adapter",
@@ -74,9 +82,10 @@ class Resolved:
     via: str | None = None  # how a deployment:adapter pair was resolved
 
 
-def resolve(reg: Registry, ref: str, kind: str | None = None, *, state_db: Path) -> Resolved:
+def resolve(reg: Registry, ref: str, kind: str | None = None, *, applied: ReadApplied) -> Resolved:
     """Turn what the user typed into a registry kind and ref (see ``lineage --help``);
-    ``state_db`` holds the applied manifests a ``DEPLOYMENT:ADAPTER`` pair is read from.
+    ``applied`` reads the applied deployments' adapters a ``DEPLOYMENT:ADAPTER`` pair is
+    resolved through.
 
     Raises:
         NotFound: nothing by that ref (with a "did you mean" hint where one is close).
@@ -90,10 +99,10 @@ def resolve(reg: Registry, ref: str, kind: str | None = None, *, state_db: Path)
             raise BadRequest(f"--kind {kind!r}: use one of {', '.join(sorted(KINDS))}")
     name, at, after = ref.partition("@")
     if wanted in (None, "adapter") and ":" in ref and not at:
-        return _through_deployment(ref, state_db)
+        return _through_deployment(ref, applied())
     if wanted is None:
         if not at:
-            return _by_name(reg, ref, state_db)
+            return _by_name(reg, ref, applied)
         wanted = "adapter" if after.isdigit() else "dataset_version"
     if wanted == "adapter":
         return Resolved("adapter", reg.get_adapter(ref).ref)
@@ -137,27 +146,23 @@ def dataset_version_ref(reg: Registry, dataset: str, version: str = "") -> str:
     return found[0].ref
 
 
-def _through_deployment(ref: str, state_db: Path) -> Resolved:
-    """``deployment:adapter`` -> the registry ref in the stored ModelDeployment's
+def _through_deployment(ref: str, applied: AppliedAdapters) -> Resolved:
+    """``deployment:adapter`` -> the registry ref in the applied ModelDeployment's
     ``spec.lora.refs``."""
-    from qingliang.platform.storage.state import StateStore
-
     deployment, _, adapter = ref.partition(":")
     if not deployment or not adapter:
         raise BadRequest(f"{ref!r}: expected DEPLOYMENT:ADAPTER, e.g. support:faq")
-    store = StateStore(state_db)
-    row = store.get(MODEL_KIND, deployment)
-    if row is None:
-        applied = [r.name for r in store.list(MODEL_KIND)]
-        listed = f" (applied: {', '.join(applied)})" if applied else " (none is applied)"
+    loaded = applied.get(deployment)
+    if loaded is None:
+        names = list(applied)
+        listed = f" (applied: {', '.join(names)})" if names else " (none is applied)"
         raise NotFound(
             f"{ref!r}: no ModelDeployment named {deployment!r}"
-            f"{_did_you_mean(deployment, applied) or listed}",
+            f"{_did_you_mean(deployment, names) or listed}",
             param="deployment",
         )
-    lora = (row.body.get("spec") or {}).get("lora") or {}
-    refs: dict[str, str] = dict(lora.get("refs") or {})
-    adapters = sorted({*(lora.get("adapters") or {}), *refs})
+    refs = {a: r for a, r in loaded.items() if r is not None}
+    adapters = sorted(loaded)
     if adapter in refs:
         return Resolved("adapter", str(refs[adapter]), f"{ref} → {refs[adapter]} (spec.lora.refs)")
     has = ", ".join(f"{a} → {refs[a]}" if a in refs else f"{a} (no ref)" for a in adapters)
@@ -175,7 +180,7 @@ def _through_deployment(ref: str, state_db: Path) -> Resolved:
     )
 
 
-def _by_name(reg: Registry, name: str, state_db: Path) -> Resolved:
+def _by_name(reg: Registry, name: str, applied: ReadApplied) -> Resolved:
     """A bare name: whichever kind has it; ambiguous names need --kind."""
     names = {
         "adapter": sorted({a.name for a in reg.list_adapters()}),
@@ -199,11 +204,11 @@ def _by_name(reg: Registry, name: str, state_db: Path) -> Resolved:
         return Resolved(kind, name)
     everything = [n for known in names.values() for n in known]
     hint = _did_you_mean(name, everything)
-    applied = _applied_deployment(name, state_db)
-    if applied:
+    loads = _applied_deployment(name, applied())
+    if loads:
         hint += (
             f"; ModelDeployment {name!r} is applied but the registry has no record of what it "
-            f"serves: trace one of its adapters ({applied})"
+            f"serves: trace one of its adapters ({loads})"
         )
     raise NotFound(
         f"{name!r} is not in the registry (no adapter, job, base model, deployment, quantized "
@@ -216,16 +221,13 @@ def _flag(kind: str) -> str:
     return {"dataset_version": "dataset", "base_model": "model"}.get(kind, kind)
 
 
-def _applied_deployment(name: str, state_db: Path) -> str:
-    """``name:a, name:b`` for an applied ModelDeployment with adapters, else ``""``."""
-    from qingliang.platform.storage.state import StateStore
-
-    row = StateStore(state_db).get(MODEL_KIND, name)
-    if row is None:
+def _applied_deployment(name: str, applied: AppliedAdapters) -> str:
+    """``name:a, name:b`` for an applied ModelDeployment with adapters, ``"it loads
+    none"`` for one without, else ``""``."""
+    loaded = applied.get(name)
+    if loaded is None:
         return ""
-    lora = (row.body.get("spec") or {}).get("lora") or {}
-    adapters = sorted({*(lora.get("adapters") or {}), *(lora.get("refs") or {})})
-    return ", ".join(f"{name}:{a}" for a in adapters) or "it loads none"
+    return ", ".join(f"{name}:{a}" for a in sorted(loaded)) or "it loads none"
 
 
 # -- details ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,11 +10,18 @@ import pytest
 from qingliang.platform.errors import BadRequest, NotFound
 from qingliang.platform.lifecycle.registry import Registry
 from qingliang.platform.lifecycle.registry.lineage import (
+    AppliedAdapters,
     dataset_version_ref,
     resolve,
     trace,
 )
 from qingliang.platform.storage.state import StateStore
+from qingliang.serving.traffic import ServingView
+
+
+def _applied(db: Path) -> Callable[[], AppliedAdapters]:
+    """What ``qingliang lineage`` passes: the applied adapters read from ``db`` on demand."""
+    return lambda: ServingView.read(StateStore(db)).adapter_refs()
 
 
 @pytest.fixture
@@ -37,14 +44,14 @@ def reg(tmp_path: Path) -> Iterator[Registry]:
 
 def test_resolve_names_refs_and_kinds(reg: Registry, tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
-    assert resolve(reg, "faq-bot", state_db=db).ref == "faq-bot@1"
-    assert resolve(reg, "faq-bot@1", state_db=db).kind == "adapter"
-    assert resolve(reg, "ft-1", state_db=db).kind == "job"
-    assert resolve(reg, "qwen-tiny", kind="model", state_db=db).kind == "base_model"
+    assert resolve(reg, "faq-bot", applied=_applied(db)).ref == "faq-bot@1"
+    assert resolve(reg, "faq-bot@1", applied=_applied(db)).kind == "adapter"
+    assert resolve(reg, "ft-1", applied=_applied(db)).kind == "job"
+    assert resolve(reg, "qwen-tiny", kind="model", applied=_applied(db)).kind == "base_model"
     with pytest.raises(BadRequest, match="--kind 'nope'"):
-        resolve(reg, "ft-1", kind="nope", state_db=db)
+        resolve(reg, "ft-1", kind="nope", applied=_applied(db))
     with pytest.raises(NotFound, match="did you mean 'faq-bot'"):
-        resolve(reg, "faq-bt", state_db=db)
+        resolve(reg, "faq-bt", applied=_applied(db))
     assert dataset_version_ref(reg, "gov", "bbbb") == "gov@sha256:" + "b" * 64
     with pytest.raises(NotFound, match="no dataset 'gv' in the registry; did you mean 'gov'"):
         dataset_version_ref(reg, "gv")
@@ -56,15 +63,52 @@ def test_resolve_a_deployment_adapter_pair_through_the_applied_refs(
     db = tmp_path / "state.sqlite"
     body = {"metadata": {"name": "support"}, "spec": {"lora": {"refs": {"faq": "faq-bot@1"}}}}
     StateStore(db).put("ModelDeployment", "support", body)
-    found = resolve(reg, "support:faq", state_db=db)
+    found = resolve(reg, "support:faq", applied=_applied(db))
     assert (found.kind, found.ref) == ("adapter", "faq-bot@1")
     assert found.via == "support:faq → faq-bot@1 (spec.lora.refs)"
     with pytest.raises(NotFound, match="did you mean 'faq'"):
-        resolve(reg, "support:faqq", state_db=db)
+        resolve(reg, "support:faqq", applied=_applied(db))
+
+
+def test_the_applied_deployments_are_read_only_when_a_ref_needs_them(
+    reg: Registry, tmp_path: Path
+) -> None:
+    def unread() -> AppliedAdapters:
+        raise AssertionError("the applied deployments were read")
+
+    assert resolve(reg, "faq-bot@1", applied=unread).ref == "faq-bot@1"
+    assert resolve(reg, "ft-1", applied=unread).kind == "job"
+    db = tmp_path / "state.sqlite"
+    with pytest.raises(NotFound, match=r"no ModelDeployment named 'support' \(none is applied\)"):
+        resolve(reg, "support:faq", applied=_applied(db))
+
+
+def test_an_applied_deployment_the_registry_does_not_know_names_its_adapters(
+    reg: Registry, tmp_path: Path
+) -> None:
+    db = tmp_path / "state.sqlite"
+    lora = {"adapters": {"sql": "/a/sql"}, "refs": {"faq": "faq-bot@1"}}
+    StateStore(db).put("ModelDeployment", "billing", {"spec": {"lora": lora}})
+    StateStore(db).put("ModelDeployment", "bare", {"spec": {}})
+    with pytest.raises(NotFound) as caught:
+        resolve(reg, "billing", applied=_applied(db))
+    assert str(caught.value).endswith(
+        "; ModelDeployment 'billing' is applied but the registry has no record of what it "
+        "serves: trace one of its adapters (billing:faq, billing:sql)"
+    )
+    with pytest.raises(NotFound, match=r"trace one of its adapters \(it loads none\)"):
+        resolve(reg, "bare", applied=_applied(db))
+    with pytest.raises(NotFound, match="loads adapter 'sql' without a registry ref") as caught:
+        resolve(reg, "billing:sql", applied=_applied(db))
+    assert "(it has: faq → faq-bot@1, sql (no ref))" in str(caught.value)
+    with pytest.raises(NotFound, match=r"no ModelDeployment named 'biling'; did you mean"):
+        resolve(reg, "biling:sql", applied=_applied(db))
+    with pytest.raises(NotFound, match=r"named 'other' \(applied: bare, billing\)"):
+        resolve(reg, "other:sql", applied=_applied(db))
 
 
 def test_trace_walks_both_ways_with_details_and_traffic(reg: Registry, tmp_path: Path) -> None:
-    found = resolve(reg, "faq-bot@1", state_db=tmp_path / "state.sqlite")
+    found = resolve(reg, "faq-bot@1", applied=_applied(tmp_path / "state.sqlite"))
     doc = trace(reg, found, "faq-bot@1")
     assert (doc["query"], doc["kind"], doc["ref"], doc["direction"]) == (
         "faq-bot@1",
