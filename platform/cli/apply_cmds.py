@@ -177,6 +177,7 @@ def render(
     import yaml
 
     from qingliang.platform.control.serve_config import serve_config
+    from qingliang.platform.settings import GatewayConfig
 
     settings = load_settings()
     try:
@@ -186,7 +187,7 @@ def render(
             plans = ctl.resolve(plans, progress=True)
         else:
             plans = [p.with_model_path(p.source) for p in plans]
-        gateway = {"home": str(settings.home), "auth_enabled": not no_auth, "embeddings": True}
+        gateway = GatewayConfig(home=str(settings.home), auth_enabled=not no_auth, embeddings=True)
         config = serve_config(settings, gateway, plans)
     except QingliangError as exc:
         fail(exc)

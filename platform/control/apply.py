@@ -38,7 +38,6 @@ from qingliang.platform.control.diff import (
     adapters_only,
     changed_paths,
     deep_copy,
-    lora_active,
     normal,
 )
 from qingliang.platform.control.lock import deployments_lock
@@ -54,7 +53,7 @@ from qingliang.platform.errors import (
     ResolveError,
 )
 from qingliang.platform.manifests.loader import Loaded, load_paths, validate_document
-from qingliang.platform.settings import Settings
+from qingliang.platform.settings import GatewayConfig, Settings
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan
@@ -108,13 +107,14 @@ class Controller:
             if row.plan is not None
         }
 
-    def _gateway(self) -> dict:
+    def _gateway(self) -> GatewayConfig:
+        """The stored gateway config (the default one before ``ensure_gateway``)."""
         row = self.store.get(GATEWAY_KIND, GATEWAY_NAME)
         if row is not None:
-            return row.body
-        return {"home": str(self.settings.home), "auth_enabled": True, "embeddings": True}
+            return GatewayConfig.from_args(row.body)
+        return GatewayConfig(home=str(self.settings.home), auth_enabled=True, embeddings=True)
 
-    def _push(self, plans: dict[str, DeploymentPlan], gateway: dict | None = None) -> None:
+    def _push(self, plans: dict[str, DeploymentPlan], gateway: GatewayConfig | None = None) -> None:
         config = serve_config(self.settings, gateway or self._gateway(), plans.values())
         self._deployer.apply_config(config)
 
@@ -125,16 +125,16 @@ class Controller:
 
         ``conversation_log`` records answered chat requests (docs/data.md).
         """
-        gateway: dict[str, Any] = {
-            "home": str(self.settings.home),
-            "auth_enabled": auth_enabled,
-            "embeddings": embeddings,
-        }
-        if conversation_log:  # only when on: an unchanged config does not restart the gateway
-            gateway["conversation_log"] = True
+        # conversation_log only when on: an unchanged config does not restart the gateway.
+        gateway = GatewayConfig(
+            home=str(self.settings.home),
+            auth_enabled=auth_enabled,
+            embeddings=embeddings,
+            **({"conversation_log": True} if conversation_log else {}),
+        )
         with self._serving_lock():
             self._push(self._stored_plans(), gateway)
-            self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway)
+            self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway.to_args())
 
     def status(self, name: str) -> tuple[str, str]:
         return self._deployer.statuses().get(name, ("NOT_DEPLOYED", ""))
@@ -363,15 +363,14 @@ class Controller:
         rows = []
         statuses = self._deployer.statuses() if live else {}
         for row in self.store.list(MODEL_KIND):
-            spec = row.body.get("spec", {})
             entry = entry_of(row)
             status, message = statuses.get(row.name, ("NOT_DEPLOYED", "")) if live else ("", "")
             rows.append(
                 {
                     "kind": row.kind,
                     "name": row.name,
-                    "source": (spec.get("model") or {}).get("source", ""),
-                    "engine": (spec.get("engine") or {}).get("kind", ""),
+                    "source": entry.source,
+                    "engine": entry.engine,
                     "adapters": list(entry.adapters),
                     "traffic": dict(entry.traffic),
                     "generation": row.generation,
@@ -457,15 +456,16 @@ class Controller:
             raise NotFound(f"no ModelDeployment named {deployment!r}")
         if path is None and ref is not None:
             raise BadRequest("a ref names the weights being loaded: give a path with it")
+        entry = entry_of(row)
         body = deep_copy(row.body)
         lora = body["spec"].setdefault("lora", {})
-        adapters = dict(lora.get("adapters") or {})
-        refs = dict(lora.get("refs") or {})
+        adapters = dict(entry.adapter_paths)
+        refs = dict(entry.refs)
         if path is None:
             if adapter not in adapters:
                 raise NotFound(f"deployment {deployment!r} has no adapter {adapter!r}")
             adapters.pop(adapter)
-            lora["traffic"] = {k: v for k, v in (lora.get("traffic") or {}).items() if k != adapter}
+            lora["traffic"] = {k: v for k, v in entry.traffic.items() if k != adapter}
             refs.pop(adapter, None)
         else:
             before = adapters.get(adapter)
@@ -478,7 +478,7 @@ class Controller:
         lora["refs"] = refs
         # Keep LoRA on once it was: removing the last adapter must not turn it off (that
         # changes the replicas' arguments and restarts them).
-        if path is not None or lora_active(row.body):
+        if path is not None or entry.lora_enabled:
             lora["enabled"] = True
         item = validate_document(body, f"{deployment} (stored)")
         plan = self.resolve(self.compile([item]), progress=False)[0]

@@ -1,7 +1,9 @@
 """The whole Ray Serve config: the gateway application plus one application per deployment.
 
 Ray Serve applies it as a whole (or refuses it); ``apply``, ``delete`` and the adapter
-commands always push the complete config built here.
+commands always push the complete config built here. The gateway application's ``args``
+are a :class:`~qingliang.platform.settings.GatewayConfig`, dumped here and validated
+again by the gateway's ``app_builder``.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from qingliang.platform.settings import Settings
+from qingliang.platform.settings import GatewayConfig, Settings
 from qingliang.serving.plan import DeploymentPlan
 
 GATEWAY_KIND = "Gateway"
 GATEWAY_NAME = "gateway"
 
 
-def serve_config(settings: Settings, gateway: dict, plans: Iterable[DeploymentPlan]) -> dict:
+def serve_config(
+    settings: Settings, gateway: GatewayConfig, plans: Iterable[DeploymentPlan]
+) -> dict:
     """The whole Ray Serve config: the gateway application plus one per deployment."""
     from qingliang.serving.deployments.model import MODEL_DEPLOYMENT
 
@@ -26,7 +30,7 @@ def serve_config(settings: Settings, gateway: dict, plans: Iterable[DeploymentPl
             "name": "qingliang-gateway",
             "route_prefix": "/",
             "import_path": "qingliang.platform.gateway.ingress:app_builder",
-            "args": dict(gateway),
+            "args": gateway.to_args(),
         }
     ]
     for plan in sorted(plans, key=lambda p: p.name):

@@ -5,9 +5,13 @@ The model requests go through serving's
 translated there). ``Gateway`` is the thin Serve class; its app is built on the replica
 by ``__serve_build_asgi_app__``.
 
+The gateway application's settings arrive as the Serve application's ``args`` and are
+read as one typed :class:`~qingliang.platform.settings.GatewayConfig` (:func:`app_builder`):
+an unknown or mistyped field stops the deploy with an error naming it.
+
 Example:
-    >>> serve.run(build_gateway_app(settings, auth_mode="keys"),      # doctest: +SKIP
-    ...           name=GATEWAY_APP, route_prefix="/")
+    >>> config = GatewayConfig(home="/tmp/ql", auth_enabled=True)
+    >>> serve.run(build_gateway_app(config), name=GATEWAY_APP, route_prefix="/")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from qingliang.agents.deployment import AgentsServer, HandleAgents
 from qingliang.knowledge.deployment import HandleKnowledge, KnowledgeServer
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
-from qingliang.platform.settings import Settings
+from qingliang.platform.settings import GatewayConfig, Settings
 from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.conversations import ConversationLog
 from qingliang.platform.storage.state import StateStore
@@ -89,32 +93,23 @@ class Gateway:
             stats.close()
 
 
-def build_gateway_app(
-    home: Path,
-    *,
-    auth_enabled: bool,
-    replicas: int = 1,
-    embeddings: bool = True,
-    knowledge: bool = True,
-    agents: bool = True,
-    max_ongoing_requests: int = 1000,
-    conversation_log: bool = False,
-) -> Any:
+def build_gateway_app(config: GatewayConfig) -> Any:
     """The gateway Serve application (gateway + embedding + knowledge + agents).
 
-    ``conversation_log`` records answered chat requests in ``home/conversations.sqlite``
-    (see :mod:`qingliang.platform.storage.conversations`).
+    ``config.conversation_log`` records answered chat requests in
+    ``home/conversations.sqlite`` (see :mod:`qingliang.platform.storage.conversations`).
     """
     from ray import serve
 
+    home = Path(config.home)
     embedder = None
-    if embeddings:
+    if config.embeddings:
         embedder_cls: Any = serve.deployment(EmbedderServer)
         embedder = embedder_cls.options(
             name="Embedder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64
         ).bind()
     kb_server = None
-    if knowledge:
+    if config.knowledge:
         kb_cls: Any = serve.deployment(KnowledgeServer)
         # Exactly one replica: it is the single opener of every embedded shard.
         kb_server = kb_cls.options(
@@ -124,7 +119,7 @@ def build_gateway_app(
             max_ongoing_requests=32,
         ).bind(str(home))
     agents_server = None
-    if agents:
+    if config.agents:
         agents_cls: Any = serve.deployment(AgentsServer)
         # One replica: it owns the SQLite checkpoints and continues orphaned runs on start.
         agents_server = agents_cls.options(
@@ -136,29 +131,26 @@ def build_gateway_app(
     gateway_cls: Any = serve.deployment(serve.ingress()(Gateway))
     gateway = gateway_cls.options(
         name="Gateway",
-        num_replicas=replicas,
+        num_replicas=config.replicas,
         ray_actor_options={"num_cpus": 0.25},
-        max_ongoing_requests=max_ongoing_requests,
+        max_ongoing_requests=config.max_ongoing_requests,
     )
     return gateway.bind(
         str(home),
-        auth_enabled,
+        config.auth_enabled,
         embedder,
         "multilingual-e5-small",
         kb_server,
         agents_server,
-        conversation_log=conversation_log,
+        conversation_log=config.conversation_log,
     )
 
 
-def app_builder(args: dict) -> Any:
-    """Serve config entry point: ``qingliang.platform.gateway.ingress:app_builder``."""
-    return build_gateway_app(
-        Path(args["home"]),
-        auth_enabled=bool(args.get("auth_enabled", True)),
-        replicas=int(args.get("replicas", 1)),
-        embeddings=bool(args.get("embeddings", True)),
-        knowledge=bool(args.get("knowledge", True)),
-        agents=bool(args.get("agents", True)),
-        conversation_log=bool(args.get("conversation_log", False)),
-    )
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve config entry point: ``qingliang.platform.gateway.ingress:app_builder``.
+
+    Raises:
+        ManifestError: ``args`` is not a valid :class:`GatewayConfig` (the message names
+            each unknown, missing or mistyped field).
+    """
+    return build_gateway_app(GatewayConfig.from_args(args))
