@@ -139,7 +139,11 @@ class ServeBackend:
     async def stream(
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
     ) -> AsyncIterator[StreamChunk]:
-        """The deployment's stream of typed chunks (no SSE text: the gateway writes it)."""
+        """The deployment's stream of typed chunks (no SSE text: the gateway writes it).
+
+        The replica sends each chunk's dict (``ModelServer.generate_stream``: Ray packs
+        plain dicts cheaply); it is typed again here, without parsing.
+        """
         started = False
         began = time.monotonic()
         for attempt in (0, 1):
@@ -149,9 +153,9 @@ class ServeBackend:
                 .generate_stream.remote(endpoint, body, adapter)
             )
             try:
-                async for chunk in gen:
+                async for data in gen:
                     started = True
-                    yield chunk
+                    yield StreamChunk.of(data)
             except Exception as exc:
                 if attempt == 0 and not started and replica_died(exc):
                     logger.warning("replica of %s died before streaming; retrying once", deployment)

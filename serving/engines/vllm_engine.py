@@ -26,6 +26,8 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from pydantic_core import from_json
+
 from qingliang.platform.errors import BadRequest, EngineError, NotFound, from_status
 from qingliang.serving.engine import EngineOutput, StreamChunk
 from qingliang.serving.plan import DeploymentPlan
@@ -336,7 +338,7 @@ async def _chunks(gen: AsyncGenerator[str, None]) -> AsyncIterator[StreamChunk]:
             if not event.startswith("data: {"):
                 continue  # "data: [DONE]"
             try:
-                data = json.loads(event[6:])
+                data = from_json(event[6:])  # json.loads' result, in a third of its time
             except ValueError:
                 raise EngineError(f"unreadable stream event: {event.strip()[:200]}") from None
             if next(iter(data), None) == "error":

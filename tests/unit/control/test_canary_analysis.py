@@ -18,6 +18,7 @@ from qingliang.platform.lifecycle.pipelines import steps
 from qingliang.platform.storage.arm_stats import ArmStats, ArmSummary, summary
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.deployments.handles import ServeBackend
+from qingliang.serving.engine import StreamChunk
 from qingliang.serving.metrics import ServingMetrics
 
 # -- the counts -----------------------------------------------------------------------
@@ -92,12 +93,12 @@ class FakeHandle:
             raise self.error
         return {"choices": [{"message": {"content": "ok"}}]}
 
-    async def _stream(self, endpoint: str, body: dict, adapter: str | None) -> AsyncIterator[str]:
+    async def _stream(self, endpoint: str, body: dict, adapter: str | None) -> AsyncIterator[dict]:
         for i in range(3):
             if self.fail_after is not None and i == self.fail_after:
                 assert self.error is not None
                 raise self.error
-            yield f"data: {i}\n\n"
+            yield {"i": i}  # a chunk's dict, as ModelServer sends it
 
 
 def _backend(tmp_path: Path, handle: FakeHandle) -> tuple[ServeBackend, ArmStats]:
@@ -142,9 +143,9 @@ def test_backend_counts_finished_and_broken_streams_not_abandoned_ones(tmp_path:
     async def main() -> dict[str, tuple[int, int]]:
         backend, stats = _backend(tmp_path, FakeHandle())
         assert [c async for c in backend.stream("qwen", "chat", {}, "faq-v2")] == [
-            "data: 0\n\n",
-            "data: 1\n\n",
-            "data: 2\n\n",
+            StreamChunk({"i": 0}),
+            StreamChunk({"i": 1}),
+            StreamChunk({"i": 2}),
         ]
         backend._handles["qwen"] = FakeHandle(error=ApiError("engine died"), fail_after=1)
         with pytest.raises(ApiError, match="engine died"):
@@ -152,7 +153,7 @@ def test_backend_counts_finished_and_broken_streams_not_abandoned_ones(tmp_path:
                 pass
         backend._handles["qwen"] = FakeHandle()
         gone = backend.stream("qwen", "chat", {}, "faq-v2")
-        assert await gone.__anext__() == "data: 0\n\n"
+        assert await gone.__anext__() == StreamChunk({"i": 0})
         await gone.aclose()  # the client walked away
         return _arms(tmp_path, stats)
 

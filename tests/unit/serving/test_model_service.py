@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError, NotFound, Saturated
-from qingliang.serving.deployments.model import MODEL_DEPLOYMENT, ModelService, deployment_options
+from qingliang.serving.deployments.model import (
+    MODEL_DEPLOYMENT,
+    ModelServer,
+    ModelService,
+    deployment_options,
+)
 from qingliang.serving.engine import Engine, StreamChunk, Usage
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan
@@ -561,3 +567,12 @@ async def test_fast_requests_are_untouched_by_the_timeout(metrics: RecordingMetr
     assert (await service.generate("chat", {"messages": []}, None))["id"] == "x"
     chunks = [c async for c in service.generate_stream("chat", {"messages": []}, None)]
     assert chunks == CONTENT
+
+
+async def test_the_replica_sends_the_chunks_dicts(service: ModelService) -> None:
+    """Plain dicts cross Ray (msgpack, not cloudpickle); the caller types them again."""
+    server: Any = SimpleNamespace(_service=service)  # a ModelServer has an async __del__
+    body = {"stream_options": {"include_usage": True}}
+    sent = [d async for d in ModelServer.generate_stream(server, "chat", body, None)]
+    assert sent == [c.data for c in CHUNKS]
+    assert [StreamChunk.of(d) for d in sent] == CHUNKS  # what ServeBackend.stream yields

@@ -20,7 +20,14 @@ CONTENT = {
     "object": "chat.completion.chunk",
     "created": 1,
     "model": "qwen",
-    "choices": [{"index": 0, "delta": {"content": '好\n"x"'}, "finish_reason": None}],
+    "choices": [
+        {
+            "index": 0,
+            "delta": {"content": '好\n"x" \x01 \u2028 😀'},
+            "logprobs": {"content": [{"token": "好", "logprob": -1.2e-05, "bytes": [229]}]},
+            "finish_reason": None,
+        }
+    ],
 }
 USAGE = {
     "id": "chatcmpl-1",
