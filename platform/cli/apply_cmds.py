@@ -177,7 +177,7 @@ def render(
     import yaml
 
     from qingliang.platform.control.serve_config import serve_config
-    from qingliang.platform.settings import GatewayConfig
+    from qingliang.platform.gateway_config import GatewayConfig
 
     settings = load_settings()
     try:

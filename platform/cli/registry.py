@@ -30,18 +30,11 @@ from rich.console import Console
 
 from qingliang.platform.cli._metrics_text import SAMPLE_CHARS, key_lines, metric_items, sample_lines
 from qingliang.platform.errors import BadRequest, QingliangError
-from qingliang.platform.lifecycle.registry.lineage import (
-    DIRECTIONS,
-    LABEL,
-    AppliedAdapters,
-    dataset_version_ref,
-    resolve,
-    trace,
-)
 from qingliang.platform.settings import Settings
 
 if TYPE_CHECKING:
     from qingliang.platform.lifecycle.registry import Registry
+    from qingliang.platform.lifecycle.registry.lineage import AppliedAdapters
 
 registry_app = typer.Typer(
     help="The model registry: adapters, jobs, dataset versions; `qingliang lineage` traces.",
@@ -86,6 +79,14 @@ FullOpt = typer.Option(False, "--full", help="Print whole dataset version ids.")
 def _fail(exc: BaseException) -> None:
     err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _lineage() -> Any:
+    """The registry's lineage module, imported on use: the registry pulls in SQLAlchemy,
+    which ``qingliang --help`` should not pay for."""
+    from qingliang.platform.lifecycle.registry import lineage
+
+    return lineage
 
 
 def _applied() -> AppliedAdapters:
@@ -186,7 +187,7 @@ def _tree_lines(nodes: list[dict[str, Any]], upward: bool, prefix: str, full: bo
         phrase = (UP if upward else DOWN).get(n["relation"], n["relation"])
         text = _detail_text(n["kind"], n["details"], full)
         lines.append(
-            f"{prefix}{'└── ' if last else '├── '}{phrase} {LABEL[n['kind']]} "
+            f"{prefix}{'└── ' if last else '├── '}{phrase} {_lineage().LABEL[n['kind']]} "
             f"{_short(n['ref'], full)}" + (f"  ({text})" if text else "")
         )
         lines += _tree_lines(n["children"], upward, prefix + ("    " if last else "│   "), full)
@@ -221,20 +222,21 @@ def lineage(
     Give the adapter ref an answer carries (its X-Qingliang-Adapter-Ref header, or the
     body's qingliang.adapter_ref), or DEPLOYMENT:ADAPTER as a request named it.
     """
-    walk = DIRECTIONS.get(direction)
+    walk = _lineage().DIRECTIONS.get(direction)
     if walk is None:
         _fail(BadRequest(f"--direction {direction!r}: use up, down or both"))
         return
     with _registry() as reg:
-        found = resolve(reg, ref, kind, applied=_applied)
-        doc = trace(reg, found, ref, direction=walk, depth=depth)
+        found = _lineage().resolve(reg, ref, kind, applied=_applied)
+        doc = _lineage().trace(reg, found, ref, direction=walk, depth=depth)
     if as_json:
         _json(doc)
         return
     if found.via:
         _out(found.via)
     text = _detail_text(doc["kind"], doc["details"], full)
-    _out(f"{LABEL[doc['kind']]} {_short(doc['ref'], full)}" + (f"  ({text})" if text else ""))
+    label = _lineage().LABEL[doc["kind"]]
+    _out(f"{label} {_short(doc['ref'], full)}" + (f"  ({text})" if text else ""))
     for key, title, upward in (
         ("upstream", "made from", True),
         ("downstream", "used by", False),
@@ -290,7 +292,7 @@ def show(
     Metrics are one per line; the evaluation's samples are only counted unless --samples.
     """
     with _registry() as reg:
-        found = resolve(reg, ref, "adapter", applied=_applied)
+        found = _lineage().resolve(reg, ref, "adapter", applied=_applied)
         a = reg.get_adapter(found.ref)
         history = reg.adapter_history(a.ref)
         job = reg.get_job(a.job) if a.job else None
@@ -387,7 +389,7 @@ def datasets(
     with _registry() as reg:
         rows = reg.list_dataset_versions(name, status=status)
         if name and not rows:
-            dataset_version_ref(reg, name)  # NotFound with a did-you-mean
+            _lineage().dataset_version_ref(reg, name)  # NotFound with a did-you-mean
     if as_json:
         _json(rows)
         return

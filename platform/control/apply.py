@@ -52,8 +52,9 @@ from qingliang.platform.errors import (
     QingliangError,
     ResolveError,
 )
+from qingliang.platform.gateway_config import GatewayConfig
 from qingliang.platform.manifests.loader import Loaded, load_paths, validate_document
-from qingliang.platform.settings import GatewayConfig, Settings
+from qingliang.platform.settings import Settings
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.manifest import ModelDeployment
 from qingliang.serving.plan import DeploymentPlan, HardwareProfile, compile_plan

@@ -2,7 +2,7 @@
 
 Ray Serve applies it as a whole (or refuses it); ``apply``, ``delete`` and the adapter
 commands always push the complete config built here. The gateway application's ``args``
-are a :class:`~qingliang.platform.settings.GatewayConfig`, dumped here and validated
+are a :class:`~qingliang.platform.gateway_config.GatewayConfig`, dumped here and validated
 again by the gateway's ``app_builder``.
 """
 
@@ -12,7 +12,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from qingliang.platform.settings import GatewayConfig, Settings
+from qingliang.platform.gateway_config import GatewayConfig
+from qingliang.platform.settings import Settings
 from qingliang.serving.plan import DeploymentPlan
 
 GATEWAY_KIND = "Gateway"

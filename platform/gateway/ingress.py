@@ -6,7 +6,7 @@ translated there). ``Gateway`` is the thin Serve class; its app is built on the 
 by ``__serve_build_asgi_app__``.
 
 The gateway application's settings arrive as the Serve application's ``args`` and are
-read as one typed :class:`~qingliang.platform.settings.GatewayConfig` (:func:`app_builder`):
+read as one typed :class:`~qingliang.platform.gateway_config.GatewayConfig` (:func:`app_builder`):
 an unknown or mistyped field stops the deploy with an error naming it.
 
 Example:
@@ -24,7 +24,8 @@ from qingliang.agents.deployment import AgentsServer, HandleAgents
 from qingliang.knowledge.deployment import HandleKnowledge, KnowledgeServer
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
-from qingliang.platform.settings import GatewayConfig, Settings
+from qingliang.platform.gateway_config import GatewayConfig
+from qingliang.platform.settings import Settings
 from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.conversations import ConversationLog
 from qingliang.platform.storage.state import StateStore

@@ -12,7 +12,8 @@ import pytest
 
 from qingliang.platform.control.serve_config import serve_config
 from qingliang.platform.errors import ManifestError
-from qingliang.platform.settings import GatewayConfig, Settings
+from qingliang.platform.gateway_config import GatewayConfig
+from qingliang.platform.settings import Settings
 
 
 def _gateway_args(config: dict) -> dict:
