@@ -24,6 +24,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from qingliang.platform.errors import did_you_mean
 from qingliang.platform.manifests.base import NAME_RE as NAME_RE
 
 # NAME_RE, Strict and valid_name live in metadata.py (so the other kinds' metadata can
@@ -174,10 +175,7 @@ class Quantization(Strict):
     def _known(cls, v: str) -> str:
         known = ["none", *quantization_catalog()]
         if v not in known:
-            import difflib
-
-            hint = difflib.get_close_matches(v, known, n=1)
-            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            more = did_you_mean(v, known)
             raise ValueError(f"unknown method {v!r}{more}; known: {', '.join(known)}")
         return v
 
@@ -283,11 +281,8 @@ def _listed(v: dict, info: ValidationInfo, field: str) -> None:
         return
     unknown = sorted(set(v) - set(adapters))
     if unknown:
-        import difflib
-
         name = unknown[0]
-        hint = difflib.get_close_matches(name, list(adapters), n=1)
-        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        more = did_you_mean(name, list(adapters))
         listed = ", ".join(sorted(adapters)) or "none"
         raise ValueError(
             f"adapter {name!r} is not in `adapters`{more}; {field} may name only listed "

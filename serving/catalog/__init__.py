@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from functools import cache
 from importlib import resources, util
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from qingliang.platform.errors import ModelSourceError
+from qingliang.platform.errors import ModelSourceError, closest
 
 
 class _Strict(BaseModel):
@@ -93,8 +92,8 @@ class Catalog(_Strict):
         advice = self.not_packaged.get(name) or self.not_packaged.get(name.lower())
         if advice:
             raise ModelSourceError(f"packaged:{name} is not a packaged model: {advice}")
-        close = difflib.get_close_matches(name.lower(), self.names, n=1, cutoff=0.5)
-        hint = f" Did you mean `packaged:{close[0]}`?" if close else ""
+        near = closest(name.lower(), self.names, cutoff=0.5)
+        hint = f" Did you mean `packaged:{near}`?" if near else ""
         raise ModelSourceError(
             f"unknown packaged model {name!r}.{hint} Packaged models: "
             f"{', '.join(self.names)} (see `qingliang models`)."

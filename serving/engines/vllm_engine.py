@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from qingliang.platform.errors import BadRequest, EngineError, NotFound, from_status
+from qingliang.platform.errors import BadRequest, EngineError, NotFound, did_you_mean, from_status
 from qingliang.serving.engine import EngineOutput, StreamChunk
 from qingliang.serving.plan import DeploymentPlan
 
@@ -354,7 +354,6 @@ async def _chunks(gen: AsyncGenerator[str, None]) -> AsyncIterator[StreamChunk]:
 def _reject_unknown_fields(body: dict, request_cls: Any) -> None:
     """vLLM's request models accept unknown fields (and only log them); we refuse them,
     so a misspelt or removed option is a 400 rather than a silent 200."""
-    import difflib
 
     known = set(request_cls.model_fields)
     for field in request_cls.model_fields.values():
@@ -362,6 +361,5 @@ def _reject_unknown_fields(body: dict, request_cls: Any) -> None:
             known.add(field.alias)
     unknown = sorted(set(body) - known)
     if unknown:
-        hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        more = did_you_mean(unknown[0], sorted(known))
         raise BadRequest(f"unknown field {unknown[0]!r}{more}", param=unknown[0])

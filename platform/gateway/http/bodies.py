@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import types
 from collections.abc import Callable, Collection, Sequence
@@ -43,7 +42,7 @@ from pydantic.json_schema import models_json_schema
 from qingliang.agents.api import BODIES as AGENTS_BODIES
 from qingliang.knowledge.api import BODIES as KNOWLEDGE_BODIES
 from qingliang.platform.bodies import Body
-from qingliang.platform.errors import BadRequest
+from qingliang.platform.errors import BadRequest, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +164,7 @@ def _unknown(model: type[BaseModel], path: Sequence[str | int]) -> BadRequest:
     name = str(path[-1]) if path else "?"
     where = field_path(path[:-1])
     accepted = sorted(_fields_at(model, path[:-1]))
-    close = difflib.get_close_matches(name, accepted, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, accepted)
     inside = f" in {where}" if where else ""
     listed = (
         ", ".join(accepted) if len(accepted) <= MAX_LISTED else f"see {model.__name__} in /docs"
