@@ -100,7 +100,9 @@ def add_embedding_routes(app: FastAPI, embedder: Embedder | None, quotas: Quotas
             raise BadRequest(
                 "this model has 384 dimensions; `dimensions` cannot change it", param="dimensions"
             )
-        input_type = body.get("input_type") or "passage"
+        # Without input_type every text gets e5's "query: " prefix, which its authors advise
+        # for symmetric similarity (text against text); retrieval asks passage/query.
+        input_type = body.get("input_type") or "query"
         if input_type not in ("query", "passage"):
             raise BadRequest("`input_type` must be 'query' or 'passage'", param="input_type")
         checked(body, EmbeddingBody)  # the types of the rest (`user`)

@@ -110,6 +110,19 @@ def test_embeddings_retrieve_across_languages(client: openai.OpenAI) -> None:
     assert min(scores[0], scores[2]) > scores[1], scores
 
 
+def test_embeddings_default_suits_similarity(client: openai.OpenAI) -> None:
+    """Without input_type a paraphrase in another language is closer than an unrelated
+    text in the same one (the passage prefix had it the other way round)."""
+    texts = ["今天天气很好", "矿山设备维修", "The weather is nice today"]
+    data = client.embeddings.create(model="multilingual-e5-small", input=texts).data
+    weather, mining, english = (d.embedding for d in data)
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(weather, english) > cos(weather, mining)
+
+
 def test_adapter_changes_output_and_base_is_unchanged(client: openai.OpenAI) -> None:
     base = _greedy(client, "tiny")
     adapted = _greedy(client, "tiny:a")

@@ -503,7 +503,10 @@ class EmbeddingBody(_Top):
     dimensions: int | None = Field(None, description="Only the model's own (384).")
     user: str | None = None
     input_type: Literal["query", "passage"] | None = Field(
-        None, description="Qingliang: e5's prefix; passage (default) or query."
+        None,
+        description="Qingliang: e5's prefix. Without it every text is embedded as a query, "
+        "which suits comparing texts with each other; for retrieval embed the documents "
+        "with passage and the searches with query.",
     )
 
 

@@ -460,7 +460,13 @@ def test_embeddings_string_input(client: TestClient, embedder: FakeEmbedder) -> 
         "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, -1.25]}],
         "usage": {"prompt_tokens": 2, "total_tokens": 2},
     }
-    assert embedder.calls == [(["hello"], "passage")]
+    # No input_type: e5's query prefix, the one for symmetric similarity.
+    assert embedder.calls == [(["hello"], "query")]
+
+
+def test_embeddings_passage_when_asked(client: TestClient, embedder: FakeEmbedder) -> None:
+    assert embed(client, input="a document", input_type="passage").status_code == 200
+    assert embedder.calls == [(["a document"], "passage")]
 
 
 def test_embeddings_list_input(client: TestClient, embedder: FakeEmbedder) -> None:
