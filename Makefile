@@ -4,7 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qingliang-installed
-export QINGLIANG_HOME ?= $(CURDIR)/.qingliang
+# The CLI's own default, so that `make up` and `.venv/bin/qingliang ...` share one data directory.
+export QINGLIANG_HOME ?= $(HOME)/.qingliang
 
 .DEFAULT_GOAL := help
 
