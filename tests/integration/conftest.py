@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from _platform import PORTS, Platform, tiny_manifest
 
 from qingliang.platform.control import cluster
@@ -65,6 +66,22 @@ def platform(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, packag
         yield p
     finally:
         cluster.stop_head(settings)
+
+
+DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults" / "qwen-coder.yaml"
+
+
+@pytest.fixture(scope="session")
+def qwen(platform: Platform) -> str:
+    """The packaged default deployment (deploy/defaults/qwen-coder.yaml) as `qwen`, once
+    per session: every test file that needs the real small model shares it."""
+    doc = yaml.safe_load(DEFAULTS.read_text())
+    doc["metadata"]["name"] = "qwen"
+    # Share the test cluster's cores with the tiny deployments.
+    doc["spec"]["placement"]["cpus"] = 1
+    path = platform.manifest("qwen", yaml.safe_dump(doc))
+    platform.ctl.apply([path], wait=True, timeout_s=900, progress=False)
+    return "qwen"
 
 
 def _wait_http(p: Platform, timeout_s: float = 60) -> None:

@@ -7,26 +7,11 @@ from pathlib import Path
 
 import openai
 import pytest
-import yaml
 from _platform import Platform
 
 from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults" / "qwen-coder.yaml"
-
-
-@pytest.fixture(scope="module")
-def qwen(platform: Platform) -> str:
-    doc = yaml.safe_load(DEFAULTS.read_text())
-    doc["metadata"]["name"] = "qwen"
-    # Share the test cluster's two cores with the tiny deployments.
-    doc["spec"]["placement"]["cpus"] = 1
-    path = platform.manifest("qwen", yaml.safe_dump(doc))
-    platform.ctl.apply([path], wait=True, timeout_s=900, progress=False)
-    yield "qwen"
-    platform.ctl.delete(["qwen"])
 
 
 def test_qwen_answers_in_english_and_chinese(qwen: str, client: openai.OpenAI) -> None:
