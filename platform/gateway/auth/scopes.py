@@ -5,7 +5,8 @@ A key carries scopes (defined in :mod:`qingliang.platform.storage.keys`)::
     admin              every route, every tenant (the key ``qingliang up`` writes)
     deploy             pipelines: start, watch, cancel, resume (they change what every
                        tenant is served, so a deploy key is never bound to one tenant)
-    inference          /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models
+    inference          /v1/chat/completions, /v1/completions, /v1/responses,
+                       /v1/embeddings, /v1/models
     knowledge:read     list, stats, search, documents, snapshots, answers of knowledge bases
     knowledge:write    upload, delete, sync, snapshot, rollback, add and retract answers
     agents:run         start agent runs, read them, give feedback
@@ -123,6 +124,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     # OpenAI API.
     ("POST", "/v1/chat/completions"): _need(INFERENCE),
     ("POST", "/v1/completions"): _need(INFERENCE),
+    ("POST", "/v1/responses"): _need(INFERENCE),
     ("POST", "/v1/embeddings"): _need(INFERENCE),
     ("GET", "/v1/models"): _need(INFERENCE),
     ("GET", "/v1/models/{model_id:path}"): _need(INFERENCE),
