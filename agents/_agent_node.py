@@ -7,6 +7,7 @@ once and a side-effecting tool runs once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ def _passages(hits: list[dict], start: int) -> list[str]:
     return lines
 
 
-def build_messages(agent: Agent, state: RunState, passages: list[str]) -> list[dict]:
+def build_messages(
+    agent: Agent, state: RunState, passages: list[str], images: list[dict] | None = None
+) -> list[dict]:
     system = agent.system or "You are a helpful assistant."
     if agent.role:
         system += f"\nYour role: {agent.role}"
@@ -96,7 +99,52 @@ def build_messages(agent: Agent, state: RunState, passages: list[str]) -> list[d
     names = state.get("attachments") or []
     if names:
         user += "\n\nAttached files: " + ", ".join(names)
+    if images:
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": [{"type": "text", "text": user}, *images]},
+        ]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+async def image_content(agent: Agent, state: RunState, run: dict) -> list[dict]:
+    """The run's image attachments as content parts for ``agent.images``: nothing
+    (``names``), the text OCR reads in each (``ocr``), or the images (``native``).
+
+    An attachment that is not a readable image, or over the gateway's image limits,
+    becomes a text part saying so: the model knows it was there, the run goes on.
+    """
+    if agent.images == "names" or not run.get("attachments_dir"):
+        return []
+    from pathlib import Path
+
+    from qingliang.knowledge.vision import (
+        IMAGE_SUFFIXES,
+        ImageLimits,
+        checked_image,
+        ocr_part,
+        ocr_text,
+    )
+    from qingliang.platform.errors import BadRequest
+
+    limits = ImageLimits.from_env()
+    names = [
+        n for n in state.get("attachments") or [] if n.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES
+    ][: limits.max_images]
+
+    def part(number: int, name: str) -> dict:
+        try:
+            data = (Path(run["attachments_dir"]) / name).read_bytes()
+            image = checked_image(data, name, limits)
+            if agent.images == "native":
+                return {"type": "image_url", "image_url": {"url": image.data_url()}}
+            text = ocr_text(image)
+            return ocr_part(number, f"({name})\n{text}" if text.strip() else "")
+        except (OSError, BadRequest) as exc:
+            reason = exc.message if isinstance(exc, BadRequest) else str(exc)
+            return {"type": "text", "text": f"[image {number} could not be read: {reason}]"}
+
+    return await asyncio.to_thread(lambda: [part(i, n) for i, n in enumerate(names, 1)])
 
 
 async def run_agent(
@@ -108,7 +156,7 @@ async def run_agent(
     budget = step.gdef.manifest.spec.limits.token_budget
     used = int(state.get("tokens") or 0)
     passages, citations = await _search_knowledge(step, state, run, journal)
-    messages = build_messages(agent, state, passages)
+    messages = build_messages(agent, state, passages, await image_content(agent, state, run))
     tools = [step.tools[name] for name in agent.tools]
     specs = [openai_spec(t) for t in tools]
     by_name = {t.name: t for t in tools}

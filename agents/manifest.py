@@ -91,6 +91,13 @@ class Agent(Strict):
     max_tool_rounds: int = Field(
         default=3, ge=0, le=20, description="Model ↔ tool round trips before it must answer."
     )
+    images: Literal["names", "ocr", "native"] = Field(
+        default="names",
+        description="What the model gets of the run's image attachments: names (their file "
+        "names only; the ocr tool reads them on demand), ocr (the text read in each, in the "
+        "prompt where the image was), native (the images themselves: the model must be a "
+        "vision-language deployment, spec.multimodal.image native).",
+    )
 
     @field_validator("name")
     @classmethod

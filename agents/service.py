@@ -51,6 +51,7 @@ from qingliang.agents.runtime import (
     router_config,
     router_key,
 )
+from qingliang.knowledge.vision import IMAGE_SUFFIXES
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -544,7 +545,7 @@ def _modality(files: dict[str, bytes]) -> str:
     kinds = set()
     for name in files:
         suffix = name.rsplit(".", 1)[-1].lower()
-        if suffix in ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff"):
+        if suffix in IMAGE_SUFFIXES:
             kinds.add("image")
         elif suffix in ("csv", "tsv", "xlsx"):
             kinds.add("table")

@@ -45,9 +45,18 @@ logger = logging.getLogger(__name__)
 class SearchBody(Body):
     """``POST /v1/knowledge/{kb}/search``: cited chunks of one knowledge base."""
 
-    query: str = Field(
-        description="What to search for: 1-4000 characters, not only whitespace.",
+    query: str | None = Field(
+        None,
+        description="What to search for: 1-4000 characters, not only whitespace. Required "
+        "unless `image` is given.",
         json_schema_extra=docs_only(minLength=1, maxLength=4000),
+    )
+    image: str | None = Field(
+        None,
+        description="Search with a picture: a data URL (data:image/png;base64,...) or a "
+        "file:// reference in a folder the administrator allowed (QINGLIANG_IMAGE_DIRS). "
+        "The text OCR reads in it joins `query`; with kinds [image], its own vector finds "
+        "the KB's similar images. The answer's `image_query` says which.",
     )
     limit: int = Field(
         5, description="How many citations.", json_schema_extra=docs_only(minimum=1, maximum=100)

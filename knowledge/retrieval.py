@@ -284,6 +284,8 @@ class Retriever:
 
 
 def _check_query(query: object) -> str:
+    if query is None:
+        raise BadRequest("`query` is required (or an `image` to search with)", param="query")
     if not isinstance(query, str):
         raise BadRequest(f"query must be a string, not {type(query).__name__}", param="query")
     text = query.strip()

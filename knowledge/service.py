@@ -52,6 +52,7 @@ from qingliang.knowledge.manifest import KnowledgeBase
 from qingliang.knowledge.retrieval import Retriever
 from qingliang.knowledge.stores import Filter
 from qingliang.knowledge.versions import SyncOutcome
+from qingliang.knowledge.vision import ImageLimits, ImageQuery, image_query
 from qingliang.platform.errors import BadRequest, Conflict
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,27 @@ class KnowledgeService(Documents):
         kinds: Sequence[str] | None = None,
         since: str | None = None,
         until: str | None = None,
+        image: str | None = None,
     ) -> dict[str, Any]:
         """Cited hits for ``query``; ``mode`` defaults to hybrid when the KB has BM25.
+
+        ``image`` (a data URL, or a ``file://`` reference in a folder the administrator
+        allowed) searches with a picture: the text OCR reads in it joins ``query``; with
+        ``kinds: [image]`` the image's own vector finds the KB's similar images. The
+        answer's ``image_query`` says which was done.
 
         Citations name their document relative to the KB's folders (``source``,
         ``image_path``), never by its host path.
         """
         kb = self._kb(name, tenant)
         shown = self._public(kb)
+        picture = None
+        if image is not None:
+            query, picture = image_query(query, image, kinds, ImageLimits.from_env())
         with public_errors(shown):
-            out = self._search(kb, query, limit, mode, mmr, domain, kinds, since, until)
+            out = self._search(
+                kb, query, limit, mode, mmr, domain, kinds, since, until, picture=picture
+            )
         for c in out["citations"]:
             c["source"] = shown.path(c["source"])
             if c.get("image_path"):
@@ -154,6 +166,8 @@ class KnowledgeService(Documents):
         kinds: Sequence[str] | None,
         since: str | None,
         until: str | None,
+        *,
+        picture: ImageQuery | None = None,
     ) -> dict[str, Any]:
         name = kb.name
         spec = kb.manifest.spec
@@ -174,11 +188,9 @@ class KnowledgeService(Documents):
                     f"knowledge base {name!r} has no image embedding (spec.embedding.image)",
                     param="kinds",
                 )
-            coll, embedder, chosen = (
-                image_collection(kb.manifest),
-                ClipQueries(self._clip(kb)),
-                "dense",
-            )
+            clip = self._clip(kb)
+            coll, chosen = image_collection(kb.manifest), "dense"
+            embedder = ClipQueries(clip) if picture is None else picture.vectors(clip)
         if coll not in store.list_collections():
             raise Conflict(f"knowledge base {name!r} has not been synced yet: run `kb sync {name}`")
         retriever = Retriever(store, embedder, collection=coll)
@@ -199,6 +211,7 @@ class KnowledgeService(Documents):
             "version": self.ledger.version(name),
             "mode": chosen,
             "citations": [c.to_dict() for c in citations],
+            **({"image_query": picture.describe()} if picture is not None else {}),
         }
 
     # -- stats ----------------------------------------------------------------------------

@@ -82,6 +82,8 @@ class GatewayLimits:
 
     #: Bytes of a JSON request body (chat, completions, embeddings, knowledge, feedback...).
     max_json_body_bytes: int = 4 * MiB
+    #: Bytes of a chat completions or responses body: its images travel in it as base64.
+    max_chat_body_bytes: int = 32 * MiB
     #: Bytes of an agent run or resume body: its attachments travel in it as base64.
     max_agent_body_bytes: int = 32 * MiB
     #: Bytes of a file uploaded to a knowledge base (the multipart envelope comes on top).

@@ -52,6 +52,10 @@ class ModelEntry:
     source: str = ""
     #: The engine kind (``spec.engine.kind``).
     engine: str = ""
+    #: What the deployment does with images (``spec.multimodal.image``): native, ocr or
+    #: reject; and how many one request may carry.
+    image_mode: str = "reject"
+    max_images: int = 4
 
     def adapter_refs(self) -> dict[str, str | None]:
         """Every adapter named in ``adapters`` or ``refs``, in name order, to its
@@ -102,7 +106,21 @@ def entry_of_body(name: str, body: Mapping[str, Any], applied_at: float = 0) -> 
         lora_enabled=bool(enabled) or (enabled is None and bool(paths)),
         source=str(_mapping(spec.get("model")).get("source", "")),
         engine=str(_mapping(spec.get("engine")).get("kind", "")),
+        **_images(_mapping(spec.get("multimodal")).get("image")),
     )
+
+
+def _images(image: object) -> dict[str, Any]:
+    """``image_mode`` and ``max_images`` of a stored ``spec.multimodal.image``: a mode, an
+    object (without ``mode``: native), or absent (reject)."""
+    if isinstance(image, str):
+        return {"image_mode": image}
+    if isinstance(image, Mapping):
+        out: dict[str, Any] = {"image_mode": str(image.get("mode", "native"))}
+        if isinstance(image.get("max_per_prompt"), int):
+            out["max_images"] = image["max_per_prompt"]
+        return out
+    return {}
 
 
 @dataclass(frozen=True)

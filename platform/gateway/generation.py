@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from qingliang.knowledge.vision import ImageLimits, prepare_images
 from qingliang.platform.errors import ApiError, BadRequest, NotFound, Saturated, did_you_mean
 from qingliang.platform.gateway.auth.quotas import Quotas
 from qingliang.platform.gateway.backend import Backend
@@ -30,6 +31,7 @@ from qingliang.platform.gateway.http.bodies import request_body
 from qingliang.platform.gateway.http.limits import json_body
 from qingliang.platform.gateway.http.openai_bodies import (
     IGNORED_HEADER,
+    IMAGES_HEADER,
     ChatCompletionBody,
     CompletionBody,
     checked,
@@ -69,7 +71,7 @@ class _Call:
     deployment: str
     adapter: str | None
     stream: bool
-    trace: dict[str, str | None]
+    trace: dict[str, Any]
     headers: dict[str, str]
     record: bool
     principal: Any
@@ -91,6 +93,7 @@ class _Generation:
         self.quotas = quotas
         self.conversations = conversations
         self.limits = limits
+        self.images = ImageLimits.from_env()
 
     def lookup(self, dep: str, adapter: str | None) -> ModelEntry:
         entries = {m.name: m for m in self.backend.models()}
@@ -135,11 +138,23 @@ class _Generation:
         model = ChatCompletionBody if endpoint == "chat" else CompletionBody
         checked(body, model)
         body, ignored = forwarded(body, model)
+        images = None
+        if endpoint == "chat":
+            body, images = await prepare_images(
+                body,
+                deployment=dep,
+                mode=entry.image_mode,
+                max_per_prompt=entry.max_images,
+                limits=self.images,
+            )
         if adapter is None:
             adapter = choose_adapter(entry, body.get("user"))
             logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
         trace = trace_of(entry, adapter)
         headers = trace_headers(trace)
+        if images is not None:
+            trace["images"] = images.trace()
+            headers[IMAGES_HEADER] = images.header()
         if ignored:
             headers[IGNORED_HEADER] = ", ".join(ignored)
         principal = getattr(request.state, "principal", None)

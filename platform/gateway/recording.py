@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from fastapi import Request
 
+from qingliang.knowledge.vision import without_pixels
 from qingliang.platform.gateway.auth.scopes import tenant_of
 from qingliang.platform.storage.conversations import Conversation
 
@@ -21,7 +23,8 @@ def _prompt_messages(body: dict, endpoint: str, index: int) -> list | None:
     ``index``). None when there is no text to record (token-id prompts)."""
     if endpoint == "chat":
         messages = body.get("messages")
-        return messages if isinstance(messages, list) else []
+        # An image is logged as its size and hash, never its pixels.
+        return without_pixels(messages) if isinstance(messages, list) else []
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         n = body.get("n", 1)
@@ -36,7 +39,7 @@ def conversation_rows(
     request: Request,
     endpoint: str,
     body: dict,
-    trace: dict[str, str | None],
+    trace: dict[str, Any],
     answer: dict,
     arrived: float,
 ) -> list[Conversation]:

@@ -44,7 +44,7 @@ def chunk_event(data: dict[str, Any]) -> str:
     return f"data: {to_json(data).decode()}\n\n"
 
 
-def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:
+def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, Any]:
     """What made an answer: the ``qingliang`` object of its body."""
     return {
         "deployment": entry.name,
@@ -53,7 +53,7 @@ def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, str | None]:
     }
 
 
-def trace_headers(trace: dict[str, str | None]) -> dict[str, str]:
+def trace_headers(trace: dict[str, Any]) -> dict[str, str]:
     return {
         "X-Qingliang-Deployment": trace["deployment"] or "",
         "X-Qingliang-Adapter": trace["adapter"] or "",
@@ -61,7 +61,7 @@ def trace_headers(trace: dict[str, str | None]) -> dict[str, str]:
     }
 
 
-def with_trace(data: dict[str, Any], trace: dict[str, str | None]) -> dict[str, Any]:
+def with_trace(data: dict[str, Any], trace: dict[str, Any]) -> dict[str, Any]:
     """The first event's object with ``trace`` added (written with :func:`sse_event`)."""
     return {**data, "qingliang": trace}
 

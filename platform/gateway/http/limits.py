@@ -2,7 +2,8 @@
 
 :class:`BodyLimitMiddleware` is a pure ASGI middleware that picks a byte limit by route
 (:func:`body_limit`): a knowledge-base upload gets ``max_upload_bytes``, an agent run or
-resume ``max_agent_body_bytes`` (its attachments travel in it as base64), every other
+resume ``max_agent_body_bytes`` (its attachments travel in it as base64), a chat or
+responses request ``max_chat_body_bytes`` (its images too), every other
 request ``max_json_body_bytes``. A request whose ``Content-Length`` is over the limit is
 answered 413 before a byte of its body is read; one without a ``Content-Length``
 (chunked), or whose header lies, is counted while the app reads it and answered 413 as
@@ -47,6 +48,8 @@ MULTIPART_ALLOWANCE = 64 * 1024
 
 _UPLOAD = re.compile(r"^/v1/knowledge/[^/]+/documents/?$")
 _AGENT_RUN = re.compile(r"^/v1/agents/(?:[^/]+/runs|runs/[^/]+/resume)/?$")
+#: Requests whose images travel in the body as data URLs.
+_WITH_IMAGES = re.compile(r"^/v1/(?:chat/completions|responses)/?$")
 
 
 class BodyTooLarge(ApiError):
@@ -110,6 +113,13 @@ def body_limit(method: str, path: str, limits: GatewayLimits) -> BodyLimit:
             limits.max_agent_body_bytes,
             "QINGLIANG_MAX_AGENT_BODY_BYTES",
             limits.max_agent_body_bytes,
+        )
+    if method == "POST" and _WITH_IMAGES.match(path):
+        return BodyLimit(
+            "request body (with its images)",
+            limits.max_chat_body_bytes,
+            "QINGLIANG_MAX_CHAT_BODY_BYTES",
+            limits.max_chat_body_bytes,
         )
     return BodyLimit(
         "JSON body",
