@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFont
 
 from qingliang.platform.gateway.app import create_app
+from qingliang.platform.storage.conversations import ConversationLog
 from qingliang.serving.traffic import ModelEntry
 from tests.unit.gateway.test_gateway import FakeBackend, FakeEmbedder, assert_openai_error
 
@@ -130,3 +133,35 @@ def test_a_text_request_carries_no_image_trace(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     assert "images" not in r.json()["qingliang"]
     assert "x-qingliang-images" not in r.headers
+
+
+def test_the_conversation_log_keeps_a_description_not_the_pixels(
+    backend: FakeBackend, tmp_path: Path
+) -> None:
+    log = ConversationLog(tmp_path / "conversations.sqlite")
+    url = png_url(("A1",))
+    with TestClient(create_app(backend, FakeEmbedder(), NoAuth(), conversations=log)) as c:
+        assert c.post("/v1/chat/completions", json=ask("vlm", url)).status_code == 200
+    log.flush()
+    out = io.StringIO()
+    assert log.export(out) == 1
+    log.close()
+    row = json.loads(out.getvalue())
+    image = row["messages"][0]["content"][1]["image_url"]["url"]
+    assert image.startswith("[image image/png 700x200 sha256:")
+    assert url.split(",")[1][:200] not in out.getvalue()
+
+
+def test_a_chat_body_may_carry_images_beyond_the_json_limit(
+    client: TestClient, backend: FakeBackend
+) -> None:
+    """A 6 MB photo fits a chat request (32 MiB), not another JSON body (4 MiB)."""
+    noise = Image.frombytes("RGB", (1500, 1400), os.urandom(1500 * 1400 * 3))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    assert len(url) > 5 * 1024 * 1024
+    r = client.post("/v1/chat/completions", json=ask("vlm", url))
+    assert r.status_code == 200, r.text[:300]
+    r = client.post("/v1/embeddings", json={"model": "m", "input": url})
+    assert r.status_code == 413
