@@ -191,7 +191,13 @@ def sync(
 @kb_app.command("search")
 def search(
     name: str = typer.Argument(..., help="Knowledge base."),
-    query: str = typer.Argument(..., help="What to look for."),
+    query: str = typer.Argument(None, help="What to look for (optional with --image)."),
+    image: Path = typer.Option(
+        None,
+        "--image",
+        help="Search with a picture: the text OCR reads in it (with --kind image: its "
+        "own vector among the KB's images).",
+    ),
     limit: int = typer.Option(5, "--limit", "-k", help="Hits (1-100)."),
     mode: str = typer.Option(None, help="dense or hybrid (default: hybrid when BM25 is on)."),
     mmr: float = typer.Option(None, help="MMR diversity λ in 0..1 (default: off)."),
@@ -202,6 +208,8 @@ def search(
     import json
 
     kwargs: dict[str, Any] = {"query": query, "limit": limit}
+    if image is not None:
+        kwargs["image"] = _data_url(image)
     if mode:
         kwargs["mode"] = mode
     if mmr is not None:
@@ -214,6 +222,14 @@ def search(
         console.print_json(json.dumps(out, ensure_ascii=False))
         return
     console.print(f"{out['kb']} v{out['version']} ({out['mode']})", highlight=False)
+    if out.get("image_query"):
+        seen = out["image_query"]
+        read = " ".join(str(seen.get("ocr_text", "")).split())
+        console.print(
+            f"image searched by {seen['mode']}" + (f": {read[:200]}" if read else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     if not out["citations"]:
         console.print("no hits")
     for i, c in enumerate(out["citations"], 1):
@@ -229,6 +245,19 @@ def search(
         console.print(
             f"    {text[:300]}{'…' if len(text) > 300 else ''}", highlight=False, soft_wrap=True
         )
+
+
+def _data_url(path: Path) -> str:
+    """``path`` as a data URL (the server checks that it is an image)."""
+    import base64
+    import mimetypes
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
+    media = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 @kb_app.command("list")

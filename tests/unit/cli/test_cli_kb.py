@@ -123,3 +123,22 @@ def test_tenant_keys(home: Path) -> None:
     assert "tenant:city-a" in _ok(["keys", "list"])
     r = runner.invoke(app, ["keys", "create", "bad", "--tenant", "City A"])
     assert r.exit_code == 1 and "scope" in r.output
+
+
+def test_search_with_a_photo(home: Path, mixed: Path, tmp_path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    _ok(["kb", "ingest", str(mixed), "--name", "gov", "--no-progress"])
+    photo = tmp_path / "sign.png"
+    image = Image.new("RGB", (700, 140), "white")
+    ImageDraw.Draw(image).text((30, 40), "Hotline 12345", fill="black",
+                               font=ImageFont.load_default(size=40))  # fmt: skip
+    image.save(photo)
+    out = _ok(["kb", "search", "gov", "--image", str(photo)])
+    assert "image searched by ocr: Hotline 12345" in out
+    assert "page.html" in out.splitlines()[2]
+    r = runner.invoke(app, ["kb", "search", "gov", "--image", str(tmp_path / "nope.png")])
+    assert r.exit_code != 0 and "nope.png" in r.output
+    (tmp_path / "text.png").write_text("not an image")
+    r = runner.invoke(app, ["kb", "search", "gov", "--image", str(tmp_path / "text.png")])
+    assert r.exit_code == 1 and "not an image that can be read" in r.output
