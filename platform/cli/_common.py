@@ -7,6 +7,7 @@ test can replace it in one place.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -52,3 +53,16 @@ def status_printer() -> Callable[[str, str, str], None]:
             console.print(f"  {name}: {status}" + (f" — {message[:200]}" if message else ""))
 
     return on_status
+
+
+def image_data_url(path: Path) -> str:
+    """The file at ``path`` as a data URL (the server checks that it is an image)."""
+    import base64
+    import mimetypes
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
+    media = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"

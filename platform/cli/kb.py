@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qingliang.platform.cli._common import image_data_url
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
 
@@ -209,7 +210,7 @@ def search(
 
     kwargs: dict[str, Any] = {"query": query, "limit": limit}
     if image is not None:
-        kwargs["image"] = _data_url(image)
+        kwargs["image"] = image_data_url(image)
     if mode:
         kwargs["mode"] = mode
     if mmr is not None:
@@ -245,19 +246,6 @@ def search(
         console.print(
             f"    {text[:300]}{'…' if len(text) > 300 else ''}", highlight=False, soft_wrap=True
         )
-
-
-def _data_url(path: Path) -> str:
-    """``path`` as a data URL (the server checks that it is an image)."""
-    import base64
-    import mimetypes
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
-    media = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 @kb_app.command("list")

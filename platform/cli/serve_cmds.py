@@ -11,7 +11,13 @@ import typer
 from rich.table import Table
 
 from qingliang.platform.cli import _common
-from qingliang.platform.cli._common import console, fail, load_settings, status_printer
+from qingliang.platform.cli._common import (
+    console,
+    fail,
+    image_data_url,
+    load_settings,
+    status_printer,
+)
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
 
@@ -146,6 +152,14 @@ def status() -> None:
     console.print(f"  dashboard  {info.dashboard_url}", highlight=False)
 
 
+def _images_note(images: dict) -> str:
+    """What the gateway did with the images, for a person: ``read by OCR: 57 characters``."""
+    count = images.get("count", 0)
+    if images.get("mode") == "ocr":
+        return f"{count} image(s) read by OCR: {images.get('ocr_chars', 0)} characters"
+    return f"{count} image(s) sent to the model"
+
+
 def chat(
     model: str = typer.Argument(None, help="deployment or deployment:adapter (default: first)."),
     message: str = typer.Option(None, "-m", "--message", help="Ask once and exit."),
@@ -153,6 +167,12 @@ def chat(
     api_key: str = typer.Option(None, envvar="QINGLIANG_API_KEY", help="API key."),
     max_tokens: int = typer.Option(512, help="Longest answer in tokens."),
     temperature: float = typer.Option(0.7),
+    image: list[Path] = typer.Option(
+        None,
+        "--image",
+        help="Send this picture with the first message (repeatable); the deployment sees "
+        "it, reads it by OCR, or refuses it, as its spec.multimodal.image says.",
+    ),
 ) -> None:
     """Chat with a deployment through the OpenAI API (streams the answer)."""
     import openai
@@ -183,7 +203,15 @@ def chat(
                     return
                 if not text.strip():
                     continue
-            history.append({"role": "user", "content": text})
+            if image:
+                parts = [{"type": "image_url", "image_url": {"url": image_data_url(p)}}
+                         for p in image]  # fmt: skip
+                history.append(
+                    {"role": "user", "content": [{"type": "text", "text": text}, *parts]}
+                )
+                image = []
+            else:
+                history.append({"role": "user", "content": text})
             stream = client.chat.completions.create(
                 model=model,
                 messages=history,  # type: ignore[arg-type]
@@ -194,6 +222,9 @@ def chat(
             answer = []
             chunk: Any
             for chunk in stream:
+                seen = (getattr(chunk, "model_extra", None) or {}).get("qingliang") or {}
+                if seen.get("images"):
+                    console.print(f"[dim]({_images_note(seen['images'])})[/dim]")
                 if chunk.choices and chunk.choices[0].delta.content:
                     piece = chunk.choices[0].delta.content
                     answer.append(piece)

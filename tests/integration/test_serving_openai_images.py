@@ -87,6 +87,21 @@ def test_the_default_deployment_reads_an_invoice_streamed(client: openai.OpenAI,
     assert "4821" in text
 
 
+def test_the_cli_sends_a_photo(platform: Platform, qwen: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from qingliang.platform.cli.main import app
+
+    photo = tmp_path / "invoice.png"
+    photo.write_bytes(base64.b64decode(invoice().split(",", 1)[1]))
+    question = "What is the total amount on this invoice? Answer with the number only."
+    args = ["chat", qwen, "-m", question, "--image", str(photo), "--url", platform.base_url]
+    args += ["--api-key", platform.key, "--temperature", "0", "--max-tokens", "16"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "1 image(s) read by OCR" in r.output and "365" in r.output
+
+
 # ------------------------------------------------------------------ native: a tiny VLM
 
 
