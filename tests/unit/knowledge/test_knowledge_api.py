@@ -229,3 +229,25 @@ def test_gateway_without_knowledge_answers_501(home: Path) -> None:
     app = create_app(NoModels(), None, KeyAuth(home / "state.sqlite", False))
     r = TestClient(app).post("/v1/knowledge/x/search", json={"query": "q"})
     assert r.status_code == 501 and "not enabled" in r.json()["error"]["message"]
+
+
+def test_search_with_an_image_over_http(client: Any) -> None:
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (600, 140), "white")
+    ImageDraw.Draw(image).text((30, 40), "MASK 2024", fill="black",
+                               font=ImageFont.load_default(size=40))  # fmt: skip
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = client.post("/v1/knowledge/kb-a/search", json={"image": url}, headers=_h(client, "a"))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["image_query"]["mode"] == "ocr" and "MASK 2024" in out["image_query"]["ocr_text"]
+    assert out["citations"] and all(c["source"].endswith("a.md") for c in out["citations"])
+    body = {"image": "https://example.com/x.png", "query": "x"}
+    r = client.post("/v1/knowledge/kb-a/search", json=body, headers=_h(client, "a"))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "image", r.text
