@@ -10,8 +10,9 @@
 
 Requests are OpenAI chat bodies. With tools, the ``tools`` list goes to the model and vLLM
 renders it with the model's own tool-calling template (the engine runs with
-``--enable-auto-tool-choice --tool-call-parser hermes``); the reply's ``tool_calls`` come
-back parsed. Without tools the reply streams, and each token delta reaches ``on_delta``.
+``--enable-auto-tool-choice`` and the deployment's ``spec.engine.tool_call_parser``,
+``hermes`` by default); the reply's ``tool_calls`` come back parsed. Without tools the
+reply streams, and each token delta reaches ``on_delta``.
 
 A bare deployment (``qwen``, no ``:adapter``) follows its canary split
 (``spec.lora.traffic``) as an API request does: :class:`BackendChat` picks the adapter with
@@ -31,12 +32,12 @@ import asyncio
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qingliang.platform.errors import ApiError, EngineError, Saturated
+from qingliang.serving.toolcalls import Offer, parse_tool_calls
 
 if TYPE_CHECKING:
     from qingliang.serving.engine import StreamChunk
@@ -171,37 +172,29 @@ def parse_reply(response: dict[str, Any]) -> ChatReply:
     )
 
 
-_FENCED = re.compile(
-    r"^\s*(?:```(?:json)?\s*|<tool_call>\s*)?(\{.*\})\s*(?:```|</tool_call>)?\s*$", re.S
-)
-
-
 def recover_tool_call(reply: ChatReply, offered: set[str]) -> ChatReply:
-    """A tool call written as text, turned into a real one.
+    """Tool calls written as text, turned into real ones.
 
     Small models given tools through their native template sometimes answer with the call
     as a bare or fenced JSON object (Qwen2.5-Coder-0.5B writes `````json {"name": ...,
     "arguments": {...}}`````) instead of inside the ``<tool_call>`` tags the parser looks
-    for. When the whole reply is one such object naming an offered tool with an object of
-    arguments, it becomes that tool call; anything else is left as the answer it is.
+    for. The serving layer's reading (:func:`qingliang.serving.toolcalls.parse_tool_calls`,
+    the one the OpenAI API applies) decides: when the whole reply is calls of offered
+    tools with objects of arguments, they become those tool calls; anything else is left
+    as the answer it is. A reply that already has calls is returned unchanged.
     """
     if reply.tool_calls or not offered:
         return reply
-    m = _FENCED.match(reply.text)
-    if m is None:
+    calls = parse_tool_calls(reply.text, Offer.of_names(offered))
+    if not calls:
         return reply
-    try:
-        call = json.loads(m.group(1))
-    except ValueError:
-        return reply
-    if not isinstance(call, dict) or set(call) - {"name", "arguments", "parameters"}:
-        return reply
-    name, args = call.get("name"), call.get("arguments", call.get("parameters"))
-    if name not in offered or not isinstance(args, dict):
-        return reply
-    log.debug("reply of %s: tool call %s recovered from its text", reply.model, name)
+    log.debug("reply of %s: %d tool call(s) recovered from its text", reply.model, len(calls))
     return dataclasses.replace(
-        reply, text="", tool_calls=[ToolCall("call_0", str(name), args)], finish_reason="tool_calls"
+        reply,
+        text="",
+        # Ids fixed by position: a replayed journal step recovers the same calls.
+        tool_calls=[ToolCall(f"call_{i}", c.name, c.arguments) for i, c in enumerate(calls)],
+        finish_reason="tool_calls",
     )
 
 
