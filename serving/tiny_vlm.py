@@ -13,6 +13,7 @@ without torchvision: its processor runs on Pillow), ~260k parameters, built in s
 
 Example:
     >>> from pathlib import Path
+from typing import Any
     >>> from qingliang.serving.tiny_vlm import build_tiny_idefics3
     >>> path = build_tiny_idefics3(Path("/tmp/tiny-vlm"))  # doctest: +SKIP
 """
@@ -23,6 +24,7 @@ import json
 import logging
 import string
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +85,13 @@ def build_tiny_idefics3(path: Path, *, seed: int = 0) -> Path:
         return path
     import torch
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+    from transformers.models import idefics3
     from transformers.models.idefics3 import Idefics3Processor
 
-    try:
-        from transformers.models.idefics3 import Idefics3ImageProcessorPil as ImageProcessor
-    except ImportError:  # transformers before the Pil/torchvision split
-        from transformers.models.idefics3 import Idefics3ImageProcessor as ImageProcessor
+    # Pillow-based where transformers splits Pil/torchvision processors (no torchvision here).
+    ImageProcessor: Any = getattr(
+        idefics3, "Idefics3ImageProcessorPil", idefics3.Idefics3ImageProcessor
+    )
 
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
