@@ -42,14 +42,27 @@ class Usage:
 
     @classmethod
     def of(cls, usage: object) -> Usage | None:
-        """``usage`` (a ``usage`` object of an answer) typed; None when it is not an object."""
+        """``usage`` (a ``usage`` object of an answer) typed; None when it is not an object.
+
+        The Responses API names the counts ``input_tokens`` and ``output_tokens``.
+        """
         if not isinstance(usage, dict):
             return None
+        if "input_tokens" in usage and "prompt_tokens" not in usage:
+            return cls(
+                _count(usage.get("input_tokens")),
+                _count(usage.get("output_tokens")),
+                _count(usage.get("total_tokens")),
+            )
         return cls(
             _count(usage.get("prompt_tokens")),
             _count(usage.get("completion_tokens")),
             _count(usage.get("total_tokens")),
         )
+
+
+#: The events that end a Responses API stream; each carries the whole response.
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +73,9 @@ class StreamChunk:
         data: the event's JSON object (``{"id": ..., "choices": [...], ...}``), in the
             key order the engine wrote it.
         usage: set on the usage-only event (``choices`` empty, ``usage`` set) and only
-            there: what the answer used.
+            there: what the answer used. In a Responses API stream, set on the event
+            that ends it (``response.completed``, ``.incomplete`` or ``.failed``), from
+            its ``response.usage``.
     """
 
     data: dict[str, Any]
@@ -71,10 +86,13 @@ class StreamChunk:
         """``data`` as a chunk, its usage typed when it is the usage-only event."""
         if "usage" in data and not data.get("choices"):
             return cls(data, Usage.of(data["usage"]))
+        if data.get("type") in _RESPONSE_ENDS and isinstance(data.get("response"), dict):
+            return cls(data, Usage.of(data["response"].get("usage")))
         return cls(data)
 
 
-#: What ``chat`` / ``completion`` return: a response body, or chunks when streaming.
+#: What ``chat`` / ``completion`` / ``responses`` return: a response body, or chunks when
+#: streaming.
 EngineOutput = dict | AsyncIterator[StreamChunk]
 
 
@@ -100,6 +118,10 @@ class Engine(Protocol):
         """Serve an OpenAI completions request body."""
         ...
 
+    # An engine may also serve OpenAI's Responses API: ``async def responses(body, *,
+    # adapter) -> EngineOutput`` (:class:`ServesResponses`). It is not part of this
+    # protocol: the transformers engine has none, and ModelService refuses the endpoint.
+
     async def load_adapter(self, name: str, path: str) -> None:
         """Make a LoRA adapter servable under ``name``.
 
@@ -122,4 +144,13 @@ class Engine(Protocol):
 
     async def shutdown(self) -> None:
         """Release the model and every resource the engine holds."""
+        ...
+
+
+@runtime_checkable
+class ServesResponses(Protocol):
+    """An engine that also serves OpenAI's Responses API (``/v1/responses``)."""
+
+    async def responses(self, body: dict, *, adapter: str | None) -> EngineOutput:
+        """Serve a Responses API request body: the response object, or its events."""
         ...

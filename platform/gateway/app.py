@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP API, as a plain FastAPI app over injected parts.
 
-Routes: ``/v1/chat/completions`` and ``/v1/completions`` (streamed or not),
+Routes: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/responses`` (streamed or not),
 ``/v1/models``, ``/v1/embeddings``, ``/healthz``, ``/readyz``. ``model`` names a
 deployment or ``deployment:adapter``. A bare deployment with canary shares
 (``spec.lora.traffic``) sends each request to one adapter or to the base model
@@ -48,7 +48,9 @@ from qingliang.platform.gateway.http.bodies import BODIES, install_openapi
 from qingliang.platform.gateway.http.errors import install_error_handlers
 from qingliang.platform.gateway.http.limits import BodyLimitMiddleware
 from qingliang.platform.gateway.http.openai_bodies import OPENAI_BODIES
+from qingliang.platform.gateway.http.responses_bodies import ResponsesBody
 from qingliang.platform.gateway.openai_routes import add_embedding_routes, add_model_routes
+from qingliang.platform.gateway.responses import add_responses_routes
 from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.routes.knowledge import KnowledgeBackend, add_knowledge_routes
 from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
@@ -75,9 +77,9 @@ def create_app(
     :mod:`.routes.agents`); without it they answer 501. ``pipelines`` (a
     :class:`~qingliang.platform.lifecycle.pipelines.service.PipelineService`) serves
     ``/v1/pipelines`` (see :mod:`.routes.pipelines`); without it they answer 501.
-    With ``conversations``, every answered ``/v1/chat/completions`` and ``/v1/completions``
-    request (streamed ones when their stream ends normally) is appended to that log, one
-    row per choice; errors are not.
+    With ``conversations``, every answered ``/v1/chat/completions``, ``/v1/completions``
+    and ``/v1/responses`` request (streamed ones when their stream ends normally) is
+    appended to that log, one row per choice; errors are not.
     ``limits`` bound request bodies (413 over them, see :mod:`.http.limits`) and ``n``; by
     default :meth:`GatewayLimits.from_env`.
     """
@@ -87,6 +89,7 @@ def create_app(
     install_error_handlers(app)
     install_auth(app, auth, quotas)
     add_generation_routes(app, backend, quotas, conversations, limits)
+    add_responses_routes(app, backend, quotas, conversations)
     add_model_routes(app, backend, embedder)
     add_embedding_routes(app, embedder, quotas)
     _add_probes(app, backend, auth)
@@ -94,7 +97,9 @@ def create_app(
     add_agent_routes(app, agents, limits)
     add_pipeline_routes(app, pipelines)
     install_openapi(
-        app, (*OPENAI_BODIES, *BODIES), public=[r for r, rule in ROUTES.items() if rule.public]
+        app,
+        (*OPENAI_BODIES, ResponsesBody, *BODIES),
+        public=[r for r, rule in ROUTES.items() if rule.public],
     )
     # Added last, so outermost of our middleware: a body over its limit by
     # Content-Length is refused before authentication or anything else reads it.

@@ -17,11 +17,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError
-from qingliang.serving.engine import Engine, StreamChunk, Usage
+from qingliang.serving.engine import Engine, EngineOutput, ServesResponses, StreamChunk, Usage
 from qingliang.serving.metrics import ServingMetrics
 from qingliang.serving.plan import DeploymentPlan
 
@@ -87,6 +87,18 @@ class ModelService:
                 raise BadRequest(f"deployment {self.plan.name!r}: " + "; ".join(errors))
             return report
 
+    def _handler(self, endpoint: str) -> Callable[..., Awaitable[EngineOutput]]:
+        """The engine's method for ``endpoint`` (chat, completion or responses)."""
+        if endpoint == "responses":
+            if not isinstance(self.engine, ServesResponses):
+                raise BadRequest(
+                    f"deployment {self.plan.name!r} runs on the {self.plan.engine} engine, "
+                    "which does not serve /v1/responses; use /v1/chat/completions",
+                    param="model",
+                )
+            return self.engine.responses
+        return self.engine.chat if endpoint == "chat" else self.engine.completion
+
     @property
     def _timeout(self) -> float:
         return float(self.plan.options.request_timeout_s)
@@ -110,12 +122,12 @@ class ModelService:
         self.metrics.ongoing(self.plan.name, self._ongoing)
 
     async def generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
-        """Non-streaming chat or completion; returns the OpenAI response body."""
+        """Non-streaming chat, completion or responses; returns the OpenAI response body."""
         started = self._enter()
         status = 500
         usage: Usage | None = None
         try:
-            fn = self.engine.chat if endpoint == "chat" else self.engine.completion
+            fn = self._handler(endpoint)
             try:
                 out = await asyncio.wait_for(
                     fn({**body, "stream": False}, adapter=adapter), self._timeout
@@ -147,10 +159,11 @@ class ModelService:
     async def generate_stream(
         self, endpoint: str, body: dict, adapter: str | None
     ) -> AsyncIterator[StreamChunk]:
-        """Streaming chat or completion: the engine's chunks, usage counted on the way.
+        """Streaming chat, completion or responses: the engine's chunks, usage counted.
 
-        The engine is always asked for usage; its usage chunk is counted here and passed
-        on only when the request asked for it.
+        A chat or completion engine is always asked for usage; its usage chunk is counted
+        here and passed on only when the request asked for it. A Responses stream always
+        ends with the whole response, usage included, and is passed on as it is.
         """
         started = self._enter()
         status = 500
@@ -158,12 +171,8 @@ class ModelService:
         usage: Usage | None = None
         stream: Any = None
         try:
-            options = body.get("stream_options") or {}
-            if not isinstance(options, dict):
-                raise BadRequest("`stream_options` must be an object", param="stream_options")
-            wants_usage = bool(options.get("include_usage"))
-            body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
-            fn = self.engine.chat if endpoint == "chat" else self.engine.completion
+            fn = self._handler(endpoint)
+            body, wants_usage = _streamed(endpoint, body)
             deadline = started + self._timeout
             try:
                 stream = await asyncio.wait_for(fn(body, adapter=adapter), self._timeout)
@@ -233,6 +242,21 @@ class ModelService:
             "adapters": self.engine.adapters(),
             "ongoing": self._ongoing,
         }
+
+
+def _streamed(endpoint: str, body: dict) -> tuple[dict, bool]:
+    """``body`` asking for a stream, and whether its client asked for the usage event.
+
+    A chat or completion engine is always asked for usage (it is counted here); a
+    Responses stream always ends with the whole response, usage included.
+    """
+    if endpoint == "responses":
+        return {**body, "stream": True}, True
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("`stream_options` must be an object", param="stream_options")
+    body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+    return body, bool(options.get("include_usage"))
 
 
 class ModelServer:
