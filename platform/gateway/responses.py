@@ -94,19 +94,30 @@ def error_event(exc: ApiError, sequence_number: int) -> str:
 # ------------------------------------------------------------------------ images
 
 
+#: Where an item of ``input`` keeps its parts: a message's ``content``, a tool result's
+#: ``output`` (vLLM renders both with the chat template, images included).
+_PARTS_KEY = {
+    None: "content",
+    "message": "content",
+    "function_call_output": "output",
+    "custom_tool_call_output": "output",
+}
+
+
 def input_images(body: dict) -> list[tuple[str, dict]]:
-    """``(where, part)`` for each ``input_image`` part of the messages in ``input``."""
+    """``(where, part)`` for each ``input_image`` part of the items in ``input``."""
     items = body.get("input")
     if not isinstance(items, list):
         return []
     found = []
     for i, item in enumerate(items):
-        content = item.get("content") if isinstance(item, dict) else None
-        if not isinstance(content, list) or item.get("type") not in (None, "message"):
+        key = _PARTS_KEY.get(item.get("type")) if isinstance(item, dict) else None
+        parts = item.get(key) if key else None
+        if not isinstance(parts, list):
             continue
-        for j, part in enumerate(content):
+        for j, part in enumerate(parts):
             if isinstance(part, dict) and part.get("type") == "input_image":
-                found.append((f"input[{i}].content[{j}]", part))
+                found.append((f"input[{i}].{key}[{j}]", part))
     return found
 
 
@@ -159,27 +170,27 @@ def _prepare(
     images = [load_image(part["image_url"], where, limits) for where, part in found]
     out = copy.copy(body)
     out["input"] = items = [
-        {**item, "content": list(item["content"])}
-        if isinstance(item, dict) and isinstance(item.get("content"), list)
-        else item
-        for item in body["input"]
+        dict(item) if isinstance(item, dict) else item for item in body["input"]
     ]
     chars = 0
     for number, ((where, part), image) in enumerate(zip(found, images, strict=True), 1):
-        i, j = _indices(where)
+        i, key, j = _indices(where)
+        if items[i][key] is body["input"][i][key]:
+            items[i][key] = list(items[i][key])  # copied once, before the first change
         if mode == "native":
-            items[i]["content"][j] = {**part, "image_url": image.data_url()}
+            items[i][key][j] = {**part, "image_url": image.data_url()}
         else:
             text = ocr_text(image)
             chars += len(text)
-            items[i]["content"][j] = {"type": "input_text", "text": ocr_part(number, text)["text"]}
+            items[i][key][j] = {"type": "input_text", "text": ocr_part(number, text)["text"]}
     return out, ImagesReport(mode=mode, count=len(images), ocr_chars=chars)
 
 
-def _indices(where: str) -> tuple[int, int]:
-    # "input[3].content[1]" -> (3, 1)
-    head, _, tail = where.partition(".content[")
-    return int(head[len("input[") : -1]), int(tail[:-1])
+def _indices(where: str) -> tuple[int, str, int]:
+    # "input[3].content[1]" -> (3, "content", 1)
+    head, _, tail = where.partition("].")
+    key, _, index = tail.partition("[")
+    return int(head[len("input[") :]), key, int(index[:-1])
 
 
 # ------------------------------------------------------------------------ recording
@@ -208,6 +219,8 @@ def _as_messages(body: dict) -> list[dict[str, Any]]:
             messages.append({"role": "assistant", "content": None, "tool_calls": [tool_call]})
         elif kind == "function_call_output":
             output = item.get("output")
+            if isinstance(output, list):
+                output = [_chat_part(p) for p in output if isinstance(p, dict)]
             messages.append(
                 {"role": "tool", "tool_call_id": item.get("call_id"), "content": output}
             )

@@ -442,6 +442,31 @@ def test_bad_image_is_400_naming_the_part(
     assert backend.calls == []
 
 
+def test_an_image_a_tool_returned_gets_the_same_policy(
+    client: TestClient, backend: FakeBackend, log: ConversationLog
+) -> None:
+    url = png(4, 3)
+    items = [
+        {"type": "function_call", "call_id": "c1", "name": "snap", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1",
+         "output": [{"type": "input_image", "image_url": url, "detail": "auto"}]},
+    ]  # fmt: skip
+    message = error_of(post(client, input=items), 400, "input[1].output[0]")
+    assert "does not take images" in message
+    web = [{**items[1], "output": [{"type": "input_image", "image_url": "http://x/a.png"}]}]
+    assert "network" in error_of(post(client, model="vlm", input=web), 400, "input[0].output[0]")
+    assert backend.calls == []
+    r = post(client, model="vlm", input=items)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Qingliang-Images"] == "native; count=1"
+    assert backend.calls[0][3]["input"][1]["output"][0]["image_url"] == url
+    out = io.StringIO()
+    log.export(out)
+    tool = json.loads(out.getvalue())["messages"][1]
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "c1"
+    assert tool["content"][0]["image_url"]["url"].startswith("[image image/png 4x3")
+
+
 def test_image_file_id_is_400_with_the_fix(client: TestClient) -> None:
     items = [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]
     message = error_of(post(client, model="vlm", input=items), 400, "input[0].content[0].image_url")
