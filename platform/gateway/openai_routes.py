@@ -18,6 +18,7 @@ from qingliang.platform.gateway.backend import Backend, Embedder
 from qingliang.platform.gateway.http.bodies import refuse_unknown, request_body
 from qingliang.platform.gateway.http.limits import json_body
 from qingliang.platform.gateway.http.openai_bodies import EmbeddingBody, checked
+from qingliang.serving.token_ids import decode_token_ids, is_token_ids
 
 
 def _base64_floats(vector: list[float]) -> str:
@@ -72,7 +73,8 @@ def add_embedding_routes(app: FastAPI, embedder: Embedder | None, quotas: Quotas
 
     @app.post("/v1/embeddings", openapi_extra=request_body(EmbeddingBody))
     async def embeddings(request: Request) -> dict:
-        """OpenAI's embeddings; unknown fields are a 400 naming them."""
+        """OpenAI's embeddings; unknown fields are a 400 naming them. ``input`` may be
+        cl100k_base token ids, decoded to the text they stand for (docs/openai.md)."""
         if embedder is None:
             raise NotFound("no embedding model is configured on this gateway")
         body = await json_body(request)
@@ -86,8 +88,12 @@ def add_embedding_routes(app: FastAPI, embedder: Embedder | None, quotas: Quotas
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
+        elif is_token_ids(texts):  # OpenAI's clients (LangChain by default) send cl100k ids
+            texts = decode_token_ids(texts)
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise BadRequest("`input` must be a non-empty string or list of strings", param="input")
+            raise BadRequest(
+                "`input` must be a non-empty string, list of strings, or token ids", param="input"
+            )
         if len(texts) > 2048:
             raise BadRequest(f"`input` has {len(texts)} items; at most 2048", param="input")
         # The official openai client sends encoding_format "base64" unless told otherwise.
