@@ -430,7 +430,7 @@ class _Responses:
         finally:
             if final is not None:
                 await self.quotas.charge(call.principal, total_tokens(final.get("usage")))
-        if final is not None:
+        if final is not None and final.get("status") != "failed":  # errors are not recorded
             self.record(request, call, final)
 
 
