@@ -86,6 +86,10 @@ def test_several_calls_tagged_listed_or_a_line_each() -> None:
         ('{"name": "delete_everything", "arguments": {}}', "a tool that was not offered"),
         ('{"name": "get_weather", "arguments": {}}', "a required argument missing"),
         ('{"name": "get_weather", "arguments": {"city": 3}}', "an argument of the wrong type"),
+        (
+            '{"name": "get_weather", "arguments": {"city": "Fuzhou", "condition": "sunny"}}',
+            "an argument the schema does not list",
+        ),
         ('{"name": "get_weather", "arguments": "city=Fuzhou"}', "arguments not JSON"),
         ('{"name": "get_weather", "arguments": [1]}', "arguments not an object"),
         ('{"name": "get_weather", "arguments": {"city": "F"}, "why": 1}', "an extra key"),
@@ -134,6 +138,15 @@ def test_parallel_tool_calls_false_keeps_the_first_call() -> None:
     two = f'{CALL_JSON}\n{{"name": "get_time", "arguments": {{}}}}'
     assert calls(two, TOOLS | {"parallel_tool_calls": False}) == [FUZHOU]
     assert len(calls(two, TOOLS | {"parallel_tool_calls": True}) or []) == 2
+
+
+def test_a_schema_that_allows_other_arguments_is_followed() -> None:
+    open_schema = {"type": "object", "properties": {"city": {"type": "string"}},
+                   "additionalProperties": True}  # fmt: skip
+    fn = {"name": "get_weather", "parameters": open_schema}
+    body = {"tools": [{"type": "function", "function": fn}]}
+    text = '{"name": "get_weather", "arguments": {"city": "Fuzhou", "unit": "C"}}'
+    assert calls(text, body) == [Call("get_weather", {"city": "Fuzhou", "unit": "C"})]
 
 
 def test_a_tool_without_a_schema_takes_any_object() -> None:
@@ -409,3 +422,71 @@ def test_the_parser_catalog_matches_the_installed_vllm() -> None:
     catalog = Path(__file__).parents[3] / "serving" / "catalog" / "tool_parsers.yaml"
     assert set(yaml.safe_load(catalog.read_text(encoding="utf-8"))["parsers"]) == registered
     assert "hermes" in registered
+
+
+# ------------------------------------------------------- wired into the vLLM engine
+
+
+class FakeServingChat:
+    """vLLM's ``OpenAIServingChat`` at its boundary: answers every request with ``text``
+    (a response object, or SSE strings when streaming), as its hermes parser does when the
+    model left the tags out."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def create_chat_completion(self, request: Any, raw: Any) -> Any:
+        if not request.stream:
+            return Dumps(response(self.text))
+
+        async def sse() -> AsyncIterator[str]:
+            for c in vllm_stream([self.text[:1], self.text[1:]]):
+                yield f"data: {json.dumps(c.data)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return sse()
+
+
+class Dumps:
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+    def model_dump(self, **_: Any) -> dict:
+        return self.body
+
+
+def vllm_engine(text: str, **engine: Any) -> Any:
+    pytest.importorskip("vllm")
+    from qingliang.serving.engines.vllm_engine import VLLMEngine
+    from qingliang.serving.manifest import ModelDeployment
+    from qingliang.serving.plan import HardwareProfile, compile_plan
+
+    md = ModelDeployment.model_validate(
+        {"apiVersion": "qingliang.io/v1", "kind": "ModelDeployment", "metadata": {"name": "qwen"},
+         "spec": {"model": {"source": "/models/q"}, "engine": {"kind": "vllm", **engine}}}
+    )  # fmt: skip
+    eng = VLLMEngine(compile_plan(md, HardwareProfile()).with_model_path("/models/q"))
+    eng._chat = FakeServingChat(text)
+    eng._models = type("Models", (), {"lora_requests": {}})()
+    return eng
+
+
+ASK = {"model": "qwen", "messages": [{"role": "user", "content": "Weather in Fuzhou?"}]}
+
+
+async def test_the_vllm_engine_recovers_calls_unless_the_manifest_says_not() -> None:
+    eng = vllm_engine(CALL_JSON)
+    out = await eng.chat(ASK | TOOLS, adapter=None)
+    assert out["choices"][0]["finish_reason"] == "tool_calls"
+    assert out["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    stream = await eng.chat(ASK | TOOLS | {"stream": True}, adapter=None)
+    got = [c async for c in stream]
+    assert [d["function"]["name"] for d in call_deltas(got)] == ["get_weather"]
+    # No tools offered: the same text is an answer.
+    out = await eng.chat(ASK, adapter=None)
+    assert out["choices"][0]["message"]["content"] == CALL_JSON
+
+    strict = vllm_engine(CALL_JSON, lenient_tool_calls=False)
+    out = await strict.chat(ASK | TOOLS, adapter=None)
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["choices"][0]["message"]["content"] == CALL_JSON
