@@ -145,6 +145,21 @@ def test_tool_choice_required_and_named_are_honoured(qwen: str, client: openai.O
         assert tc.function.name in ("get_weather", "get_time")
         assert isinstance(json.loads(tc.function.arguments)["city"], str)
 
+    stream = client.chat.completions.create(
+        model=qwen,
+        messages=[{"role": "user", "content": "Fuzhou, please."}],
+        tools=[GET_WEATHER, GET_TIME],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=96,
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices]
+    names = [tc.function.name for c in chunks for tc in c.choices[0].delta.tool_calls or []
+             if tc.function and tc.function.name]  # fmt: skip
+    assert names and set(names) <= {"get_weather", "get_time"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
     named = client.chat.completions.create(
         model=qwen,
         messages=[{"role": "user", "content": "How is Fuzhou today?"}],
