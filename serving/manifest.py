@@ -54,6 +54,17 @@ def quantization_catalog() -> dict[str, dict]:
     return dict(yaml.safe_load(text)["methods"])
 
 
+@cache
+def tool_call_parsers() -> tuple[str, ...]:
+    """vLLM's tool-call parser names (``tool_parsers.yaml``), loaded once, without vLLM."""
+    text = (
+        resources.files("qingliang.serving.catalog")
+        .joinpath("tool_parsers.yaml")
+        .read_text("utf-8")
+    )
+    return tuple(yaml.safe_load(text)["parsers"])
+
+
 class Metadata(BaseMetadata):
     name: str = Field(description="Deployment name; clients send it as the OpenAI `model`.")
     labels: MetadataLabels = Field(
@@ -160,6 +171,27 @@ class EngineOptions(Strict):
         description="Requests allowed to wait beyond that; past it the gateway answers 429.",
     )
     request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request limit.")
+    tool_call_parser: str = Field(
+        default="hermes",
+        description="vLLM's parser of the model's tool-call markup (`--tool-call-parser`): "
+        "`hermes` for Qwen2.5 and Hermes models, `llama3_json`, `mistral`, … "
+        "(serving/catalog/tool_parsers.yaml).",
+    )
+    lenient_tool_calls: bool = Field(
+        default=True,
+        description="Also read a call the model wrote as plain JSON (bare, fenced or tagged) "
+        "as `tool_calls`, when it names an offered tool and its arguments fit the tool's "
+        "schema (docs/openai.md).",
+    )
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, v: str) -> str:
+        known = tool_call_parsers()
+        if v not in known:
+            more = did_you_mean(v, list(known))
+            raise ValueError(f"unknown tool-call parser {v!r}{more}; known: {', '.join(known)}")
+        return v
 
 
 class Quantization(Strict):
@@ -355,6 +387,42 @@ class Autoscaling(Strict):
         return self
 
 
+#: What a deployment does with an image part in a chat request (``spec.multimodal.image``).
+ImageMode = Literal["native", "ocr", "reject"]
+
+
+class ImageInput(Strict):
+    """How the deployment takes images: ``native`` (a vision-language model sees them),
+    ``ocr`` (each image becomes the text OCR reads in it, for text-only models) or
+    ``reject`` (a 400 naming the image part). Written as a mode (``image: ocr``), or as
+    an object: one without ``mode`` declares native images (``image: {max_per_prompt: 4}``).
+    """
+
+    mode: ImageMode = Field(
+        default="reject",
+        description="native: the model sees the image (a vision-language model on vLLM); "
+        "ocr: the image is replaced by the text read in it, with its place marked; "
+        "reject: requests with images get a 400.",
+    )
+    max_per_prompt: int = Field(default=4, ge=1, le=64, description="Images one request may carry.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"mode": value}
+        if isinstance(value, dict) and value and "mode" not in value:
+            return {**value, "mode": "native"}  # {max_per_prompt: 4}: a native declaration
+        return value
+
+
+class Multimodal(Strict):
+    image: ImageInput = Field(
+        default_factory=ImageInput,
+        description="Image parts (`image_url`): native, ocr or reject (the default).",
+    )
+
+
 class ModelDeploymentSpec(Strict):
     model: ModelSource = Field(description="Which weights to serve.")
     engine: EngineOptions = Field(default_factory=EngineOptions)
@@ -362,6 +430,9 @@ class ModelDeploymentSpec(Strict):
     lora: LoraOptions = Field(default_factory=LoraOptions)
     placement: Placement = Field(default_factory=Placement)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    multimodal: Multimodal = Field(
+        default_factory=Multimodal, description="What the deployment does with images."
+    )
 
     @model_validator(mode="after")
     def _engine_matrix(self) -> ModelDeploymentSpec:
@@ -390,6 +461,11 @@ class ModelDeploymentSpec(Strict):
             why = f" (quantization.method {method!r} runs only on transformers)"
             raise ValueError(
                 "tensor parallelism needs engine vllm" + (why if transformers_only else "")
+            )
+        if self.multimodal.image.mode == "native" and (eng == "transformers" or transformers_only):
+            raise ValueError(
+                "multimodal.image native needs engine vllm (the transformers engine serves "
+                "text only); use image: ocr for a text-only model"
             )
         if acc == "cpu" and self.engine.dtype == "float16":
             raise ValueError("float16 is not supported on cpu; use float32 or bfloat16")

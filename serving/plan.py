@@ -88,6 +88,9 @@ class DeploymentPlan:
     model_path: str | None = None
     trust_remote_code: bool = False
     tokenizer: str | None = None
+    #: Images one request may carry to the model itself (``spec.multimodal.image`` native);
+    #: 0: the engine takes text only (OCR, if any, happens before the request reaches it).
+    images_per_prompt: int = 0
 
     def with_model_path(self, path: str) -> DeploymentPlan:
         """A copy with the resolved local model path filled in."""
@@ -148,6 +151,7 @@ def _engine(md: ModelDeployment, profile: HardwareProfile, row: dict, source: st
             "transformers" not in engines
             or spec.placement.accelerator == "npu"
             or spec.placement.tensor_parallel_size > 1
+            or spec.multimodal.image.mode == "native"
         )
         if "vllm" not in engines:
             engine = "transformers"
@@ -227,4 +231,7 @@ def compile_plan(md: ModelDeployment, profile: HardwareProfile, source: str = ""
         description=md.metadata.description,
         trust_remote_code=spec.model.trust_remote_code,
         tokenizer=spec.model.tokenizer,
+        images_per_prompt=(
+            spec.multimodal.image.max_per_prompt if spec.multimodal.image.mode == "native" else 0
+        ),
     )

@@ -31,6 +31,8 @@ from pydantic_core import from_json
 from qingliang.platform.errors import BadRequest, EngineError, NotFound, did_you_mean, from_status
 from qingliang.serving.engine import EngineOutput, StreamChunk
 from qingliang.serving.plan import DeploymentPlan
+from qingliang.serving.responses_toolcalls import recover_responses
+from qingliang.serving.toolcalls import recover
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def engine_argv(plan: DeploymentPlan) -> list[str]:
         "--disable-log-stats",
         "--enable-auto-tool-choice",
         "--tool-call-parser",
-        "hermes",
+        o.tool_call_parser,
     ]
     if o.max_model_len:
         argv += ["--max-model-len", str(o.max_model_len)]
@@ -62,6 +64,8 @@ def engine_argv(plan: DeploymentPlan) -> list[str]:
         argv += ["--max-num-batched-tokens", str(o.max_num_batched_tokens)]
     if o.enforce_eager:
         argv.append("--enforce-eager")
+    if plan.images_per_prompt:
+        argv += ["--limit-mm-per-prompt", json.dumps({"image": plan.images_per_prompt})]
     if plan.engine_quantization:
         argv += ["--quantization", plan.engine_quantization]
     if plan.trust_remote_code:
@@ -133,6 +137,7 @@ class VLLMEngine:
         self._llm: Any = None
         self._chat: Any = None
         self._completion: Any = None
+        self._responses: Any = None
         self._models: Any = None
         self._max_model_len = plan.options.max_model_len or 0
 
@@ -192,12 +197,21 @@ class VLLMEngine:
             raise EngineError(f"{self.plan.name}: vLLM failed to start: {exc}") from exc
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
+        self._responses = getattr(state, "openai_serving_responses", None)
         self._models = state.openai_serving_models
         self._max_model_len = int(vllm_config.model_config.max_model_len)
         for name, path in self.plan.adapters:
             await self.load_adapter(name, path)
 
-    async def _run(self, handler: Any, request_cls: Any, body: dict, adapter: str | None):
+    async def _run(
+        self,
+        handler: Any,
+        request_cls: Any,
+        body: dict,
+        adapter: str | None,
+        *,
+        events: bool = False,
+    ):
         if handler is None:
             raise EngineError(f"{self.plan.name}: engine is not started")
         body = dict(body)
@@ -229,6 +243,10 @@ class VLLMEngine:
             result = create_error_response(exc)
         if isinstance(result, ErrorResponse):
             raise from_status(result.error.code, result.error.message, param=result.error.param)
+        if events:  # the Responses API: pydantic objects, dumped as vLLM's server does
+            if hasattr(result, "model_dump"):
+                return result.model_dump(mode="json", by_alias=True)
+            return _response_events(result)
         if hasattr(result, "model_dump"):
             return result.model_dump(exclude_none=True)
         return _chunks(result)
@@ -237,13 +255,33 @@ class VLLMEngine:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
         handler = self._chat.create_chat_completion if self._chat else None
-        return await self._run(handler, ChatCompletionRequest, body, adapter)
+        output = await self._run(handler, ChatCompletionRequest, body, adapter)
+        if not self.plan.options.lenient_tool_calls:
+            return output
+        # Small models often write a call as plain JSON, which the parser leaves as text.
+        return recover(body, output)
 
     async def completion(self, body: dict, *, adapter: str | None) -> EngineOutput:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
         handler = self._completion.create_completion if self._completion else None
         return await self._run(handler, CompletionRequest, body, adapter)
+
+    async def responses(self, body: dict, *, adapter: str | None) -> EngineOutput:
+        """OpenAI's Responses API through vLLM's ``OpenAIServingResponses``.
+
+        For a model without harmony (not gpt-oss) vLLM renders ``input`` and
+        ``instructions`` with the chat template, parses tool calls with the deployment's
+        parser into ``function_call`` items, and streams typed ``response.*`` events.
+        A call the parser left as text is recovered as for chat (``lenient_tool_calls``).
+        """
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+        handler = self._responses.create_responses if self._responses else None
+        output = await self._run(handler, ResponsesRequest, body, adapter, events=True)
+        if not self.plan.options.lenient_tool_calls:
+            return output
+        return recover_responses(body, output)
 
     async def load_adapter(self, name: str, path: str) -> None:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -302,7 +340,7 @@ class VLLMEngine:
 
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
-        self._chat = self._completion = self._models = None
+        self._chat = self._completion = self._responses = self._models = None
         if llm is not None:
             try:
                 llm.shutdown()
@@ -348,6 +386,26 @@ async def _chunks(gen: AsyncGenerator[str, None]) -> AsyncIterator[StreamChunk]:
                 except (ValueError, TypeError, AttributeError):
                     raise EngineError(event.strip()) from None
                 raise from_status(code, str(err.get("message")))
+            yield StreamChunk.of(data)
+
+
+async def _response_events(gen: AsyncGenerator[Any, None]) -> AsyncIterator[StreamChunk]:
+    """vLLM's Responses events (pydantic objects, not SSE text) as typed chunks.
+
+    Each is dumped as vLLM's own server writes it (by alias); the gateway writes the SSE,
+    with the ``event:`` line the Responses stream has. A failure event (``type: error``)
+    is raised, as in :func:`_chunks`. Closing this stream closes vLLM's.
+    """
+    async with contextlib.aclosing(gen):
+        async for event in gen:
+            data = event.model_dump(mode="json", by_alias=True)
+            if data.get("type") == "error" or isinstance(data.get("error"), dict):
+                err = data.get("error") if isinstance(data.get("error"), dict) else data
+                try:
+                    code = int(err.get("code") or 500)
+                except (ValueError, TypeError):
+                    code = 500
+                raise from_status(code, str(err.get("message")), param=err.get("param"))
             yield StreamChunk.of(data)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from _platform import Platform
@@ -167,6 +169,49 @@ def test_more_images_than_the_deployment_takes(client: openai.OpenAI, vlm: str) 
             model=vlm, messages=[{"role": "user", "content": parts}], max_tokens=4
         )
     assert "3 images in one request" in str(err.value) and "at most 2" in str(err.value)
+
+
+# ------------------------------------------------------------------ an agent graph, both paths
+
+EYES = """apiVersion: qingliang.io/v1
+kind: AgentGraph
+metadata: {name: it-eyes}
+spec:
+  agents:
+    - {name: reader, model: qwen, images: ocr, max_tokens: 16,
+       system: "Answer with the number only."}
+    - {name: looker, model: vlm, images: native, max_tokens: 8}
+  nodes:
+    - {name: read, type: agent, agent: reader, next: look}
+    - {name: look, type: agent, agent: looker}
+"""
+
+
+def test_an_agent_graph_reads_by_ocr_and_looks_natively(
+    platform: Platform, http: httpx.Client, qwen: str, vlm: str
+) -> None:
+    platform.ctl.apply([platform.manifest("it-eyes", EYES)], wait=False, progress=False)
+    data = invoice().split(",", 1)[1]
+    body = {
+        "input": "What is the total amount on this invoice?",
+        "attachments": [{"name": "invoice.png", "data": data}],
+    }
+    with http.stream("POST", "/v1/agents/it-eyes/runs", json=body) as r:
+        assert r.status_code == 200, r.read()
+        events = [
+            json.loads(line.removeprefix("data: "))
+            for line in r.iter_lines()
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
+    assert events[-1]["type"] == "status" and events[-1]["status"] == "done", events[-1]
+    said: dict[str, str] = {}
+    for e in events:
+        if e["type"] == "token":
+            said[e["node"]] = said.get(e["node"], "") + e["delta"]
+    assert "365" in said["read"]  # the text model read the invoice through OCR
+    assert said["look"]  # the vision model was sent the image and answered
+    run = http.get(f"/v1/agents/runs/{events[0]['run_id']}").json()
+    assert run["input"]["attachments"] == ["invoice.png"]
 
 
 # ------------------------------------------------------------------ reject and limits

@@ -49,6 +49,8 @@ from qingliang.platform.gateway.http.params import MAX_LOGPROBS, MAX_STOP
 
 #: Answer header naming the request fields that were accepted but not acted on.
 IGNORED_HEADER = "X-Qingliang-Ignored-Fields"
+#: Answer header saying what was done with the request's images (``ocr; count=2``).
+IMAGES_HEADER = "X-Qingliang-Images"
 _INT64 = 2**63
 
 
@@ -92,7 +94,9 @@ class TextPart(_Obj):
 
 class ImageURL(_Obj):
     url: str = Field(description="An https URL, or a data: URL with the image in base64.")
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = Field(
+        None, description="Ignored by vLLM (it warns); accepted as OpenAI takes it."
+    )
 
 
 class ImagePart(_Obj):
@@ -338,7 +342,7 @@ class StreamOptions(_Obj):
 
 
 class AudioOutput(_Obj):
-    voice: str
+    voice: str | dict[str, Any] = Field(description="A voice name, or {id} of a custom one.")
     format: str
 
 
@@ -496,7 +500,10 @@ class EmbeddingBody(_Top):
     """``POST /v1/embeddings``: OpenAI's embeddings request."""
 
     model: str = Field(description="The embedding model (GET /v1/models lists it).")
-    input: str | list[str] = Field(description="A text, or at most 2048 of them.")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, or at most 2048 of them; or token ids of cl100k_base (what "
+        "OpenAI's clients send, LangChain's by default), decoded to text before embedding."
+    )
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="float (default), or base64 of little-endian float32."
     )

@@ -109,6 +109,7 @@ def test_minimal_manifest_gets_documented_defaults() -> None:
     assert (e.gpu_memory_utilization, e.cpu_threads, e.seed) == (0.9, None, 0)
     assert (e.max_concurrent_requests, e.max_queued_requests) == (32, 64)
     assert e.request_timeout_s == 300.0
+    assert (e.tool_call_parser, e.lenient_tool_calls) == ("hermes", True)
     assert md.spec.quantization.method == "none"
     lora = md.spec.lora
     assert (lora.adapters, lora.max_adapters, lora.max_rank, lora.enabled) == ({}, 4, 16, None)
@@ -247,6 +248,9 @@ def test_valid_names(name: str) -> None:
         ("spec.engine.dtype", "bfloat16"),
         ("spec.engine.dtype", "float32"),
         ("spec.engine.kind", "transformers"),
+        ("spec.engine.tool_call_parser", "llama3_json"),
+        ("spec.engine.tool_call_parser", "granite-20b-fc"),
+        ("spec.engine.lenient_tool_calls", False),
         ("spec.lora.max_adapters", 256),
         ("spec.lora.max_rank", 512),
         ("spec.placement.cpus", 0.5),
@@ -409,6 +413,12 @@ BAD_FIELDS = [
     ),
     ("spec.engine.request_timeout_s", 0, "spec.engine.request_timeout_s", "greater than 0"),
     ("spec.engine", None, "spec.engine", "valid dictionary or instance of EngineOptions"),
+    # tool calls
+    ("spec.engine.tool_call_parser", "hermess", "spec.engine.tool_call_parser", "'hermes'?)"),
+    ("spec.engine.tool_call_parser", "qwen", "spec.engine.tool_call_parser", "unknown tool-call"),
+    ("spec.engine.tool_call_parser", "x", "spec.engine.tool_call_parser", "known: apertus, "),
+    ("spec.engine.tool_call_parser", 3, "spec.engine.tool_call_parser", "valid string"),
+    ("spec.engine.lenient_tool_calls", "often", "spec.engine.lenient_tool_calls", "valid boolean"),
     # quantisation
     ("spec.quantization.method", "awk", "spec.quantization.method", "unknown method 'awk'"),
     ("spec.quantization.method", "awk", "spec.quantization.method", "(did you mean 'awq'?)"),

@@ -128,7 +128,14 @@ class StoreAuth:
 
 
 ENTRIES = [
-    ModelEntry("qwen", ("sql", "tutor"), created=7, labels={"team": "a"}, description="coder"),
+    ModelEntry(
+        "qwen",
+        ("sql", "tutor"),
+        created=7,
+        labels={"team": "a"},
+        description="coder",
+        image_mode="native",
+    ),
     ModelEntry("tiny"),
 ]
 
@@ -479,6 +486,35 @@ def test_embeddings_list_input(client: TestClient, embedder: FakeEmbedder) -> No
     assert embedder.calls == [(["a", "b", "c"], "query")]
 
 
+#: cl100k_base ids (what tiktoken, and OpenAI's clients, make) of two texts.
+WEATHER_IDS = {
+    "今天天气很好": [37271, 36827, 36827, 30320, 242, 17599, 230, 53901],
+    "The weather is nice today": [791, 9282, 374, 6555, 3432],
+}
+
+
+def test_embeddings_token_ids_are_embedded_as_their_text(
+    client: TestClient, embedder: FakeEmbedder
+) -> None:
+    # LangChain's OpenAIEmbeddings sends lists of ids by default; one flat list is one input.
+    r = embed(client, input=list(WEATHER_IDS.values()))
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"]) == 2
+    assert embed(client, input=WEATHER_IDS["今天天气很好"], input_type="passage").status_code == 200
+    assert embedder.calls == [(list(WEATHER_IDS), "query"), (["今天天气很好"], "passage")]
+
+
+@pytest.mark.parametrize(
+    ("ids", "param"),
+    [([[791, 100300]], "input[0][1]"), ([[791], [1.5]], "input[1][0]"), ([[791], []], "input[1]")],
+)
+def test_embeddings_bad_token_ids_are_400_naming_the_item(
+    client: TestClient, embedder: FakeEmbedder, ids: list, param: str
+) -> None:
+    assert_openai_error(embed(client, input=ids), 400, param=param)
+    assert embedder.calls == []
+
+
 def test_embeddings_base64(client: TestClient) -> None:
     r = embed(client, input=["a", "b"], encoding_format="base64")
     assert r.status_code == 200
@@ -497,7 +533,7 @@ def test_embeddings_wrong_model_is_404(client: TestClient, embedder: FakeEmbedde
     ("body", "param"),
     [
         ({"input": []}, "input"),
-        ({"input": [1, 2]}, "input"),
+        ({"input": ["a", 1]}, "input"),  # token ids are taken, mixed with text not
         ({"input": ["a", None]}, "input"),
         ({"input": None}, "input"),
         ({}, "input"),
@@ -649,5 +685,7 @@ async def test_openai_client_embeddings(oai: openai.AsyncOpenAI) -> None:
     assert out.usage.prompt_tokens == 4
     out = await oai.embeddings.create(model=EMBED_MODEL, input="a", encoding_format="float")
     assert out.data[0].embedding == [0.0, 0.5, -1.25]
+    out = await oai.embeddings.create(model=EMBED_MODEL, input=[WEATHER_IDS["今天天气很好"]])
+    assert len(out.data) == 1
     with pytest.raises(openai.NotFoundError):
         await oai.embeddings.create(model="qwen", input="a")

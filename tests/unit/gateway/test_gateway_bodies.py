@@ -178,6 +178,20 @@ VLLM_EXTRAS = {
 }
 
 
+def _png_url() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+PNG_URL = _png_url()
+
+
 def test_vllm_extras_and_openai_fields_reach_the_engine_as_sent(
     client: TestClient, backend: FakeBackend
 ) -> None:
@@ -190,7 +204,7 @@ def test_vllm_extras_and_openai_fields_reach_the_engine_as_sent(
                 "role": "user",
                 "content": [
                     {"type": "text", "text": "what is this?"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+                    {"type": "image_url", "image_url": {"url": PNG_URL}},  # qwen: native
                     {"type": "video_url", "video_url": {"url": "https://x/v.mp4"}},  # vLLM's
                 ],
             },

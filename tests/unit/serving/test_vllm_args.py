@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from qingliang.platform.errors import EngineError
@@ -43,6 +45,17 @@ def test_cpu_profile_runs_in_process_with_typed_options() -> None:
     assert arg(argv, "--distributed-executor-backend") == "uni"
     assert "--enforce-eager" in argv and "--enable-lora" not in argv
     assert "--tensor-parallel-size" not in argv
+
+
+def test_tool_call_parser_is_the_manifests() -> None:
+    assert arg(engine_argv(plan({})), "--tool-call-parser") == "hermes"
+    argv = engine_argv(plan({"engine": {"tool_call_parser": "llama3_json"}}))
+    assert arg(argv, "--tool-call-parser") == "llama3_json"
+    assert "--enable-auto-tool-choice" in argv
+    # The choices reach the replica through the Serve config's plan (options).
+    p = plan({"engine": {"tool_call_parser": "mistral", "lenient_tool_calls": False}})
+    again = type(p).from_dict(json.loads(json.dumps(p.to_dict())))
+    assert (again.options.tool_call_parser, again.options.lenient_tool_calls) == ("mistral", False)
 
 
 def test_lora_rank_is_rounded_up_to_a_value_vllm_accepts() -> None:
