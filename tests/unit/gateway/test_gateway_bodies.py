@@ -352,7 +352,7 @@ def test_vllm_declares_every_field_the_gateway_sends_on() -> None:
     ("model", "body", "param", "fragment"),
     [
         (SearchBody, {"qeury": "x"}, "qeury", "did you mean 'query'?"),
-        (SearchBody, {}, "query", "`query` is required"),
+        (SearchBody, {"query": "x", "image": 5}, "image", "valid string"),
         (SearchBody, {"query": "x", "limit": "5"}, "limit", "valid integer"),
         (SearchBody, {"query": "x", "limit": 5.0}, "limit", "valid integer"),
         (SearchBody, {"query": "x", "mmr": True}, "mmr", "valid number"),

@@ -41,6 +41,7 @@ from tests.unit.gateway.test_gateway import (
 KiB = 1024
 SMALL = GatewayLimits(
     max_json_body_bytes=4 * KiB,
+    max_chat_body_bytes=4 * KiB,
     max_agent_body_bytes=16 * KiB,
     max_upload_bytes=8 * KiB,
     max_attachments=2,
@@ -173,14 +174,14 @@ def too_large(error: dict, route: str, setting: str) -> None:
 def test_chat_body_over_the_default_limit_is_413_unread(
     backend: FakeBackend, keys: KeyStore, key: str, parts: dict
 ) -> None:
-    app = build(backend, keys, parts, None)  # the defaults: JSON bodies up to 4 MiB
-    filler = "x" * (5 * 1024 * 1024)
+    app = build(backend, keys, parts, None)  # the defaults: chat bodies (images) up to 32 MiB
+    filler = "x" * (33 * 1024 * 1024)
     body = {"model": "qwen", "messages": [{"role": "user", "content": filler}]}
     with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as c:
         r = c.post("/v1/chat/completions", json=body)
     error = assert_openai_error(r, 413)
-    too_large(error, "POST /v1/chat/completions", "QINGLIANG_MAX_JSON_BODY_BYTES")
-    assert "4 MiB" in error["message"]
+    too_large(error, "POST /v1/chat/completions", "QINGLIANG_MAX_CHAT_BODY_BYTES")
+    assert "32 MiB" in error["message"]
     assert backend.calls == []
 
 
@@ -189,7 +190,7 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(app: A
         app, "/v1/chat/completions", [b"{}"], {"content-length": str(5 * KiB)}
     )
     assert status == 413 and read == 0
-    too_large(answer["error"], "POST /v1/chat/completions", "QINGLIANG_MAX_JSON_BODY_BYTES")
+    too_large(answer["error"], "POST /v1/chat/completions", "QINGLIANG_MAX_CHAT_BODY_BYTES")
 
 
 @pytest.mark.parametrize("declared", [None, "10"])
@@ -202,7 +203,7 @@ async def test_a_chunked_or_lying_body_is_refused_once_past_the_limit(
     chunks = [b'{"model": "qwen", "messages": [{"role": "user", "content": "'] + [b"x" * KiB] * 40
     status, answer, read = await asgi(app, "/v1/chat/completions", chunks, headers)
     assert status == 413
-    too_large(answer["error"], "POST /v1/chat/completions", "QINGLIANG_MAX_JSON_BODY_BYTES")
+    too_large(answer["error"], "POST /v1/chat/completions", "QINGLIANG_MAX_CHAT_BODY_BYTES")
     assert read <= 6  # stopped at the 4 KiB limit, not after 40 chunks
     assert backend.calls == []
 
@@ -295,7 +296,9 @@ def test_body_limit_by_route() -> None:
     assert body_limit("POST", "/v1/knowledge/k/documents", limits).bound > 50 * 1024 * 1024
     assert body_limit("POST", "/v1/agents/desk/runs", limits).limit == 32 * 1024 * 1024
     assert body_limit("POST", "/v1/agents/runs/run_1/resume", limits).limit == 32 * 1024 * 1024
-    for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/feedback", "/v1/pipelines"):
+    for path in ("/v1/chat/completions", "/v1/responses"):  # images travel in them
+        assert body_limit("POST", path, limits).limit == 32 * 1024 * 1024
+    for path in ("/v1/completions", "/v1/embeddings", "/v1/feedback", "/v1/pipelines"):
         assert body_limit("POST", path, limits).limit == 4 * 1024 * 1024
 
 
