@@ -73,15 +73,15 @@ DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults" / "qwen-c
 
 @pytest.fixture(scope="session")
 def qwen(platform: Platform) -> str:
-    """The packaged default deployment (deploy/defaults/qwen-coder.yaml) as `qwen`, once
+    """The packaged default deployment (deploy/defaults/qwen-coder.yaml), under its own name, once
     per session: every test file that needs the real small model shares it."""
     doc = yaml.safe_load(DEFAULTS.read_text())
-    doc["metadata"]["name"] = "qwen"
     # Share the test cluster's cores with the tiny deployments.
     doc["spec"]["placement"]["cpus"] = 1
-    path = platform.manifest("qwen", yaml.safe_dump(doc))
+    name = doc["metadata"]["name"]  # qwen-coder: the bundles under deploy/ name it so
+    path = platform.manifest(name, yaml.safe_dump(doc))
     platform.ctl.apply([path], wait=True, timeout_s=900, progress=False)
-    return "qwen"
+    return name
 
 
 def _wait_http(p: Platform, timeout_s: float = 60) -> None:

@@ -178,7 +178,7 @@ kind: AgentGraph
 metadata: {name: it-eyes}
 spec:
   agents:
-    - {name: reader, model: qwen, images: ocr, max_tokens: 16,
+    - {name: reader, model: qwen-coder, images: ocr, max_tokens: 16,
        system: "Answer with the number only."}
     - {name: looker, model: vlm, images: native, max_tokens: 8}
   nodes:
