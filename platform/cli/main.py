@@ -23,6 +23,7 @@ from qingliang.platform.cli.adapters import adapters_app
 from qingliang.platform.cli.agents import agents_app
 from qingliang.platform.cli.conversations import conversations_app
 from qingliang.platform.cli.data import data_app
+from qingliang.platform.cli.demo import demo_app
 from qingliang.platform.cli.kb import kb_app
 from qingliang.platform.cli.keys import keys_app
 from qingliang.platform.cli.pipelines import finetune_app, pipelines_app
@@ -63,6 +64,7 @@ app.add_typer(conversations_app, name="conversations")
 app.add_typer(registry_app, name="registry")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(demo_app, name="demo")
 
 
 def main() -> None:

@@ -1,0 +1,89 @@
+"""``qingliang demo``: the three domain demonstrations on the running platform.
+
+$ qingliang demo list
+$ qingliang demo up all            # gov, healthcare, manufacturing and the front desk
+$ qingliang demo down all          # removes what `demo up` created, nothing else
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from qingliang.platform.cli import _common
+from qingliang.platform.cli._common import console, fail, load_settings
+from qingliang.platform.errors import QingliangError
+
+demo_app = typer.Typer(
+    help="The domain demonstrations (deploy/domains/): government services, healthcare, "
+    "manufacturing, reachable together through one front desk.",
+    no_args_is_help=True,
+)
+
+NamesArg = typer.Argument(None, help="gov, healthcare, manufacturing, or all (the default).")
+DirOpt = typer.Option(
+    None, "--dir", help="Where the bundles are (default: deploy/domains, or QINGLIANG_DEMOS_DIR)."
+)
+
+
+@demo_app.command("list")
+def list_demos(root: Path = DirOpt) -> None:
+    """The demonstrations, and which are up on this platform."""
+    from qingliang.platform import demos
+
+    try:
+        up = demos.Managed(load_settings().home / demos.RECORD).read()
+        for b in demos.select(["all"], root):
+            state = "up" if b.name in up else "down"
+            console.print(f"{b.name:<14} {state:<5} {b.spec.title}", highlight=False)
+    except QingliangError as exc:
+        fail(exc)
+
+
+@demo_app.command("up")
+def up(names: list[str] = NamesArg, root: Path = DirOpt) -> None:
+    """Prepare each bundle's data, apply its manifests, sync its knowledge bases, and say
+    what to try. With all three up, the front desk routes between them."""
+    from qingliang.platform import demos
+    from qingliang.platform.cli.kb import sync_after_apply
+
+    try:
+        settings = load_settings()
+        bundles = demos.select(names or ["all"], root)
+        ctl = _common.controller(settings)
+        demos.up(bundles, ctl, settings.home, sync=sync_after_apply, say=_say)
+        for b in bundles:
+            console.print(f"\n[bold]{b.name}[/bold] — {b.spec.title}", highlight=False)
+            if b.spec.summary:
+                console.print(b.spec.summary.strip(), highlight=False)
+            console.print(f"Walkthrough: {b.root / 'README.md'}", highlight=False)
+            for line in b.spec.try_:
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+            for path in b.training:
+                console.print(
+                    f"  train its adapter: qingliang pipelines run -f {path}", highlight=False
+                )
+    except QingliangError as exc:
+        fail(exc)
+
+
+@demo_app.command("down")
+def down(names: list[str] = NamesArg) -> None:
+    """Remove what `demo up` created (graphs, knowledge bases, datasets); objects you made
+    yourself are never touched."""
+    from qingliang.platform import demos
+
+    try:
+        settings = load_settings()
+        removed = demos.down(
+            names or ["all"], _common.controller(settings), settings.home, say=_say
+        )
+        if not removed:
+            console.print("nothing to remove")
+    except QingliangError as exc:
+        fail(exc)
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False)

@@ -1,0 +1,347 @@
+"""The domain demonstrations: bundles of manifests and data under ``deploy/domains/``.
+
+A bundle is a folder (``deploy/domains/gov``, ``healthcare``, ``manufacturing``) with a
+``demo.yaml`` (:class:`DemoFile`), the manifests it lists, and the data they read::
+
+    title: "政务服务 12345 热线与政策咨询"
+    summary: "..."
+    prepare:
+      sqlite: [{csv: data/offices.csv, database: data/offices.sqlite, table: offices}]
+    manifests: [knowledge.yaml, desk.yaml]
+    try: ['qingliang agents run gov-desk "..."']
+
+:func:`prepare` builds what the manifests need and the repository does not ship (SQLite
+tables from the shipped CSV files, for the read-only ``sql`` tools); :func:`up` applies
+the manifests to the running platform; :func:`down` removes what :func:`up` created, and
+only that. What a demonstration created is recorded in ``$QINGLIANG_HOME/demos.json``, so
+``demo down`` never deletes an object a user made, and ``demo up`` refuses to take over
+one (it names it and says how to proceed) — ``demo up all`` then ``demo down all`` leaves
+the platform as it was.
+
+With all three domains up, the front desk (``deploy/domains/front-desk.yaml``) routes any
+request to the right domain desk with the learned router.
+
+Example:
+    >>> from qingliang.platform.demos import DOMAINS, select
+    >>> [b.name for b in select(["all"])] == list(DOMAINS)  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qingliang.platform.errors import (
+    Conflict,
+    FieldIssue,
+    ManifestError,
+    NotFound,
+    did_you_mean,
+)
+
+#: The domains, in the order ``all`` brings them up.
+DOMAINS = ("gov", "healthcare", "manufacturing")
+#: The front desk's manifest, beside the bundles; applied once every domain is up.
+FRONT_DESK = "front-desk.yaml"
+#: Where the bundles are: the repository's ``deploy/domains`` (override:
+#: ``QINGLIANG_DEMOS_DIR``).
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "deploy" / "domains"
+#: What ``demo up`` records, under the platform's data directory.
+RECORD = "demos.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SqliteTable(_Strict):
+    csv: str = Field(description="A CSV file of the bundle (header row first), UTF-8.")
+    database: str = Field(description="The SQLite file to build (git-ignored).")
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="Table name.")
+
+
+class Prepare(_Strict):
+    sqlite: list[SqliteTable] = Field(default_factory=list)
+
+
+class DemoFile(_Strict):
+    """``demo.yaml``: what the bundle is and what ``demo up`` does with it."""
+
+    title: str = Field(min_length=1, max_length=200)
+    summary: str = Field(default="", max_length=2000)
+    prepare: Prepare = Field(default_factory=Prepare)
+    manifests: list[str] = Field(min_length=1, description="Applied in this order.")
+    train: list[str] = Field(
+        default_factory=list,
+        description="Pipelines that train the domain's adapter (`qingliang pipelines run -f`).",
+    )
+    try_: list[str] = Field(default_factory=list, alias="try")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One domain's bundle, read from its ``demo.yaml``."""
+
+    name: str
+    root: Path
+    spec: DemoFile
+
+    @property
+    def manifests(self) -> list[Path]:
+        return [self.root / m for m in self.spec.manifests]
+
+    @property
+    def training(self) -> list[Path]:
+        return [self.root / m for m in self.spec.train]
+
+    @classmethod
+    def load(cls, root: Path) -> Bundle:
+        """The bundle at ``root``; a bad ``demo.yaml`` names the file and the field."""
+        path = root / "demo.yaml"
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise NotFound(f"{path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ManifestError([FieldIssue("", f"not valid YAML: {exc}")], str(path)) from None
+        try:
+            spec = DemoFile.model_validate(raw)
+        except ValidationError as exc:
+            issues = [
+                FieldIssue(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()
+            ]
+            raise ManifestError(issues, str(path)) from None
+        for name in spec.manifests + spec.train:
+            if not (root / name).is_file():
+                raise ManifestError([FieldIssue("manifests", f"no such file: {name}")], str(path))
+        return cls(root.name, root, spec)
+
+
+def root_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env["QINGLIANG_DEMOS_DIR"]) if env.get("QINGLIANG_DEMOS_DIR") else DEFAULT_ROOT
+
+
+def select(names: Sequence[str], root: Path | None = None) -> list[Bundle]:
+    """The bundles ``names`` ask for (``all``: every domain), in :data:`DOMAINS` order.
+
+    Raises:
+        NotFound: an unknown name (with a "did you mean"), or a bundle missing on disk.
+    """
+    root = root or root_dir()
+    wanted: list[str] = []
+    for name in names or ["all"]:
+        if name == "all":
+            wanted += list(DOMAINS)
+        elif name in DOMAINS:
+            wanted.append(name)
+        else:
+            raise NotFound(
+                f"no demo {name!r}{did_you_mean(name, [*DOMAINS, 'all'])}; "
+                f"choose from {', '.join(DOMAINS)} or all"
+            )
+    ordered = [d for d in DOMAINS if d in wanted]
+    missing = [d for d in ordered if not (root / d / "demo.yaml").is_file()]
+    if missing:
+        raise NotFound(f"demo bundle(s) not found under {root}: {', '.join(missing)}")
+    return [Bundle.load(root / d) for d in ordered]
+
+
+# ------------------------------------------------------------------ prepare
+
+
+def prepare(bundle: Bundle | Path) -> list[Path]:
+    """Build what ``bundle``'s manifests read and the repository does not ship; returns
+    the files built. Idempotent: a table newer than its CSV is left alone."""
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    built = []
+    for item in b.spec.prepare.sqlite:
+        built.append(csv_to_sqlite(b.root / item.csv, b.root / item.database, item.table))
+    return built
+
+
+def csv_to_sqlite(source: Path, database: Path, table: str) -> Path:
+    """``source`` (CSV with a header) as ``table`` in ``database``, column types inferred
+    (INTEGER, REAL, else TEXT). The table is replaced whole, in one transaction, only
+    when the CSV is newer than the database or the table is missing."""
+    if not source.is_file():
+        raise NotFound(f"{source}: no such CSV file")
+    if database.exists() and database.stat().st_mtime >= source.stat().st_mtime:
+        with sqlite3.connect(database) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)
+            ).fetchone()
+        if found:
+            return database
+    with source.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or not rows[0]:
+        raise ManifestError(
+            [FieldIssue("csv", "the file is empty (a header row is needed)")], str(source)
+        )
+    header, body = rows[0], rows[1:]
+    bad = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if bad:
+        raise ManifestError(
+            [FieldIssue("csv", f"line {bad[0]}: {len(body[bad[0] - 2])} fields, the header has "
+                     f"{len(header)}")], str(source),
+        )  # fmt: skip
+    types = [_column_type([r[i] for r in body]) for i in range(len(header))]
+    columns = ", ".join(f'"{h}" {t}' for h, t in zip(header, types, strict=True))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(database) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        conn.execute(f'CREATE TABLE "{table}" ({columns})')
+        marks = ", ".join("?" for _ in header)
+        conn.executemany(
+            f'INSERT INTO "{table}" VALUES ({marks})',
+            [[_value(v, t) for v, t in zip(r, types, strict=True)] for r in body],
+        )
+    return database
+
+
+def _column_type(values: list[str]) -> str:
+    present = [v for v in values if v.strip()]
+    for kind, cast in (("INTEGER", int), ("REAL", float)):
+        try:
+            for v in present:
+                cast(v)
+        except ValueError:
+            continue
+        return kind if present else "TEXT"
+    return "TEXT"
+
+
+def _value(v: str, kind: str) -> Any:
+    if not v.strip():
+        return None
+    return int(v) if kind == "INTEGER" else float(v) if kind == "REAL" else v
+
+
+# ------------------------------------------------------------------ up and down
+
+
+@dataclass(frozen=True)
+class Managed:
+    """What the demos created on this platform: ``{domain: [[kind, name], ...]}``."""
+
+    path: Path
+
+    def read(self) -> dict[str, list[list[str]]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise Conflict(f"{self.path} cannot be read ({exc}); remove it to start over") from None
+        return data if isinstance(data, dict) else {}
+
+    def write(self, data: dict[str, list[list[str]]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".demos.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    def owned(self) -> set[tuple[str, str]]:
+        return {(k, n) for items in self.read().values() for k, n in items}
+
+
+def objects(paths: Iterable[Path]) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every manifest in ``paths``, in order (validated)."""
+    import qingliang.platform.control.kinds  # noqa: F401
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
+    from qingliang.platform.manifests.loader import load_paths
+
+    return [(item.kind, item.name) for item in load_paths(list(paths))]
+
+
+Say = Callable[[str], None]
+
+
+def up(
+    bundles: list[Bundle],
+    ctl: Any,
+    home: Path,
+    *,
+    sync: Callable[[list[str]], None],
+    say: Say = print,
+) -> list[Any]:
+    """Prepare and apply ``bundles`` (and the front desk, once all three domains are up)
+    on the platform ``ctl`` controls; ``sync`` embeds the knowledge bases applied.
+
+    Raises:
+        Conflict: an object a bundle defines exists and was not made by a demo (named,
+            with what to do); nothing is changed then.
+    """
+    record = Managed(home / RECORD)
+    owned = record.owned()
+    plan: list[tuple[str, list[Path]]] = [(b.name, b.manifests) for b in bundles]
+    front = bundles[0].root.parent / FRONT_DESK if bundles else None
+    up_now = {b.name for b in bundles} | set(record.read())
+    if front is not None and front.is_file() and set(DOMAINS) <= up_now:
+        plan.append(("front-desk", [front]))
+    for _, paths in plan:
+        for kind, name in objects(paths):
+            if (kind, name) not in owned and ctl.store.get(kind, name) is not None:
+                raise Conflict(
+                    f"{kind}/{name} exists and was not created by a demo; delete it "
+                    f"(qingliang delete {kind}/{name}) or keep it and skip this demo"
+                )
+    for b in bundles:
+        for path in prepare(b):
+            say(f"{b.name}: prepared {path.relative_to(b.root)}")
+    changes: list[Any] = []
+    data = record.read()
+    for domain, paths in plan:
+        done = ctl.apply(paths, wait=True, progress=True)
+        changes += done
+        data[domain] = [[c.kind, c.name] for c in done]
+        record.write(data)
+        for c in done:
+            say(f"{domain}: {c.kind}/{c.name} {c.action}")
+        kbs = [c.name for c in done if c.kind == "KnowledgeBase"]
+        if kbs:
+            sync(kbs)
+    return changes
+
+
+def down(names: Sequence[str], ctl: Any, home: Path, *, say: Say = print) -> list[str]:
+    """Remove what ``demo up`` created for ``names`` (``all``: every demo and the front
+    desk); objects a user made are never touched. Returns ``KIND/NAME`` removed."""
+    record = Managed(home / RECORD)
+    data = record.read()
+    domains = list(DOMAINS) if "all" in names else [n for n in names if n in DOMAINS]
+    unknown = [n for n in names if n != "all" and n not in DOMAINS]
+    if unknown:
+        raise NotFound(f"no demo {unknown[0]!r}{did_you_mean(unknown[0], [*DOMAINS, 'all'])}")
+    # The front desk names every desk: it goes first, whichever domain goes down.
+    order = ["front-desk", *domains] if "front-desk" in data else domains
+    removed: list[str] = []
+    for domain in order:
+        items = data.get(domain) or []
+        # Graphs before the knowledge bases and deployments they name.
+        rank = {"AgentGraph": 0, "Pipeline": 1, "FineTuneJob": 1, "Dataset": 2}
+        for kind, name in sorted(items, key=lambda kn: rank.get(kn[0], 3)):
+            if ctl.store.get(kind, name) is None and kind in ("AgentGraph", "KnowledgeBase"):
+                continue  # already gone
+            try:
+                ctl.delete([name], kind=kind)
+            except NotFound:
+                continue
+            removed.append(f"{kind}/{name}")
+            say(f"{domain}: {kind}/{name} deleted")
+        data.pop(domain, None)
+        record.write(data)
+    return removed
