@@ -39,6 +39,12 @@ $(STAMP): pyproject.toml setup.py requirements/cpu.lock $(SUBPACKAGES)
 up: install ## Start local Ray + Serve on 127.0.0.1 and serve deploy/defaults/ (Qwen2.5-Coder 0.5B on vLLM CPU)
 	$(BIN)/qingliang up
 
+demo: install ## On the platform `make up` started: the three domain demonstrations and their front desk (qingliang demo up all)
+	$(BIN)/qingliang demo up all
+
+demo-down: ## Remove what `make demo` created (only that); the platform keeps running
+	$(BIN)/qingliang demo down all
+
 down: ## Stop what `make up` started (only that)
 	@if [ -x $(BIN)/qingliang ]; then $(BIN)/qingliang down; else echo "nothing installed, nothing to stop"; fi
 
@@ -76,4 +82,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install up down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability lint lock clean
+.PHONY: help install up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability lint lock clean
