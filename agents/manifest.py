@@ -121,19 +121,35 @@ class ApprovalCondition(Strict):
     pattern: str | None = Field(
         default=None, description="Ask when the latest answer matches this regular expression."
     )
+    input_pattern: str | None = Field(
+        default=None,
+        description=(
+            "Ask when the run's request text matches this regular expression (gates a "
+            "request before any answer is written, e.g. red flags)."
+        ),
+    )
     tokens_over: int | None = Field(
         default=None, ge=0, description="Ask when the run has used more tokens than this."
     )
 
-    @field_validator("pattern")
+    @field_validator("pattern", "input_pattern")
     @classmethod
     def _pattern(cls, v: str | None) -> str | None:
         return valid_regex(v)
 
     @model_validator(mode="after")
     def _some(self) -> ApprovalCondition:
-        if not (self.always or self.tools or self.routes or self.pattern or self.tokens_over):
-            raise ValueError("give at least one condition (always, tools, routes, pattern, ...)")
+        if not (
+            self.always
+            or self.tools
+            or self.routes
+            or self.pattern
+            or self.input_pattern
+            or self.tokens_over
+        ):
+            raise ValueError(
+                "give at least one condition (always, tools, routes, pattern, input_pattern, ...)"
+            )
         return self
 
 

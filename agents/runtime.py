@@ -100,6 +100,8 @@ def approval_triggered(node: Node, state: RunState) -> bool:
         return True
     if w.pattern and re.search(w.pattern, state.get("last") or ""):
         return True
+    if w.input_pattern and re.search(w.input_pattern, state.get("input") or ""):
+        return True
     return w.tokens_over is not None and (state.get("tokens") or 0) > w.tokens_over
 
 
