@@ -179,6 +179,6 @@ def test_the_gov_desk_example_resolves_against_its_data_folder() -> None:
         path.parent,
         models={"qwen-coder": ()},
         kbs={"gov-policy"},
-        graphs={"gov-desk"},
+        graphs={"gov-desk-example"},
     )
     assert problems == []
