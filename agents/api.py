@@ -92,6 +92,7 @@ METHODS: dict[str, frozenset[str]] = {
     "approvals": frozenset(),
     "events": frozenset({"run_id"}),
     "feedback": frozenset(FeedbackBody.model_fields),
+    "routers": frozenset({"graph"}),
 }
 #: Methods :func:`dispatch_stream` answers (their events are streamed).
 STREAM_METHODS: dict[str, frozenset[str]] = {
@@ -179,6 +180,29 @@ def _graph_info(gdef: Any) -> dict[str, Any]:
     }
 
 
+async def _routers(service: Any, graph: object) -> dict[str, Any]:
+    """The learned routers of ``graph``: decisions, per-arm rewards, the learning curve
+    and the estimated regret (:mod:`qingliang.agents.routing.learning`)."""
+    from qingliang.platform.errors import Conflict, NotFound
+
+    if not isinstance(graph, str) or not graph:
+        raise BadRequest("`graph` is required", param="graph")
+    gdef = service.catalog.get(graph)  # NotFound, with a "did you mean", for a typo
+    if service.router is None:
+        raise Conflict("no router is configured on this platform")
+    data = []
+    for node in gdef.manifest.spec.nodes:
+        if node.type != "router":
+            continue
+        key = f"{graph}/{node.name}"
+        try:
+            stats = await service.router.stats(key)
+        except NotFound:  # registered on the first run
+            stats = {"router": key, "decisions": 0, "closed": 0, "arms": {}}
+        data.append({"node": node.name, **stats})
+    return {"object": "list", "graph": graph, "data": data}
+
+
 def _limit(value: object) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
@@ -219,6 +243,8 @@ async def dispatch_call(
         for name in service.catalog.names():
             data.append(_graph_info(service.catalog.get(name)))
         return {"object": "list", "data": data}
+    if method == "routers":
+        return await _routers(service, kwargs.get("graph"))
     if method == "get":
         run_id = _run_id(kwargs)
         run = service.get(run_id, tenant, all_tenants)

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from qingliang.agents.routing.features import FeatureEncoder, RequestFeatures
+from qingliang.agents.routing.learning import learning
 from qingliang.agents.routing.log import DecisionLog, LoggedDecision, StoredState
 from qingliang.agents.routing.ope import Logged, OpeReport, evaluate
 from qingliang.agents.routing.policy import PolicySpec, make_policy, policy_from_state
@@ -70,6 +71,9 @@ ALGORITHMS = ("linucb", "thompson")
 DEFAULT_ALPHA = {"linucb": 1.0, "thompson": 0.5}
 #: Closed decisions needed before a candidate can be evaluated (half fits, half scores).
 MIN_LOGGED = 20
+
+#: Closed decisions (the latest) the learning summary of :meth:`RouterService.stats` reads.
+LEARNING_WINDOW = 5000
 
 
 @dataclass(frozen=True)
@@ -446,6 +450,7 @@ class RouterService:
         with self._lock:
             r = self._get(router)
             counts = self.log.counts(router)
+            recent = self.log.logged(router, limit=LEARNING_WINDOW)
         empty = {"count": 0, "closed": 0, "mean_reward": None}
         arms = {a: counts["arms"].get(a, empty) for a in r.config.arms}
         arms.update({a: v for a, v in counts["arms"].items() if a not in arms})
@@ -454,6 +459,7 @@ class RouterService:
             "frozen": r.config.frozen, "version": r.version, "updates": r.policy.updates,
             "decisions": counts["decisions"], "closed": counts["closed"],
             "open": counts["open"], "arms": arms,
+            "learning": learning(recent, r.config.arms),
         }  # fmt: skip
 
     def _records(self, r: _Router, weights: RewardWeights) -> list[Logged]:

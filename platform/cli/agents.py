@@ -498,3 +498,42 @@ def feedback(
         f"feedback {out['score']:g} recorded for {out['run_id']} "
         f"({out['decisions']} routing decision{'s' if out['decisions'] != 1 else ''} updated)"
     )
+
+
+@agents_app.command("router")
+def router(
+    graph: str = typer.Argument(..., metavar="GRAPH", help="The agent graph."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """How GRAPH's learned routers are doing: decisions, mean reward per arm, the reward
+    over rounds and the estimated regret against the best single arm."""
+    from urllib.parse import quote
+
+    with _api() as api:
+        out = api.get(f"/v1/agents/{quote(graph, safe='')}/routers")
+    if as_json:
+        console.print_json(json.dumps(out, ensure_ascii=False))
+        return
+    if not out["data"]:
+        _say(f"{graph} has no router node")
+    for r in out["data"]:
+        learn = r.get("learning") or {}
+        _say(
+            f"{r['router']}: {r.get('decisions', 0)} decisions, {r.get('closed', 0)} closed"
+            + (
+                f", mean reward {learn['mean_reward']:g}"
+                if learn.get("mean_reward") is not None
+                else ""
+            )
+        )
+        for arm, a in (r.get("arms") or {}).items():
+            mean = a.get("mean_reward")
+            _say(f"  {arm:<20} {a.get('count', 0):>6} taken   mean reward "
+                 + ("-" if mean is None else f"{mean:.3f}"))  # fmt: skip
+        if learn.get("estimated_regret") is not None:
+            _say(
+                f"  estimated regret {learn['estimated_regret']:g} against always "
+                f"{learn['best_arm']!r} (IPS), over {learn['closed']} closed decisions"
+            )
+            curve = " ".join(f"{v:.2f}" for v in learn["reward_by_window"])
+            _say(f"  reward per {learn['window']} decisions, oldest first: {curve}")

@@ -30,7 +30,7 @@ DirOpt = typer.Option(
 @demo_app.command("list")
 def list_demos(root: Path = DirOpt) -> None:
     """The demonstrations, and which are up on this platform."""
-    from qingliang.platform import demos
+    from qingliang.platform.control import demos
 
     try:
         up = demos.Managed(load_settings().home / demos.RECORD).read()
@@ -45,7 +45,7 @@ def list_demos(root: Path = DirOpt) -> None:
 def up(names: list[str] = NamesArg, root: Path = DirOpt) -> None:
     """Prepare each bundle's data, apply its manifests, sync its knowledge bases, and say
     what to try. With all three up, the front desk routes between them."""
-    from qingliang.platform import demos
+    from qingliang.platform.control import demos
     from qingliang.platform.cli.kb import sync_after_apply
 
     try:
@@ -72,7 +72,7 @@ def up(names: list[str] = NamesArg, root: Path = DirOpt) -> None:
 def down(names: list[str] = NamesArg) -> None:
     """Remove what `demo up` created (graphs, knowledge bases, datasets); objects you made
     yourself are never touched."""
-    from qingliang.platform import demos
+    from qingliang.platform.control import demos
 
     try:
         settings = load_settings()

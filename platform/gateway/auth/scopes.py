@@ -144,6 +144,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", f"{_KB}/answers/{{answer_id}}/retract"): _need(KNOWLEDGE_WRITE),
     # Agents. An approver reads the run it decides on.
     ("GET", "/v1/agents"): _need(AGENTS_RUN),
+    ("GET", "/v1/agents/{name}/routers"): _need(AGENTS_RUN),
     ("GET", "/v1/agents/runs"): _need(AGENTS_RUN, APPROVE),
     ("GET", "/v1/agents/approvals"): _need(APPROVE),
     ("GET", "/v1/agents/runs/{run_id}"): _need(AGENTS_RUN, APPROVE),

@@ -7,6 +7,8 @@ Routes (every one scoped to the caller's tenant — see
     POST   /v1/agents/{name}/runs              {"input", "domain", "attachments", "stream"}
                                                → SSE events (default) or, with
                                                "stream": false, the run + its events
+    GET    /v1/agents/{name}/routers           its learned routers: decisions, rewards per
+                                               arm, learning curve, estimated regret
     GET    /v1/agents/runs?status=&graph=&limit=   runs, newest first
     GET    /v1/agents/runs/{id}                the run + its events (token deltas left out)
     GET    /v1/agents/runs/{id}/events         its events only
@@ -183,6 +185,10 @@ def add_agent_routes(
     @app.get("/v1/agents/runs/{run_id}/events")
     async def run_events_list(request: Request, run_id: str) -> Any:
         return await call(request, "events", {"run_id": run_id})
+
+    @app.get("/v1/agents/{name}/routers")
+    async def routers(request: Request, name: str) -> Any:
+        return await call(request, "routers", {"graph": name})
 
     @app.post("/v1/agents/{name}/runs", openapi_extra=request_body(AgentRunBody))
     async def start(request: Request, name: str) -> Response:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from qingliang.platform import demos
+from qingliang.platform.control import demos
 from qingliang.platform.control.apply import Controller
 from qingliang.platform.errors import Conflict, ManifestError, NotFound
 from qingliang.platform.settings import Settings

@@ -22,7 +22,7 @@ With all three domains up, the front desk (``deploy/domains/front-desk.yaml``) r
 request to the right domain desk with the learned router.
 
 Example:
-    >>> from qingliang.platform.demos import DOMAINS, select
+    >>> from qingliang.platform.control.demos import DOMAINS, select
     >>> [b.name for b in select(["all"])] == list(DOMAINS)  # doctest: +SKIP
     True
 """
@@ -56,7 +56,7 @@ DOMAINS = ("gov", "healthcare", "manufacturing")
 FRONT_DESK = "front-desk.yaml"
 #: Where the bundles are: the repository's ``deploy/domains`` (override:
 #: ``QINGLIANG_DEMOS_DIR``).
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "deploy" / "domains"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "deploy" / "domains"
 #: What ``demo up`` records, under the platform's data directory.
 RECORD = "demos.json"
 
@@ -261,7 +261,6 @@ class Managed:
 def objects(paths: Iterable[Path]) -> list[tuple[str, str]]:
     """``(kind, name)`` of every manifest in ``paths``, in order (validated)."""
     import qingliang.platform.control.kinds  # noqa: F401
-    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
     from qingliang.platform.manifests.loader import load_paths
 
     return [(item.kind, item.name) for item in load_paths(list(paths))]
