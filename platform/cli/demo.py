@@ -45,8 +45,8 @@ def list_demos(root: Path = DirOpt) -> None:
 def up(names: list[str] = NamesArg, root: Path = DirOpt) -> None:
     """Prepare each bundle's data, apply its manifests, sync its knowledge bases, and say
     what to try. With all three up, the front desk routes between them."""
-    from qingliang.platform.control import demos
     from qingliang.platform.cli.kb import sync_after_apply
+    from qingliang.platform.control import demos
 
     try:
         settings = load_settings()
