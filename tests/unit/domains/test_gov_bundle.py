@@ -32,7 +32,7 @@ from qingliang.agents.service import AgentService, default_tools
 from qingliang.agents.state import GraphDef
 from qingliang.agents.tools.base import ToolContext
 from qingliang.knowledge.service import KnowledgeService
-from qingliang.platform import demos
+from qingliang.platform.control import demos
 from qingliang.platform.errors import Conflict
 from qingliang.platform.manifests.loader import load_paths
 from qingliang.serving.embeddings import PackagedEmbedder
