@@ -24,6 +24,7 @@ from qingliang.platform.cli.agents import agents_app
 from qingliang.platform.cli.conversations import conversations_app
 from qingliang.platform.cli.data import data_app
 from qingliang.platform.cli.demo import demo_app
+from qingliang.platform.cli.eval_cmd import eval_app
 from qingliang.platform.cli.kb import kb_app
 from qingliang.platform.cli.keys import keys_app
 from qingliang.platform.cli.pipelines import finetune_app, pipelines_app
@@ -64,6 +65,7 @@ app.add_typer(conversations_app, name="conversations")
 app.add_typer(registry_app, name="registry")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(eval_app, name="eval")
 app.add_typer(demo_app, name="demo")
 
 
