@@ -158,6 +158,7 @@ METHODS: dict[str, frozenset[str]] = {
     "upload": frozenset({"filename", "data"}),
     "delete_document": frozenset({"doc"}),
     "sync": frozenset(SyncBody.model_fields),
+    "remove": frozenset(),
     "snapshots": frozenset(),
     "snapshot": frozenset(SnapshotBody.model_fields),
     "rollback": frozenset(RollbackBody.model_fields),
@@ -216,6 +217,9 @@ def dispatch(
         return service.search(kb, kwargs.pop("query", None), tenant=tenant, **kwargs)
     if method == "documents":
         return {"data": service.documents(kb, tenant=tenant)}
+    if method == "remove":  # the gateway lets only admin keys ask (platform-wide)
+        service.remove(kb, actor=actor)
+        return {"id": kb, "object": "knowledge_base", "deleted": True}
     if method == "upload":
         out = service.upload(kb, kwargs["filename"], kwargs["data"], tenant=tenant, actor=actor)
         return out.to_dict()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -420,10 +421,17 @@ class Controller:
 
     def _delete_kbs(self, names: list[str]) -> list[str]:
         from qingliang.knowledge.service import KnowledgeService
+        from qingliang.platform.control import cluster
 
         missing = [n for n in names if self.store.get(KB_KIND, n) is None]
         if missing:
             raise NotFound(f"no {KB_KIND} named {', '.join(map(repr, missing))}")
+        info = cluster.running(self.settings)
+        if info is not None:
+            # The running platform's Knowledge replica owns the shards (one opener each)
+            # and holds the KB in memory: it must be the one to forget it.
+            _delete_kbs_remote(self.settings, info.http_port, names)
+            return names
         service = KnowledgeService(self.settings.home)
         try:
             for name in names:
@@ -543,3 +551,33 @@ def _default_resolver(source: str, cache: Path, progress: bool) -> Path:
     from qingliang.serving.sources import resolve_source
 
     return resolve_source(source, cache, progress=progress)
+
+
+def _delete_kbs_remote(settings: Settings, port: int, names: list[str]) -> None:
+    """``DELETE /v1/knowledge/{kb}`` on the running gateway, with an admin key minted for
+    the call and revoked after it (the control plane holds the key store)."""
+    from urllib.parse import quote
+
+    import httpx
+
+    from qingliang.platform.errors import from_status
+    from qingliang.platform.storage.keys import KeyStore
+
+    keys = KeyStore(settings.state_db)
+    record, key = keys.create(f"delete-{secrets.token_hex(4)}", scopes=["admin"])
+    try:
+        for name in names:
+            url = f"http://{settings.host}:{port}/v1/knowledge/{quote(name, safe='')}"
+            try:
+                r = httpx.delete(url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+            except httpx.HTTPError as exc:
+                raise ClusterError(f"deleting knowledge base {name!r}: {exc}") from None
+            if r.status_code >= 400:
+                try:
+                    message = r.json()["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = r.text[:300]
+                raise from_status(r.status_code, f"deleting knowledge base {name!r}: {message}")
+    finally:
+        keys.revoke(record.id)
+        keys.close()

@@ -131,6 +131,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     # Knowledge bases.
     ("GET", "/v1/knowledge"): _need(KNOWLEDGE_READ),
     ("GET", _KB): _need(KNOWLEDGE_READ),
+    ("DELETE", _KB): _need(ADMIN, platform_wide=True),
     ("POST", f"{_KB}/search"): _need(KNOWLEDGE_READ),
     ("GET", f"{_KB}/documents"): _need(KNOWLEDGE_READ),
     ("POST", f"{_KB}/documents"): _need(KNOWLEDGE_WRITE),

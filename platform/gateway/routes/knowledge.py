@@ -144,6 +144,10 @@ def add_knowledge_routes(
     async def search(request: Request, kb: str) -> Any:
         return await run(request, "search", kb, await _body(request, SearchBody))
 
+    @app.delete("/v1/knowledge/{kb}")
+    async def remove(request: Request, kb: str) -> Any:
+        return await run(request, "remove", kb, {})
+
     @app.get("/v1/knowledge/{kb}/documents")
     async def documents(request: Request, kb: str) -> Any:
         return await run(request, "documents", kb, {})

@@ -251,3 +251,20 @@ def test_search_with_an_image_over_http(client: Any) -> None:
     body = {"image": "https://example.com/x.png", "query": "x"}
     r = client.post("/v1/knowledge/kb-a/search", json=body, headers=_h(client, "a"))
     assert r.status_code == 400 and r.json()["error"]["param"] == "image", r.text
+
+
+def test_only_an_admin_key_removes_a_knowledge_base(client: Any, svc: KnowledgeService) -> None:
+    r = client.delete("/v1/knowledge/kb-a", headers=_h(client, "a"))
+    assert r.status_code == 403, r.text
+    assert "kb-a" in svc.names(None)
+    r = client.delete("/v1/knowledge/kb-a", headers=_h(client, "ops"))
+    assert r.status_code == 200 and r.json() == {
+        "id": "kb-a",
+        "object": "knowledge_base",
+        "deleted": True,
+    }
+    assert "kb-a" not in svc.names(None)
+    r = client.post("/v1/knowledge/kb-b/search", json={"query": "口罩"}, headers=_h(client, "b"))
+    assert r.status_code == 200 and r.json()["citations"]  # its neighbour in the collection stays
+    r = client.delete("/v1/knowledge/kb-a", headers=_h(client, "ops"))
+    assert r.status_code == 404
