@@ -101,8 +101,10 @@ class PlatformApi:
         path = "/v1/agents" if kind == "graph" else "/v1/knowledge"
         try:
             data = self.request("GET", path)
-        except NotFound:
-            return []  # a platform without that area
+        except ApiError as exc:
+            if isinstance(exc, NotFound) or exc.status_code == 501:
+                return []  # a platform without that area
+            raise
         return [str(item["id"]) for item in (data or {}).get("data") or []]
 
 
@@ -115,8 +117,8 @@ def detect_kind(api: PlatformApi, target: str, kind: str | None = None) -> str:
     """
     if kind is not None and kind not in KINDS:
         raise QingliangError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    known = {k: api.names(k) for k in KINDS}
-    found = [k for k in KINDS if target in known[k]]
+    known = {k: api.names(k) for k in ((kind,) if kind else KINDS)}
+    found = [k for k in known if target in known[k]]
     if kind is not None:
         if kind not in found:
             listed = ", ".join(known[kind]) or "none"

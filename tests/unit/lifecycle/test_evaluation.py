@@ -365,3 +365,19 @@ def test_the_cli_refuses_a_bad_file_before_asking_anything(tmp_path: Path) -> No
     assert result.exit_code == 1
     assert "line 2: question: is required" in result.stderr
     assert not out_path.exists()
+
+
+def test_a_platform_without_agents_still_evaluates_its_knowledge_bases(tmp_path: Path) -> None:
+    home, docs = tmp_path / "home", tmp_path / "docs"
+    docs.mkdir()
+    (docs / "masks.md").write_text(DOCS["masks.md"], encoding="utf-8")
+    kb = KnowledgeService(home, embedder_factory=lambda _m: BigramEmbedder())
+    kb.register(_manifest("policy", docs, tenant="default"), base=docs)
+    kb.sync("policy")
+    gateway = create_app(NoModels(), None, KeyAuth(home / "x.sqlite", False), LocalKnowledge(kb))  # type: ignore[arg-type]
+    with TestClient(gateway) as client:
+        api = runner.PlatformApi(client=client)
+        assert runner.detect_kind(api, "policy") == "kb"  # /v1/agents answers 501 here
+        with pytest.raises(QingliangError, match="no agent graph 'policy' on the platform; known: none"):
+            runner.detect_kind(api, "policy", "graph")
+    kb.close()
