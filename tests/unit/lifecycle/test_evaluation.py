@@ -355,6 +355,12 @@ def test_a_graph_is_run_and_scored_through_the_cli(
     )
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout) == {**m, "latency": json.loads(again.stdout)["latency"]}
+    table = CliRunner().invoke(
+        app, ["eval", "score", "-q", str(questions), "-o", str(out_path), "--kind", "graph"]
+    )
+    assert table.exit_code == 0, table.output
+    for row in ("answer-span hit", "0.500", "label accuracy", "0.333", "label department"):
+        assert row in table.stdout
 
 
 def test_the_cli_refuses_a_bad_file_before_asking_anything(tmp_path: Path) -> None:
