@@ -81,8 +81,9 @@ def _table(m: dict[str, Any]) -> Table:
     for key, label in ROWS:
         if key in m:
             table.add_row(label.format(k=m["k"]), f"{m[key]['value']:.3f}", str(m[key]["n"]))
-    for field, value in (m.get("labels") or {}).items():
-        table.add_row(f"  label {field}", f"{value['value']:.3f}", str(value["n"]))
+        if key == "label_accuracy":
+            for field, value in (m.get("labels") or {}).items():
+                table.add_row(f"  label {field}", f"{value['value']:.3f}", str(value["n"]))
     lat = m.get("latency") or {}
     if lat.get("n"):
         table.add_row(
