@@ -331,3 +331,31 @@ async def test_a_photographed_form_is_read_into_the_application_approved_and_fil
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT values_json FROM permit_applications").fetchall()
     assert [json.loads(v)["id_number"] for (v,) in rows] == ["330102199203154528"]
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_the_training_pipeline_loads_and_its_pairs_pass_governance(tmp_path: Path) -> None:
+    from qingliang.platform.lifecycle.data.store import DatasetStore
+
+    b = demos.Bundle.load(BUNDLE)
+    assert [p.name for p in b.training] == ["train-pipeline.yaml"]
+    loaded = {
+        i.kind: i.manifest
+        for i in load_paths(
+            [BUNDLE / f"train-{k}.yaml" for k in ("dataset", "finetune", "pipeline")]
+        )
+    }
+    assert loaded["FineTuneJob"].spec.output.adapter == "gov"
+    assert loaded["FineTuneJob"].spec.data.dataset == loaded["Dataset"].metadata.name
+    store = DatasetStore(tmp_path / "datasets", env={"QL_SALT": "pepper"})
+    v = store.cut(loaded["Dataset"], BUNDLE, actor="tester")
+    assert v.quarantined == 0 and v.records == 50 and v.eval >= 8, v
+    # No hotline message of the gold file is trained on.
+    gold = [
+        json.loads(line)["question"]
+        for line in (DATA / "hotline_questions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    trained = (DATA / "sft" / "gov_sft.jsonl").read_text(encoding="utf-8")
+    assert not [q for q in gold if q in trained]
