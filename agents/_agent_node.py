@@ -80,6 +80,8 @@ def _passages(hits: list[dict], start: int) -> list[str]:
         where = str(h.get("source") or h.get("doc_id") or "")
         if h.get("page"):
             where += f" p.{h['page']}"
+        if h.get("record"):  # a record of a JSONL corpus: its id and title name it
+            where += f" record {h['record']}" + (f" «{h['title']}»" if h.get("title") else "")
         lines.append(f"[{i}] {str(h.get('text', ''))[:MAX_CONTEXT_CHARS]} (source: {where})")
     return lines
 

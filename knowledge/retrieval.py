@@ -138,7 +138,15 @@ class Citation:
 
     @property
     def locator(self) -> str:
-        """A short human-readable place: ``p. 3``, ``rows 2-5``, ``chars 0-120`` or ``#0``."""
+        """A short human-readable place: ``p. 3``, ``rows 2-5``, ``chars 0-120`` or ``#0``;
+        a record of a JSONL or JSON corpus is named by its id first (``record q17, chars
+        0-680``), so a person and an evaluation can tell which one it is."""
+        if self.record is not None:
+            where = self._place()
+            return f"record {self.record}" + ("" if where.startswith("#") else f", {where}")
+        return self._place()
+
+    def _place(self) -> str:
         if self.page is not None:
             return f"p. {self.page}"
         if self.row_start is not None:

@@ -327,3 +327,15 @@ def test_packaged_embedder_ranks_the_right_passage(tmp_path: Path) -> None:
     assert r.search("哪里可以打疫苗加强针？", tenant="a", limit=3)[0].doc_id == "p0"
     assert r.search("企业补贴政策", tenant="a", limit=3, mode="hybrid")[0].doc_id == "p2"
     store.close()
+
+
+def test_a_record_is_named_by_its_id_in_the_locator() -> None:
+    from qingliang.knowledge.retrieval import Citation
+
+    base = {"id": "p1", "doc_id": "d" * 16, "source": "policy.jsonl", "chunk_index": 0,
+            "text": "t", "score": 0.5, "kind": "text"}  # fmt: skip
+    assert Citation(**base, record="q17", char_start=0, char_end=680).locator == (
+        "record q17, chars 0-680"
+    )
+    assert Citation(**base, record="q17").locator == "record q17"
+    assert Citation(**base, char_start=0, char_end=5).locator == "chars 0-5"
