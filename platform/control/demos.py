@@ -299,7 +299,7 @@ def up(
                     f"(qingliang delete {kind}/{name}) or keep it and skip this demo"
                 )
     for b in bundles:
-        for path in prepare(b):
+        for path in dict.fromkeys(prepare(b)):  # one line per database, however many tables
             say(f"{b.name}: prepared {path.relative_to(b.root)}")
     changes: list[Any] = []
     data = record.read()
@@ -332,7 +332,8 @@ def down(names: Sequence[str], ctl: Any, home: Path, *, say: Say = print) -> lis
         items = data.get(domain) or []
         # Graphs before the knowledge bases and deployments they name.
         rank = {"AgentGraph": 0, "Pipeline": 1, "FineTuneJob": 1, "Dataset": 2}
-        for kind, name in sorted(items, key=lambda kn: rank.get(kn[0], 3)):
+        # In reverse order of creation: a graph that nests another goes before it.
+        for kind, name in sorted(reversed(items), key=lambda kn: rank.get(kn[0], 3)):
             if ctl.store.get(kind, name) is None and kind in ("AgentGraph", "KnowledgeBase"):
                 continue  # already gone
             try:
