@@ -120,6 +120,10 @@ def test_the_hotline_form_offers_exactly_the_taxonomy_and_its_departments() -> N
     fields = {f.name: f for f in ticket.fields}
     assert fields["category"].enum == leaves
     assert set(fields["department"].enum) == {r["department"] for r in rows}
+    # The classifier's prompt pairs every leaf with its department, as the CSV does.
+    (hotline,) = [a for a in desk.spec.agents if a.name == "hotline"]
+    pairs = re.findall(r"^(\S+/\S+) → (\S+)$", hotline.system, re.M)
+    assert pairs == [(leaf, r["department"]) for leaf, r in zip(leaves, rows, strict=True)]
 
 
 def test_the_sql_tool_answers_over_the_prepared_offices_table(bundle: Path) -> None:
