@@ -182,6 +182,12 @@ def add_knowledge_routes(
     async def rollback(request: Request, kb: str) -> Any:
         return await run(request, "rollback", kb, await _body(request, RollbackBody))
 
+    _add_answer_routes(app, run)
+
+
+def _add_answer_routes(app: FastAPI, run: Any) -> None:
+    """The learned-answer routes of ``/v1/knowledge/{kb}`` (``run``: the knowledge call)."""
+
     @app.get("/v1/knowledge/{kb}/answers")
     async def answers(request: Request, kb: str, status: str = "active") -> Any:
         return await run(request, "answers", kb, {"status": None if status == "all" else status})
