@@ -422,6 +422,8 @@ class AgentService:
             event["pending"] = pending
         if values.get("results"):
             event["results"] = values["results"]
+        if values.get("forms"):  # what the run's form tools hold: its structured output
+            event["forms"] = values["forms"]
         # The new status and the events not stored yet, the status event last, in one
         # transaction.
         events = self._unsaved_with(run_id, event)
