@@ -174,8 +174,9 @@ def form_values(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The values a run's form tools hold, flattened (``{"department": "民政局", …}``).
 
     Read from the run's events: each successful form-tool call (its result starts
-    ``Form '<tool>':``) adds its arguments, a node's ``results`` with form ``values``
-    and the forms a waiting run shows (``pending.forms``, already checked) come last.
+    ``Form '<tool>':``) adds its arguments; the final status event's ``forms`` (what the
+    forms hold), a node's ``results`` with form ``values`` and the forms a waiting run
+    shows (``pending.forms``, already checked) come last.
     """
     fields: dict[str, Any] = {}
     for e in events:
@@ -184,6 +185,9 @@ def form_values(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if str(e.get("result") or "").startswith(f"Form {str(e.get('tool'))!r}:"):
                 fields.update(e["arguments"])
         elif kind == "status":
+            for values in (e.get("forms") or {}).values():  # what the run's forms hold
+                if isinstance(values, dict):
+                    fields.update(values)
             for data in (e.get("results") or {}).values():
                 if isinstance(data, dict) and isinstance(data.get("values"), dict):
                     fields.update(data["values"])
