@@ -6,7 +6,8 @@ Run by a developer after changing the form (needs Debian `fonts-wqy-zenhei`):
 
     .venv/bin/python deploy/domains/gov/samples/render.py
 
-Every value here is invented; the ID number is not a real person's.
+Every value here is invented; the ID number's check digit is deliberately wrong, so it
+cannot be a real person's.
 """
 
 from __future__ import annotations
