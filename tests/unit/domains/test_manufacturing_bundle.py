@@ -277,6 +277,19 @@ def test_similar_past_faults_are_found_with_their_record_id(
     assert "action: " in hits[0]["text"]
 
 
+@pytest.mark.parametrize(
+    ("sample", "machine"), [("nameplate.png", "CR-101"), ("fault_panel.png", "CR-102")]
+)
+def test_a_photographed_plate_finds_its_machine(knowledge: Any, sample: str, machine: str) -> None:
+    png = (BUNDLE / "samples" / sample).read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    out = knowledge.search("plant-fmea", None, image=url, limit=3)
+    assert out["image_query"]["mode"] == "ocr"
+    top = out["citations"][0]
+    assert top["source"].endswith("equipment.csv")
+    assert top["text"].splitlines()[-1].startswith(f"| {machine} |"), out["citations"]
+
+
 # ------------------------------------------------------------------ the desk on LangGraph
 
 
