@@ -108,7 +108,7 @@ def test_the_bundle_follows_the_demo_contract(manifests: dict[str, Any]) -> None
     # every `try` line and README command names the bundle's real objects
     for line in demo.spec.try_:
         assert line.startswith("qingliang ")
-        assert any(n in line for n in ("plant-desk", "plant-fmea", "agents approvals"))
+        assert any(n in line for n in ("plant-desk", "plant-fmea", "plant-maint", "approvals"))
     for sample in ("nameplate.png", "fault_panel.png"):
         size = (BUNDLE / "samples" / sample).stat().st_size
         assert 0 < size < 100_000, (sample, size)
