@@ -80,6 +80,18 @@ class Sparse(Strict):
     )
 
 
+class Retrieval(Strict):
+    rerank: Literal["none", "lexical"] = Field(
+        default="none",
+        description="`lexical`: the `candidates` best hits are re-ordered by reciprocal-rank "
+        "fusion of their search rank and their rank by the share of the query's terms (words, "
+        "and character bigrams of Chinese) their text contains.",
+    )
+    candidates: int = Field(
+        default=30, ge=1, le=100, description="How many hits a lexical re-rank re-orders."
+    )
+
+
 class Store(Strict):
     kind: Literal["embedded", "server"] = Field(
         default="embedded",
@@ -196,6 +208,7 @@ class KnowledgeBaseSpec(Strict):
     chunking: Chunking = Field(default_factory=Chunking, description="How text is cut.")
     embedding: Embedding = Field(default_factory=Embedding, description="Dense embedding.")
     sparse: Sparse = Field(default_factory=Sparse, description="Sparse (BM25) vectors.")
+    retrieval: Retrieval = Field(default_factory=Retrieval, description="How hits are ranked.")
     store: Store = Field(default_factory=Store, description="Where vectors are kept.")
     labels: Labels = Field(default_factory=Labels, description="Domain and tenant of the KB.")
 

@@ -14,6 +14,10 @@ payload filter that always names the caller's tenant, optionally re-ranks for di
 - ``mmr=λ``: fetch more candidates, then greedily pick the one maximising
   ``λ·relevance − (1 − λ)·max cosine to those already picked`` over the stored dense
   vectors. ``λ = 1`` keeps the search order; lower values push near-duplicates down.
+- ``rerank="lexical"``: fetch ``candidates`` hits, then order them by reciprocal-rank fusion
+  of their search rank and their rank by the share of the query's terms (:func:`lexical_terms`:
+  words, and character bigrams of CJK text) their text contains
+  (:func:`lexical_rerank`); an exact-wording signal on top of the vectors. Applied before MMR.
 
 Bad input (no tenant, empty query, limit outside 1..100, unknown mode or kind, ``mmr``
 outside 0..1, a bad date) raises :class:`~qingliang.platform.errors.BadRequest` naming the
@@ -33,6 +37,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -51,6 +57,42 @@ MODES: tuple[str, ...] = get_args(Mode)
 KINDS: tuple[str, ...] = (*get_args(ChunkKind), "qa")
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 4000
+RERANKS = ("lexical",)
+#: Reciprocal-rank fusion constant of the lexical re-rank.
+RRF_K = 60
+_WORDS = re.compile(r"[^\W_]+")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+
+
+def lexical_terms(text: str) -> set[str]:
+    """The terms of ``text`` a lexical re-rank compares: after NFKC and case folding, its
+    words (runs of letters and digits) outside CJK, and the character bigrams of its CJK runs.
+
+    Example:
+        >>> sorted(lexical_terms("返岗人员 COVID-19"))
+        ['19', 'covid', '人员', '岗人', '返岗']
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    terms = set(_WORDS.findall(_CJK.sub(" ", folded)))
+    for run in _CJK.findall(folded):
+        if len(run) == 1:
+            terms.add(run)
+        else:
+            terms.update(run[i : i + 2] for i in range(len(run) - 1))
+    return terms
+
+
+def lexical_rerank(query: str, hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` (best first) re-ordered by RRF of their rank and their rank by the share of
+    the query's :func:`lexical_terms` found in their payload ``text``; ties keep the order."""
+    wanted = lexical_terms(query)
+    if not wanted or len(hits) < 2:
+        return list(hits)
+    cover = [len(wanted & lexical_terms(str(h.payload.get("text", "")))) for h in hits]
+    by_cover = sorted(range(len(hits)), key=lambda i: -cover[i])
+    lex_rank = {i: r for r, i in enumerate(by_cover)}
+    fused = [1 / (RRF_K + i) + 1 / (RRF_K + lex_rank[i]) for i in range(len(hits))]
+    return [hits[i] for i in sorted(range(len(hits)), key=lambda i: -fused[i])]
 
 
 class QueryEmbedder(Protocol):
@@ -208,6 +250,8 @@ class Retriever:
         date_field: str = "synced_at",
         mode: str = "dense",
         mmr: float | None = None,
+        rerank: str | None = None,
+        candidates: int = 30,
     ) -> list[Citation]:
         """The ``limit`` best chunks of ``tenant`` for ``query``, best first, as citations.
 
@@ -224,6 +268,9 @@ class Retriever:
             date_field: The payload date the bounds apply to (default ``synced_at``).
             mode: ``"dense"`` or ``"hybrid"`` (dense + BM25 sparse, RRF-fused).
             mmr: ``None`` for no diversity re-ranking, else MMR's λ in 0..1.
+            rerank: ``None``, or ``"lexical"``: the ``candidates`` best hits re-ordered by
+                :func:`lexical_rerank` (before MMR).
+            candidates: how many hits the re-rank re-orders (1..100; at least ``limit``).
 
         Raises:
             BadRequest: a parameter is missing or out of range (``param`` names it).
@@ -234,6 +281,8 @@ class Retriever:
         if mode not in MODES:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, got {mode!r}", param="mode")
         lam = _check_mmr(mmr)
+        if rerank is not None and rerank not in RERANKS:
+            raise BadRequest(f"rerank must be one of {', '.join(RERANKS)} or none", param="rerank")
         flt = _filter(tenant, kb, domain, kinds, since, until, date_field)
 
         vector = self._embed(text)
@@ -243,10 +292,14 @@ class Retriever:
         if mode == "hybrid" and not hybrid:
             log.debug("hybrid search on %s falls back to dense", self.collection)
         fetch = limit if lam is None else min(max(4 * limit, 20), 4 * MAX_LIMIT)
+        if rerank is not None:
+            fetch = max(fetch, min(max(candidates, limit), MAX_LIMIT))
         if sparse is not None and hybrid:
             hits = self.store.search_hybrid(self.collection, vector, sparse, fetch, flt)
         else:
             hits = self.store.search_dense(self.collection, vector, fetch, flt)
+        if rerank is not None:
+            hits = lexical_rerank(text, hits)
         if lam is not None and len(hits) > 1:
             hits = self._mmr(hits, vector, lam, limit, dense_scores=not hybrid)
         log.debug("search %s tenant=%s mode=%s: %d hits", self.collection, tenant, mode, len(hits))

@@ -205,6 +205,7 @@ class KnowledgeService(Documents):
             until=until,
             mode=chosen,
             mmr=mmr,
+            **_rerank(spec.retrieval, "image" not in wanted),
         )
         return {
             "kb": name,
@@ -249,6 +250,13 @@ class KnowledgeService(Documents):
             if last_sync is None
             else {"at": last_sync.at, "version": last_sync.version, **last_sync.detail},
         }
+
+
+def _rerank(retrieval: Any, text: bool) -> dict[str, Any]:
+    """The re-rank arguments of a text search under ``spec.retrieval`` (none for images)."""
+    if not text or retrieval.rerank == "none":
+        return {}
+    return {"rerank": retrieval.rerank, "candidates": retrieval.candidates}
 
 
 def _check_compatible(before: KnowledgeBase, after: KnowledgeBase) -> None:
