@@ -69,6 +69,9 @@ bench-lifecycle: install ## Run the lifecycle benchmark (governance records/s, L
 bench-reliability: install ## Run the reliability soak (10 min of mixed traffic at and above capacity: 5xx, 429s, lost work, RSS); updates bench/RESULTS.md
 	$(BIN)/python bench/reliability.py
 
+bench-domains: install ## Run the domains benchmark (each desk on ../shared/domains: policy QA, triage, FMEA, logbook, routers); updates bench/RESULTS.md
+	$(BIN)/python bench/domains.py
+
 lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -82,4 +85,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability lint lock clean
+.PHONY: help install up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability bench-domains lint lock clean
