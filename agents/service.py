@@ -286,13 +286,33 @@ class AgentService:
             saver = await self._checkpointers.get(gdef.manifest.spec.checkpointer)
             if self.router is not None:
                 # Register before the first decision: a changed manifest updates the
-                # router's settings; its learned statistics carry over (same arms).
-                for node in gdef.manifest.spec.nodes:
-                    if node.type == "router":
-                        key_ = router_key(gdef.name, node.name)
-                        await self.router.register(key_, router_config(gdef.manifest, node))
+                # router's settings; its learned statistics carry over (same arms). The
+                # graphs it nests decide inside its runs: theirs too.
+                for g in self._with_nested(gdef):
+                    for node in g.manifest.spec.nodes:
+                        if node.type == "router":
+                            key_ = router_key(g.name, node.name)
+                            await self.router.register(key_, router_config(g.manifest, node))
             self._compiled[key] = self._compiler.compile(gdef, saver)
         return self._compiled[key]
+
+    def _with_nested(self, gdef: GraphDef) -> list[GraphDef]:
+        """``gdef`` and every graph it nests (graph nodes, call_agent tools), transitively;
+        one that is not applied is left out (its run fails, naming it)."""
+        found, todo = {gdef.name: gdef}, [gdef]
+        while todo:
+            spec = todo.pop().manifest.spec
+            names = [n.graph for n in spec.nodes if n.type == "graph" and n.graph]
+            names += [getattr(t, "graph", None) for t in spec.tools if t.kind == "call_agent"]
+            for name in names:
+                if not name or name in found:
+                    continue
+                try:
+                    found[name] = self.catalog.get(name)
+                except NotFound:
+                    continue
+                todo.append(found[name])
+        return list(found.values())
 
     @staticmethod
     def _may_interrupt(gdef: GraphDef) -> bool:

@@ -49,3 +49,24 @@ async def test_the_routers_of_a_graph_show_learning(tmp_path: Path) -> None:
         assert set(triage["arms"]) == {"tables", "prose"}
         with pytest.raises(NotFound, match="did you mean 'desk'"):
             await dispatch_call(svc, "routers", "city-a", False, "ops", {"graph": "dsk"})
+
+
+async def test_a_router_inside_a_nested_graph_decides_too(tmp_path: Path) -> None:
+    """The front desk's case: its router picks a desk, the desk's own router picks next."""
+    front = graph(
+        {
+            "nodes": [
+                {"name": "triage", "type": "router", "routes": ["desk", "other"]},
+                {"name": "desk", "type": "graph", "graph": "desk"},
+                {"name": "other", "type": "graph", "graph": "desk"},
+            ]
+        },
+        name="front",
+    )
+    async with service(tmp_path, graph(ROUTED), front) as svc:
+        run_id, events = await run(svc, {"input": "sum the table of permits"}, name="front")
+        routes = [e["router"] for e in events if e["type"] == "route"]
+        assert routes == ["front/triage", "desk/triage"], events[-1]
+        assert svc.get(run_id, "city-a").status in ("done", "waiting")
+        out = await dispatch_call(svc, "routers", "city-a", False, "ops", {"graph": "desk"})
+        assert out["data"][0]["decisions"] == 1
