@@ -279,15 +279,37 @@ def part_policy(plat: Platform, quick: bool) -> dict[str, Any]:
     return {
         "documents": len(report.documents),
         "questions": len(questions),
-        "settings": {
-            k: spec[k] for k in ("chunking", "sparse", "retrieval", "parsers") if k in spec
-        },
+        "settings": _settings(spec),
         "sync": sync,
         "variants": rows,
         "chosen_on_first_half": best["variant"],
         "search_ms": _ms(lat),
         "query_embed_ms": _query_embed_ms(plat, [q["question"] for q in questions[:20]]),
+        "bundle_gold": _bundle_gold(plat, spec),
     }
+
+
+def _bundle_gold(plat: Platform, spec: dict[str, Any]) -> dict[str, Any]:
+    """The gov bundle's own KB (its 40 written records) and gold questions, searched with the
+    bundle's settings and with the lexical re-rank: doc hit@5 and MRR@5 on ``record``."""
+    from qingliang.platform.lifecycle.evaluation.metrics import doc_rank
+
+    bundle = plat.bundle_kb("gov", "gov-policy")
+    questions = _jsonl(BUNDLES / "gov" / "data" / "questions.jsonl")
+    out = {}
+    for name, rerank in (("bundle", None), ("lexical re-rank", "lexical")):
+        kb = f"gov-bundle-{rerank or 'as-shipped'}"
+        body = {**bundle, "sources": [{"path": str(BUNDLES / "gov" / "data/policy/policy.jsonl")}]}
+        if rerank:
+            body["retrieval"] = {"rerank": rerank}
+        plat.add_kb(kb, body)
+        ranks = [doc_rank(q, plat.search(kb, q["question"], 5)[0], 5) for q in questions]
+        out[name] = {
+            "questions": len(questions),
+            "doc_hit_at_5": round(sum(r is not None for r in ranks) / len(questions), 4),
+            "mrr": round(sum(1 / r for r in ranks if r) / len(questions), 4),
+        }
+    return out
 
 
 def _settings(spec: dict[str, Any]) -> dict[str, Any]:
