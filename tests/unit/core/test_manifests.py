@@ -1148,8 +1148,20 @@ def test_every_file_error_is_reported_together(tmp_path: Path) -> None:
 # --------------------------------------------------------------- shipped files and docs
 
 DEPLOY_FILES = sorted(
-    p for p in (REPO / "deploy").rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+    p
+    for p in (REPO / "deploy").rglob("*")
+    if p.suffix in (".yaml", ".yml") and p.is_file() and p.name != "demo.yaml"
 )
+#: The domain demonstrations' descriptors (not manifests: `qingliang demo` reads them).
+DEMO_FILES = sorted((REPO / "deploy" / "domains").glob("*/demo.yaml"))
+
+
+@pytest.mark.parametrize("path", DEMO_FILES, ids=[p.parent.name for p in DEMO_FILES])
+def test_every_demo_bundle_loads(path: Path) -> None:
+    from qingliang.platform.control.demos import Bundle
+
+    bundle = Bundle.load(path.parent)
+    assert bundle.manifests and all(m.is_file() for m in bundle.manifests)
 
 
 def _is_qingliang(doc: object) -> bool:
