@@ -6,6 +6,7 @@ decisions are visible, and going down leaves the platform as it was."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -61,4 +62,8 @@ def test_demo_up_all_then_down_all(
 
     removed = demos.down(["all"], platform.ctl, platform.settings.home, say=lines.append)
     assert removed[0] == "AgentGraph/front-desk"
+    # The agents' graph catalog re-reads the store at most once a second.
+    deadline = time.monotonic() + 30
+    while state(platform, http) != before and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert state(platform, http) == before
