@@ -87,5 +87,8 @@ class StoreCatalog:
         return self._graphs[name]
 
     def names(self) -> list[str]:
+        """Every applied graph, read now: a listing right after an apply or a delete
+        shows it (the TTL spares only the lookups of a run's nodes)."""
+        self._at = 0.0
         self._refresh()
         return sorted(self._graphs)
