@@ -321,6 +321,29 @@ def ocr_part(number: int, text: str) -> dict[str, str]:
 # ------------------------------------------------------------------ a request's images
 
 
+def check_images(
+    wheres: list[str], deployment: str, mode: str, max_per_prompt: int, limits: ImageLimits
+) -> None:
+    """Refuse a request's images (``wheres``: their parts, in order) that ``deployment``
+    does not take: ``reject`` mode, or more than it and the gateway allow."""
+    where = wheres[0]
+    if mode not in ("native", "ocr"):
+        raise BadRequest(
+            f"{where}: deployment {deployment!r} does not take images "
+            f"(spec.multimodal.image: reject). Modes a deployment can declare: "
+            + "; ".join(f"{m} ({why})" for m, why in MODES.items()),
+            param=where,
+        )
+    allowed = min(max_per_prompt, limits.max_images)
+    if len(wheres) > allowed:
+        extra = wheres[allowed]
+        raise BadRequest(
+            f"{extra}: {len(wheres)} images in one request; deployment {deployment!r} takes "
+            f"at most {allowed}",
+            param=extra,
+        )
+
+
 async def prepare_images(
     body: dict,
     *,
@@ -342,21 +365,7 @@ async def prepare_images(
     if not found:
         return body, None
     where, _ = found[0]
-    if mode not in ("native", "ocr"):
-        raise BadRequest(
-            f"{where}: deployment {deployment!r} does not take images "
-            f"(spec.multimodal.image: reject). Modes a deployment can declare: "
-            + "; ".join(f"{m} ({why})" for m, why in MODES.items()),
-            param=where,
-        )
-    allowed = min(max_per_prompt, limits.max_images)
-    if len(found) > allowed:
-        extra = found[allowed][0]
-        raise BadRequest(
-            f"{extra}: {len(found)} images in one request; deployment {deployment!r} takes "
-            f"at most {allowed}",
-            param=extra,
-        )
+    check_images([w for w, _ in found], deployment, mode, max_per_prompt, limits)
     return await asyncio.to_thread(_prepare, body, found, mode, limits)
 
 

@@ -79,6 +79,27 @@ class _Call:
     hide_usage: bool
 
 
+def lookup_entry(backend: Backend, dep: str, adapter: str | None) -> ModelEntry:
+    """The deployment ``dep`` serves (and its ``adapter``, if named), or a 404 naming
+    what is loaded: the chat, completions and responses routes' lookup."""
+    entries = {m.name: m for m in backend.models()}
+    entry = entries.get(dep)
+    if entry is None:
+        raise NotFound(
+            f"model {dep!r} does not exist{did_you_mean(dep, list(entries))}",
+            param="model",
+            code="model_not_found",
+        )
+    if adapter is not None and adapter not in entry.adapters:
+        raise NotFound(
+            f"adapter {adapter!r} is not loaded on deployment {dep!r}"
+            + (f"; loaded: {', '.join(entry.adapters)}" if entry.adapters else ""),
+            param="model",
+            code="model_not_found",
+        )
+    return entry
+
+
 class _Generation:
     """The generation routes' logic over the app's parts."""
 
@@ -96,22 +117,7 @@ class _Generation:
         self.images = ImageLimits.from_env()
 
     def lookup(self, dep: str, adapter: str | None) -> ModelEntry:
-        entries = {m.name: m for m in self.backend.models()}
-        entry = entries.get(dep)
-        if entry is None:
-            raise NotFound(
-                f"model {dep!r} does not exist{did_you_mean(dep, list(entries))}",
-                param="model",
-                code="model_not_found",
-            )
-        if adapter is not None and adapter not in entry.adapters:
-            raise NotFound(
-                f"adapter {adapter!r} is not loaded on deployment {dep!r}"
-                + (f"; loaded: {', '.join(entry.adapters)}" if entry.adapters else ""),
-                param="model",
-                code="model_not_found",
-            )
-        return entry
+        return lookup_entry(self.backend, dep, adapter)
 
     def record(self, request: Request, call: _Call, answer: dict) -> None:
         assert self.conversations is not None

@@ -37,18 +37,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic_core import to_json
 
 from qingliang.knowledge.vision import (
-    MODES,
     ImageLimits,
     ImagesReport,
+    check_images,
     load_image,
     ocr_part,
     ocr_text,
     without_pixels,
 )
-from qingliang.platform.errors import ApiError, BadRequest, NotFound, Saturated, did_you_mean
+from qingliang.platform.errors import ApiError, BadRequest, Saturated
 from qingliang.platform.gateway.auth.quotas import Quotas
 from qingliang.platform.gateway.auth.scopes import tenant_of
 from qingliang.platform.gateway.backend import Backend
+from qingliang.platform.gateway.generation import lookup_entry
 from qingliang.platform.gateway.http.bodies import request_body
 from qingliang.platform.gateway.http.limits import json_body
 from qingliang.platform.gateway.http.openai_bodies import IGNORED_HEADER, IMAGES_HEADER
@@ -137,21 +138,7 @@ async def prepare_input_images(
     if not found:
         return body, None
     where = found[0][0]
-    if mode not in ("native", "ocr"):
-        raise BadRequest(
-            f"{where}: deployment {deployment!r} does not take images "
-            f"(spec.multimodal.image: reject). Modes a deployment can declare: "
-            + "; ".join(f"{m} ({why})" for m, why in MODES.items()),
-            param=where,
-        )
-    allowed = min(max_per_prompt, limits.max_images)
-    if len(found) > allowed:
-        extra = found[allowed][0]
-        raise BadRequest(
-            f"{extra}: {len(found)} images in one request; deployment {deployment!r} takes "
-            f"at most {allowed}",
-            param=extra,
-        )
+    check_images([w for w, _ in found], deployment, mode, max_per_prompt, limits)
     for where, part in found:
         if not isinstance(part.get("image_url"), str) or not part["image_url"]:
             param = f"{where}.image_url"
@@ -317,22 +304,7 @@ class _Responses:
         self.images = ImageLimits.from_env()
 
     def lookup(self, dep: str, adapter: str | None) -> ModelEntry:
-        entries = {m.name: m for m in self.backend.models()}
-        entry = entries.get(dep)
-        if entry is None:
-            raise NotFound(
-                f"model {dep!r} does not exist{did_you_mean(dep, list(entries))}",
-                param="model",
-                code="model_not_found",
-            )
-        if adapter is not None and adapter not in entry.adapters:
-            raise NotFound(
-                f"adapter {adapter!r} is not loaded on deployment {dep!r}"
-                + (f"; loaded: {', '.join(entry.adapters)}" if entry.adapters else ""),
-                param="model",
-                code="model_not_found",
-            )
-        return entry
+        return lookup_entry(self.backend, dep, adapter)
 
     async def prepare(self, request: Request) -> _Call:
         """The request read, checked, its images made ready, and routed."""
