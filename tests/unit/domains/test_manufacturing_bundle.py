@@ -15,6 +15,7 @@ import asyncio
 import base64
 import csv
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -236,16 +237,17 @@ def _fmea_id(citation: dict) -> str:
     return str(citation["text"].splitlines()[-1].split("|")[1].strip())
 
 
-@pytest.mark.parametrize(
-    ("question", "fmea_id"),
-    [
-        ("What happens when the jaw crusher's eccentric shaft bearing overheats?", "FM-002"),
-        ("pull-wire emergency stop on the belt conveyor does not trip", "FM-019"),
-        ("wire rope broken wires on the overhead crane hoist", "FM-035"),
-        ("transformer oil dielectric strength low, moisture through the breather", "FM-065"),
-        ("boiler feed pump standby does not start automatically", "FM-076"),
-    ],
-)
+#: Written questions and the FMEA row each must find (also kept out of the training data).
+FMEA_QUESTIONS = [
+    ("What happens when the jaw crusher's eccentric shaft bearing overheats?", "FM-002"),
+    ("pull-wire emergency stop on the belt conveyor does not trip", "FM-019"),
+    ("wire rope broken wires on the overhead crane hoist", "FM-035"),
+    ("transformer oil dielectric strength low, moisture through the breather", "FM-065"),
+    ("boiler feed pump standby does not start automatically", "FM-076"),
+]
+
+
+@pytest.mark.parametrize(("question", "fmea_id"), FMEA_QUESTIONS)
 def test_fmea_questions_find_their_row(knowledge: Any, question: str, fmea_id: str) -> None:
     rows = {r["fmea_id"]: r for r in _csv("fmea.csv")}
     hits = knowledge.search("plant-fmea", question, limit=3)["citations"]
@@ -430,3 +432,85 @@ async def test_a_work_order_waits_for_a_person_and_is_filed_exactly_once(
         assert "not filed" in told[-1]["result"] and "not filed" in svc.get(second).answer
         assert [r for r, _ in _orders(bundle)].count(second) == 0
     assert len(_orders(bundle)) == before + 1
+
+
+# ------------------------------------------------------------------ training
+
+SFT = BUNDLE / "data" / "sft" / "plant_sft.jsonl"
+#: The public FMEA questions bench/domains.py measures on (not shipped).
+SHARED_QA = BUNDLE.parents[3] / "shared" / "domains" / "manufacturing" / "fmea_qa.jsonl"
+
+
+def _pairs() -> list[list[dict]]:
+    return [json.loads(line)["messages"] for line in SFT.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_training_pipeline_loads_and_its_pairs_pass_governance(tmp_path: Path) -> None:
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401  (FineTuneJob, Pipeline)
+    from qingliang.platform.lifecycle.data.store import DatasetStore
+
+    assert [p.name for p in Bundle.load(BUNDLE).training] == ["train-pipeline.yaml"]
+    kinds = ("dataset", "finetune", "pipeline")
+    loaded = {i.kind: i.manifest for i in load_paths([BUNDLE / f"train-{k}.yaml" for k in kinds])}
+    job, dataset = loaded["FineTuneJob"], loaded["Dataset"]
+    assert job.spec.output.adapter == "plant"
+    assert job.spec.data.dataset == dataset.metadata.name == "plant-demo-sft"
+    gov = load_paths([BUNDLE.parent / "gov" / "train-pipeline.yaml"])[0].manifest
+    assert [s.type for s in loaded["Pipeline"].spec.steps] == [s.type for s in gov.spec.steps]
+    store = DatasetStore(tmp_path / "datasets", env={"QL_SALT": "pepper"})
+    v = store.cut(dataset, BUNDLE, actor="tester")
+    # The split hashes record ids with the store's own secret: the eval share varies a bit.
+    assert v.quarantined == 0 and v.records == len(_pairs()) >= 45, v
+    assert 1 <= v.eval <= v.records // 2, v
+
+
+def test_the_pairs_name_real_rows_records_and_machines_with_their_figures() -> None:
+    """Every FMEA row, maintenance record and machine an answer names exists; the S, O, D
+    and RPN it gives are the row's; a past fault comes with the action the log records; a
+    machine with its model and serial from the register."""
+    fmea = {r["fmea_id"]: r for r in _csv("fmea.csv")}
+    log = {r["id"]: r for r in _log()}
+    machines = {r["equipment_id"]: r for r in _csv("equipment.csv")}
+    kinds = {"fmea": 0, "log": 0, "machine": 0, "figures": 0}
+    for messages in _pairs():
+        assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+        answer = messages[2]["content"]
+        rows = re.findall(r"FM-\d{3}", answer)
+        records = re.findall(r"ML-\d{4}-\d{4}", answer)
+        named = set(re.findall(r"\b[A-Z]{2}-\d{3}\b", answer)) - set(rows)
+        assert set(rows) <= set(fmea) and set(records) <= set(log), answer
+        assert named <= set(machines) and (rows or records or named), answer
+        sod = re.search(r"S (\d+) × O (\d+) × D (\d+) = RPN (\d+)", answer) or re.search(
+            r"严重度 (\d+)、频度 (\d+)、探测度 (\d+)，RPN (\d+)", answer
+        )
+        for f, rpn in re.findall(r"(FM-\d{3}) [^（(]+[（(]RPN (\d+)[）)]", answer):
+            assert fmea[f]["rpn"] == rpn, (f, rpn)
+        if records:
+            kinds["log"] += 1
+            assert log[records[0]]["action"] in answer, answer
+        elif sod:
+            kinds["fmea"] += 1
+            r = fmea[rows[0]]
+            assert sod.groups() == (r["severity"], r["occurrence"], r["detection"], r["rpn"])
+            assert r["recommended_action"] in answer, answer
+        elif answer[:6] in machines:
+            kinds["machine"] += 1
+            m = machines[answer[:6]]
+            assert m["model"] in answer and m["serial"] in answer, answer
+        else:
+            kinds["figures"] += 1
+    assert kinds["fmea"] >= 10 and kinds["log"] >= 10 and kinds["machine"] >= 8, kinds
+    assert kinds["figures"] >= 5, kinds
+
+
+def test_no_gold_question_is_trained_on() -> None:
+    """The retrieval questions above, the demo's `try` lines and, where it is present, the
+    public FMEA question set bench/domains.py measures on: none is in the training file."""
+    gold = [q for q, _ in FMEA_QUESTIONS]
+    gold += [m[1] for t in Bundle.load(BUNDLE).spec.try_ if (m := re.search(r'"(.+?)"', t))]
+    if SHARED_QA.is_file():
+        lines = SHARED_QA.read_text(encoding="utf-8").splitlines()
+        gold += [json.loads(line)["question"] for line in lines]
+    assert len(gold) >= 5 + 7
+    trained = "\n".join(m["content"] for p in _pairs() for m in p)
+    assert not [q for q in gold if q in trained]
