@@ -15,9 +15,10 @@ renders it with the model's own tool-calling template (the engine runs with
 reply streams, and each token delta reaches ``on_delta``.
 
 A bare deployment (``qwen``, no ``:adapter``) follows its canary split
-(``spec.lora.traffic``) as an API request does: :class:`BackendChat` picks the adapter with
-the gateway's :func:`~qingliang.serving.traffic.choose_adapter`, keyed by ``user``
-(the agent run's id, so one run stays on one arm). The :class:`ChatReply` says which
+(``spec.lora.traffic``), and an alias (``qwen:gov``, ``spec.lora.aliases``) its shares, as an
+API request does: :class:`BackendChat` picks the adapter with the gateway's
+:func:`~qingliang.serving.traffic.resolve_adapter`, keyed by ``user`` (the agent run's id, so
+one run stays on one arm). The :class:`ChatReply` says which
 adapter answered and its registry ref; the run's journal records both.
 
 Example:
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qingliang.platform.errors import ApiError, EngineError, Saturated
 from qingliang.serving.toolcalls import Offer, parse_tool_calls
+from qingliang.serving.traffic import resolve_adapter
 
 if TYPE_CHECKING:
     from qingliang.serving.engine import StreamChunk
@@ -233,12 +235,10 @@ class BackendChat:
     ) -> ChatReply:
         dep, adapter = _split(model)
         entry = self._entry(dep)
-        if adapter is None and entry is not None and entry.traffic:
-            # Imported here: the gateway app pulls in FastAPI, which agents need not load.
-            from qingliang.serving.traffic import choose_adapter
-
-            adapter = choose_adapter(entry, user)
-            log.debug("%s: agent call sent to %s", dep, adapter or "the base model")
+        if entry is not None:
+            asked, adapter = adapter, resolve_adapter(entry, adapter, user)
+            if adapter != asked:
+                log.debug("%s: agent call sent to %s", model, adapter or "the base model")
         ref = entry.refs.get(adapter) if entry is not None and adapter else None
         stream = on_delta is not None and not tools
         body = body_for(model, messages, tools, max_tokens, temperature, stream)

@@ -244,6 +244,16 @@ class LoraOptions(Strict):
         "Set by pipelines; optional.",
     )
 
+    aliases: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Stable adapter names → the adapters they send requests to, with shares "
+        "adding up to at most 1 (`{gov: {gov-v1: 0.9, gov-v2: 0.1}}`); the rest goes to the "
+        'base model. `model="<deployment>:<alias>"` goes to one of them (a request with a '
+        "`user` field always to the same one); an empty mapping sends every request to the "
+        "base model until an adapter is promoted into it. Pipelines whose canary step names "
+        "an `alias` set it; read by the gateway, like `traffic`.",
+    )
+
     @field_validator("adapters")
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
@@ -290,6 +300,24 @@ class LoraOptions(Strict):
                 )
         return v
 
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(
+        cls, v: dict[str, dict[str, float]], info: ValidationInfo
+    ) -> dict[str, dict[str, float]]:
+        adapters = info.data.get("adapters")
+        for alias, shares in v.items():
+            if not ADAPTER_RE.match(alias):
+                raise ValueError(
+                    f"alias {alias!r} is invalid: 1-64 letters, digits, '.', '_' or '-', no ':'"
+                )
+            if adapters is not None and alias in adapters:
+                raise ValueError(
+                    f"alias {alias!r} is also an adapter's name; `model` could not tell them apart"
+                )
+            _alias_shares(alias, shares, adapters)
+        return v
+
     @model_validator(mode="after")
     def _count(self) -> LoraOptions:
         if len(self.adapters) > self.max_adapters:
@@ -319,6 +347,30 @@ def _listed(v: dict, info: ValidationInfo, field: str) -> None:
         raise ValueError(
             f"adapter {name!r} is not in `adapters`{more}; {field} may name only listed "
             f"adapters (listed: {listed})"
+        )
+
+
+def _alias_shares(alias: str, shares: dict[str, float], adapters: dict | None) -> None:
+    """An alias's shares: listed adapters, each above 0, adding up to at most 1."""
+    if adapters is not None:
+        unknown = sorted(set(shares) - set(adapters))
+        if unknown:
+            listed = ", ".join(sorted(adapters)) or "none"
+            raise ValueError(
+                f"alias {alias!r}: adapter {unknown[0]!r} is not in `adapters`"
+                f"{did_you_mean(unknown[0], list(adapters))} (listed: {listed})"
+            )
+    for name, share in shares.items():
+        if not 0 < share <= 1:  # also refuses NaN
+            raise ValueError(
+                f"alias {alias!r}: adapter {name!r} has share {share:g}; it must be above 0 "
+                "and at most 1 (leave the adapter out to send it nothing)"
+            )
+    total = sum(shares.values())
+    if total > 1 + SHARE_TOLERANCE:
+        raise ValueError(
+            f"alias {alias!r}: shares add up to {total:g}, more than 1 (what they leave "
+            "below 1 goes to the base model)"
         )
 
 

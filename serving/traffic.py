@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from qingliang.platform.errors import BadRequest
+from qingliang.platform.errors import BadRequest, NotFound
 
 #: The manifest kind of a model deployment, as the state store keeps it.
 MODEL_KIND = "ModelDeployment"
@@ -41,6 +41,9 @@ class ModelEntry:
     description: str = ""
     #: Canary shares of bare-deployment requests by adapter (the rest: the base model).
     traffic: dict[str, float] = field(default_factory=dict)
+    #: Stable adapter names → the adapters they send requests to, with shares (what they
+    #: leave below 1: the base model); ``model="<deployment>:<alias>"`` (``spec.lora.aliases``).
+    aliases: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Model-registry refs (``name@version``) of the adapters, where known.
     refs: dict[str, str] = field(default_factory=dict)
     #: The adapters' local directories by name (``spec.lora.adapters``), in manifest order.
@@ -56,6 +59,19 @@ class ModelEntry:
     #: reject; and how many one request may carry.
     image_mode: str = "reject"
     max_images: int = 4
+
+    def routed_shares(self) -> dict[str, float]:
+        """Each adapter requests are routed to, with its share: of the bare deployment's
+        requests (``traffic``) or of its alias's.
+
+        Example:
+            >>> ModelEntry("q", traffic={"a-v1": 0.1}, aliases={"b": {"b-v2": 1.0}}).routed_shares()
+            {'a-v1': 0.1, 'b-v2': 1.0}
+        """
+        routed = dict(self.traffic)
+        for shares in self.aliases.values():
+            routed.update(shares)
+        return routed
 
     def adapter_refs(self) -> dict[str, str | None]:
         """Every adapter named in ``adapters`` or ``refs``, in name order, to its
@@ -102,6 +118,10 @@ def entry_of_body(name: str, body: Mapping[str, Any], applied_at: float = 0) -> 
         description=str(meta.get("description") or ""),
         traffic={str(k): float(v) for k, v in (lora.get("traffic") or {}).items()},
         refs={str(k): str(v) for k, v in (lora.get("refs") or {}).items()},
+        aliases={
+            str(a): {str(k): float(v) for k, v in _mapping(shares).items()}
+            for a, shares in _mapping(lora.get("aliases")).items()
+        },
         adapter_paths=paths,
         lora_enabled=bool(enabled) or (enabled is None and bool(paths)),
         source=str(_mapping(spec.get("model")).get("source", "")),
@@ -184,16 +204,49 @@ def choose_adapter(entry: ModelEntry, user: object = None) -> str | None:
         >>> choose_adapter(ModelEntry("qwen"), "user-17") is None
         True
     """
-    if not entry.traffic:
+    return _pick(entry.traffic, entry.name, user)
+
+
+def _pick(shares: Mapping[str, float], key: str, user: object) -> str | None:
+    """The arm a point in [0, 1) falls on, ``shares`` laid end to end in name order (past
+    them: None). The point is ``user`` hashed with ``key`` where it is a string, else random."""
+    if not shares:
         return None
     if isinstance(user, str):
-        digest = hashlib.sha256(f"{entry.name}\0{user}".encode()).digest()
+        digest = hashlib.sha256(f"{key}\0{user}".encode()).digest()
         point = int.from_bytes(digest[:8], "big") / 2**64
     else:
         point = random.random()
     edge = 0.0
-    for name in sorted(entry.traffic):
-        edge += entry.traffic[name]
+    for name in sorted(shares):
+        edge += shares[name]
         if point < edge:
             return name
     return None
+
+
+def resolve_adapter(entry: ModelEntry, adapter: str | None, user: object = None) -> str | None:
+    """The adapter that answers a request for ``entry`` that named ``adapter`` (None: the
+    base model): a bare deployment follows its canary shares (:func:`choose_adapter`); a
+    loaded adapter is itself; an alias (``spec.lora.aliases``) is one of its adapters by
+    their shares, or the base model for what they leave below 1. Anything else is a 404
+    naming what is loaded.
+
+    Example:
+        >>> entry = ModelEntry("qwen", ("gov-v1",), aliases={"gov": {"gov-v1": 1.0}})
+        >>> resolve_adapter(entry, "gov"), resolve_adapter(entry, "gov-v1")
+        ('gov-v1', 'gov-v1')
+    """
+    if adapter is None:
+        return choose_adapter(entry, user)
+    if adapter in entry.adapters:
+        return adapter
+    shares = entry.aliases.get(adapter)
+    if shares is None:
+        known = [*entry.adapters, *(f"{a} (alias)" for a in sorted(entry.aliases))]
+        raise NotFound(
+            f"adapter {adapter!r} is not loaded on deployment {entry.name!r}"
+            + (f"; loaded: {', '.join(known)}" if known else ""),
+            param="model",
+        )
+    return _pick(shares, f"{entry.name}:{adapter}", user)

@@ -1,5 +1,6 @@
 """``qingliang adapters``: load, unload and share traffic between LoRA adapters at run
-time (the work is the controller's: an adapters-only update, no restart)."""
+time, and point aliases at them (the work is the controller's: an adapters-only update,
+no restart)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,37 @@ def adapters_traffic(
     text = traffic_text(wanted) or "base 100%"
     suffix = " (unchanged)" if change.action == "unchanged" else ""
     console.print(f"{deployment}: {text}{suffix}", highlight=False)
+
+
+@adapters_app.command("alias")
+def adapters_alias(
+    deployment: str,
+    alias: str,
+    shares: list[str] = typer.Argument(
+        None,
+        help="ADAPTER=SHARE per adapter the alias sends requests to, e.g. gov-v2=1 or "
+        "gov-v1=90% gov-v2=10%; the rest goes to the base model. None: the base model.",
+    ),
+    remove: bool = typer.Option(False, "--remove", help="Remove the alias."),
+) -> None:
+    """Point DEPLOYMENT:ALIAS at adapters (created if new; replaces its old shares).
+
+    Clients and agents keep calling `model="DEPLOYMENT:ALIAS"` while new versions are
+    put behind it (pipelines do this with a canary step's `alias`). No replica restarts;
+    the gateway follows within a second.
+    """
+    try:
+        wanted = parse_shares(list(shares or []))
+        if remove and wanted:
+            raise QingliangError("give ADAPTER=SHARE pairs or --remove, not both")
+        ctl = _common.controller(load_settings())
+        change = ctl.set_alias(deployment, alias, None if remove else wanted)
+    except QingliangError as exc:
+        fail(exc)
+        return
+    text = "removed" if remove else traffic_text(wanted) or "base 100%"
+    suffix = " (unchanged)" if change.action == "unchanged" else ""
+    console.print(f"{deployment}:{alias}: {text}{suffix}", highlight=False)
 
 
 @adapters_app.command("unload")

@@ -99,8 +99,9 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
         rows = [r for r in rows if r["name"] == name]
         if not rows:
             fail(QingliangError(f"no deployment named {name!r}"))
-    table = Table("NAME", "STATUS", "ENGINE", "SOURCE", "ADAPTERS", "TRAFFIC", "GEN")
+    table = Table("NAME", "STATUS", "ENGINE", "SOURCE", "ADAPTERS", "TRAFFIC", "ALIASES", "GEN")
     for r in rows:
+        aliases = r.get("aliases") or {}
         table.add_row(
             r["name"],
             r["status"],
@@ -108,6 +109,7 @@ def get(name: str = typer.Argument(None, help="One deployment (default: all)."))
             r["source"],
             ", ".join(r["adapters"]),
             traffic_text(r.get("traffic") or {}),
+            "; ".join(f"{a}: {traffic_text(aliases[a]) or 'base 100%'}" for a in sorted(aliases)),
             str(r["generation"]),
         )
     console.print(table)

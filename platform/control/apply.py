@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +38,12 @@ from qingliang.platform.control.diff import (
     Change,
     adapters_only,
     changed_paths,
-    deep_copy,
     normal,
 )
 from qingliang.platform.control.lock import deployments_lock
+from qingliang.platform.control.lora import LoraRouting
 from qingliang.platform.control.serve_config import GATEWAY_KIND, GATEWAY_NAME, serve_config
 from qingliang.platform.errors import (
-    BadRequest,
     ClusterError,
     FieldIssue,
     ManifestError,
@@ -54,7 +53,7 @@ from qingliang.platform.errors import (
     ResolveError,
 )
 from qingliang.platform.gateway_config import GatewayConfig
-from qingliang.platform.manifests.loader import Loaded, load_paths, validate_document
+from qingliang.platform.manifests.loader import Loaded, load_paths
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.manifest import ModelDeployment
@@ -75,7 +74,7 @@ APPLIED_KINDS = (MODEL_KIND, KB_KIND, GRAPH_KIND, DATASET_KIND)
 
 
 @dataclass
-class Controller:
+class Controller(LoraRouting):
     """Applies manifests to Ray Serve and the state store (see the module docstring).
 
     ``deployer`` defaults to Ray Serve's REST API on this host's dashboard; ``profile`` to
@@ -306,10 +305,13 @@ class Controller:
 
         if not graphs:
             return {}
-        known_models = {e.name: e.adapters for e in ServingView.read(self.store).models}
+        # An agent may name an adapter or an alias (`qwen:gov`).
+        known_models = {
+            e.name: (*e.adapters, *sorted(e.aliases)) for e in ServingView.read(self.store).models
+        }
         for item in models:
             lora = item.manifest.spec.lora  # type: ignore[attr-defined]
-            known_models[item.name] = tuple(sorted(lora.adapters))
+            known_models[item.name] = (*sorted(lora.adapters), *sorted(lora.aliases))
         known_kbs = {row.name for row in self.store.list(KB_KIND)} | {i.name for i in kbs}
         known_graphs = {row.name for row in self.store.list(GRAPH_KIND)}
         known_graphs |= {i.name for i in graphs}
@@ -375,6 +377,7 @@ class Controller:
                     "engine": entry.engine,
                     "adapters": list(entry.adapters),
                     "traffic": dict(entry.traffic),
+                    "aliases": {a: dict(s) for a, s in entry.aliases.items()},
                     "generation": row.generation,
                     "status": status,
                     "message": message,
@@ -439,102 +442,6 @@ class Controller:
         finally:
             service.close()
         return names
-
-    def set_adapter(
-        self, deployment: str, adapter: str, path: str | None, ref: str | None = None
-    ) -> Change:
-        """Add / replace (path) or remove (None) one adapter, as an adapters-only update.
-
-        ``ref`` records the adapter's model-registry ref (``name@version``) in
-        ``spec.lora.refs``; loading new weights without one forgets the old ref (it would
-        name other weights). Removing an adapter also drops its traffic share and ref.
-
-        Concurrent calls (and ``set_traffic``/``apply``) take turns: none undoes another.
-
-        Example:
-            >>> ctl.set_adapter("qwen", "faq", "/adapters/faq-3", ref="faq-bot@3")  # doctest: +SKIP
-        """
-        with self._serving_lock():
-            return self._set_adapter(deployment, adapter, path, ref)
-
-    def _set_adapter(
-        self, deployment: str, adapter: str, path: str | None, ref: str | None
-    ) -> Change:
-        row = self.store.get(MODEL_KIND, deployment)
-        if row is None:
-            raise NotFound(f"no ModelDeployment named {deployment!r}")
-        if path is None and ref is not None:
-            raise BadRequest("a ref names the weights being loaded: give a path with it")
-        entry = entry_of(row)
-        body = deep_copy(row.body)
-        lora = body["spec"].setdefault("lora", {})
-        adapters = dict(entry.adapter_paths)
-        refs = dict(entry.refs)
-        if path is None:
-            if adapter not in adapters:
-                raise NotFound(f"deployment {deployment!r} has no adapter {adapter!r}")
-            adapters.pop(adapter)
-            lora["traffic"] = {k: v for k, v in entry.traffic.items() if k != adapter}
-            refs.pop(adapter, None)
-        else:
-            before = adapters.get(adapter)
-            adapters[adapter] = str(Path(path).resolve())
-            if ref is not None:
-                refs[adapter] = ref
-            elif adapters[adapter] != before:
-                refs.pop(adapter, None)
-        lora["adapters"] = adapters
-        lora["refs"] = refs
-        # Keep LoRA on once it was: removing the last adapter must not turn it off (that
-        # changes the replicas' arguments and restarts them).
-        if path is not None or entry.lora_enabled:
-            lora["enabled"] = True
-        item = validate_document(body, f"{deployment} (stored)")
-        plan = self.resolve(self.compile([item]), progress=False)[0]
-        desired = self._stored_plans()
-        desired[deployment] = plan
-        self._push(desired)
-        new_body = normal(item)
-        self.store.put(MODEL_KIND, deployment, new_body, plan.to_dict())
-        changed = tuple(changed_paths(row.body, new_body))
-        if not changed:
-            return Change(MODEL_KIND, deployment, "unchanged")
-        # Turning LoRA on for a deployment started without it restarts its replicas.
-        action = "adapters" if adapters_only(row.body, new_body, changed) else "update"
-        return Change(MODEL_KIND, deployment, action, changed)
-
-    def set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
-        """Replace the canary shares of ``deployment`` (an empty mapping clears them).
-
-        ``shares`` maps adapter names to the share of bare-deployment requests each gets;
-        the rest goes to the base model. Only the stored manifest changes: the gateway
-        reads it (within about a second), and no replica restarts or is reconfigured.
-
-        Raises:
-            NotFound: no such deployment.
-            ManifestError: the shares are invalid (``spec.lora.traffic``); nothing changes.
-
-        Example:
-            >>> ctl.set_traffic("qwen", {"faq-v4": 0.1})  # doctest: +SKIP
-            Change(kind='ModelDeployment', name='qwen', action='adapters', ...)
-        """
-        with self._serving_lock():
-            return self._set_traffic(deployment, shares)
-
-    def _set_traffic(self, deployment: str, shares: Mapping[str, float]) -> Change:
-        row = self.store.get(MODEL_KIND, deployment)
-        if row is None:
-            raise NotFound(f"no ModelDeployment named {deployment!r}")
-        body = deep_copy(row.body)
-        body["spec"].setdefault("lora", {})["traffic"] = dict(shares)
-        new_body = normal(validate_document(body, f"{deployment} (stored)"))
-        changed = tuple(changed_paths(row.body, new_body))
-        if not changed:
-            return Change(MODEL_KIND, deployment, "unchanged")
-        # The plan (and so the Serve config) does not depend on traffic: keep it as is.
-        self.store.put(MODEL_KIND, deployment, new_body, row.plan)
-        logger.info("deployment %s: traffic set to %s", deployment, dict(shares))
-        return Change(MODEL_KIND, deployment, "adapters", changed)
 
 
 def _file_of(source: str) -> str:

@@ -49,7 +49,7 @@ def lora_active(body: dict) -> bool:
 
 #: Fields whose change is a lightweight update: adapters reload through user_config;
 #: traffic and refs are read by the gateway and never reach the replicas.
-LIGHTWEIGHT = ("spec.lora.adapters", "spec.lora.traffic", "spec.lora.refs")
+LIGHTWEIGHT = ("spec.lora.adapters", "spec.lora.traffic", "spec.lora.refs", "spec.lora.aliases")
 
 
 def adapters_only(old: dict, new: dict, changed: Iterable[str]) -> bool:
@@ -66,6 +66,10 @@ def adapters_only(old: dict, new: dict, changed: Iterable[str]) -> bool:
     )
 
 
+#: Fields that map names a user chose to mappings: an added empty entry is a change.
+NAMED_MAPPINGS = ("spec.lora.aliases",)
+
+
 def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
     """The dotted paths of the leaves that differ between ``old`` and ``new``."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -74,8 +78,10 @@ def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
             path = f"{prefix}.{key}" if prefix else str(key)
             if key not in old or key not in new:
                 # A field added to the schema since a body was stored reads as its empty
-                # default there: not a change.
-                if (old.get(key) if key in old else new.get(key)) != {}:
+                # default there: not a change. (A key of a name → mapping field, such as an
+                # alias with no adapter yet, is data, not a schema field.)
+                value = old.get(key) if key in old else new.get(key)
+                if value != {} or prefix in NAMED_MAPPINGS:
                     out.append(path)
             else:
                 out.extend(changed_paths(old[key], new[key], path))

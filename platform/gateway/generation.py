@@ -1,9 +1,9 @@
 """OpenAI's generation routes: ``/v1/chat/completions`` and ``/v1/completions``.
 
-``model`` names a deployment or ``deployment:adapter``; a bare deployment with canary
-shares sends the request to one adapter or to the base model
-(:func:`~qingliang.serving.traffic.choose_adapter`). The body is checked
-(:mod:`.http.openai_bodies`), sent to the :class:`~.backend.Backend`, and the answer (a
+``model`` names a deployment or ``deployment:adapter`` (an adapter or an alias); a bare
+deployment with canary shares sends the request to one adapter or to the base model, an
+alias to one of its adapters (:func:`~qingliang.serving.traffic.resolve_adapter`). The body
+is checked (:mod:`.http.openai_bodies`), sent to the :class:`~.backend.Backend`, and the answer (a
 JSON body, or the backend's typed chunks written as SSE one by one, :mod:`.sse`) says what
 made it. A key with a token limit is charged what it used; answered requests go to the
 conversation log.
@@ -44,17 +44,17 @@ from qingliang.platform.gateway.sse import (
     Transcript,
     asked_usage,
     chunk_event,
+    routed,
     sse_event,
     total_tokens,
     trace_headers,
-    trace_of,
     with_trace,
     with_usage,
 )
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.conversations import ConversationLog
 from qingliang.serving.engine import StreamChunk
-from qingliang.serving.traffic import ModelEntry, choose_adapter, parse_model
+from qingliang.serving.traffic import ModelEntry, parse_model
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,11 @@ def lookup_entry(backend: Backend, dep: str, adapter: str | None) -> ModelEntry:
             param="model",
             code="model_not_found",
         )
-    if adapter is not None and adapter not in entry.adapters:
+    if adapter is not None and adapter not in entry.adapters and adapter not in entry.aliases:
+        known = [*entry.adapters, *(f"{a} (alias)" for a in sorted(entry.aliases))]
         raise NotFound(
             f"adapter {adapter!r} is not loaded on deployment {dep!r}"
-            + (f"; loaded: {', '.join(entry.adapters)}" if entry.adapters else ""),
+            + (f"; loaded: {', '.join(known)}" if known else ""),
             param="model",
             code="model_not_found",
         )
@@ -153,10 +154,7 @@ class _Generation:
                 max_per_prompt=entry.max_images,
                 limits=self.images,
             )
-        if adapter is None:
-            adapter = choose_adapter(entry, body.get("user"))
-            logger.debug("%s: bare request sent to %s", dep, adapter or "the base model")
-        trace = trace_of(entry, adapter)
+        adapter, trace = routed(entry, adapter, body.get("user"))
         headers = trace_headers(trace)
         if images is not None:
             trace["images"] = images.trace()

@@ -58,10 +58,10 @@ from qingliang.platform.gateway.http.responses_bodies import (
     checked,
     forwarded_responses,
 )
-from qingliang.platform.gateway.sse import total_tokens, trace_headers, trace_of, with_trace
+from qingliang.platform.gateway.sse import routed, total_tokens, trace_headers, with_trace
 from qingliang.platform.storage.conversations import Conversation, ConversationLog
 from qingliang.serving.engine import StreamChunk
-from qingliang.serving.traffic import ModelEntry, choose_adapter, parse_model
+from qingliang.serving.traffic import ModelEntry, parse_model
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +324,7 @@ class _Responses:
             max_per_prompt=entry.max_images,
             limits=self.images,
         )
-        if adapter is None:
-            adapter = choose_adapter(entry, body.get("user"))
-        trace = trace_of(entry, adapter)
+        adapter, trace = routed(entry, adapter, body.get("user"))
         headers = trace_headers(trace)
         if images is not None:
             trace["images"] = images.trace()

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from qingliang.serving.traffic import ModelEntry
+from qingliang.serving.traffic import ModelEntry, resolve_adapter
 
 #: The event that ends every stream.
 DONE = "data: [DONE]\n\n"
@@ -53,12 +53,26 @@ def trace_of(entry: ModelEntry, adapter: str | None) -> dict[str, Any]:
     }
 
 
+def routed(entry: ModelEntry, asked: str | None, user: object) -> tuple[str | None, dict]:
+    """The adapter a request that named ``asked`` goes to
+    (:func:`~qingliang.serving.traffic.resolve_adapter`) and its answer's trace; a request
+    through an alias says so (``alias``)."""
+    adapter = resolve_adapter(entry, asked, user)
+    trace = trace_of(entry, adapter)
+    if asked is not None and asked in entry.aliases:
+        trace["alias"] = asked
+    return adapter, trace
+
+
 def trace_headers(trace: dict[str, Any]) -> dict[str, str]:
-    return {
+    headers = {
         "X-Qingliang-Deployment": trace["deployment"] or "",
         "X-Qingliang-Adapter": trace["adapter"] or "",
         "X-Qingliang-Adapter-Ref": trace["adapter_ref"] or "",
     }
+    if trace.get("alias"):
+        headers["X-Qingliang-Alias"] = trace["alias"]
+    return headers
 
 
 def with_trace(data: dict[str, Any], trace: dict[str, Any]) -> dict[str, Any]:

@@ -198,9 +198,11 @@ class RunGraph:
                 "base_model": trained["base_model"],
                 "share": step.share,
                 "before": stash,
+                "alias": step.alias,
             }
             if stash is None:
-                state = impl.deployment_state(impl.controller(home), step.deployment)
+                ctl = impl.controller(home)
+                state = impl.deployment_state(ctl, step.deployment, step.alias)
                 kwargs["before"] = state["traffic"]
                 self.runs.update(run.id, outputs={**outputs, before_key: state["traffic"]})
             return self.run_task(run, step.name, impl.canary_step, kwargs, cpus=0), ""

@@ -45,6 +45,7 @@ from pydantic import Field, field_validator, model_validator
 
 from qingliang.agents.manifest import Checkpointer
 from qingliang.platform.manifests.base import BaseMetadata, Envelope, Strict, valid_name
+from qingliang.serving.manifest import ADAPTER_RE
 
 STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 METRICS = ("exact_match", "rouge_l", "rules")
@@ -168,11 +169,28 @@ class CanaryStep(_Step):
         description="Share of the deployment's traffic for the new adapter: of the traffic "
         "the adapter's previous version had, or of the base model's when it had none.",
     )
+    alias: str | None = Field(
+        default=None,
+        description="Canary within an alias (`spec.lora.aliases`): the requests that name "
+        '`model="<deployment>:<alias>"` are split between the adapters the alias sends '
+        "them to and the new one, and promote points the alias at the new one. For adapters "
+        "that clients and agents call by name (e.g. one per domain on a shared base model); "
+        "unset: the bare deployment's canary traffic.",
+    )
 
     @field_validator("deployment")
     @classmethod
     def _dep(cls, v: str) -> str:
         return valid_name(v)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str | None) -> str | None:
+        if v is not None and not ADAPTER_RE.match(v):
+            raise ValueError(
+                f"alias {v!r} is invalid: 1-64 letters, digits, '.', '_' or '-', no ':'"
+            )
+        return v
 
 
 class CanaryAnalysis(Strict):

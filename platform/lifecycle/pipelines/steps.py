@@ -215,9 +215,10 @@ def controller(home: str) -> Any:
     return Controller(settings_for(Path(home)))
 
 
-def deployment_state(ctl: Any, name: str) -> dict[str, Any]:
+def deployment_state(ctl: Any, name: str, alias: str | None = None) -> dict[str, Any]:
     """The applied ``adapters`` (name → directory), canary ``traffic`` and registry ``refs``
-    of deployment ``name``, read through the serving view (:func:`entry_of`).
+    of deployment ``name``, read through the serving view (:func:`entry_of`). With
+    ``alias``, ``traffic`` is that alias's shares (``spec.lora.aliases``; none yet: ``{}``).
 
     Raises:
         NotFound: no ModelDeployment by that name is applied.
@@ -228,24 +229,45 @@ def deployment_state(ctl: Any, name: str) -> dict[str, Any]:
     entry = entry_of(row)
     return {
         "adapters": dict(entry.adapter_paths),
-        "traffic": dict(entry.traffic),
+        "traffic": dict(entry.aliases.get(alias, {}) if alias else entry.traffic),
         "refs": dict(entry.refs),
     }
 
 
-def _record_serving(home: str, deployment: str, base_model: str, traffic: dict, refs: dict) -> None:
-    """Tell the registry what ``deployment`` serves now (adapters with a registry ref)."""
+def _record_serving(home: str, ctl: Any, deployment: str, base_model: str) -> None:
+    """Tell the registry what ``deployment`` serves now: each adapter with a registry ref
+    and its share of the requests routed to it (canary traffic or an alias's share)."""
     from qingliang.platform.lifecycle.registry import Registry
 
-    shares = {refs[a]: s for a, s in traffic.items() if a in refs}
+    entry = entry_of(ctl.store.get(MODEL_KIND, deployment))
+    shares = {entry.refs[a]: s for a, s in entry.routed_shares().items() if a in entry.refs}
     with Registry(home=Path(home)) as reg:
         reg.deployments.set_serving(deployment, model=base_model, adapters=shares)
 
 
-def _apply_traffic(ctl: Any, deployment: str, traffic: dict[str, float]) -> None:
-    current = deployment_state(ctl, deployment)["traffic"]
-    if current != traffic:
+def _apply_traffic(
+    ctl: Any, deployment: str, traffic: dict[str, float], alias: str | None = None
+) -> None:
+    current = deployment_state(ctl, deployment, alias)["traffic"]
+    if alias is not None:
+        if (
+            current != traffic
+            or alias not in entry_of(ctl.store.get(MODEL_KIND, deployment)).aliases
+        ):
+            ctl.set_alias(deployment, alias, traffic)
+    elif current != traffic:
         ctl.set_traffic(deployment, traffic)
+
+
+def _earlier_versions(
+    before: dict[str, float], loaded_as: str, adapter: str, alias: str | None
+) -> list[str]:
+    """The arms a canary would replace: every other adapter of its alias, or (no alias)
+    the other served versions of its adapter (``<name>-v<N>``)."""
+    name = adapter.partition("@")[0]
+    return [
+        a for a in before if a != loaded_as and (alias is not None or a.startswith(f"{name}-v"))
+    ]
 
 
 def canary_step(
@@ -258,9 +280,14 @@ def canary_step(
     base_model: str,
     share: float,
     before: dict[str, float] | None = None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
     """Load ``adapter`` (``name@N``) into ``deployment`` and give it ``share`` of the
     traffic its earlier versions had (or of the base model's when none is served).
+
+    With ``alias``, the traffic split is the alias's (``model="<deployment>:<alias>"``,
+    ``spec.lora.aliases``), not the bare deployment's: the earlier versions are the
+    adapters the alias sends requests to; an alias created here starts with the base model.
 
     ``before`` is the deployment's traffic when the step first ran (the pipeline passes
     it on retries, so the split is computed from the same starting point).
@@ -269,11 +296,10 @@ def canary_step(
     is when the canary started taking traffic (its analysis window starts there).
     """
     ctl = controller(home)
-    state = deployment_state(ctl, deployment)
+    state = deployment_state(ctl, deployment, alias)
     start = dict(before if before is not None else state["traffic"])
     loaded_as = deployment_adapter_name(adapter)
-    name = adapter.partition("@")[0]
-    previous = {a: s for a, s in start.items() if a.startswith(f"{name}-v") and a != loaded_as}
+    previous = {a: start[a] for a in _earlier_versions(start, loaded_as, adapter, alias)}
     if previous:
         held = sum(previous.values())
         traffic = {a: s for a, s in start.items() if a not in previous}
@@ -291,17 +317,18 @@ def canary_step(
     if state["adapters"].get(loaded_as) != adapter_path or state["refs"].get(loaded_as) != adapter:
         emit({"kind": "log", "message": f"loading {adapter} into {deployment} as {loaded_as}"})
         ctl.set_adapter(deployment, loaded_as, adapter_path, ref=adapter)
-    _apply_traffic(ctl, deployment, traffic)
-    refs = {**state["refs"], loaded_as: adapter}
-    _record_serving(home, deployment, base_model, traffic, refs)
+    _apply_traffic(ctl, deployment, traffic, alias)
+    _record_serving(home, ctl, deployment, base_model)
+    of = f"{deployment}:{alias}" if alias else deployment
     emit(
         {
             "kind": "log",
-            "message": f"{deployment}: {loaded_as} takes {traffic[loaded_as]:.1%} of the traffic",
+            "message": f"{of}: {loaded_as} takes {traffic[loaded_as]:.1%} of the traffic",
         }
     )
     return {
         "deployment": deployment,
+        "alias": alias,
         "adapter": adapter,
         "loaded_as": loaded_as,
         "before": start,
@@ -313,10 +340,9 @@ def canary_step(
 def _baseline_arms(canary: dict[str, Any]) -> list[str]:
     """What the canary is compared with: the versions of its adapter it would replace,
     else the base model (arm ``""``)."""
-    name = canary["adapter"].partition("@")[0]
-    replaced = [
-        a for a in canary["before"] if a.startswith(f"{name}-v") and a != canary["loaded_as"]
-    ]
+    replaced = _earlier_versions(
+        canary["before"], canary["loaded_as"], canary["adapter"], canary.get("alias")
+    )
     return replaced or [""]
 
 
@@ -430,20 +456,17 @@ def promote_step(
     """Give the canary the whole share its adapter name had; unload the versions it replaces."""
     from qingliang.platform.lifecycle.registry import Registry
 
-    deployment, loaded_as = canary["deployment"], canary["loaded_as"]
+    deployment, loaded_as, alias = canary["deployment"], canary["loaded_as"], canary.get("alias")
     ctl = controller(home)
-    state = deployment_state(ctl, deployment)
-    name = canary["adapter"].partition("@")[0]
+    state = deployment_state(ctl, deployment, alias)
     before = dict(canary["before"])
-    replaced = [a for a in before if a.startswith(f"{name}-v") and a != loaded_as]
-    traffic = {a: s for a, s in before.items() if a not in replaced}
+    replaced = _earlier_versions(before, loaded_as, canary["adapter"], alias)
+    traffic = {a: s for a, s in before.items() if a not in replaced and a != loaded_as}
     traffic[loaded_as] = (
         sum(before[a] for a in replaced) if replaced else 1.0 - sum(traffic.values())
     )
-    _apply_traffic(ctl, deployment, traffic)
-    _record_serving(
-        home, deployment, base_model, traffic, {**state["refs"], loaded_as: canary["adapter"]}
-    )
+    _apply_traffic(ctl, deployment, traffic, alias)
+    _record_serving(home, ctl, deployment, base_model)
     retired = []
     with Registry(home=Path(home)) as reg:
         for a in replaced:
@@ -466,14 +489,14 @@ def rollback_step(
     """Put the deployment's traffic back as it was and unload the canary adapter."""
     from qingliang.platform.lifecycle.registry import Registry
 
-    deployment, loaded_as = canary["deployment"], canary["loaded_as"]
+    deployment, loaded_as, alias = canary["deployment"], canary["loaded_as"], canary.get("alias")
     ctl = controller(home)
-    state = deployment_state(ctl, deployment)
+    state = deployment_state(ctl, deployment, alias)
     before = {a: s for a, s in canary["before"].items() if a in state["adapters"]}
-    _apply_traffic(ctl, deployment, before)
-    _record_serving(home, deployment, base_model, before, state["refs"])
+    _apply_traffic(ctl, deployment, before, alias)
     if loaded_as in state["adapters"]:
         ctl.set_adapter(deployment, loaded_as, None)
+    _record_serving(home, ctl, deployment, base_model)
     with Registry(home=Path(home)) as reg:
         if reg.get_adapter(canary["adapter"]).status == "approved":
             reg.set_status(canary["adapter"], "retired", f"canary rolled back: {reason}")

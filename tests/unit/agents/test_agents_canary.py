@@ -100,6 +100,22 @@ async def test_an_explicit_adapter_is_not_rerouted() -> None:
     assert (reply.adapter, reply.adapter_ref) == ("faq-v2", "faq@2")
 
 
+async def test_an_agent_naming_an_alias_reaches_the_adapter_it_points_at() -> None:
+    """A domain desk names `qwen:gov`; the pipeline moves the alias from version to version
+    (or leaves it empty, the base model) and the agent follows without a change."""
+    entry = ModelEntry(
+        "qwen", ("gov-v1", "gov-v2"), refs={"gov-v2": "gov@2"}, aliases={"gov": {"gov-v2": 1.0}}
+    )
+    backend = Canary([entry])
+    chat = BackendChat(backend)
+    reply = await chat.complete("qwen:gov", ASK, user="run-1")
+    assert (reply.adapter, reply.adapter_ref, reply.text) == ("gov-v2", "gov@2", "qwen:gov-v2")
+    backend.entries = [ModelEntry("qwen", aliases={"gov": {}})]
+    reply = await chat.complete("qwen:gov", ASK, user="run-1")
+    assert (reply.adapter, reply.text) == (None, "qwen:base")
+    assert backend.adapters == ["gov-v2", None]
+
+
 async def test_without_traffic_bare_calls_go_to_the_base_model() -> None:
     backend = Canary([ModelEntry("qwen", ("faq-v2",), refs={"faq-v2": "faq@2"})])
     chat = BackendChat(backend)

@@ -254,3 +254,29 @@ def test_traffic_reports_invalid_shares_by_field(deployed: Path) -> None:
     r = runner.invoke(app, ["adapters", "traffic", "nope", "sql=0.1"])
     assert r.exit_code == 1 and "no ModelDeployment named 'nope'" in r.output
     assert stored_traffic(deployed) == {}
+
+
+def test_alias_points_at_adapters_shows_and_is_removed(deployed: Path) -> None:
+    from qingliang.platform.storage.state import StateStore
+
+    def aliases() -> dict:
+        row = StateStore(deployed).get("ModelDeployment", "tiny")
+        assert row is not None
+        return row.body["spec"]["lora"]["aliases"]
+
+    r = runner.invoke(app, ["adapters", "alias", "tiny", "legal"])
+    assert r.exit_code == 0, r.output
+    assert "tiny:legal: base 100%" in r.output and aliases() == {"legal": {}}
+    r = runner.invoke(app, ["adapters", "alias", "tiny", "legal", "law=90%", "sql=0.1"])
+    assert r.exit_code == 0, r.output
+    assert "tiny:legal: law 90%, sql 10%, base 0%" in r.output
+    assert aliases() == {"legal": {"law": 0.9, "sql": 0.1}}
+    assert stored_traffic(deployed) == {}  # the bare deployment's canary is untouched
+    out = runner.invoke(app, ["get"]).output
+    assert "ALIASES" in out and "legal: law 90%, sql 10%" in out
+    r = runner.invoke(app, ["adapters", "alias", "tiny", "legal", "lw=1"])
+    assert r.exit_code == 1 and "alias 'legal': adapter 'lw' is not in `adapters`" in r.output
+    r = runner.invoke(app, ["adapters", "alias", "tiny", "legal", "law=1", "--remove"])
+    assert r.exit_code == 1 and "not both" in r.output
+    r = runner.invoke(app, ["adapters", "alias", "tiny", "legal", "--remove"])
+    assert r.exit_code == 0 and "tiny:legal: removed" in r.output and aliases() == {}

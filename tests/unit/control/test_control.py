@@ -597,6 +597,54 @@ def test_set_traffic_on_unknown_deployment(ctl: Controller, canary: dict[str, st
         ctl.set_traffic("nope", {"sql": 0.1})
 
 
+def test_set_alias_touches_no_replica_and_unloading_gives_the_share_back(
+    ctl: Controller, deployer: FakeDeployer, canary: dict[str, str]
+) -> None:
+    from qingliang.serving.deployments.handles import ServeBackend
+    from qingliang.serving.metrics import ServingMetrics
+
+    assert ctl.set_alias("alpha", "desk", {}).fields == ("spec.lora.aliases.desk",)
+    change = ctl.set_alias("alpha", "desk", {"sql": 0.9, "tutor": 0.1})
+    assert change.action == "adapters"
+    assert deployer.attempts == 1  # nothing went to Serve
+    assert _stored_lora(ctl)["aliases"] == {"desk": {"sql": 0.9, "tutor": 0.1}}
+    (entry,) = ServeBackend(ctl.store, ServingMetrics(None), ttl_s=0).models()
+    assert entry.aliases == {"desk": {"sql": 0.9, "tutor": 0.1}} and entry.traffic == {}
+    ctl.set_adapter("alpha", "tutor", None)  # its share of the alias goes to the base model
+    assert _stored_lora(ctl)["aliases"] == {"desk": {"sql": 0.9}}
+    assert ctl.set_alias("alpha", "desk", None).fields == ("spec.lora.aliases.desk",)
+    assert _stored_lora(ctl)["aliases"] == {}
+    with pytest.raises(NotFound, match="no alias 'desk'"):
+        ctl.set_alias("alpha", "desk", None)
+
+
+@pytest.mark.parametrize(
+    ("alias", "shares", "fragment"),
+    [
+        ("desk", {"sqll": 1.0}, "alias 'desk': adapter 'sqll' is not in `adapters`"),
+        ("desk", {"sql": 0.7, "tutor": 0.6}, "alias 'desk': shares add up to 1.3"),
+        ("desk", {"sql": 0}, "alias 'desk': adapter 'sql' has share 0"),
+        ("sql", {"tutor": 1.0}, "alias 'sql' is also an adapter's name"),
+        ("a:b", {}, "alias 'a:b' is invalid"),
+    ],
+)
+def test_a_bad_alias_changes_nothing(
+    ctl: Controller,
+    settings: Settings,
+    canary: dict[str, str],
+    alias: str,
+    shares: dict,
+    fragment: str,
+) -> None:
+    ctl.set_alias("alpha", "desk", {"sql": 1.0})
+    before = snapshot(settings.state_db)
+    with pytest.raises(ManifestError) as info:
+        ctl.set_alias("alpha", alias, shares)
+    (issue,) = info.value.issues
+    assert issue.path.startswith("spec.lora.aliases") and fragment in issue.message
+    assert snapshot(settings.state_db) == before
+
+
 def test_traffic_in_a_manifest_is_a_lightweight_apply(
     ctl: Controller, deployer: FakeDeployer, manifests: Path, canary: dict[str, str]
 ) -> None:

@@ -274,3 +274,56 @@ def test_rejection_is_counted_for_the_chosen_adapter(
         assert r.status_code == 429
         assert set(r.json()) == {"error"}  # the OpenAI error shape, nothing added
     assert backend.rejections == [("support", "v4", "chat")] * 2
+
+
+# ----------------------------------------------------------------- aliases
+
+ALIASED = ModelEntry(
+    "desk",
+    ("gov-v1", "gov-v2", "health-v1"),
+    traffic={},
+    refs={"gov-v1": "gov@1", "gov-v2": "gov@2", "health-v1": "health@1"},
+    aliases={"gov": {"gov-v1": 0.75, "gov-v2": 0.25}, "health": {"health-v1": 1.0}, "plant": {}},
+)
+
+
+def test_an_alias_splits_its_own_requests_by_its_shares() -> None:
+    from qingliang.serving.traffic import resolve_adapter
+
+    arms = Counter(resolve_adapter(ALIASED, "gov", f"citizen-{i}") for i in range(2000))
+    assert set(arms) == {"gov-v1", "gov-v2"}
+    assert within_5_sigma(arms["gov-v2"], 2000, 0.25)
+    assert resolve_adapter(ALIASED, "gov", "citizen-7") == resolve_adapter(
+        ALIASED, "gov", "citizen-7"
+    )
+    assert resolve_adapter(ALIASED, "health", None) == "health-v1"
+    assert resolve_adapter(ALIASED, "plant", "x") is None  # nothing promoted yet: base model
+    assert resolve_adapter(ALIASED, None, "x") is None  # the bare deployment has no canary
+
+
+def test_answers_through_an_alias_name_it_and_the_adapter_taken() -> None:
+    backend = RecordingBackend([ALIASED])
+    with TestClient(create_app(backend, None, NoAuth())) as client:
+        r = chat(client, "desk:health")
+        assert r.json()["qingliang"] == {
+            "deployment": "desk",
+            "adapter": "health-v1",
+            "adapter_ref": "health@1",
+            "alias": "health",
+        }
+        assert r.headers["x-qingliang-alias"] == "health"
+        assert r.headers["x-qingliang-adapter"] == "health-v1"
+        plain = chat(client, "desk:plant")
+        assert plain.json()["qingliang"]["adapter"] is None
+        assert plain.headers["x-qingliang-alias"] == "plant"
+        direct = chat(client, "desk:gov-v2")  # a version by its own name: no alias
+        assert "alias" not in direct.json()["qingliang"]
+        assert "x-qingliang-alias" not in direct.headers
+        missing = client.post(
+            "/v1/chat/completions",
+            json={"model": "desk:factory", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert backend.sent == ["health-v1", None, "gov-v2"]
+    assert missing.status_code == 404
+    message = missing.json()["error"]["message"]
+    assert "'factory'" in message and "plant (alias)" in message and "gov-v1" in message

@@ -1042,3 +1042,63 @@ def test_a_step_may_allow_its_starter_to_approve(tmp_path: Path, tiny: Path) -> 
     run = svc.drive(svc.start(load_pipeline(path), base_dir=path.parent, actor="alice").id)
     assert run.status == "waiting"
     assert svc.approve(run.id, approve=True, by="alice").status == "succeeded"
+
+
+def test_a_canary_within_an_alias_leaves_the_bare_deployment_alone(
+    tmp_path: Path, tiny: Path, served: Any
+) -> None:
+    """One base model, adapters called by name (`chat:permits`): each release canaries and
+    promotes behind the alias, and requests for the bare deployment or another alias never
+    move."""
+    from qingliang.serving.traffic import entry_of, resolve_adapter
+
+    path = write_project(tmp_path / "proj", tiny)
+    path.write_text(
+        path.read_text()
+        + "    - {type: canary, deployment: chat, share: 0.2, alias: permits}\n"
+        + "    - {type: promote}\n"
+    )
+    served.ctl.set_alias("chat", "other", {})
+    svc = PipelineService(served.home, InlineExecutor())
+    pipeline = load_pipeline(path)
+
+    def entry() -> Any:
+        return entry_of(served.ctl.store.get("ModelDeployment", "chat"))
+
+    run = svc.drive(svc.start(pipeline, base_dir=path.parent, actor="a").id)
+    run = svc.approve(run.id, approve=True, by="bob", reason="eval ok")
+    lora = lora_of(served.ctl)
+    assert lora["aliases"] == {"other": {}, "permits": {"permits-bot-v1": 0.2}}
+    assert lora["traffic"] == {}
+    # 20 % of the alias's users reach the canary, the others the base model.
+    arms = [resolve_adapter(entry(), "permits", f"user-{i}") for i in range(400)]
+    assert 0.12 < arms.count("permits-bot-v1") / 400 < 0.28
+    assert set(arms) == {"permits-bot-v1", None}
+    run = svc.approve(run.id, approve=True, by="bob", reason="canary healthy")
+    assert run.status == "succeeded"
+    assert lora_of(served.ctl)["aliases"]["permits"] == {"permits-bot-v1": 1.0}
+    assert resolve_adapter(entry(), "permits", "anyone") == "permits-bot-v1"
+
+    second = svc.drive(svc.start(pipeline, base_dir=path.parent, actor="a").id)
+    second = svc.approve(second.id, approve=True, by="bob")
+    assert lora_of(served.ctl)["aliases"]["permits"] == pytest.approx(
+        {"permits-bot-v1": 0.8, "permits-bot-v2": 0.2}
+    )
+    second = svc.approve(second.id, approve=True, by="bob")
+    lora = lora_of(served.ctl)
+    assert lora["aliases"] == {"other": {}, "permits": {"permits-bot-v2": 1.0}}
+    assert sorted(lora["adapters"]) == ["permits-bot-v2"]  # v1 unloaded
+    assert lora["traffic"] == {}
+    assert resolve_adapter(entry(), None, "anyone") is None  # the bare deployment: base model
+    with Registry(home=served.home) as reg:
+        assert reg.get_adapter("permits-bot@1").status == "retired"
+        assert {
+            a.target: a.share for a in reg.deployments.serving("chat") if a.target_kind == "adapter"
+        } == {"permits-bot@2": 1.0}
+
+    # A third release rejected at the promote gate: the alias goes back to v2 alone.
+    third = svc.drive(svc.start(pipeline, base_dir=path.parent, actor="a").id)
+    third = svc.approve(third.id, approve=True, by="bob")
+    third = svc.approve(third.id, approve=False, by="carol", reason="worse answers")
+    assert third.status == "rolled_back"
+    assert lora_of(served.ctl)["aliases"]["permits"] == {"permits-bot-v2": 1.0}
