@@ -39,8 +39,8 @@ $(STAMP): pyproject.toml setup.py requirements/cpu.lock $(SUBPACKAGES)
 up: install ## Start local Ray + Serve on 127.0.0.1 and serve deploy/defaults/ (Qwen2.5-Coder 0.5B on vLLM CPU)
 	$(BIN)/qingliang up
 
-demo: install ## On the platform `make up` started: the three domain demonstrations and their front desk (qingliang demo up all)
-	$(BIN)/qingliang demo up all
+demo: install ## On the platform `make up` started: the three domain demonstrations, their front desk and three trained adapters (qingliang demo up all --approve)
+	$(BIN)/qingliang demo up all --approve
 
 demo-down: ## Remove what `make demo` created (only that); the platform keeps running
 	$(BIN)/qingliang demo down all

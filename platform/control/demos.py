@@ -105,6 +105,21 @@ class Bundle:
     def training(self) -> list[Path]:
         return [self.root / m for m in self.spec.train]
 
+    def adapter_aliases(self) -> list[tuple[str, str]]:
+        """``(deployment, alias)`` of each training pipeline's canary step that names an
+        alias: where the domain's adapter is served (``qwen-coder:gov``). The desks call
+        the alias, so ``demo up`` makes sure it exists before they are applied."""
+        found = []
+        for path in self.training:
+            for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+                steps = ((doc or {}).get("spec") or {}).get("steps") or []
+                found += [
+                    (str(st["deployment"]), str(st["alias"]))
+                    for st in steps
+                    if isinstance(st, dict) and st.get("type") == "canary" and st.get("alias")
+                ]
+        return list(dict.fromkeys(found))
+
     @classmethod
     def load(cls, root: Path) -> Bundle:
         """The bundle at ``root``; a bad ``demo.yaml`` names the file and the field."""
@@ -299,14 +314,20 @@ def up(
                     f"(qingliang delete {kind}/{name}) or keep it and skip this demo"
                 )
     for b in bundles:
+        _check_alias_free(b, ctl, owned)
+    for b in bundles:
         for path in dict.fromkeys(prepare(b)):  # one line per database, however many tables
             say(f"{b.name}: prepared {path.relative_to(b.root)}")
     changes: list[Any] = []
     data = record.read()
+    for b in bundles:
+        _reserve_aliases(b, ctl, data, say)
+        record.write(data)
     for domain, paths in plan:
         done = ctl.apply(paths, wait=True, progress=True)
         changes += done
-        data[domain] = [[c.kind, c.name] for c in done]
+        kept = [kn for kn in data.get(domain, []) if kn[0] in (ALIAS, RUN)]
+        data[domain] = kept + [[c.kind, c.name] for c in done if [c.kind, c.name] not in kept]
         record.write(data)
         for c in done:
             say(f"{domain}: {c.kind}/{c.name} {c.action}")
@@ -314,6 +335,93 @@ def up(
         if kbs:
             sync(kbs)
     return changes
+
+
+#: Kinds of what ``demo up`` records besides manifests: an alias it created on a
+#: deployment (``qwen-coder:gov``), and the training runs it started (their ids).
+ALIAS, RUN = "Alias", "PipelineRun"
+
+
+def _check_alias_free(b: Bundle, ctl: Any, owned: set[tuple[str, str]]) -> None:
+    from qingliang.serving.traffic import MODEL_KIND, entry_of
+
+    for dep, alias in b.adapter_aliases():
+        row = ctl.store.get(MODEL_KIND, dep)
+        if row is None:
+            raise NotFound(
+                f"demo {b.name} serves its adapter on the ModelDeployment {dep!r}, which is "
+                "not applied: start the platform with `make up` (it applies deploy/defaults)"
+            )
+        if alias in entry_of(row).aliases and (ALIAS, f"{dep}:{alias}") not in owned:
+            raise Conflict(
+                f"{dep}:{alias} is an alias that was not created by a demo; remove it "
+                f"(qingliang adapters alias {dep} {alias} --remove) or skip this demo"
+            )
+
+
+def _reserve_aliases(b: Bundle, ctl: Any, data: dict, say: Say) -> None:
+    """Create the bundle's adapter aliases, empty (the base model answers until its
+    pipeline promotes an adapter into them), and record them."""
+    from qingliang.serving.traffic import MODEL_KIND, entry_of
+
+    for dep, alias in b.adapter_aliases():
+        if alias not in entry_of(ctl.store.get(MODEL_KIND, dep)).aliases:
+            ctl.set_alias(dep, alias, {})
+            say(
+                f"{b.name}: alias {dep}:{alias} created "
+                "(the base model answers until an adapter is promoted into it)"
+            )
+        item = [ALIAS, f"{dep}:{alias}"]
+        if item not in data.setdefault(b.name, []):
+            data[b.name].append(item)
+
+
+def record_run(home: Path, domain: str, run_id: str) -> None:
+    """Note a training run ``demo up`` started, so ``demo down`` can end it."""
+    record = Managed(home / RECORD)
+    data = record.read()
+    data.setdefault(domain, []).append([RUN, run_id])
+    record.write(data)
+
+
+def runs_of(home: Path, names: Sequence[str]) -> list[str]:
+    """The training runs ``demo up`` started for ``names`` (``all``: every domain)."""
+    data = Managed(home / RECORD).read()
+    domains = list(DOMAINS) if "all" in names else [n for n in names if n in DOMAINS]
+    return [n for d in domains for k, n in data.get(d) or [] if k == RUN]
+
+
+def _remove_alias(ctl: Any, home: Path, ref: str) -> bool:
+    """Unload the adapters alias ``ref`` (``dep:alias``, created by a demo) sends requests
+    to (its pipeline loaded them), then remove it. False when it is already gone."""
+    from qingliang.serving.traffic import MODEL_KIND, entry_of
+
+    dep, _, alias = ref.partition(":")
+    row = ctl.store.get(MODEL_KIND, dep)
+    if row is None or alias not in entry_of(row).aliases:
+        return False
+    for adapter in entry_of(row).aliases[alias]:
+        ctl.set_adapter(dep, adapter, None)
+    ctl.set_alias(dep, alias, None)
+    _record_serving(home, ctl, dep)
+    return True
+
+
+def _record_serving(home: Path, ctl: Any, dep: str) -> None:
+    """Tell the registry what ``dep`` serves once the demo's adapters are gone."""
+    from qingliang.platform.lifecycle.registry import Registry
+    from qingliang.serving.traffic import MODEL_KIND, entry_of
+
+    entry = entry_of(ctl.store.get(MODEL_KIND, dep))
+    shares = {entry.refs[a]: s for a, s in entry.routed_shares().items() if a in entry.refs}
+    with Registry(home=home) as reg:
+        try:
+            now = reg.deployments.serving(dep)
+        except NotFound:
+            return  # no release ever recorded there
+        models = [a.target for a in now if a.target_kind == "model"]
+        if models:
+            reg.deployments.set_serving(dep, model=models[0], adapters=shares)
 
 
 def down(names: Sequence[str], ctl: Any, home: Path, *, say: Say = print) -> list[str]:
@@ -330,10 +438,17 @@ def down(names: Sequence[str], ctl: Any, home: Path, *, say: Say = print) -> lis
     removed: list[str] = []
     for domain in order:
         items = data.get(domain) or []
-        # Graphs before the knowledge bases and deployments they name.
-        rank = {"AgentGraph": 0, "Pipeline": 1, "FineTuneJob": 1, "Dataset": 2}
+        # Graphs before the knowledge bases and aliases they name.
+        rank = {"AgentGraph": 0, ALIAS: 1, "Dataset": 2}
         # In reverse order of creation: a graph that nests another goes before it.
         for kind, name in sorted(reversed(items), key=lambda kn: rank.get(kn[0], 3)):
+            if kind == RUN:
+                continue  # ended by the caller (pipelines are not the control plane's)
+            if kind == ALIAS:
+                if _remove_alias(ctl, home, name):
+                    removed.append(f"{kind}/{name}")
+                    say(f"{domain}: alias {name} removed, with the adapters it served")
+                continue
             if ctl.store.get(kind, name) is None and kind in ("AgentGraph", "KnowledgeBase"):
                 continue  # already gone
             try:

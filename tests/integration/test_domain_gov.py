@@ -13,6 +13,7 @@ import csv
 import json
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,12 +37,15 @@ def _events(response: httpx.Response) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def gov(qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle, copied (the repository stays clean), prepared, applied and synced."""
+def gov(qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The bundle, copied (the repository stays clean), prepared, applied and synced; its
+    adapter alias (qwen-coder:gov) as `demo up` leaves it before training: the base model."""
     root = tmp_path_factory.mktemp("domains") / "gov"
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.sqlite*"))
     demos.prepare(root)
     bundle = demos.Bundle.load(root)
+    for dep, alias in bundle.adapter_aliases():
+        platform.ctl.set_alias(dep, alias, {})
     platform.ctl.apply(bundle.manifests, wait=True, progress=False)
     with httpx.Client(
         base_url=platform.base_url.removesuffix("/v1"),
@@ -51,7 +55,10 @@ def gov(qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory)
         r = ops.post("/v1/knowledge/gov-policy/sync", json={})
         assert r.status_code == 200, r.text
         assert r.json()["added"] == 40
-    return root
+    yield root
+    platform.ctl.delete(["gov-desk"], kind="AgentGraph")
+    for dep, alias in bundle.adapter_aliases():
+        platform.ctl.set_alias(dep, alias, None)
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,7 @@ def test_the_cli(root: Path, ctl: Controller, home: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(_common, "controller", lambda settings: ctl)
     monkeypatch.setattr("qingliang.platform.cli.kb.sync_after_apply", lambda names: None)
     runner = CliRunner()
-    r = runner.invoke(app, ["demo", "up", "gov"])
+    r = runner.invoke(app, ["demo", "up", "gov", "--no-train"])
     assert r.exit_code == 0, r.output
     assert "gov: AgentGraph/gov-desk create" in r.output
     assert "qingliang agents run gov-desk hi" in r.output
@@ -202,3 +202,72 @@ def test_the_cli(root: Path, ctl: Controller, home: Path, monkeypatch: pytest.Mo
     assert r.exit_code == 1 and "did you mean 'gov'" in r.output
     r = runner.invoke(app, ["demo", "down", "gov"])
     assert r.exit_code == 0 and "gov: AgentGraph/gov-desk deleted" in r.output
+
+
+def with_adapter(root: Path, domain: str = "gov", alias: str = "gov") -> None:
+    """Give a test bundle a training pipeline that releases behind ``qwen-coder:<alias>``,
+    and a desk whose agent calls that alias."""
+    b = root / domain
+    pipeline = {
+        "apiVersion": "qingliang.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": f"{domain}-release"},
+        "spec": {
+            "steps": [
+                {"type": "govern", "dataset": "dataset.yaml"},
+                {"type": "canary", "deployment": "qwen-coder", "share": 0.1, "alias": alias},
+            ]
+        },
+    }
+    (b / "train.yaml").write_text(yaml.safe_dump(pipeline))
+    demo = yaml.safe_load((b / "demo.yaml").read_text())
+    (b / "demo.yaml").write_text(yaml.safe_dump({**demo, "train": ["train.yaml"]}))
+    desk = yaml.safe_load((b / "desk.yaml").read_text())
+    desk["spec"]["agents"][0]["model"] = f"qwen-coder:{alias}"
+    (b / "desk.yaml").write_text(yaml.safe_dump(desk))
+
+
+def aliases(ctl: Controller) -> dict:
+    row = ctl.store.get("ModelDeployment", "qwen-coder")
+    assert row is not None
+    return row.body["spec"]["lora"].get("aliases", {})
+
+
+def test_up_creates_the_alias_its_desk_calls_and_down_removes_it_with_its_adapters(
+    root: Path, ctl: Controller, home: Path, tmp_path: Path
+) -> None:
+    with_adapter(root)
+    lines: list[str] = []
+    demos.up(demos.select(["gov"], root), ctl, home, sync=lambda _: None, say=lines.append)
+    assert aliases(ctl) == {"gov": {}}  # the base model answers until a release
+    assert any("alias qwen-coder:gov created" in line for line in lines)
+    assert ("AgentGraph", "gov-desk") in kinds(ctl)  # it resolved against the alias
+    # What a training run then does: load gov-v1 and point the alias at it.
+    adapter = tmp_path / "gov-v1"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    ctl.set_adapter("qwen-coder", "gov-v1", str(adapter), ref="gov@1")
+    ctl.set_alias("qwen-coder", "gov", {"gov-v1": 1.0})
+    ctl.set_adapter("qwen-coder", "mine", str(adapter))  # a user's own adapter
+    demos.up(demos.select(["gov"], root), ctl, home, sync=lambda _: None, say=lines.append)
+    assert aliases(ctl) == {"gov": {"gov-v1": 1.0}}  # up again: the release is kept
+    demos.down(["gov"], ctl, home, say=lines.append)
+    row = ctl.store.get("ModelDeployment", "qwen-coder")
+    assert row is not None and aliases(ctl) == {}
+    assert sorted(row.body["spec"]["lora"]["adapters"]) == ["mine"]
+    assert "gov: alias qwen-coder:gov removed, with the adapters it served" in lines
+
+
+def test_up_refuses_an_alias_a_user_made_and_needs_the_deployment(
+    root: Path, ctl: Controller, home: Path
+) -> None:
+    with_adapter(root)
+    ctl.set_alias("qwen-coder", "gov", {})
+    before = kinds(ctl)
+    with pytest.raises(Conflict, match="qwen-coder:gov is an alias that was not created by a demo"):
+        demos.up(demos.select(["gov"], root), ctl, home, sync=lambda _: None, say=print)
+    assert kinds(ctl) == before
+    ctl.set_alias("qwen-coder", "gov", None)
+    ctl.delete(["qwen-coder"])
+    with pytest.raises(NotFound, match="ModelDeployment 'qwen-coder', which is not applied"):
+        demos.up(demos.select(["gov"], root), ctl, home, sync=lambda _: None, say=print)

@@ -77,15 +77,25 @@ def test_the_bundle_loads_and_the_desk_resolves_against_its_prepared_data(bundle
     manifests = _loaded(bundle)
     assert set(manifests) == {"gov-policy", "gov-desk"}
     desk = manifests["gov-desk"]
-    assert {a.model for a in desk.spec.agents} == {"qwen-coder"}
+    # The answer writers call the gov adapter by its alias; the form fillers the base model.
+    assert {a.name: a.model for a in desk.spec.agents} == {
+        "hotline": "qwen-coder",
+        "reply": "qwen-coder:gov",
+        "policy": "qwen-coder:gov",
+        "intake": "qwen-coder",
+    }
     problems = resolve_graph(
         desk, bundle, models={"qwen-coder": ()}, kbs={"gov-policy"}, graphs=set()
+    )
+    assert any("has no adapter 'gov'" in str(p) for p in problems), problems
+    problems = resolve_graph(
+        desk, bundle, models={"qwen-coder": ("gov",)}, kbs={"gov-policy"}, graphs=set()
     )
     assert problems == []
     # Without the prepared table the desk does not resolve, and says which file is missing.
     (bundle / "data" / "offices.sqlite").unlink()
     problems = resolve_graph(
-        desk, bundle, models={"qwen-coder": ()}, kbs={"gov-policy"}, graphs=set()
+        desk, bundle, models={"qwen-coder": ("gov",)}, kbs={"gov-policy"}, graphs=set()
     )
     assert any("offices.sqlite" in p for p in map(str, problems)), problems
 
@@ -352,10 +362,17 @@ def test_the_training_pipeline_loads_and_its_pairs_pass_governance(tmp_path: Pat
         )
     }
     assert loaded["FineTuneJob"].spec.output.adapter == "gov"
+    # Released behind the alias the desk's answer writers call; `demo up` creates it first.
+    (canary,) = [s for s in loaded["Pipeline"].spec.steps if s.type == "canary"]
+    assert (canary.deployment, canary.alias) == ("qwen-coder", "gov")
+    assert b.adapter_aliases() == [("qwen-coder", "gov")]
     assert loaded["FineTuneJob"].spec.data.dataset == loaded["Dataset"].metadata.name
     store = DatasetStore(tmp_path / "datasets", env={"QL_SALT": "pepper"})
     v = store.cut(loaded["Dataset"], BUNDLE, actor="tester")
-    assert v.quarantined == 0 and v.records == 50 and v.eval >= 8, v
+    # The split hashes record ids keyed with the store's own random secret: how many of the
+    # 50 land in eval differs from store to store (about 10). Both sides must be usable.
+    assert v.quarantined == 0 and v.records == 50, v
+    assert 1 <= v.eval <= 25, v
     # No hotline message of the gold file is trained on.
     gold = [
         json.loads(line)["question"]
