@@ -19,6 +19,7 @@ from qingliang.agents.manifest import Agent
 from qingliang.agents.state import GraphDef, RunState, RunStopped, Services, emit, run_config
 from qingliang.agents.tools.base import Tool, openai_spec
 from qingliang.agents.tools.knowledge import search_knowledge
+from qingliang.serving.toolcalls import Offer, parse_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -164,22 +165,31 @@ async def run_agent(
     by_name = {t.name: t for t in tools}
     turn = _Turn(citations=citations)
     text = ""
-    for round_no in range(agent.max_tool_rounds + 1):
+    rounds, answer_now = 0, False
+    while True:
         if budget is not None and used + turn.tokens >= budget:
             raise RunStopped(
                 f"token budget of {budget} spent ({used + turn.tokens} used) before "
                 f"{step.node!r} could answer"
             )
-        offer = specs if specs and round_no < agent.max_tool_rounds else None
+        offer = specs if specs and rounds < agent.max_tool_rounds and not answer_now else None
         reply = await _call_model(step, messages, offer, set(by_name), run, config, journal)
         turn.tokens += reply.tokens
         if not reply.tool_calls or offer is None:
-            text = reply.text
+            text = _prose(reply.text, turn, set(by_name))
             break
+        rounds += 1
+        if all(_call_key(tc) in turn.answered for tc in reply.tool_calls):
+            # Small models ask again for what they already have instead of answering:
+            # no tools next time, and a plain request to answer from the results.
+            messages.append({"role": "user", "content": ANSWER_FROM_RESULTS})
+            answer_now = True
+            continue
         messages.append(_assistant_message(reply))
         for tc in reply.tool_calls:
             content = await _answer_tool_call(step, tc, by_name, state, turn, config, journal)
             turn.called.append({"node": step.node, "tool": tc.name})
+            turn.answered[_call_key(tc)] = (tc.name, content)
             messages.append({"role": "tool", "tool_call_id": tc.id, "content": content})
     if turn.citations:
         emit(config, {"type": "citations", "node": step.node, "citations": turn.citations})
@@ -201,6 +211,33 @@ class _Turn:
     tokens: int = 0
     called: list[dict] = field(default_factory=list)
     forms: dict[str, Any] = field(default_factory=dict)
+    #: Each call made so far (name and arguments) → (tool, what it answered).
+    answered: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+#: Said to a model that asked again for tool results it already has.
+ANSWER_FROM_RESULTS = (
+    "工具已经返回了结果（见上文）。请直接根据这些结果用自然语言回答用户的问题，不要再调用工具。\n"
+    "The tools have answered (above). Answer the user's question from those results in "
+    "plain language; do not call a tool again."
+)
+
+
+def _call_key(tc: Any) -> str:
+    return f"{tc.name}\0{_json(tc.arguments)}"
+
+
+def _prose(text: str, turn: _Turn, offered: set[str]) -> str:
+    """The agent's answer: ``text``, unless it is only a tool call written out (a small
+    model that would not stop calling) or empty. Then the answer is what the tools
+    returned, introduced as such, rather than the call itself."""
+    if not turn.answered:
+        return text
+    if text.strip() and not parse_tool_calls(text, Offer.of_names(offered)):
+        return text
+    log.info("the model wrote a tool call instead of an answer; answering with the results")
+    results = [f"[{name}]\n{content}" for name, content in turn.answered.values()]
+    return "以下是查询到的结果 (tool results):\n" + "\n\n".join(results)
 
 
 async def _search_knowledge(

@@ -1,0 +1,61 @@
+"""A small model that asks again for a tool result it already has, instead of answering
+(Qwen2.5-Coder-0.5B does this after an SQL or form result), still gives the user an
+answer: it is asked once, without tools, to answer from the results; if it writes the call
+yet again, the answer is the tools' results, introduced as such — never the call's JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qingliang.agents._agent_node import ANSWER_FROM_RESULTS
+from qingliang.agents.llm import ChatReply, ToolCall
+from tests.unit.agents.test_agent_runtime import graph, run
+from tests.unit.agents.test_status_forms import TRIAGE, service
+
+DESK = {**TRIAGE, "agents": [{**TRIAGE["agents"][0], "max_tool_rounds": 3}]}
+CALL = {"name": "ticket", "arguments": {"department": "心血管科"}}
+
+
+class Repeats:
+    """Calls the tool, then writes the same call as text; then ``last``."""
+
+    def __init__(self, last: str) -> None:
+        self.last = last
+        self.requests: list[tuple[list[dict], list | None]] = []
+
+    async def complete(self, model, messages, *, tools=None, max_tokens=256, temperature=0.0,
+                       on_delta=None, user=None):  # fmt: skip
+        self.requests.append(([dict(m) for m in messages], tools))
+        if len(self.requests) == 1:
+            return ChatReply("", [ToolCall("c1", "ticket", CALL["arguments"])], 5, model)
+        if len(self.requests) == 2:
+            return ChatReply(json.dumps(CALL, ensure_ascii=False), [], 5, model)
+        return ChatReply(self.last, [], 5, model)
+
+
+async def test_a_repeated_call_is_not_run_again_and_the_model_is_asked_to_answer(
+    tmp_path: Path,
+) -> None:
+    chat = Repeats("已为您分诊到心血管科，请尽快就诊。")
+    async with service(tmp_path, graph(DESK), chat=chat) as svc:
+        _, events = await run(svc, {"input": "胸闷心慌两天"})
+    status = events[-1]
+    assert status["status"] == "done"
+    assert status["answer"] == "已为您分诊到心血管科，请尽快就诊。"
+    assert len(chat.requests) == 3
+    last_messages, last_tools = chat.requests[2]
+    assert last_tools is None  # no tools offered any more
+    assert last_messages[-1] == {"role": "user", "content": ANSWER_FROM_RESULTS}
+    # The tool ran once: one tool message, one call recorded.
+    assert [m["role"] for m in last_messages].count("tool") == 1
+
+
+async def test_a_model_that_keeps_calling_answers_with_the_results(tmp_path: Path) -> None:
+    chat = Repeats(json.dumps(CALL, ensure_ascii=False))
+    async with service(tmp_path, graph(DESK), chat=chat) as svc:
+        _, events = await run(svc, {"input": "胸闷心慌两天"})
+    answer = events[-1]["answer"]
+    assert '"arguments"' not in answer  # not the call's JSON
+    assert answer.startswith("以下是查询到的结果 (tool results):")
+    assert "[ticket]" in answer and "心血管科" in answer
