@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,3 +47,38 @@ spec:
   lora: {{enabled: true, max_rank: 8, max_adapters: 4{adapters}}}
   placement: {{cpus: 0.5}}
 """
+
+
+def domain_bundle(
+    platform: Platform, source: Path, dest: Path, kbs: dict[str, int]
+) -> Iterator[Path]:
+    """A domain bundle as `qingliang demo up --no-train` leaves it, for a module fixture
+    (``yield from``): copied to ``dest`` (the repository stays clean), prepared, its adapter
+    aliases created empty (the base model answers), applied, and its knowledge bases synced
+    (each must add the number of chunks ``kbs`` gives). Afterwards its graphs and aliases
+    are removed, so the next module finds the platform as it was."""
+    import shutil
+
+    from qingliang.platform.control import demos
+
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.sqlite*"))
+    demos.prepare(dest)
+    bundle = demos.Bundle.load(dest)
+    for dep, alias in bundle.adapter_aliases():
+        platform.ctl.set_alias(dep, alias, {})
+    changes = platform.ctl.apply(bundle.manifests, wait=True, progress=False)
+    with httpx.Client(
+        base_url=platform.base_url.removesuffix("/v1"),
+        headers={"Authorization": f"Bearer {platform.key}"},
+        timeout=300,
+    ) as ops:
+        for kb, added in kbs.items():
+            r = ops.post(f"/v1/knowledge/{kb}/sync", json={})
+            assert r.status_code == 200, r.text
+            assert r.json()["added"] == added, r.text
+    yield dest
+    graphs = [c.name for c in changes if c.kind == "AgentGraph"]
+    for name in reversed(graphs):  # a graph that nests another goes first
+        platform.ctl.delete([name], kind="AgentGraph")
+    for dep, alias in bundle.adapter_aliases():
+        platform.ctl.set_alias(dep, alias, None)

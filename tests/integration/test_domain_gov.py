@@ -11,16 +11,14 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform
+from _platform import Platform, domain_bundle
 
-from qingliang.platform.control import demos
 from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,27 +36,9 @@ def _events(response: httpx.Response) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gov(qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The bundle, copied (the repository stays clean), prepared, applied and synced; its
-    adapter alias (qwen-coder:gov) as `demo up` leaves it before training: the base model."""
-    root = tmp_path_factory.mktemp("domains") / "gov"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.sqlite*"))
-    demos.prepare(root)
-    bundle = demos.Bundle.load(root)
-    for dep, alias in bundle.adapter_aliases():
-        platform.ctl.set_alias(dep, alias, {})
-    platform.ctl.apply(bundle.manifests, wait=True, progress=False)
-    with httpx.Client(
-        base_url=platform.base_url.removesuffix("/v1"),
-        headers={"Authorization": f"Bearer {platform.key}"},
-        timeout=300,
-    ) as ops:
-        r = ops.post("/v1/knowledge/gov-policy/sync", json={})
-        assert r.status_code == 200, r.text
-        assert r.json()["added"] == 40
-    yield root
-    platform.ctl.delete(["gov-desk"], kind="AgentGraph")
-    for dep, alias in bundle.adapter_aliases():
-        platform.ctl.set_alias(dep, alias, None)
+    """The bundle as `demo up --no-train` leaves it (its adapter alias: the base model)."""
+    dest = tmp_path_factory.mktemp("domains") / "gov"
+    yield from domain_bundle(platform, BUNDLE, dest, {"gov-policy": 40})
 
 
 @pytest.fixture(scope="module")

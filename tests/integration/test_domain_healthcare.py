@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform
+from _platform import Platform, domain_bundle
 
-from qingliang.platform.control import demos
 from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,21 +34,12 @@ def _events(response: httpx.Response) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def health(qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle, copied (the repository stays clean), prepared, applied and synced."""
-    root = tmp_path_factory.mktemp("domains") / "healthcare"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.sqlite*"))
-    demos.prepare(root)
-    platform.ctl.apply(demos.Bundle.load(root).manifests, wait=True, progress=False)
-    with httpx.Client(
-        base_url=platform.base_url.removesuffix("/v1"),
-        headers={"Authorization": f"Bearer {platform.key}"},
-        timeout=300,
-    ) as ops:
-        r = ops.post("/v1/knowledge/health-guide/sync", json={})
-        assert r.status_code == 200, r.text
-        assert r.json()["added"] == 32
-    return root
+def health(
+    qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The bundle as `demo up --no-train` leaves it (its adapter alias: the base model)."""
+    dest = tmp_path_factory.mktemp("domains") / "healthcare"
+    yield from domain_bundle(platform, BUNDLE, dest, {"health-guide": 32})
 
 
 @pytest.fixture(scope="module")

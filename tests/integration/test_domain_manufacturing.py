@@ -12,15 +12,14 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform
+from _platform import Platform, domain_bundle
 
-from qingliang.platform.control import demos
 from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,23 +46,12 @@ def _shown(events: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def plant(qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle, copied (the repository stays clean), prepared, applied and synced."""
-    root = tmp_path_factory.mktemp("domains") / "manufacturing"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.sqlite*"))
-    demos.prepare(root)
-    bundle = demos.Bundle.load(root)
-    platform.ctl.apply(bundle.manifests, wait=True, progress=False)
-    with httpx.Client(
-        base_url=platform.base_url.removesuffix("/v1"),
-        headers={"Authorization": f"Bearer {platform.key}"},
-        timeout=300,
-    ) as ops:
-        for kb, added in (("plant-fmea", 90), ("plant-maintenance", 150)):
-            r = ops.post(f"/v1/knowledge/{kb}/sync", json={})
-            assert r.status_code == 200, r.text
-            assert r.json()["added"] == added, r.text
-    return root
+def plant(
+    qwen: str, platform: Platform, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The bundle as `demo up --no-train` leaves it (its adapter alias: the base model)."""
+    dest = tmp_path_factory.mktemp("domains") / "manufacturing"
+    yield from domain_bundle(platform, BUNDLE, dest, {"plant-fmea": 90, "plant-maintenance": 150})
 
 
 @pytest.fixture(scope="module")

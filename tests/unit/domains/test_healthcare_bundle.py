@@ -80,12 +80,16 @@ def test_the_bundle_loads_and_the_desk_resolves_against_its_prepared_data(bundle
     manifests = _loaded(bundle)
     assert set(manifests) == {"health-guide", "health-desk"}
     desk = manifests["health-desk"]
-    assert {a.model for a in desk.spec.agents} == {"qwen-coder"}
+    # Every department desk answers with the health adapter, called by its alias.
+    assert {a.model for a in desk.spec.agents} == {"qwen-coder:health"}
     assert {a.images for a in desk.spec.agents} == {"ocr"}
-    assert (
-        resolve_graph(desk, bundle, models={"qwen-coder": ()}, kbs={"health-guide"}, graphs=set())
-        == []
+    models = {"qwen-coder": ("health",)}
+    assert resolve_graph(desk, bundle, models=models, kbs={"health-guide"}, graphs=set()) == []
+    without = resolve_graph(
+        desk, bundle, models={"qwen-coder": ()}, kbs={"health-guide"}, graphs=set()
     )
+    assert any("has no adapter 'health'" in str(p) for p in without)
+    assert demos.Bundle.load(bundle).adapter_aliases() == [("qwen-coder", "health")]
     # The red-flag gate comes first: nothing can answer before it.
     assert desk.spec.entry_node == "red_flags"
     (router,) = [n for n in desk.spec.nodes if n.type == "router"]
@@ -94,9 +98,7 @@ def test_the_bundle_loads_and_the_desk_resolves_against_its_prepared_data(bundle
     assert {n.next for n in desk.spec.nodes if n.name in router.routes} == {"notice"}
     (unprepared,) = [p for p in (bundle / "data").glob("*.sqlite")]
     unprepared.unlink()
-    problems = resolve_graph(
-        desk, bundle, models={"qwen-coder": ()}, kbs={"health-guide"}, graphs=set()
-    )
+    problems = resolve_graph(desk, bundle, models=models, kbs={"health-guide"}, graphs=set())
     assert any("health.sqlite" in str(p) for p in problems), problems
 
 

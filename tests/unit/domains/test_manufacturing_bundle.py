@@ -102,7 +102,11 @@ def test_the_bundle_follows_the_demo_contract(manifests: dict[str, Any]) -> None
         "plant-work-order",
     ]
     desk, orders = manifests["plant-desk"], manifests["plant-work-order"]
-    assert {a.model for a in desk.spec.agents + orders.spec.agents} == {"qwen-coder"}
+    # The engineer answers with the plant adapter (by its alias); the work-order clerks
+    # fill and file forms with the base model.
+    assert {a.model for a in desk.spec.agents} == {"qwen-coder:plant"}
+    assert {a.model for a in orders.spec.agents} == {"qwen-coder"}
+    assert demo.adapter_aliases() == [("qwen-coder", "plant")]
     assert desk.spec.agent("engineer").images == "ocr"
     for name in ("plant-fmea", "plant-maintenance"):
         assert manifests[name].spec.labels.domain == "manufacturing"
