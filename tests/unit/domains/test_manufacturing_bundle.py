@@ -147,6 +147,9 @@ def test_the_maintenance_log_is_well_formed() -> None:
         assert r["id"].startswith(f"ML-{r['date'][:4]}-")
         assert r["equipment_id"] in known
         assert r["symptom"] and r["diagnosed_cause"] and r["action"]
+        # No template placeholder left unfilled (one shipped as "at {p} %").
+        for field in ("symptom", "diagnosed_cause", "action"):
+            assert not re.search(r"\{\w*\}", r[field]), (r["id"], r[field])
         assert r["downtime_h"] >= 0
     assert [r["date"] for r in records] == sorted(r["date"] for r in records)
 
