@@ -18,7 +18,7 @@ from qingliang.agents.llm import ChatReply, recover_tool_call
 from qingliang.agents.manifest import Agent
 from qingliang.agents.state import GraphDef, RunState, RunStopped, Services, emit, run_config
 from qingliang.agents.tools.base import Tool, openai_spec
-from qingliang.agents.tools.knowledge import search_knowledge
+from qingliang.agents.tools.knowledge import passage_text, search_knowledge
 from qingliang.serving.toolcalls import Offer, parse_tool_calls
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ class AgentStep:
 
 
 def _passages(hits: list[dict], start: int) -> list[str]:
-    """Hits (the knowledge API's citation dicts) as numbered prompt passages."""
+    """Hits (the knowledge API's citation dicts) as numbered prompt passages: a hit's
+    ``context`` (its chunk with its neighbours) where it has one, else its ``text``."""
     lines = []
     for i, h in enumerate(hits, start):
         where = str(h.get("source") or h.get("doc_id") or "")
@@ -83,7 +84,7 @@ def _passages(hits: list[dict], start: int) -> list[str]:
             where += f" p.{h['page']}"
         if h.get("record"):  # a record of a JSONL corpus: its id and title name it
             where += f" record {h['record']}" + (f" «{h['title']}»" if h.get("title") else "")
-        lines.append(f"[{i}] {str(h.get('text', ''))[:MAX_CONTEXT_CHARS]} (source: {where})")
+        lines.append(f"[{i}] {passage_text(h, MAX_CONTEXT_CHARS)} (source: {where})")
     return lines
 
 

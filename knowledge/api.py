@@ -79,6 +79,13 @@ class SearchBody(Body):
     )
     since: str | None = Field(None, description="Only chunks synced on or after (ISO 8601).")
     until: str | None = Field(None, description="Only chunks synced on or before (ISO 8601).")
+    context: int | None = Field(
+        None,
+        description="Neighbouring chunks on each side that join each hit in its `context` "
+        "(the cited `text` stays the chunk that matched). Default: the KB's "
+        "spec.retrieval.context.neighbours; 0 leaves `context` out.",
+        json_schema_extra=docs_only(minimum=0, maximum=3),
+    )
 
 
 class SyncBody(Body):

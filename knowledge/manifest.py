@@ -80,6 +80,17 @@ class Sparse(Strict):
     )
 
 
+class HitContext(Strict):
+    neighbours: int = Field(
+        default=0,
+        ge=0,
+        le=3,
+        description="Chunks before and after each hit, from the same document version, that "
+        "join it in the hit's `context` (the text an agent's prompt is given; the citation "
+        "still names the chunk that matched). 0: no `context`.",
+    )
+
+
 class Retrieval(Strict):
     rerank: Literal["none", "lexical"] = Field(
         default="none",
@@ -89,6 +100,11 @@ class Retrieval(Strict):
     )
     candidates: int = Field(
         default=30, ge=1, le=100, description="How many hits a lexical re-rank re-orders."
+    )
+    context: HitContext = Field(
+        default_factory=HitContext,
+        description="Neighbouring chunks given with each hit as its `context` "
+        "(sentence-window retrieval).",
     )
 
 

@@ -18,10 +18,14 @@ payload filter that always names the caller's tenant, optionally re-ranks for di
   of their search rank and their rank by the share of the query's terms (:func:`lexical_terms`:
   words, and character bigrams of CJK text) their text contains
   (:func:`lexical_rerank`); an exact-wording signal on top of the vectors. Applied before MMR.
+- ``context=N``: each hit also gets ``context``, its chunk with up to N chunks before and
+  after it from the same document version (:mod:`qingliang.knowledge.context`); the cited
+  ``text`` and locator stay the chunk that matched.
 
 Bad input (no tenant, empty query, limit outside 1..100, unknown mode or kind, ``mmr``
-outside 0..1, a bad date) raises :class:`~qingliang.platform.errors.BadRequest` naming the
-parameter; store errors (``NotFound`` for an unknown collection) propagate.
+outside 0..1, ``context`` outside 0..3, a bad date) raises
+:class:`~qingliang.platform.errors.BadRequest` naming the parameter; store errors
+(``NotFound`` for an unknown collection) propagate.
 
 Example:
     >>> from qingliang.knowledge.retrieval import Retriever
@@ -45,6 +49,7 @@ from datetime import date, datetime
 from typing import Any, Literal, Protocol, get_args
 
 from qingliang.knowledge._bm25 import Bm25Encoder
+from qingliang.knowledge.context import MAX_NEIGHBOURS, neighbour_context
 from qingliang.knowledge.ingest import ChunkKind
 from qingliang.knowledge.stores import Filter, Hit, PointId, Range, VectorStore
 from qingliang.platform.errors import BadRequest
@@ -112,7 +117,9 @@ class Citation:
     version of the sync, rollback or learned answer; see
     :mod:`qingliang.knowledge.ledger`), ``snapshot`` the time of that write
     (``synced_at``). Images carry ``image_path`` and ``region`` (x0, y0, x1, y1 pixels);
-    learned answers (``kind == "qa"``) carry their ``provenance``.
+    learned answers (``kind == "qa"``) carry their ``provenance``. ``context``, when the
+    search asked for neighbours, is the chunk with its neighbours in document order (it
+    contains ``text``); the prompt passage an agent reads.
     """
 
     id: PointId
@@ -138,9 +145,10 @@ class Citation:
     image_path: str | None = None
     region: tuple[int, ...] | None = None
     provenance: dict[str, Any] | None = None
+    context: str | None = None
 
     @classmethod
-    def from_hit(cls, hit: Hit) -> Citation:
+    def from_hit(cls, hit: Hit, context: str | None = None) -> Citation:
         p = hit.payload
 
         def opt_int(key: str) -> int | None:
@@ -176,6 +184,7 @@ class Citation:
             image_path=opt_str("image_path"),
             region=tuple(int(v) for v in p["region"]) if p.get("region") else None,
             provenance=dict(p["provenance"]) if isinstance(p.get("provenance"), dict) else None,
+            context=context,
         )
 
     @property
@@ -201,8 +210,11 @@ class Citation:
         return f"#{self.chunk_index}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``heading_path`` as a list), for an API response."""
+        """JSON-ready fields (``heading_path`` as a list), for an API response; ``context``
+        only when the search gave one."""
         out = asdict(self)
+        if out["context"] is None:
+            del out["context"]
         out["heading_path"] = list(self.heading_path)
         out["region"] = None if self.region is None else list(self.region)
         out["locator"] = self.locator
@@ -252,6 +264,7 @@ class Retriever:
         mmr: float | None = None,
         rerank: str | None = None,
         candidates: int = 30,
+        context: int = 0,
     ) -> list[Citation]:
         """The ``limit`` best chunks of ``tenant`` for ``query``, best first, as citations.
 
@@ -271,6 +284,8 @@ class Retriever:
             rerank: ``None``, or ``"lexical"``: the ``candidates`` best hits re-ordered by
                 :func:`lexical_rerank` (before MMR).
             candidates: how many hits the re-rank re-orders (1..100; at least ``limit``).
+            context: neighbouring chunks on each side that join each hit in its
+                ``context`` (0..3; 0: none).
 
         Raises:
             BadRequest: a parameter is missing or out of range (``param`` names it).
@@ -283,6 +298,7 @@ class Retriever:
         lam = _check_mmr(mmr)
         if rerank is not None and rerank not in RERANKS:
             raise BadRequest(f"rerank must be one of {', '.join(RERANKS)} or none", param="rerank")
+        _check_context(context)
         flt = _filter(tenant, kb, domain, kinds, since, until, date_field)
 
         vector = self._embed(text)
@@ -303,7 +319,9 @@ class Retriever:
         if lam is not None and len(hits) > 1:
             hits = self._mmr(hits, vector, lam, limit, dense_scores=not hybrid)
         log.debug("search %s tenant=%s mode=%s: %d hits", self.collection, tenant, mode, len(hits))
-        return [Citation.from_hit(h) for h in hits[:limit]]
+        hits = hits[:limit]
+        texts = neighbour_context(self.store, self.collection, hits, context)
+        return [Citation.from_hit(h, t) for h, t in zip(hits, texts, strict=True)]
 
     def _embed(self, text: str) -> list[float]:
         vectors = self.embedder.embed([text], input_type="query")
@@ -363,6 +381,20 @@ def _check_limit(limit: object) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(
             f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}", param="limit"
+        )
+
+
+def _check_context(context: object) -> None:
+    if isinstance(context, bool) or not isinstance(context, int):
+        raise BadRequest(
+            f"context must be an integer (neighbouring chunks on each side), got {context!r}",
+            param="context",
+        )
+    if not 0 <= context <= MAX_NEIGHBOURS:
+        raise BadRequest(
+            f"context must be in 0..{MAX_NEIGHBOURS} (neighbouring chunks on each side), "
+            f"got {context}",
+            param="context",
         )
 
 

@@ -129,8 +129,13 @@ class KnowledgeService(Documents):
         since: str | None = None,
         until: str | None = None,
         image: str | None = None,
+        context: int | None = None,
     ) -> dict[str, Any]:
         """Cited hits for ``query``; ``mode`` defaults to hybrid when the KB has BM25.
+
+        ``context`` (0..3) is how many neighbouring chunks on each side join each hit in its
+        ``context`` (its cited ``text`` stays the chunk that matched); by default the KB's
+        ``spec.retrieval.context.neighbours``, 0 leaves ``context`` out.
 
         ``image`` (a data URL, or a ``file://`` reference in a folder the administrator
         allowed) searches with a picture: the text OCR reads in it joins ``query``; with
@@ -147,7 +152,17 @@ class KnowledgeService(Documents):
             query, picture = image_query(query, image, kinds, ImageLimits.from_env())
         with public_errors(shown):
             out = self._search(
-                kb, query, limit, mode, mmr, domain, kinds, since, until, picture=picture
+                kb,
+                query,
+                limit,
+                mode,
+                mmr,
+                domain,
+                kinds,
+                since,
+                until,
+                picture=picture,
+                context=context,
             )
         for c in out["citations"]:
             c["source"] = shown.path(c["source"])
@@ -168,6 +183,7 @@ class KnowledgeService(Documents):
         until: str | None,
         *,
         picture: ImageQuery | None = None,
+        context: int | None = None,
     ) -> dict[str, Any]:
         name = kb.name
         spec = kb.manifest.spec
@@ -205,6 +221,7 @@ class KnowledgeService(Documents):
             until=until,
             mode=chosen,
             mmr=mmr,
+            context=_context(spec.retrieval, context, "image" not in wanted),
             **_rerank(spec.retrieval, "image" not in wanted),
         )
         return {
@@ -257,6 +274,13 @@ def _rerank(retrieval: Any, text: bool) -> dict[str, Any]:
     if not text or retrieval.rerank == "none":
         return {}
     return {"rerank": retrieval.rerank, "candidates": retrieval.candidates}
+
+
+def _context(retrieval: Any, asked: int | None, text: bool) -> Any:
+    """The neighbours of a search: what it asked, else the KB's setting (none for images)."""
+    if asked is None:
+        return retrieval.context.neighbours if text else 0
+    return asked  # checked by the retriever; an image hit gets no context
 
 
 def _check_compatible(before: KnowledgeBase, after: KnowledgeBase) -> None:

@@ -12,7 +12,9 @@ or the list of citation dicts alone, each shaped like
 
 The model reads numbered passages (``[1] text (source: guide.pdf, p. 3)``), trimmed so a
 few long chunks cannot fill its context; the run's citations get every hit in full, with
-the knowledge base's name added.
+the knowledge base's name added. A hit with a ``context`` (a knowledge base with
+``spec.retrieval.context.neighbours``: the cited chunk with its neighbours) is read as that
+context (:func:`passage_text`), while its citation still shows the chunk that matched.
 
 Example:
     >>> from qingliang.agents.tools.specs import KnowledgeTool
@@ -48,6 +50,8 @@ PASSAGE_CHARS = 700
 #: Characters of all passages together.
 CONTENT_CHARS = 4000
 MAX_QUERY_CHARS = 4000
+#: How much longer than a chunk's a passage from a hit's ``context`` may be.
+CONTEXT_FACTOR = 2
 
 DEFAULT_DESCRIPTION = (
     "Search the knowledge base {kb!r} for passages relevant to a question. Returns numbered "
@@ -165,6 +169,30 @@ def _hits(answer: Any) -> list[dict[str, Any]]:
     return answer
 
 
+def passage_text(hit: dict[str, Any], limit: int) -> str:
+    """What the model reads of a hit: its ``context`` when it has one (at most
+    ``CONTEXT_FACTOR * limit`` characters, a window kept around the cited ``text``), else
+    its ``text`` (at most ``limit``); whitespace runs folded, a cut marked with ``…``.
+
+    Example:
+        >>> passage_text({"text": "b", "context": "a\n b  c"}, 10)
+        'a b c'
+        >>> passage_text({"text": "0123456789"}, 5)
+        '0123…'
+    """
+    text = " ".join(str(hit.get("text") or "").split())
+    context = " ".join(str(hit.get("context") or "").split())
+    if not context:
+        return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    limit *= CONTEXT_FACTOR
+    if len(context) <= limit:
+        return context
+    at = max(context.find(text), 0)
+    start = min(max(at - (limit - len(text)) // 2, 0), len(context) - limit)
+    window = context[start : start + limit]
+    return ("…" if start else "") + window + ("…" if start + limit < len(context) else "")
+
+
 def render(hits: list[dict[str, Any]], kb: str) -> str:
     """Numbered passages for the model: ``[n] text (source: where, locator)``, trimmed."""
     if not hits:
@@ -172,9 +200,7 @@ def render(hits: list[dict[str, Any]], kb: str) -> str:
     parts: list[str] = []
     used = 0
     for n, hit in enumerate(hits, 1):
-        text = " ".join(str(hit.get("text", "")).split())
-        if len(text) > PASSAGE_CHARS:
-            text = text[: PASSAGE_CHARS - 1].rstrip() + "…"
+        text = passage_text(hit, PASSAGE_CHARS)
         where = [str(hit.get("source") or "unknown source")]
         locator = hit.get("locator") or (f"p. {hit['page']}" if hit.get("page") else None)
         if locator:

@@ -203,6 +203,12 @@ def search(
     mode: str = typer.Option(None, help="dense or hybrid (default: hybrid when BM25 is on)."),
     mmr: float = typer.Option(None, help="MMR diversity λ in 0..1 (default: off)."),
     kind: list[str] = typer.Option(None, help="Only these chunk kinds (repeatable)."),
+    context: bool = typer.Option(
+        False,
+        "--context",
+        help="Also print each hit's context: its chunk with the neighbouring chunks the KB "
+        "gives (spec.retrieval.context.neighbours), what an agent's prompt reads.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """Search a KB; every hit is printed with its citation."""
@@ -246,6 +252,18 @@ def search(
         console.print(
             f"    {text[:300]}{'…' if len(text) > 300 else ''}", highlight=False, soft_wrap=True
         )
+        if context:
+            _print_context(c)
+
+
+def _print_context(c: dict[str, Any]) -> None:
+    if c.get("context") is None:
+        console.print(
+            "    context: none (spec.retrieval.context.neighbours is 0, or a hit that stands alone)"
+        )
+        return
+    text = " ".join(str(c["context"]).split())
+    console.print(f"    context ({len(text)} chars): {text}", highlight=False, soft_wrap=True)
 
 
 @kb_app.command("list")

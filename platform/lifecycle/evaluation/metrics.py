@@ -6,7 +6,8 @@ chunk do not matter) and is a containment test. A question that failed (its outp
 ``error``) counts as a miss in every metric it has gold for.
 
 - ``answer_span_hit``: a gold ``answer_span`` or one of ``answers`` is contained in the
-  answer (graph) or in the text of the top-k citations (knowledge base: hit@k).
+  answer (graph) or in the text of the top-k citations (knowledge base: hit@k), each
+  citation's ``context`` where it has one (:func:`retrieved_text`: what a model is given).
 - ``doc_hit_at_k`` / ``doc_mrr``: the first of the top-k citations that matches a gold
   ``doc_id``, ``record`` or ``source`` (:func:`citation_matches`) is at rank r: hit 1 and
   reciprocal rank 1/r; none in the top k: 0 and 0.
@@ -14,7 +15,7 @@ chunk do not matter) and is a containment test. A question that failed (its outp
   ``fields`` (``route`` is the route's arm unless a field has that name); correct pairs /
   all pairs, and per field.
 - ``nugget_recall``: the share of gold ``nuggets`` found in the answer (graph) or in the
-  top-k citations' text (knowledge base), averaged over questions.
+  top-k citations' text, context included (knowledge base), averaged over questions.
 
 Each metric is averaged over the questions that have its gold fields (``n`` says how
 many); a metric no question has gold for is absent.
@@ -103,8 +104,24 @@ def _scalar(value: Any) -> str:
 
 
 def retrieved_text(citations: Sequence[Mapping[str, Any]], k: int) -> str:
-    """The top ``k`` citations' text, one after the other."""
-    return "\n".join(str(c.get("text") or "") for c in citations[:k])
+    """The top ``k`` citations' text, one after the other: of a citation with a ``context``
+    (its chunk with neighbouring chunks, what an agent's prompt is given) the context, with
+    the cited text before it should the context not contain it.
+
+    Example:
+        >>> retrieved_text([{"text": "b", "context": "a b c"}, {"text": "d"}], 5)
+        'a b c\nd'
+    """
+    return "\n".join(_given(c) for c in citations[:k])
+
+
+def _given(citation: Mapping[str, Any]) -> str:
+    text = str(citation.get("text") or "")
+    context = citation.get("context")
+    if not context:
+        return text
+    context = str(context)
+    return context if text in context else f"{text}\n{context}"
 
 
 def _mean(values: list[float]) -> dict[str, float | int]:

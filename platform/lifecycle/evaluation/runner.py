@@ -11,6 +11,10 @@ Each question becomes one output line (:func:`ask_graph`, :func:`ask_kb`)::
      "score"}], "route", "fields", "latency_s"}  (+ "run_id", "status" for a graph,
                                                   + "error" when the question failed)
 
+A citation also carries ``context`` when the hit had one (a knowledge base with
+``spec.retrieval.context.neighbours``: the cited chunk with its neighbours, what an agent's
+prompt is given).
+
 A failed question gets ``error`` and the run goes on. :func:`run` asks ``concurrency``
 questions at a time and writes the lines in input order as soon as each is known, so a
 long run can be followed with ``tail -f``.
@@ -139,7 +143,10 @@ def detect_kind(api: PlatformApi, target: str, kind: str | None = None) -> str:
 
 
 def _citation(c: dict[str, Any]) -> dict[str, Any]:
-    return {key: c.get(key) for key in CITATION_FIELDS}
+    out = {key: c.get(key) for key in CITATION_FIELDS}
+    if c.get("context") is not None:
+        out["context"] = c["context"]
+    return out
 
 
 def _data_url(path: Path) -> str:
