@@ -477,9 +477,8 @@ def promote_step(
     for a in replaced:
         if a in deployment_state(ctl, deployment)["adapters"]:
             ctl.set_adapter(deployment, a, None)
-    emit(
-        {"kind": "log", "message": f"{deployment}: {loaded_as} promoted ({traffic[loaded_as]:.0%})"}
-    )
+    of = f"{deployment}:{alias}" if alias else deployment
+    emit({"kind": "log", "message": f"{of}: {loaded_as} promoted ({traffic[loaded_as]:.0%})"})
     return {"deployment": deployment, "traffic": traffic, "unloaded": replaced, "retired": retired}
 
 
@@ -500,5 +499,6 @@ def rollback_step(
     with Registry(home=Path(home)) as reg:
         if reg.get_adapter(canary["adapter"]).status == "approved":
             reg.set_status(canary["adapter"], "retired", f"canary rolled back: {reason}")
-    emit({"kind": "log", "message": f"{deployment}: canary {loaded_as} rolled back ({reason})"})
+    of = f"{deployment}:{alias}" if alias else deployment
+    emit({"kind": "log", "message": f"{of}: canary {loaded_as} rolled back ({reason})"})
     return {"deployment": deployment, "traffic": before, "unloaded": [loaded_as]}
