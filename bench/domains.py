@@ -86,6 +86,8 @@ TARGETS = {"policy_answer_hit_at_5": 0.95, "health_accuracy_last_500": 0.75, "fm
 #: Department names of the shared set -> the health desk's department.
 ALIASES = {"消化科": "消化内科", "肝病科": "消化内科", "呼吸科": "呼吸内科", "神经科": "神经内科"}
 CANDIDATES = 30
+#: The policy variant that is the gov bundle's KB, searched through the platform.
+BUNDLE = "gov bundle as shipped (platform search)"
 
 
 def _now() -> str:
@@ -144,10 +146,10 @@ class Platform:
         }
 
     def search(
-        self, kb: str, query: str, limit: int, mode: str | None = None
+        self, kb: str, query: str, limit: int, mode: str | None = None, context: int | None = None
     ) -> tuple[list, float]:
         t0 = time.perf_counter()
-        out = self.svc.search(kb, query, limit=limit, mode=mode)
+        out = self.svc.search(kb, query, limit=limit, mode=mode, context=context)
         return out["citations"], time.perf_counter() - t0
 
 
@@ -175,7 +177,8 @@ def one_per_record(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def expand(hits: list[dict[str, Any]], chunks: dict[tuple[str, int], str]) -> list[dict[str, Any]]:
-    """Each hit's text with the chunks before and after it in its document."""
+    """Each hit's text with the chunks before and after it in its document, computed here from
+    the ingest's chunks (a cross-check of the platform's ``spec.retrieval.context``)."""
     out = []
     for h in hits:
         d, i = h["doc_id"], int(h["chunk_index"])
@@ -197,11 +200,18 @@ def _policy_variants(
     return {
         "dense": dense5,
         "hybrid": hyb5,
-        "gov bundle as shipped (platform search)": bundle,
-        "hybrid + neighbours": expand(hyb5, chunks),
+        BUNDLE: bundle,
+        "gov bundle, request context 0": plat.search("gov-policy", q, 5, context=0)[0],
+        "gov bundle, request context 2": plat.search("gov-policy", q, 5, context=2)[0],
+        "hybrid + neighbours (platform, context 1)": plat.search("policy-plain", q, 5, context=1)[
+            0
+        ],
+        "hybrid + neighbours (in-bench expand)": expand(hyb5, chunks),
         f"hybrid top-{CANDIDATES}, one chunk per record": one_per_record(pool)[:5],
         f"hybrid top-{CANDIDATES} + lexical re-rank": rr[:5],
-        f"hybrid top-{CANDIDATES} + lexical re-rank + neighbours": expand(rr[:5], chunks),
+        f"hybrid top-{CANDIDATES} + lexical re-rank + neighbours (in-bench expand)": expand(
+            rr[:5], chunks
+        ),
         f"hybrid top-{CANDIDATES} + lexical re-rank, one per record": one_per_record(rr)[:5],
         f"hybrid top-{CANDIDATES} + lexical re-rank, one per record + neighbours": expand(
             one_per_record(rr)[:5], chunks
@@ -291,17 +301,17 @@ def part_policy(plat: Platform, quick: bool) -> dict[str, Any]:
 
 def _bundle_gold(plat: Platform, spec: dict[str, Any]) -> dict[str, Any]:
     """The gov bundle's own KB (its 40 written records) and gold questions, searched with the
-    bundle's settings and with the lexical re-rank: doc hit@5 and MRR@5 on ``record``."""
+    bundle's settings and without its re-rank: doc hit@5 and MRR@5 on ``record``."""
     from qingliang.platform.lifecycle.evaluation.metrics import doc_rank
 
     bundle = plat.bundle_kb("gov", "gov-policy")
     questions = _jsonl(BUNDLES / "gov" / "data" / "questions.jsonl")
     out = {}
-    for name, rerank in (("bundle", None), ("lexical re-rank", "lexical")):
-        kb = f"gov-bundle-{rerank or 'as-shipped'}"
+    for name, retrieval in (("bundle", None), ("no re-rank", {"rerank": "none"})):
+        kb = "gov-bundle-" + name.replace(" ", "-").replace("re-rank", "rerank")
         body = {**bundle, "sources": [{"path": str(BUNDLES / "gov" / "data/policy/policy.jsonl")}]}
-        if rerank:
-            body["retrieval"] = {"rerank": rerank}
+        if retrieval:
+            body["retrieval"] = {**body.get("retrieval", {}), **retrieval}
         plat.add_kb(kb, body)
         ranks = [doc_rank(q, plat.search(kb, q["question"], 5)[0], 5) for q in questions]
         out[name] = {

@@ -186,6 +186,8 @@ def test_the_policy_kb_finds_the_right_record_for_written_questions(kb: Knowledg
     assert hits >= len(questions) - 1, ranks
     top = kb.search("gov-policy", "办理居住证需要带哪些材料", tenant=TENANT)["citations"][0]
     assert top["record"] == "RP-002" and top["text"].startswith("居住证办理所需材料清单")
+    # spec.retrieval.context: each record is one chunk, so the context the desk reads is it
+    assert top["context"] == top["text"]
 
 
 # ---------------------------------------------------------------- the desk
