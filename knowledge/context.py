@@ -22,7 +22,7 @@ Example:
     >>> join_chunks([{"text": "一二三四", "char_start": 0, "char_end": 4},
     ...              {"text": "三四五六", "char_start": 2, "char_end": 6},
     ...              {"text": "Annex", "char_start": 9, "char_end": 14}])
-    '一二三四五六\nAnnex'
+    '一二三四五六\\nAnnex'
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def passage_text(hit: dict[str, Any], limit: int) -> str:
     its ``text`` (at most ``limit``); whitespace runs folded, a cut marked with ``…``.
 
     Example:
-        >>> passage_text({"text": "b", "context": "a\n b  c"}, 10)
+        >>> passage_text({"text": "b", "context": "a\\n b  c"}, 10)
         'a b c'
         >>> passage_text({"text": "0123456789"}, 5)
         '0123…'

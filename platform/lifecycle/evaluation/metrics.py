@@ -110,7 +110,7 @@ def retrieved_text(citations: Sequence[Mapping[str, Any]], k: int) -> str:
 
     Example:
         >>> retrieved_text([{"text": "b", "context": "a b c"}, {"text": "d"}], 5)
-        'a b c\nd'
+        'a b c\\nd'
     """
     return "\n".join(_given(c) for c in citations[:k])
 
