@@ -174,6 +174,11 @@ class Node(Strict):
     on_reject: str | None = Field(
         default=None, description="approval: node to go to on rejection; absent: the run ends."
     )
+    on_skip: str | None = Field(
+        default=None,
+        description="approval: node to go to when `when` does not hold (nothing to approve, "
+        "e.g. no form was filled), `end` to end the run there; absent: `next`.",
+    )
     allow_self_approval: bool = Field(
         default=False,
         description="approval: whether the key that started the run may answer it "
@@ -216,7 +221,7 @@ class Node(Strict):
             "agent": {"agent"},
             "router": {"routes", "models", "agent", "router"},
             "parallel": {"branches"},
-            "approval": {"when", "prompt", "on_reject", "allow_self_approval"},
+            "approval": {"when", "prompt", "on_reject", "on_skip", "allow_self_approval"},
             "tool": {"tool", "arguments"},
             "graph": {"graph"},
         }[self.type]
@@ -226,6 +231,7 @@ class Node(Strict):
             "models",
             "branches",
             "on_reject",
+            "on_skip",
             "tool",
             "graph",
             "allow_self_approval",
@@ -387,6 +393,8 @@ def successors(node: Node) -> list[str]:
         out += node.branches
     if node.type == "approval":
         out.append(node.on_reject or END)
+        if node.on_skip is not None:
+            out.append(node.on_skip)
     return out
 
 
@@ -450,7 +458,7 @@ def _node_problems(spec: AgentGraphSpec, i: int, n: Node) -> list[str]:
                 problems.append(f"{at}.{key}[{j}]: {_unknown('node', target, node_names)}")
             elif target == n.name:
                 problems.append(f"{at}.{key}[{j}]: a node cannot route to itself")
-    for key in ("next", "on_reject"):
+    for key in ("next", "on_reject", "on_skip"):
         target = getattr(n, key)
         if target is not None and target != END and target not in nodes:
             problems.append(f"{at}.{key}: {_unknown('node', target, node_names + [END])}")

@@ -131,6 +131,8 @@ class GraphCompiler:
                 builder.add_node(node.name, fn, destinations=tuple(node.routes))
             elif node.type == "approval":
                 dests = {target(node.next), target(node.on_reject)}
+                if node.on_skip is not None:
+                    dests.add(target(node.on_skip))
                 builder.add_node(node.name, fn, destinations=tuple(dests))
             else:
                 builder.add_node(node.name, fn)
@@ -241,11 +243,12 @@ class GraphCompiler:
 
         after = LG_END if node.next in (None, END) else node.next
         rejected = LG_END if node.on_reject in (None, END) else node.on_reject
+        skipped = after if node.on_skip is None else LG_END if node.on_skip == END else node.on_skip
 
         async def approval_node(state: RunState, config: RunnableConfig) -> Any:
             emit(config, {"type": "node", "node": node.name})
             if not approval_triggered(node, state):
-                return Command(goto=after)
+                return Command(goto=skipped)
             decision = interrupt(
                 {
                     "node": node.name,
