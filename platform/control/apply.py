@@ -41,7 +41,7 @@ from qingliang.platform.control.diff import (
     normal,
 )
 from qingliang.platform.control.lock import deployments_lock
-from qingliang.platform.control.lora import LoraRouting
+from qingliang.platform.control.lora import LoraRouting, keep_runtime_lora
 from qingliang.platform.control.serve_config import GATEWAY_KIND, GATEWAY_NAME, serve_config
 from qingliang.platform.errors import (
     ClusterError,
@@ -165,7 +165,8 @@ class Controller(LoraRouting):
         )
         if issues:
             raise ManifestError([FieldIssue("kind", text) for text in issues])
-        return loaded
+        stored = {r.name: r.body for r in self.store.list(MODEL_KIND)}
+        return [keep_runtime_lora(i, stored.get(i.name)) for i in loaded]
 
     def compile(self, loaded: list[Loaded]) -> list[DeploymentPlan]:
         profile = self.profile or HardwareProfile.detect()

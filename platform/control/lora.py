@@ -28,11 +28,10 @@ from qingliang.platform.control.diff import (
     normal,
 )
 from qingliang.platform.errors import BadRequest, NotFound
-from qingliang.platform.manifests.loader import validate_document
+from qingliang.platform.manifests.loader import Loaded, validate_document
 from qingliang.serving.traffic import MODEL_KIND, entry_of
 
 if TYPE_CHECKING:
-    from qingliang.platform.manifests.loader import Loaded
     from qingliang.platform.storage.state import StateStore
     from qingliang.serving.plan import DeploymentPlan
 
@@ -51,6 +50,34 @@ def without_adapter(aliases: Mapping[str, Mapping[str, float]], adapter: str) ->
         alias: {a: s for a, s in shares.items() if a != adapter}
         for alias, shares in aliases.items()
     }
+
+
+#: What pipelines and `qingliang adapters` set at run time (``spec.lora``).
+RUNTIME_LORA = ("adapters", "traffic", "refs", "aliases")
+
+
+def keep_runtime_lora(item: Loaded, stored: Mapping[str, Any] | None) -> Loaded:
+    """``item`` (a ModelDeployment being applied again) with the run-time LoRA state of its
+    stored version (adapters, canary shares, refs, aliases) wherever the manifest does not
+    declare that field itself: re-applying the file a deployment was made from (``make up``
+    after ``make down``) keeps the adapters pipelines released into it. A field the
+    manifest declares, even empty, replaces the stored one.
+
+    Example:
+        >>> keep_runtime_lora(item, row.body)  # doctest: +SKIP
+    """
+    if stored is None or item.kind != MODEL_KIND:
+        return item
+    declared = ((item.raw.get("spec") or {}).get("lora") or {}).keys()
+    was = (stored.get("spec") or {}).get("lora") or {}
+    kept = {k: was[k] for k in RUNTIME_LORA if k not in declared and was.get(k)}
+    if not kept:
+        return item
+    body = deep_copy(item.raw)
+    lora = body.setdefault("spec", {}).setdefault("lora", None) or {}
+    body["spec"]["lora"] = {**lora, **kept}
+    logger.info("%s: keeping run-time %s", item.name, ", ".join(f"spec.lora.{k}" for k in kept))
+    return validate_document(body, item.source)
 
 
 class LoraRouting:

@@ -849,3 +849,34 @@ def test_concurrent_changes_do_not_undo_each_other(
     configs = {a["name"]: a for a in deployer.last["applications"]}
     assert set(configs["alpha"]["deployments"][0]["user_config"]["adapters"]) == {"sql", "sql-v2"}
     assert set(configs["beta"]["deployments"][0]["user_config"]["adapters"]) == {"sql", "tutor"}
+
+
+def test_applying_the_file_again_keeps_what_pipelines_released(
+    ctl: Controller, deployer: FakeDeployer, manifests: Path, tmp_path: Path
+) -> None:
+    """`make down` then `make up` re-applies deploy/defaults: the adapters, shares, refs and
+    aliases set at run time stay, unless the file itself declares those fields."""
+    path = write(manifests, "q.yaml", manifest("alpha", lora={"enabled": True}))
+    ctl.apply([path], wait=False)
+    gov = adapter_dir(tmp_path, "gov-v1")
+    ctl.set_adapter("alpha", "gov-v1", gov, ref="gov@1")
+    ctl.set_alias("alpha", "gov", {"gov-v1": 1.0})
+    ctl.set_traffic("alpha", {"gov-v1": 0.1})
+    pushes = deployer.attempts
+    (change,) = ctl.apply([path], wait=False)
+    assert change.action == "unchanged"
+    lora = _stored_lora(ctl)
+    assert lora["adapters"] == {"gov-v1": gov} and lora["refs"] == {"gov-v1": "gov@1"}
+    assert lora["aliases"] == {"gov": {"gov-v1": 1.0}} and lora["traffic"] == {"gov-v1": 0.1}
+    assert ctl.diff([path])[0].action == "unchanged"
+    assert deployer.attempts == pushes + 1  # the same config again: no replica restarts
+    # A file that declares the fields replaces them; one that contradicts the kept ones
+    # is refused by name, and nothing changes.
+    bare = write(manifests, "q.yaml", manifest("alpha", lora={"enabled": True, "adapters": {}}))
+    with pytest.raises(ManifestError, match="alias 'gov': adapter 'gov-v1' is not in `adapters`"):
+        ctl.apply([bare], wait=False)
+    assert _stored_lora(ctl)["adapters"] == {"gov-v1": gov}
+    spec = {"enabled": True, "adapters": {}, "aliases": {}, "traffic": {}, "refs": {}}
+    ctl.apply([write(manifests, "q.yaml", manifest("alpha", lora=spec))], wait=False)
+    lora = _stored_lora(ctl)
+    assert (lora["adapters"], lora["aliases"], lora["traffic"]) == ({}, {}, {})
