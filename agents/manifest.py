@@ -295,6 +295,13 @@ class RouterSettings(Strict):
     feedback_window_s: float = Field(
         default=0.0, ge=0, description="Wait this long for feedback before learning (0: at end)."
     )
+    examples: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="JSONL of labelled requests (`text`, `route`, optional `domain`) taught "
+        "before the first decision (warm start); relative to the manifest's folder.",
+    )
 
     @field_validator("domains")
     @classmethod

@@ -84,4 +84,25 @@ def resolve_graph(
                     f"no AgentGraph {t.graph!r}{_hint(t.graph, list(graphs))}"
                 )
     problems += [f"spec.{p}" for p in check_tools(spec, base_dir)]
+    return problems + _example_problems(graph, base_dir)
+
+
+def _example_problems(graph: AgentGraph, base_dir: Path) -> list[str]:
+    """Each router node's ``examples`` file: there, every line a labelled example whose
+    route is one of that node's arms (problems name ``file:line`` and the field)."""
+    from qingliang.agents.routing.teach import read_examples
+    from qingliang.agents.toolbox import database_path
+
+    spec, problems = graph.spec, []
+    domain = graph.metadata.labels.get("domain")
+    for i, n in enumerate(spec.nodes):
+        settings = n.router or spec.router
+        if n.type != "router" or settings.examples is None:
+            continue
+        at = f"spec.nodes[{i}].router.examples" if n.router else "spec.router.examples"
+        path = database_path(settings.examples, base_dir)
+        try:
+            read_examples(path, n.routes or n.models, domain=domain, shown=settings.examples)
+        except ValueError as exc:
+            problems.append(f"{at}: {exc} (node {n.name!r})")
     return problems

@@ -85,6 +85,48 @@ def router_config(graph: AgentGraph, node: Node) -> Any:
     )
 
 
+async def request_features(
+    services: Services, text: str, *, domain: str | None, modality: str, tenant: str | None
+) -> Any:
+    """What the router sees of a request (a live one, or a labelled example it is taught)."""
+    from qingliang.agents.routing.features import RequestFeatures, hash_embedding
+
+    # Without an embedding model (tests, a platform without the embedder) the router
+    # still sees the text, through a character-trigram hashing embedding.
+    embedding = await services.embed(text) if services.embed is not None else None
+    if embedding is None:
+        embedding = hash_embedding(text)
+    return RequestFeatures(text, embedding, domain, modality, tenant)
+
+
+async def teach_router(services: Services, gdef: GraphDef, node: Node) -> int:
+    """Teach a router node the labelled examples of its ``examples`` file that its router
+    was not taught yet (see :mod:`qingliang.agents.routing.teach`); returns how many."""
+    from qingliang.agents.routing.teach import read_examples
+    from qingliang.agents.toolbox import database_path
+
+    source = router_settings(gdef.manifest, node).examples
+    if source is None or services.router is None:
+        return 0
+    key = router_key(gdef.name, node.name)
+    arms = list(node.routes or node.models)
+    domain = gdef.manifest.metadata.labels.get("domain")
+    path = database_path(source, gdef.base_dir)
+    try:
+        examples = read_examples(path, arms, domain=domain, shown=source)
+    except ValueError as exc:
+        raise RunStopped(f"router {key}: examples: {exc}") from None
+    todo = set(await services.router.untaught(key, [e.key() for e in examples]))
+    batch = []
+    for e in examples:
+        if e.key() in todo:
+            f = await request_features(
+                services, e.text, domain=e.domain, modality=e.modality, tenant=None
+            )
+            batch.append((e.key(), e.route, f))
+    return int(await services.router.teach(key, batch)) if batch else 0
+
+
 def approval_triggered(node: Node, state: RunState) -> bool:
     """Whether ``node``'s ``when`` condition holds for ``state``."""
     import re
@@ -221,17 +263,9 @@ class GraphCompiler:
         return router_node
 
     async def _features(self, state: RunState, run: dict) -> Any:
-        from qingliang.agents.routing.features import RequestFeatures, hash_embedding
-
-        text = state.get("input") or ""
-        # Without an embedding model (tests, a platform without the embedder) the router
-        # still sees the text, through a character-trigram hashing embedding.
-        embedding = await self.s.embed(text) if self.s.embed is not None else None
-        if embedding is None:
-            embedding = hash_embedding(text)
-        return RequestFeatures(
-            text=text,
-            embedding=embedding,
+        return await request_features(
+            self.s,
+            state.get("input") or "",
             domain=state.get("domain"),
             modality=state.get("modality") or "text",
             tenant=run.get("tenant"),
@@ -316,9 +350,14 @@ class GraphCompiler:
         if depth > 4:
             raise RunStopped(f"nested graphs deeper than 4 (calling {name!r})")
         sub = self.compiled_nested(name)
+        # A request without a domain label takes the nested graph's (as a request made to
+        # that graph directly does): a front desk's routes reach gov-desk as `gov` requests.
+        label = (
+            self.s.graphs(name).manifest.metadata.labels.get("domain") if self.s.graphs else None
+        )
         sub_input = {
             "input": text or state.get("input") or "",
-            "domain": state.get("domain"),
+            "domain": state.get("domain") or label,
             "modality": state.get("modality") or "text",
             "attachments": state.get("attachments") or [],
             "forms": dict(state.get("forms") or {}),

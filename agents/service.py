@@ -50,6 +50,7 @@ from qingliang.agents.runtime import (
     Services,
     router_config,
     router_key,
+    teach_router,
 )
 from qingliang.knowledge.vision import IMAGE_SUFFIXES
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
@@ -287,12 +288,14 @@ class AgentService:
             if self.router is not None:
                 # Register before the first decision: a changed manifest updates the
                 # router's settings; its learned statistics carry over (same arms). The
-                # graphs it nests decide inside its runs: theirs too.
+                # graphs it nests decide inside its runs: theirs too. Then its examples
+                # not taught yet (a warm start: once, never on top of a restart).
                 for g in self._with_nested(gdef):
                     for node in g.manifest.spec.nodes:
                         if node.type == "router":
                             key_ = router_key(g.name, node.name)
                             await self.router.register(key_, router_config(g.manifest, node))
+                            await teach_router(self._services, g, node)
             self._compiled[key] = self._compiler.compile(gdef, saver)
         return self._compiled[key]
 

@@ -71,6 +71,10 @@ class Router(Protocol):
         self, router: str, features: Any, *, run_id: str, tenant: str | None
     ) -> Any: ...
 
+    async def untaught(self, router: str, keys: list[str]) -> list[str]: ...
+
+    async def teach(self, router: str, examples: list[tuple[str, str, Any]]) -> int: ...
+
 
 @dataclass
 class Services:

@@ -56,6 +56,12 @@ class RouterActor:
     ) -> RouteDecision:
         return self._service.decide(router, features, run_id=run_id, tenant=tenant)
 
+    def untaught(self, router: str, keys: list[str]) -> list[str]:
+        return self._service.untaught(router, keys)
+
+    def teach(self, router: str, examples: list[tuple[str, str, RequestFeatures]]) -> int:
+        return self._service.teach(router, examples)
+
     def add_reward(self, decision_id: str, part: str, value: float) -> dict[str, float]:
         return self._service.add_reward(decision_id, part, value)
 
@@ -123,6 +129,12 @@ class _Methods:
         self, router: str, features: RequestFeatures, *, run_id: str, tenant: str | None = None
     ) -> RouteDecision:
         return await self._call("decide", router, features, run_id=run_id, tenant=tenant)
+
+    async def untaught(self, router: str, keys: list[str]) -> list[str]:
+        return await self._call("untaught", router, keys)
+
+    async def teach(self, router: str, examples: list[tuple[str, str, RequestFeatures]]) -> int:
+        return await self._call("teach", router, examples)
 
     async def add_reward(self, decision_id: str, part: str, value: float) -> dict[str, float]:
         return await self._call("add_reward", decision_id, part, value)

@@ -62,6 +62,7 @@ from qingliang.agents.routing.log import DecisionLog, LoggedDecision, StoredStat
 from qingliang.agents.routing.ope import Logged, OpeReport, evaluate
 from qingliang.agents.routing.policy import PolicySpec, make_policy, policy_from_state
 from qingliang.agents.routing.rewards import RewardWeights, combine, validate_part
+from qingliang.agents.routing.teach import teach_policy
 from qingliang.platform.errors import Conflict, NotFound, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -221,13 +222,19 @@ class _Router:
     config: RouterConfig  # in effect (after set_exploration / switch)
     policy: Any
     version: int
+    #: Labelled examples taught (``key``, ``arm``, encoded ``x``), see ``teach.py``.
+    taught: list[dict[str, Any]] = field(default_factory=list)
     encoder: FeatureEncoder = field(init=False)
 
     def __post_init__(self) -> None:
         self.encoder = self.config.encoder()
 
     def stored(self) -> StoredState:
-        cfg = {"manifest": self.manifest.to_dict(), "active": self.config.to_dict()}
+        cfg = {
+            "manifest": self.manifest.to_dict(),
+            "active": self.config.to_dict(),
+            "taught": self.taught,
+        }
         return StoredState(
             self.name, cfg, self.policy.state(packed=True), self.version, time.time()
         )
@@ -273,7 +280,7 @@ class RouterService:
         policy = make_policy(active.policy_spec())
         if old_active.layout() != active.layout():
             log.warning("router %s: feature layout changed; starting from the prior", name)
-            return _Router(name, manifest, active, policy, version)
+            return _Router(name, manifest, active, policy, version)  # examples: taught again
         state, old = policy.state(), stored.state
         kept = [a for a in active.arms if a in old["arms"]]
         for a in kept:
@@ -284,7 +291,9 @@ class RouterService:
         dropped = [a for a in old["arms"] if a not in active.arms]
         if added or dropped:
             log.info("router %s: arms added %s (from the prior), dropped %s", name, added, dropped)
-        return _Router(name, manifest, active, policy_from_state(state, seed=active.seed), version)
+        policy = policy_from_state(state, seed=active.seed)
+        taught = list(stored.config.get("taught") or [])
+        return _Router(name, manifest, active, policy, version, taught)
 
     def _get(self, router: str) -> _Router:
         r = self._routers.get(router)
@@ -326,6 +335,33 @@ class RouterService:
             )  # fmt: skip
         log.debug("route %s run=%s -> %s (p=%.3f)", router, run_id, d.arm, d.propensity)
         return RouteDecision(decision_id, router, d.arm, d.propensity, d.scores, x.tolist())
+
+    def untaught(self, router: str, keys: list[str]) -> list[str]:
+        """Those of ``keys`` (example keys, see ``teach.py``) the router was not taught."""
+        with self._lock:
+            known = {t["key"] for t in self._get(router).taught}
+        return [k for k in keys if k not in known]
+
+    def teach(self, router: str, examples: list[tuple[str, str, RequestFeatures]]) -> int:
+        """Teach labelled examples ``(key, arm, features)`` not taught before (full
+        information, no decision logged) and save the state; returns how many."""
+        with self._lock:
+            r = self._get(router)
+            known = {t["key"] for t in r.taught}
+            new = {
+                k: (arm, r.encoder.encode(f))
+                for k, arm, f in examples
+                if k not in known and arm in r.config.arms
+            }
+            if not new:
+                return 0
+            teach_policy(r.policy, list(new.values()))
+            r.taught.extend({"key": k, "arm": a, "x": x.tolist()} for k, (a, x) in new.items())
+            self._commit(r, True, lambda save: self.log.save_state(save) or True)
+        log.info(
+            "router %s: taught %d labelled examples (%d in all)", router, len(new), len(r.taught)
+        )
+        return len(new)
 
     def add_reward(self, decision_id: str, part: str, value: float) -> dict[str, float]:
         """Add one reward part to an open decision; returns its parts so far."""
@@ -439,7 +475,7 @@ class RouterService:
             )
             policy = policy_from_state(r.policy.state(packed=True), seed=config.seed)
             policy.floor, policy.frozen = config.floor, config.frozen
-            new = _Router(router, r.manifest, config, policy, r.version + 1)
+            new = _Router(router, r.manifest, config, policy, r.version + 1, r.taught)
             self.log.save_state(new.stored())
             self._routers[router] = new
             log.info("router %s: floor %s, frozen %s", router, config.floor, config.frozen)
@@ -457,7 +493,7 @@ class RouterService:
         return {
             "router": router, "algorithm": r.config.algorithm, "floor": r.config.floor,
             "frozen": r.config.frozen, "version": r.version, "updates": r.policy.updates,
-            "decisions": counts["decisions"], "closed": counts["closed"],
+            "decisions": counts["decisions"], "closed": counts["closed"], "taught": len(r.taught),
             "open": counts["open"], "arms": arms,
             "learning": learning(recent, r.config.arms),
         }  # fmt: skip
@@ -480,8 +516,10 @@ class RouterService:
             )
 
     @staticmethod
-    def _fit(candidate: RouterConfig, records: list[Logged]) -> Any:
+    def _fit(candidate: RouterConfig, records: list[Logged], taught: list[dict]) -> Any:
+        """A fresh ``candidate`` taught the router's examples, then fitted on ``records``."""
         policy = make_policy(dataclasses.replace(candidate.policy_spec(), frozen=False))
+        teach_policy(policy, [(t["arm"], t["x"]) for t in taught])
         for rec in records:
             if rec.arm in candidate.arms:
                 policy.update(rec.arm, rec.features, rec.reward)
@@ -500,7 +538,7 @@ class RouterService:
                 f"evaluation needs at least {MIN_LOGGED}"
             )
         half = len(records) // 2
-        policy = self._fit(candidate, records[:half])
+        policy = self._fit(candidate, records[:half], r.taught)
         policy.frozen = True
         return evaluate(policy, records[half:])
 
@@ -540,9 +578,9 @@ class RouterService:
                         f"{report.logged_value:.4f} + margin {min_margin:g}; IPS "
                         f"{report.ips.value:.4f}, SNIPS {report.snips.value:.4f}, n={report.n}"
                     )
-            policy = self._fit(candidate, self._records(r, candidate.reward))
+            policy = self._fit(candidate, self._records(r, candidate.reward), r.taught)
             policy.frozen = candidate.frozen
-            new = _Router(router, r.manifest, candidate, policy, r.version + 1)
+            new = _Router(router, r.manifest, candidate, policy, r.version + 1, r.taught)
             self.log.save_state(new.stored())
             self._routers[router] = new
             log.info(

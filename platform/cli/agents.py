@@ -520,6 +520,7 @@ def router(
         learn = r.get("learning") or {}
         _say(
             f"{r['router']}: {r.get('decisions', 0)} decisions, {r.get('closed', 0)} closed"
+            + (f", taught {r['taught']} labelled examples" if r.get("taught") else "")
             + (
                 f", mean reward {learn['mean_reward']:g}"
                 if learn.get("mean_reward") is not None
