@@ -63,6 +63,8 @@ def root(tmp_path: Path) -> Path:
     for d in demos.DOMAINS:
         bundle(r, d)
     (r / demos.FRONT_DESK).write_text((REPO / "deploy" / "domains" / demos.FRONT_DESK).read_text())
+    examples = "front-desk-examples.jsonl"  # the front desk router's warm start, beside it
+    (r / examples).write_text((REPO / "deploy" / "domains" / examples).read_text())
     return r
 
 
