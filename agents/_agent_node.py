@@ -95,7 +95,14 @@ def build_messages(
     if agent.role:
         system += f"\nYour role: {agent.role}"
     if passages:
-        system += "\nAnswer from these passages and cite them as [n]:\n" + "\n".join(passages)
+        # Small models copy a numbered list out when it ends the prompt: the passages are
+        # framed as reference, and the last words ask for an answer of the model's own.
+        system += (
+            "\n\nReference passages (cite them as [n]; do not copy them out):\n"
+            + "\n".join(passages)
+            + "\n\n"
+            + OWN_WORDS
+        )
     user = state.get("input") or ""
     earlier = state.get("answers") or {}
     if earlier:
@@ -215,6 +222,12 @@ class _Turn:
     #: Each call made so far (name and arguments) → (tool, what it answered).
     answered: dict[str, tuple[str, str]] = field(default_factory=dict)
 
+
+#: The last words of a prompt with knowledge passages.
+OWN_WORDS = (
+    "Now answer the user's message yourself, in a few sentences of your own, following the "
+    "instructions at the top, and cite the passages you used as [n]."
+)
 
 #: Said to a model that asked again for tool results it already has.
 ANSWER_FROM_RESULTS = (
