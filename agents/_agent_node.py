@@ -95,14 +95,19 @@ def build_messages(
     if agent.role:
         system += f"\nYour role: {agent.role}"
     if passages:
-        # Small models copy a numbered list out when it ends the prompt: the passages are
-        # framed as reference, and the last words ask for an answer of the model's own.
-        system += (
-            "\n\nReference passages (cite them as [n]; do not copy them out):\n"
-            + "\n".join(passages)
-            + "\n\n"
-            + OWN_WORDS
-        )
+        if agent.tools:
+            system += "\nAnswer from these passages and cite them as [n]:\n" + "\n".join(passages)
+        else:
+            # Small models copy a numbered list out when it ends the prompt: the passages
+            # are framed as reference, and the last words ask for an answer of the model's
+            # own. (Not with tools: the 0.5B model then writes its SQL out instead of
+            # calling the tool.)
+            system += (
+                "\n\nReference passages (cite them as [n]; do not copy them out):\n"
+                + "\n".join(passages)
+                + "\n\n"
+                + OWN_WORDS
+            )
     user = state.get("input") or ""
     earlier = state.get("answers") or {}
     if earlier:

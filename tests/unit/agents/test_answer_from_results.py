@@ -59,3 +59,19 @@ async def test_a_model_that_keeps_calling_answers_with_the_results(tmp_path: Pat
     assert '"arguments"' not in answer  # not the call's JSON
     assert answer.startswith("以下是查询到的结果 (tool results):")
     assert "[ticket]" in answer and "心血管科" in answer
+
+
+def test_passages_end_with_a_request_for_own_words_unless_the_agent_has_tools() -> None:
+    """The 0.5B model copied a numbered passage list out as its answer when the list ended
+    the prompt; with tools offered, the closing request made it write SQL out instead of
+    calling the tool — so only tool-less agents get it."""
+    from qingliang.agents._agent_node import OWN_WORDS, build_messages
+    from qingliang.agents.manifest import Agent
+
+    passages = ["[1] 噪音扰民投诉的处理 … (source: policy.jsonl record HL-005)"]
+    writer = Agent.model_validate({"name": "reply", "model": "m", "system": "写答复"})
+    system = build_messages(writer, {"input": "太吵了"}, passages)[0]["content"]
+    assert system.endswith(OWN_WORDS) and "do not copy them out" in system
+    clerk = Agent.model_validate({"name": "db", "model": "m", "tools": ["plant_db"]})
+    system = build_messages(clerk, {"input": "how many"}, passages)[0]["content"]
+    assert OWN_WORDS not in system and system.endswith(passages[0])
