@@ -242,6 +242,17 @@ ANSWER_FROM_RESULTS = (
 )
 
 
+def _writes_calls(text: str, offered: set[str]) -> bool:
+    """Whether ``text`` is tool calls written out: as a whole, or line by line (the 0.5B
+    model repeats a call until its tokens run out, the last one cut off)."""
+    offer = Offer.of_names(offered)
+    if parse_tool_calls(text, offer):
+        return True
+    return any(
+        parse_tool_calls(line, offer) for line in text.splitlines() if line.lstrip().startswith("{")
+    )
+
+
 def _call_key(tc: Any) -> str:
     return f"{tc.name}\0{_json(tc.arguments)}"
 
@@ -252,7 +263,7 @@ def _prose(text: str, turn: _Turn, offered: set[str]) -> str:
     returned, introduced as such, rather than the call itself."""
     if not turn.answered:
         return text
-    if text.strip() and not parse_tool_calls(text, Offer.of_names(offered)):
+    if text.strip() and not _writes_calls(text, offered):
         return text
     log.info("the model wrote a tool call instead of an answer; answering with the results")
     results = [f"[{name}]\n{content}" for name, content in turn.answered.values()]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from qingliang.agents._agent_node import ANSWER_FROM_RESULTS
 from qingliang.agents.llm import ChatReply, ToolCall
 from tests.unit.agents.test_agent_runtime import graph, run
@@ -51,8 +53,18 @@ async def test_a_repeated_call_is_not_run_again_and_the_model_is_asked_to_answer
     assert [m["role"] for m in last_messages].count("tool") == 1
 
 
-async def test_a_model_that_keeps_calling_answers_with_the_results(tmp_path: Path) -> None:
-    chat = Repeats(json.dumps(CALL, ensure_ascii=False))
+@pytest.mark.parametrize(
+    "last",
+    [
+        json.dumps(CALL, ensure_ascii=False),
+        # The same call over and over until the tokens ran out, the last one cut off.
+        "\n".join([json.dumps(CALL, ensure_ascii=False)] * 3) + '\n{"',
+    ],
+)
+async def test_a_model_that_keeps_calling_answers_with_the_results(
+    tmp_path: Path, last: str
+) -> None:
+    chat = Repeats(last)
     async with service(tmp_path, graph(DESK), chat=chat) as svc:
         _, events = await run(svc, {"input": "胸闷心慌两天"})
     answer = events[-1]["answer"]
