@@ -16,12 +16,13 @@ adapters_app = typer.Typer(help="Load / unload LoRA adapters at run time.", no_a
 
 
 def traffic_text(traffic: dict[str, float]) -> str:
-    """``{"faq": 0.1}`` → ``faq 10%, base 90%`` (empty: no canary)."""
+    """``{"faq": 0.1}`` → ``faq 10%, base 90%`` (empty: no canary; nothing left for the
+    base model: no ``base`` part)."""
     if not traffic:
         return ""
     rest = max(0.0, 1 - sum(traffic.values()))
     parts = [f"{n} {s * 100:g}%" for n, s in sorted(traffic.items())]
-    return ", ".join([*parts, f"base {rest * 100:g}%"])
+    return ", ".join([*parts, f"base {rest * 100:g}%"] if rest > 1e-9 else parts)
 
 
 def parse_shares(items: list[str]) -> dict[str, float]:
