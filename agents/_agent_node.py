@@ -195,7 +195,8 @@ async def run_agent(
         if all(_call_key(tc) in turn.answered for tc in reply.tool_calls):
             # Small models ask again for what they already have instead of answering:
             # no tools next time, and a plain request to answer from the results.
-            messages.append({"role": "user", "content": ANSWER_FROM_RESULTS})
+            ask = str(state.get("input") or "")[:500]
+            messages.append({"role": "user", "content": ANSWER_FROM_RESULTS.format(question=ask)})
             answer_now = True
             continue
         messages.append(_assistant_message(reply))
@@ -234,11 +235,10 @@ OWN_WORDS = (
     "instructions at the top, and cite the passages you used as [n]."
 )
 
-#: Said to a model that asked again for tool results it already has.
+#: Said to a model that asked again for tool results it already has (with the question).
 ANSWER_FROM_RESULTS = (
-    "工具已经返回了结果（见上文）。请直接根据这些结果用自然语言回答用户的问题，不要再调用工具。\n"
-    "The tools have answered (above). Answer the user's question from those results in "
-    "plain language; do not call a tool again."
+    "根据上面工具返回的结果，用一两句话直接回答这个问题，写出结果里的具体数字和名称，"
+    "不要再调用工具：\n{question}"
 )
 
 
@@ -259,11 +259,12 @@ def _call_key(tc: Any) -> str:
 
 def _prose(text: str, turn: _Turn, offered: set[str]) -> str:
     """The agent's answer: ``text``, unless it is only a tool call written out (a small
-    model that would not stop calling) or empty. Then the answer is what the tools
-    returned, introduced as such, rather than the call itself."""
+    model that would not stop calling), empty, or an echo of what it was asked. Then the
+    answer is what the tools returned, introduced as such, rather than the call itself."""
     if not turn.answered:
         return text
-    if text.strip() and not _writes_calls(text, offered):
+    said = text.strip()
+    if said and not _writes_calls(text, offered) and said not in ANSWER_FROM_RESULTS:
         return text
     log.info("the model wrote a tool call instead of an answer; answering with the results")
     results = [f"[{name}]\n{content}" for name, content in turn.answered.values()]

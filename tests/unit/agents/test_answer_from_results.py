@@ -48,7 +48,8 @@ async def test_a_repeated_call_is_not_run_again_and_the_model_is_asked_to_answer
     assert len(chat.requests) == 3
     last_messages, last_tools = chat.requests[2]
     assert last_tools is None  # no tools offered any more
-    assert last_messages[-1] == {"role": "user", "content": ANSWER_FROM_RESULTS}
+    nudge = ANSWER_FROM_RESULTS.format(question="胸闷心慌两天")
+    assert last_messages[-1] == {"role": "user", "content": nudge}
     # The tool ran once: one tool message, one call recorded.
     assert [m["role"] for m in last_messages].count("tool") == 1
 
@@ -59,6 +60,9 @@ async def test_a_repeated_call_is_not_run_again_and_the_model_is_asked_to_answer
         json.dumps(CALL, ensure_ascii=False),
         # The same call over and over until the tokens ran out, the last one cut off.
         "\n".join([json.dumps(CALL, ensure_ascii=False)] * 3) + '\n{"',
+        # An echo of the request to answer (seen: "The tools have answered (above).").
+        "不要再调用工具：",
+        "",
     ],
 )
 async def test_a_model_that_keeps_calling_answers_with_the_results(
