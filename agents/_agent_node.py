@@ -242,6 +242,13 @@ ANSWER_FROM_RESULTS = (
 )
 
 
+#: The answer of an agent whose model only wrote tool calls out, none of them made.
+NO_ANSWER = (
+    "（模型没有给出回答：它把工具调用写成了文字，调用没有执行。请换个说法再问，或换用更大的模型。）\n"
+    "(The model gave no answer: it wrote a tool call out as text, and the call was not made.)"
+)
+
+
 def _writes_calls(text: str, offered: set[str]) -> bool:
     """Whether ``text`` is tool calls written out: as a whole, or line by line (the 0.5B
     model repeats a call until its tokens run out, the last one cut off)."""
@@ -262,6 +269,10 @@ def _prose(text: str, turn: _Turn, offered: set[str]) -> str:
     model that would not stop calling), empty, or an echo of what it was asked. Then the
     answer is what the tools returned, introduced as such, rather than the call itself."""
     if not turn.answered:
+        if offered and _writes_calls(text, offered):
+            # Calls written out (cut off, repeated) that were never made: say so.
+            log.info("the model wrote tool calls as text and made none")
+            return NO_ANSWER
         return text
     said = text.strip()
     if said and not _writes_calls(text, offered) and said not in ANSWER_FROM_RESULTS:

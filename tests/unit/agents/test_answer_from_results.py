@@ -91,3 +91,20 @@ def test_passages_end_with_a_request_for_own_words_unless_the_agent_has_tools() 
     clerk = Agent.model_validate({"name": "db", "model": "m", "tools": ["plant_db"]})
     system = build_messages(clerk, {"input": "how many"}, passages)[0]["content"]
     assert OWN_WORDS not in system and system.endswith(passages[0])
+
+
+class OnlyWritesCalls:
+    """Writes the call out, over and over, cut off: never a call the parser can take."""
+
+    async def complete(self, model, messages, *, tools=None, max_tokens=256, temperature=0.0,
+                       on_delta=None, user=None):  # fmt: skip
+        line = json.dumps(CALL, ensure_ascii=False)
+        return ChatReply("\n".join([line] * 4) + '\n{"name": "tic', [], 5, model)
+
+
+async def test_calls_written_out_and_never_made_are_not_the_answer(tmp_path: Path) -> None:
+    from qingliang.agents._agent_node import NO_ANSWER
+
+    async with service(tmp_path, graph(DESK), chat=OnlyWritesCalls()) as svc:
+        _, events = await run(svc, {"input": "这台机器是哪一台？"})
+    assert events[-1]["answer"] == NO_ANSWER
