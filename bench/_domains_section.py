@@ -257,7 +257,9 @@ def _front(f: dict[str, Any]) -> list[str]:
         f"{rs['floor']}, embedding_dims {rs['embedding_dims']}, arms {rs['arms']}); no domain "
         "label given (a user's request carries none); each run finished successfully and "
         "feedback 1 for the right desk, else 0, so the logged reward is feedback + 0.2 "
-        "(the success weight).",
+        "(the success weight). The router starts fresh: the front desk's labelled warm-start "
+        "examples (`router.examples`) are not taught here, so this measures learning from "
+        "feedback alone.",
         "",
         f"- Accuracy per 100 rounds: {_curve(r['per_100'])}; all {r['accuracy']:.3f}, last 500 "
         f"{r['accuracy_last_500']:.3f}.",
