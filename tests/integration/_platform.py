@@ -36,6 +36,31 @@ class Platform:
         deps = self.serve_status()[app]["deployments"]
         return deps["ModelServer"]["replicas"]
 
+    def agents_pid(self) -> int:
+        """The pid of the replica hosting the agent runs."""
+        deps = self.serve_status()["qingliang-gateway"]["deployments"]["Agents"]["replicas"]
+        return int(deps[0]["pid"])
+
+    def kill_agents(self, timeout_s: float = 120) -> None:
+        """SIGKILL the Agents replica and wait until Serve has a healthy new one."""
+        import os
+        import signal
+        import time
+
+        old = self.agents_pid()
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                app = self.serve_status()["qingliang-gateway"]["deployments"]["Agents"]
+                reps = app["replicas"]
+                if app["status"] == "HEALTHY" and reps and int(reps[0]["pid"]) != old:
+                    return
+            except (KeyError, httpx.HTTPError, IndexError):
+                pass
+            time.sleep(1)
+        raise AssertionError("the Agents replica did not come back")
+
 
 def tiny_manifest(name: str, model: Path, extra_engine: str = "", adapters: str = "") -> str:
     return f"""apiVersion: qingliang.io/v1

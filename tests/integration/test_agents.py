@@ -48,25 +48,6 @@ def _events(response: httpx.Response) -> list[dict]:
     return out
 
 
-def _agents_pid(p: Platform) -> int:
-    deps = p.serve_status()["qingliang-gateway"]["deployments"]["Agents"]["replicas"]
-    return int(deps[0]["pid"])
-
-
-def _wait_agents(p: Platform, old_pid: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            app = p.serve_status()["qingliang-gateway"]["deployments"]["Agents"]
-            reps = app["replicas"]
-            if app["status"] == "HEALTHY" and reps and int(reps[0]["pid"]) != old_pid:
-                return
-        except (KeyError, httpx.HTTPError, IndexError):
-            pass
-        time.sleep(1)
-    raise AssertionError("the Agents replica did not come back")
-
-
 def test_a_bad_graph_is_refused_naming_the_field(platform: Platform) -> None:
     path = platform.manifest("it-bad", GRAPH.format(db="x.sqlite").replace("tiny:a", "tiny:zz"))
     with pytest.raises(ResolveError, match=r"spec\.agents\[1\]\.model: deployment 'tiny' has no"):
@@ -94,9 +75,7 @@ def test_graph_routes_pauses_survives_a_replica_kill_and_submits_once(
     assert run_id in [a["run_id"] if "run_id" in a else a["id"] for a in inbox]
 
     # The replica hosting the runs dies while the run waits; Serve starts a new one.
-    old = _agents_pid(platform)
-    os.kill(old, signal.SIGKILL)
-    _wait_agents(platform, old)
+    platform.kill_agents()
 
     # The key that started the run may not approve it; a second operator key may.
     edit = {"action": "edit", "forms": {"intake": {"applicant": "李雷"}}, "stream": False}

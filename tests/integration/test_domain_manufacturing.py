@@ -92,8 +92,8 @@ def test_a_photographed_nameplate_finds_the_machine(plant: Path, http: httpx.Cli
     assert row.startswith("| CR-101 | Primary jaw crusher |") and "| 160 |" in row, top
 
 
-def test_a_work_order_is_approved_by_a_person_and_filed_once(
-    plant: Path, http: httpx.Client, reviewer: dict
+def test_a_work_order_is_approved_by_a_person_and_filed_once_across_a_replica_kill(
+    plant: Path, http: httpx.Client, reviewer: dict, platform: Platform
 ) -> None:
     events = _ask(
         http,
@@ -107,6 +107,10 @@ def test_a_work_order_is_approved_by_a_person_and_filed_once(
     assert pending["prompt"] == "Open this maintenance work order?"
     db = plant / "data" / "work_orders.sqlite"
     assert not db.exists()  # nothing is filed before a person approves
+
+    # The replica holding the waiting run dies; the run waits on in the new one.
+    platform.kill_agents()
+    assert run_id in [a["run_id"] for a in http.get("/v1/agents/approvals").json()["data"]]
 
     own = http.post(f"/v1/agents/runs/{run_id}/resume", json={"action": "approve"})
     assert own.status_code == 403 and own.json()["error"]["code"] == "self_approval"
