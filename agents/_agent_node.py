@@ -84,7 +84,14 @@ def _passages(hits: list[dict], start: int) -> list[str]:
             where += f" p.{h['page']}"
         if h.get("record"):  # a record of a JSONL corpus: its id and title name it
             where += f" record {h['record']}" + (f" «{h['title']}»" if h.get("title") else "")
-        lines.append(f"[{i}] {passage_text(h, MAX_CONTEXT_CHARS)} (source: {where})")
+        # Without a context the chunk goes in as it is (line breaks kept): the prompts the
+        # desks were tuned on; folding them changed what the 0.5B model does with them.
+        body = (
+            passage_text(h, MAX_CONTEXT_CHARS)
+            if h.get("context")
+            else str(h.get("text", ""))[:MAX_CONTEXT_CHARS]
+        )
+        lines.append(f"[{i}] {body} (source: {where})")
     return lines
 
 
