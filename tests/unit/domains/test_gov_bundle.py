@@ -36,6 +36,7 @@ from qingliang.platform.control import demos
 from qingliang.platform.errors import Conflict
 from qingliang.platform.manifests.loader import load_paths
 from qingliang.serving.embeddings import PackagedEmbedder
+from tests.unit.domains._training import check_training
 
 BUNDLE = Path(__file__).resolve().parents[3] / "deploy" / "domains" / "gov"
 DATA = BUNDLE / "data"
@@ -353,28 +354,7 @@ async def test_a_photographed_form_is_read_into_the_application_approved_and_fil
 
 
 def test_the_training_pipeline_loads_and_its_pairs_pass_governance(tmp_path: Path) -> None:
-    from qingliang.platform.lifecycle.data.store import DatasetStore
-
-    b = demos.Bundle.load(BUNDLE)
-    assert [p.name for p in b.training] == ["train-pipeline.yaml"]
-    loaded = {
-        i.kind: i.manifest
-        for i in load_paths(
-            [BUNDLE / f"train-{k}.yaml" for k in ("dataset", "finetune", "pipeline")]
-        )
-    }
-    assert loaded["FineTuneJob"].spec.output.adapter == "gov"
-    # Released behind the alias the desk's answer writers call; `demo up` creates it first.
-    (canary,) = [s for s in loaded["Pipeline"].spec.steps if s.type == "canary"]
-    assert (canary.deployment, canary.alias) == ("qwen-coder", "gov")
-    assert b.adapter_aliases() == [("qwen-coder", "gov")]
-    assert loaded["FineTuneJob"].spec.data.dataset == loaded["Dataset"].metadata.name
-    store = DatasetStore(tmp_path / "datasets", env={"QL_SALT": "pepper"})
-    v = store.cut(loaded["Dataset"], BUNDLE, actor="tester")
-    # The split hashes record ids keyed with the store's own random secret: how many of the
-    # 50 land in eval differs from store to store (about 10). Both sides must be usable.
-    assert v.quarantined == 0 and v.records == 50, v
-    assert 1 <= v.eval <= 25, v
+    check_training(BUNDLE, "gov", DATA / "sft" / "gov_sft.jsonl", tmp_path)
     # No hotline message of the gold file is trained on.
     gold = [
         json.loads(line)["question"]

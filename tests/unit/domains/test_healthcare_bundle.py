@@ -38,6 +38,7 @@ from qingliang.knowledge.vision import ImageLimits, checked_image, ocr_text
 from qingliang.platform.control import demos
 from qingliang.platform.manifests.loader import load_paths
 from qingliang.serving.embeddings import PackagedEmbedder
+from tests.unit.domains._training import check_training
 
 BUNDLE = Path(__file__).resolve().parents[3] / "deploy" / "domains" / "healthcare"
 DATA = BUNDLE / "data"
@@ -487,22 +488,8 @@ def _pairs() -> list[list[dict]]:
 
 
 def test_the_training_pipeline_loads_and_its_pairs_pass_governance(tmp_path: Path) -> None:
-    from qingliang.platform.lifecycle.data.store import DatasetStore
-
-    b = demos.Bundle.load(BUNDLE)
-    assert [p.name for p in b.training] == ["train-pipeline.yaml"]
-    kinds = ("dataset", "finetune", "pipeline")
-    loaded = {i.kind: i.manifest for i in load_paths([BUNDLE / f"train-{k}.yaml" for k in kinds])}
-    job, dataset = loaded["FineTuneJob"], loaded["Dataset"]
-    assert job.spec.output.adapter == "health"
-    assert job.spec.data.dataset == dataset.metadata.name == "health-demo-sft"
-    gov = load_paths([BUNDLE.parent / "gov" / "train-pipeline.yaml"])[0].manifest
-    assert [s.type for s in loaded["Pipeline"].spec.steps] == [s.type for s in gov.spec.steps]
-    store = DatasetStore(tmp_path / "datasets", env={"QL_SALT": "pepper"})
-    v = store.cut(dataset, BUNDLE, actor="tester")
-    # The split hashes record ids with the store's own secret: the eval share varies a bit.
-    assert v.quarantined == 0 and v.records == len(_pairs()) >= 45, v
-    assert 1 <= v.eval <= v.records // 2, v
+    check_training(BUNDLE, "health", SFT, tmp_path)
+    assert len(_pairs()) >= 45
 
 
 def _lab_lines(answer: str) -> list[tuple[str, str, float, str, float, float, str]]:

@@ -38,6 +38,7 @@ from qingliang.platform.control.demos import Bundle, prepare
 from qingliang.platform.errors import Conflict
 from qingliang.platform.manifests.loader import load_paths
 from qingliang.serving.embeddings import PackagedEmbedder
+from tests.unit.domains._training import check_training
 
 BUNDLE = Path(__file__).resolve().parents[3] / "deploy" / "domains" / "manufacturing"
 FMEA_COLUMNS = [
@@ -453,22 +454,8 @@ def _pairs() -> list[list[dict]]:
 
 
 def test_the_training_pipeline_loads_and_its_pairs_pass_governance(tmp_path: Path) -> None:
-    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401  (FineTuneJob, Pipeline)
-    from qingliang.platform.lifecycle.data.store import DatasetStore
-
-    assert [p.name for p in Bundle.load(BUNDLE).training] == ["train-pipeline.yaml"]
-    kinds = ("dataset", "finetune", "pipeline")
-    loaded = {i.kind: i.manifest for i in load_paths([BUNDLE / f"train-{k}.yaml" for k in kinds])}
-    job, dataset = loaded["FineTuneJob"], loaded["Dataset"]
-    assert job.spec.output.adapter == "plant"
-    assert job.spec.data.dataset == dataset.metadata.name == "plant-demo-sft"
-    gov = load_paths([BUNDLE.parent / "gov" / "train-pipeline.yaml"])[0].manifest
-    assert [s.type for s in loaded["Pipeline"].spec.steps] == [s.type for s in gov.spec.steps]
-    store = DatasetStore(tmp_path / "datasets", env={"QL_SALT": "pepper"})
-    v = store.cut(dataset, BUNDLE, actor="tester")
-    # The split hashes record ids with the store's own secret: the eval share varies a bit.
-    assert v.quarantined == 0 and v.records == len(_pairs()) >= 45, v
-    assert 1 <= v.eval <= v.records // 2, v
+    check_training(BUNDLE, "plant", SFT, tmp_path)
+    assert len(_pairs()) >= 45
 
 
 def test_the_pairs_name_real_rows_records_and_machines_with_their_figures() -> None:
