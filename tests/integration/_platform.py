@@ -107,3 +107,14 @@ def domain_bundle(
         platform.ctl.delete([name], kind="AgentGraph")
     for dep, alias in bundle.adapter_aliases():
         platform.ctl.set_alias(dep, alias, None)
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    """The JSON events of a streamed answer (``data:`` lines, without ``[DONE]``)."""
+    import json
+
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in response.iter_lines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform
+from _platform import Platform, sse_events
 
 from qingliang.platform.errors import ResolveError
 from qingliang.platform.storage.keys import KeyStore
@@ -40,14 +40,6 @@ spec:
 """
 
 
-def _events(response: httpx.Response) -> list[dict]:
-    out = []
-    for line in response.iter_lines():
-        if line.startswith("data: ") and line != "data: [DONE]":
-            out.append(json.loads(line.removeprefix("data: ")))
-    return out
-
-
 def test_a_bad_graph_is_refused_naming_the_field(platform: Platform) -> None:
     path = platform.manifest("it-bad", GRAPH.format(db="x.sqlite").replace("tiny:a", "tiny:zz"))
     with pytest.raises(ResolveError, match=r"spec\.agents\[1\]\.model: deployment 'tiny' has no"):
@@ -66,7 +58,7 @@ def test_graph_routes_pauses_survives_a_replica_kill_and_submits_once(
 
     with http.stream("POST", "/v1/agents/it-desk/runs", json={"input": "我要办理居住证"}) as r:
         assert r.status_code == 200, r.read()
-        events = _events(r)
+        events = sse_events(r)
     run_id = events[0]["run_id"]
     route = next(e for e in events if e["type"] == "route")
     assert route["arm"] in ("quick", "careful") and 0 < route["propensity"] <= 1

@@ -17,21 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform, domain_bundle
+from _platform import Platform, domain_bundle, sse_events
 
 from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BUNDLE = Path(__file__).resolve().parents[2] / "deploy" / "domains" / "gov"
-
-
-def _events(response: httpx.Response) -> list[dict]:
-    return [
-        json.loads(line.removeprefix("data: "))
-        for line in response.iter_lines()
-        if line.startswith("data: ") and line != "data: [DONE]"
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +45,7 @@ def _ask(http: httpx.Client, body: dict, arm: str, reviewer: dict, tries: int = 
     for _ in range(tries):
         with http.stream("POST", "/v1/agents/gov-desk/runs", json=body, timeout=300) as r:
             assert r.status_code == 200, r.read()
-            events = _events(r)
+            events = sse_events(r)
         route = next(e for e in events if e["type"] == "route")
         if route["arm"] == arm:
             return events

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform, domain_bundle
+from _platform import Platform, domain_bundle, sse_events
 
 from qingliang.platform.storage.keys import KeyStore
 
@@ -23,14 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BUNDLE = Path(__file__).resolve().parents[2] / "deploy" / "domains" / "healthcare"
 NOTICE = "不能替代医生诊断"
-
-
-def _events(response: httpx.Response) -> list[dict]:
-    return [
-        json.loads(line.removeprefix("data: "))
-        for line in response.iter_lines()
-        if line.startswith("data: ") and line != "data: [DONE]"
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def nurse(platform: Platform) -> dict[str, str]:
 def _ask(http: httpx.Client, body: dict) -> list[dict]:
     with http.stream("POST", "/v1/agents/health-desk/runs", json=body, timeout=300) as r:
         assert r.status_code == 200, r.read()
-        return _events(r)
+        return sse_events(r)
 
 
 def _shown(events: list[dict]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _platform import Platform, domain_bundle
+from _platform import Platform, domain_bundle, sse_events
 
 from qingliang.platform.storage.keys import KeyStore
 
@@ -27,18 +27,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUNDLE = Path(__file__).resolve().parents[2] / "deploy" / "domains" / "manufacturing"
 
 
-def _events(response: httpx.Response) -> list[dict]:
-    return [
-        json.loads(line.removeprefix("data: "))
-        for line in response.iter_lines()
-        if line.startswith("data: ") and line != "data: [DONE]"
-    ]
-
-
 def _ask(http: httpx.Client, body: dict) -> list[dict]:
     with http.stream("POST", "/v1/agents/plant-desk/runs", json=body, timeout=300) as r:
         assert r.status_code == 200, r.read()
-        return _events(r)
+        return sse_events(r)
 
 
 def _shown(events: list[dict]) -> list[dict]:
