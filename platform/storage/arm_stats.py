@@ -1,4 +1,4 @@
-"""How each arm of a deployment is answering: requests, server errors and latency.
+"""How each arm of a deployment is answering: requests, server errors, latency, tokens.
 
 An *arm* is what one request to a deployment ran on: one of its LoRA adapters
 (``gov-desk-v2``) or the base model (``""``). The gateway's backend records every
@@ -6,8 +6,16 @@ request it sends to a model deployment here, from the OpenAI routes and from age
 graphs alike, as counts in 10-second buckets of ``$QINGLIANG_HOME/arm_stats.sqlite``:
 requests answered or failed, server errors among them (5xx, a replica that died, a
 stream that broke), and the latency sum of the answered ones. A request refused as bad
-input (4xx) or for saturation (429) says nothing about the arm and is not counted; nor
-is a stream the client walked away from.
+input (4xx) or for saturation (429) says nothing about the arm and is not counted as a
+request; nor is a stream the client walked away from. Beside them, for the console's
+metrics (:func:`series`): 429 rejections (:meth:`ArmStats.rejected`), the output tokens
+of answered requests, and their time to first token in a fixed histogram
+(:data:`TTFT_BOUNDS_MS`, table ``ttft_buckets``), so a percentile over any steps is read
+from summed bin counts.
+
+A file written before those counts existed is upgraded in place when it is opened
+(columns ``output_tokens`` and ``rejected`` added with 0, the histogram table created):
+its old rows read as before.
 
 A pipeline's ``promote`` step with ``mode: auto`` reads :func:`summary` to compare a
 canary adapter with what it would replace before it promotes it (docs/pipelines.md).
@@ -58,9 +66,28 @@ CREATE TABLE IF NOT EXISTS arm_buckets (
     requests       INTEGER NOT NULL,
     errors         INTEGER NOT NULL,
     latency_ms_sum REAL NOT NULL,
+    output_tokens  INTEGER NOT NULL DEFAULT 0,
+    rejected       INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (deployment, arm, bucket)
 );
+CREATE TABLE IF NOT EXISTS ttft_buckets (
+    deployment TEXT NOT NULL,
+    arm        TEXT NOT NULL,
+    bucket     INTEGER NOT NULL,
+    bin        INTEGER NOT NULL,
+    count      INTEGER NOT NULL,
+    PRIMARY KEY (deployment, arm, bucket, bin)
+);
 """
+#: Columns added to ``arm_buckets`` since its first version (a file without them gains
+#: them, 0 in its old rows, when it is opened).
+_ADDED_COLUMNS = {
+    "output_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "rejected": "INTEGER NOT NULL DEFAULT 0",
+}
+#: Upper bounds (ms) of the time-to-first-token histogram's bins; a last bin holds the
+#: rest. Fixed: summed bin counts give a percentile over any window.
+TTFT_BOUNDS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000)
 
 
 @dataclass(frozen=True)
@@ -104,7 +131,35 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(_SCHEMA)
+    _upgrade(conn)
     return conn
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Add the columns a file from before them lacks (0 in its old rows)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(arm_buckets)")}
+    for column, decl in _ADDED_COLUMNS.items():
+        if column in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE arm_buckets ADD COLUMN {column} {decl}")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
+    conn.commit()
+
+
+def ttft_bin(ttft_ms: float) -> int:
+    """The histogram bin of a time to first token: the first bound it is under.
+
+    Example:
+        >>> ttft_bin(10), ttft_bin(25), ttft_bin(26), ttft_bin(1e9) == len(TTFT_BOUNDS_MS)
+        (0, 0, 1, True)
+    """
+    for i, bound in enumerate(TTFT_BOUNDS_MS):
+        if ttft_ms <= bound:
+            return i
+    return len(TTFT_BOUNDS_MS)
 
 
 class ArmStats:
@@ -114,7 +169,10 @@ class ArmStats:
         self.path = Path(path)
         self._flush_s = flush_s
         self._lock = threading.Lock()
+        #: (deployment, arm, bucket) -> [requests, errors, latency ms, output tokens, 429s]
         self._pending: dict[tuple[str, str, int], list[float]] = {}
+        #: (deployment, arm, bucket, bin) -> time-to-first-token count
+        self._ttft: dict[tuple[str, str, int, int], int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -132,43 +190,73 @@ class ArmStats:
         ok: bool,
         latency_s: float,
         at: float | None = None,
+        output_tokens: int = 0,
+        ttft_s: float | None = None,
     ) -> None:
-        """Count one request to ``deployment`` that ran on ``arm`` (None: the base model)."""
-        when = time.time() if at is None else at
-        key = (deployment, arm or "", int(when // BUCKET_S) * BUCKET_S)
+        """Count one request to ``deployment`` that ran on ``arm`` (None: the base model);
+        an answered one with its ``output_tokens`` and time to first token ``ttft_s``."""
+        key = _key(deployment, arm, at)
         with self._lock:
-            counts = self._pending.setdefault(key, [0, 0, 0.0])
+            counts = self._counts(key)
             counts[0] += 1
             if ok:
                 counts[2] += latency_s * 1000
+                counts[3] += max(0, int(output_tokens))
+                if ttft_s is not None:
+                    hist = (*key, ttft_bin(ttft_s * 1000))
+                    self._ttft[hist] = self._ttft.get(hist, 0) + 1
             else:
                 counts[1] += 1
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._run, name="qingliang-arm-stats", daemon=True
-                )
-                self._thread.start()
+
+    def rejected(self, deployment: str, arm: str | None, *, at: float | None = None) -> None:
+        """Count one request to ``deployment`` refused with 429 (saturated): not a request
+        of the arm (it says nothing about it), but what an operator watches."""
+        with self._lock:
+            self._counts(_key(deployment, arm, at))[4] += 1
+
+    def _counts(self, key: tuple[str, str, int]) -> list[float]:
+        """The pending counts of ``key`` (caller holds the lock); starts the writer."""
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(
+                target=self._run, name="qingliang-arm-stats", daemon=True
+            )
+            self._thread.start()
+        return self._pending.setdefault(key, [0, 0, 0.0, 0, 0])
 
     def flush(self) -> None:
         """Add what is pending to the file (a failed write is logged and kept pending)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        if not pending:
+            ttft, self._ttft = self._ttft, {}
+        if not pending and not ttft:
             return
-        rows = [(d, a, b, int(c[0]), int(c[1]), float(c[2])) for (d, a, b), c in pending.items()]
+        rows = [
+            (d, a, b, int(c[0]), int(c[1]), float(c[2]), int(c[3]), int(c[4]))
+            for (d, a, b), c in pending.items()
+        ]
         try:
             with closing(_connect(self.path)) as conn, conn:
                 conn.executemany(
-                    "INSERT INTO arm_buckets VALUES (?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO arm_buckets (deployment, arm, bucket, requests, errors, "
+                    "latency_ms_sum, output_tokens, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (deployment, arm, bucket) DO UPDATE SET "
                     "requests = requests + excluded.requests, "
                     "errors = errors + excluded.errors, "
-                    "latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
+                    "latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, "
+                    "output_tokens = output_tokens + excluded.output_tokens, "
+                    "rejected = rejected + excluded.rejected",
                     rows,
+                )
+                conn.executemany(
+                    "INSERT INTO ttft_buckets VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (deployment, arm, bucket, bin) DO UPDATE SET "
+                    "count = count + excluded.count",
+                    [(*k, n) for k, n in ttft.items()],
                 )
                 now = time.time()
                 if now - self._pruned_at > 3600:
-                    conn.execute("DELETE FROM arm_buckets WHERE bucket < ?", (now - RETENTION_S,))
+                    for table in ("arm_buckets", "ttft_buckets"):
+                        conn.execute(f"DELETE FROM {table} WHERE bucket < ?", (now - RETENTION_S,))
                     self._pruned_at = now
         except (sqlite3.Error, OSError) as exc:
             logger.warning(
@@ -176,9 +264,11 @@ class ArmStats:
             )
             with self._lock:
                 for key, c in pending.items():
-                    mine = self._pending.setdefault(key, [0, 0, 0.0])
-                    for i in range(3):
-                        mine[i] += c[i]
+                    mine = self._pending.setdefault(key, [0, 0, 0.0, 0, 0])
+                    for i, value in enumerate(c):
+                        mine[i] += value
+                for hist, n in ttft.items():
+                    self._ttft[hist] = self._ttft.get(hist, 0) + n
 
     def close(self) -> None:
         """Write what is pending and stop the writer."""
@@ -191,6 +281,11 @@ class ArmStats:
     def _run(self) -> None:
         while not self._stop.wait(self._flush_s):
             self.flush()
+
+
+def _key(deployment: str, arm: str | None, at: float | None) -> tuple[str, str, int]:
+    when = time.time() if at is None else at
+    return (deployment, arm or "", int(when // BUCKET_S) * BUCKET_S)
 
 
 def summary(
@@ -209,7 +304,8 @@ def summary(
     with closing(_connect(path)) as conn:
         rows = conn.execute(
             "SELECT arm, SUM(requests), SUM(errors), SUM(latency_ms_sum) FROM arm_buckets "
-            "WHERE deployment = ? AND bucket >= ? AND bucket <= ? GROUP BY arm",
+            "WHERE deployment = ? AND bucket >= ? AND bucket <= ? GROUP BY arm "
+            "HAVING SUM(requests) > 0",
             (deployment, start, end),
         ).fetchall()
     return {arm: ArmSummary(arm, int(r), int(e), float(lat)) for arm, r, e, lat in rows}
@@ -228,3 +324,130 @@ def combined(arms: dict[str, ArmSummary], names: Iterable[str]) -> ArmSummary:
                 total.latency_ms_sum + arms[name].latency_ms_sum,
             )
     return total
+
+
+#: The lists of one deployment's series (:func:`series`), besides ``t``.
+SERIES_FIELDS = (
+    "requests",
+    "errors",
+    "rejected_429",
+    "output_tokens",
+    "tokens_per_s",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "latency_mean_ms",
+)
+
+
+def series(
+    home: Path,
+    since: float,
+    step_s: int,
+    *,
+    until: float | None = None,
+    deployments: Iterable[str] = (),
+    only: str | None = None,
+) -> tuple[int, dict[str, dict[str, list]]]:
+    """Each deployment's counts per ``step_s`` seconds (all arms together), from the step
+    holding ``since`` to the one holding ``until`` (now).
+
+    Returns ``(t0, {deployment: {"t": [...], "requests": [...], ...}})`` (see
+    :data:`SERIES_FIELDS`): ``t`` the start of each step; ``tokens_per_s`` the output
+    tokens over the step; ``ttft_p50_ms``/``ttft_p95_ms`` read from the summed histogram
+    (linear within a bin; None for a step without an answered request), and
+    ``latency_mean_ms`` over answered requests (None without one). ``deployments`` get a
+    series even with nothing counted (zeros); ``only`` keeps one deployment.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> home = pathlib.Path(tempfile.mkdtemp())
+        >>> t = int(time.time()) // 60 * 60 - 120  # two minutes ago, on a step
+        >>> stats = ArmStats.for_home(home)
+        >>> stats.observe("qwen", None, ok=True, latency_s=0.5, at=t, output_tokens=30,
+        ...               ttft_s=0.2)
+        >>> stats.rejected("qwen", None, at=t + 10)
+        >>> stats.close()
+        >>> t0, out = series(home, since=t, step_s=60, until=t + 119)
+        >>> t0 == t, out["qwen"]["requests"], out["qwen"]["rejected_429"]
+        (True, [1, 0], [1, 0])
+        >>> out["qwen"]["tokens_per_s"], out["qwen"]["latency_mean_ms"]
+        ([0.5, 0.0], [500.0, None])
+    """
+    if step_s < BUCKET_S or step_s % BUCKET_S:
+        raise ValueError(f"step_s must be a multiple of {BUCKET_S} s")
+    t0 = int(since // step_s) * step_s
+    end = time.time() if until is None else until
+    steps = max(1, int((end - t0) // step_s) + 1)
+    names = {d for d in deployments if only is None or d == only}
+    counts: dict[str, list[list[float]]] = {}
+    hists: dict[str, list[list[int]]] = {}
+
+    def blank(dep: str) -> None:
+        counts.setdefault(dep, [[0, 0, 0.0, 0, 0] for _ in range(steps)])
+        hists.setdefault(dep, [[0] * (len(TTFT_BOUNDS_MS) + 1) for _ in range(steps)])
+
+    for dep in names:
+        blank(dep)
+    path = Path(home) / FILE_NAME
+    if path.exists():
+        where = "bucket >= ? AND bucket < ?" + (" AND deployment = ?" if only else "")
+        args: tuple = (t0, t0 + steps * step_s, *((only,) if only else ()))
+        with closing(_connect(path)) as conn:
+            rows = conn.execute(
+                "SELECT deployment, (bucket - ?) / ?, SUM(requests), SUM(errors), "
+                "SUM(latency_ms_sum), SUM(output_tokens), SUM(rejected) FROM arm_buckets "
+                f"WHERE {where} GROUP BY 1, 2",
+                (t0, step_s, *args),
+            ).fetchall()
+            bins = conn.execute(
+                "SELECT deployment, (bucket - ?) / ?, bin, SUM(count) FROM ttft_buckets "
+                f"WHERE {where} GROUP BY 1, 2, 3",
+                (t0, step_s, *args),
+            ).fetchall()
+        for dep, i, *values in rows:
+            blank(dep)
+            counts[dep][int(i)] = list(values)
+        for dep, i, b, n in bins:
+            blank(dep)
+            hists[dep][int(i)][min(int(b), len(TTFT_BOUNDS_MS))] += int(n)
+    return t0, {dep: _series_of(t0, step_s, counts[dep], hists[dep]) for dep in sorted(counts)}
+
+
+def _series_of(t0: int, step_s: int, counts: list[list[float]], hists: list[list[int]]) -> dict:
+    out: dict[str, list] = {"t": [t0 + i * step_s for i in range(len(counts))]}
+    for name in SERIES_FIELDS:
+        out[name] = []
+    for (req, err, lat, tokens, rejected), hist in zip(counts, hists, strict=True):
+        answered = int(req) - int(err)
+        out["requests"].append(int(req))
+        out["errors"].append(int(err))
+        out["rejected_429"].append(int(rejected))
+        out["output_tokens"].append(int(tokens))
+        out["tokens_per_s"].append(round(tokens / step_s, 3))
+        out["ttft_p50_ms"].append(percentile(hist, 0.5))
+        out["ttft_p95_ms"].append(percentile(hist, 0.95))
+        out["latency_mean_ms"].append(round(lat / answered, 1) if answered > 0 else None)
+    return out
+
+
+def percentile(hist: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a :data:`TTFT_BOUNDS_MS` histogram, linear within its
+    bin (the last, unbounded bin reads as its lower bound); None when it is empty.
+
+    Example:
+        >>> percentile([0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0.5)  # 4 in (25, 50] ms
+        37.5
+    """
+    total = sum(hist)
+    if total == 0:
+        return None
+    target = q * total
+    seen = 0
+    for i, n in enumerate(hist):
+        if n and seen + n >= target:
+            low = TTFT_BOUNDS_MS[i - 1] if i > 0 else 0
+            if i >= len(TTFT_BOUNDS_MS):
+                return float(low)
+            return round(low + (TTFT_BOUNDS_MS[i] - low) * (target - seen) / n, 1)
+        seen += n
+    return float(TTFT_BOUNDS_MS[-1])
