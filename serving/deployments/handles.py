@@ -67,8 +67,12 @@ class ServeBackend:
     """Routes gateway requests to model deployments over Serve handles.
 
     With ``stats``, every request's outcome is counted per arm (adapter or base model)
-    for canary analysis (:mod:`qingliang.platform.storage.arm_stats`): answered, or failed with
-    a server error. Client errors, saturation and abandoned streams are not counted.
+    for canary analysis (:mod:`qingliang.platform.storage.arm_stats`): answered (with its
+    output tokens and time to first token: the first chunk with a token of a stream, the
+    whole answer otherwise), or failed with a server error. Client errors and abandoned
+    streams are not counted; saturation (429) is counted as a rejection, not a request.
+    A chat or completion stream is always asked for its usage (the output tokens); the
+    usage event reaches the caller only when its body asked for it.
     """
 
     def __init__(
@@ -86,15 +90,31 @@ class ServeBackend:
         self._handles: dict[str, Any] = {}
 
     def _observe(
-        self, deployment: str, adapter: str | None, started: float, error: ApiError | None
+        self,
+        deployment: str,
+        adapter: str | None,
+        started: float,
+        error: ApiError | None,
+        *,
+        output_tokens: int = 0,
+        ttft_s: float | None = None,
     ) -> None:
         if self._stats is None:
             return
-        if error is not None and error.status_code < 500:
-            return  # bad input or saturation: nothing about the arm
         try:
+            if error is not None and error.status_code == 429:
+                self._stats.rejected(deployment, adapter)
+                return
+            if error is not None and error.status_code < 500:
+                return  # bad input: nothing about the arm
+            latency = time.monotonic() - started
             self._stats.observe(
-                deployment, adapter, ok=error is None, latency_s=time.monotonic() - started
+                deployment,
+                adapter,
+                ok=error is None,
+                latency_s=latency,
+                output_tokens=output_tokens,
+                ttft_s=latency if ttft_s is None and error is None else ttft_s,
             )
         except Exception:  # counting must never cost the client its answer
             logger.exception("could not count a request to %s", deployment)
@@ -132,7 +152,7 @@ class ServeBackend:
                 error = translate(exc)
                 self._observe(deployment, adapter, started, error)
                 raise error from None
-            self._observe(deployment, adapter, started, None)
+            self._observe(deployment, adapter, started, None, output_tokens=_output_tokens(answer))
             return answer
         raise AssertionError("unreachable")
 
@@ -146,16 +166,26 @@ class ServeBackend:
         """
         started = False
         began = time.monotonic()
+        ttft: float | None = None
+        tokens = 0
+        sent, hide_usage = _asking_usage(endpoint, body)
         for attempt in (0, 1):
             gen = (
                 self._handle(deployment)
                 .options(stream=True)
-                .generate_stream.remote(endpoint, body, adapter)
+                .generate_stream.remote(endpoint, sent, adapter)
             )
             try:
                 async for data in gen:
                     started = True
-                    yield StreamChunk.of(data)
+                    chunk = StreamChunk.of(data)
+                    if ttft is None and _carries_token(data):
+                        ttft = time.monotonic() - began
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                        if hide_usage:
+                            continue
+                    yield chunk
             except Exception as exc:
                 if attempt == 0 and not started and replica_died(exc):
                     logger.warning("replica of %s died before streaming; retrying once", deployment)
@@ -165,7 +195,7 @@ class ServeBackend:
                 raise error from None
             # Only here when the stream ended; a client that walked away closes the
             # generator at a yield above (GeneratorExit), which is not counted.
-            self._observe(deployment, adapter, began, None)
+            self._observe(deployment, adapter, began, None, output_tokens=tokens, ttft_s=ttft)
             return
 
     async def ready(self) -> dict[str, str]:
@@ -180,6 +210,44 @@ class ServeBackend:
 
     def rejected(self, deployment: str, adapter: str | None, endpoint: str) -> None:
         self._metrics.rejected(deployment, adapter, endpoint)
+
+
+def _output_tokens(answer: Any) -> int:
+    """``usage.completion_tokens`` (``output_tokens`` in a Responses body) of an answer."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    if not isinstance(usage, dict):
+        return 0
+    value = usage.get("completion_tokens", usage.get("output_tokens"))
+    return value if isinstance(value, int) else 0
+
+
+def _asking_usage(endpoint: str, body: dict) -> tuple[dict, bool]:
+    """``body`` asking a chat or completion stream for its usage event, and whether the
+    caller did not ask for it (then it is counted and kept from the caller)."""
+    if endpoint not in ("chat", "completion"):
+        return body, False  # a Responses stream ends with its usage anyway
+    options = body.get("stream_options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or options.get("include_usage"):
+        return body, False  # the replica refuses a bad one; an asked one goes through
+    return {**body, "stream_options": {**options, "include_usage": True}}, True
+
+
+def _carries_token(data: dict) -> bool:
+    """Whether a streamed event carries generated text (or a tool call): the first one
+    marks the time to first token (a role-only first chunk does not)."""
+    if str(data.get("type", "")).endswith(".delta"):
+        return True  # Responses: response.output_text.delta and its kin
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta") or {}
+        if choice.get("text") or (
+            isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls"))
+        ):
+            return True
+    return False
 
 
 class HandleEmbedder:
