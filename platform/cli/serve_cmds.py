@@ -86,6 +86,7 @@ def up(
     elapsed = time.monotonic() - started
     base = f"http://{settings.host}:{settings.http_port}"
     console.print(f"\n[green]Qingliang is serving[/green] ({elapsed:.0f} s)")
+    console.print(f"  Console      {base}/ui/   (sign in with the API key)", highlight=False)
     console.print(f"  OpenAI API   {base}/v1   (models: {', '.join(names)})", highlight=False)
     console.print(f"  Ray dashboard {info.dashboard_url}", highlight=False)
     console.print(
@@ -149,6 +150,7 @@ def status() -> None:
         raise typer.Exit(3)
     console.print(f"running since {time.ctime(info.started_at)} (pid {info.pid})")
     console.print(f"  API        http://{settings.host}:{info.http_port}/v1", highlight=False)
+    console.print(f"  console    http://{settings.host}:{info.http_port}/ui/", highlight=False)
     console.print(f"  dashboard  {info.dashboard_url}", highlight=False)
 
 

@@ -43,6 +43,7 @@ from qingliang.platform.gateway.auth.keys import Auth
 from qingliang.platform.gateway.auth.quotas import Quotas
 from qingliang.platform.gateway.auth.scopes import ROUTES
 from qingliang.platform.gateway.backend import Backend, Embedder
+from qingliang.platform.gateway.console import add_console
 from qingliang.platform.gateway.generation import add_generation_routes
 from qingliang.platform.gateway.http.bodies import BODIES, install_openapi
 from qingliang.platform.gateway.http.errors import install_error_handlers
@@ -96,6 +97,7 @@ def create_app(
     add_knowledge_routes(app, knowledge, limits)
     add_agent_routes(app, agents, limits)
     add_pipeline_routes(app, pipelines)
+    add_console(app)
     install_openapi(
         app,
         (*OPENAI_BODIES, ResponsesBody, *BODIES),

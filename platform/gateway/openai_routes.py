@@ -55,7 +55,14 @@ def add_model_routes(app: FastAPI, backend: Backend, embedder: Embedder | None) 
                 )
         if embedder is not None:
             data.append(
-                {"id": embedder.model_id, "object": "model", "created": 0, "owned_by": "qingliang"}
+                {
+                    "id": embedder.model_id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "qingliang",
+                    # Not a chat model: clients (the console) leave it out of chat pickers.
+                    "endpoints": ["/v1/embeddings"],
+                }
             )
         return {"object": "list", "data": data}
 

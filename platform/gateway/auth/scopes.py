@@ -121,6 +121,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    # The web console's files (they hold no data; its API calls carry the user's key).
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{path:path}"): PUBLIC,
     # OpenAI API.
     ("POST", "/v1/chat/completions"): _need(INFERENCE),
     ("POST", "/v1/completions"): _need(INFERENCE),

@@ -430,6 +430,9 @@ def test_models_lists_deployments_adapters_and_embedder(client: TestClient) -> N
     assert "parent" not in by_id["qwen"]
     assert by_id["qwen:sql"]["parent"] == "qwen"
     assert all(m["object"] == "model" and m["owned_by"] == "qingliang" for m in body["data"])
+    # Only the embedder says it is not a chat model (the console's pickers leave it out).
+    assert by_id[EMBED_MODEL]["endpoints"] == ["/v1/embeddings"]
+    assert all("endpoints" not in m for i, m in by_id.items() if i != EMBED_MODEL)
 
 
 def test_models_without_embedder(backend: FakeBackend, keys: KeyStore) -> None:
