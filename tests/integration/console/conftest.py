@@ -16,9 +16,11 @@ import pytest
 from _chromium import ARGS, CHROMIUM, missing
 from _console import CONSOLE_URL, TIMEOUT_MS, PageLog, shot
 from _platform import Platform
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 LOG = pytest.StashKey[PageLog]()
+# expect() waits 5 s by default; a busy 2-core CI needs the same bound as every other wait.
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.hookimpl(tryfirst=True)
