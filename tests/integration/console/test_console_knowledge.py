@@ -184,6 +184,15 @@ def test_upload_by_drop_and_picker_then_search_marks_the_words(
     detail.get_by_test_id("knowledge-hit-close").click()
     expect(detail).to_have_count(0)
 
+    # Deleting the upload asks first, then it leaves the list.
+    _tab(page, "documents")
+    _doc(page, "lighthouse.txt").get_by_test_id("knowledge-doc-delete").click()
+    expect(page.get_by_test_id("confirm")).to_contain_text("lighthouse.txt")
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_test_id("knowledge-action-result")).to_contain_text("lighthouse.txt")
+    expect(_doc(page, "lighthouse.txt")).to_have_count(0)
+    expect(_doc(page, "hours.md")).to_be_visible()
+
 
 def test_rollback_to_a_snapshot_takes_a_later_upload_out(
     page: Page, console_url: str, platform: Platform, kbs: dict
@@ -270,3 +279,36 @@ def test_a_tenant_key_sees_only_its_base_and_may_not_change_it(
     expect(error).not_to_contain_text("plant.txt")
     expect(page.get_by_test_id("knowledge-docs")).to_have_count(0)
     shot(page, "knowledge-tenant-refusal")
+
+
+def test_a_learned_answer_is_searchable_and_a_retraction_needs_a_reason(
+    page: Page, console_url: str, platform: Platform, kbs: dict
+) -> None:
+    login(page, kbs["ops"], console_url)
+    _open(page, console_url, KB, "answers")
+    page.get_by_test_id("knowledge-answer-question").fill("访客停车场在哪一层?")
+    page.get_by_test_id("knowledge-answer-answer").fill("北侧车库地下二层,凭预约单免费两小时。")
+    page.get_by_test_id("knowledge-answer-add").click()
+    expect(page.get_by_test_id("knowledge-answer-result")).to_be_visible()
+    answer = page.locator("[data-testid=knowledge-answer]", has_text="访客停车场在哪一层")
+    expect(answer).to_have_count(1)
+    hits = _search(page, "访客停车场在哪一层")
+    expect(hits.first).to_contain_text("凭预约单免费两小时")
+
+    _tab(page, "answers")
+    answer.get_by_test_id("knowledge-answer-retract").click()
+    page.get_by_test_id("confirm-ok").click()  # no reason given: the server refuses
+    with _api(platform, kbs["ops"]) as api:
+        aid = answer.get_attribute("data-id")
+        refused = api.post(f"/v1/knowledge/{KB}/answers/{aid}/retract", json={"reason": ""})
+    assert refused.status_code == 400
+    expect(page.get_by_test_id("knowledge-answer-error")).to_contain_text(
+        refused.json()["error"]["message"]
+    )
+    answer.get_by_test_id("knowledge-answer-retract").click()
+    page.get_by_test_id("knowledge-answer-reason").fill("停车规定已更新")
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_test_id("knowledge-answer-error")).to_have_count(0)
+    expect(answer).to_have_count(0)  # the list shows active answers
+    page.get_by_test_id("knowledge-answers-status").select_option("retracted")
+    expect(answer).to_contain_text("停车规定已更新")
