@@ -51,9 +51,13 @@ from qingliang.platform.gateway.http.limits import BodyLimitMiddleware
 from qingliang.platform.gateway.http.openai_bodies import OPENAI_BODIES
 from qingliang.platform.gateway.http.responses_bodies import ResponsesBody
 from qingliang.platform.gateway.openai_routes import add_embedding_routes, add_model_routes
+from qingliang.platform.gateway.operator.demo_jobs import DemoJobs
+from qingliang.platform.gateway.operator.operations import Operations
 from qingliang.platform.gateway.responses import add_responses_routes
 from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
+from qingliang.platform.gateway.routes.demos import add_demo_routes
 from qingliang.platform.gateway.routes.knowledge import KnowledgeBackend, add_knowledge_routes
+from qingliang.platform.gateway.routes.ops import add_ops_routes
 from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.conversations import ConversationLog
@@ -70,6 +74,8 @@ def create_app(
     pipelines: Any | None = None,
     conversations: ConversationLog | None = None,
     limits: GatewayLimits | None = None,
+    ops: Operations | None = None,
+    demos: DemoJobs | None = None,
 ) -> FastAPI:
     """Build the gateway app. Nothing here touches Ray, disk or the network.
 
@@ -82,7 +88,10 @@ def create_app(
     and ``/v1/responses`` request (streamed ones when their stream ends normally) is
     appended to that log, one row per choice; errors are not.
     ``limits`` bound request bodies (413 over them, see :mod:`.http.limits`) and ``n``; by
-    default :meth:`GatewayLimits.from_env`.
+    default :meth:`GatewayLimits.from_env`. ``ops`` serves the operator's routes
+    (``/v1/deployments``, ``/v1/metrics/series``, ``/v1/manifests/...``, see
+    :mod:`.routes.ops`) and ``demos`` ``/v1/demos`` (:mod:`.routes.demos`); without them
+    they answer 501 (``/v1/whoami`` always answers).
     """
     limits = limits if limits is not None else GatewayLimits.from_env()
     quotas = Quotas(getattr(auth, "usage", None))
@@ -97,6 +106,8 @@ def create_app(
     add_knowledge_routes(app, knowledge, limits)
     add_agent_routes(app, agents, limits)
     add_pipeline_routes(app, pipelines)
+    add_ops_routes(app, ops, auth)
+    add_demo_routes(app, demos)
     add_console(app)
     install_openapi(
         app,

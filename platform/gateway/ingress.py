@@ -24,6 +24,8 @@ from qingliang.agents.deployment import AgentsServer, HandleAgents
 from qingliang.knowledge.deployment import HandleKnowledge, KnowledgeServer
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
+from qingliang.platform.gateway.operator.demo_jobs import DemoJobs
+from qingliang.platform.gateway.operator.operations import Operations
 from qingliang.platform.gateway_config import GatewayConfig
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.arm_stats import ArmStats
@@ -72,6 +74,8 @@ class Gateway:
 
         # Inside a replica Ray is initialised: the steps become tasks of this cluster.
         self._pipelines = PipelineService(home_path, RayExecutor(Settings(home=home_path)))
+        self._ops = Operations(home_path)
+        self._demos = DemoJobs(home_path)
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(
@@ -82,6 +86,8 @@ class Gateway:
             agents=self._agents,
             pipelines=self._pipelines,
             conversations=self._conversations,
+            ops=self._ops,
+            demos=self._demos,
         )
 
     def __del__(self) -> None:

@@ -15,6 +15,10 @@ A key carries scopes (defined in :mod:`qingliang.platform.storage.keys`)::
                        pipeline allows self-approval)
     tenant:<id>        act for this tenant only
 
+The operator's routes (``/v1/deployments``, ``/v1/metrics/series``, adapter lineage) need
+``deploy`` or ``approve``, manifest checks ``deploy``, never bound to a tenant; demos
+``admin``; ``/v1/whoami`` any key.
+
 Tenancy: an ``admin`` key acts for every tenant; a key with ``tenant:<id>`` for that one;
 any other key for the tenant ``default`` (the tenant a knowledge base has when its
 manifest names none). So an all-tenants key is always an explicit ``--admin`` choice.
@@ -54,6 +58,7 @@ from qingliang.platform.storage.keys import (
     INFERENCE,
     KNOWLEDGE_READ,
     KNOWLEDGE_WRITE,
+    SCOPES,
     TENANT_PREFIX,
 )
 
@@ -165,6 +170,20 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/pipelines/{run_id}/approve"): _need(APPROVE, platform_wide=True),
     ("POST", "/v1/pipelines/{run_id}/cancel"): _need(DEPLOY, platform_wide=True),
     ("POST", "/v1/pipelines/{run_id}/resume"): _need(DEPLOY, platform_wide=True),
+    # The operator's routes (routes/ops.py, docs/console-api.md): any key may ask who it
+    # is; deployments, lineage and metrics show every tenant's traffic; manifests are
+    # checked against what every tenant is served.
+    ("GET", "/v1/whoami"): _need(*SCOPES),
+    ("GET", "/v1/deployments"): _need(DEPLOY, APPROVE, platform_wide=True),
+    ("GET", "/v1/deployments/{name}"): _need(DEPLOY, APPROVE, platform_wide=True),
+    ("GET", "/v1/adapters/{name}/lineage"): _need(DEPLOY, APPROVE, platform_wide=True),
+    ("POST", "/v1/manifests/validate"): _need(DEPLOY, platform_wide=True),
+    ("POST", "/v1/manifests/diff"): _need(DEPLOY, platform_wide=True),
+    ("GET", "/v1/metrics/series"): _need(DEPLOY, APPROVE, platform_wide=True),
+    # Demos apply and delete manifests for everyone (routes/demos.py): admin keys only.
+    ("GET", "/v1/demos"): _need(ADMIN, platform_wide=True),
+    ("POST", "/v1/demos/{name}/up"): _need(ADMIN, platform_wide=True),
+    ("POST", "/v1/demos/{name}/down"): _need(ADMIN, platform_wide=True),
 }
 
 

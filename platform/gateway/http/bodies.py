@@ -101,6 +101,35 @@ class PipelineCancelBody(Body):
     reason: str = Field("", description="Kept with the cancellation.")
 
 
+# ------------------------------------------------------------------ operator's routes
+
+
+class ManifestTextBody(Body):
+    """``POST /v1/manifests/validate`` and ``/v1/manifests/diff``: the text of one YAML
+    manifest file (one or more ``---`` documents). Nothing is applied or stored."""
+
+    yaml: str = Field(
+        description="The file's text, as `qingliang validate -f` would read it (at most 1 MiB)."
+    )
+
+
+class DemoUpBody(Body):
+    """``POST /v1/demos/{name}/up``: what `qingliang demo up` does besides applying."""
+
+    train: bool = Field(
+        False, description="Train each domain's adapter with its Pipeline (minutes on CPU)."
+    )
+    approve: bool = Field(
+        False,
+        description="Approve the training pipelines' gates as this key, so the adapters go "
+        "live (only with train).",
+    )
+
+
+class DemoDownBody(Body):
+    """``POST /v1/demos/{name}/down``: no options (the body may be left out or ``{}``)."""
+
+
 #: Our own bodies, for :func:`install_openapi`.
 BODIES: tuple[type[BaseModel], ...] = (
     ErrorResponse,
@@ -109,6 +138,9 @@ BODIES: tuple[type[BaseModel], ...] = (
     PipelineStartBody,
     PipelineApproveBody,
     PipelineCancelBody,
+    ManifestTextBody,
+    DemoUpBody,
+    DemoDownBody,
 )
 
 

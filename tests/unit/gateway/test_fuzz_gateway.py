@@ -38,6 +38,8 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -60,8 +62,11 @@ from qingliang.knowledge.api import LocalKnowledge
 from qingliang.knowledge.service import KnowledgeService
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
+from qingliang.platform.gateway.operator.demo_jobs import DemoJobs
+from qingliang.platform.gateway.operator.operations import Operations
 from qingliang.platform.lifecycle.pipelines.executor import Resources, StepFailed
 from qingliang.platform.lifecycle.pipelines.service import PipelineService
+from qingliang.platform.settings import Settings
 from qingliang.platform.storage.keys import KeyStore
 from tests.unit.agents.test_agents_api import make_service
 from tests.unit.gateway.test_gateway import EMBED_MODEL, ENTRIES, FakeBackend, FakeEmbedder
@@ -105,6 +110,11 @@ class _NoAuth:
         return None
 
 
+def _quiet_job(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A demo job's process that does nothing (the real one runs the CLI)."""
+    return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE, text=True)
+
+
 def _document() -> dict[str, Any]:
     """The gateway's OpenAPI document, as built with every area mounted."""
     app = create_app(
@@ -114,6 +124,8 @@ def _document() -> dict[str, Any]:
         knowledge=LocalKnowledge(None),
         agents=LocalAgents(None),
         pipelines=object(),
+        ops=Operations(Path("."), serve_details=dict),
+        demos=DemoJobs(Path(".")),
     )
     return app.openapi()
 
@@ -239,6 +251,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         knowledge=LocalKnowledge(knowledge),
         agents=LocalAgents(agents),
         pipelines=pipelines,
+        # Serve's details and a demo job's process are the boundaries faked here.
+        ops=Operations(home, serve_details=dict, settings=lambda: Settings(home=home)),
+        demos=DemoJobs(home, launcher=_quiet_job, environ=dict),
     )
     assert app.openapi() == schema.raw_schema, "the fuzzed document is not the app's"
     with TestClient(app, headers={"Authorization": f"Bearer {admin}"}) as client:
