@@ -84,6 +84,13 @@ def _open(page: Page, console_url: str, *route: str) -> None:
     page.goto(console_url + "#/" + "/".join(("knowledge", *route)))
 
 
+def _sign_in_at(page: Page, console_url: str, key: str, *route: str) -> None:
+    """Open the page's address, then sign in: the console shows that page first."""
+    _open(page, console_url, *route)
+    login(page, key, console_url)
+    expect(page.locator("main[data-testid=page-knowledge]")).to_be_visible()
+
+
 def _tab(page: Page, tab: str) -> None:
     page.get_by_test_id(f"tab-{tab}").click()
     expect(page.get_by_test_id(f"tab-{tab}")).to_have_attribute("aria-selected", "true")
@@ -128,8 +135,7 @@ def test_upload_by_drop_and_picker_then_search_marks_the_words(
     page: Page, console_url: str, platform: Platform, kbs: dict
 ) -> None:
     before = _doc_rows(platform, kbs["ops"])
-    login(page, kbs["ops"], console_url)
-    _open(page, console_url)
+    _sign_in_at(page, console_url, kbs["ops"])
     expect(page.locator(f"[data-testid=knowledge-kb][data-kb={OTHER}]")).to_be_visible()
     row = page.locator(f"[data-testid=knowledge-kb][data-kb={KB}]")
     expect(row.get_by_test_id("knowledge-kb-tenant")).to_have_text("t1")
@@ -197,8 +203,7 @@ def test_upload_by_drop_and_picker_then_search_marks_the_words(
 def test_rollback_to_a_snapshot_takes_a_later_upload_out(
     page: Page, console_url: str, platform: Platform, kbs: dict
 ) -> None:
-    login(page, kbs["ops"], console_url)
-    _open(page, console_url, KB, "versions")
+    _sign_in_at(page, console_url, kbs["ops"], KB, "versions")
     page.get_by_test_id("knowledge-snapshot-note").fill("before the ferry notice")
     page.get_by_test_id("knowledge-snapshot-take").click()
     expect(page.get_by_test_id("knowledge-version-result")).to_be_visible()
@@ -248,8 +253,7 @@ def test_a_tenant_key_sees_only_its_base_and_may_not_change_it(
     tablet_page: Page, console_url: str, platform: Platform, kbs: dict
 ) -> None:
     page = tablet_page
-    login(page, kbs["t1_reader"], console_url)
-    _open(page, console_url)
+    _sign_in_at(page, console_url, kbs["t1_reader"])
     rows = page.locator("[data-testid=knowledge-kb]")
     expect(rows).to_have_count(1)
     expect(rows).to_have_attribute("data-kb", KB)
@@ -284,8 +288,7 @@ def test_a_tenant_key_sees_only_its_base_and_may_not_change_it(
 def test_a_learned_answer_is_searchable_and_a_retraction_needs_a_reason(
     page: Page, console_url: str, platform: Platform, kbs: dict
 ) -> None:
-    login(page, kbs["ops"], console_url)
-    _open(page, console_url, KB, "answers")
+    _sign_in_at(page, console_url, kbs["ops"], KB, "answers")
     page.get_by_test_id("knowledge-answer-question").fill("访客停车场在哪一层?")
     page.get_by_test_id("knowledge-answer-answer").fill("北侧车库地下二层,凭预约单免费两小时。")
     page.get_by_test_id("knowledge-answer-add").click()

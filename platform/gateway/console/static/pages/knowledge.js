@@ -75,6 +75,7 @@ export const strings = {
     'knowledge.search.empty': '没有找到相关内容。',
     'knowledge.search.meta': '版本 v{version} · 方式 {mode} · {n} 条结果',
     'knowledge.search.image_query': '图片查询:{text}',
+    'knowledge.search.image_ocr': '从图片中识别出的文字:“{text}”(已加入检索内容)',
     'knowledge.search.need': '请输入检索内容或选择一张图片。',
     'knowledge.hit.score': '得分',
     'knowledge.hit.open': '查看全文',
@@ -201,6 +202,7 @@ export const strings = {
     'knowledge.search.empty': 'Nothing found.',
     'knowledge.search.meta': 'version v{version} · mode {mode} · {n} results',
     'knowledge.search.image_query': 'Image query: {text}',
+    'knowledge.search.image_ocr': 'Text read in the image: “{text}” (added to the search)',
     'knowledge.search.need': 'Enter something to search for, or choose an image.',
     'knowledge.hit.score': 'score',
     'knowledge.hit.open': 'Read it all',
@@ -301,7 +303,7 @@ function KbList({ navigate }) {
     ${list.loading && !list.data ? html`<${Loading} />` : rows.length === 0 && !list.error
       ? html`<${Empty} text=${t('knowledge.none')} />`
       : html`<div class="table-wrap"><table class="striped" data-testid="knowledge-list"><thead><tr>
-          ${['name', 'tenant', 'domain', 'documents', 'chunks', 'answers', 'embedding', 'version', 'snapshot', 'changed'].map(
+          ${['name', 'tenant', 'documents', 'chunks', 'answers', 'embedding', 'version', 'changed'].map(
             (c) => html`<th scope="col">${t(`knowledge.col.${c}`)}</th>`)}
         </tr></thead><tbody>${rows.map((r) => html`<${KbRow} row=${r} navigate=${navigate} />`)}</tbody></table></div>`}
   </section>`;
@@ -312,14 +314,14 @@ function KbRow({ row, navigate }) {
   const link = html`<a href=${`#/knowledge/${seg(name)}`} data-testid="knowledge-open"
     onClick=${(e) => { e.preventDefault(); navigate('knowledge', name); }}>${name}</a>`;
   if (error) return html`<tr data-testid="knowledge-kb" data-kb=${name}><td>${link}</td>
-    <td colspan="9"><${ErrorBox} error=${error} testid="knowledge-kb-error" /></td></tr>`;
+    <td colspan="7"><${ErrorBox} error=${error} testid="knowledge-kb-error" /></td></tr>`;
   const snap = latestSnapshot(s);
-  return html`<tr data-testid="knowledge-kb" data-kb=${name} class="clickable" onClick=${() => navigate('knowledge', name)}>
-    <td>${link}</td><td data-testid="knowledge-kb-tenant">${s.tenant}</td><td>${s.domain || '—'}</td>
+  return html`<tr data-testid="knowledge-kb" data-kb=${name}>
+    <td><strong>${link}</strong>${s.domain && html`<br /><small class="muted">${t('knowledge.col.domain')}: ${s.domain}</small>`}</td>
+    <td data-testid="knowledge-kb-tenant">${s.tenant}</td>
     <td>${fmtNum(s.documents)}${s.uploaded_documents ? html`<br /><small class="muted">${t('knowledge.uploaded_n', { n: s.uploaded_documents })}</small>` : ''}</td>
     <td>${fmtNum(s.chunks)}</td><td>${fmtNum(s.answers)}</td><td>${s.embedding}</td>
-    <td>v${s.version}</td>
-    <td>${snap ? html`v${snap.version}<br /><small class="muted">${fmtTime(snap.created_at)}</small>` : '—'}</td>
+    <td>v${s.version}${snap && html`<br /><small class="muted">${t('knowledge.col.snapshot')}: v${snap.version}</small>`}</td>
     <td>${s.last_sync ? fmtTime(s.last_sync.at) : '—'}</td></tr>`;
 }
 
@@ -566,7 +568,8 @@ function SearchTab({ kb }) {
     setState({ ...state, busy: true, error: null });
     try {
       const answer = await api.post(kbPath(kb, '/search'), body);
-      setState({ busy: false, error: null, answer, terms: queryTerms(q) });
+      const ocr = (answer.image_query && answer.image_query.ocr_text) || '';
+      setState({ busy: false, error: null, answer, terms: queryTerms(`${q} ${ocr}`) });
     } catch (error) {
       setState({ busy: false, error, answer: null, terms: [] });
     }
@@ -596,7 +599,9 @@ function SearchTab({ kb }) {
     </form>
     <${ErrorBox} error=${state.error} testid="knowledge-search-error" />
     ${a && html`<p class="muted" data-testid="knowledge-search-meta">${t('knowledge.search.meta', { version: a.version, mode: a.mode, n: a.citations.length })}
-      ${a.image_query && html`<br />${t('knowledge.search.image_query', { text: typeof a.image_query === 'string' ? a.image_query : JSON.stringify(a.image_query) })}`}</p>`}
+      ${a.image_query && html`<br /><span data-testid="knowledge-search-image-query">${a.image_query.ocr_text
+        ? t('knowledge.search.image_ocr', { text: a.image_query.ocr_text })
+        : t('knowledge.search.image_query', { text: JSON.stringify(a.image_query) })}</span>`}</p>`}
     ${a && a.citations.length === 0 && html`<${Empty} text=${t('knowledge.search.empty')} />`}
     ${a && html`<div class="hits" data-testid="knowledge-hits">${a.citations.map((c, i) => html`<${Hit} key=${c.id || i} hit=${c} rank=${i + 1}
       terms=${state.terms} onOpen=${() => setOpen(c)} />`)}</div>`}
