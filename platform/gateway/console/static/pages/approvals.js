@@ -194,7 +194,12 @@ export const strings = {
 };
 
 /** May this key see pipeline approvals? (pipeline routes are never bound to a tenant) */
-const seesPipelines = () => can('approve') && !(session.whoami && session.whoami.tenant);
+/** A key with a `tenant:` scope is refused the platform-wide pipeline routes (admin is not). */
+const tenantBound = () => {
+  const scopes = (session.whoami && session.whoami.scopes) || [];
+  return !scopes.includes('admin') && scopes.some((s) => s.startsWith('tenant:'));
+};
+const seesPipelines = () => can('approve') && !tenantBound();
 
 async function loadInbox() {
   const agents = api.get('/v1/agents/approvals');

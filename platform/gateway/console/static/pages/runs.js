@@ -3,7 +3,7 @@
 // approvals (decision, who, comment), the final status and answer — and pipeline runs
 // (GET /v1/pipelines) with each step's state, attempts, log and output, and the buttons
 // resume / cancel / approve where the key's scopes allow. Live runs are read again every 3 s.
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, can, seg, session } from '../lib/api.js';
 import { fmtMs, fmtNum, fmtTime, t } from '../lib/i18n.js';
 import { Badge, Empty, ErrorBox, html, Json, Loading, StatusBadge, Tabs, usePoll } from '../lib/ui.js';
@@ -214,7 +214,12 @@ const FACTS = 'display:grid;grid-template-columns:max-content minmax(0,1fr);gap:
 const TEXT = 'white-space:pre-wrap;word-break:break-word;padding:.6rem .8rem;max-height:20rem;overflow:auto';
 
 const seesAgents = () => can('agents:run', 'approve');
-const seesPipelines = () => can('deploy', 'approve') && !(session.whoami && session.whoami.tenant);
+/** A key with a `tenant:` scope is refused the platform-wide pipeline routes (admin is not). */
+const tenantBound = () => {
+  const scopes = (session.whoami && session.whoami.scopes) || [];
+  return !scopes.includes('admin') && scopes.some((s) => s.startsWith('tenant:'));
+};
+const seesPipelines = () => can('deploy', 'approve') && !tenantBound();
 
 export default function Page({ args, navigate }) {
   const [tab, id] = args;
@@ -227,7 +232,7 @@ export default function Page({ args, navigate }) {
   if (active === 'agent') {
     if (!seesAgents()) body = html`<p class="notice">${t('runs.no_agent_scope')}</p>`;
     else body = id ? html`<${AgentRun} key=${id} id=${id} navigate=${navigate} />` : html`<${AgentRuns} navigate=${navigate} />`;
-  } else if (session.whoami && session.whoami.tenant) {
+  } else if (tenantBound()) {
     body = html`<p class="notice" data-testid="runs-pipelines-hidden">${t('runs.tenant_no_pipelines')}</p>`;
   } else if (!seesPipelines()) {
     body = html`<p class="notice">${t('runs.no_pipeline_scope')}</p>`;
@@ -271,7 +276,7 @@ function AgentRuns({ navigate }) {
     setLive(data.some((r) => !AGENT_FINAL.has(r.status)));
     setGraphs((known) => [...new Set([...known, ...data.map((r) => r.graph)])].sort());
     return data;
-  }, live ? 3000 : 0, [status, graph, limit, live]);
+  }, live ? 3000 : 0, [status, graph, limit]);
   useEffect(() => {
     if (!can('agents:run')) return;
     api.get('/v1/agents').then(
@@ -327,7 +332,7 @@ function AgentRun({ id, navigate }) {
     const r = await api.get(`/v1/agents/runs/${seg(id)}`);
     setLive(!AGENT_FINAL.has(r.status));
     return r;
-  }, live ? 3000 : 0, [id, live]);
+  }, live ? 3000 : 0, [id]);
   const r = run.data;
   if (!r) return html`<${Back} navigate=${navigate} tab="agent" />${run.error ? html`<${ErrorBox} error=${run.error} testid="runs-error" />` : html`<${Loading} />`}`;
   const events = r.events || [];
@@ -421,7 +426,7 @@ function PipelineRuns({ navigate }) {
     const data = (await api.get('/v1/pipelines?limit=100')).data || [];
     setLive(data.some((r) => !PIPELINE_FINAL.has(r.status)));
     return data;
-  }, live ? 3000 : 0, [live]);
+  }, live ? 3000 : 0, []);
   const rows = runs.data || [];
   return html`<div>
     <div class="toolbar"><button type="button" class="secondary" data-testid="runs-refresh" aria-busy=${runs.loading} onClick=${runs.reload}>${t('runs.refresh')}</button></div>
@@ -490,17 +495,30 @@ function describe(e) {
 
 const STEP_TONE = { running: 'warn', finished: 'ok', failed: 'bad', waiting: 'warn', gated: 'bad', rejected: 'bad', rolled_back: 'bad' };
 
+/** How long a run is watched after a button was pressed (its driver starts in the background). */
+const WATCH_MS = 20_000;
+
 function PipelineRun({ id, navigate }) {
   const [live, setLive] = useState(true);
   const [events, setEvents] = useState([]);
+  const kicked = useRef(0);
+  const cursor = useRef(0); // the last event read: each poll asks for those after it
   const run = usePoll(async () => {
     const r = await api.get(`/v1/pipelines/${seg(id)}`);
-    const after = events.length ? events[events.length - 1].seq : 0;
+    const after = cursor.current;
     const more = (await api.get(`/v1/pipelines/${seg(id)}/events?after=${after}`)).data || [];
-    if (more.length) setEvents((old) => [...old, ...more.filter((e) => !old.length || e.seq > old[old.length - 1].seq)]);
-    setLive(!PIPELINE_FINAL.has(r.status) && r.status !== 'waiting');
+    if (more.length) {
+      cursor.current = more[more.length - 1].seq;
+      setEvents((old) => [...old, ...more.filter((e) => !old.length || e.seq > old[old.length - 1].seq)]);
+    }
+    setLive(!PIPELINE_FINAL.has(r.status) || Date.now() - kicked.current < WATCH_MS);
     return r;
-  }, live ? 3000 : 0, [id, live, events.length]);
+  }, live ? 3000 : 0, [id]);
+  const acted = () => {
+    kicked.current = Date.now();
+    setLive(true);
+    run.reload();
+  };
   const r = run.data;
   if (!r) return html`<${Back} navigate=${navigate} tab="pipeline" />${run.error ? html`<${ErrorBox} error=${run.error} testid="runs-error" />` : html`<${Loading} />`}`;
   const steps = stepsOf(events);
@@ -517,7 +535,7 @@ function PipelineRun({ id, navigate }) {
       ${r.error && html`<dt>${t('runs.error')}</dt><dd class="error" data-testid="runs-prun-error">${r.error}</dd>`}
     </dl>
     ${r.status === 'waiting' && r.waiting && html`<p class="notice" data-testid="runs-prun-waiting">${t('runs.waiting_msg', { message: r.waiting.message || r.waiting.step || '' })}</p>`}
-    <${PipelineActions} run=${r} onDone=${run.reload} />
+    <${PipelineActions} run=${r} onDone=${acted} />
     <h4>${t('runs.steps')}</h4>
     ${steps.length === 0 ? html`<${Empty} text=${t('runs.no_steps')} />` : html`<div class="table-wrap"><table class="striped" data-testid="runs-steps">
       <thead><tr><th>${t('runs.step_name')}</th><th>${t('runs.step_type')}</th><th>${t('runs.step_state')}</th><th>${t('runs.attempts')}</th>
