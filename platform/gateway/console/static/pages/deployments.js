@@ -229,9 +229,12 @@ function replicasText(replicas) {
 function Kv({ value, testid }) {
   const entries = Object.entries(value || {}).filter(([, v]) => v !== null && v !== undefined && v !== '');
   if (!entries.length) return html`<${Empty} />`;
-  return html`<dl class="dep-kv" data-testid=${testid}>${entries.map(
-    ([k, v]) => html`<dt>${k}</dt><dd>${typeof v === 'object' ? JSON.stringify(v) : String(v)}</dd>`,
-  )}</dl>`;
+  return html`<dl class="dep-kv" data-testid=${testid}>${entries.map(([k, v]) => {
+    if (v && typeof v === 'object' && !Array.isArray(v)) {
+      return html`<dt>${k}</dt><dd><details><summary>${Object.keys(v).length}</summary><${Kv} value=${v} /></details></dd>`;
+    }
+    return html`<dt>${k}</dt><dd>${Array.isArray(v) ? v.map((x) => (typeof x === 'object' ? JSON.stringify(x) : String(x))).join(', ') : String(v)}</dd>`;
+  })}</dl>`;
 }
 
 function WindowPick({ value, onChange }) {
