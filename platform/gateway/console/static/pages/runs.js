@@ -399,8 +399,7 @@ function AgentEvent({ event: e, start }) {
           <small class="muted"> · ${c.kb}${c.locator ? ` · ${c.locator}` : ''}</small></summary>
           <pre style=${TEXT}>${c.text || ''}</pre></details></li>`)}</ol></li>`;
     case 'approval':
-      return html`<li data-testid=${testid}><strong>${t('runs.ev.approval', { action: t(`runs.action.${e.action}`) })}</strong>
-        · <span data-testid="runs-approval-actor">${t('runs.ev.approval_by', { actor: e.actor })}</span>${at}
+      return html`<li data-testid=${testid}><strong>${t('runs.ev.approval', { action: t(`runs.action.${e.action}`) })}</strong>${' · '}<span data-testid="runs-approval-actor">${t('runs.ev.approval_by', { actor: e.actor })}</span>${at}
         ${e.comment && html`<p data-testid="runs-approval-comment">${t('runs.ev.comment', { comment: e.comment })}</p>`}
         ${e.answer && html`<details open><summary>${t('runs.ev.edited_answer')}</summary><pre style=${TEXT}>${e.answer}</pre></details>`}
         ${e.forms && html`<details><summary>${t('runs.ev.edited_forms')}</summary><${Json} value=${e.forms} /></details>`}</li>`;
