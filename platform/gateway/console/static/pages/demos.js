@@ -18,6 +18,7 @@ export const strings = {
     'demos.train_hint': '运行该领域的训练流水线（数据治理 → LoRA 微调 → 与基础模型对比评测 → 审批 → 灰度 10% → 正式发布）。在 CPU 上每个领域需要几分钟；不勾选时各服务台直接用基础模型回答。',
     'demos.approve': '由我直接审批训练结果',
     'demos.approve_hint': '训练流水线有两道人工审批（上线灰度前、正式发布前）。勾选后由你当场批准，记录在你名下；不勾选时流水线会停在审批处，等人在“审批”页处理。需要先勾选训练。',
+    'demos.options': '启动选项和停止分别做什么？',
     'demos.start': '启动',
     'demos.stop': '停止',
     'demos.stop_title': '停止演示 {name}?',
@@ -53,6 +54,7 @@ export const strings = {
     'demos.train_hint': 'Runs the domain\'s training pipeline (data governance → LoRA fine-tune → evaluation against the base model → approval → 10 % canary → release). Minutes per domain on a CPU; unticked, the desks answer with the base model.',
     'demos.approve': 'Approve the training results myself',
     'demos.approve_hint': 'The training pipeline has two human gates (before the canary, before the release). Ticked, you approve them as it goes, recorded as yours; unticked, each run waits at its gate for someone on the Approvals page. Needs training ticked.',
+    'demos.options': 'What the start options and stop do',
     'demos.start': 'Start',
     'demos.stop': 'Stop',
     'demos.stop_title': 'Stop demonstration {name}?',
@@ -83,9 +85,9 @@ export const strings = {
 const CSS = `
 .demo-card header { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; justify-content: space-between; }
 .demo-card .opts label { margin-bottom: .1rem; }
-.demo-card .opts small { display: block; margin: 0 0 .6rem 1.9rem; }
+.demo-opts dd { margin: 0 0 .6rem 1rem; color: var(--pico-muted-color); }
 .demo-card pre.demo-log { max-height: 16rem; overflow: auto; font-size: .78rem; white-space: pre-wrap; word-break: break-word; }
-.demo-card .actions { display: flex; flex-wrap: wrap; gap: .5rem; }
+.demo-card .actions { display: flex; flex-wrap: wrap; gap: .5rem; margin-top: .75rem; }
 .demo-card .actions button { width: auto; margin: 0; }
 .demo-links { display: flex; flex-wrap: wrap; gap: .25rem 1rem; }
 `;
@@ -140,10 +142,8 @@ function DemoCard({ demo, graphs, busyAll, onChanged, navigate }) {
     <div class="opts">
       <label><input type="checkbox" data-testid=${`demos-train-${demo.name}`} checked=${train} disabled=${busy}
         onChange=${(e) => { setTrain(e.target.checked); if (!e.target.checked) setApprove(false); }} /> ${t('demos.train')}</label>
-      <small class="muted">${t('demos.train_hint')}</small>
       <label><input type="checkbox" data-testid=${`demos-approve-${demo.name}`} checked=${approve} disabled=${busy || !train}
         onChange=${(e) => setApprove(e.target.checked)} /> ${t('demos.approve')}</label>
-      <small class="muted">${t('demos.approve_hint')}</small>
     </div>
     <div class="actions">
       <button type="button" data-testid=${`demos-start-${demo.name}`} disabled=${busy} aria-busy=${sending}
@@ -202,6 +202,10 @@ export default function Page({ navigate }) {
   return html`<style>${CSS}</style>
     <h2>${t('demos.title')}</h2>
     <p class="muted">${t('demos.intro')}</p>
+    <details open class="demo-opts" data-testid="demos-options-help"><summary>${t('demos.options')}</summary><dl>
+      <dt>${t('demos.train')}</dt><dd>${t('demos.train_hint')}</dd>
+      <dt>${t('demos.approve')}</dt><dd>${t('demos.approve_hint')}</dd>
+      <dt>${t('demos.stop')}</dt><dd>${t('demos.stop_body')}</dd></dl></details>
     <${ErrorBox} error=${state.error} testid="demos-list-error" />
     <${ErrorBox} error=${agents.error} testid="demos-agents-error" />
     <${Loading} when=${!state.data && state.loading} />

@@ -50,7 +50,7 @@ export const strings = {
     'deployments.alias_versions': '指向的版本与占比',
     'deployments.no_aliases': '没有别名',
     'deployments.arms': '各分支的实时请求',
-    'deployments.arms_hint': '{window} 内每个分支（适配器或基础模型）处理的请求、出错次数和平均耗时；每 3 秒刷新，灰度进行时数字会随请求增长。',
+    'deployments.arms_hint': '{window}内每个分支（适配器或基础模型）处理的请求、出错次数和平均耗时；每 3 秒刷新，灰度进行时数字会随请求增长。',
     'deployments.arm': '分支',
     'deployments.requests': '请求数',
     'deployments.errors': '错误数',
