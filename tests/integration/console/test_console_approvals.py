@@ -266,3 +266,86 @@ def test_a_tenant_approver_sees_only_its_tenants_runs(
     expect(error).to_contain_text("404")
     expect(error).to_contain_text(f"run '{theirs}' not found")
     expect(page.get_by_test_id("approvals-evidence")).to_have_count(0)
+
+
+RELEASE = {
+    "dataset.yaml": """apiVersion: qingliang.io/v1
+kind: Dataset
+metadata: {name: console-permits}
+spec:
+  format: chat
+  sources: [{path: data/qa.jsonl}]
+  governance: [{step: schema}]
+  split: {eval_fraction: 0.25, seed: 0}
+""",
+    "job.yaml": """apiVersion: qingliang.io/v1
+kind: FineTuneJob
+metadata: {{name: console-permits-lora}}
+spec:
+  base_model: {{source: {model}, name: tiny-llama}}
+  lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: [all-linear]}}
+  train: {{max_steps: 4, learning_rate: 0.01, batch_size: 4, max_seq_len: 64,
+          lr_schedule: constant, checkpoint_every: 2}}
+  data: {{dataset: console-permits, max_eval_records: 2}}
+  output: {{adapter: console-permits-bot}}
+  resources: {{cpus: 0.5}}
+""",
+}
+STEPS = [
+    {"type": "govern", "dataset": "dataset.yaml"},
+    {"type": "finetune", "job": "job.yaml"},
+    {"type": "evaluate", "max_records": 2, "max_new_tokens": 4},
+    {"type": "approval", "message": "Release console-permits-bot?"},
+]
+#: Governing, training 4 steps of a LoRA on the tiny model and scoring it, on busy CPUs.
+TRAIN_MS = 300_000
+
+
+def test_a_pipelines_approval_shows_its_evaluation_and_is_decided_in_the_browser(
+    desk: Desk, platform: Platform, http: httpx.Client, tmp_path: Path, page: Page
+) -> None:
+    (tmp_path / "data").mkdir()
+    with (tmp_path / "data" / "qa.jsonl").open("w") as fh:
+        for i in range(12):
+            q, a = f"Where do I renew permit {i}?", f"Permit {i} is renewed at window {i % 4}."
+            msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+    (tmp_path / "dataset.yaml").write_text(RELEASE["dataset.yaml"])
+    (tmp_path / "job.yaml").write_text(RELEASE["job.yaml"].format(model=platform.models / "tiny"))
+    manifest = {
+        "apiVersion": "qingliang.io/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "console-release"},
+        "spec": {"steps": STEPS},
+    }
+    r = http.post("/v1/pipelines", json={"manifest": manifest, "base_dir": str(tmp_path)})
+    assert r.status_code == 202, r.text
+    run_id = r.json()["id"]
+
+    login(page, desk.lead_key)
+    _go(page, "approvals")
+    # The inbox is read every few seconds: the run shows once it waits.
+    item = page.get_by_test_id(f"approvals-item-{run_id}")
+    expect(item).to_contain_text("console-release", timeout=TRAIN_MS)
+    waiting = http.get(f"/v1/pipelines/{run_id}").json()["waiting"]
+    assert waiting["kind"] == "approval" and waiting["metrics"], waiting
+    item.click()
+    expect(page.get_by_test_id("approvals-prompt")).to_have_text("Release console-permits-bot?")
+    expect(page.get_by_test_id("approvals-adapter")).to_have_text(waiting["adapter"])
+    metrics = page.get_by_test_id("approvals-metrics")
+    for name in waiting["metrics"]:
+        expect(metrics).to_contain_text(name)
+    shot(page, "approvals-pipeline")
+
+    page.get_by_test_id("approvals-reject").click()
+    expect(page.get_by_test_id("approvals-reason-error")).to_be_visible()
+    page.get_by_test_id("approvals-comment").fill("评估结果符合要求")
+    page.get_by_test_id("approvals-approve").click()
+    expect(page.get_by_test_id("approvals-outcome-status")).to_have_text(
+        "succeeded", timeout=DECIDE_MS
+    )
+    events = http.get(f"/v1/pipelines/{run_id}/events").json()["data"]
+    decisions = [e for e in events if e["kind"] == "decision"]
+    assert decisions == [
+        {**decisions[0], "approve": True, "by": "key:console-lead", "reason": "评估结果符合要求"}
+    ]

@@ -384,8 +384,7 @@ function AgentEvent({ event: e, start }) {
       return html`<li data-testid=${testid}><strong>${t('runs.ev.node', { node: e.node })}</strong>${extra}${at}</li>`;
     }
     case 'route':
-      return html`<li data-testid=${testid}><strong>${t('runs.ev.route', { node: e.node, arm: e.arm })}</strong>
-        <${Badge} text=${t('runs.ev.propensity', { p: fmtNum(e.propensity, 3) })} tone="info" />${at}
+      return html`<li data-testid=${testid}><strong>${t('runs.ev.route', { node: e.node, arm: e.arm })}</strong>${' '}<${Badge} text=${t('runs.ev.propensity', { p: fmtNum(e.propensity, 3) })} tone="info" />${at}
         ${e.scores && html`<details><summary>${t('runs.ev.scores')}</summary><${Json} value=${e.scores} /></details>`}</li>`;
     case 'tool':
       return html`<li data-testid=${testid}><strong>${t('runs.ev.tool', { tool: e.tool, node: e.node })}</strong>
@@ -395,9 +394,9 @@ function AgentEvent({ event: e, start }) {
         ${e.result && html`<details><summary>${t('runs.ev.result')}</summary><pre style=${TEXT}>${e.result}</pre></details>`}</li>`;
     case 'citations':
       return html`<li data-testid=${testid}>${t('runs.ev.citations', { n: (e.citations || []).length, node: e.node })}${at}
-        <ol>${(e.citations || []).map((c, i) => html`<li key=${i}><details><summary>${c.title || c.record || c.source}
+        ${(e.citations || []).map((c, i) => html`<details key=${i} data-testid="runs-citation"><summary>[${i + 1}] ${c.title || c.record || c.source}
           <small class="muted"> · ${c.kb}${c.locator ? ` · ${c.locator}` : ''}</small></summary>
-          <pre style=${TEXT}>${c.text || ''}</pre></details></li>`)}</ol></li>`;
+          <pre style=${TEXT}>${c.text || ''}</pre></details>`)}</li>`;
     case 'approval':
       return html`<li data-testid=${testid}><strong>${t('runs.ev.approval', { action: t(`runs.action.${e.action}`) })}</strong>${' · '}<span data-testid="runs-approval-actor">${t('runs.ev.approval_by', { actor: e.actor })}</span>${at}
         ${e.comment && html`<p data-testid="runs-approval-comment">${t('runs.ev.comment', { comment: e.comment })}</p>`}
