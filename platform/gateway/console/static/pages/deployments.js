@@ -277,6 +277,7 @@ function Lineage({ deployment, adapter, onClose }) {
         data-testid="deployments-lineage-close" onClick=${onClose}>${t('common.close')}</button></header>
     <${Loading} when=${state.loading && !state.data} />
     <${ErrorBox} error=${state.error} testid="deployments-lineage-error" />
+    ${state.data && d.resolved_via && html`<p class="muted" data-testid="deployments-lineage-via">${d.resolved_via}</p>`}
     ${state.data && html`<div class="grid-even">
       <section><h4>${t('deployments.registry')}</h4><${Kv} value=${d.adapter} testid="deployments-lineage-record" /></section>
       <section><h4>${t('deployments.job')}</h4>
@@ -299,9 +300,13 @@ function Arms({ dep, windowS }) {
   const arms = Object.entries(dep.arms || {}).map(([arm, v]) => ({ arm, ...v }));
   const share = (arm) => {
     const tr = dep.traffic || {};
-    if (!Object.keys(tr).length) return null;
-    if (armId(arm) === 'base') return Math.max(0, 1 - Object.values(tr).reduce((s, v) => s + Number(v || 0), 0));
-    return tr[arm] ?? null;
+    if (armId(arm) === 'base') {
+      if (!Object.keys(tr).length) return null;
+      return Math.max(0, 1 - Object.values(tr).reduce((s, v) => s + Number(v || 0), 0));
+    }
+    // A bare-deployment canary share, or the adapter's share of its alias.
+    const adapter = (dep.adapters || []).find((a) => a.name === arm);
+    return (adapter && adapter.share) ?? tr[arm] ?? null;
   };
   return html`<section class="dep-section">
     <h3>${t('deployments.arms')}</h3>
