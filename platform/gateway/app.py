@@ -56,6 +56,7 @@ from qingliang.platform.gateway.operator.operations import Operations
 from qingliang.platform.gateway.responses import add_responses_routes
 from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.routes.demos import add_demo_routes
+from qingliang.platform.gateway.routes.keys import add_key_routes
 from qingliang.platform.gateway.routes.knowledge import KnowledgeBackend, add_knowledge_routes
 from qingliang.platform.gateway.routes.ops import add_ops_routes
 from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
@@ -108,6 +109,7 @@ def create_app(
     add_pipeline_routes(app, pipelines)
     add_ops_routes(app, ops, auth)
     add_demo_routes(app, demos)
+    add_key_routes(app, auth)
     add_console(app)
     install_openapi(
         app,

@@ -17,7 +17,7 @@ A key carries scopes (defined in :mod:`qingliang.platform.storage.keys`)::
 
 The operator's routes (``/v1/deployments``, ``/v1/metrics/series``, adapter lineage) need
 ``deploy`` or ``approve``, manifest checks ``deploy``, never bound to a tenant; demos
-``admin``; ``/v1/whoami`` any key.
+``admin``; API keys (``/v1/keys``) ``admin``; ``/v1/whoami`` any key.
 
 Tenancy: an ``admin`` key acts for every tenant; a key with ``tenant:<id>`` for that one;
 any other key for the tenant ``default`` (the tenant a knowledge base has when its
@@ -184,6 +184,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/demos"): _need(ADMIN, platform_wide=True),
     ("POST", "/v1/demos/{name}/up"): _need(ADMIN, platform_wide=True),
     ("POST", "/v1/demos/{name}/down"): _need(ADMIN, platform_wide=True),
+    # API keys (routes/keys.py): making a key is granting its scopes, so admin keys only.
+    ("GET", "/v1/keys"): _need(ADMIN, platform_wide=True),
+    ("POST", "/v1/keys"): _need(ADMIN, platform_wide=True),
+    ("DELETE", "/v1/keys/{key_id}"): _need(ADMIN, platform_wide=True),
 }
 
 
