@@ -248,7 +248,12 @@ async def dispatch_call(
     if method == "get":
         run_id = _run_id(kwargs)
         run = service.get(run_id, tenant, all_tenants)
-        return {**run.to_dict(), "events": service.events(run_id, tenant, all_tenants)}
+        return {
+            **run.to_dict(),
+            "events": service.events(run_id, tenant, all_tenants),
+            # Ratings given to the run (the router's rewards), oldest first.
+            "feedback": service.store.feedback(run_id),
+        }
     if method == "events":
         run_id = _run_id(kwargs)
         return {"object": "list", "data": service.events(run_id, tenant, all_tenants)}

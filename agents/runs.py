@@ -470,10 +470,12 @@ class RunStore:
 
     def events(self, run_id: str, after: int = 0) -> list[dict]:
         rows = self._read(
-            "SELECT seq, event FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            "SELECT seq, at, event FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, after),
         )
-        return [{"seq": seq, **json.loads(text)} for seq, text in rows]
+        # ``at``: when the event happened where the service stamped it, else when its
+        # batch was stored (at most a quarter of a second later).
+        return [{"seq": seq, "at": at, **json.loads(text)} for seq, at, text in rows]
 
     # journal ----------------------------------------------------------------------------
 

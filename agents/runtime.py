@@ -318,9 +318,13 @@ class GraphCompiler:
             )
             if out.get("error"):
                 raise RunStopped(f"node {node.name!r}: tool {tool.name!r} failed: {out['error']}")
+            cited = out.get("citations") or []
+            if cited:  # a search node's hits are the run's citations, as an agent's are
+                emit(config, {"type": "citations", "node": node.name, "citations": cited})
             return {
                 "results": {node.name: out.get("data")},
                 "tools_called": [{"node": node.name, "tool": tool.name}],
+                "citations": cited,
             }
 
         return tool_node

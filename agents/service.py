@@ -486,7 +486,10 @@ class AgentService:
         the run settles — so a step does not pay a transaction per event.
         """
         buffer = self._unsaved.setdefault(run_id, [])
-        buffer.extend(e for e in events if e.get("type") != "token")
+        # Stored events carry when they happened (the batch is written later): a run's
+        # timeline shows where its time went. Streamed events stay as they were.
+        wall = round(time.time(), 3)
+        buffer.extend({"at": wall, **e} for e in events if e.get("type") != "token")
         now = time.monotonic()
         if buffer and (flush or now - self._flushed.get(run_id, 0.0) >= EVENT_FLUSH_S):
             self.store.add_events(run_id, buffer)
@@ -498,7 +501,7 @@ class AgentService:
 
     def _unsaved_with(self, run_id: str, event: dict) -> list[dict]:
         """The run's events not stored yet, then ``event``: to store with a status change."""
-        return [*self._unsaved.get(run_id, ()), event]
+        return [*self._unsaved.get(run_id, ()), {"at": round(time.time(), 3), **event}]
 
     def _saved(self, run_id: str, events: list[dict]) -> None:
         """``events``, from :meth:`_unsaved_with`, were stored (with a status change)."""

@@ -91,11 +91,6 @@ def test_admin_signs_in_switches_language_reloads_and_signs_out(
     expect(page.get_by_test_id("login-key")).to_be_visible()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.js renders next to index.html's boot placeholder instead of replacing it: "
-    "'轻量 Qingliang…' stays above the console on every page",
-)
 def test_the_boot_placeholder_goes_once_the_console_runs(
     page: Page, console_url: str, platform: Platform
 ) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 from pathlib import Path
 
@@ -166,9 +167,12 @@ async def test_approval_edit_reject_and_double_resume(tmp_path: Path) -> None:
         with pytest.raises(Conflict, match="not waiting"):
             await svc.resume(run_id, {"action": "approve"}, tenant="city-a", actor="boss")
         approvals = [e for e in svc.events(run_id, "city-a") if e["type"] == "approval"]
+        # Stored events say when they happened (the run's timeline in the console).
+        assert all(time.time() - 60 < e["at"] <= time.time() for e in svc.events(run_id, "city-a"))
         assert approvals == [
             {
                 "seq": approvals[0]["seq"],
+                "at": approvals[0]["at"],
                 "type": "approval",
                 "run_id": run_id,
                 "action": "edit",

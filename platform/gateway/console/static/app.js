@@ -114,6 +114,7 @@ function useRoute() {
   useEffect(() => {
     const on = () => setRoute(parseHash());
     window.addEventListener('hashchange', on);
+    on(); // a change made before this listener existed (right after signing in)
     return () => window.removeEventListener('hashchange', on);
   }, []);
   return route;
@@ -261,4 +262,6 @@ function App() {
   return html`<${Shell} onLogout=${logout} />`;
 }
 
-render(html`<${App} />`, document.getElementById('app'));
+const root = document.getElementById('app');
+root.textContent = ''; // the boot placeholder of index.html: Preact renders next to children
+render(html`<${App} />`, root);

@@ -132,7 +132,14 @@ export function Chart({ title, x, series, height = 220, testid, yLabel }) {
       height,
       scales: { x: { time: true } },
       axes: [{}, { label: yLabel || '' }],
-      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: s.stroke || palette[i % palette.length], width: 2, spanGaps: true }))],
+      series: [{}, ...series.map((s, i) => ({
+        label: s.label,
+        stroke: s.stroke || palette[i % palette.length],
+        width: 2,
+        spanGaps: true,
+        // Sparse series (a few requests) would draw nothing without their points.
+        points: { show: true, size: 5 },
+      }))],
       legend: { live: true },
     };
     plot.current = new uPlot(opts, [x, ...series.map((s) => s.values)], box.current);

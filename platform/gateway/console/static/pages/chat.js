@@ -20,6 +20,8 @@ export const strings = {
     'chat.send': '发送',
     'chat.stop': '停止',
     'chat.clear': '清空对话',
+    'chat.max_tokens': '最多生成令牌数',
+    'chat.temperature': '温度',
     'chat.attach': '附加图片',
     'chat.attached': '已附加:{name}',
     'chat.remove': '移除',
@@ -40,7 +42,9 @@ export const strings = {
     'chat.tools': '工具调用',
     'chat.citations': '引用的资料',
     'chat.snapshot': '知识库版本 {version} · 快照 {snapshot}',
-    'chat.tokens': '令牌:输入 {prompt} · 输出 {completion}',
+    'chat.usage': '令牌',
+    'chat.time': '耗时',
+    'chat.tokens': '输入 {prompt} · 输出 {completion}',
     'chat.timing': '首字 {ttft} · 总耗时 {total}',
     'chat.run': '运行 {id}',
     'chat.open_run': '查看完整时间线',
@@ -70,6 +74,8 @@ export const strings = {
     'chat.send': 'Send',
     'chat.stop': 'Stop',
     'chat.clear': 'Clear the conversation',
+    'chat.max_tokens': 'Max tokens',
+    'chat.temperature': 'Temperature',
     'chat.attach': 'Attach an image',
     'chat.attached': 'Attached: {name}',
     'chat.remove': 'Remove',
@@ -90,7 +96,9 @@ export const strings = {
     'chat.tools': 'Tool calls',
     'chat.citations': 'Cited sources',
     'chat.snapshot': 'knowledge version {version} · snapshot {snapshot}',
-    'chat.tokens': 'tokens: prompt {prompt} · output {completion}',
+    'chat.usage': 'Tokens',
+    'chat.time': 'Timing',
+    'chat.tokens': 'prompt {prompt} · output {completion}',
     'chat.timing': 'first token {ttft} · total {total}',
     'chat.run': 'run {id}',
     'chat.open_run': 'Open the full timeline',
@@ -119,7 +127,7 @@ async function loadTargets() {
   ]);
   return {
     models: models.filter((m) => !(m.endpoints && !m.endpoints.includes('/v1/chat/completions'))),
-    agents: agents.map((g) => (typeof g === 'string' ? { name: g } : g)),
+    agents: agents.map((g) => ({ ...g, name: typeof g === 'string' ? g : g.id || g.name })),
   };
 }
 
@@ -147,6 +155,7 @@ export default function Page({ args, navigate }) {
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
   const [passage, setPassage] = useState(null);
+  const [params, setParams] = useState({ max_tokens: '', temperature: '' });
   const abort = useRef(null);
   const log = useRef(null);
 
@@ -175,7 +184,7 @@ export default function Page({ args, navigate }) {
     setError(null);
     setBusy(true);
     const index = turns.length;
-    const turn = { question, image, mode, target, answer: '', trace: { started: performance.now() }, done: false };
+    const turn = { question, image, mode, target, params, answer: '', trace: { started: performance.now() }, done: false };
     setTurns([...turns, turn]);
     setText('');
     setImage(null);
@@ -216,6 +225,12 @@ export default function Page({ args, navigate }) {
         <input list="chat-targets" data-testid="chat-target" value=${target} placeholder=${t('chat.target.custom')}
           onChange=${(e) => { setTarget(e.target.value.trim()); setTurns([]); }} />
         <datalist id="chat-targets">${options.map((o) => html`<option value=${o} />`)}</datalist></label>
+      ${mode === 'model' && html`<label>${t('chat.max_tokens')}
+        <input type="number" min="1" step="1" data-testid="chat-max-tokens" value=${params.max_tokens}
+          onInput=${(e) => setParams({ ...params, max_tokens: e.target.value })} /></label>
+      <label>${t('chat.temperature')}
+        <input type="number" min="0" max="2" step="0.1" data-testid="chat-temperature" value=${params.temperature}
+          onInput=${(e) => setParams({ ...params, temperature: e.target.value })} /></label>`}
       <button type="button" class="secondary outline" data-testid="chat-clear" onClick=${() => setTurns([])}>${t('chat.clear')}</button>
     </form>
     ${targets.data && options.length === 0 && html`<p class="muted" data-testid="chat-none">${t('chat.none')}</p>`}
@@ -249,6 +264,9 @@ async function streamModel(previous, turn, index, update, signal) {
   }
   messages.push(userMessage(turn));
   const body = { model: turn.target, messages, stream: true, stream_options: { include_usage: true } };
+  // Empty means the deployment's default; the server checks the values and names a bad one.
+  if (turn.params.max_tokens !== '') body.max_tokens = Number(turn.params.max_tokens);
+  if (turn.params.temperature !== '') body.temperature = Number(turn.params.temperature);
   await api.stream('/v1/chat/completions', body, (event) => {
     update(index, (x) => {
       const trace = { ...x.trace };
@@ -358,8 +376,8 @@ function Trace({ turn, onPassage, navigate }) {
       <${Json} value=${{ arguments: call.arguments, result: call.result, error: call.error }} /></details>`, 'chat-trace-tool');
   }
   if (tr.status) row(t('common.status'), tr.status + (tr.reason ? ` — ${tr.reason}` : ''), 'chat-trace-status');
-  if (tr.usage) row('tokens', t('chat.tokens', { prompt: tr.usage.prompt_tokens, completion: tr.usage.completion_tokens }), 'chat-trace-usage');
-  if (turn.done && tr.ttft !== undefined) row('⏱', t('chat.timing', { ttft: fmtMs(tr.ttft), total: fmtMs(tr.total) }), 'chat-trace-timing');
+  if (tr.usage) row(t('chat.usage'), t('chat.tokens', { prompt: tr.usage.prompt_tokens, completion: tr.usage.completion_tokens }), 'chat-trace-usage');
+  if (turn.done && tr.ttft !== undefined) row(t('chat.time'), t('chat.timing', { ttft: fmtMs(tr.ttft), total: fmtMs(tr.total) }), 'chat-trace-timing');
   const cites = tr.citations || [];
   return html`<div class="trace">
     ${tr.status === 'waiting' && html`<p class="notice" data-testid="chat-waiting">${t('chat.waiting')}

@@ -101,6 +101,7 @@ export const strings = {
     'runs.no_pipeline_scope': '当前密钥没有 deploy 或 approve 权限,不能查看流水线。',
     'runs.no_agent_scope': '当前密钥没有 agents:run 或 approve 权限,不能查看智能体运行。',
     'runs.feedback': '评分',
+    'runs.no_feedback': '还没有人给这次运行评分(在对话页或 POST /v1/feedback 评分,路由器据此学习)。',
     'runs.state.running': '运行中',
     'runs.state.finished': '完成',
     'runs.state.failed': '失败',
@@ -199,6 +200,7 @@ export const strings = {
     'runs.no_pipeline_scope': 'This key has neither the deploy nor the approve scope: pipelines are not shown.',
     'runs.no_agent_scope': 'This key has neither the agents:run nor the approve scope: agent runs are not shown.',
     'runs.feedback': 'Feedback',
+    'runs.no_feedback': 'Nobody has rated this run yet (rate it in Chat or with POST /v1/feedback; the router learns from it).',
     'runs.state.running': 'running',
     'runs.state.finished': 'finished',
     'runs.state.failed': 'failed',
@@ -361,6 +363,11 @@ function AgentRun({ id, navigate }) {
       ${can('approve') && html` <a href=${`#/approvals/agent/${encodeURIComponent(r.id)}`} data-testid="runs-open-approval">${t('runs.open_approval')}</a>`}</p>`}
     <h5>${t('runs.final_answer')}</h5>
     <pre style=${TEXT} data-testid="runs-run-answer">${r.answer || '—'}</pre>
+    <h5>${t('runs.feedback')}</h5>
+    ${(r.feedback || []).length === 0
+      ? html`<p class="muted" data-testid="runs-no-feedback"><small>${t('runs.no_feedback')}</small></p>`
+      : html`<ul data-testid="runs-feedback">${r.feedback.map((f, i) => html`<li key=${i}>
+          <strong>${f.score > 0 ? '+' : ''}${fmtNum(f.score)}</strong> · ${f.actor} · ${fmtTime(f.at)}${f.comment ? ` — ${f.comment}` : ''}</li>`)}</ul>`}
     <h4>${t('runs.timeline', { n: events.length })}</h4>
     <p class="muted" data-testid="runs-counts"><small>${t('runs.counts', {
       nodes: count('node'), tools: count('tool'), routes: count('route'), cites, approvals: count('approval'),
