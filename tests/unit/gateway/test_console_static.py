@@ -165,6 +165,7 @@ def test_every_page_in_the_menu_has_a_module_and_a_name() -> None:
         "router",
         "metrics",
         "demos",
+        "keys",
     ]
     shared = _strings(STATIC / "app.js")
     for page in pages:

@@ -23,6 +23,7 @@ addStrings({
     'nav.router': '路由器',
     'nav.metrics': '指标',
     'nav.demos': '演示',
+    'nav.keys': '密钥',
     'nav.menu': '菜单',
     'nav.dashboard': 'Ray 仪表盘',
     'shell.logout': '退出',
@@ -61,6 +62,7 @@ addStrings({
     'nav.router': 'Router',
     'nav.metrics': 'Metrics',
     'nav.demos': 'Demos',
+    'nav.keys': 'Keys',
     'nav.menu': 'Menu',
     'nav.dashboard': 'Ray dashboard',
     'shell.logout': 'Sign out',
@@ -95,6 +97,7 @@ export const PAGES = [
   { id: 'router', needs: ['agents:run'] },
   { id: 'metrics', needs: ['deploy', 'approve'] },
   { id: 'demos', needs: ['admin'] },
+  { id: 'keys', needs: ['admin'] },
 ];
 
 const allowed = () => PAGES.filter((p) => can(...p.needs));
