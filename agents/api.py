@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -92,7 +93,7 @@ METHODS: dict[str, frozenset[str]] = {
     "approvals": frozenset(),
     "events": frozenset({"run_id"}),
     "feedback": frozenset(FeedbackBody.model_fields),
-    "routers": frozenset({"graph"}),
+    "routers": frozenset({"graph", "window_s", "buckets", "ope"}),
 }
 #: Methods :func:`dispatch_stream` answers (their events are streamed).
 STREAM_METHODS: dict[str, frozenset[str]] = {
@@ -100,6 +101,7 @@ STREAM_METHODS: dict[str, frozenset[str]] = {
     "resume": frozenset({"run_id", "body"}),
 }
 RUNS_QUERY = METHODS["runs"]
+ROUTERS_QUERY = METHODS["routers"] - {"graph"}
 MAX_LIST = 500
 
 
@@ -180,13 +182,46 @@ def _graph_info(gdef: Any) -> dict[str, Any]:
     }
 
 
-async def _routers(service: Any, graph: object) -> dict[str, Any]:
-    """The learned routers of ``graph``: decisions, per-arm rewards, the learning curve
-    and the estimated regret (:mod:`qingliang.agents.routing.learning`)."""
+def _number(kwargs: dict, name: str, default: float, low: float, high: float) -> float:
+    """The query parameter ``name`` as a number in ``(low, high]`` (a string or a number)."""
+    value = kwargs.get(name, default)
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not low < number <= high:
+        raise BadRequest(f"`{name}` must be a number above {low:g} and at most {high:g}, "
+                         f"got {value!r}", param=name)  # fmt: skip
+    return number
+
+
+def _report_options(kwargs: dict) -> dict[str, Any]:
+    """``window_s``, ``buckets`` and ``ope`` of ``GET /v1/agents/{graph}/routers``."""
+    from qingliang.agents.routing import report
+
+    window_s = _number(kwargs, "window_s", report.DEFAULT_WINDOW_S, 0, report.MAX_WINDOW_S)
+    buckets = _number(kwargs, "buckets", report.DEFAULT_BUCKETS, 0, report.MAX_BUCKETS)
+    if buckets != int(buckets):
+        raise BadRequest(f"`buckets` must be a whole number, got {kwargs['buckets']!r}",
+                         param="buckets")  # fmt: skip
+    ope = kwargs.get("ope", True)
+    if isinstance(ope, str) and ope.strip().lower() in ("1", "true", "yes", "0", "false", "no"):
+        ope = ope.strip().lower() in ("1", "true", "yes")
+    if not isinstance(ope, bool):
+        raise BadRequest(f"`ope` must be 1 or 0 (true or false), got {ope!r}", param="ope")
+    return {"window_s": window_s, "buckets": int(buckets), "ope": ope}
+
+
+async def _routers(service: Any, graph: object, kwargs: dict) -> dict[str, Any]:
+    """The learned routers of ``graph``: decisions, per-arm rewards and propensities, the
+    learning curve, the estimated regret (:mod:`qingliang.agents.routing.learning`), the
+    decisions and rewards over time and the comparison of candidate policies
+    (:mod:`qingliang.agents.routing.report`)."""
     from qingliang.platform.errors import Conflict, NotFound
 
     if not isinstance(graph, str) or not graph:
         raise BadRequest("`graph` is required", param="graph")
+    options = _report_options(kwargs)
     gdef = service.catalog.get(graph)  # NotFound, with a "did you mean", for a typo
     if service.router is None:
         raise Conflict("no router is configured on this platform")
@@ -196,9 +231,10 @@ async def _routers(service: Any, graph: object) -> dict[str, Any]:
             continue
         key = f"{graph}/{node.name}"
         try:
-            stats = await service.router.stats(key)
+            stats = await service.router.report(key, **options)
         except NotFound:  # registered on the first run
-            stats = {"router": key, "decisions": 0, "closed": 0, "arms": {}}
+            stats = {"router": key, "decisions": 0, "closed": 0, "arms": {}, "timeline": None,
+                     "ope": None}  # fmt: skip
         data.append({"node": node.name, **stats})
     return {"object": "list", "graph": graph, "data": data}
 
@@ -244,7 +280,7 @@ async def dispatch_call(
             data.append(_graph_info(service.catalog.get(name)))
         return {"object": "list", "data": data}
     if method == "routers":
-        return await _routers(service, kwargs.get("graph"))
+        return await _routers(service, kwargs.get("graph"), kwargs)
     if method == "get":
         run_id = _run_id(kwargs)
         run = service.get(run_id, tenant, all_tenants)

@@ -28,6 +28,7 @@ from typing import Any
 
 from qingliang.agents.routing.features import RequestFeatures
 from qingliang.agents.routing.ope import OpeReport
+from qingliang.agents.routing.report import router_report
 from qingliang.agents.routing.router import RouteDecision, RouterConfig, RouterService
 from qingliang.platform.errors import ClusterError, QingliangError
 
@@ -39,7 +40,7 @@ ROUTER_NAMESPACE = "qingliang"
 #: Retries of a call while the actor restarts (see the module notes on ``decide``).
 MAX_TASK_RETRIES = 3
 #: Long-running calls that a local client runs in a worker thread.
-_SLOW = frozenset({"evaluate", "switch"})
+_SLOW = frozenset({"evaluate", "switch", "report"})
 
 
 class RouterActor:
@@ -85,6 +86,9 @@ class RouterActor:
 
     def routers(self) -> list[str]:
         return self._service.routers()
+
+    def report(self, router: str, **kw: Any) -> dict[str, Any]:
+        return router_report(self._service, router, **kw)
 
     def evaluate(self, router: str, candidate: RouterConfig) -> OpeReport:
         return self._service.evaluate(router, candidate)
@@ -171,6 +175,20 @@ class _Methods:
     async def routers(self) -> list[str]:
         return await self._call("routers")
 
+    async def report(
+        self,
+        router: str,
+        *,
+        window_s: float | None = None,
+        buckets: int | None = None,
+        ope: bool = True,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`stats` with the decisions over time and the candidates compared
+        (:func:`~qingliang.agents.routing.report.router_report`; None takes its default)."""
+        kw = {"window_s": window_s, "buckets": buckets, "ope": ope, "now": now}
+        return await self._call("report", router, **{k: v for k, v in kw.items() if v is not None})
+
     async def evaluate(self, router: str, candidate: RouterConfig) -> OpeReport:
         return await self._call("evaluate", router, candidate)
 
@@ -183,15 +201,18 @@ class _Methods:
 class LocalRouter(_Methods):
     """The async methods over an in-process :class:`RouterService` (no Ray).
 
-    Calls run inline (they take well under a millisecond) except ``evaluate`` and
-    ``switch``, which refit a policy on the whole log and run in a worker thread.
+    Calls run inline (they take well under a millisecond) except ``evaluate``, ``switch``
+    and ``report``, which refit policies on the log and run in a worker thread.
     """
 
     def __init__(self, service: RouterService) -> None:
         self.service = service
 
+    def _report(self, router: str, **kw: Any) -> dict[str, Any]:
+        return router_report(self.service, router, **kw)
+
     async def _call(self, method: str, *args: Any, **kw: Any) -> Any:
-        fn = getattr(self.service, method)
+        fn = getattr(self.service, method) if method != "report" else self._report
         if method in _SLOW:
             return await asyncio.to_thread(fn, *args, **kw)
         return fn(*args, **kw)

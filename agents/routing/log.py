@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_run ON decisions(run_id);
 CREATE INDEX IF NOT EXISTS decisions_router ON decisions(router, created);
+CREATE INDEX IF NOT EXISTS decisions_closed ON decisions(router, closed);
 CREATE TABLE IF NOT EXISTS router_state (
     router TEXT PRIMARY KEY,
     config TEXT NOT NULL,
@@ -280,20 +281,45 @@ class DecisionLog:
         return [_row(r) for r in rows.fetchall()]
 
     def counts(self, router: str) -> dict[str, Any]:
-        """Decisions, closed ones and, per arm, count / closed / mean reward."""
+        """Decisions, closed ones and, per arm, count / closed / mean reward / mean logged
+        propensity."""
         rows = (
             self._conn()
             .execute(
-                "SELECT arm, COUNT(*), COUNT(closed), AVG(reward) FROM decisions WHERE router=? "
-                "GROUP BY arm ORDER BY arm",
+                "SELECT arm, COUNT(*), COUNT(closed), AVG(reward), AVG(propensity) FROM decisions "
+                "WHERE router=? GROUP BY arm ORDER BY arm",
                 (router,),
             )
             .fetchall()
         )
-        arms = {a: {"count": n, "closed": k, "mean_reward": m} for a, n, k, m in rows}
+        arms = {
+            a: {"count": n, "closed": k, "mean_reward": m, "mean_propensity": p}
+            for a, n, k, m, p in rows
+        }
         total = sum(v["count"] for v in arms.values())
         closed = sum(v["closed"] for v in arms.values())
         return {"decisions": total, "closed": closed, "open": total - closed, "arms": arms}
+
+    def histogram(
+        self, router: str, start: float, bucket_s: float, buckets: int
+    ) -> dict[str, list[tuple[int, str, int, float | None]]]:
+        """Per time bucket ``[start + i·bucket_s, start + (i+1)·bucket_s)``, ``i < buckets``:
+        ``decisions`` made, ``(i, arm, count, None)``, and ``rewards`` (decisions closed),
+        ``(i, arm, count, sum of rewards)``. Aggregated in SQLite over the router's
+        indexes, so the work grows with the decisions in the window, not the whole log."""
+        end = start + bucket_s * buckets
+        out: dict[str, list[tuple[int, str, int, float | None]]] = {}
+        for key, col, agg in (
+            ("decisions", "created", "NULL"),
+            ("rewards", "closed", "SUM(reward)"),
+        ):
+            rows = self._conn().execute(
+                f"SELECT CAST((({col}) - ?) / ? AS INTEGER) AS b, arm, COUNT(*), {agg} "
+                f"FROM decisions WHERE router=? AND {col} >= ? AND {col} < ? GROUP BY b, arm",
+                (start, bucket_s, router, start, end),
+            )
+            out[key] = [(min(int(b), buckets - 1), a, n, v) for b, a, n, v in rows.fetchall()]
+        return out
 
     # -- router state ------------------------------------------------------------------
     @staticmethod

@@ -16,7 +16,8 @@ probabilities ``π(a|x)`` the importance weight of a record is ``w = π(a_logged
   ``q`` explains part of the reward.
 
 Each returns an :class:`Estimate` with its standard error and the effective sample size
-``(Σw)² / Σw²`` (how many records the estimate really rests on).
+``(Σw)² / Σw²`` (how many records the estimate really rests on). :class:`Always` and
+:class:`Uniform` are fixed candidates (always one arm; every arm alike) to compare with.
 
 Example:
     >>> class Always:
@@ -84,16 +85,39 @@ class Estimate:
 
 @dataclass(frozen=True)
 class OpeReport:
-    """The logged policy's mean reward next to the candidate's three estimates."""
+    """The logged policy's mean reward (and its standard error) next to the candidate's
+    three estimates."""
 
     logged_value: float
     ips: Estimate
     snips: Estimate
     dr: Estimate
     n: int
+    logged_stderr: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Always:
+    """The fixed policy that always takes ``arm`` (of ``arms``)."""
+
+    arm: str
+    arms: tuple[str, ...]
+
+    def probabilities(self, features: Sequence[float]) -> dict[str, float]:
+        return {a: float(a == self.arm) for a in self.arms}
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """The fixed policy that takes each of ``arms`` with the same probability."""
+
+    arms: tuple[str, ...]
+
+    def probabilities(self, features: Sequence[float]) -> dict[str, float]:
+        return {a: 1.0 / len(self.arms) for a in self.arms}
 
 
 Targets = Sequence[Mapping[str, float]]
@@ -195,4 +219,5 @@ def evaluate(candidate: Candidate, records: Sequence[Record]) -> OpeReport:
         snips=snips(records, targets),
         dr=doubly_robust(records, targets),
         n=len(records),
+        logged_stderr=float(np.std(r, ddof=1) / math.sqrt(len(r))),
     )

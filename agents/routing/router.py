@@ -59,7 +59,7 @@ import numpy as np
 from qingliang.agents.routing.features import FeatureEncoder, RequestFeatures
 from qingliang.agents.routing.learning import learning
 from qingliang.agents.routing.log import DecisionLog, LoggedDecision, StoredState
-from qingliang.agents.routing.ope import Logged, OpeReport, evaluate
+from qingliang.agents.routing.ope import Candidate, Logged, OpeReport, evaluate
 from qingliang.agents.routing.policy import PolicySpec, make_policy, policy_from_state
 from qingliang.agents.routing.rewards import RewardWeights, combine, validate_part
 from qingliang.agents.routing.teach import teach_policy
@@ -482,31 +482,32 @@ class RouterService:
             return self.stats(router)
 
     def stats(self, router: str) -> dict[str, Any]:
-        """Decisions, closed ones, per-arm count / mean reward, and the settings in effect."""
+        """Decisions, closed ones, per-arm count / mean reward / mean logged propensity,
+        and the settings in effect (``config``: the :class:`RouterConfig` as a dict)."""
         with self._lock:
             r = self._get(router)
             counts = self.log.counts(router)
             recent = self.log.logged(router, limit=LEARNING_WINDOW)
-        empty = {"count": 0, "closed": 0, "mean_reward": None}
+        empty = {"count": 0, "closed": 0, "mean_reward": None, "mean_propensity": None}
         arms = {a: counts["arms"].get(a, empty) for a in r.config.arms}
         arms.update({a: v for a, v in counts["arms"].items() if a not in arms})
         return {
             "router": router, "algorithm": r.config.algorithm, "floor": r.config.floor,
             "frozen": r.config.frozen, "version": r.version, "updates": r.policy.updates,
             "decisions": counts["decisions"], "closed": counts["closed"], "taught": len(r.taught),
-            "open": counts["open"], "arms": arms,
+            "open": counts["open"], "arms": arms, "config": r.config.to_dict(),
             "learning": learning(recent, r.config.arms),
         }  # fmt: skip
 
-    def _records(self, r: _Router, weights: RewardWeights) -> list[Logged]:
+    def _records(self, r: _Router, weights: RewardWeights, latest: int | None) -> list[Logged]:
         """Closed decisions usable under the current layout, rewards under ``weights``."""
         return [
             Logged(np.asarray(d.features), d.arm, d.propensity, combine(d.parts, weights))
-            for d in self.log.logged(r.name)
+            for d in self.log.logged(r.name, limit=latest)
             if len(d.features) == r.encoder.dimensions
         ]
 
-    def _check_candidate(self, r: _Router, candidate: RouterConfig) -> None:
+    def _check_candidate(self, r: _Router, candidate: object) -> None:
         if not isinstance(candidate, RouterConfig):
             raise ValueError(f"candidate must be a RouterConfig, got {type(candidate).__name__}")
         if set(candidate.arms) != set(r.config.arms) or candidate.layout() != r.config.layout():
@@ -525,19 +526,26 @@ class RouterService:
                 policy.update(rec.arm, rec.features, rec.reward)
         return policy
 
-    def evaluate(self, router: str, candidate: RouterConfig) -> OpeReport:
-        """Fit ``candidate`` on the older half of the closed log, estimate its value on the
-        newer half (IPS, SNIPS, DR) next to the logged policy's mean reward there."""
+    def evaluate(
+        self, router: str, candidate: RouterConfig | Candidate, latest: int | None = None
+    ) -> OpeReport:
+        """Fit ``candidate`` on the older half of the closed log (its ``latest`` decisions if
+        given), estimate its value on the newer half (IPS, SNIPS, DR) next to the logged
+        policy's mean reward there. A fixed policy (an ``ope.Candidate``) is only scored."""
         with self._lock:
             r = self._get(router)
-            self._check_candidate(r, candidate)
-            records = self._records(r, candidate.reward)
+            if isinstance(candidate, RouterConfig) or not hasattr(candidate, "probabilities"):
+                self._check_candidate(r, candidate)
+            config = candidate if isinstance(candidate, RouterConfig) else r.config
+            records = self._records(r, config.reward, latest)
         if len(records) < MIN_LOGGED:
             raise Conflict(
                 f"router {router!r} has {len(records)} closed decisions; off-policy "
                 f"evaluation needs at least {MIN_LOGGED}"
             )
         half = len(records) // 2
+        if not isinstance(candidate, RouterConfig):
+            return evaluate(candidate, records[half:])
         policy = self._fit(candidate, records[:half], r.taught)
         policy.frozen = True
         return evaluate(policy, records[half:])
@@ -578,7 +586,7 @@ class RouterService:
                         f"{report.logged_value:.4f} + margin {min_margin:g}; IPS "
                         f"{report.ips.value:.4f}, SNIPS {report.snips.value:.4f}, n={report.n}"
                     )
-            policy = self._fit(candidate, self._records(r, candidate.reward), r.taught)
+            policy = self._fit(candidate, self._records(r, candidate.reward, None), r.taught)
             policy.frozen = candidate.frozen
             new = _Router(router, r.manifest, candidate, policy, r.version + 1, r.taught)
             self.log.save_state(new.stored())

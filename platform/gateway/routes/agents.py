@@ -7,8 +7,11 @@ Routes (every one scoped to the caller's tenant — see
     POST   /v1/agents/{name}/runs              {"input", "domain", "attachments", "stream"}
                                                → SSE events (default) or, with
                                                "stream": false, the run + its events
-    GET    /v1/agents/{name}/routers           its learned routers: decisions, rewards per
-                                               arm, learning curve, estimated regret
+    GET    /v1/agents/{name}/routers?window_s=&buckets=&ope=
+                                               its learned routers: decisions, rewards and
+                                               propensity per arm, learning curve, estimated
+                                               regret, decisions and rewards over time, the
+                                               off-policy comparison of candidate policies
     GET    /v1/agents/runs?status=&graph=&limit=   runs, newest first
     GET    /v1/agents/runs/{id}                the run + its events (token deltas left out)
     GET    /v1/agents/runs/{id}/events         its events only
@@ -50,6 +53,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from qingliang.agents.api import (
     MAX_LIST,
+    ROUTERS_QUERY,
     RUNS_QUERY,
     AgentRunBody,
     AgentsBackend,
@@ -187,8 +191,16 @@ def add_agent_routes(
         return await call(request, "events", {"run_id": run_id})
 
     @app.get("/v1/agents/{name}/routers")
-    async def routers(request: Request, name: str) -> Any:
-        return await call(request, "routers", {"graph": name})
+    async def routers(
+        request: Request,
+        name: str,
+        window_s: str | None = Query(None, description="Timeline window in seconds (86400)."),
+        buckets: str | None = Query(None, description="Timeline buckets (1-500; 48)."),
+        ope: str | None = Query(None, description="Compare candidate policies (1 or 0; 1)."),
+    ) -> Any:
+        params = dict(request.query_params)
+        _only(params, ROUTERS_QUERY, "query parameter")
+        return await call(request, "routers", {**params, "graph": name})
 
     @app.post("/v1/agents/{name}/runs", openapi_extra=request_body(AgentRunBody))
     async def start(request: Request, name: str) -> Response:
