@@ -9,6 +9,13 @@ A bundle is a folder (``deploy/domains/gov``, ``healthcare``, ``manufacturing``)
       sqlite: [{csv: data/offices.csv, database: data/offices.sqlite, table: offices}]
     manifests: [knowledge.yaml, desk.yaml]
     try: ['qingliang agents run gov-desk "..."']
+    console:
+      - {kind: search, kb: gov-policy, query: "...", title: "...", expect: "..."}
+      - {kind: agent, graph: gov-desk, input: "...", attachment: form.png, title: "..."}
+
+``try`` are the command lines ``demo up`` prints; ``console`` is the same walkthrough as
+:class:`ConsoleStep` s the web console acts on (``GET /v1/demos``), whose sample pictures
+(``samples/``) it fetches from ``GET /v1/demos/{name}/samples/{file}``.
 
 :func:`prepare` builds what the manifests need and the repository does not ship (SQLite
 tables from the shipped CSV files, for the read-only ``sql`` tools); :func:`up` applies
@@ -37,10 +44,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from qingliang.platform.errors import (
     Conflict,
@@ -59,6 +66,14 @@ FRONT_DESK = "front-desk.yaml"
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "deploy" / "domains"
 #: What ``demo up`` records, under the platform's data directory.
 RECORD = "demos.json"
+#: The sample pictures a bundle may serve (``samples/``): suffix -> media type.
+SAMPLE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+}
 
 
 class _Strict(BaseModel):
@@ -75,6 +90,72 @@ class Prepare(_Strict):
     sqlite: list[SqliteTable] = Field(default_factory=list)
 
 
+#: The fields each kind of console step has (besides kind, title, expect): required, optional.
+STEP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "search": (("kb",), ("query", "image", "limit")),
+    "agent": (("graph", "input"), ("attachment",)),
+    "approvals": ((), ()),
+    "router": (("graph",), ()),
+    "pipeline": ((), ()),
+    "deployment": (("deployment",), ()),
+}
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+class ConsoleStep(_Strict):
+    """One step of the walkthrough as the web console does it.
+
+    ``search`` opens the knowledge base ``kb``'s search with ``query`` (and the sample
+    picture ``image``); ``agent`` opens the chat with the graph ``graph``, ``input`` typed
+    and the sample ``attachment`` attached; ``approvals``, ``router`` (of ``graph``),
+    ``pipeline`` (the pipeline runs) and ``deployment`` (one deployment, its adapters'
+    lineage) open those pages.
+    """
+
+    kind: Literal["search", "agent", "approvals", "router", "pipeline", "deployment"]
+    title: str = Field(min_length=1, max_length=200, description="What to do, one line.")
+    expect: str = Field(default="", max_length=500, description="What the user should see.")
+    kb: str | None = Field(default=None, description="search: the knowledge base.")
+    query: str | None = Field(default=None, description="search: the text searched for.")
+    image: str | None = Field(default=None, description="search: a picture of samples/.")
+    limit: int | None = Field(default=None, ge=1, le=100, description="search: hits wanted.")
+    graph: str | None = Field(default=None, description="agent, router: the agent graph.")
+    input: str | None = Field(default=None, description="agent: the request typed.")
+    attachment: str | None = Field(default=None, description="agent: a picture of samples/.")
+    deployment: str | None = Field(default=None, description="deployment: its name.")
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> ConsoleStep:
+        required, optional = STEP_FIELDS[self.kind]
+        missing = [f for f in required if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"{_a(self.kind)} step needs {', '.join(missing)}")
+        others = [
+            f
+            for f in ConsoleStep.model_fields
+            if f not in ("kind", "title", "expect", *required, *optional)
+            and getattr(self, f) is not None
+        ]
+        if others:
+            raise ValueError(f"{_a(self.kind)} step has no {', '.join(others)}")
+        if self.kind == "search" and self.query is None and self.image is None:
+            raise ValueError("a search step needs a query or an image")
+        return self
+
+    def samples(self) -> list[str]:
+        """The sample pictures this step uses."""
+        return [f for f in (self.image, self.attachment) if f is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``kind``, ``title``, ``expect`` and the fields of its kind (None where unset)."""
+        required, optional = STEP_FIELDS[self.kind]
+        keys = ("kind", "title", "expect", *required, *optional)
+        return {k: getattr(self, k) for k in keys}
+
+
 class DemoFile(_Strict):
     """``demo.yaml``: what the bundle is and what ``demo up`` does with it."""
 
@@ -86,7 +167,12 @@ class DemoFile(_Strict):
         default_factory=list,
         description="Pipelines that train the domain's adapter (`qingliang pipelines run -f`).",
     )
-    try_: list[str] = Field(default_factory=list, alias="try")
+    try_: list[str] = Field(
+        default_factory=list, alias="try", description="Commands `demo up` prints to try."
+    )
+    console: list[ConsoleStep] = Field(
+        default_factory=list, description="The walkthrough as the web console's steps."
+    )
 
 
 @dataclass(frozen=True)
@@ -142,6 +228,44 @@ class Bundle:
                 raise ManifestError([FieldIssue("manifests", f"no such file: {name}")], str(path))
         return cls(root.name, root, spec)
 
+    def check_samples(self) -> None:
+        """Raise :class:`ManifestError` naming a console step whose picture is not one of
+        ``samples/`` (a file check, so not part of :meth:`load`)."""
+        have = self.samples()
+        for i, step in enumerate(self.spec.console):
+            for name in step.samples():
+                if name not in have:
+                    raise ManifestError(
+                        [FieldIssue(f"console.{i}", f"no sample picture {name!r} in samples/")],
+                        str(self.root / "demo.yaml"),
+                    )
+
+    def samples(self) -> dict[str, Path]:
+        """The bundle's sample pictures (image files directly in ``samples/``) by name."""
+        folder = self.root / "samples"
+        if not folder.is_dir():
+            return {}
+        return {
+            p.name: p
+            for p in sorted(folder.iterdir())
+            if p.suffix.lower() in SAMPLE_TYPES and p.is_file() and not p.is_symlink()
+        }
+
+    def sample(self, name: str) -> tuple[Path, str]:
+        """The sample picture ``name`` and its media type.
+
+        Raises:
+            NotFound: ``name`` is not an image file of this bundle's ``samples/`` (named,
+                with the pictures there).
+        """
+        found = self.samples()
+        if name not in found:
+            raise NotFound(
+                f"demo {self.name} has no sample picture {name!r}"
+                f"{did_you_mean(name, list(found))}; its samples: {', '.join(found) or 'none'}"
+            )
+        return found[name], SAMPLE_TYPES[found[name].suffix.lower()]
+
 
 def root_dir(environ: dict[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
@@ -170,7 +294,10 @@ def select(names: Sequence[str], root: Path | None = None) -> list[Bundle]:
     missing = [d for d in ordered if not (root / d / "demo.yaml").is_file()]
     if missing:
         raise NotFound(f"demo bundle(s) not found under {root}: {', '.join(missing)}")
-    return [Bundle.load(root / d) for d in ordered]
+    bundles = [Bundle.load(root / d) for d in ordered]
+    for b in bundles:
+        b.check_samples()
+    return bundles
 
 
 # ------------------------------------------------------------------ prepare

@@ -17,7 +17,8 @@ A key carries scopes (defined in :mod:`qingliang.platform.storage.keys`)::
 
 The operator's routes (``/v1/deployments``, ``/v1/metrics/series``, adapter lineage) need
 ``deploy`` or ``approve``, manifest checks ``deploy``, never bound to a tenant; demos
-``admin``; API keys (``/v1/keys``) ``admin``; ``/v1/whoami`` any key.
+``admin`` (their sample pictures ``agents:run`` or ``knowledge:read``); API keys
+(``/v1/keys``) ``admin``; ``/v1/whoami`` any key.
 
 Tenancy: an ``admin`` key acts for every tenant; a key with ``tenant:<id>`` for that one;
 any other key for the tenant ``default`` (the tenant a knowledge base has when its
@@ -184,6 +185,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/demos"): _need(ADMIN, platform_wide=True),
     ("POST", "/v1/demos/{name}/up"): _need(ADMIN, platform_wide=True),
     ("POST", "/v1/demos/{name}/down"): _need(ADMIN, platform_wide=True),
+    # A bundle's sample pictures (fictional, shipped in the repository) are attached to
+    # walkthrough steps: for whoever may run an agent or search a knowledge base.
+    ("GET", "/v1/demos/{name}/samples/{file}"): _need(AGENTS_RUN, KNOWLEDGE_READ),
     # API keys (routes/keys.py): making a key is granting its scopes, so admin keys only.
     ("GET", "/v1/keys"): _need(ADMIN, platform_wide=True),
     ("POST", "/v1/keys"): _need(ADMIN, platform_wide=True),

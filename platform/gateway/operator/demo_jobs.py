@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from qingliang.platform.errors import BadRequest, Conflict
+from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ class DemoJobs:
 
     # -- the catalogue ------------------------------------------------------------------
     def catalog(self) -> list[dict[str, Any]]:
-        """Each demonstration: name, title, summary, state (up or down) and its newest job."""
+        """Each demonstration: name, title, summary, state (up or down), its newest job,
+        its walkthrough as the console's steps and its sample pictures' names."""
         from qingliang.platform.control import demos
 
         up = demos.Managed(self.home / demos.RECORD).read()
@@ -223,9 +224,26 @@ class DemoJobs:
                     "summary": b.spec.summary.strip(),
                     "state": "up" if b.name in up else "down",
                     "job": mine[-1].to_dict() if mine else None,
+                    "steps": [step.to_dict() for step in b.spec.console],
+                    "samples": list(b.samples()),
                 }
             )
         return out
+
+    def sample(self, name: str, file: str) -> tuple[Path, str]:
+        """The sample picture ``file`` of demo ``name`` and its media type.
+
+        Raises:
+            NotFound: no such demo (``all`` is not one), or no such picture in its
+                ``samples/`` (named).
+        """
+        from qingliang.platform.control import demos
+
+        if name not in demos.DOMAINS:
+            demos.select([name], self.root)  # the unknown name's message
+            raise NotFound(f"demo {name!r} has no samples; name one of {', '.join(demos.DOMAINS)}")
+        (bundle,) = demos.select([name], self.root)
+        return bundle.sample(file)
 
     # -- running ------------------------------------------------------------------------
     def start(self, name: str, action: str, *, train: bool = False, approve: bool = False) -> dict:

@@ -3,11 +3,14 @@
 Routes::
 
     GET  /v1/demos                     each demo: name, title, summary, state (up|down),
-                                       its newest job (or null)
+                                       its newest job (or null), its walkthrough's steps
+                                       and sample pictures
+    GET  /v1/demos/{name}/samples/{file}  a sample picture of the bundle's samples/
     POST /v1/demos/{name}/up           {"train": false, "approve": false} -> 202, the job
     POST /v1/demos/{name}/down         -> 202, the job
 
-``name`` is ``gov``, ``healthcare``, ``manufacturing`` or ``all``. A job runs the real
+``name`` is ``gov``, ``healthcare``, ``manufacturing`` or ``all`` (``all``: not for
+samples). A job runs the real
 ``qingliang demo up|down`` (:mod:`qingliang.platform.gateway.operator.demo_jobs`); poll ``GET
 /v1/demos`` for its status and output. 404 names an unknown demo, 409 a demo whose job
 is still running.
@@ -19,7 +22,7 @@ import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from qingliang.platform.errors import ApiError
 from qingliang.platform.gateway.http.bodies import (
@@ -48,6 +51,13 @@ def add_demo_routes(app: FastAPI, jobs: DemoJobs | None) -> None:
         """The domain demonstrations, whether each is up, and its newest job."""
         data = await asyncio.to_thread(_jobs(jobs).catalog)
         return {"object": "list", "data": data}
+
+    @app.get("/v1/demos/{name}/samples/{file}", response_class=FileResponse)
+    async def sample(name: str, file: str) -> Response:
+        """A sample picture of the demo's bundle (only image files of its ``samples/``),
+        for the console to attach to a walkthrough step; 404 names a file that is not one."""
+        path, media_type = await asyncio.to_thread(_jobs(jobs).sample, name, file)
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private"})
 
     @app.post(
         "/v1/demos/{name}/up",

@@ -62,6 +62,8 @@ def env(tmp_path: Path) -> Any:
     tokens = {
         "admin": keys.create("admin", scopes=["admin"])[1],
         "deploy": keys.create("deploy", scopes=["deploy", "approve"])[1],
+        "runner": keys.create("runner", scopes=["agents:run"])[1],
+        "reader": keys.create("reader", scopes=["knowledge:read"])[1],
     }
     launcher = Launcher()
     jobs = DemoJobs(home, launcher=launcher, environ=lambda: {"QINGLIANG_HOME": str(home)})
@@ -165,3 +167,148 @@ def test_only_admin_keys_may_run_demos(env: Any) -> None:
         r = call(method, url, who="deploy")
         assert r.status_code == 403 and "needs admin" in r.json()["error"]["message"]
     assert launcher.calls == []
+
+
+# ----------------------------------------------------------------- the console's walkthrough
+
+REPO = Path(__file__).resolve().parents[3]
+DOMAINS = REPO / "deploy" / "domains"
+
+
+def test_each_demo_lists_its_walkthrough_steps_and_sample_pictures(env: Any) -> None:
+    call, *_ = env
+    demos = {d["name"]: d for d in call("GET", "/v1/demos").json()["data"]}
+    gov = demos["gov"]
+    assert gov["samples"] == ["residence_permit_form.png"]  # render.py is not a picture
+    kinds = [s["kind"] for s in gov["steps"]]
+    assert kinds[:5] == ["search", "agent", "agent", "agent", "approvals"]
+    assert {"router", "pipeline", "deployment"} <= set(kinds)
+    search, *_ = gov["steps"]
+    assert (search["kb"], search["query"]) == ("gov-policy", "办理居住证需要什么材料")
+    assert "RP-002" in search["expect"] and search["title"]
+    form = next(s for s in gov["steps"] if s["kind"] == "agent" and s["attachment"])
+    assert (form["graph"], form["attachment"]) == ("gov-desk", "residence_permit_form.png")
+    assert "等待审批" in form["expect"]
+    assert next(s for s in gov["steps"] if s["kind"] == "router")["graph"] == "gov-desk"
+    # Each step has the fields of its kind only; every picture named is served.
+    for demo in demos.values():
+        for step in demo["steps"]:
+            assert step["title"] and step["expect"], step
+            if step["kind"] == "approvals":
+                assert set(step) == {"kind", "title", "expect"}
+            for picture in (step.get("image"), step.get("attachment")):
+                assert picture is None or picture in demo["samples"], step
+
+
+def test_a_sample_picture_is_served_to_whoever_may_run_agents_or_search(env: Any) -> None:
+    call, *_ = env
+    for who in ("runner", "reader", "admin"):
+        r = call("GET", "/v1/demos/manufacturing/samples/nameplate.png", who=who)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/png"
+        assert r.content == (DOMAINS / "manufacturing" / "samples" / "nameplate.png").read_bytes()
+    r = call("GET", "/v1/demos/gov/samples/residence_permit_form.png", who="deploy")
+    assert r.status_code == 403 and "needs agents:run or knowledge:read" in r.text
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("/v1/demos/gov/samples/render.py", "demo gov has no sample picture 'render.py'"),
+        ("/v1/demos/gov/samples/nameplate.png", "its samples: residence_permit_form.png"),
+        ("/v1/demos/gov/samples/residence_permit_form.PNG", "(did you mean"),
+        ("/v1/demos/gov/samples/..%5Cdemo.yaml", "no sample picture '..\\\\demo.yaml'"),
+        ("/v1/demos/gvo/samples/a.png", "no demo 'gvo' (did you mean 'gov'?)"),
+        ("/v1/demos/all/samples/a.png", "demo 'all' has no samples"),
+    ],
+)
+def test_anything_but_a_bundles_sample_picture_is_404_naming_it(
+    env: Any, url: str, words: str
+) -> None:
+    call, *_ = env
+    r = call("GET", url)
+    assert r.status_code == 404, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_no_path_reaches_outside_the_samples_folder(env: Any) -> None:
+    call, *_ = env
+    for url in (
+        "/v1/demos/gov/samples/..%2Fdemo.yaml",
+        "/v1/demos/gov/samples/%2E%2E%2Fdata%2Foffices.csv",
+        "/v1/demos/gov/samples/..%2F..%2Fgov%2Fsamples%2Fresidence_permit_form.png",
+    ):
+        r = call("GET", url)
+        assert r.status_code == 404, (url, r.text)
+        assert r.headers["content-type"] == "application/json", url
+        assert "manifests" not in r.text and "清源" not in r.text
+
+
+def _demo_file(tmp_path: Path, console: list[dict]) -> Path:
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "gov"
+    shutil.copytree(DOMAINS / "gov", root, ignore=shutil.ignore_patterns("*.sqlite*"))
+    spec = yaml.safe_load((root / "demo.yaml").read_text(encoding="utf-8"))
+    spec["console"] = console
+    (root / "demo.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("step", "words"),
+    [
+        (
+            {"kind": "search", "title": "t", "query": "q"},
+            "console.0: Value error, a search step needs kb",
+        ),
+        ({"kind": "search", "title": "t", "kb": "k"}, "needs a query or an image"),
+        ({"kind": "agent", "title": "t", "graph": "g"}, "an agent step needs input"),
+        ({"kind": "router", "title": "t", "graph": "g", "kb": "k"}, "a router step has no kb"),
+        ({"kind": "chat", "title": "t"}, "console.0.kind"),
+        ({"kind": "approvals", "title": "t", "nte": "x"}, "console.0.nte"),
+        (
+            {"kind": "agent", "title": "t", "graph": "g", "input": "i", "attachment": "x.png"},
+            "console.0: no sample picture 'x.png' in samples/",
+        ),
+    ],
+)
+def test_a_bad_console_step_names_its_place_in_demo_yaml(
+    tmp_path: Path, step: dict, words: str
+) -> None:
+    from qingliang.platform.control.demos import select
+    from qingliang.platform.errors import ManifestError
+
+    root = _demo_file(tmp_path, [step])
+    with pytest.raises(ManifestError) as info:
+        select(["gov"], tmp_path)
+    assert str(root / "demo.yaml") in str(info.value)
+    assert words in str(info.value)
+
+
+def test_every_console_step_is_a_step_of_the_walkthrough_readme_or_demo_up() -> None:
+    """A search or agent step is a command of the bundle's README or its `try` lines (the
+    same knowledge base or graph, text and picture): the console and the CLI walk the
+    same path."""
+    import re
+
+    from qingliang.platform.control.demos import select
+
+    for b in select(["all"], DOMAINS):
+        text = (b.root / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+        commands = [" ".join(line.split()) for line in [*text.splitlines(), *b.spec.try_]]
+        for step in b.spec.console:
+            if step.kind == "search":
+                want = [f"kb search {step.kb}", step.query or "--image", step.image or ""]
+            elif step.kind == "agent":
+                want = [f"agents run {step.graph}", f'"{step.input}"', step.attachment or ""]
+            else:
+                continue
+            found = [c for c in commands if all(w in c for w in want)]
+            assert found, f"{b.name}: {step.kind} step {step.title!r} is not in the walkthrough"
+            if step.kind == "agent" and not step.attachment:
+                assert any("--attach" not in c for c in found)
+            limit = re.search(r"-k (\d+)", found[0])
+            assert step.limit == (int(limit[1]) if limit else None), found[0]
