@@ -1,12 +1,15 @@
 """The console's Router page in a real Chromium against the real gateway: a small agent
-graph whose router picks between the tiny model and its adapter, a few runs and their
-ratings through the API, then the page: the decision and rating counts, the estimated
-regret with its sentence, the arms table, the off-policy comparison and both charts."""
+graph whose router picks between the tiny model and its adapter, enough runs and ratings
+through the API for off-policy evaluation, then the page: the decision and rating counts,
+the estimated regret with its sentence, the arms table with the logged propensities, the
+decisions and rewards over time drawn from the API's timeline, and the off-policy
+comparison of every candidate policy with its intervals and the best one marked."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -29,7 +32,8 @@ spec:
     - {{name: quick, type: agent, agent: clerk}}
     - {{name: careful, type: agent, agent: expert}}
 """
-RUNS = 6
+#: Enough rated decisions for off-policy evaluation (MIN_LOGGED, 20).
+RUNS = 24
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,8 @@ def routed(platform: Platform) -> Iterator[dict]:
         headers={"Authorization": f"Bearer {platform.key}"},
         timeout=300,
     ) as api:
-        for i in range(RUNS):
+
+        def rated_run(i: int) -> None:
             r = api.post(f"/v1/agents/{GRAPH}/runs", json={"input": f"问题 {i}", "stream": False})
             assert r.status_code == 200, r.text
             run = r.json()
@@ -50,6 +55,9 @@ def routed(platform: Platform) -> Iterator[dict]:
                 "/v1/feedback", json={"run_id": run["id"], "score": 1 if arm == "careful" else -1}
             )
             assert fb.status_code == 200, fb.text
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(rated_run, range(RUNS)))
         r = api.get(f"/v1/agents/{GRAPH}/routers")
         assert r.status_code == 200, r.text
         yield next(x for x in r.json()["data"] if x["node"] == "triage")
@@ -76,17 +84,67 @@ def test_the_router_page_shows_decisions_regret_and_charts(
         expect(page.get_by_test_id(f"router-arm-count-triage-{arm}")).to_have_text(
             str(stats["count"])
         )
-    ope = page.get_by_test_id("router-ope-triage")
-    for arm in learn["ips_value"]:
-        expect(ope).to_contain_text(arm)
+        if stats["count"]:  # the mean logged propensity, as the API gives it
+            shown = page.get_by_test_id(f"router-arm-propensity-triage-{arm}").inner_text()
+            assert float(shown) == pytest.approx(stats["mean_propensity"], abs=5e-4)
 
-    # Decisions over time per route (from the runs' route events) and the reward curve.
+    # Decisions over time per route: the page's series are the API's timeline, and over
+    # the 24 h window they add up to every run this test made.
+    timeline = routed["timeline"]
+    assert sum(map(sum, timeline["decisions"].values())) == RUNS
+    assert sum(timeline["rewards"]) == RUNS
+    expect(page.get_by_test_id("router-window-total-triage")).to_have_attribute(
+        "data-count", str(RUNS)
+    )
+    for arm, counts in timeline["decisions"].items():
+        expect(page.get_by_test_id(f"router-window-count-triage-{arm}")).to_have_text(
+            str(sum(counts))
+        )
+        assert sum(counts) == routed["arms"][arm]["count"]
+    expect(page.get_by_test_id("router-window-rewards-triage")).to_have_attribute(
+        "data-count", str(RUNS)
+    )
     decisions = page.get_by_test_id("router-decisions-chart-triage")
     expect(decisions.locator(".uplot canvas")).to_have_count(1)
-    taken = [arm for arm, s in routed["arms"].items() if s["count"]]
-    for arm in taken:
+    rewards = page.get_by_test_id("router-reward-chart-triage")
+    expect(rewards.locator(".uplot canvas")).to_have_count(1)
+    for arm in routed["arms"]:
         expect(decisions.locator(".u-legend")).to_contain_text(arm)
+        expect(rewards.locator(".u-legend")).to_contain_text(arm)
+    expect(rewards.locator(".u-legend")).to_contain_text("全部")
     expect(
-        page.get_by_test_id("router-reward-chart-triage").locator(".uplot canvas")
+        page.get_by_test_id("router-learning-chart-triage").locator(".uplot canvas")
     ).to_have_count(1)
+
+    # The off-policy comparison: every candidate, each estimator with its 95 % interval,
+    # the API's values; the best marked, and a sentence naming the samples it rests on.
+    ope = routed["ope"]
+    names = [c["name"] for c in ope["candidates"]]
+    assert ope["reason"] is None and {
+        "current",
+        "uniform",
+        "always:quick",
+        "always:careful",
+    } <= set(names), ope
+    table = page.get_by_test_id("router-ope-triage")
+    expect(table.locator("tbody tr")).to_have_count(len(names) + 1)  # and the logged row
+    for c in ope["candidates"]:
+        for method in ("ips", "snips", "dr"):
+            cell = page.get_by_test_id(f"router-ope-{method}-triage-{c['name']}")
+            expect(cell).to_contain_text("±")
+            assert float(cell.get_attribute("data-value")) == pytest.approx(c[method]["value"])
+            lo, hi = float(cell.get_attribute("data-lo")), float(cell.get_attribute("data-hi"))
+            assert lo == pytest.approx(c[method]["value"] - 1.96 * c[method]["stderr"])
+            assert hi == pytest.approx(c[method]["value"] + 1.96 * c[method]["stderr"])
+    expect(page.get_by_test_id("router-ope-name-triage-always:careful")).to_have_text(
+        "总是选 careful"
+    )
+    best_row = table.locator("tr.selected")
+    expect(best_row).to_have_count(1)
+    expect(best_row.get_by_test_id("router-ope-best-triage")).to_be_visible()
+    expect(best_row.get_by_test_id(f"router-ope-name-triage-{ope['best']}")).to_be_visible()
+    expect(page.get_by_test_id("router-ope-logged-triage")).to_contain_text("±")
+    explain = page.get_by_test_id("router-ope-explain-triage")
+    expect(explain).to_contain_text(f"{ope['n']} 个样本")
+    expect(explain).to_contain_text("95% 区间")
     shot(page, "router")

@@ -1,10 +1,11 @@
-// Router: how an agent graph's learned routers are doing — decisions over time per route,
-// the reward over rounds, each arm's counts, reward and propensity, the estimated regret
-// against the best single arm, and the off-policy estimates of other policies — each figure
-// with one plain sentence saying what it means.
+// Router: how an agent graph's learned routers are doing — decisions per route over time and
+// the rewards that came back (from the API's timeline), each arm's counts, reward and logged
+// propensity, the estimated regret against the best single arm, the learning curve, and the
+// off-policy comparison of candidate policies (IPS, SNIPS, doubly robust, each with its 95 %
+// interval) — each figure with one plain sentence saying what it means.
 import { html, usePoll, ErrorBox, Loading, Empty, Table, Badge, Chart } from '../lib/ui.js';
 import { api, seg } from '../lib/api.js';
-import { t, fmtNum } from '../lib/i18n.js';
+import { t, fmtNum, fmtTime } from '../lib/i18n.js';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import uPlot from 'uplot';
 
@@ -17,6 +18,13 @@ export const strings = {
     'router.no_router': '（无路由器）',
     'router.no_graphs': '还没有带路由器的智能体流程。',
     'router.none_in_graph': '流程 {graph} 没有路由节点。',
+    'router.not_yet': '这个路由器还没有做过决策（流程第一次运行时才会启用）。',
+    'router.window': '时间范围',
+    'router.w_1h': '最近 1 小时',
+    'router.w_6h': '最近 6 小时',
+    'router.w_24h': '最近 24 小时',
+    'router.w_7d': '最近 7 天',
+    'router.w_30d': '最近 30 天',
     'router.node': '路由节点 {node}',
     'router.decisions': '决策次数',
     'router.closed': '已评分',
@@ -28,14 +36,18 @@ export const strings = {
     'router.learning': '学习中',
     'router.version': '版本 {version} · 更新 {updates} 次',
     'router.explain_counts': '决策次数是路由器做过的选择总数；已评分的是收到用户反馈、可以用来学习的那部分；预教示例是上线前用标注例句教给它的，不计入决策。',
-    'router.chart_decisions': '各路线被选中的次数（累计）',
-    'router.explain_decisions': '每条线是一条路线累计被选中的次数：线越陡，说明那段时间路由器越常选它。数据取自最近 {runs} 次运行。',
-    'router.no_timeline': '最近的运行里还没有路由决策。',
-    'router.chart_reward': '平均奖励随决策推进的变化',
-    'router.explain_reward': '把已评分的决策按先后每 {window} 次分为一组，画出每组的平均奖励：曲线上升说明路由器在学会选更好的路线。',
-    'router.no_reward': '还没有收到评分，暂时画不出学习曲线。',
+    'router.chart_decisions': '各路线每个时段被选中的次数',
+    'router.explain_decisions': '横轴是时间，每个时段 {bucket}；每条线是一条路线在该时段被选中的次数。',
+    'router.window_total': '这段时间共 {n} 次决策：',
+    'router.no_timeline': '这段时间里没有路由决策。',
+    'router.chart_reward': '每个时段收到的奖励（平均）',
+    'router.explain_reward': '决策收到评分时计入奖励；每个点是该时段内收到的奖励的平均值（“全部”一条和每条路线各一条），没有奖励的时段不画点。这段时间共收到 {n} 个奖励。',
+    'router.all_arms': '全部',
+    'router.reward': '平均奖励',
+    'router.chart_learning': '学习曲线：平均奖励随决策推进的变化',
+    'router.explain_learning': '把已评分的决策按先后每 {window} 次分为一组，画出每组的平均奖励：曲线上升说明路由器在学会选更好的路线。',
+    'router.no_learning': '还没有收到评分，暂时画不出学习曲线。',
     'router.x_decisions': '第几次已评分决策',
-    'router.y_reward': '平均奖励',
     'router.arms': '各路线表现',
     'router.explain_arms': '每条路线被选了多少次、用户给的平均奖励，以及路由器选它时的平均概率（倾向度；概率低说明是在试探）。',
     'router.arm': '路线',
@@ -48,19 +60,32 @@ export const strings = {
     'router.explain_regret': '与“一直选 {best}”相比，路由器在最近 {n} 次已评分决策中少得的奖励总和（{regret}）；越小越好，负数表示它按请求挑选比任何固定选择都好。',
     'router.no_regret': '还没有评分，无法估计遗憾值。',
     'router.ope': '候选策略的离线评估',
-    'router.explain_ope': '用已记录的决策和评分（逆倾向加权，IPS）估算“如果换一种选法”能得到的平均奖励，不需要真的上线去试。',
+    'router.explain_ope': '取最近 {n2} 次已评分决策，分成前后两半：需要学习的候选策略先用前一半学习，所有候选都在后一半（{n} 次）上估算“当时若用它，平均奖励会是多少”，不必真的上线去试。IPS 按被选中概率的倒数加权；SNIPS 是它的归一化版本，更稳定；双稳健（DR）再结合一个奖励模型，通常最可靠。“±”后是 95% 置信区间的半宽。',
+    'router.ope_wait': '已评分决策还不够：离线评估至少需要 {min} 次，目前有 {closed} 次。',
+    'router.ope_off': '离线评估未计算。',
+    'router.ope_clear': '按双稳健估计，最好的是「{best}」：{value}（95% 区间 {lo} 至 {hi}）；当前路由器实际为 {logged}（区间 {llo} 至 {lhi}）。两个区间不重叠，以 {n} 个样本看，这个差别是可信的。',
+    'router.ope_overlap': '按双稳健估计，最好的是「{best}」：{value}（95% 区间 {lo} 至 {hi}）；当前路由器实际为 {logged}（区间 {llo} 至 {lhi}）。两个区间有重叠，只凭这 {n} 个样本还不能断定哪个更好，需要更多评分。',
+    'router.ope_stale': '（{time} 计算；之后的新决策会在半分钟内计入。）',
     'router.policy': '策略',
-    'router.estimate': '估计平均奖励',
-    'router.method': '方法',
-    'router.confidence': '置信区间（95%）',
+    'router.dr': '双稳健 DR',
     'router.samples': '样本数',
+    'router.ess': '有效样本',
     'router.logged': '当前路由器（实际记录）',
-    'router.always': '总是选 {arm}',
     'router.actual': '实际平均',
-    'router.no_ci': '未给出',
-    'router.ci_note': '“总是选某条路线”的估计由服务端按 IPS 给出，未附置信区间；样本少时请谨慎看待。',
     'router.best': '最佳',
-    'router.runs_error': '读取最近运行失败（决策时间线无法显示）：',
+    'router.c_current': '当前设置（{algo}，α={alpha}，最低探索 {floor}），用前一半重新学习',
+    'router.c_alpha_less': '少探索：α 改为 {alpha}',
+    'router.c_alpha_more': '多探索：α 改为 {alpha}',
+    'router.c_floor': '最低探索概率改为 {floor}',
+    'router.c_floor0': '最低探索概率改为 0（从不随机挑选）',
+    'router.c_algorithm': '改用 {algo}（默认 α={alpha}）',
+    'router.c_uniform': '随机：每条路线机会均等',
+    'router.c_always': '总是选 {arm}',
+    'router.a_linucb': 'LinUCB 上置信界',
+    'router.a_thompson': 'Thompson 采样',
+    'router.minutes': '{n} 分钟',
+    'router.hours': '{n} 小时',
+    'router.seconds': '{n} 秒',
     'router.refresh_note': '每 5 秒刷新。',
   },
   en: {
@@ -71,6 +96,13 @@ export const strings = {
     'router.no_router': '(no router)',
     'router.no_graphs': 'No agent graph with a router yet.',
     'router.none_in_graph': 'Graph {graph} has no router node.',
+    'router.not_yet': 'This router has made no decision yet (it starts with the graph\'s first run).',
+    'router.window': 'Window',
+    'router.w_1h': 'Last hour',
+    'router.w_6h': 'Last 6 hours',
+    'router.w_24h': 'Last 24 hours',
+    'router.w_7d': 'Last 7 days',
+    'router.w_30d': 'Last 30 days',
     'router.node': 'Router node {node}',
     'router.decisions': 'Decisions',
     'router.closed': 'Rated',
@@ -82,14 +114,18 @@ export const strings = {
     'router.learning': 'learning',
     'router.version': 'version {version} · {updates} updates',
     'router.explain_counts': 'Decisions are all the choices the router made; rated ones got user feedback it can learn from; taught examples are labelled sentences it was taught before going live, not counted as decisions.',
-    'router.chart_decisions': 'Times each route was chosen (cumulative)',
-    'router.explain_decisions': 'Each line counts how often one route has been chosen so far: the steeper it climbs, the more the router picked it then. From the latest {runs} runs.',
-    'router.no_timeline': 'No routing decision in the latest runs yet.',
-    'router.chart_reward': 'Mean reward as decisions go on',
-    'router.explain_reward': 'Rated decisions in order, grouped by {window}, with each group\'s mean reward: a rising curve means the router is learning to pick better routes.',
-    'router.no_reward': 'No ratings yet, so no learning curve.',
+    'router.chart_decisions': 'Times each route was chosen, per period',
+    'router.explain_decisions': 'Time runs along the bottom in periods of {bucket}; each line counts how often one route was chosen in each period.',
+    'router.window_total': '{n} decisions in this window:',
+    'router.no_timeline': 'No routing decision in this window.',
+    'router.chart_reward': 'Rewards received per period (mean)',
+    'router.explain_reward': 'A reward counts when its decision is rated; each point is the mean of the rewards received in that period (one line for all routes, one per route), and periods without a reward have no point. {n} rewards in this window.',
+    'router.all_arms': 'all',
+    'router.reward': 'mean reward',
+    'router.chart_learning': 'Learning curve: mean reward as decisions go on',
+    'router.explain_learning': 'Rated decisions in order, grouped by {window}, with each group\'s mean reward: a rising curve means the router is learning to pick better routes.',
+    'router.no_learning': 'No ratings yet, so no learning curve.',
     'router.x_decisions': 'rated decision number',
-    'router.y_reward': 'mean reward',
     'router.arms': 'Routes',
     'router.explain_arms': 'How often each route was chosen, the mean reward users gave, and the mean probability the router chose it with (its propensity; a low one means it was exploring).',
     'router.arm': 'Route',
@@ -102,19 +138,32 @@ export const strings = {
     'router.explain_regret': 'The reward the router gave up over its last {n} rated decisions against always choosing {best} ({regret}); lower is better, and below zero it beats every fixed choice by choosing per request.',
     'router.no_regret': 'No ratings yet, so no regret estimate.',
     'router.ope': 'Off-policy evaluation of candidate policies',
-    'router.explain_ope': 'From the logged decisions and ratings (inverse propensity scoring, IPS) it estimates the mean reward another way of choosing would have earned, without trying it live.',
+    'router.explain_ope': 'The latest {n2} rated decisions are split in two halves: candidates that learn are trained on the older half, and every candidate is scored on the newer half ({n} decisions) — the mean reward it would have earned had it been choosing then, without trying it live. IPS weights each reward by the inverse of its logged probability; SNIPS normalises those weights and is steadier; doubly robust (DR) adds a reward model and is usually the most reliable. The figure after ± is half the 95% interval.',
+    'router.ope_wait': 'Not enough rated decisions yet: off-policy evaluation needs at least {min}, there are {closed}.',
+    'router.ope_off': 'Off-policy evaluation was not computed.',
+    'router.ope_clear': 'By the doubly robust estimate the best is "{best}": {value} (95% interval {lo} to {hi}), against {logged} for the router as logged (interval {llo} to {lhi}). The intervals do not overlap: with {n} samples the difference is real.',
+    'router.ope_overlap': 'By the doubly robust estimate the best is "{best}": {value} (95% interval {lo} to {hi}), against {logged} for the router as logged (interval {llo} to {lhi}). The intervals overlap: {n} samples cannot tell them apart yet; more ratings are needed.',
+    'router.ope_stale': '(Computed at {time}; newer decisions are counted within half a minute.)',
     'router.policy': 'Policy',
-    'router.estimate': 'Estimated mean reward',
-    'router.method': 'Method',
-    'router.confidence': '95% interval',
+    'router.dr': 'Doubly robust (DR)',
     'router.samples': 'Samples',
+    'router.ess': 'Effective samples',
     'router.logged': 'This router (as logged)',
-    'router.always': 'Always {arm}',
     'router.actual': 'actual mean',
-    'router.no_ci': 'not given',
-    'router.ci_note': 'The server gives the "always one route" estimates by IPS without an interval; read them with care while there are few samples.',
     'router.best': 'best',
-    'router.runs_error': 'Could not read the latest runs (no decision timeline):',
+    'router.c_current': 'Current settings ({algo}, α={alpha}, floor {floor}), retrained on the older half',
+    'router.c_alpha_less': 'Explore less: α = {alpha}',
+    'router.c_alpha_more': 'Explore more: α = {alpha}',
+    'router.c_floor': 'Exploration floor {floor}',
+    'router.c_floor0': 'Exploration floor 0 (never picks at random)',
+    'router.c_algorithm': 'Switch to {algo} (default α={alpha})',
+    'router.c_uniform': 'Random: every route alike',
+    'router.c_always': 'Always {arm}',
+    'router.a_linucb': 'LinUCB',
+    'router.a_thompson': 'Thompson sampling',
+    'router.minutes': '{n} min',
+    'router.hours': '{n} h',
+    'router.seconds': '{n} s',
     'router.refresh_note': 'Refreshes every 5 seconds.',
   },
 };
@@ -127,51 +176,26 @@ const CSS = `
 .rt-explain { color: var(--pico-muted-color); font-size: .88rem; margin: .1rem 0 .75rem; }
 .rt-node { margin-bottom: 2.5rem; }
 .rt-regret strong { font-size: 2rem; }
-tr.rt-best td { font-weight: 600; }
+.rt-counts span { margin-right: 1rem; white-space: nowrap; }
+.rt-ci { white-space: nowrap; }
+.rt-verdict { font-size: .95rem; margin: .5rem 0 1rem; }
+.rt-node table.striped tbody tr.selected td { background: #e3f2e6; font-weight: 600; }
 `;
 
 const POLL_MS = 5000;
-const RUNS_MS = 10000;
-const RECENT_RUNS = 60;
+const BUCKETS = 48;
+/** window_s → its label key. */
+const WINDOWS = [[3600, 'router.w_1h'], [6 * 3600, 'router.w_6h'], [86400, 'router.w_24h'], [7 * 86400, 'router.w_7d'], [30 * 86400, 'router.w_30d']];
+const ALGO = { linucb: 'router.a_linucb', thompson: 'router.a_thompson' };
+const Z95 = 1.96;
 
-/** The route events of the graph's latest runs, oldest first: [{t, router, arm, propensity}]. */
-function useTimeline(graph) {
-  const cache = useRef(new Map());
-  const [state, setState] = useState({ decisions: [], runs: 0, error: null });
-  useEffect(() => {
-    let live = true;
-    cache.current = new Map();
-    const load = async () => {
-      try {
-        const list = await api.get(`/v1/agents/runs?graph=${seg(graph)}&limit=${RECENT_RUNS}`);
-        const runs = (list.data || []).slice(0, RECENT_RUNS);
-        const todo = runs.filter((r) => !cache.current.has(r.id));
-        for (let i = 0; i < todo.length; i += 4) {
-          await Promise.all(
-            todo.slice(i, i + 4).map(async (r) => {
-              const run = await api.get(`/v1/agents/runs/${seg(r.id)}`);
-              const routes = (run.events || []).filter((e) => e.type === 'route' && (!e.router || e.router.startsWith(`${graph}/`)));
-              // A run still starting may not have routed yet: read it again next time.
-              if (routes.length || !['running', 'queued'].includes(run.status)) {
-                cache.current.set(r.id, routes.map((e) => ({ t: r.created, router: e.router, node: e.node, arm: e.arm, propensity: e.propensity })));
-              }
-            }),
-          );
-        }
-        const decisions = runs.flatMap((r) => cache.current.get(r.id) || []).sort((a, b) => a.t - b.t);
-        if (live) setState({ decisions, runs: runs.length, error: null });
-      } catch (error) {
-        if (live) setState((s) => ({ ...s, error }));
-      }
-    };
-    load();
-    const id = setInterval(() => document.visibilityState === 'visible' && load(), RUNS_MS);
-    return () => {
-      live = false;
-      clearInterval(id);
-    };
-  }, [graph]);
-  return state;
+const algoName = (a) => (ALGO[a] ? t(ALGO[a]) : a);
+
+/** A bucket width in words: 30 分钟 / 2 h. */
+function duration(s) {
+  if (s >= 3600 && s % 3600 === 0) return t('router.hours', { n: s / 3600 });
+  if (s >= 60) return t('router.minutes', { n: fmtNum(s / 60, 1) });
+  return t('router.seconds', { n: fmtNum(s, 0) });
 }
 
 /** A line chart over a plain (not time) x axis: the learning curve. */
@@ -200,99 +224,132 @@ function SeqChart({ x, series, xLabel, yLabel, testid, title, height = 220 }) {
   }, [JSON.stringify([x, series]), height]);
   return html`<figure class="chart" data-testid=${testid}>
     <figcaption>${title}</figcaption>
-    ${x.length ? html`<div ref=${box}></div>` : html`<${Empty} text=${t('router.no_reward')} />`}
+    ${x.length ? html`<div ref=${box}></div>` : html`<${Empty} text=${t('router.no_learning')} />`}
   </figure>`;
 }
 
-function DecisionsChart({ decisions, arms, runs, node }) {
-  const mine = decisions.filter((d) => d.node === node || (d.router && d.router.endsWith(`/${node}`)));
-  const names = [...new Set([...arms, ...mine.map((d) => d.arm)])];
-  const x = [];
-  const counts = Object.fromEntries(names.map((a) => [a, []]));
-  const running = Object.fromEntries(names.map((a) => [a, 0]));
-  for (const d of mine) {
-    running[d.arm] += 1;
-    if (x.length && x[x.length - 1] === d.t) {
-      for (const a of names) counts[a][x.length - 1] = running[a];
-    } else {
-      x.push(d.t);
-      for (const a of names) counts[a].push(running[a]);
-    }
-  }
+/** Decisions per period per route, and the window's totals, all from the API's timeline. */
+function DecisionsChart({ node, timeline }) {
+  const arms = Object.keys(timeline.decisions || {});
+  const totals = Object.fromEntries(arms.map((a) => [a, timeline.decisions[a].reduce((s, n) => s + n, 0)]));
+  const total = arms.reduce((s, a) => s + totals[a], 0);
   return html`<${Chart} testid=${`router-decisions-chart-${node}`} title=${t('router.chart_decisions')}
-      x=${x} series=${names.map((a) => ({ label: a, values: counts[a] }))} yLabel=${t('router.decisions')} />
-    <p class="rt-explain">${mine.length ? t('router.explain_decisions', { runs }) : t('router.no_timeline')}</p>`;
+      x=${timeline.t} series=${arms.map((a) => ({ label: a, values: timeline.decisions[a] }))} yLabel=${t('router.decisions')} />
+    <p class="rt-explain">${t('router.explain_decisions', { bucket: duration(timeline.bucket_s) })}</p>
+    ${total
+      ? html`<p class="rt-counts"><small><span data-testid=${`router-window-total-${node}`} data-count=${total}>${t('router.window_total', { n: fmtNum(total) })}</span>
+        ${arms.map((a) => html`<span>${a} <strong data-testid=${`router-window-count-${node}-${a}`}>${fmtNum(totals[a])}</strong></span>`)}</small></p>`
+      : html`<p class="rt-explain" data-testid=${`router-window-total-${node}`} data-count="0">${t('router.no_timeline')}</p>`}`;
+}
+
+/** The mean reward received per period: all routes, then one line per route. */
+function RewardChart({ node, timeline }) {
+  const arms = Object.keys(timeline.arm_reward || {});
+  const received = (timeline.rewards || []).reduce((s, n) => s + n, 0);
+  const series = [{ label: t('router.all_arms'), values: timeline.mean_reward, stroke: '#222' },
+    ...arms.map((a) => ({ label: a, values: timeline.arm_reward[a] }))];
+  return html`<${Chart} testid=${`router-reward-chart-${node}`} title=${t('router.chart_reward')}
+      x=${timeline.t} series=${series} yLabel=${t('router.reward')} />
+    <p class="rt-explain" data-testid=${`router-window-rewards-${node}`} data-count=${received}>${t('router.explain_reward', { n: fmtNum(received) })}</p>`;
 }
 
 function Figure({ label, value, testid }) {
   return html`<div class="rt-fig"><strong data-testid=${testid}>${value}</strong><span>${label}</span></div>`;
 }
 
-function Ope({ r }) {
-  const learn = r.learning || {};
-  const rows = [{ key: 'logged', policy: t('router.logged'), value: learn.mean_reward, method: t('router.actual'), n: learn.closed, ci: null }];
-  for (const [arm, v] of Object.entries(learn.ips_value || {})) {
-    rows.push({ key: `arm-${arm}`, policy: t('router.always', { arm }), value: v, method: 'IPS', n: learn.closed, ci: null, best: arm === learn.best_arm });
-  }
-  // Candidate policies the server evaluated, when it gives them ({name: report} or [report]).
-  const extra = r.ope || r.candidates || r.off_policy;
-  const list = Array.isArray(extra) ? extra : Object.entries(extra || {}).map(([name, v]) => ({ name, ...v }));
-  for (const c of list) {
-    for (const m of ['dr', 'snips', 'ips']) {
-      const e = c[m];
-      if (!e || typeof e !== 'object') continue;
-      rows.push({ key: `${c.name}-${m}`, policy: c.name || c.candidate || '—', value: e.value, method: m.toUpperCase(), n: e.n, ci: e.stderr === undefined ? null : [e.value - 1.96 * e.stderr, e.value + 1.96 * e.stderr] });
-    }
-  }
-  if (!learn.closed && !list.length) return null;
-  return html`<section><h4>${t('router.ope')}</h4>
-    <p class="rt-explain">${t('router.explain_ope')}</p>
-    <${Table} testid=${`router-ope-${r.node}`} rows=${rows} rowKey=${(x) => x.key}
-      columns=${[
-        { key: 'policy', label: t('router.policy'), render: (x) => html`${x.policy}${x.best ? html` <${Badge} tone="ok" text=${t('router.best')} />` : ''}` },
-        { key: 'value', label: t('router.estimate'), render: (x) => fmtNum(x.value, 3) },
-        { key: 'method', label: t('router.method') },
-        { key: 'ci', label: t('router.confidence'), render: (x) => (x.ci ? `${fmtNum(x.ci[0], 3)} – ${fmtNum(x.ci[1], 3)}` : html`<span class="muted">${t('router.no_ci')}</span>`) },
-        { key: 'n', label: t('router.samples'), render: (x) => fmtNum(x.n) },
-      ]} />
-    ${!list.length && html`<p class="rt-explain">${t('router.ci_note')}</p>`}</section>`;
+/** A candidate's name in the reader's language, from its kind and changes. */
+function candidateLabel(c, config) {
+  const ch = c.changes || {};
+  if (c.kind === 'current') return t('router.c_current', { algo: algoName(config.algorithm), alpha: fmtNum(config.alpha, 3), floor: fmtNum(config.floor, 3) });
+  if (c.kind === 'always') return t('router.c_always', { arm: ch.arm });
+  if (c.kind === 'uniform') return t('router.c_uniform');
+  if (c.kind === 'algorithm') return t('router.c_algorithm', { algo: algoName(ch.algorithm), alpha: fmtNum(ch.alpha, 3) });
+  if ('alpha' in ch) return t(ch.alpha < config.alpha ? 'router.c_alpha_less' : 'router.c_alpha_more', { alpha: fmtNum(ch.alpha, 3) });
+  if ('floor' in ch) return ch.floor === 0 ? t('router.c_floor0') : t('router.c_floor', { floor: fmtNum(ch.floor, 3) });
+  return c.description || c.name;
 }
 
-function RouterNode({ r, timeline }) {
+const interval = (e) => (e && e.value !== null && e.stderr !== null ? [e.value - Z95 * e.stderr, e.value + Z95 * e.stderr] : null);
+
+/** "0.812 ± 0.051", the interval's bounds in its title. */
+function Estimate({ e, testid }) {
+  if (!e || e.value === null || e.value === undefined) return html`<span data-testid=${testid}>—</span>`;
+  const ci = interval(e);
+  return html`<span class="rt-ci" data-testid=${testid} data-value=${e.value} data-lo=${ci ? ci[0] : ''} data-hi=${ci ? ci[1] : ''}
+      title=${ci ? `${fmtNum(ci[0], 3)} – ${fmtNum(ci[1], 3)}` : ''}>${fmtNum(e.value, 3)}${ci ? ` ± ${fmtNum(Z95 * e.stderr, 3)}` : ''}</span>`;
+}
+
+/** The plain sentence under the table: which candidate is best and how sure that is. */
+function verdict(ope, label) {
+  const best = ope.candidates.find((c) => c.name === ope.best);
+  if (!best || !ope.logged) return '';
+  const ci = interval(best.dr) || [best.dr.value, best.dr.value];
+  const lci = interval(ope.logged) || [ope.logged.value, ope.logged.value];
+  const apart = ci[0] > lci[1] || ci[1] < lci[0];
+  return t(apart ? 'router.ope_clear' : 'router.ope_overlap', {
+    best: label(best), value: fmtNum(best.dr.value, 3), lo: fmtNum(ci[0], 3), hi: fmtNum(ci[1], 3),
+    logged: fmtNum(ope.logged.value, 3), llo: fmtNum(lci[0], 3), lhi: fmtNum(lci[1], 3), n: fmtNum(ope.n),
+  });
+}
+
+function Ope({ r }) {
+  const ope = r.ope;
+  const node = r.node;
+  if (!ope) return html`<section><h4>${t('router.ope')}</h4><p class="rt-explain">${t('router.ope_off')}</p></section>`;
+  if (!ope.candidates.length) {
+    return html`<section><h4>${t('router.ope')}</h4>
+      <p class="rt-explain" data-testid=${`router-ope-wait-${node}`}>${t('router.ope_wait', { min: ope.min_closed, closed: fmtNum(r.closed || 0) })}</p></section>`;
+  }
+  const label = (c) => candidateLabel(c, r.config || {});
+  const rows = [{ name: 'logged', logged: true }, ...ope.candidates];
+  const cell = (m) => (x) => (x.logged
+    ? (m === 'dr' ? html`<${Estimate} e=${ope.logged} testid=${`router-ope-logged-${node}`} /> <small class="muted">${t('router.actual')}</small>` : '—')
+    : html`<${Estimate} e=${x[m]} testid=${`router-ope-${m}-${node}-${x.name}`} />`);
+  return html`<section><h4>${t('router.ope')}</h4>
+    <p class="rt-explain">${t('router.explain_ope', { n: fmtNum(ope.n), n2: fmtNum(ope.n * 2) })}</p>
+    <${Table} testid=${`router-ope-${node}`} rows=${rows} rowKey=${(x) => x.name} selected=${ope.best}
+      columns=${[
+        { key: 'policy', label: t('router.policy'), render: (x) => html`<span data-testid=${`router-ope-name-${node}-${x.name}`}>${x.logged ? t('router.logged') : label(x)}</span>${x.name === ope.best ? html` <${Badge} tone="ok" text=${t('router.best')} testid=${`router-ope-best-${node}`} />` : ''}` },
+        { key: 'ips', label: 'IPS', render: cell('ips') },
+        { key: 'snips', label: 'SNIPS', render: cell('snips') },
+        { key: 'dr', label: t('router.dr'), render: cell('dr') },
+        { key: 'ess', label: t('router.ess'), render: (x) => (x.logged ? '—' : fmtNum(x.dr.ess, 0)) },
+        { key: 'n', label: t('router.samples'), render: (x) => fmtNum(x.logged ? ope.logged.n : x.n) },
+      ]} />
+    <p class="rt-verdict" data-testid=${`router-ope-explain-${node}`}>${verdict(ope, label)}
+      ${ope.stale ? html` <small class="muted">${t('router.ope_stale', { time: fmtTime(ope.computed_at) })}</small>` : ''}</p></section>`;
+}
+
+function RouterNode({ r }) {
   const learn = r.learning || {};
   const arms = Object.entries(r.arms || {}).map(([arm, v]) => ({ arm, ...v }));
   const total = arms.reduce((s, a) => s + (a.count || 0), 0);
-  const props = {};
-  for (const d of timeline.decisions) {
-    if (d.node !== r.node || typeof d.propensity !== 'number') continue;
-    (props[d.arm] = props[d.arm] || []).push(d.propensity);
-  }
-  const meanProp = (arm) => (props[arm] ? props[arm].reduce((s, p) => s + p, 0) / props[arm].length : null);
   const curve = learn.reward_by_window || [];
   const w = learn.window || 10;
   const x = curve.map((_, i) => Math.min((i + 1) * w, learn.closed || (i + 1) * w));
+  const regret = learn.estimated_regret;
   return html`<article class="rt-node" data-testid=${`router-node-${r.node}`}>
     <header><strong>${t('router.node', { node: r.node })}</strong>
-      <span class="muted"> · ${t('router.algorithm')}: ${r.algorithm} · ${t('router.floor')}: ${fmtNum(r.floor, 3)} ·
-      ${r.frozen ? t('router.frozen') : t('router.learning')} · ${t('router.version', { version: r.version ?? '—', updates: r.updates ?? 0 })}</span></header>
+      ${r.algorithm && html`<span class="muted"> · ${t('router.algorithm')}: ${algoName(r.algorithm)} · ${t('router.floor')}: ${fmtNum(r.floor, 3)} ·
+      ${r.frozen ? t('router.frozen') : t('router.learning')} · ${t('router.version', { version: r.version ?? '—', updates: r.updates ?? 0 })}</span>`}</header>
     <div class="rt-figs">
       <${Figure} label=${t('router.decisions')} value=${fmtNum(r.decisions || 0)} testid=${`router-decisions-${r.node}`} />
       <${Figure} label=${t('router.closed')} value=${fmtNum(r.closed || 0)} testid=${`router-closed-${r.node}`} />
       <${Figure} label=${t('router.open')} value=${fmtNum(r.open || 0)} testid=${`router-open-${r.node}`} />
       <${Figure} label=${t('router.taught')} value=${fmtNum(r.taught || 0)} testid=${`router-taught-${r.node}`} />
-      <div class="rt-fig rt-regret"><strong data-testid=${`router-regret-${r.node}`}>${learn.estimated_regret === null || learn.estimated_regret === undefined ? '—' : fmtNum(learn.estimated_regret, 2)}</strong>
+      <div class="rt-fig rt-regret"><strong data-testid=${`router-regret-${r.node}`}>${regret === null || regret === undefined ? '—' : fmtNum(regret, 2)}</strong>
         <span>${t('router.regret')}</span></div>
     </div>
     <p class="rt-explain">${t('router.explain_counts')}</p>
-    <p class="rt-explain" data-testid=${`router-regret-explain-${r.node}`}>${learn.estimated_regret === null || learn.estimated_regret === undefined
+    <p class="rt-explain" data-testid=${`router-regret-explain-${r.node}`}>${regret === null || regret === undefined
       ? t('router.no_regret')
-      : t('router.explain_regret', { best: learn.best_arm, n: learn.closed, regret: fmtNum(learn.estimated_regret, 2) })}</p>
-    <div class="grid-even">
-      <div><${DecisionsChart} decisions=${timeline.decisions} arms=${Object.keys(r.arms || {})} runs=${timeline.runs} node=${r.node} /></div>
-      <div><${SeqChart} testid=${`router-reward-chart-${r.node}`} title=${t('router.chart_reward')} x=${x}
-          series=${[{ label: t('router.y_reward'), values: curve }]} xLabel=${t('router.x_decisions')} yLabel=${t('router.y_reward')} />
-        <p class="rt-explain">${t('router.explain_reward', { window: w })}</p></div>
-    </div>
+      : t('router.explain_regret', { best: learn.best_arm, n: learn.closed, regret: fmtNum(regret, 2) })}</p>
+    ${r.timeline
+      ? html`<div class="grid-even">
+          <div><${DecisionsChart} node=${r.node} timeline=${r.timeline} /></div>
+          <div><${RewardChart} node=${r.node} timeline=${r.timeline} /></div>
+        </div>`
+      : html`<${Empty} text=${t('router.not_yet')} />`}
     <h4>${t('router.arms')}</h4>
     <p class="rt-explain">${t('router.explain_arms')}</p>
     <${Table} testid=${`router-arms-${r.node}`} rows=${arms} rowKey=${(a) => a.arm}
@@ -302,26 +359,28 @@ function RouterNode({ r, timeline }) {
         { key: 'share', label: t('router.share'), render: (a) => (total ? `${fmtNum((100 * (a.count || 0)) / total, 1)}%` : '—') },
         { key: 'closed', label: t('router.arm_closed'), render: (a) => fmtNum(a.closed || 0) },
         { key: 'mean_reward', label: t('router.mean_reward'), render: (a) => fmtNum(a.mean_reward, 3) },
-        { key: 'propensity', label: t('router.propensity'), render: (a) => fmtNum(meanProp(a.arm), 3) },
+        { key: 'propensity', label: t('router.propensity'), render: (a) => html`<span data-testid=${`router-arm-propensity-${r.node}-${a.arm}`}>${fmtNum(a.mean_propensity, 3)}</span>` },
       ]} />
     <${Ope} r=${r} />
+    <${SeqChart} testid=${`router-learning-chart-${r.node}`} title=${t('router.chart_learning')} x=${x}
+      series=${[{ label: t('router.reward'), values: curve }]} xLabel=${t('router.x_decisions')} yLabel=${t('router.reward')} />
+    <p class="rt-explain">${t('router.explain_learning', { window: w })}</p>
   </article>`;
 }
 
-function GraphRouters({ graph }) {
-  const state = usePoll(() => api.get(`/v1/agents/${seg(graph)}/routers`), POLL_MS, [graph]);
-  const timeline = useTimeline(graph);
+function GraphRouters({ graph, windowS }) {
+  const state = usePoll(() => api.get(`/v1/agents/${seg(graph)}/routers?window_s=${windowS}&buckets=${BUCKETS}`), POLL_MS, [graph, windowS]);
   const data = (state.data && state.data.data) || [];
   return html`<${ErrorBox} error=${state.error} testid="router-error" />
     <${Loading} when=${!state.data && state.loading} />
-    ${timeline.error && html`<p class="error" data-testid="router-runs-error">${t('router.runs_error')} ${timeline.error.message}</p>`}
     ${state.data && !data.length && html`<${Empty} text=${t('router.none_in_graph', { graph })} />`}
     ${state.data && data.length > 0 && html`<p class="muted"><small>${t('router.refresh_note')}</small></p>`}
-    ${data.map((r) => html`<${RouterNode} key=${r.node} r=${r} timeline=${timeline} />`)}`;
+    ${data.map((r) => html`<${RouterNode} key=${r.node} r=${r} />`)}`;
 }
 
 export default function Page({ args, navigate }) {
   const graph = args[0] || '';
+  const [windowS, setWindowS] = useState(86400);
   const graphs = usePoll(() => api.get('/v1/agents'), 0, []);
   const list = (graphs.data && graphs.data.data) || [];
   const withRouter = list.filter((g) => (g.routers || []).length);
@@ -336,7 +395,11 @@ export default function Page({ args, navigate }) {
       <select data-testid="router-graph" value=${graph} onChange=${(e) => e.target.value && navigate('router', e.target.value)}>
         <option value="" disabled>${t('router.pick')}</option>
         ${list.map((g) => html`<option value=${g.id} disabled=${!(g.routers || []).length}>${g.id}${(g.routers || []).length ? '' : ` ${t('router.no_router')}`}</option>`)}
+      </select></label>
+      <label>${t('router.window')}
+      <select data-testid="router-window" value=${windowS} onChange=${(e) => setWindowS(Number(e.target.value))}>
+        ${WINDOWS.map(([s, key]) => html`<option value=${s}>${t(key)}</option>`)}
       </select></label></div>
     ${graphs.data && !withRouter.length && html`<${Empty} text=${t('router.no_graphs')} />`}
-    ${graph && html`<${GraphRouters} key=${graph} graph=${graph} />`}`;
+    ${graph && html`<${GraphRouters} key=${graph} graph=${graph} windowS=${windowS} />`}`;
 }
