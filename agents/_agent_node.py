@@ -350,6 +350,20 @@ async def _call_model(
 
     raw, replayed = await journal.step(call_model)
     reply = ChatReply.from_json(raw)
+    if not replayed:
+        # What answered: the deployment, and the LoRA adapter with its registry ref (None:
+        # the base model) — a canary or an alias picks per run, so the run says which.
+        emit(
+            config,
+            {
+                "type": "model",
+                "node": step.node,
+                "model": step.model,
+                "adapter": reply.adapter,
+                "adapter_ref": reply.adapter_ref,
+                "tokens": reply.tokens,
+            },
+        )
     if offer is not None:
         reply = recover_tool_call(reply, tool_names)
     if replayed and reply.text:

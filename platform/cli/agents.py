@@ -218,6 +218,10 @@ class EventPrinter:
                 f"  route → {e.get('arm')} (propensity {float(e.get('propensity') or 0):.2f}, "
                 f"router {e.get('router')})"
             )
+        elif kind == "model":
+            served = e.get("adapter") or "base model"
+            ref = f" ({e['adapter_ref']})" if e.get("adapter_ref") else ""
+            _say(f"  model {e.get('model')} → {served}{ref}", style="dim")
         elif kind == "tool":
             args = json.dumps(e.get("arguments") or {}, ensure_ascii=False)
             result = _short(e.get("result"), 120)

@@ -127,6 +127,9 @@ def test_an_agent_answer_shows_its_route_cites_its_source_and_takes_a_rating(
     assert f"{GRAPH}/triage" in route.inner_text() and "0." in route.inner_text()
     expect(page.get_by_test_id("chat-trace-nodes")).to_contain_text(f"triage → {arm}")
     expect(page.get_by_test_id("chat-trace-tool")).to_contain_text("lookup")
+    # The model call names what answered: the adapter on the careful route, else the base.
+    served = "tiny:a → a" if arm == "careful" else "tiny → "
+    expect(page.get_by_test_id("chat-trace-model")).to_contain_text(served)
 
     page.get_by_test_id("chat-citation").first.click()
     expect(page.get_by_test_id("chat-passage-text")).to_contain_text("gate two")

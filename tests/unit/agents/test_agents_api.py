@@ -219,8 +219,10 @@ def test_streamed_run_sends_every_event_in_order_then_done(client: Any) -> None:
         "node",
         "route",
         "node",
+        "model",
         "tool",
         "token",
+        "model",
         "citations",
         "node",
         "status",
@@ -232,7 +234,11 @@ def test_streamed_run_sends_every_event_in_order_then_done(client: Any) -> None:
     assert route["arm"] in ("quick", "careful") and 0 < route["propensity"] <= 1
     assert route["decision_id"]
     assert events[3] == {"type": "node", "node": route["arm"], "agent": AGENT[route["arm"]]}
-    assert events[4]["tool"] == "clinics" and "Peking Union" in events[4]["result"]
+    assert events[5]["tool"] == "clinics" and "Peking Union" in events[5]["result"]
+    # Each model call says what answered (here a base model: no adapter).
+    models = [e for e in events if e["type"] == "model"]
+    assert [e["node"] for e in models] == [route["arm"]] * 2
+    assert all(e["adapter"] is None and e["adapter_ref"] is None for e in models)
     tokens = "".join(e["delta"] for e in events if e["type"] == "token")
     assert kinds.count("token") > 3  # deltas, not one lump
     final = events[-1]
@@ -257,7 +263,7 @@ def test_non_stream_run_returns_the_run_and_its_events(client: Any) -> None:
     assert run["object"] == "agent.run" and run["graph"] == "echo"
     assert run["status"] == "done" and run["answer"] == "m3 answers: hello there"
     assert run["input"]["input"] == "hello there" and run["tokens"] == 4
-    assert [e["type"] for e in run["events"]] == ["run", "node", "status"]
+    assert [e["type"] for e in run["events"]] == ["run", "node", "model", "status"]
 
 
 def test_approval_inbox_and_resume_with_approve_edit_reject(client: Any) -> None:

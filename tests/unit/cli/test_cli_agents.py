@@ -134,11 +134,14 @@ def test_list_run_streamed_and_show(platform: Any) -> None:
     assert route, lines[2]
     arm = route.group(1)
     assert lines[3] == f"▸ {arm} (agent {AGENT[arm]})"
-    assert lines[4].startswith('  tool clinics({"query": "SELECT name FROM clinic"}) → ')
-    assert "Peking Union" in lines[4]
-    assert lines[5] == f"{MODEL[arm]} answers: quick: when do clinics open?"  # the deltas
-    assert lines[6] == "  [1] policy: policy.md §2"
-    assert lines[7:] == ["▸ review", "done"]
+    # Each model call names what answered (a base model here), after its streamed text.
+    assert lines[4] == f"  model {MODEL[arm]} → base model"
+    assert lines[5].startswith('  tool clinics({"query": "SELECT name FROM clinic"}) → ')
+    assert "Peking Union" in lines[5]
+    assert lines[6] == f"{MODEL[arm]} answers: quick: when do clinics open?"  # the deltas
+    assert lines[7] == f"  model {MODEL[arm]} → base model"
+    assert lines[8] == "  [1] policy: policy.md §2"
+    assert lines[9:] == ["▸ review", "done"]
     assert out.count(" answers: ") == 1  # streamed once, not repeated at the end
 
     out = _ok(["agents", "show", run_id])

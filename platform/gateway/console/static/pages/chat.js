@@ -39,6 +39,7 @@ export const strings = {
     'chat.route': '路由决定',
     'chat.route_line': '{router}:选择 {arm}(倾向概率 {p})',
     'chat.nodes': '经过的节点',
+    'chat.model_call': '模型({node})',
     'chat.tools': '工具调用',
     'chat.citations': '引用的资料',
     'chat.snapshot': '知识库版本 {version} · 快照 {snapshot}',
@@ -93,6 +94,7 @@ export const strings = {
     'chat.route': 'Routing',
     'chat.route_line': '{router}: chose {arm} (propensity {p})',
     'chat.nodes': 'Nodes',
+    'chat.model_call': 'Model ({node})',
     'chat.tools': 'Tool calls',
     'chat.citations': 'Cited sources',
     'chat.snapshot': 'knowledge version {version} · snapshot {snapshot}',
@@ -159,6 +161,21 @@ export default function Page({ args, navigate }) {
   const abort = useRef(null);
   const log = useRef(null);
 
+  useEffect(() => {
+    // A walkthrough step of the Demos page hands over what to try: read once, then removed.
+    let p = null;
+    try {
+      p = JSON.parse(sessionStorage.getItem('qingliang.prefill') || 'null');
+    } catch {
+      p = null;
+    }
+    if (!p || p.page !== 'chat') return;
+    sessionStorage.removeItem('qingliang.prefill');
+    if (p.mode) setMode(p.mode);
+    if (p.target) setTarget(p.target);
+    if (p.input) setText(p.input);
+    if (p.attachment && p.attachment.url) setImage({ name: p.attachment.name, url: p.attachment.url });
+  }, []);
   useEffect(() => {
     if (args[0] === 'agent' || args[0] === 'model') {
       setMode(args[0]);
@@ -318,6 +335,9 @@ function agentEvent(turn, event) {
     case 'tool':
       add('tools', event);
       break;
+    case 'model':
+      add('models', event);
+      break;
     case 'citations':
       trace.citations = [...(trace.citations || []), ...(event.citations || [])];
       break;
@@ -371,6 +391,10 @@ function Trace({ turn, onPassage, navigate }) {
     row(t('chat.route'), t('chat.route_line', { router: r.router || r.node, arm: r.arm, p: fmtNum(r.propensity, 3) }), 'chat-trace-route');
   }
   if (tr.nodes) row(t('chat.nodes'), tr.nodes.join(' → '), 'chat-trace-nodes');
+  for (const m of tr.models || []) {
+    const served = m.adapter ? `${m.adapter}${m.adapter_ref ? ` (${m.adapter_ref})` : ''}` : t('chat.base_model');
+    row(t('chat.model_call', { node: m.node }), `${m.model} → ${served}`, 'chat-trace-model');
+  }
   for (const call of tr.tools || []) {
     row(t('chat.tools'), html`<details><summary>${call.tool} ${call.error ? '⚠' : ''}</summary>
       <${Json} value=${{ arguments: call.arguments, result: call.result, error: call.error }} /></details>`, 'chat-trace-tool');

@@ -64,6 +64,9 @@ export const strings = {
     'runs.ev.comment': '意见:{comment}',
     'runs.ev.edited_answer': '修改后的答复',
     'runs.ev.edited_forms': '修改后的表单',
+    'runs.ev.model': '节点 {node} 调用模型 {model},由以下应答:',
+    'runs.ev.base_model': '基础模型',
+    'runs.ev.model_tokens': '{n} 个令牌',
     'runs.ev.recovered': '副本重启后从检查点恢复运行',
     'runs.ev.status': '状态变为 {status}',
     'runs.ev.token': '生成 {n} 个令牌',
@@ -163,6 +166,9 @@ export const strings = {
     'runs.ev.comment': 'Comment: {comment}',
     'runs.ev.edited_answer': 'Edited answer',
     'runs.ev.edited_forms': 'Edited forms',
+    'runs.ev.model': 'Node {node} called {model}; answered by',
+    'runs.ev.base_model': 'the base model',
+    'runs.ev.model_tokens': '{n} tokens',
     'runs.ev.recovered': 'Resumed from its checkpoint after a replica restart',
     'runs.ev.status': 'Status: {status}',
     'runs.ev.token': '{n} tokens generated',
@@ -409,6 +415,10 @@ function AgentEvent({ event: e, start }) {
         ${e.comment && html`<p data-testid="runs-approval-comment">${t('runs.ev.comment', { comment: e.comment })}</p>`}
         ${e.answer && html`<details open><summary>${t('runs.ev.edited_answer')}</summary><pre style=${TEXT}>${e.answer}</pre></details>`}
         ${e.forms && html`<details><summary>${t('runs.ev.edited_forms')}</summary><${Json} value=${e.forms} /></details>`}</li>`;
+    case 'model':
+      return html`<li data-testid=${testid}>${t('runs.ev.model', { node: e.node, model: e.model })}
+        <strong>${e.adapter ? `${e.adapter}${e.adapter_ref ? ` (${e.adapter_ref})` : ''}` : t('runs.ev.base_model')}</strong>
+        <small class="muted"> · ${t('runs.ev.model_tokens', { n: fmtNum(e.tokens) })}</small>${at}</li>`;
     case 'recovered':
       return html`<li data-testid=${testid}>${t('runs.ev.recovered')}${at}</li>`;
     case 'token':
