@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import base64
+import time
 from pathlib import Path
 
 import pytest
