@@ -1,9 +1,12 @@
 // Demos (admin only): the three domain demonstrations and the front desk that routes between
 // them — start (`demo up`, with its train / approve options) and stop (`demo down`, after a
 // confirmation) as jobs, whose output refreshes while they run; links to try each one in the
-// chat and approvals pages.
+// chat and approvals pages. A demo that is up lists its walkthrough (the bundle's README) as
+// numbered steps, each with a button that opens its page filled in: a search with its query
+// run, the chat with the request typed and the bundle's sample picture attached (fetched
+// from the gateway with the user's key), the approvals, router, pipeline or deployment page.
 import { html, usePoll, ErrorBox, Loading, Empty, Badge, StatusBadge, Confirm } from '../lib/ui.js';
-import { api, seg } from '../lib/api.js';
+import { api, ApiError, seg, session } from '../lib/api.js';
 import { t, fmtTime, fmtNum } from '../lib/i18n.js';
 import { useEffect, useRef, useState } from 'preact/hooks';
 
@@ -43,6 +46,21 @@ export const strings = {
     'demos.front_desk': '总服务台（三个领域一起）',
     'demos.front_summary': '一个入口接待所有请求：学习型路由器按内容把请求分给政务、医疗或制造服务台。启动它会依次启动三个领域演示；停止会把三个都停下。',
     'demos.none': '没有找到演示包（deploy/domains）。',
+    'demos.steps': '按步骤演练',
+    'demos.steps_hint': '每一步的“试一试”会打开对应页面并填好内容；看到的结果应与说明一致。',
+    'demos.steps_after': '启动后，这里会列出演练步骤。',
+    'demos.step_go': '试一试',
+    'demos.step_expect': '应当看到：',
+    'demos.step_attach': '附带示例图片 {file}',
+    'demos.step_image': '用示例图片 {file} 检索',
+    'demos.kind.search': '检索',
+    'demos.kind.agent': '对话',
+    'demos.kind.approvals': '审批',
+    'demos.kind.router': '路由器',
+    'demos.kind.pipeline': '流水线',
+    'demos.kind.deployment': '部署',
+    'demos.self_approval': '发起运行的密钥不能批准自己发起的运行：请退出，用另一个带“审批”（approve）权限的密钥登录后再批准。',
+    'demos.keys_link': '在“密钥”页创建这样的密钥（需要管理员）',
   },
   en: {
     'demos.title': 'Domain demonstrations',
@@ -79,6 +97,21 @@ export const strings = {
     'demos.front_desk': 'Front desk (all three domains)',
     'demos.front_summary': 'One entrance for every request: a learned router sends each to the government, healthcare or manufacturing desk by what it asks. Starting it starts the three domain demonstrations in turn; stopping it stops all three.',
     'demos.none': 'No demonstration bundle found (deploy/domains).',
+    'demos.steps': 'Walkthrough, step by step',
+    'demos.steps_hint': 'Each step\'s “Try it” opens its page filled in; what you see should match its description.',
+    'demos.steps_after': 'Once it is up, its walkthrough steps are listed here.',
+    'demos.step_go': 'Try it',
+    'demos.step_expect': 'You should see: ',
+    'demos.step_attach': 'with the sample picture {file}',
+    'demos.step_image': 'searching with the sample picture {file}',
+    'demos.kind.search': 'search',
+    'demos.kind.agent': 'chat',
+    'demos.kind.approvals': 'approval',
+    'demos.kind.router': 'router',
+    'demos.kind.pipeline': 'pipeline',
+    'demos.kind.deployment': 'deployment',
+    'demos.self_approval': 'The key that started a run may not approve it: sign out and sign in with another key that has the approve scope, then approve.',
+    'demos.keys_link': 'Create such a key on the Keys page (admin)',
   },
 };
 
@@ -90,6 +123,10 @@ const CSS = `
 .demo-card .actions { display: flex; flex-wrap: wrap; gap: .5rem; margin-top: .75rem; }
 .demo-card .actions button { width: auto; margin: 0; }
 .demo-links { display: flex; flex-wrap: wrap; gap: .25rem 1rem; }
+.demo-steps li { margin-bottom: .6rem; }
+.demo-steps .step-head { display: flex; flex-wrap: wrap; gap: .25rem .5rem; align-items: center; }
+.demo-steps .step-head button { width: auto; margin: 0 0 0 auto; padding: .2rem .7rem; }
+.demo-steps small { display: block; }
 `;
 
 const FRONT = 'front-desk';
@@ -112,6 +149,97 @@ function JobPanel({ name, job }) {
     <details open=${RUNNING(job) || job.status === 'failed'}><summary>${t('demos.log')}</summary>
       <pre class="demo-log" ref=${log} data-testid=${`demos-log-${name}`}>${(job.log_tail || []).join('\n') || t('demos.no_log')}</pre></details>
   </section>`;
+}
+
+/** What a walkthrough step hands to the page it opens (read and removed there on mount). */
+const PREFILL = 'qingliang.prefill';
+
+/** A sample picture of demo `name`, fetched with the user's key, as {name, url (data URL)}. */
+async function samplePicture(name, file) {
+  const path = `/v1/demos/${seg(name)}/samples/${seg(file)}`;
+  let response;
+  try {
+    response = await fetch(path, { headers: { Authorization: `Bearer ${session.key}` } });
+  } catch (e) {
+    throw new ApiError(0, `GET ${path}: ${e.message}`);
+  }
+  if (!response.ok) {
+    let message = `GET ${path}: HTTP ${response.status}`;
+    try {
+      const body = await response.json();
+      message = (body.error && body.error.message) || message;
+    } catch {
+      /* keep the status line */
+    }
+    throw new ApiError(response.status, message);
+  }
+  const blob = await response.blob();
+  const url = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+  return { name: file, url };
+}
+
+/** Open the page of `step` of demo `name`, filled in. */
+async function openStep(name, step, navigate) {
+  const hand = (value) => sessionStorage.setItem(PREFILL, JSON.stringify(value));
+  switch (step.kind) {
+    case 'search': {
+      const image = step.image ? await samplePicture(name, step.image) : null;
+      hand({ page: 'knowledge', kb: step.kb, query: step.query || '', image, limit: step.limit });
+      return navigate('knowledge', step.kb, 'search');
+    }
+    case 'agent': {
+      const attachment = step.attachment ? await samplePicture(name, step.attachment) : null;
+      hand({ page: 'chat', mode: 'agent', target: step.graph, input: step.input, attachment });
+      return navigate('chat', 'agent', step.graph);
+    }
+    case 'router':
+      return navigate('router', step.graph);
+    case 'pipeline':
+      return navigate('runs', 'pipeline');
+    case 'deployment':
+      return navigate('deployments', step.deployment);
+    default:
+      return navigate('approvals');
+  }
+}
+
+function Steps({ demo, navigate }) {
+  const [busy, setBusy] = useState(null);
+  const [error, setError] = useState(null);
+  const steps = demo.steps || [];
+  if (!steps.length) return null;
+  if (demo.state !== 'up') return html`<p class="muted"><small data-testid=${`demos-steps-after-${demo.name}`}>${t('demos.steps_after')}</small></p>`;
+  const go = async (i, step) => {
+    setBusy(i);
+    setError(null);
+    try {
+      await openStep(demo.name, step, navigate);
+    } catch (e) {
+      setError(e);
+      setBusy(null);
+    }
+  };
+  return html`<details open class="demo-steps" data-testid=${`demos-walkthrough-${demo.name}`}>
+    <summary><strong>${t('demos.steps')}</strong></summary>
+    <p class="muted"><small>${t('demos.steps_hint')}</small></p>
+    <${ErrorBox} error=${error} testid=${`demos-step-error-${demo.name}`} />
+    <ol data-testid=${`demos-steps-${demo.name}`}>${steps.map((step, i) => html`<li key=${i} data-testid=${`demos-step-${demo.name}-${i + 1}`} data-kind=${step.kind}>
+      <div class="step-head"><${Badge} tone="info" text=${t(`demos.kind.${step.kind}`)} /> <span>${step.title}</span>
+        <button type="button" class="outline" data-testid=${`demos-step-go-${demo.name}-${i + 1}`} aria-busy=${busy === i}
+          disabled=${busy !== null} onClick=${() => go(i, step)}>${t('demos.step_go')}</button></div>
+      ${(step.input || step.query) && html`<small><q>${step.input || step.query}</q></small>`}
+      ${step.attachment && html`<small class="muted">${t('demos.step_attach', { file: step.attachment })}</small>`}
+      ${step.image && html`<small class="muted">${t('demos.step_image', { file: step.image })}</small>`}
+      ${step.expect && html`<small class="muted">${t('demos.step_expect')}${step.expect}</small>`}
+      ${step.kind === 'approvals' && html`<small class="notice" data-testid=${`demos-self-approval-${demo.name}`}>${t('demos.self_approval')}
+        <a href="#/keys" data-testid="demos-keys-link" onClick=${(e) => { e.preventDefault(); navigate('keys'); }}>${t('demos.keys_link')}</a></small>`}
+    </li>`)}</ol>
+  </details>`;
 }
 
 function DemoCard({ demo, graphs, busyAll, onChanged, navigate }) {
@@ -156,6 +284,7 @@ function DemoCard({ demo, graphs, busyAll, onChanged, navigate }) {
     <${Confirm} open=${asking} title=${t('demos.stop_title', { name: demo.title })} danger=${true} confirmLabel=${t('demos.stop_ok')}
       onClose=${(ok) => { setAsking(false); if (ok) send('down'); }}><p>${t('demos.stop_body')}</p><//>
     <${JobPanel} name=${demo.name} job=${demo.job} />
+    <${Steps} demo=${demo} navigate=${navigate} />
     <footer><strong>${t('demos.try')}</strong>
       <div class="demo-links">${graphs.length
         ? graphs.map((g) => html`<a href=${`#/chat/agent/${seg(g)}`} data-testid=${`demos-try-${demo.name}-${g}`}

@@ -4,7 +4,7 @@
 import { Badge, Confirm, Empty, ErrorBox, Field, html, Json, Loading, Tabs, useAsync } from '../lib/ui.js';
 import { api, can, seg } from '../lib/api.js';
 import { fmtNum, fmtTime, t } from '../lib/i18n.js';
-import { useRef, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 
 export const strings = {
   zh: {
@@ -557,9 +557,26 @@ function SearchTab({ kb }) {
   const [image, setImage] = useState(null);
   const [state, setState] = useState({ busy: false, error: null, answer: null, terms: [] });
   const [open, setOpen] = useState(null);
-  const submit = async (e) => {
+  const submit = (e) => {
     e.preventDefault();
-    const q = query.trim();
+    return search(query.trim(), image, k);
+  };
+  useEffect(() => {
+    // A walkthrough step of the Demos page hands over a search: read once, filled in and run.
+    let p = null;
+    try {
+      p = JSON.parse(sessionStorage.getItem('qingliang.prefill') || 'null');
+    } catch {
+      p = null;
+    }
+    if (!p || p.page !== 'knowledge' || p.kb !== kb) return;
+    sessionStorage.removeItem('qingliang.prefill');
+    setQuery(p.query || '');
+    setImage(p.image || null);
+    if (p.limit) setK(p.limit);
+    search((p.query || '').trim(), p.image || null, p.limit || k);
+  }, []);
+  const search = async (q, image, k) => {
     if (!q && !image) return setState({ ...state, error: new Error(t('knowledge.search.need')) });
     const body = { limit: Number(k) || 5 };
     if (q) body.query = q;
