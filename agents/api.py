@@ -182,16 +182,18 @@ def _graph_info(gdef: Any) -> dict[str, Any]:
     }
 
 
-def _number(kwargs: dict, name: str, default: float, low: float, high: float) -> float:
-    """The query parameter ``name`` as a number in ``(low, high]`` (a string or a number)."""
+def _number(kwargs: dict, name: str, default: float, high: float, what: str) -> float:
+    """The query parameter ``name`` (a string or a number) as a number in ``(0, high]``."""
     value = kwargs.get(name, default)
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         number = math.nan
-    if isinstance(value, bool) or not low < number <= high:
-        raise BadRequest(f"`{name}` must be a number above {low:g} and at most {high:g}, "
-                         f"got {value!r}", param=name)  # fmt: skip
+    whole = what == "whole number"
+    if isinstance(value, bool) or not 0 < number <= high or (whole and number != int(number)):
+        low = "from 1" if whole else "above 0"
+        raise BadRequest(f"`{name}` must be a {what} {low} and at most {high:.0f}, got {value!r}",
+                         param=name)  # fmt: skip
     return number
 
 
@@ -199,17 +201,16 @@ def _report_options(kwargs: dict) -> dict[str, Any]:
     """``window_s``, ``buckets`` and ``ope`` of ``GET /v1/agents/{graph}/routers``."""
     from qingliang.agents.routing import report
 
-    window_s = _number(kwargs, "window_s", report.DEFAULT_WINDOW_S, 0, report.MAX_WINDOW_S)
-    buckets = _number(kwargs, "buckets", report.DEFAULT_BUCKETS, 0, report.MAX_BUCKETS)
-    if buckets != int(buckets):
-        raise BadRequest(f"`buckets` must be a whole number, got {kwargs['buckets']!r}",
-                         param="buckets")  # fmt: skip
+    window = _number(
+        kwargs, "window_s", report.DEFAULT_WINDOW_S, report.MAX_WINDOW_S, "number of seconds"
+    )
+    buckets = _number(kwargs, "buckets", report.DEFAULT_BUCKETS, report.MAX_BUCKETS, "whole number")
     ope = kwargs.get("ope", True)
     if isinstance(ope, str) and ope.strip().lower() in ("1", "true", "yes", "0", "false", "no"):
         ope = ope.strip().lower() in ("1", "true", "yes")
     if not isinstance(ope, bool):
         raise BadRequest(f"`ope` must be 1 or 0 (true or false), got {ope!r}", param="ope")
-    return {"window_s": window_s, "buckets": int(buckets), "ope": ope}
+    return {"window_s": window, "buckets": int(buckets), "ope": ope}
 
 
 async def _routers(service: Any, graph: object, kwargs: dict) -> dict[str, Any]:
