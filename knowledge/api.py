@@ -167,6 +167,7 @@ METHODS: dict[str, frozenset[str]] = {
     "sync": frozenset(SyncBody.model_fields),
     "remove": frozenset(),
     "snapshots": frozenset(),
+    "history": frozenset({"limit"}),
     "snapshot": frozenset(SnapshotBody.model_fields),
     "rollback": frozenset(RollbackBody.model_fields),
     "answers": frozenset({"status"}),
@@ -239,6 +240,12 @@ def dispatch(
         return service.sync(kb, tenant=tenant, actor=actor, rebuild=rebuild).to_dict()
     if method == "snapshots":
         return {"data": [s.to_dict() for s in service.snapshots(kb, tenant=tenant)]}
+    if method == "history":
+        limit = kwargs.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise BadRequest(f"limit must be a whole number from 1 to 1000, got {limit!r}",
+                             param="limit")  # fmt: skip
+        return {"data": service.history(kb, tenant=tenant, limit=limit)}
     if method == "snapshot":
         note = kwargs.get("note", "")
         if not isinstance(note, str) or len(note) > 500:

@@ -34,6 +34,9 @@ from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
+#: Failed files a sync's ledger event keeps (the rest are counted in ``errors``).
+MAX_FAILED_KEPT = 50
+
 
 @dataclass
 class SyncOutcome:
@@ -176,18 +179,42 @@ class Versions(LearnedAnswers):
         changed = result.written or result.deleted
         if images is not None:
             changed = changed or images.written or images.deleted
+        # The files that failed, as the caller sees them (public paths), kept with the
+        # event so a base's ingest errors outlive the request that met them.
+        failed = outcome.to_dict()["errors"][:MAX_FAILED_KEPT]
         if changed:
             detail = {
                 k: v for k, v in outcome.to_dict().items() if k not in ("errors", "kb", "skipped")
             }
             detail["errors"] = len(result.errors)
+            detail["failed"] = failed
             outcome.version = self.ledger.bump(kb.name, actor=actor, action=action, detail=detail)
             outcome.snapshot = self._auto_snapshot(kb, actor)
         elif result.errors:
-            self.ledger.log(
-                kb.name, actor=actor, action=action, detail={"errors": len(result.errors)}
-            )
+            detail = {"errors": len(result.errors), "failed": failed}
+            self.ledger.log(kb.name, actor=actor, action=action, detail=detail)
         return outcome
+
+    def history(
+        self, name: str, *, tenant: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The base's changes and refusals, newest first: sync, upload, delete, rollback,
+        snapshot, answers — each with who, when, the version it made and its figures
+        (``failed``: the files that did not ingest and why)."""
+        kb = self._kb(name, tenant)
+        shown = self._public(kb)
+        return [
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "version": e.version,
+                # Host paths (a base folder, an older event's files) as every answer shows them.
+                "detail": _public_values(e.detail, shown.text),
+            }
+            for e in self.ledger.events(name, limit=limit)
+        ]
 
     def _drop_for_rebuild(self, kb: Kb) -> None:
         store = self._store(kb)
@@ -279,3 +306,14 @@ class Versions(LearnedAnswers):
             detail = {"to": version, "upserted": rep.upserted, "deleted": rep.deleted}
             new = self.ledger.bump(name, actor=actor, action="rollback", detail=detail)
         return {"kb": name, "restored": version, "version": new, **detail}
+
+
+def _public_values(value: Any, text: Any) -> Any:
+    """``value`` with ``text`` applied to every string in it (dicts and lists walked)."""
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {k: _public_values(v, text) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public_values(v, text) for v in value]
+    return value

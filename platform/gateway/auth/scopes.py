@@ -148,6 +148,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("DELETE", f"{_KB}/documents/{{doc:path}}"): _need(KNOWLEDGE_WRITE),
     ("POST", f"{_KB}/sync"): _need(KNOWLEDGE_WRITE),
     ("GET", f"{_KB}/snapshots"): _need(KNOWLEDGE_READ),
+    ("GET", f"{_KB}/history"): _need(KNOWLEDGE_READ),
     ("POST", f"{_KB}/snapshots"): _need(KNOWLEDGE_WRITE),
     ("POST", f"{_KB}/rollback"): _need(KNOWLEDGE_WRITE),
     ("GET", f"{_KB}/answers"): _need(KNOWLEDGE_READ),

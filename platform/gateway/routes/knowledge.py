@@ -11,6 +11,7 @@ Routes (every one scoped to the caller's tenant — see :func:`tenant_of`)::
     DELETE /v1/knowledge/{kb}/documents/{doc}     an uploaded document (doc_id or file name)
     POST   /v1/knowledge/{kb}/sync                {"rebuild": false} → what changed
     GET    /v1/knowledge/{kb}/snapshots           saved versions
+    GET    /v1/knowledge/{kb}/history?limit=      changes, newest first (with failed files)
     POST   /v1/knowledge/{kb}/snapshots           {"note"} → save the current version
     POST   /v1/knowledge/{kb}/rollback            {"version"} → restore a snapshot
     GET    /v1/knowledge/{kb}/answers?status=     learned answers
@@ -171,6 +172,16 @@ def add_knowledge_routes(
     @app.get("/v1/knowledge/{kb}/snapshots")
     async def snapshots(request: Request, kb: str) -> Any:
         return await run(request, "snapshots", kb, {})
+
+    @app.get("/v1/knowledge/{kb}/history")
+    async def history(request: Request, kb: str, limit: str = "100") -> Any:
+        try:
+            count = int(limit)
+        except ValueError:
+            raise BadRequest(
+                f"limit must be a whole number from 1 to 1000, got {limit!r}", param="limit"
+            ) from None
+        return await run(request, "history", kb, {"limit": count})
 
     @app.post(
         "/v1/knowledge/{kb}/snapshots", openapi_extra=request_body(SnapshotBody, required=False)

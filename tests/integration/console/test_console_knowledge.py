@@ -315,3 +315,32 @@ def test_a_learned_answer_is_searchable_and_a_retraction_needs_a_reason(
     expect(answer).to_have_count(0)  # the list shows active answers
     page.get_by_test_id("knowledge-answers-status").select_option("retracted")
     expect(answer).to_contain_text("停车规定已更新")
+
+
+def test_a_file_a_sync_could_not_read_stays_listed_with_its_reason(
+    page: Page, console_url: str, platform: Platform, tmp_path: Path
+) -> None:
+    """A broken file in the source folder: after the sync (made through the API, not this
+    page) and a reload the Documents tab still names it and why; the History lists the sync."""
+    name = "console-kb-broken"
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "ok.txt").write_text("Lockers are on the second floor.", encoding="utf-8")
+    (folder / "scan.pdf").write_bytes(b"\x00\x01this is not a pdf")
+    platform.ctl.apply([_manifest(platform, name, folder, "t1")], wait=False, progress=False)
+    with _api(platform, platform.key) as ops:
+        r = ops.post(f"/v1/knowledge/{name}/sync", json={})
+        assert r.status_code == 200 and [e["path"] for e in r.json()["errors"]] == ["scan.pdf"]
+    _sign_in_at(page, console_url, platform.key, name, "documents")
+    failed = page.locator("[data-testid=knowledge-doc-failed][data-source='scan.pdf']")
+    expect(failed).to_have_attribute("data-origin", "recorded")
+    expect(failed.get_by_test_id("knowledge-doc-error")).not_to_be_empty()
+    expect(_doc(page, "ok.txt")).to_be_visible()
+    _tab(page, "versions")
+    history = page.get_by_test_id("knowledge-history-row")
+    expect(history.first).to_be_visible()
+    sync = page.locator("[data-testid=knowledge-history-row][data-action=sync]")
+    expect(sync).to_contain_text("scan.pdf")
+    expect(
+        page.locator("[data-testid=knowledge-history-row][data-action=register]")
+    ).to_be_visible()

@@ -45,6 +45,21 @@ export const strings = {
     'knowledge.doc.delete_text': '确定删除“{name}”及它的 {chunks} 个片段吗?删除会产生一个新版本,之后可以回滚到删除前的快照。',
     'knowledge.doc.deleted': '已删除“{name}”:删除 {deleted} 个片段,现在是版本 v{version}。',
     'knowledge.doc.dismiss': '不再显示',
+    'knowledge.doc.recorded': '记录于最近一次同步({time}),修复文件后再同步即可。',
+    'knowledge.hist.title': '变更记录',
+    'knowledge.hist.col.time': '时间',
+    'knowledge.hist.col.action': '操作',
+    'knowledge.hist.col.version': '产生的版本',
+    'knowledge.hist.col.actor': '操作者',
+    'knowledge.hist.col.figures': '内容',
+    'knowledge.hist.added': '新增',
+    'knowledge.hist.updated': '更新',
+    'knowledge.hist.deleted': '删除',
+    'knowledge.hist.errors': '失败文件',
+    'knowledge.hist.points': '片段数',
+    'knowledge.hist.note': '说明',
+    'knowledge.hist.to': '回滚到',
+    'knowledge.hist.reason': '理由',
     'knowledge.doc.source_only': '清单来源中的文档只能在源文件夹中修改,然后同步。',
     'knowledge.docs.none': '还没有文档。',
     'knowledge.sync': '与来源同步',
@@ -172,6 +187,21 @@ export const strings = {
     'knowledge.doc.delete_text': 'Delete “{name}” and its {chunks} chunks? This makes a new version; you can roll back to a snapshot from before.',
     'knowledge.doc.deleted': 'Deleted “{name}”: {deleted} chunks removed, now version v{version}.',
     'knowledge.doc.dismiss': 'Dismiss',
+    'knowledge.doc.recorded': 'Recorded by the latest sync ({time}); fix the file and sync again.',
+    'knowledge.hist.title': 'History',
+    'knowledge.hist.col.time': 'Time',
+    'knowledge.hist.col.action': 'Action',
+    'knowledge.hist.col.version': 'Version made',
+    'knowledge.hist.col.actor': 'By',
+    'knowledge.hist.col.figures': 'What changed',
+    'knowledge.hist.added': 'added',
+    'knowledge.hist.updated': 'updated',
+    'knowledge.hist.deleted': 'deleted',
+    'knowledge.hist.errors': 'failed files',
+    'knowledge.hist.points': 'chunks',
+    'knowledge.hist.note': 'note',
+    'knowledge.hist.to': 'rolled back to',
+    'knowledge.hist.reason': 'reason',
     'knowledge.doc.source_only': 'Documents from the manifest’s sources change in their folder, then a sync.',
     'knowledge.docs.none': 'No documents yet.',
     'knowledge.sync': 'Sync with sources',
@@ -366,8 +396,22 @@ function KbDetail({ kb, tab, navigate }) {
 
 // --------------------------------------------------------------------------- documents
 
+/** The files the latest sync of `kb` could not ingest, as its history recorded them. */
+function useRecordedFailures(kb) {
+  const history = useAsync(() => api.get(kbPath(kb, '/history?limit=50')), [kb]);
+  const events = (history.data && history.data.data) || [];
+  const last = events.find((e) => e.action === 'sync' || e.action === 'rebuild');
+  const failed = (last && last.detail && last.detail.failed) || [];
+  return {
+    reload: history.reload,
+    error: history.error,
+    rows: failed.map((f) => ({ source: f.path, reason: f.reason, origin: 'recorded', at: last.at })),
+  };
+}
+
 function DocumentsTab({ kb, onChanged, failures, setFailures }) {
   const docs = useAsync(() => api.get(kbPath(kb, '/documents')), [kb]);
+  const recorded = useRecordedFailures(kb);
   const [doomed, setDoomed] = useState(null);
   const [error, setError] = useState(null);
   const [outcome, setOutcome] = useState(null);
@@ -383,6 +427,7 @@ function DocumentsTab({ kb, onChanged, failures, setFailures }) {
     } finally {
       setBusy(false);
       docs.reload();
+      recorded.reload();
       onChanged();
     }
   };
@@ -399,6 +444,8 @@ function DocumentsTab({ kb, onChanged, failures, setFailures }) {
     return { text: t('knowledge.synced', r), skipped: r.skipped };
   });
   const rows = (docs.data && docs.data.data) || [];
+  // This session's upload and sync errors, then what the last sync recorded (same file once).
+  const shownFailures = [...failures, ...recorded.rows.filter((r) => !failures.some((f) => f.source === r.source))];
   return html`<div data-testid="knowledge-documents">
     ${writer() && html`<div class="toolbar"><button type="button" class="secondary" data-testid="knowledge-sync"
       aria-busy=${busy} disabled=${busy} onClick=${sync}>${t('knowledge.sync')}</button></div>`}
@@ -406,16 +453,18 @@ function DocumentsTab({ kb, onChanged, failures, setFailures }) {
     <${ErrorBox} error=${error} testid="knowledge-action-error" />
     ${outcome && html`<p class="notice" role="status" data-testid="knowledge-action-result">${outcome.text}
       ${(outcome.skipped || []).map((k) => html`<br /><small>${t('knowledge.skipped', k)}</small>`)}</p>`}
-    ${docs.loading && !docs.data ? html`<${Loading} />` : rows.length + failures.length === 0
+    <${ErrorBox} error=${recorded.error} testid="knowledge-history-error" />
+    ${docs.loading && !docs.data ? html`<${Loading} />` : rows.length + shownFailures.length === 0
       ? html`<${Empty} text=${t('knowledge.docs.none')} />`
       : html`<div class="table-wrap"><table class="striped" data-testid="knowledge-docs"><thead><tr>
           ${['source', 'type', 'origin', 'chunks', 'version', 'state'].map((c) => html`<th scope="col">${t(`knowledge.doc.${c}`)}</th>`)}<th></th>
         </tr></thead><tbody>
-          ${failures.map((f) => html`<tr data-testid="knowledge-doc-failed" data-source=${f.source}>
-            <td>${f.source}</td><td colspan="4"><span class="error" data-testid="knowledge-doc-error">${f.reason}</span></td>
+          ${shownFailures.map((f) => html`<tr data-testid="knowledge-doc-failed" data-source=${f.source} data-origin=${f.origin || 'session'}>
+            <td>${f.source}</td><td colspan="4"><span class="error" data-testid="knowledge-doc-error">${f.reason}</span>
+              ${f.origin === 'recorded' && html`<br /><small class="muted">${t('knowledge.doc.recorded', { time: fmtTime(f.at) })}</small>`}</td>
             <td><${Badge} text=${t('knowledge.doc.failed')} tone="bad" testid="knowledge-doc-state" /></td>
-            <td><button type="button" class="secondary outline" style=${SMALL} data-testid="knowledge-doc-dismiss"
-              onClick=${() => setFailures((list) => list.filter((x) => x !== f))}>${t('knowledge.doc.dismiss')}</button></td></tr>`)}
+            <td>${f.origin !== 'recorded' && html`<button type="button" class="secondary outline" style=${SMALL} data-testid="knowledge-doc-dismiss"
+              onClick=${() => setFailures((list) => list.filter((x) => x !== f))}>${t('knowledge.doc.dismiss')}</button>`}</td></tr>`)}
           ${rows.map((d) => html`<tr key=${d.doc_id} data-testid="knowledge-doc" data-source=${d.source}>
             <td><strong>${d.source}</strong>${d.record ? html` <small>#${d.record}</small>` : ''}
               ${d.title && html`<br /><small class="muted">${d.title}</small>`}</td>
@@ -705,6 +754,7 @@ function VersionsTab({ kb, stats, onChanged }) {
     <${ErrorBox} error=${error} testid="knowledge-version-error" />
     ${outcome && html`<div class="notice" role="status" data-testid="knowledge-version-result">${outcome.text}
       <${Json} value=${outcome.raw} label=${t('common.details')} /></div>`}
+    <${History} kb=${kb} version=${stats.version} />
     <h3>${t('knowledge.ver.snapshots')}</h3>
     <${ErrorBox} error=${snaps.error} testid="knowledge-snapshots-error" />
     ${snaps.loading && !snaps.data ? html`<${Loading} />` : rows.length === 0 ? html`<${Empty} text=${t('knowledge.ver.none')} />`
@@ -720,6 +770,28 @@ function VersionsTab({ kb, stats, onChanged }) {
       onClose=${(ok) => { const v = target; setTarget(null); if (ok) rollback(v); }}>
       <p>${target !== null && t('knowledge.ver.rollback_text', { kb, version: target })}</p></${Confirm}>
   </div>`;
+}
+
+/** The base's changes, newest first: what, who, when, the version it made, its figures. */
+function History({ kb, version }) {
+  const history = useAsync(() => api.get(kbPath(kb, '/history?limit=100')), [kb, version]);
+  const rows = (history.data && history.data.data) || [];
+  const figures = (d) => {
+    const parts = ['added', 'updated', 'deleted', 'errors', 'points', 'note', 'to', 'reason']
+      .filter((k) => d[k] !== undefined && d[k] !== null && d[k] !== '' && d[k] !== 0)
+      .map((k) => `${t(`knowledge.hist.${k}`)} ${d[k]}`);
+    return parts.join(' · ') || '—';
+  };
+  return html`<h3>${t('knowledge.hist.title')}</h3>
+    <${ErrorBox} error=${history.error} testid="knowledge-history-error" />
+    ${history.loading && !history.data ? html`<${Loading} />` : rows.length === 0 ? html`<${Empty} />`
+      : html`<div class="table-wrap"><table class="striped" data-testid="knowledge-history"><thead><tr>
+          ${['time', 'action', 'version', 'actor', 'figures'].map((c) => html`<th scope="col">${t(`knowledge.hist.col.${c}`)}</th>`)}</tr></thead>
+        <tbody>${rows.map((e) => html`<tr key=${e.seq} data-testid="knowledge-history-row" data-action=${e.action}>
+          <td>${fmtTime(e.at)}</td><td>${e.action}</td><td>${e.version ? `v${e.version}` : '—'}</td><td>${e.actor}</td>
+          <td>${figures(e.detail || {})}
+            ${(e.detail && e.detail.failed || []).map((f) => html`<br /><small class="error">${f.path}: ${f.reason}</small>`)}</td></tr>`)}
+        </tbody></table></div>`}`;
 }
 
 // ----------------------------------------------------------------------------- answers
