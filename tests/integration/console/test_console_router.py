@@ -148,3 +148,29 @@ def test_the_router_page_shows_decisions_regret_and_charts(
     expect(explain).to_contain_text(f"{ope['n']} 个样本")
     expect(explain).to_contain_text("95% 区间")
     shot(page, "router")
+
+
+def test_the_router_page_fits_a_tablet(
+    tablet_page: Page, console_url: str, platform: Platform, routed: dict
+) -> None:
+    """With its charts and the wide comparison table drawn, no horizontal scroll bar: the
+    table scrolls inside its own box. In English, the candidates read in English."""
+    page = tablet_page
+    login(page, platform.key, console_url)
+    page.goto(f"{console_url}#/router/{GRAPH}")
+    expect(page.get_by_test_id("router-ope-dr-triage-always:careful")).to_contain_text("±")
+    expect(
+        page.get_by_test_id("router-reward-chart-triage").locator(".uplot canvas")
+    ).to_have_count(1)
+    overflow = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 1, f"the router page is {overflow} px wider than the tablet's screen"
+    page.get_by_test_id("lang-switch").click()
+    expect(page.get_by_test_id("router-ope-name-triage-always:careful")).to_have_text(
+        "Always careful"
+    )
+    expect(page.get_by_test_id("router-ope-explain-triage")).to_contain_text(
+        f"{routed['ope']['n']} samples"
+    )
+    shot(page, "router-tablet")

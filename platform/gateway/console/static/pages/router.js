@@ -233,7 +233,8 @@ function DecisionsChart({ node, timeline }) {
   const arms = Object.keys(timeline.decisions || {});
   const totals = Object.fromEntries(arms.map((a) => [a, timeline.decisions[a].reduce((s, n) => s + n, 0)]));
   const total = arms.reduce((s, a) => s + totals[a], 0);
-  return html`<${Chart} testid=${`router-decisions-chart-${node}`} title=${t('router.chart_decisions')}
+  // Keyed by a label: the chart is drawn again in the other language.
+  return html`<${Chart} key=${t('router.decisions')} testid=${`router-decisions-chart-${node}`} title=${t('router.chart_decisions')}
       x=${timeline.t} series=${arms.map((a) => ({ label: a, values: timeline.decisions[a] }))} yLabel=${t('router.decisions')} />
     <p class="rt-explain">${t('router.explain_decisions', { bucket: duration(timeline.bucket_s) })}</p>
     ${total
@@ -248,7 +249,7 @@ function RewardChart({ node, timeline }) {
   const received = (timeline.rewards || []).reduce((s, n) => s + n, 0);
   const series = [{ label: t('router.all_arms'), values: timeline.mean_reward, stroke: '#222' },
     ...arms.map((a) => ({ label: a, values: timeline.arm_reward[a] }))];
-  return html`<${Chart} testid=${`router-reward-chart-${node}`} title=${t('router.chart_reward')}
+  return html`<${Chart} key=${t('router.reward')} testid=${`router-reward-chart-${node}`} title=${t('router.chart_reward')}
       x=${timeline.t} series=${series} yLabel=${t('router.reward')} />
     <p class="rt-explain" data-testid=${`router-window-rewards-${node}`} data-count=${received}>${t('router.explain_reward', { n: fmtNum(received) })}</p>`;
 }
@@ -330,8 +331,10 @@ function RouterNode({ r }) {
   const regret = learn.estimated_regret;
   return html`<article class="rt-node" data-testid=${`router-node-${r.node}`}>
     <header><strong>${t('router.node', { node: r.node })}</strong>
-      ${r.algorithm && html`<span class="muted"> · ${t('router.algorithm')}: ${algoName(r.algorithm)} · ${t('router.floor')}: ${fmtNum(r.floor, 3)} ·
-      ${r.frozen ? t('router.frozen') : t('router.learning')} · ${t('router.version', { version: r.version ?? '—', updates: r.updates ?? 0 })}</span>`}</header>
+      ${r.algorithm && html`<span class="muted">${[
+        '', `${t('router.algorithm')}: ${algoName(r.algorithm)}`, `${t('router.floor')}: ${fmtNum(r.floor, 3)}`,
+        r.frozen ? t('router.frozen') : t('router.learning'), t('router.version', { version: r.version ?? '—', updates: r.updates ?? 0 }),
+      ].join(' · ')}</span>`}</header>
     <div class="rt-figs">
       <${Figure} label=${t('router.decisions')} value=${fmtNum(r.decisions || 0)} testid=${`router-decisions-${r.node}`} />
       <${Figure} label=${t('router.closed')} value=${fmtNum(r.closed || 0)} testid=${`router-closed-${r.node}`} />
@@ -362,7 +365,7 @@ function RouterNode({ r }) {
         { key: 'propensity', label: t('router.propensity'), render: (a) => html`<span data-testid=${`router-arm-propensity-${r.node}-${a.arm}`}>${fmtNum(a.mean_propensity, 3)}</span>` },
       ]} />
     <${Ope} r=${r} />
-    <${SeqChart} testid=${`router-learning-chart-${r.node}`} title=${t('router.chart_learning')} x=${x}
+    <${SeqChart} key=${t('router.x_decisions')} testid=${`router-learning-chart-${r.node}`} title=${t('router.chart_learning')} x=${x}
       series=${[{ label: t('router.reward'), values: curve }]} xLabel=${t('router.x_decisions')} yLabel=${t('router.reward')} />
     <p class="rt-explain">${t('router.explain_learning', { window: w })}</p>
   </article>`;
