@@ -53,8 +53,8 @@ export const strings = {
     'chat.open_approvals': '打开审批收件箱',
     'chat.status': '状态:{status}',
     'chat.rate': '这个回答有帮助吗?',
-    'chat.rate_up': '👍 有帮助',
-    'chat.rate_down': '👎 没帮助',
+    'chat.rate_up': '有帮助',
+    'chat.rate_down': '没帮助',
     'chat.rated': '已记录评分 {score},路由器将从中学习。',
     'chat.passage': '原文段落',
     'chat.source': '来源',
@@ -108,8 +108,8 @@ export const strings = {
     'chat.open_approvals': 'Open the approvals inbox',
     'chat.status': 'status: {status}',
     'chat.rate': 'Was this answer helpful?',
-    'chat.rate_up': '👍 Helpful',
-    'chat.rate_down': '👎 Not helpful',
+    'chat.rate_up': 'Helpful',
+    'chat.rate_down': 'Not helpful',
     'chat.rated': 'Score {score} recorded; the router learns from it.',
     'chat.passage': 'Source passage',
     'chat.source': 'Source',
@@ -409,7 +409,7 @@ function Trace({ turn, onPassage, navigate }) {
     ${rows.length > 0 && html`<details open=${turn.mode === 'agent'} data-testid="chat-trace"><summary>${t('chat.trace')}</summary><dl>${rows}</dl></details>`}
     ${cites.length > 0 && html`<div><strong>${t('chat.citations')}</strong><ol>${cites.map(
       (c, i) => html`<li key=${i}><a href="#" data-testid="chat-citation" onClick=${(e) => { e.preventDefault(); onPassage(c); }}>
-        ${c.title || c.source || c.doc_id}${c.page ? ` · ${t('chat.page', { page: c.page })}` : ''}</a>
+        ${c.record ? `${c.record} ` : ''}${c.title || c.source || c.doc_id}${c.page ? ` · ${t('chat.page', { page: c.page })}` : ''}</a>
         <small class="muted"> · ${fmtNum(c.score, 3)}${c.version !== undefined && c.version !== null ? ` · ${t('chat.snapshot', { version: c.version, snapshot: fmtTime(c.snapshot) })}` : ''}</small></li>`,
     )}</ol></div>`}
   </div>`;
