@@ -233,7 +233,15 @@ class RouterClient(_Methods):
         if self._local is not None:
             return await self._local._call(method, *args, **kw)
         try:
-            return await getattr(self._handle, method).remote(*args, **kw)
+            remote = getattr(self._handle, method)
+        except AttributeError:
+            # A detached actor outlives an upgrade made while Ray kept running.
+            raise ClusterError(
+                f"the running router actor has no {method!r}: it was started by an older "
+                "Qingliang; restart the platform (qingliang down, then up) to replace it"
+            ) from None
+        try:
+            return await remote.remote(*args, **kw)
         except Exception as exc:
             cause = getattr(exc, "cause", None)  # Ray's task error wraps the original
             if isinstance(cause, QingliangError | ValueError):
