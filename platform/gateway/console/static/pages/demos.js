@@ -59,8 +59,8 @@ export const strings = {
     'demos.kind.router': '路由器',
     'demos.kind.pipeline': '流水线',
     'demos.kind.deployment': '部署',
-    'demos.self_approval': '发起运行的密钥不能批准自己发起的运行：请退出，用另一个带“审批”（approve）权限的密钥登录后再批准。',
-    'demos.keys_link': '在“密钥”页创建这样的密钥（需要管理员）',
+    'demos.self_approval': '发起运行的密钥不能批准自己发起的运行：请退出，用另一个密钥登录后再批准。用管理员密钥发起的运行不属于任何租户，只有管理员密钥能在审批页看到它，所以这里要用第二个管理员（admin）密钥；只带“审批”（approve）权限的密钥处理的是它所属租户的运行。',
+    'demos.keys_link': '在“密钥”页创建第二个密钥',
   },
   en: {
     'demos.title': 'Domain demonstrations',
@@ -110,8 +110,8 @@ export const strings = {
     'demos.kind.router': 'router',
     'demos.kind.pipeline': 'pipeline',
     'demos.kind.deployment': 'deployment',
-    'demos.self_approval': 'The key that started a run may not approve it: sign out and sign in with another key that has the approve scope, then approve.',
-    'demos.keys_link': 'Create such a key on the Keys page (admin)',
+    'demos.self_approval': 'The key that started a run may not approve it: sign out and sign in with another key, then approve. A run started with the admin key belongs to no tenant and only admin keys see it in the approvals, so use a second admin key here; a key with just the approve scope decides the runs of its own tenant.',
+    'demos.keys_link': 'Create a second key on the Keys page',
   },
 };
 
