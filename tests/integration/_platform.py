@@ -80,8 +80,9 @@ def domain_bundle(
     """A domain bundle as `qingliang demo up --no-train` leaves it, for a module fixture
     (``yield from``): copied to ``dest`` (the repository stays clean), prepared, its adapter
     aliases created empty (the base model answers), applied, and its knowledge bases synced
-    (each must add the number of chunks ``kbs`` gives). Afterwards its graphs and aliases
-    are removed, so the next module finds the platform as it was."""
+    (each must add the number of chunks ``kbs`` gives). Afterwards its graphs, knowledge
+    bases and aliases are removed, so the next module finds the platform as it was (a later
+    `demo up` of the same domain refuses objects it did not create)."""
     import shutil
 
     from qingliang.platform.control import demos
@@ -105,6 +106,9 @@ def domain_bundle(
     graphs = [c.name for c in changes if c.kind == "AgentGraph"]
     for name in reversed(graphs):  # a graph that nests another goes first
         platform.ctl.delete([name], kind="AgentGraph")
+    made = [c.name for c in changes if c.kind == "KnowledgeBase"]
+    if made:
+        platform.ctl.delete(made, kind="KnowledgeBase")
     for dep, alias in bundle.adapter_aliases():
         platform.ctl.set_alias(dep, alias, None)
 
