@@ -179,4 +179,9 @@ def test_pipeline_canary_serves_traced_answers_then_promotes(
         body = platform.ctl.store.get("ModelDeployment", "tiny").body
         if "permits-bot-v1" in (body["spec"]["lora"].get("adapters") or {}):
             platform.ctl.set_adapter("tiny", "permits-bot-v1", None)
+        # The next module finds tiny answering bare requests with its base model again
+        # (the gateway may hold the canary's shares a moment after they are cleared).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ask(http, "tiny", "after").status_code != 200:
+            time.sleep(1.0)
         ray.shutdown()
