@@ -43,6 +43,20 @@ RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
 }
 
+#: Ray Serve's transport settings for the serving path, defaults the caller's environment
+#: may override (e.g. ``RAY_SERVE_USE_GRPC_BY_DEFAULT=0`` goes back to Ray actor calls).
+#: gRPC between deployments and from the proxy: each streamed token costs the gateway,
+#: the model replica and the proxy about a third less CPU than Ray's object-ref
+#: generators (issue 18's profile; bench/RESULTS.md "Serving overhead").
+SERVE_TRANSPORT_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
+
+
+def ray_env() -> dict[str, str]:
+    """The environment for a Ray process we start: ours, tuned, then :data:`RAY_ENV`."""
+    return {**SERVE_TRANSPORT_ENV, **os.environ, **RAY_ENV}
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -184,7 +198,7 @@ def start_head(
     if num_cpus is None:
         num_cpus = default_num_cpus()
     cmd.append(f"--num-cpus={num_cpus}")
-    env = {**os.environ, **RAY_ENV}
+    env = ray_env()
     log = open(settings.home / "ray-head.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

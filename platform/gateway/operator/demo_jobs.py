@@ -347,12 +347,11 @@ class DemoJobs:
     def job_env(self) -> dict[str, str]:
         """The job's environment: this process's, with the platform's data directory and
         ports (so the CLI talks to this platform) and plain, wide output."""
-        from qingliang.platform.control.cluster import RAY_ENV, settings_for
+        from qingliang.platform.control.cluster import ray_env, settings_for
 
         settings = settings_for(self.home)
         return {
-            **os.environ,
-            **RAY_ENV,
+            **ray_env(),
             "QINGLIANG_HOME": str(self.home),
             "QINGLIANG_HTTP_PORT": str(settings.http_port),
             "QINGLIANG_DASHBOARD_PORT": str(settings.dashboard_port),
