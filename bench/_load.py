@@ -284,6 +284,25 @@ def cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def process_name(pid: int) -> str:
+    """A short, stable name for ``pid``: Ray's and vLLM's process titles without the method
+    being run (``ray::ServeReplica:app:Gateway``), else the program or Python module."""
+    line = cmdline(pid)
+    if line.startswith(("ray::", "VLLM::")):
+        return line.split()[0].split(".")[0]
+    if line.startswith("ray-dashboard-"):
+        return line.split()[0]
+    argv = line.split()
+    if not argv:
+        return f"pid {pid}"
+    if "python" in Path(argv[0]).name:
+        rest = [a for a in argv[1:] if not a.startswith("-")]
+        if "-m" in argv:
+            return f"python -m {argv[argv.index('-m') + 1]}"
+        return Path(rest[0]).name if rest else "python"
+    return Path(argv[0]).name
+
+
 def engine_pid(roots: Iterable[int]) -> int | None:
     """The vLLM engine-core process below ``roots`` (it renames itself VLLM::EngineCore)."""
     for pid in sorted(descendants(roots)):
@@ -310,6 +329,20 @@ def rss_gib(pids: Iterable[int]) -> float:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
+    return total / 1024**2
+
+
+def pss_gib(pids: Iterable[int]) -> float:
+    """Sum of the proportional set size over ``pids``: a page shared by n processes counts
+    1/n in each, so the sum is the memory the processes really hold together (RSS counts
+    the libraries every Ray worker maps once per worker)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
     return total / 1024**2
 
 
@@ -385,6 +418,13 @@ class CpuMeter:
             "steal_cpu_s": round((steal - self._steal0) / CLK_TCK, 2),
             "others_share_of_capacity": round(others_s / (wall * cpus), 3) if wall > 0 else None,
         }
+        by_process: dict[str, float] = {}
+        for key, t in ours_now.items():
+            used_s = (t - self._ours0.get(key, 0)) / CLK_TCK
+            if used_s > 0:
+                name = process_name(key[0])
+                by_process[name] = round(by_process.get(name, 0.0) + used_s, 2)
+        out["by_process"] = dict(sorted(by_process.items(), key=lambda kv: -kv[1]))
         if self.engine is not None:
             used = sorted(
                 ((t - self._threads0.get(tid, 0)) / CLK_TCK for tid, t in threads.items()),

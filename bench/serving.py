@@ -2,28 +2,32 @@
 
 One run, on the default manifest (``deploy/defaults``, the packaged Qwen2.5-Coder 0.5B):
 
-1. **Cold start.** ``qingliang up -f deploy/defaults`` is launched as a subprocess with a
-   fresh ``QINGLIANG_HOME`` whose ``models/`` is a symlink to an already converted model
-   cache (so the one-time GGUF conversion is not counted; it is timed separately when
-   the cache has to be built first). Measured: launch → first streamed token of a chat
-   request through the gateway, and the duration of ``qingliang down``.
-2. **Gateway** (Ray Serve ingress → model deployment), with the platform up, then
-   **vLLM direct** (``python -m vllm.entrypoints.openai.api_server``), with the platform
-   down: never both at once. The direct server gets ``engine_argv(plan)`` and
-   ``cpu_environment(plan)`` of the very plan the platform deployed (read back from its
-   state store), so the two cannot drift. For each: tiny-request latency (max_tokens=1,
+1. **Cold starts.** vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``
+   with ``engine_argv(plan)`` and ``cpu_environment(plan)`` of the plan compiled here) is
+   launched alone: launch → first streamed token. Then ``qingliang up -f deploy/defaults`` in a
+   fresh ``QINGLIANG_HOME`` whose ``models/`` links to the converted model cache (the one-time
+   GGUF conversion is timed separately when the cache has to be built), with vLLM direct
+   idle: launch → first streamed token through the gateway. The plan the platform deployed
+   is read back from its state store and its engine arguments compared with vLLM direct's.
+2. **Gateway vs vLLM direct, in rounds.** Both stay up; each round measures both, the order
+   flipped every round (gateway first, then vLLM direct first, …) so that a drift of the
+   machine counts against both. Each measurement: tiny-request latency (max_tokens=1,
    concurrency 1) and throughput at concurrency 1 and 8 (fixed prompts, fixed
-   ``max_tokens`` with ``ignore_eos``, streamed for TTFT).
+   ``max_tokens`` with ``ignore_eos``, streamed for TTFT), CPU-seconds per process, RSS.
+   Figures pool the rounds; each round's throughput is kept. Then ``qingliang down``, timed.
 3. Raw results go to ``bench/out/serving-<UTC>.json`` and the ``## Serving`` section of
-   ``bench/RESULTS.md`` is rewritten.
+   ``bench/RESULTS.md`` is rewritten, with issue 18's targets (throughput loss ≤ 5 % at
+   concurrency 1 and 8, added p50 ≤ 15 ms, cold start ≤ vLLM direct's + 10 s, memory ≤
+   vLLM direct's + 1.5 GiB).
 
 Everything listens on 127.0.0.1 on its own ports (38000 HTTP, 38265 dashboard, 38080
 metrics, 36380 Ray, 38100 vLLM), so it never collides with the tests (28xxx) or a user's
 ``make up``. Only processes this script started are stopped; never Ray's machine-wide stop command.
 
 Usage:
-    $ .venv/bin/python bench/serving.py            # ~10-15 min on a 2-core CPU
-    $ .venv/bin/python bench/serving.py --quick    # ~5 min smoke version
+    $ .venv/bin/python bench/serving.py            # ~6 min on a 2-core CPU
+    $ .venv/bin/python bench/serving.py --rounds 4 # more rounds, tighter figures
+    $ .venv/bin/python bench/serving.py --quick    # ~4 min smoke version
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from _load import (  # noqa: E402 - the bench folder is not a package
     median_diff_ci,
     non_loopback_listeners,
     port_open,
+    pss_gib,
     reap_leftovers,
     rss_gib,
     shm_files_mapped_by,
@@ -84,7 +89,13 @@ PORTS = {"http": 38000, "dashboard": 38265, "metrics": 38080, "ray": 36380, "vll
 BUSY_CHECK = [*PORTS.values(), PORTS["ray"] + 1, PORTS["dashboard"] + 1]
 ENV_PREFIXES = ("VLLM_", "OMP_", "KMP_", "GOMP_", "MKL_")
 
-TARGETS = {"cold_start_s": 45.0, "throughput_loss": 0.05, "added_p50_ms": 3.0}
+# Issue 18's targets: against vLLM direct measured in the same run.
+TARGETS = {
+    "throughput_loss": 0.05,
+    "added_p50_ms": 15.0,
+    "cold_start_over_direct_s": 10.0,
+    "memory_over_direct_gib": 1.5,
+}
 
 # Fixed prompts, the same for both servers; ignore_eos makes every answer max_tokens long.
 PROMPTS = (
@@ -109,12 +120,13 @@ class Profile:
     c1_requests: int
     c8_requests: int
     max_tokens: int
+    rounds: int
     phase_limit_s: float
     start_limit_s: float
 
 
-FULL = Profile("full", 50, 5, 6, 24, 64, 150, 400)
-QUICK = Profile("quick", 20, 3, 3, 8, 32, 90, 400)
+FULL = Profile("full", 50, 5, 6, 24, 64, 2, 150, 400)
+QUICK = Profile("quick", 20, 3, 3, 8, 32, 2, 90, 400)
 
 
 class BenchError(RuntimeError):
@@ -398,6 +410,7 @@ class DirectServer:
         for key, value in cpu_environment(plan).items():
             self.env.setdefault(key, value)  # what VLLMEngine.start does
         self.env.update(extra_env)
+        self.argv_plan_argv = engine_argv(plan)
         self.port = port
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -536,7 +549,10 @@ async def _measure(
                 concurrency,
                 out[label]["output_tokens_per_s"] or 0,
             )
-    out["rss_gib"] = round(rss_gib(descendants(roots)), 2)
+    tree = descendants(roots)
+    out["rss_gib"] = round(rss_gib(tree), 2)
+    out["pss_gib"] = round(pss_gib(tree), 2)
+    out["process_cpu"] = {k: out[k]["phase"].get("by_process", {}) for k in ("latency", "c1", "c8")}
     return out
 
 
@@ -563,13 +579,23 @@ def _sample_row(s: Sample) -> dict[str, Any]:
     return {k: v for k, v in row.items() if v not in ("", None)}
 
 
-def _compare(gw: dict[str, Any], direct: dict[str, Any], cold: float) -> dict[str, Any]:
+def _compare(
+    gw: dict[str, Any], direct: dict[str, Any], cold: dict[str, Any], direct_start: dict[str, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label in ("c1", "c8"):
         g, d = gw[label]["output_tokens_per_s"], direct[label]["output_tokens_per_s"]
         loss = (1 - g / d) if g and d else None
         out[f"throughput_loss_{label}"] = {
             "value": round(loss, 4) if loss is not None else None,
+            "per_round": [
+                round(1 - a / b, 4) if a and b else None
+                for a, b in zip(
+                    gw[label]["per_round_tokens_per_s"],
+                    direct[label]["per_round_tokens_per_s"],
+                    strict=False,
+                )
+            ],
             "target": TARGETS["throughput_loss"],
             "met": loss is not None and loss <= TARGETS["throughput_loss"],
         }
@@ -582,10 +608,24 @@ def _compare(gw: dict[str, Any], direct: dict[str, Any], cold: float) -> dict[st
         "target": TARGETS["added_p50_ms"],
         "met": added is not None and added <= TARGETS["added_p50_ms"],
     }
-    out["cold_start_s"] = {
-        "value": cold,
-        "target": TARGETS["cold_start_s"],
-        "met": cold <= TARGETS["cold_start_s"],
+    ours, theirs = cold["up_to_first_token_s"], direct_start["launch_to_first_token_s"]
+    out["cold_start_over_direct_s"] = {
+        "value": round(ours - theirs, 2),
+        "platform_s": ours,
+        "direct_s": theirs,
+        "target": TARGETS["cold_start_over_direct_s"],
+        "met": ours - theirs <= TARGETS["cold_start_over_direct_s"],
+    }
+    # Judged on PSS (shared pages split between the processes that map them); RSS, which
+    # counts Ray's and Python's libraries once per process, is reported beside it.
+    extra = gw["pss_gib"] - direct["pss_gib"]
+    out["memory_over_direct_gib"] = {
+        "value": round(extra, 2),
+        "platform_gib": gw["pss_gib"],
+        "direct_gib": direct["pss_gib"],
+        "rss_over_direct_gib": round(gw["rss_gib"] - direct["rss_gib"], 2),
+        "target": TARGETS["memory_over_direct_gib"],
+        "met": extra <= TARGETS["memory_over_direct_gib"],
     }
     return out
 
@@ -623,9 +663,30 @@ def _problems(r: dict[str, Any]) -> list[str]:
             f"the gateway's engine computes on {g_busy} thread(s), vLLM direct on {d_busy}, "
             f"though both get the same cpu_environment(plan) (OMP_NUM_THREADS: replica's "
             f"engine {g_omp}, direct {d_omp}); the throughput comparison mixes this "
-            "difference with the gateway's own cost (see --match-replica-omp)"
+            "difference with the gateway's own cost"
         )
     return found
+
+
+def _process_table(gw: dict[str, Any], di: dict[str, Any]) -> list[str]:
+    """CPU-seconds per process during concurrency 8 (all rounds), both servers: the
+    profile that says where the platform's extra cost is."""
+    rows: list[str] = [
+        "### Where the CPU goes at concurrency 8",
+        "",
+        "CPU-seconds per process over all rounds' concurrency-8 phases (the benchmark's own "
+        "client included), and per 1,000 output tokens.",
+        "",
+        "| server | process | CPU-s | per 1k tokens |",
+        "|---|---|---:|---:|",
+    ]
+    for who, side in (("gateway", gw), ("vLLM direct", di)):
+        procs = (side.get("process_cpu") or {}).get("c8") or {}
+        tokens = side["c8"]["output_tokens"] or 0
+        for name, cpu in list(procs.items())[:12]:
+            per_k = cpu / tokens * 1000 if tokens else None
+            rows.append(f"| {who} | `{name}` | {cpu:.2f} | {_f(per_k, 2)} |")
+    return rows
 
 
 # -- RESULTS.md ----------------------------------------------------------------------------
@@ -668,28 +729,34 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         f"{cfg['c1_requests']} requests at concurrency 1 and {cfg['c8_requests']} at 8; "
         f"latency: {cfg['latency_requests']} tiny requests (`max_tokens` 1, not streamed)",
     ]
-    if cfg.get("direct_extra_env"):
-        lines.append(
-            f"- vLLM direct ran with {cfg['direct_extra_env']} copied from the replica's "
-            "engine (`--match-replica-omp`)"
-        )
-    lines += ["", "### Cold start", "", "| | seconds | target |", "|---|---:|---|"]
+    lines.append(
+        f"- Method: vLLM direct starts first, alone; then `qingliang up` (vLLM direct idle). "
+        f"Both stay up and are measured in {cfg['rounds']} rounds, the order flipped every "
+        f"round ({', '.join(r['round_order'])}), so a drift of the machine counts against "
+        "both; figures pool the rounds. Ray Serve transport: "
+        + (", ".join(f"`{k}={v}`" for k, v in cfg["serve_transport_env"].items()) or "defaults")
+    )
+    c = cmp_["cold_start_over_direct_s"]
+    lines += ["", "### Cold start", "", "| | seconds |", "|---|---:|"]
     lines += [
         f"| `qingliang up` launched → first streamed token via the gateway | "
-        f"{cold['up_to_first_token_s']:.1f} | ≤ {TARGETS['cold_start_s']:.0f} s: "
-        f"{_met(cmp_['cold_start_s']['met'])} |",
-        f"| `qingliang up` launched → command returned | {cold['up_exit_s']:.1f} | |",
-        f"| vLLM direct launched → first streamed token (reference) | "
-        f"{di['start']['launch_to_first_token_s']:.1f} | |",
+        f"{cold['up_to_first_token_s']:.1f} |",
+        f"| `qingliang up` launched → command returned | {cold['up_exit_s']:.1f} |",
+        f"| vLLM direct launched → first streamed token | "
+        f"{di['start']['launch_to_first_token_s']:.1f} |",
+        f"| platform − vLLM direct (target ≤ {c['target']:.0f} s) | {c['value']:.1f} |",
         f"| `qingliang down` (HTTP port closed after "
         f"{down['port_closed_after_s'].get('http', float('nan')):.1f} s) | "
-        f"{down['down_s']:.1f} | |",
+        f"{down['down_s']:.1f} |",
         "| one-time GGUF → HF conversion (not part of the cold start) | "
         + (
-            f"{conv['conversion_s']:.0f} (built in this run) | |"
+            f"{conv['conversion_s']:.0f} (built in this run) |"
             if conv["conversion_s"] is not None
-            else "already cached | |"
+            else "already cached |"
         ),
+        "",
+        "Phases of `qingliang up` (seconds after launch, from its output): "
+        + "; ".join(f"{t:.1f} {line.strip()}" for t, line in cold["up_output"][:6]),
         "",
         "### Gateway vs vLLM direct (same plan: same engine arguments and vLLM variables)",
         "",
@@ -726,7 +793,8 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
     }
     lines += [
         _row("engine threads busy at concurrency 8", busy[0], busy[1], 0),
-        _row("memory of the serving processes (GiB RSS)", gw["rss_gib"], di["rss_gib"], 1),
+        _row("memory of the serving processes (GiB RSS)", gw["rss_gib"], di["rss_gib"], 2),
+        _row("memory of the serving processes (GiB PSS)", gw["pss_gib"], di["pss_gib"], 2),
         "",
         f"Request errors: {errors}."
         + (f" Cut short by the phase time limit: {'; '.join(cut)}." if cut else ""),
@@ -755,9 +823,20 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         + (f" (95 % bootstrap interval {ci[0]:,.1f} … {ci[1]:,.1f} ms)" if ci else "")
         + f" — {_met(a['met'])}"
     )
-    c = cmp_["cold_start_s"]
+    mem = cmp_["memory_over_direct_gib"]
     lines += [
-        f"- Cold start ≤ {c['target']:.0f} s: {c['value']:.1f} s — {_met(c['met'])}",
+        f"- Cold start ≤ vLLM direct's + {c['target']:.0f} s: +{c['value']:.1f} s "
+        f"({c['platform_s']:.1f} vs {c['direct_s']:.1f}) — {_met(c['met'])}",
+        f"- Memory ≤ vLLM direct + {mem['target']:.1f} GiB: +{mem['value']:.2f} GiB PSS "
+        f"({mem['platform_gib']:.2f} vs {mem['direct_gib']:.2f}; RSS "
+        f"+{mem['rss_over_direct_gib']:.2f}) — {_met(mem['met'])}",
+        "- Throughput loss per round (c1; c8): "
+        + "; ".join(
+            ", ".join(_f(x, 1, 100) + " %" for x in cmp_[f"throughput_loss_{k}"]["per_round"])
+            for k in ("c1", "c8")
+        ),
+        "",
+        *_process_table(gw, di),
         "",
         "### CPU contention during the run",
         "",
@@ -780,6 +859,124 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
 
 
 # -- main ----------------------------------------------------------------------------------
+def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's rounds as one measurement: latency samples pooled, throughput as all
+    output tokens over all wall time, phases' CPU summed; each round's figures kept."""
+    out: dict[str, Any] = {k: rounds[0][k] for k in ("engine_pid", "engine_env")}
+    out["non_loopback_listeners"] = sorted({x for r in rounds for x in r["non_loopback_listeners"]})
+    samples_ms = [v for r in rounds for v in r["latency"]["samples_ms"]]
+    out["latency"] = {
+        "requests": sum(r["latency"]["requests"] for r in rounds),
+        "errors": sum(r["latency"]["errors"] for r in rounds),
+        "truncated": any(r["latency"]["truncated"] for r in rounds),
+        "latency_s": summary(v / 1000 for v in samples_ms),
+        "samples_ms": samples_ms,
+        "phase": _sum_phases([r["latency"]["phase"] for r in rounds]),
+    }
+    for label in ("c1", "c8"):
+        rows = [s for r in rounds for s in r[label]["samples"]]
+        samples = [Sample(**{k: v for k, v in row.items()}) for row in rows]
+        wall = sum(r[label]["wall_s"] for r in rounds)
+        out[label] = {
+            "concurrency": rounds[0][label]["concurrency"],
+            "truncated": any(r[label]["truncated"] for r in rounds),
+            **throughput(samples, wall),
+            "per_round_tokens_per_s": [r[label]["output_tokens_per_s"] for r in rounds],
+            "phase": _sum_phases([r[label]["phase"] for r in rounds]),
+        }
+    out["warmup"] = {"phase": _sum_phases([r["warmup"]["phase"] for r in rounds])}
+    out["rss_gib"] = max(r["rss_gib"] for r in rounds)
+    out["pss_gib"] = max(r.get("pss_gib") or 0.0 for r in rounds)
+    out["process_cpu"] = _sum_process_cpu([r.get("process_cpu") or {} for r in rounds])
+    return out
+
+
+def _sum_phases(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("wall_s", "machine_busy_cpu_s", "ours_cpu_s", "others_cpu_s", "steal_cpu_s"):
+        out[key] = round(sum(p.get(key) or 0 for p in phases), 3)
+    out["loadavg_before"], out["loadavg_after"] = (
+        phases[0]["loadavg_before"],
+        phases[-1]["loadavg_after"],
+    )
+    out["others_share_of_capacity"] = (
+        round(out["others_cpu_s"] / (out["wall_s"] * (os.cpu_count() or 1)), 3)
+        if out["wall_s"]
+        else None
+    )
+    threads = [p.get("engine_thread_cpu_s") for p in phases if p.get("engine_thread_cpu_s")]
+    if threads:
+        width = max(len(t) for t in threads)
+        out["engine_thread_cpu_s"] = [
+            round(sum(t[i] for t in threads if i < len(t)), 2) for i in range(width)
+        ]
+        out["engine_busy_threads"] = max(p.get("engine_busy_threads") or 0 for p in phases)
+    return out
+
+
+def _sum_process_cpu(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, dict[str, float]] = {}
+    for r in rounds:
+        for phase, procs in r.items():
+            dest = out.setdefault(phase, {})
+            for name, cpu in procs.items():
+                dest[name] = round(dest.get(name, 0.0) + cpu, 3)
+    return out
+
+
+def _start_both(
+    args: argparse.Namespace, plan: Any, cache: Path, profile: Profile, r: dict[str, Any]
+) -> tuple[Platform, DirectServer, Any, Path]:
+    """vLLM direct's cold start alone, then the platform's (vLLM direct idle): both stay up.
+
+    vLLM direct starts from the plan compiled here; the platform's deployed plan is
+    checked against it afterwards (``engine_argv_matches_deployed``).
+    """
+    from qingliang.serving.sources import resolve_source
+
+    local = plan.with_model_path(str(Path(resolve_source(plan.source, cache)).resolve()))
+    log_dir = Path(tempfile.mkdtemp(prefix="qingliang-bench-vllm-"))
+    extra_env: dict[str, str] = {}
+    direct = DirectServer(local, PORTS["vllm"], log_dir / "vllm-direct.log", extra_env)
+    r["direct"] = {}
+    logger.info("vLLM direct: starting its OpenAI server (alone on the machine)")
+    r["direct"]["start"] = direct.start(plan.name, profile.start_limit_s)
+    r["phases"].append(("vLLM direct start → first token", r["direct"]["start"]["phase"]))
+    r["direct"]["rss_idle_gib"] = round(rss_gib(descendants(direct.roots())), 2)
+    platform = Platform.fresh(cache, args.manifests)
+    logger.info("cold start: qingliang up (QINGLIANG_HOME %s; vLLM direct idle)", platform.home)
+    r["cold_start"] = platform.up(plan.name, profile.start_limit_s)
+    r["phases"].append(("cold start (`up` → first token)", r["cold_start"]["phase"]))
+    deployed = _deployed_plan(platform.home, plan.name)
+    deployed = deployed.with_model_path(str(Path(deployed.model_path or "").resolve()))
+    return platform, direct, deployed, log_dir
+
+
+def _rounds(
+    platform: Platform, direct: DirectServer, model: str, profile: Profile, n: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """``n`` rounds, each measuring both servers, the order flipped every round (gateway
+    first, then vLLM direct first, …), so a drift of the machine counts against both."""
+    gw_rounds: list[dict[str, Any]] = []
+    di_rounds: list[dict[str, Any]] = []
+    order: list[str] = []
+    for i in range(n):
+        sides = ("gateway", "direct") if i % 2 == 0 else ("direct", "gateway")
+        for side in sides:
+            order.append(side)
+            logger.info("round %d: %s", i + 1, side)
+            if side == "gateway":
+                key = platform.api_key() or ""
+                gw_rounds.append(
+                    asyncio.run(_measure(platform.base, key, model, profile, platform.roots()))
+                )
+            else:
+                di_rounds.append(
+                    asyncio.run(_measure(direct.base, "none", model, profile, direct.roots()))
+                )
+    return gw_rounds, di_rounds, order
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from qingliang.platform.settings import Settings
     from qingliang.serving.engines.vllm_engine import cpu_environment, engine_argv
@@ -807,34 +1004,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("model cache %s (converting %s once if needed)", cache, plan.source)
     r["model_cache"] = _ensure_cache(plan.source, cache)
 
-    # 1 + 2a: cold start, the gateway, down.
-    platform = Platform.fresh(cache, args.manifests)
+    platform: Platform | None = None
+    direct: DirectServer | None = None
+    log_dir: Path | None = None
     ok = False
     try:
-        logger.info("cold start: qingliang up (QINGLIANG_HOME %s)", platform.home)
-        r["cold_start"] = platform.up(plan.name, profile.start_limit_s)
-        r["phases"].append(("cold start (`up` → first token)", r["cold_start"]["phase"]))
-        deployed = _deployed_plan(platform.home, plan.name)
-        # Its model path runs through the home's `models` symlink: keep the real one,
-        # the home is gone when vLLM direct starts.
-        deployed = deployed.with_model_path(str(Path(deployed.model_path or "").resolve()))
-        logger.info("gateway: measuring")
-        gw = asyncio.run(
-            _measure(platform.base, platform.api_key() or "", plan.name, profile, platform.roots())
-        )
-        r["gateway"] = gw
+        platform, direct, deployed, log_dir = _start_both(args, plan, cache, profile, r)
+        rounds = profile.rounds if args.rounds is None else args.rounds
+        gw_rounds, di_rounds, order = _rounds(platform, direct, plan.name, profile, rounds)
+        r["gateway"] = {**_pool(gw_rounds), "rounds": gw_rounds}
+        r["direct"] = {**r["direct"], **_pool(di_rounds), "rounds": di_rounds}
+        r["round_order"] = order
+        r["engine_argv_matches_deployed"] = engine_argv(deployed) == direct.argv_plan_argv
         logger.info("qingliang down")
         r["down"] = platform.down()
         ok = True
     finally:
-        platform.cleanup(keep=args.keep or not ok)
+        if platform is not None:
+            platform.cleanup(keep=args.keep or not ok)
+        if direct is not None:
+            r.setdefault("direct", {})["stop"] = direct.stop()
+        if log_dir is not None:
+            if ok and not args.keep:
+                shutil.rmtree(log_dir, ignore_errors=True)
+            else:
+                logger.info("vLLM's log: %s", log_dir)
+    gw, di = r["gateway"], r["direct"]
     r["phases"] += [(f"gateway {k}", gw[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
-
-    extra_env = {}
-    if args.match_replica_omp:
-        extra_env = {k: v for k, v in gw["engine_env"].items() if k.startswith("OMP_")}
+    r["phases"] += [(f"vLLM direct {k}", di[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
     r["config"] = {
         "profile": asdict(profile),
+        "rounds": len(r["round_order"]) // 2,
         "manifests": str(args.manifests),
         "source": deployed.source,
         "deployment": deployed.name,
@@ -847,43 +1047,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "c8_requests": profile.c8_requests,
         "ports": PORTS,
         "engine_argv": engine_argv(deployed),
-        # The plan compiled here (resolved against the shared cache) and the plan the
-        # platform deployed must give vLLM the same arguments, model path aside.
-        "engine_argv_matches_local_compile": engine_argv(
-            plan.with_model_path(deployed.model_path or "")
-        )
-        == engine_argv(deployed),
         "cpu_environment": cpu_environment(deployed),
-        "direct_extra_env": extra_env,
+        "direct_argv": direct.argv[1:] if direct else [],
+        "serve_transport_env": _serve_transport_env(),
     }
-
-    # 2b: vLLM's own server, with the platform down.
-    log_dir = Path(tempfile.mkdtemp(prefix="qingliang-bench-vllm-"))
-    direct = DirectServer(deployed, PORTS["vllm"], log_dir / "vllm-direct.log", extra_env)
-    r["config"]["direct_argv"] = direct.argv[1:]
-    ok = False
-    try:
-        logger.info("vLLM direct: starting its OpenAI server")
-        start = direct.start(plan.name, profile.start_limit_s)
-        logger.info("vLLM direct: measuring")
-        di = asyncio.run(_measure(direct.base, "none", plan.name, profile, direct.roots()))
-        di["start"] = start
-        r["direct"] = di
-        ok = True
-    finally:
-        r.setdefault("direct", {})["stop"] = direct.stop()
-        if ok and not args.keep:
-            shutil.rmtree(log_dir, ignore_errors=True)
-        else:
-            logger.info("vLLM's log: %s", direct.log)
-    r["phases"].append(("vLLM direct start → first token", di["start"]["phase"]))
-    r["phases"] += [(f"vLLM direct {k}", di[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
-
-    r["comparison"] = _compare(gw, di, r["cold_start"]["up_to_first_token_s"])
+    r["comparison"] = _compare(gw, di, r["cold_start"], di["start"])
     r["problems"] = _problems(r)
     r["finished_utc"] = _now_utc()
     r["total_wall_s"] = round(time.perf_counter() - started, 1)
     return r
+
+
+def _serve_transport_env() -> dict[str, str]:
+    from qingliang.platform.control.cluster import ray_env
+
+    return {k: v for k, v in ray_env().items() if k.startswith("RAY_SERVE_")}
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -901,10 +1079,11 @@ def main(argv: list[str] | None = None) -> int:
         help="converted-model cache to reuse (default: $QINGLIANG_HOME/models)",
     )
     parser.add_argument(
-        "--match-replica-omp",
-        action="store_true",
-        help="give vLLM direct the OMP_* variables the replica's engine runs with, to "
-        "isolate the gateway's own cost from a thread-count difference",
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of measurements, each of both servers, the order flipped every round "
+        "(default 2)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the benchmark's QINGLIANG_HOME and logs"
