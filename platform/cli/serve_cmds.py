@@ -74,10 +74,14 @@ def up(
             info = cluster.start_head(settings)
         console.print(f"Ray is up (dashboard {info.dashboard_url})")
         key = _ensure_default_key(settings) if not no_auth else None
-        with console.status("Starting the gateway ..."):
-            ctl.ensure_gateway(auth_enabled=not no_auth, conversation_log=log_conversations)
+        gateway = {"auth_enabled": not no_auth, "conversation_log": log_conversations}
+        # Recorded first, deployed with the models in one Serve config: Serve starts and
+        # the engines load at once (cold start), then pushed again for a manifest set
+        # without models (an unchanged config changes nothing).
+        ctl.ensure_gateway(**gateway, push=False)
         console.print("[bold]Deploying[/bold] (first start loads the model; this takes a while)")
         ctl.apply(paths, wait=True, timeout_s=timeout, progress=True, on_status=status_printer())
+        ctl.ensure_gateway(**gateway)
         ctl.wait("qingliang-gateway", timeout_s=120)
     except QingliangError as exc:
         fail(exc)

@@ -120,11 +120,18 @@ class Controller(LoraRouting):
         self._deployer.apply_config(config)
 
     def ensure_gateway(
-        self, *, auth_enabled: bool, embeddings: bool = True, conversation_log: bool = False
+        self,
+        *,
+        auth_enabled: bool,
+        embeddings: bool = True,
+        conversation_log: bool = False,
+        push: bool = True,
     ) -> None:
         """Deploy (or update) the gateway application with the stored deployments.
 
-        ``conversation_log`` records answered chat requests (docs/data.md).
+        ``conversation_log`` records answered chat requests (docs/data.md). Without
+        ``push`` the config is only recorded: the next push (an ``apply``) deploys it
+        together with the models, so Serve starts and the engines load at once.
         """
         # conversation_log only when on: an unchanged config does not restart the gateway.
         gateway = GatewayConfig(
@@ -134,7 +141,8 @@ class Controller(LoraRouting):
             **({"conversation_log": True} if conversation_log else {}),
         )
         with self._serving_lock():
-            self._push(self._stored_plans(), gateway)
+            if push:
+                self._push(self._stored_plans(), gateway)
             self.store.put(GATEWAY_KIND, GATEWAY_NAME, gateway.to_args())
 
     def status(self, name: str) -> tuple[str, str]:

@@ -326,6 +326,23 @@ def test_apply_uses_the_stored_gateway(
     }
 
 
+def test_a_recorded_gateway_deploys_with_the_first_models(
+    ctl: Controller, deployer: FakeDeployer, settings: Settings, manifests: Path
+) -> None:
+    """`up` records the gateway first: one Serve config then starts Serve, the gateway and
+    the model together (the engine loads while Serve starts)."""
+    ctl.ensure_gateway(auth_enabled=False, embeddings=False, push=False)
+    assert deployer.configs == []
+    ctl.apply([write(manifests, "a.yaml", manifest("alpha"))], wait=False)
+    (config,) = deployer.configs
+    assert config["applications"][0]["args"] == {
+        "home": str(settings.home),
+        "auth_enabled": False,
+        "embeddings": False,
+    }
+    assert deployer.model_apps() == ["alpha"]
+
+
 def test_apply_waits_for_running(
     ctl: Controller, deployer: FakeDeployer, manifests: Path, sleeps: list[float]
 ) -> None:
