@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -124,11 +125,13 @@ class ArmSummary:
         }
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, shared: bool = False) -> sqlite3.Connection:
+    """A connection with the schema in place; ``shared`` lets the writer's flushes use it
+    from whichever thread flushes (they are serialised by the caller)."""
     from qingliang.platform.storage.sqlite import create_private
 
     create_private(path)  # owner-only: who called which adapter is nobody else's business
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=not shared)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(_SCHEMA)
     _upgrade(conn)
@@ -177,6 +180,11 @@ class ArmStats:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._pruned_at = 0.0
+        # One connection for every flush (opening one checks the schema: too dear every
+        # 2 s under load); flushes are serialised by _write_lock.
+        self._write_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_pid = 0
 
     @classmethod
     def for_home(cls, home: Path, **kw: float) -> ArmStats:
@@ -235,30 +243,10 @@ class ArmStats:
             for (d, a, b), c in pending.items()
         ]
         try:
-            with closing(_connect(self.path)) as conn, conn:
-                conn.executemany(
-                    "INSERT INTO arm_buckets (deployment, arm, bucket, requests, errors, "
-                    "latency_ms_sum, output_tokens, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (deployment, arm, bucket) DO UPDATE SET "
-                    "requests = requests + excluded.requests, "
-                    "errors = errors + excluded.errors, "
-                    "latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, "
-                    "output_tokens = output_tokens + excluded.output_tokens, "
-                    "rejected = rejected + excluded.rejected",
-                    rows,
-                )
-                conn.executemany(
-                    "INSERT INTO ttft_buckets VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (deployment, arm, bucket, bin) DO UPDATE SET "
-                    "count = count + excluded.count",
-                    [(*k, n) for k, n in ttft.items()],
-                )
-                now = time.time()
-                if now - self._pruned_at > 3600:
-                    for table in ("arm_buckets", "ttft_buckets"):
-                        conn.execute(f"DELETE FROM {table} WHERE bucket < ?", (now - RETENTION_S,))
-                    self._pruned_at = now
+            with self._write_lock:
+                self._write(rows, ttft)
         except (sqlite3.Error, OSError) as exc:
+            self._drop_connection()
             logger.warning(
                 "%s: could not record arm counts (%s); kept for the next try", self.path, exc
             )
@@ -270,6 +258,41 @@ class ArmStats:
                 for hist, n in ttft.items():
                     self._ttft[hist] = self._ttft.get(hist, 0) + n
 
+    def _write(self, rows: list[tuple], ttft: dict[tuple[str, str, int, int], int]) -> None:
+        if self._conn is None or self._conn_pid != os.getpid():
+            self._conn = _connect(self.path, shared=True)  # (a forked child opens its own)
+            self._conn_pid = os.getpid()
+        conn = self._conn
+        with conn:
+            conn.executemany(
+                "INSERT INTO arm_buckets (deployment, arm, bucket, requests, errors, "
+                "latency_ms_sum, output_tokens, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (deployment, arm, bucket) DO UPDATE SET "
+                "requests = requests + excluded.requests, "
+                "errors = errors + excluded.errors, "
+                "latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, "
+                "output_tokens = output_tokens + excluded.output_tokens, "
+                "rejected = rejected + excluded.rejected",
+                rows,
+            )
+            conn.executemany(
+                "INSERT INTO ttft_buckets VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (deployment, arm, bucket, bin) DO UPDATE SET "
+                "count = count + excluded.count",
+                [(*k, n) for k, n in ttft.items()],
+            )
+            now = time.time()
+            if now - self._pruned_at > 3600:
+                for table in ("arm_buckets", "ttft_buckets"):
+                    conn.execute(f"DELETE FROM {table} WHERE bucket < ?", (now - RETENTION_S,))
+                self._pruned_at = now
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     def close(self) -> None:
         """Write what is pending and stop the writer."""
         self._stop.set()
@@ -277,6 +300,8 @@ class ArmStats:
         if thread is not None and thread.is_alive() and os.getpid() == self._pid:
             thread.join(timeout=BUSY_TIMEOUT_S)
         self.flush()
+        with self._write_lock:
+            self._drop_connection()
 
     def _run(self) -> None:
         while not self._stop.wait(self._flush_s):
