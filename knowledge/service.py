@@ -49,7 +49,7 @@ from qingliang.knowledge._images import ClipQueries, image_collection
 from qingliang.knowledge._paths import public_errors
 from qingliang.knowledge.documents import MAX_UPLOAD_BYTES, Documents
 from qingliang.knowledge.manifest import KnowledgeBase
-from qingliang.knowledge.retrieval import Retriever
+from qingliang.knowledge.retrieval import Retriever, check_query
 from qingliang.knowledge.stores import Filter
 from qingliang.knowledge.versions import SyncOutcome
 from qingliang.knowledge.vision import ImageLimits, ImageQuery, image_query
@@ -130,8 +130,13 @@ class KnowledgeService(Documents):
         until: str | None = None,
         image: str | None = None,
         context: int | None = None,
+        query_vector: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """Cited hits for ``query``; ``mode`` defaults to hybrid when the KB has BM25.
+
+        ``query_vector`` is the text query's embedding when the caller has it already (the
+        knowledge server embeds concurrent queries in one batch; see :meth:`query_embedder`);
+        None embeds ``query`` here.
 
         ``context`` (0..3) is how many neighbouring chunks on each side join each hit in its
         ``context`` (its cited ``text`` stays the chunk that matched); by default the KB's
@@ -163,6 +168,7 @@ class KnowledgeService(Documents):
                 until,
                 picture=picture,
                 context=context,
+                query_vector=query_vector,
             )
         for c in out["citations"]:
             c["source"] = shown.path(c["source"])
@@ -184,12 +190,17 @@ class KnowledgeService(Documents):
         *,
         picture: ImageQuery | None = None,
         context: int | None = None,
+        query_vector: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         name = kb.name
         spec = kb.manifest.spec
         store = self._store(kb)
         coll = kb.manifest.collection
-        embedder = self._embedder(spec.embedding.model)
+        embedder: Any = (
+            self._embedder(spec.embedding.model)
+            if query_vector is None
+            else _Embedded(query_vector)
+        )
         chosen = mode or ("hybrid" if spec.sparse.bm25 else "dense")
         wanted = [kinds] if isinstance(kinds, str) else list(kinds or [])
         if "image" in wanted:
@@ -232,6 +243,18 @@ class KnowledgeService(Documents):
             **({"image_query": picture.describe()} if picture is not None else {}),
         }
 
+    def query_embedder(self, name: str, query: object, *, tenant: str | None = None) -> Any:
+        """The embedder of ``name``'s text queries (the one its passages were embedded with),
+        with ``query`` checked as :meth:`search` checks it.
+
+        Raises:
+            NotFound: no such KB for ``tenant``.
+            BadRequest: ``query`` is missing, empty or too long.
+        """
+        kb = self._kb(name, tenant)
+        check_query(query)
+        return self._embedder(kb.manifest.spec.embedding.model)
+
     # -- stats ----------------------------------------------------------------------------
 
     def stats(self, name: str, *, tenant: str | None = None) -> dict[str, Any]:
@@ -267,6 +290,16 @@ class KnowledgeService(Documents):
             if last_sync is None
             else {"at": last_sync.at, "version": last_sync.version, **last_sync.detail},
         }
+
+
+class _Embedded:
+    """The query embedder of a search whose query vector was computed already."""
+
+    def __init__(self, vector: Sequence[float]) -> None:
+        self._vector = [float(v) for v in vector]
+
+    def embed(self, texts: list[str], *, input_type: str = "query") -> list[list[float]]:
+        return [self._vector for _ in texts]
 
 
 def _rerank(retrieval: Any, text: bool) -> dict[str, Any]:

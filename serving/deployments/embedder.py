@@ -10,7 +10,11 @@ import asyncio
 
 
 class EmbedderServer:
-    """Ray Serve class hosting the packaged embedding model (multilingual-e5-small)."""
+    """Ray Serve class hosting the packaged embedding model (multilingual-e5-small).
+
+    A request's texts are embedded on every core the replica's process may use (or
+    ``QINGLIANG_EMBED_THREADS``), not on the one core ``OMP_NUM_THREADS=1`` would give it.
+    """
 
     def __init__(self) -> None:
         from qingliang.serving.embeddings import PackagedEmbedder

@@ -1,0 +1,384 @@
+"""Knowledge through the running platform (private part of ``bench/knowledge.py``).
+
+``bench/knowledge.py --only platform`` runs it alone. In one run, on one machine:
+
+1. ``qingliang up`` in a fresh ``QINGLIANG_HOME`` under ``/tmp`` (ports 39xxx) with a
+   manifest folder holding only two ``KnowledgeBase`` manifests: a two-document warm-up KB
+   (its sync loads the model in the Knowledge replica, converts the weights into the fresh
+   model cache) and the gov policy set (read in place from ``/work/shared/domains/gov``,
+   written as one JSONL file into the temporary folder, never into the repository).
+2. **ingest**: ``POST /v1/knowledge/warmup/sync``, then ``POST /v1/knowledge/gov-policy/sync``
+   timed: chunks embedded per second through the gateway and the Knowledge replica.
+3. **search**: the questions of ``policy_qa.jsonl`` through ``POST
+   /v1/knowledge/gov-policy/search`` (admin key from ``$QINGLIANG_HOME/api-key``), one at a
+   time (p50/p95) and then from several clients at once (the query micro-batcher's case).
+4. ``qingliang down``; then the baselines on the same data in this process: the embedder
+   alone (``PackagedEmbedder`` on every usable core) on exactly the chunk texts the sync
+   embedded, in the manifest's batch size; and ``KnowledgeService.search`` in-process on
+   the store the platform wrote, for the same questions, with the query embedding timed
+   on its own.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _load import CpuMeter, descendants, loadavg, port_open, reap_leftovers, summary
+
+logger = logging.getLogger("bench.knowledge.platform")
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+PORTS = {"http": 39000, "dashboard": 39265, "metrics": 39080, "ray": 36390}
+KB = "gov-policy"
+TENANT = "city-a"
+WARM_KB = "warmup"
+CONCURRENCY = 8
+TARGETS = {"ingest_ratio": 0.90, "search_p50_ms": 25.0}
+
+KB_YAML = """\
+apiVersion: qingliang.io/v1
+kind: KnowledgeBase
+metadata:
+  name: {name}
+spec:
+  sources:
+    - folder: {folder}
+      include: ["*.jsonl"]
+  parsers:
+    json: {{mode: records, text_fields: [text], id_field: docid}}
+  labels: {{domain: gov, tenant: {tenant}}}
+"""
+
+
+class PlatformError(RuntimeError):
+    """The platform part could not run (the message says why)."""
+
+
+def _ms(values: list[float]) -> dict[str, Any]:
+    return {
+        k: (round(v * 1000, 2) if isinstance(v, float) else v) for k, v in summary(values).items()
+    }
+
+
+class Platform:
+    """``qingliang up`` / ``down`` in a fresh home on the 39xxx ports, stopped whatever happens."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("QINGLIANG_RAY_TMP", "QINGLIANG_API_KEY")
+        }
+        self.env.update(
+            QINGLIANG_HOME=str(home),
+            QINGLIANG_HTTP_PORT=str(PORTS["http"]),
+            QINGLIANG_DASHBOARD_PORT=str(PORTS["dashboard"]),
+            QINGLIANG_METRICS_PORT=str(PORTS["metrics"]),
+            QINGLIANG_RAY_PORT=str(PORTS["ray"]),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
+        exe = Path(sys.executable).with_name("qingliang")
+        self.cli = (
+            [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
+        )
+        self.head_pid: int | None = None
+        self.started = self.stopped = False
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{PORTS['http']}"
+
+    def key(self) -> str:
+        return (self.home / "api-key").read_text().strip()
+
+    def up(self, manifests: Path, limit_s: float = 600) -> float:
+        busy = [p for p in PORTS.values() if port_open(HOST, p)]
+        if busy:
+            raise PlatformError(f"ports in use on {HOST}: {busy} (another run of this benchmark?)")
+        t0 = time.perf_counter()
+        self.started = True
+        log = self.home / "up.log"
+        with log.open("w") as fh:
+            proc = subprocess.run(
+                [*self.cli, "up", "-f", str(manifests), "--timeout", str(int(limit_s))],
+                cwd=REPO, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                timeout=limit_s + 120, check=False,
+            )  # fmt: skip
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.head_pid = int(json.loads((self.home / "run.json").read_text())["pid"])
+        if proc.returncode != 0:
+            raise PlatformError(
+                f"`qingliang up` exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        return time.perf_counter() - t0
+
+    def down(self) -> None:
+        if not self.started or self.stopped:
+            return
+        tree = descendants([self.head_pid] if self.head_pid else [])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([*self.cli, "down"], cwd=REPO, env=self.env, capture_output=True,
+                           timeout=240, check=False)  # fmt: skip
+        reap_leftovers(tree, set())
+        self.stopped = True
+
+
+def _prepare(tmp: Path, docs: list[dict[str, Any]]) -> Path:
+    manifests = tmp / "manifests"
+    for name, folder, rows in ((WARM_KB, "warm", docs[-2:]), (KB, "docs", docs)):
+        path = manifests / folder / "policy_docs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for d in rows:
+                fh.write(
+                    json.dumps({"docid": d["docid"], "text": d["text"]}, ensure_ascii=False) + "\n"
+                )
+        (manifests / f"{name}.yaml").write_text(
+            KB_YAML.format(name=name, folder=folder, tenant=TENANT), encoding="utf-8"
+        )
+    return manifests
+
+
+def _post(
+    client: httpx.Client, path: str, body: dict[str, Any], timeout: float = 30
+) -> dict[str, Any]:
+    r = client.post(path, json=body, timeout=timeout)
+    if r.status_code != 200:
+        raise PlatformError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+    return r.json()
+
+
+def _chunk_texts(manifests: Path) -> tuple[list[str], int]:
+    """The texts the gov KB's sync embeds (``embed_text`` of every chunk) and its batch size."""
+    import qingliang.platform.lifecycle.pipelines.kinds  # noqa: F401
+    from qingliang.knowledge.ingest import IngestOptions, ingest_paths, resolve_sources
+    from qingliang.knowledge.manifest import KnowledgeBase
+    from qingliang.platform.manifests.loader import load_paths
+
+    kb = next(
+        i.manifest
+        for i in load_paths([manifests / f"{KB}.yaml"])
+        if isinstance(i.manifest, KnowledgeBase)
+    )
+    report = ingest_paths(
+        resolve_sources(kb.spec.sources, manifests), IngestOptions.from_spec(kb.spec)
+    )
+    return [c.embed_text for c in report.chunks], kb.spec.embedding.batch_size
+
+
+def _http_searches(client: httpx.Client, questions: list[str], concurrency: int) -> dict[str, Any]:
+    path = f"/v1/knowledge/{KB}/search"
+    for q in questions[:5]:  # warm-up: first-use costs of the route, the store, the embedder
+        _post(client, path, {"query": q})
+    lat: list[float] = []
+    hits: dict[str, list[str]] = {}
+    t_all = time.perf_counter()
+    for q in questions:
+        t0 = time.perf_counter()
+        out = _post(client, path, {"query": q})
+        lat.append(time.perf_counter() - t0)
+        hits[q] = (
+            [c["chunk_id"] for c in out["citations"]]
+            if out["citations"] and "chunk_id" in out["citations"][0]
+            else []
+        )
+    sequential_wall = time.perf_counter() - t_all
+
+    def one(q: str) -> float:
+        t0 = time.perf_counter()
+        _post(client, path, {"query": q})
+        return time.perf_counter() - t0
+
+    t_all = time.perf_counter()
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        conc = list(pool.map(one, questions))
+    conc_wall = time.perf_counter() - t_all
+    return {
+        "questions": len(questions),
+        "sequential_ms": _ms(lat),
+        "sequential_per_s": round(len(questions) / sequential_wall, 2),
+        "concurrency": concurrency,
+        "concurrent_ms": _ms(conc),
+        "concurrent_per_s": round(len(questions) / conc_wall, 2),
+        "_hits": hits,
+    }
+
+
+def _in_process(
+    home: Path, questions: list[str], texts: list[str], batch: int, threads: int
+) -> dict[str, Any]:
+    """Baselines after ``down``: the embedder alone on the sync's texts; search in-process."""
+    from qingliang.knowledge.service import KnowledgeService
+    from qingliang.serving.embeddings import PackagedEmbedder
+
+    out: dict[str, Any] = {}
+    emb = PackagedEmbedder(num_threads=threads, cache_dir=home / "models")
+    emb.embed(["预热：加载模型。"])
+    emb.embed(texts[:batch])
+    logger.info(
+        "platform: the embedder alone (%d threads) on the same %d texts", threads, len(texts)
+    )
+    meter = CpuMeter([os.getpid()]).start()
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        emb.embed(texts[i : i + batch], input_type="passage")
+    alone_s = time.perf_counter() - t0
+    out["embedder_alone"] = {
+        "threads": threads, "texts": len(texts), "seconds": round(alone_s, 2),
+        "chunks_per_s": round(len(texts) / alone_s, 3), "cpu": meter.stop(),
+    }  # fmt: skip
+    service = KnowledgeService(home)
+    try:
+        for q in questions[:5]:
+            service.search(KB, q, tenant=TENANT)
+        lat, emb_lat = [], []
+        query_emb = service._embedder("multilingual-e5-small")  # the service's own query embedder
+        for q in questions:
+            t0 = time.perf_counter()
+            service.search(KB, q, tenant=TENANT)
+            lat.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            query_emb.embed([q], input_type="query")
+            emb_lat.append(time.perf_counter() - t0)
+    finally:
+        service.close()
+    out["search_in_process_ms"] = _ms(lat)
+    out["query_embedding_ms"] = _ms(emb_lat)
+    return out
+
+
+def part_platform(docs: list[dict[str, Any]], questions: list[str], threads: int) -> dict[str, Any]:
+    """Ingest and search through a running platform, and the in-process baselines."""
+    tmp = Path(tempfile.mkdtemp(prefix="qingliang-bench-kbp-"))
+    home = tmp / "home"
+    home.mkdir()
+    plat = Platform(home)
+    r: dict[str, Any] = {"ports": PORTS, "loadavg_start": loadavg()}
+    try:
+        manifests = _prepare(tmp, docs)
+        logger.info("platform: qingliang up (home %s)", home)
+        r["up_s"] = round(plat.up(manifests), 1)
+        client = httpx.Client(
+            base_url=plat.base, headers={"Authorization": f"Bearer {plat.key()}"}, trust_env=False
+        )
+        with client:
+            t0 = time.perf_counter()
+            _post(client, f"/v1/knowledge/{WARM_KB}/sync", {}, timeout=900)
+            r["warmup_sync_s"] = round(time.perf_counter() - t0, 1)
+            logger.info("platform: sync of %d documents through the gateway", len(docs))
+            t0 = time.perf_counter()
+            res = _post(client, f"/v1/knowledge/{KB}/sync", {}, timeout=3600)
+            sync_s = time.perf_counter() - t0
+            embedded = int(res.get("embedded") or res.get("report", {}).get("embedded") or 0)
+            rate = round(embedded / sync_s, 3) if embedded else None
+            r["ingest"] = {
+                "seconds": round(sync_s, 2),
+                "embedded": embedded,
+                "chunks_per_s": rate,
+                "response": res,
+            }
+            logger.info(
+                "  %d chunks in %.1f s (%.2f chunks/s)",
+                embedded,
+                sync_s,
+                embedded / max(sync_s, 1e-9),
+            )
+            logger.info("platform: %d searches over HTTP", len(questions))
+            r["search_http"] = _http_searches(client, questions, CONCURRENCY)
+        r["loadavg_before_down"] = loadavg()
+        plat.down()
+        texts, batch = _chunk_texts(manifests)
+        r.update(_in_process(home, questions, texts, batch, threads))
+    finally:
+        plat.down()
+        from qingliang.platform.settings import Settings
+
+        shutil.rmtree(Settings(home=home).ray_temp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    r["search_http"].pop("_hits", None)
+    alone = r["embedder_alone"]["chunks_per_s"]
+    got = r["ingest"]["chunks_per_s"]
+    r["ingest_ratio"] = round(got / alone, 3) if got and alone else None
+    p50 = r["search_http"]["sequential_ms"]["p50"]
+    ratio = r["ingest_ratio"]
+    r["targets"] = {
+        "ingest_ratio": {
+            "value": ratio,
+            "target": TARGETS["ingest_ratio"],
+            "met": bool(ratio and ratio >= TARGETS["ingest_ratio"]),
+        },
+        "search_p50_ms": {
+            "value": p50,
+            "target": TARGETS["search_p50_ms"],
+            "met": bool(p50 is not None and p50 <= TARGETS["search_p50_ms"]),
+        },
+    }
+    r["loadavg_end"] = loadavg()
+    return r
+
+
+#: Measured by this part at the commit before the Knowledge replica's changes of issue 18
+#: (filled from that run's JSON), shown beside every later run.
+BEFORE: dict[str, Any] | None = None
+
+
+def section(r: dict[str, Any], json_path: Path) -> str:
+    """The ``## Knowledge through the platform`` section of ``bench/RESULTS.md``."""
+    p = r["platform"]
+    m = r.get("machine", {})
+    ing, alone = p["ingest"], p["embedder_alone"]
+    http, t = p["search_http"], p["targets"]
+
+    def ok(name: str) -> str:
+        return "**met**" if t[name]["met"] else "**not met**"
+
+    lines = [
+        "## Knowledge through the platform",
+        "",
+        f"`bench/knowledge.py --only platform`, {r.get('started_utc', '?')}, commit "
+        f"`{(r.get('git') or {}).get('commit', '?')[:10]}`"
+        f"{' (dirty tree)' if (r.get('git') or {}).get('dirty') else ''}; machine: "
+        f"{m.get('cpu_model', '?')}, {m.get('cpus_usable', '?')} usable cores; load average "
+        f"at start {p['loadavg_start']}, before `down` {p.get('loadavg_before_down')}. "
+        f"Raw: `{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`.",
+        "",
+        f"A fresh platform (`qingliang up`, {p['up_s']} s, KnowledgeBase manifests only) synced "
+        f"{r['config']['documents']} gov policy documents through `POST /v1/knowledge/{KB}/sync`; "
+        "the baselines ran in the benchmark's process after `qingliang down`, on the same texts "
+        "and the same store.",
+        "",
+        "| | through the platform | baseline in-process | target |",
+        "|---|---:|---:|---|",
+        f"| ingest, chunks/s ({ing['embedded']} chunks) | {ing['chunks_per_s']} | "
+        f"{alone['chunks_per_s']} (embedder alone, {alone['threads']} threads) | "
+        f">= 90 % of the embedder alone: {p['ingest_ratio']:.0%} {ok('ingest_ratio')} |",
+        f"| search p50 / p95, ms ({http['questions']} questions, one at a time) | "
+        f"{http['sequential_ms']['p50']} / {http['sequential_ms']['p95']} | "
+        f"{p['search_in_process_ms']['p50']} / {p['search_in_process_ms']['p95']} "
+        "(`KnowledgeService.search`, query embedding included) | "
+        f"HTTP p50 <= 25 ms: {ok('search_p50_ms')} |",
+        f"| query embedding alone p50, ms | | {p['query_embedding_ms']['p50']} | |",
+        f"| search from {http['concurrency']} clients at once: p50 / p95 ms, searches/s | "
+        f"{http['concurrent_ms']['p50']} / {http['concurrent_ms']['p95']}, "
+        f"{http['concurrent_per_s']}/s | (one at a time: {http['sequential_per_s']}/s) | |",
+    ]
+    if BEFORE:
+        lines += ["", BEFORE["text"]]
+    for note in p.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
