@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qingliang.platform.errors import ApiError, Unauthorized
 from qingliang.platform.gateway.auth.keys import Auth
@@ -25,16 +25,7 @@ logger = logging.getLogger(__name__)
 def install_auth(app: FastAPI, auth: Auth, quotas: Quotas) -> None:
     """Check every request to ``app`` (when ``auth`` is enabled) before its route runs."""
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next: Any) -> Response:
-        try:
-            if auth.enabled:
-                await _authorize(request)
-            return await call_next(request)
-        except ApiError as exc:  # refused, or raised inside a streaming body before headers
-            return error_response(exc)
-
-    async def _authorize(request: Request) -> None:
+    async def authorize_request(request: Request) -> None:
         """Check the key and the route's scope rule (see :mod:`.scopes`): one place."""
         route = route_of(app.router.routes, request.scope)
         rule = rule_for(request.method, route.path) if route is not None else None
@@ -53,6 +44,46 @@ def install_auth(app: FastAPI, auth: Auth, quotas: Quotas) -> None:
         if route is not None:  # else the router answers 404 / 405 to a known key
             authorize(principal, request.method, route.path)
             await quotas.admit(principal)
+
+    app.add_middleware(AuthGuard, auth=auth, authorize_request=authorize_request)
+
+
+class AuthGuard:
+    """Pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` would pass every streamed
+    chunk through a memory stream and a task): the check runs before the app; an
+    :class:`ApiError` raised before the answer started (refused, or raised inside a
+    streaming body before its headers) becomes the OpenAI error answer."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        auth: Auth,
+        authorize_request: Callable[[Request], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.authorize_request = authorize_request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            if self.auth.enabled:
+                await self.authorize_request(Request(scope, receive))
+            await self.app(scope, receive, watch)
+        except ApiError as exc:
+            if started:
+                raise
+            await error_response(exc)(scope, receive, send)
 
 
 async def has_valid_key(auth: Auth, request: Request) -> bool:
