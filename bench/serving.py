@@ -257,6 +257,7 @@ class Platform:
         self.up_proc: subprocess.Popen[str] | None = None
         self.up_lines: list[tuple[float, str]] = []
         self.head_pid: int | None = None
+        self.launched_at = 0.0
         self.stopped = False
 
     @classmethod
@@ -279,6 +280,28 @@ class Platform:
     def roots(self) -> list[int]:
         return [self.head_pid] if self.head_pid else []
 
+    def engine_phases(self) -> list[tuple[str, float]]:
+        """The model replica's engine start, each mark as seconds after `up` launched
+        (from the line ``VLLMEngine.start`` logs; empty when it is not found)."""
+        from qingliang.platform.settings import Settings
+        from qingliang.serving.engines.vllm_engine import START_PHASES
+
+        logs = Settings(home=self.home).ray_temp / "session_latest" / "logs"
+        for path in sorted(logs.glob("worker-*.err")):
+            for line in path.read_text(errors="replace").splitlines():
+                if START_PHASES not in line or "[unix " not in line:
+                    continue
+                stamps = [float(x) for x in line.rsplit("[unix ", 1)[1].rstrip("]").split()]
+                labels = ["engine start begins"] + [
+                    part.rsplit(" +", 1)[0].strip()
+                    for part in line.split(": ", 1)[1].split(";")[0].split(" | ")
+                ]
+                return [
+                    (label, round(at - self.launched_at, 2))
+                    for label, at in zip(labels, stamps, strict=False)
+                ]
+        return []
+
     def _alive(self) -> None:
         if self.up_proc is not None and self.up_proc.poll() not in (None, 0):
             tail = "\n".join(line for _, line in self.up_lines[-15:])
@@ -288,6 +311,7 @@ class Platform:
         """Launch `up`; return the times to the first streamed token and to `up`'s exit."""
         meter = CpuMeter([os.getpid()]).start()
         t0 = time.perf_counter()
+        self.launched_at = time.time()
         self.up_proc = proc = subprocess.Popen(
             [*self.cli, "up", "-f", str(self.manifests)],
             cwd=REPO,
@@ -756,7 +780,10 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         ),
         "",
         "Phases of `qingliang up` (seconds after launch, from its output): "
-        + "; ".join(f"{t:.1f} {line.strip()}" for t, line in cold["up_output"][:6]),
+        + "; ".join(f"{t:.1f} {line.strip()}" for t, line in cold["up_output"][:6])
+        + ". The model replica's engine (seconds after launch): "
+        + ("; ".join(f"{t:.1f} {label}" for label, t in cold.get("engine_phases") or []) or "–")
+        + ".",
         "",
         "### Gateway vs vLLM direct (same plan: same engine arguments and vLLM variables)",
         "",
@@ -946,6 +973,7 @@ def _start_both(
     platform = Platform.fresh(cache, args.manifests)
     logger.info("cold start: qingliang up (QINGLIANG_HOME %s; vLLM direct idle)", platform.home)
     r["cold_start"] = platform.up(plan.name, profile.start_limit_s)
+    r["cold_start"]["engine_phases"] = platform.engine_phases()
     r["phases"].append(("cold start (`up` → first token)", r["cold_start"]["phase"]))
     deployed = _deployed_plan(platform.home, plan.name)
     deployed = deployed.with_model_path(str(Path(deployed.model_path or "").resolve()))

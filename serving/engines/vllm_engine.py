@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -129,6 +130,24 @@ def cpu_threads(plan: DeploymentPlan) -> int:
 _FORCED = ("OMP_NUM_THREADS",)
 
 
+#: How :func:`start_phases_line` starts (benchmarks find the line in the replica's log).
+START_PHASES = "engine start phases"
+
+
+def start_phases_line(name: str, marks: list[tuple[str, float]]) -> str:
+    """One log line with the seconds each phase of an engine's start took, and the wall
+    clock of each mark (so a benchmark can place them after ``qingliang up`` launched)."""
+    steps = " | ".join(
+        f"{label} +{at - before:.2f} s"
+        for (_, before), (label, at) in zip(marks, marks[1:], strict=False)
+    )
+    stamps = " ".join(f"{at:.3f}" for _, at in marks)
+    return (
+        f"{START_PHASES} of {name}: {steps}; total {marks[-1][1] - marks[0][1]:.2f} s "
+        f"[unix {stamps}]"
+    )
+
+
 class VLLMEngine:
     """vLLM's AsyncLLM plus its OpenAI serving layer, in this process."""
 
@@ -140,6 +159,8 @@ class VLLMEngine:
         self._responses: Any = None
         self._models: Any = None
         self._max_model_len = plan.options.max_model_len or 0
+        #: (phase, unix time) marks of the last start (logged: :func:`start_phases_line`).
+        self.start_phases: list[tuple[str, float]] = []
 
     @property
     def max_model_len(self) -> int:
@@ -149,6 +170,7 @@ class VLLMEngine:
         return f"{self.plan.name}:{adapter}"
 
     async def start(self) -> None:
+        marks = [("begin", time.time())]
         for key, value in cpu_environment(self.plan).items():
             if key in _FORCED:
                 os.environ[key] = value
@@ -172,6 +194,7 @@ class VLLMEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise EngineError(f"vLLM is not importable here: {exc}") from exc
+        marks.append(("vllm imported", time.time()))
 
         argv = engine_argv(self.plan)
         logger.debug("vLLM args for %s: %s", self.plan.name, argv)
@@ -182,14 +205,17 @@ class VLLMEngine:
             vllm_config = engine_args.create_engine_config(
                 usage_context=UsageContext.OPENAI_API_SERVER
             )
+            marks.append(("configured", time.time()))
             self._llm = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
                 disable_log_stats=True,
             )
+            marks.append(("engine core ready (weights + KV cache + warm-up)", time.time()))
             state = State()
             tasks = await self._llm.get_supported_tasks()
             await init_app_state(self._llm, state, args, tasks)
+            marks.append(("serving state ready", time.time()))
         except SystemExit as exc:  # argparse exits on bad arguments
             raise EngineError(f"{self.plan.name}: vLLM rejected its arguments {argv}") from exc
         except Exception as exc:
@@ -202,6 +228,9 @@ class VLLMEngine:
         self._max_model_len = int(vllm_config.model_config.max_model_len)
         for name, path in self.plan.adapters:
             await self.load_adapter(name, path)
+        marks.append(("adapters loaded", time.time()))
+        self.start_phases = marks
+        logger.info("%s", start_phases_line(self.plan.name, marks))
 
     async def _run(
         self,

@@ -115,3 +115,31 @@ def test_process_names_drop_the_method_ray_runs(bench) -> None:
         sys.path.remove(str(BENCH))
     assert _load.process_name(os.getpid()).startswith(("python", "pytest"))
     assert _load.process_name(2**22 + 12345) == f"pid {2**22 + 12345}"
+
+
+def test_the_engine_start_phases_are_read_from_the_replica_log(bench, tmp_path: Path) -> None:
+    import shutil
+
+    from qingliang.platform.settings import Settings
+    from qingliang.serving.engines.vllm_engine import start_phases_line
+
+    platform = bench.Platform(tmp_path / "home", tmp_path)
+    platform.launched_at = 1000.0
+    logs = Settings(home=platform.home).ray_temp / "session_latest" / "logs"
+    logs.mkdir(parents=True)
+    try:
+        marks = [
+            ("begin", 1012.0),
+            ("vllm imported", 1016.5),
+            ("engine core ready (weights + KV cache + warm-up)", 1030.25),
+        ]
+        (logs / "worker-1.err").write_text(
+            "INFO something else\n" + "INFO:x:" + start_phases_line("qwen", marks) + "\n"
+        )
+        assert platform.engine_phases() == [
+            ("engine start begins", 12.0),
+            ("vllm imported", 16.5),
+            ("engine core ready (weights + KV cache + warm-up)", 30.25),
+        ]
+    finally:
+        shutil.rmtree(Settings(home=platform.home).ray_temp, ignore_errors=True)
