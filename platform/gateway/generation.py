@@ -8,6 +8,11 @@ JSON body, or the backend's typed chunks written as SSE one by one, :mod:`.sse`)
 made it. A key with a token limit is charged what it used; answered requests go to the
 conversation log.
 
+Each request's own cost at the gateway is kept on a
+:class:`~qingliang.serving.metrics.RequestTiming`, from its arrival (stamped by
+:class:`ArrivalStamp`, outside authentication) to the hand-off, and while relaying; a
+non-streamed answer says in its ``Server-Timing`` header where its time went.
+
 Example:
     >>> add_generation_routes(app, backend, quotas, conversations, limits)  # doctest: +SKIP
 """
@@ -45,6 +50,7 @@ from qingliang.platform.gateway.sse import (
     asked_usage,
     chunk_event,
     routed,
+    server_timing,
     sse_event,
     total_tokens,
     trace_headers,
@@ -54,9 +60,32 @@ from qingliang.platform.gateway.sse import (
 from qingliang.platform.settings import GatewayLimits
 from qingliang.platform.storage.conversations import ConversationLog
 from qingliang.serving.engine import StreamChunk
+from qingliang.serving.metrics import RequestTiming, start_timing
 from qingliang.serving.traffic import ModelEntry, parse_model
 
 logger = logging.getLogger(__name__)
+
+#: The ASGI scope's key for the request's arrival (``time.perf_counter()``).
+ARRIVED = "qingliang.arrived"
+
+
+class ArrivalStamp:
+    """Pure ASGI middleware: stamps each HTTP request's arrival in its scope (a clock read),
+    so the gateway's time counts from before authentication."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[ARRIVED] = time.perf_counter()
+        await self.app(scope, receive, send)
+
+
+def request_timing(request: Request) -> RequestTiming:
+    """A timing for ``request`` from its stamped arrival, made the current request's."""
+    arrived = request.scope.get(ARRIVED)
+    return start_timing(RequestTiming(arrived if isinstance(arrived, float) else None))
 
 
 @dataclass
@@ -77,6 +106,7 @@ class _Call:
     principal: Any
     metered: bool
     hide_usage: bool
+    timing: RequestTiming
 
 
 def lookup_entry(backend: Backend, dep: str, adapter: str | None) -> ModelEntry:
@@ -132,6 +162,7 @@ class _Generation:
 
     async def prepare(self, request: Request, endpoint: str) -> _Call:
         """The request read, checked and routed to a deployment and an arm."""
+        timing = request_timing(request)
         arrived = time.time()
         body = await json_body(request)
         dep, adapter = parse_model(body.get("model"))
@@ -180,6 +211,7 @@ class _Generation:
             principal=principal,
             metered=metered,
             hide_usage=hide_usage,
+            timing=timing,
         )
 
     async def answer(self, request: Request, endpoint: str) -> Response:
@@ -192,7 +224,10 @@ class _Generation:
                     self.record(request, call, answer)
                 if call.metered:
                     await self.quotas.charge(call.principal, total_tokens(answer.get("usage")))
-                return JSONResponse({**answer, "qingliang": call.trace}, headers=call.headers)
+                response = JSONResponse({**answer, "qingliang": call.trace}, headers=call.headers)
+                gateway_s = call.timing.finish()
+                response.headers["Server-Timing"] = server_timing(gateway_s, call.timing.replica)
+                return response
             chunks = self.backend.stream(dep, endpoint, call.sent, adapter)
             # Pull the first chunk before answering, so errors found before generation
             # (bad parameters, prompt too long, saturation) get a real status code.
@@ -221,19 +256,22 @@ class _Generation:
 
         Each chunk is written once: the first with the trace added, the others in the
         engine's compact JSON; the usage chunk is dropped for a client that did not ask.
+        The gateway is busy from each chunk's arrival until it waits for the next.
         """
+        timing = call.timing
         transcript = Transcript() if call.record or call.metered else None
         if transcript is not None:
             transcript.feed(first.data)
         if not (call.hide_usage and first.usage is not None):
             yield sse_event(with_trace(first.data, call.trace))
+        timing.waiting()
         try:
             async for chunk in chunks:
                 if transcript is not None:
                     transcript.feed(chunk.data)
-                if call.hide_usage and chunk.usage is not None:
-                    continue
-                yield chunk_event(chunk.data)
+                if not (call.hide_usage and chunk.usage is not None):
+                    yield chunk_event(chunk.data)
+                timing.waiting()
             yield DONE
         except ApiError as exc:
             yield sse_event(exc.to_openai(), ensure_ascii=True)
@@ -245,6 +283,7 @@ class _Generation:
         # Only here when the stream ended normally (not on an error or a disconnect).
         if call.record and transcript is not None:
             self.record(request, call, transcript.answer(call.endpoint))
+        timing.finish()
 
 
 def add_generation_routes(
@@ -256,6 +295,7 @@ def add_generation_routes(
 ) -> None:
     """Add ``/v1/chat/completions`` and ``/v1/completions`` to ``app``."""
     generation = _Generation(backend, quotas, conversations, limits)
+    app.add_middleware(ArrivalStamp)
 
     @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionBody))
     async def chat_completions(request: Request) -> Response:

@@ -75,6 +75,22 @@ def trace_headers(trace: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
+def server_timing(gateway_s: float, replica: dict[str, float]) -> str:
+    """The ``Server-Timing`` header of a non-streamed answer: the gateway's own work and the
+    replica's figures (``queue_s``, ``engine_s``), in milliseconds.
+
+    Example:
+        >>> server_timing(0.0004, {"queue_s": 0.0021, "engine_s": 0.25})
+        'gateway;dur=0.400, queue;dur=2.100, engine;dur=250.000'
+    """
+    parts = [f"gateway;dur={gateway_s * 1000:.3f}"]
+    for name, key in (("queue", "queue_s"), ("engine", "engine_s")):
+        value = replica.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"{name};dur={max(0.0, value) * 1000:.3f}")
+    return ", ".join(parts)
+
+
 def with_trace(data: dict[str, Any], trace: dict[str, Any]) -> dict[str, Any]:
     """The first event's object with ``trace`` added (written with :func:`sse_event`)."""
     return {**data, "qingliang": trace}

@@ -23,9 +23,9 @@ from typing import Any
 from qingliang.platform.errors import ApiError, Saturated, Unavailable
 from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.state import StateStore
-from qingliang.serving.deployments.model import MODEL_DEPLOYMENT
+from qingliang.serving.deployments.model import MODEL_DEPLOYMENT, carries_token
 from qingliang.serving.engine import StreamChunk
-from qingliang.serving.metrics import ServingMetrics
+from qingliang.serving.metrics import TIMING_KEY, RequestTiming, ServingMetrics, current_timing
 from qingliang.serving.traffic import ModelEntry, ServingView
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ class ServeBackend:
     streams are not counted; saturation (429) is counted as a rejection, not a request.
     A chat or completion stream is always asked for its usage (the output tokens); the
     usage event reaches the caller only when its body asked for it.
+
+    Every call carries ``{"sent_at": <wall clock>}`` for the replica's queue time. When the
+    route started a :class:`~qingliang.serving.metrics.RequestTiming`, the hand-off and
+    each chunk are marked on it and the replica's figures of a non-streamed answer are
+    moved from the answer onto it (the caller never sees them).
     """
 
     def __init__(
@@ -142,9 +147,13 @@ class ServeBackend:
         self, deployment: str, endpoint: str, body: dict, adapter: str | None
     ) -> dict:
         started = time.monotonic()
+        timing = _timing(self._metrics, deployment, adapter)
         for attempt in (0, 1):
+            meta = {"sent_at": timing.send() if timing is not None else time.time()}
             try:
-                answer = await self._handle(deployment).generate.remote(endpoint, body, adapter)
+                answer = await self._handle(deployment).generate.remote(
+                    endpoint, body, adapter, meta
+                )
             except Exception as exc:
                 if attempt == 0 and replica_died(exc):
                     logger.warning("replica of %s died; retrying once", deployment)
@@ -152,6 +161,11 @@ class ServeBackend:
                 error = translate(exc)
                 self._observe(deployment, adapter, started, error)
                 raise error from None
+            figures = answer.pop(TIMING_KEY, None) if isinstance(answer, dict) else None
+            if timing is not None:
+                timing.received()
+                if isinstance(figures, dict):
+                    timing.replica = figures
             self._observe(deployment, adapter, started, None, output_tokens=_output_tokens(answer))
             return answer
         raise AssertionError("unreachable")
@@ -169,21 +183,28 @@ class ServeBackend:
         ttft: float | None = None
         tokens = 0
         sent, hide_usage = _asking_usage(endpoint, body)
+        timing = _timing(self._metrics, deployment, adapter)
         for attempt in (0, 1):
+            meta = {"sent_at": timing.send() if timing is not None else time.time()}
             gen = (
                 self._handle(deployment)
                 .options(stream=True)
-                .generate_stream.remote(endpoint, sent, adapter)
+                .generate_stream.remote(endpoint, sent, adapter, meta)
             )
             try:
                 async for data in gen:
                     started = True
                     chunk = StreamChunk.of(data)
-                    if ttft is None and _carries_token(data):
+                    token = chunk.usage is None and (ttft is not None or carries_token(data))
+                    if timing is not None:
+                        timing.received(token=token)
+                    if token and ttft is None:
                         ttft = time.monotonic() - began
                     if chunk.usage is not None:
                         tokens = chunk.usage.completion_tokens
                         if hide_usage:
+                            if timing is not None:
+                                timing.waiting()
                             continue
                     yield chunk
             except Exception as exc:
@@ -195,6 +216,9 @@ class ServeBackend:
                 raise error from None
             # Only here when the stream ended; a client that walked away closes the
             # generator at a yield above (GeneratorExit), which is not counted.
+            if timing is not None:
+                timing.received()
+                timing.tokens = tokens
             self._observe(deployment, adapter, began, None, output_tokens=tokens, ttft_s=ttft)
             return
 
@@ -234,20 +258,12 @@ def _asking_usage(endpoint: str, body: dict) -> tuple[dict, bool]:
     return {**body, "stream_options": {**options, "include_usage": True}}, True
 
 
-def _carries_token(data: dict) -> bool:
-    """Whether a streamed event carries generated text (or a tool call): the first one
-    marks the time to first token (a role-only first chunk does not)."""
-    if str(data.get("type", "")).endswith(".delta"):
-        return True  # Responses: response.output_text.delta and its kin
-    for choice in data.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta") or {}
-        if choice.get("text") or (
-            isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls"))
-        ):
-            return True
-    return False
+def _timing(metrics: ServingMetrics, deployment: str, adapter: str | None) -> RequestTiming | None:
+    """The current request's timing, if its route started one, observed into ``metrics``."""
+    timing = current_timing()
+    if timing is not None:
+        timing.bind(metrics, deployment, adapter)
+    return timing
 
 
 class HandleEmbedder:

@@ -22,7 +22,12 @@ from typing import Any
 
 from qingliang.platform.errors import ApiError, BadRequest, EngineError
 from qingliang.serving.engine import Engine, EngineOutput, ServesResponses, StreamChunk, Usage
-from qingliang.serving.metrics import ServingMetrics
+from qingliang.serving.metrics import (
+    TIMING_KEY,
+    ServingMetrics,
+    queue_time,
+    time_per_token,
+)
 from qingliang.serving.plan import DeploymentPlan
 
 logger = logging.getLogger(__name__)
@@ -43,12 +48,30 @@ def make_engine(plan: DeploymentPlan) -> Engine:
 
 
 class ModelService:
-    """Serving logic for one deployment: metering, adapter reconciliation, health."""
+    """Serving logic for one deployment: metering, adapter reconciliation, health.
 
-    def __init__(self, plan: DeploymentPlan, engine: Engine, metrics: ServingMetrics) -> None:
+    A request may carry ``sent_at``, the gateway's wall-clock time of handing it to the
+    Serve handle: its queue time is measured from there (``wall``) to the replica starting
+    it; the engine's time to first token and time per output token on ``clock``
+    (:meth:`ServingMetrics.replica_split`). A non-streamed answer to such a request carries
+    the replica's figures under :data:`~qingliang.serving.metrics.TIMING_KEY`, which the
+    gateway's handle takes out.
+    """
+
+    def __init__(
+        self,
+        plan: DeploymentPlan,
+        engine: Engine,
+        metrics: ServingMetrics,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.plan = plan
         self.engine = engine
         self.metrics = metrics
+        self._clock = clock
+        self._wall = wall
         self._ongoing = 0
         self._adapter_lock = asyncio.Lock()
 
@@ -112,18 +135,24 @@ class ModelService:
         err.status_code, err.error_type = 504, "timeout_error"
         return err
 
-    def _enter(self) -> float:
+    def _enter(self, sent_at: float | None) -> tuple[float, float | None]:
+        """The request starts: its start on ``clock`` and its queue time (if it came with
+        the gateway's send time)."""
+        queued = queue_time(sent_at, self._wall())
         self._ongoing += 1
         self.metrics.ongoing(self.plan.name, self._ongoing)
-        return time.perf_counter()
+        return self._clock(), queued
 
     def _leave(self) -> None:
         self._ongoing -= 1
         self.metrics.ongoing(self.plan.name, self._ongoing)
 
-    async def generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
-        """Non-streaming chat, completion or responses; returns the OpenAI response body."""
-        started = self._enter()
+    async def generate(
+        self, endpoint: str, body: dict, adapter: str | None, sent_at: float | None = None
+    ) -> dict:
+        """Non-streaming chat, completion or responses; returns the OpenAI response body
+        (with the replica's figures under ``TIMING_KEY`` when ``sent_at`` came)."""
+        started, queued = self._enter(sent_at)
         status = 500
         usage: Usage | None = None
         try:
@@ -138,13 +167,17 @@ class ModelService:
                 raise BadRequest("engine returned a stream for a non-streaming request")
             usage = Usage.of(out.get("usage"))
             status = 200
+            if sent_at is not None:
+                engine_s = self._clock() - started
+                out = {**out, TIMING_KEY: {"queue_s": queued or 0.0, "engine_s": engine_s}}
             return out
         except ApiError as exc:
             status = exc.status_code
             raise
         finally:
             self._leave()
-            elapsed = time.perf_counter() - started
+            elapsed = self._clock() - started
+            self._split(adapter, queued, status, elapsed, None)
             self.metrics.request(
                 self.plan.name,
                 adapter,
@@ -157,7 +190,7 @@ class ModelService:
             )
 
     async def generate_stream(
-        self, endpoint: str, body: dict, adapter: str | None
+        self, endpoint: str, body: dict, adapter: str | None, sent_at: float | None = None
     ) -> AsyncIterator[StreamChunk]:
         """Streaming chat, completion or responses: the engine's chunks, usage counted.
 
@@ -165,9 +198,11 @@ class ModelService:
         here and passed on only when the request asked for it. A Responses stream always
         ends with the whole response, usage included, and is passed on as it is.
         """
-        started = self._enter()
+        started, queued = self._enter(sent_at)
         status = 500
         ttft = None
+        first: float | None = None  # the first and last chunks with tokens
+        last: float | None = None
         usage: Usage | None = None
         stream: Any = None
         try:
@@ -186,7 +221,7 @@ class ModelService:
                         # Queueing and prefill: the long wait, bounded by the deadline.
                         # (Not per chunk: wait_for makes a task per call on 3.11.)
                         chunk = await asyncio.wait_for(
-                            anext(stream), max(0.0, deadline - time.perf_counter())
+                            anext(stream), max(0.0, deadline - self._clock())
                         )
                     else:
                         chunk = await anext(stream)
@@ -194,14 +229,19 @@ class ModelService:
                     break
                 except TimeoutError:
                     raise self._timed_out() from None
-                if time.perf_counter() > deadline:
+                now = self._clock()
+                if now > deadline:
                     raise self._timed_out()
                 if ttft is None:
-                    ttft = time.perf_counter() - started
+                    ttft = now - started
                 if chunk.usage is not None:
                     usage = chunk.usage
                     if not wants_usage:
                         continue
+                elif first is not None:
+                    last = now
+                elif carries_token(chunk.data):
+                    first = last = now
                 yield chunk
             status = 200
         except ApiError as exc:
@@ -212,26 +252,46 @@ class ModelService:
             raise
         finally:
             try:
-                # A consumer that stops early closes only this generator: close the
-                # engine's stream now (vLLM aborts the request) rather than at GC time.
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    try:
-                        await aclose()
-                    except Exception:
-                        logger.debug("closing the engine stream failed", exc_info=True)
+                await _close(stream)
             finally:
                 self._leave()
+                tokens = usage.completion_tokens if usage else 0
                 self.metrics.request(
                     self.plan.name,
                     adapter,
                     endpoint,
                     status,
-                    latency_s=time.perf_counter() - started,
+                    latency_s=self._clock() - started,
                     ttft_s=ttft,
                     prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
+                    completion_tokens=tokens,
                 )
+                engine_ttft = first - started if first is not None else ttft
+                tpot = time_per_token(first, last, tokens)
+                self._split(adapter, queued, status, engine_ttft, tpot)
+
+    def _split(
+        self,
+        adapter: str | None,
+        queue_s: float | None,
+        status: int,
+        engine_ttft_s: float | None,
+        tpot_s: float | None,
+    ) -> None:
+        """The replica's share of a request: its queue time, and for an answered one the
+        engine's time to first token and time per output token (per chunk only a clock
+        read, taken for the deadline anyway, and an assignment were spent on them)."""
+        answered = status == 200
+        try:
+            self.metrics.replica_split(
+                self.plan.name,
+                adapter,
+                queue_s=queue_s,
+                engine_ttft_s=engine_ttft_s if answered else None,
+                tpot_s=tpot_s if answered else None,
+            )
+        except Exception:  # metering must never cost the client its answer
+            logger.exception("could not observe the split of a request")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -242,6 +302,39 @@ class ModelService:
             "adapters": self.engine.adapters(),
             "ongoing": self._ongoing,
         }
+
+
+def carries_token(data: dict) -> bool:
+    """Whether a streamed event carries generated text (or a tool call): the first one
+    marks the time to first token (a role-only first chunk does not)."""
+    if str(data.get("type", "")).endswith(".delta"):
+        return True  # Responses: response.output_text.delta and its kin
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta") or {}
+        if choice.get("text") or (
+            isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls"))
+        ):
+            return True
+    return False
+
+
+async def _close(stream: Any) -> None:
+    """Close the engine's stream now (vLLM aborts the request) rather than at GC time: a
+    consumer that stops early closes only the replica's own generator."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            logger.debug("closing the engine stream failed", exc_info=True)
+
+
+def _sent_at(meta: dict | None) -> float | None:
+    """The gateway's send time in a call's ``meta`` (plain data: any transport carries it)."""
+    value = meta.get("sent_at") if isinstance(meta, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _streamed(endpoint: str, body: dict) -> tuple[dict, bool]:
@@ -271,18 +364,22 @@ class ModelServer:
         report = await self._service.sync_adapters(dict(user_config.get("adapters") or {}))
         logger.info("adapters reconciled: %s", report)
 
-    async def generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
-        return await self._service.generate(endpoint, body, adapter)
+    async def generate(
+        self, endpoint: str, body: dict, adapter: str | None, meta: dict | None = None
+    ) -> dict:
+        """``meta``: ``{"sent_at": <gateway's wall clock>}`` for the queue time."""
+        return await self._service.generate(endpoint, body, adapter, _sent_at(meta))
 
     async def generate_stream(
-        self, endpoint: str, body: dict, adapter: str | None
+        self, endpoint: str, body: dict, adapter: str | None, meta: dict | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """The chunks' dicts: what crosses Ray (``ServeBackend.stream`` types them again).
 
         Ray packs plain dicts with msgpack; a class instance goes through cloudpickle,
         about 12 µs more per token (bench/sse_chunks.py).
         """
-        async for chunk in self._service.generate_stream(endpoint, body, adapter):
+        stream = self._service.generate_stream(endpoint, body, adapter, _sent_at(meta))
+        async for chunk in stream:
             yield chunk.data
 
     async def describe(self) -> dict[str, Any]:

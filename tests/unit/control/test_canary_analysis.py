@@ -88,12 +88,16 @@ class FakeHandle:
     def options(self, **_: Any) -> FakeHandle:
         return self
 
-    async def _generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
+    async def _generate(
+        self, endpoint: str, body: dict, adapter: str | None, meta: dict | None = None
+    ) -> dict:
         if self.error is not None:
             raise self.error
         return {"choices": [{"message": {"content": "ok"}}]}
 
-    async def _stream(self, endpoint: str, body: dict, adapter: str | None) -> AsyncIterator[dict]:
+    async def _stream(
+        self, endpoint: str, body: dict, adapter: str | None, meta: dict | None = None
+    ) -> AsyncIterator[dict]:
         for i in range(3):
             if self.fail_after is not None and i == self.fail_after:
                 assert self.error is not None

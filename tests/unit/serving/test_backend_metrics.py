@@ -39,12 +39,16 @@ class Handle:
     def options(self, **_: Any) -> Handle:
         return self
 
-    async def _generate(self, endpoint: str, body: dict, adapter: str | None) -> dict:
+    async def _generate(
+        self, endpoint: str, body: dict, adapter: str | None, meta: dict | None = None
+    ) -> dict:
         if self.error is not None:
             raise self.error
         return {"choices": [{"message": {"content": "ok"}}], "usage": USAGE["usage"]}
 
-    async def _stream(self, endpoint: str, body: dict, adapter: str | None) -> AsyncIterator[dict]:
+    async def _stream(
+        self, endpoint: str, body: dict, adapter: str | None, meta: dict | None = None
+    ) -> AsyncIterator[dict]:
         self.bodies.append(body)
         if self.error is not None:
             raise self.error
