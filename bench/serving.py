@@ -758,7 +758,7 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         f"Both stay up and are measured in {cfg['rounds']} rounds, the order flipped every "
         f"round ({', '.join(r['round_order'])}), so a drift of the machine counts against "
         "both; figures pool the rounds. Ray Serve transport: "
-        + (", ".join(f"`{k}={v}`" for k, v in cfg["serve_transport_env"].items()) or "defaults")
+        + (", ".join(f"`{k}={v}`" for k, v in cfg["serve_tuning_env"].items()) or "defaults")
     )
     c = cmp_["cold_start_over_direct_s"]
     lines += ["", "### Cold start", "", "| | seconds |", "|---|---:|"]
@@ -1077,7 +1077,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_argv": engine_argv(deployed),
         "cpu_environment": cpu_environment(deployed),
         "direct_argv": direct.argv[1:] if direct else [],
-        "serve_transport_env": _serve_transport_env(),
+        "serve_tuning_env": _serve_tuning_env(),
     }
     r["comparison"] = _compare(gw, di, r["cold_start"], di["start"])
     r["problems"] = _problems(r)
@@ -1086,7 +1086,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return r
 
 
-def _serve_transport_env() -> dict[str, str]:
+def _serve_tuning_env() -> dict[str, str]:
     from qingliang.platform.control.cluster import ray_env
 
     return {k: v for k, v in ray_env().items() if k.startswith("RAY_SERVE_")}

@@ -43,19 +43,24 @@ RAY_ENV = {
     "RAY_DEDUP_LOGS": "0",
 }
 
-#: Ray Serve's transport settings for the serving path, defaults the caller's environment
-#: may override (e.g. ``RAY_SERVE_USE_GRPC_BY_DEFAULT=0`` goes back to Ray actor calls).
-#: gRPC between deployments and from the proxy: each streamed token costs the gateway,
-#: the model replica and the proxy about a third less CPU than Ray's object-ref
-#: generators (issue 18's profile; bench/RESULTS.md "Serving overhead").
-SERVE_TRANSPORT_ENV = {
+#: Ray Serve settings for a small machine, defaults the caller's environment may override
+#: (e.g. ``RAY_SERVE_USE_GRPC_BY_DEFAULT=0`` goes back to Ray actor calls). On two cores
+#: every CPU-second another process takes is one the engine's threads wait for
+#: (docs/performance.md):
+#: - gRPC between deployments and from the proxy: each streamed token costs the gateway,
+#:   the model replica and the proxy about a third less CPU than Ray's object-ref
+#:   generators;
+#: - Serve's controller checks its deployments every 0.5 s, not 0.1 s: 0.023 → 0.008 of
+#:   a core while idle (a status change shows up to 0.4 s later).
+SERVE_TUNING_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
 
 def ray_env() -> dict[str, str]:
     """The environment for a Ray process we start: ours, tuned, then :data:`RAY_ENV`."""
-    return {**SERVE_TRANSPORT_ENV, **os.environ, **RAY_ENV}
+    return {**SERVE_TUNING_ENV, **os.environ, **RAY_ENV}
 
 
 @dataclass(frozen=True)

@@ -182,11 +182,11 @@ class RayExecutor:
         self._remote: Any = None
 
     def _connect(self) -> Any:
-        from qingliang.platform.control.cluster import RAY_ENV, SERVE_TRANSPORT_ENV
+        from qingliang.platform.control.cluster import RAY_ENV, SERVE_TUNING_ENV
 
         # Before Ray reads them: without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 a driver
         # rewrites 127.0.0.1 to the machine's address and never reaches a loopback GCS.
-        for key, value in {**SERVE_TRANSPORT_ENV, **RAY_ENV}.items():
+        for key, value in {**SERVE_TUNING_ENV, **RAY_ENV}.items():
             os.environ.setdefault(key, value)
         import ray
 
