@@ -70,9 +70,10 @@ def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> Scrap
         return parse(r.read().decode())
 
 
-def _delta(
+def delta(
     before: Scrape, after: Scrape, family: str, side: str | None, deployment: str | None
 ) -> tuple[float, float]:
+    """Δsum and Δcount of ``family`` (one ``side``, one ``deployment``, or all when None)."""
     total, count = 0.0, 0.0
     for key, (s, c) in after.items():
         name, dep, _adapter, sd = key
@@ -90,7 +91,7 @@ def split(before: Scrape, after: Scrape, deployment: str | None = None) -> dict[
     request was counted), and ``requests``: the answered requests the gateway counted."""
     out: dict[str, Any] = {}
     for key, family, side in SHARES:
-        total, count = _delta(before, after, family, side, deployment)
+        total, count = delta(before, after, family, side, deployment)
         out[key] = round(total / count * 1000, 3) if count > 0 else None
         if key == "gateway_ms":
             out["requests"] = int(count)
@@ -112,7 +113,7 @@ def settle(
     while True:
         after = scrape(port, host)
         counts = [
-            _delta(before, after, family, None, deployment)[1]
+            delta(before, after, family, None, deployment)[1]
             for _, family, side in SHARES
             if side is None
         ]

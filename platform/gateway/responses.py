@@ -49,7 +49,7 @@ from qingliang.platform.errors import ApiError, BadRequest, Saturated
 from qingliang.platform.gateway.auth.quotas import Quotas
 from qingliang.platform.gateway.auth.scopes import tenant_of
 from qingliang.platform.gateway.backend import Backend
-from qingliang.platform.gateway.generation import lookup_entry
+from qingliang.platform.gateway.generation import lookup_entry, request_timing
 from qingliang.platform.gateway.http.bodies import request_body
 from qingliang.platform.gateway.http.limits import json_body
 from qingliang.platform.gateway.http.openai_bodies import IGNORED_HEADER, IMAGES_HEADER
@@ -58,9 +58,16 @@ from qingliang.platform.gateway.http.responses_bodies import (
     checked,
     forwarded_responses,
 )
-from qingliang.platform.gateway.sse import routed, total_tokens, trace_headers, with_trace
+from qingliang.platform.gateway.sse import (
+    routed,
+    server_timing,
+    total_tokens,
+    trace_headers,
+    with_trace,
+)
 from qingliang.platform.storage.conversations import Conversation, ConversationLog
 from qingliang.serving.engine import StreamChunk
+from qingliang.serving.metrics import RequestTiming
 from qingliang.serving.traffic import ModelEntry, parse_model
 
 logger = logging.getLogger(__name__)
@@ -290,6 +297,7 @@ class _Call:
     trace: dict[str, Any]
     headers: dict[str, str]
     principal: Any
+    timing: RequestTiming
 
 
 class _Responses:
@@ -308,6 +316,7 @@ class _Responses:
 
     async def prepare(self, request: Request) -> _Call:
         """The request read, checked, its images made ready, and routed."""
+        timing = request_timing(request)
         arrived = time.time()
         body = await json_body(request)
         dep, adapter = parse_model(body.get("model"))
@@ -340,6 +349,7 @@ class _Responses:
             trace=trace,
             headers=headers,
             principal=getattr(request.state, "principal", None),
+            timing=timing,
         )
 
     def record(self, request: Request, call: _Call, answer: dict) -> None:
@@ -360,7 +370,10 @@ class _Responses:
                 answer = await self.backend.generate(dep, ENDPOINT, call.body, adapter)
                 await self.quotas.charge(call.principal, total_tokens(answer.get("usage")))
                 self.record(request, call, answer)
-                return JSONResponse({**answer, "qingliang": call.trace}, headers=call.headers)
+                response = JSONResponse({**answer, "qingliang": call.trace}, headers=call.headers)
+                gateway_s = call.timing.finish()
+                response.headers["Server-Timing"] = server_timing(gateway_s, call.timing.replica)
+                return response
             chunks = self.backend.stream(dep, ENDPOINT, call.body, adapter)
             # Pull the first event before answering, so errors found before generation
             # (bad parameters, prompt too long, saturation) get a real status code.
@@ -389,9 +402,11 @@ class _Responses:
         chunk = first
         try:
             yield response_event(with_trace(first.data, call.trace))
+            call.timing.waiting()
             final = _ended(first)
             async for chunk in chunks:
                 yield response_event(chunk.data)
+                call.timing.waiting()
                 final = final or _ended(chunk)
         except ApiError as exc:
             sequence = chunk.data.get("sequence_number")
@@ -402,6 +417,7 @@ class _Responses:
                 await self.quotas.charge(call.principal, total_tokens(final.get("usage")))
         if final is not None and final.get("status") != "failed":  # errors are not recorded
             self.record(request, call, final)
+        call.timing.finish()
 
 
 def _ended(chunk: StreamChunk) -> dict | None:

@@ -110,7 +110,7 @@ class Engine:
             return dict(BODY)
         return self._stream()
 
-    completion = chat
+    completion = responses = chat
 
     async def _stream(self) -> AsyncIterator[StreamChunk]:
         for step, data in self.chunks:
@@ -297,6 +297,15 @@ def test_a_non_streamed_answer_says_where_its_time_went(path: Any) -> None:
     for name in ("gateway", "queue", "engine_ttft"):
         assert [t for _, t in m[name].seen] == [{"deployment": "tiny", "adapter": "a"}], name
     assert m["tpot"].seen == []
+
+
+def test_a_non_streamed_response_says_it_too(path: Any) -> None:
+    client, m, _ = path
+    r = client.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+    assert r.status_code == 200, r.text
+    assert TIMING_KEY not in r.text
+    assert SERVER_TIMING.fullmatch(r.headers["server-timing"]), r.headers["server-timing"]
+    assert len(m["gateway"].seen) == len(m["queue"].seen) == 1
 
 
 def test_a_stream_is_observed_once_on_each_side(path: Any) -> None:
