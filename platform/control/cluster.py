@@ -41,6 +41,11 @@ RAY_ENV = {
     # Local development: Ray 2.60 turns token auth on and the dashboard answers 401.
     "RAY_AUTH_MODE": "disabled",
     "RAY_DEDUP_LOGS": "0",
+    # Every worker binds Serve's inter-deployment gRPC server to its node's address, not
+    # to all interfaces (Ray 2.60 binds [::]:0; serving/deployments/bind.py).
+    "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR": (
+        "qingliang.serving.deployments.bind.bind_replica_grpc_to_node"
+    ),
 }
 
 #: Ray Serve settings for a small machine, defaults the caller's environment may override
