@@ -204,6 +204,10 @@ def start_head(
         f"--dashboard-agent-listen-port={settings.dashboard_port + 1}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
+        # It tails every worker's output to stream it to drivers; the platform's drivers
+        # do not print worker logs (the files and the dashboard's log view stay): one
+        # process and its CPU while workers log, saved.
+        "--include-log-monitor=False",
     ]
     if num_cpus is None:
         num_cpus = default_num_cpus()
