@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,7 +181,37 @@ def _chunk_texts(manifests: Path) -> tuple[list[str], int]:
     report = ingest_paths(
         resolve_sources(kb.spec.sources, manifests), IngestOptions.from_spec(kb.spec)
     )
-    return [c.embed_text for c in report.chunks], kb.spec.embedding.batch_size
+    # Sync embeds each distinct text once (a repeated chunk reuses the vector).
+    texts = list(dict.fromkeys(c.embed_text for c in report.chunks))
+    return texts, kb.spec.embedding.batch_size
+
+
+_ACCESS = re.compile(
+    r"^INFO (\S+ \S+) (\S+) \S+ \S+ -- (?:POST /v1/knowledge/\{kb\}/search 200|CALL call OK) "
+    r"([0-9.]+)ms$"
+)
+
+
+def serve_split(home: Path, start: float, end: float) -> dict[str, Any]:
+    """p50 of each Serve hop's own access-log duration for the searches in [start, end]:
+    the proxy (HTTP in to HTTP out), the Gateway replica's route, the Knowledge replica's
+    ``call`` (embed + search). Their differences are the hops between them."""
+    from qingliang.platform.settings import Settings
+
+    logs = Settings(home=home).ray_temp / "session_latest" / "logs" / "serve"
+    by: dict[str, list[float]] = {"proxy": [], "gateway": [], "knowledge": []}
+    for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        for line in path.read_text(errors="replace").splitlines():
+            m = _ACCESS.match(line.strip())
+            if m is None:
+                continue
+            when = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if not start <= when <= end:
+                continue
+            who = m.group(2)
+            key = "proxy" if who == "proxy" else "knowledge" if "Knowledge" in who else "gateway"
+            by[key].append(float(m.group(3)))
+    return {k: {"n": len(v), "p50_ms": statistics.median(v) if v else None} for k, v in by.items()}
 
 
 def _http_searches(client: httpx.Client, questions: list[str], concurrency: int) -> dict[str, Any]:
@@ -186,18 +219,14 @@ def _http_searches(client: httpx.Client, questions: list[str], concurrency: int)
     for q in questions[:5]:  # warm-up: first-use costs of the route, the store, the embedder
         _post(client, path, {"query": q})
     lat: list[float] = []
-    hits: dict[str, list[str]] = {}
+    window = [time.time()]
     t_all = time.perf_counter()
     for q in questions:
         t0 = time.perf_counter()
-        out = _post(client, path, {"query": q})
+        _post(client, path, {"query": q})
         lat.append(time.perf_counter() - t0)
-        hits[q] = (
-            [c["chunk_id"] for c in out["citations"]]
-            if out["citations"] and "chunk_id" in out["citations"][0]
-            else []
-        )
     sequential_wall = time.perf_counter() - t_all
+    window.append(time.time())
 
     def one(q: str) -> float:
         t0 = time.perf_counter()
@@ -215,7 +244,7 @@ def _http_searches(client: httpx.Client, questions: list[str], concurrency: int)
         "concurrency": concurrency,
         "concurrent_ms": _ms(conc),
         "concurrent_per_s": round(len(questions) / conc_wall, 2),
-        "_hits": hits,
+        "_window": window,
     }
 
 
@@ -281,15 +310,18 @@ def part_platform(docs: list[dict[str, Any]], questions: list[str], threads: int
             _post(client, f"/v1/knowledge/{WARM_KB}/sync", {}, timeout=900)
             r["warmup_sync_s"] = round(time.perf_counter() - t0, 1)
             logger.info("platform: sync of %d documents through the gateway", len(docs))
+            meter = CpuMeter([plat.head_pid or os.getpid(), os.getpid()]).start()
             t0 = time.perf_counter()
             res = _post(client, f"/v1/knowledge/{KB}/sync", {}, timeout=3600)
             sync_s = time.perf_counter() - t0
+            cpu = meter.stop()
             embedded = int(res.get("embedded") or res.get("report", {}).get("embedded") or 0)
             rate = round(embedded / sync_s, 3) if embedded else None
             r["ingest"] = {
                 "seconds": round(sync_s, 2),
                 "embedded": embedded,
                 "chunks_per_s": rate,
+                "cpu": cpu,
                 "response": res,
             }
             logger.info(
@@ -299,7 +331,9 @@ def part_platform(docs: list[dict[str, Any]], questions: list[str], threads: int
                 embedded / max(sync_s, 1e-9),
             )
             logger.info("platform: %d searches over HTTP", len(questions))
-            r["search_http"] = _http_searches(client, questions, CONCURRENCY)
+            r["search_http"] = http = _http_searches(client, questions, CONCURRENCY)
+        time.sleep(1.0)  # Serve writes its access logs asynchronously
+        r["serve_split_sequential"] = serve_split(home, *http.pop("_window"))
         r["loadavg_before_down"] = loadavg()
         plat.down()
         texts, batch = _chunk_texts(manifests)
@@ -310,10 +344,18 @@ def part_platform(docs: list[dict[str, Any]], questions: list[str], threads: int
 
         shutil.rmtree(Settings(home=home).ray_temp, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    r["search_http"].pop("_hits", None)
     alone = r["embedder_alone"]["chunks_per_s"]
     got = r["ingest"]["chunks_per_s"]
     r["ingest_ratio"] = round(got / alone, 3) if got and alone else None
+    # Other sessions' work on the machine during each phase, and the ratio with each rate
+    # divided by the share of the cores left to it (a rough correction, shown beside).
+    busy = (
+        r["ingest"]["cpu"]["others_share_of_capacity"],
+        r["embedder_alone"]["cpu"]["others_share_of_capacity"],
+    )
+    r["others_share"] = {"platform_ingest": busy[0], "embedder_alone": busy[1]}
+    if got and alone and max(busy) < 0.9:
+        r["ingest_ratio_load_corrected"] = round((got / (1 - busy[0])) / (alone / (1 - busy[1])), 3)
     p50 = r["search_http"]["sequential_ms"]["p50"]
     ratio = r["ingest_ratio"]
     r["targets"] = {
@@ -377,6 +419,31 @@ def section(r: dict[str, Any], json_path: Path) -> str:
         f"{http['concurrent_ms']['p50']} / {http['concurrent_ms']['p95']}, "
         f"{http['concurrent_per_s']}/s | (one at a time: {http['sequential_per_s']}/s) | |",
     ]
+    sp = p.get("serve_split_sequential") or {}
+    if all((sp.get(k) or {}).get("p50_ms") is not None for k in ("proxy", "gateway", "knowledge")):
+        pr, gw, kn = (sp[k]["p50_ms"] for k in ("proxy", "gateway", "knowledge"))
+        client = http["sequential_ms"]["p50"]
+        lines += [
+            "",
+            "Where a search's time goes (p50 of each hop's own duration in Serve's access logs, "
+            "one search at a time):",
+            "",
+            "| client → proxy and back | proxy → Gateway replica | Gateway route → Knowledge "
+            "replica (handle hop) | Knowledge replica: checks, query embedding, store search |",
+            "|---:|---:|---:|---:|",
+            f"| {client - pr:.1f} ms | {pr - gw:.1f} ms | {gw - kn:.1f} ms | {kn:.1f} ms "
+            f"(in-process: search {p['search_in_process_ms']['p50']} ms, of which the query "
+            f"embedding {p['query_embedding_ms']['p50']} ms) |",
+        ]
+    share = p.get("others_share") or {}
+    if share:
+        lines += [
+            "",
+            f"Other work on the machine (other sessions) took {share['platform_ingest']:.0%} of "
+            f"the cores during the platform ingest and {share['embedder_alone']:.0%} during the "
+            "embedder alone; with each rate divided by the share of the cores left to it, the "
+            f"ingest ratio is {p.get('ingest_ratio_load_corrected', '–')} (a rough correction).",
+        ]
     if BEFORE:
         lines += ["", BEFORE["text"]]
     for note in p.get("notes", []):
