@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ class Platform:
     def key(self) -> str:
         return (self.home / "api-key").read_text().strip()
 
-    def up(self, manifests: Path, limit_s: float = 600) -> float:
+    def up(self, manifests: list[Path], limit_s: float = 900) -> float:
         busy = [p for p in PORTS.values() if port_open(HOST, p)]
         if busy:
             raise PlatformError(f"ports in use on {HOST}: {busy} (another run of this benchmark?)")
@@ -118,7 +119,8 @@ class Platform:
         log = self.home / "up.log"
         with log.open("w") as fh:
             proc = subprocess.run(
-                [*self.cli, "up", "-f", str(manifests), "--timeout", str(int(limit_s))],
+                [*self.cli, "up", *(a for m in manifests for a in ("-f", str(m))),
+                 "--timeout", str(int(limit_s))],
                 cwd=REPO, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                 timeout=limit_s + 120, check=False,
             )  # fmt: skip
@@ -291,17 +293,32 @@ def _in_process(
     return out
 
 
-def part_platform(docs: list[dict[str, Any]], questions: list[str], threads: int) -> dict[str, Any]:
-    """Ingest and search through a running platform, and the in-process baselines."""
+def part_platform(
+    docs: list[dict[str, Any]], questions: list[str], threads: int, extra: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """Ingest and search through a running platform, and the in-process baselines.
+
+    ``extra``: more manifests to serve beside the knowledge bases (``deploy/defaults`` puts
+    the model engine next to them, as a default ``qingliang up`` does); the fresh home's
+    model cache is then a link to the user's, so nothing is converted again.
+    """
+    from qingliang.platform.settings import Settings
+
     tmp = Path(tempfile.mkdtemp(prefix="qingliang-bench-kbp-"))
     home = tmp / "home"
     home.mkdir()
+    if extra and Settings().model_cache.is_dir():
+        (home / "models").symlink_to(Settings().model_cache.resolve(), target_is_directory=True)
     plat = Platform(home)
-    r: dict[str, Any] = {"ports": PORTS, "loadavg_start": loadavg()}
+    r: dict[str, Any] = {
+        "ports": PORTS,
+        "loadavg_start": loadavg(),
+        "extra": [str(e) for e in extra],
+    }
     try:
         manifests = _prepare(tmp, docs)
         logger.info("platform: qingliang up (home %s)", home)
-        r["up_s"] = round(plat.up(manifests), 1)
+        r["up_s"] = round(plat.up([manifests, *extra]), 1)
         client = httpx.Client(
             base_url=plat.base, headers={"Authorization": f"Bearer {plat.key()}"}, trust_env=False
         )
@@ -340,8 +357,6 @@ def part_platform(docs: list[dict[str, Any]], questions: list[str], threads: int
         r.update(_in_process(home, questions, texts, batch, threads))
     finally:
         plat.down()
-        from qingliang.platform.settings import Settings
-
         shutil.rmtree(Settings(home=home).ray_temp, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     alone = r["embedder_alone"]["chunks_per_s"]
@@ -389,6 +404,11 @@ def section(r: dict[str, Any], json_path: Path) -> str:
     def ok(name: str) -> str:
         return "**met**" if t[name]["met"] else "**not met**"
 
+    served = (
+        "serving " + ", ".join(f"`{e}`" for e in p["extra"]) + " too"
+        if p.get("extra")
+        else "KnowledgeBase manifests only"
+    )
     lines = [
         "## Knowledge through the platform",
         "",
@@ -399,7 +419,7 @@ def section(r: dict[str, Any], json_path: Path) -> str:
         f"at start {p['loadavg_start']}, before `down` {p.get('loadavg_before_down')}. "
         f"Raw: `{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`.",
         "",
-        f"A fresh platform (`qingliang up`, {p['up_s']} s, KnowledgeBase manifests only) synced "
+        f"A fresh platform (`qingliang up`, {p['up_s']} s, {served}) synced "
         f"{r['config']['documents']} gov policy documents through `POST /v1/knowledge/{KB}/sync`; "
         "the baselines ran in the benchmark's process after `qingliang down`, on the same texts "
         "and the same store.",

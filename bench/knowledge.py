@@ -1503,7 +1503,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     state = None
                 t0 = time.perf_counter()
                 qa = [json.loads(line)["question"] for line in _lines(DATA / "policy_qa.jsonl")]
-                r["platform"] = part_platform(docs, qa[: args.platform_questions], args.threads)
+                r["platform"] = part_platform(
+                    docs, qa[: args.platform_questions], args.threads, args.platform_with
+                )
                 r["part_wall_s"]["platform"] = round(time.perf_counter() - t0, 1)
         finally:
             if state is not None:
@@ -1565,6 +1567,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200, help="scale part: queries per row")
     parser.add_argument(
         "--platform-questions", type=int, default=200, help="platform part: searches over HTTP"
+    )
+    parser.add_argument(
+        "--platform-with",
+        type=Path,
+        action="append",
+        default=[],
+        help="platform part: more manifests to serve beside the KBs (e.g. deploy/defaults)",
     )
     parser.add_argument("--out", type=Path, default=BENCH / "out", help="where the JSON goes")
     parser.add_argument("--no-results", action="store_true", help="leave bench/RESULTS.md alone")
