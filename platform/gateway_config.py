@@ -58,6 +58,13 @@ class GatewayConfig(BaseModel):
     max_ongoing_requests: int = Field(
         default=1000, ge=1, description="Requests one gateway replica handles at once."
     )
+    shared_helpers: bool = Field(
+        default=True,
+        description="Run the embedder, knowledge and agents services in one replica (one "
+        "process instead of three: less memory and idle CPU on a small machine); false runs "
+        "each as its own deployment (Embedder, Knowledge, Agents), e.g. to place them apart "
+        "on a cluster.",
+    )
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> GatewayConfig:

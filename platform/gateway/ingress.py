@@ -26,6 +26,13 @@ from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.gateway.operator.demo_jobs import DemoJobs
 from qingliang.platform.gateway.operator.operations import Operations
+from qingliang.platform.gateway.services import (
+    AGENTS_METHODS,
+    HELPERS,
+    KNOWLEDGE_METHODS,
+    HelperServices,
+    Renamed,
+)
 from qingliang.platform.gateway_config import GatewayConfig
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.arm_stats import ArmStats
@@ -52,8 +59,12 @@ class Gateway:
         knowledge: Any = None,
         agents: Any = None,
         conversation_log: bool = False,
+        shared_helpers: bool = False,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
+        if shared_helpers:  # one replica hosts all three: its methods for each client
+            knowledge = Renamed(knowledge, KNOWLEDGE_METHODS) if knowledge is not None else None
+            agents = Renamed(agents, AGENTS_METHODS) if agents is not None else None
         home_path = Path(home)
         self._conversations: ConversationLog | None = None
         if conversation_log:
@@ -109,6 +120,34 @@ def build_gateway_app(config: GatewayConfig) -> Any:
     from ray import serve
 
     home = Path(config.home)
+    if config.shared_helpers:
+        embedder, kb_server, agents_server = _shared_helpers(config)
+    else:
+        embedder, kb_server, agents_server = _separate_helpers(config)
+    gateway_cls: Any = serve.deployment(serve.ingress()(Gateway))
+    gateway = gateway_cls.options(
+        name="Gateway",
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": 0.25},
+        max_ongoing_requests=config.max_ongoing_requests,
+    )
+    return gateway.bind(
+        str(home),
+        config.auth_enabled,
+        embedder,
+        "multilingual-e5-small",
+        kb_server,
+        agents_server,
+        conversation_log=config.conversation_log,
+        shared_helpers=config.shared_helpers,
+    )
+
+
+def _separate_helpers(config: GatewayConfig) -> tuple[Any, Any, Any]:
+    """One deployment per helper service (to scale or place them apart)."""
+    from ray import serve
+
+    home = Path(config.home)
     embedder = None
     if config.embeddings:
         embedder_cls: Any = serve.deployment(EmbedderServer)
@@ -135,21 +174,29 @@ def build_gateway_app(config: GatewayConfig) -> Any:
             ray_actor_options={"num_cpus": 0.25},
             max_ongoing_requests=256,
         ).bind(str(home), embedder, kb_server)
-    gateway_cls: Any = serve.deployment(serve.ingress()(Gateway))
-    gateway = gateway_cls.options(
-        name="Gateway",
-        num_replicas=config.replicas,
-        ray_actor_options={"num_cpus": 0.25},
-        max_ongoing_requests=config.max_ongoing_requests,
-    )
-    return gateway.bind(
-        str(home),
-        config.auth_enabled,
-        embedder,
-        "multilingual-e5-small",
-        kb_server,
-        agents_server,
-        conversation_log=config.conversation_log,
+    return embedder, kb_server, agents_server
+
+
+def _shared_helpers(config: GatewayConfig) -> tuple[Any, Any, Any]:
+    """The helper services in one replica (:mod:`.services`), each the gateway's client
+    gets a view of; ``(None, None, None)`` when every one is off."""
+    from ray import serve
+
+    if not (config.embeddings or config.knowledge or config.agents):
+        return None, None, None
+    cls: Any = serve.deployment(HelperServices)
+    # One replica: knowledge must have one (the single opener of every embedded shard)
+    # and agents continue orphaned runs on start.
+    helpers = cls.options(
+        name=HELPERS,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0.5},
+        max_ongoing_requests=352,  # the three deployments' limits together
+    ).bind(str(config.home), config.embeddings, config.knowledge, config.agents)
+    return (
+        helpers if config.embeddings else None,
+        helpers if config.knowledge else None,
+        helpers if config.agents else None,
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from qingliang.platform.control.apply import Controller
+from qingliang.platform.gateway.services import HELPERS
 from qingliang.platform.settings import Settings
 
 PORTS = {"http_port": 28000, "dashboard_port": 28265, "metrics_port": 28080, "ray_port": 26380}
@@ -37,12 +38,13 @@ class Platform:
         return deps["ModelServer"]["replicas"]
 
     def agents_pid(self) -> int:
-        """The pid of the replica hosting the agent runs."""
-        deps = self.serve_status()["qingliang-gateway"]["deployments"]["Agents"]["replicas"]
+        """The pid of the replica hosting the agent runs (the shared helper replica)."""
+        deps = self.serve_status()["qingliang-gateway"]["deployments"][HELPERS]["replicas"]
         return int(deps[0]["pid"])
 
     def kill_agents(self, timeout_s: float = 120) -> None:
-        """SIGKILL the Agents replica and wait until Serve has a healthy new one."""
+        """SIGKILL the replica hosting the agents (the shared helper replica: knowledge and
+        the embedder with them) and wait until Serve has a healthy new one."""
         import os
         import signal
         import time
@@ -52,14 +54,14 @@ class Platform:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                app = self.serve_status()["qingliang-gateway"]["deployments"]["Agents"]
+                app = self.serve_status()["qingliang-gateway"]["deployments"][HELPERS]
                 reps = app["replicas"]
                 if app["status"] == "HEALTHY" and reps and int(reps[0]["pid"]) != old:
                     return
             except (KeyError, httpx.HTTPError, IndexError):
                 pass
             time.sleep(1)
-        raise AssertionError("the Agents replica did not come back")
+        raise AssertionError(f"the {HELPERS} replica did not come back")
 
 
 def tiny_manifest(name: str, model: Path, extra_engine: str = "", adapters: str = "") -> str:

@@ -35,6 +35,7 @@ import pytest
 import yaml
 from _platform import Platform
 
+from qingliang.platform.gateway.services import HELPERS
 from qingliang.platform.storage.keys import KeyStore
 
 pytestmark = pytest.mark.integration
@@ -279,7 +280,7 @@ def test_knowledge_replica_killed_mid_sync_loses_and_duplicates_nothing(
     )
     expected = _expected(body, folder)
     assert len(expected) == KB_FILES
-    replica = _replica(platform, GATEWAY_APP, "Knowledge")
+    replica = _replica(platform, GATEWAY_APP, HELPERS)
     outcome: dict[str, Any] = {}
 
     def first_sync() -> None:
@@ -314,7 +315,7 @@ def test_knowledge_replica_killed_mid_sync_loses_and_duplicates_nothing(
         if "status" in outcome:
             assert "unavailable" in outcome["body"]["error"]["message"], outcome
 
-        _wait_replaced(platform, GATEWAY_APP, "Knowledge", replica, 120)
+        _wait_replaced(platform, GATEWAY_APP, HELPERS, replica, 120)
         # What the killed sync left: at least what was seen written (SIGKILL loses no
         # acknowledged write), not all of it.
         kept = c.get(f"/v1/knowledge/{KB}", timeout=60).json()["chunks"]
@@ -388,9 +389,9 @@ def test_agents_replica_killed_waiting_and_mid_submit_files_once(
         assert r.json()["status"] == "waiting", r.json()
 
         # Kill 1: the run waits for a human; the replica holding it dies.
-        replica = _replica(platform, GATEWAY_APP, "Agents")
+        replica = _replica(platform, GATEWAY_APP, HELPERS)
         _kill(replica)
-        replica = _wait_replaced(platform, GATEWAY_APP, "Agents", replica, 120)
+        replica = _wait_replaced(platform, GATEWAY_APP, HELPERS, replica, 120)
         inbox = boss.get("/v1/agents/approvals").json()["data"]
         assert run_id in [a["run_id"] for a in inbox]
 
@@ -423,7 +424,7 @@ def test_agents_replica_killed_waiting_and_mid_submit_files_once(
         assert not [e for e in resumed.events if e.get("type") == "tool"], resumed.events
 
         # The next replica continues the run from its checkpoint and files the form once.
-        _wait_replaced(platform, GATEWAY_APP, "Agents", replica, 120)
+        _wait_replaced(platform, GATEWAY_APP, HELPERS, replica, 120)
         deadline = time.monotonic() + 60
         while (run := boss.get(f"/v1/agents/runs/{run_id}").json())["status"] == "running":
             assert time.monotonic() < deadline, run
