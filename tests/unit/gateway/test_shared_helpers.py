@@ -17,13 +17,16 @@ import pytest
 from qingliang.agents.deployment import HandleAgents
 from qingliang.knowledge.deployment import HandleKnowledge
 from qingliang.platform.errors import ApiError
+from qingliang.platform.gateway.ingress import build_gateway_app
 from qingliang.platform.gateway.services import (
     AGENTS_METHODS,
+    HELPERS,
     KNOWLEDGE_METHODS,
     HelperServices,
     LocalHandle,
     Renamed,
 )
+from qingliang.platform.gateway_config import GatewayConfig
 
 
 class _Recorder:
@@ -83,3 +86,29 @@ async def test_a_service_that_is_off_is_not_built(services: HelperServices) -> N
     # The gateway builds no agents client then; one that calls anyway gets a 500.
     with pytest.raises(ApiError, match=r"internal error \(AssertionError\)"):
         await agents.call("list_runs", None, False, "tester", {})
+
+
+def _helper_deployments(config: GatewayConfig) -> dict[str, tuple]:
+    app = build_gateway_app(config)
+    gateway = app._bound_deployment
+    found = {}
+    for arg in gateway.init_args:
+        bound = getattr(arg, "_bound_deployment", None)
+        if bound is not None:
+            found[bound.name] = bound.init_args
+    return found
+
+
+def test_the_gateway_app_has_one_helper_replica_by_default(tmp_path: Path) -> None:
+    deployments = _helper_deployments(GatewayConfig(home=str(tmp_path)))
+    assert deployments == {HELPERS: (str(tmp_path), True, True, True)}
+
+
+def test_separate_helpers_are_three_deployments(tmp_path: Path) -> None:
+    config = GatewayConfig(home=str(tmp_path), shared_helpers=False)
+    assert sorted(_helper_deployments(config)) == ["Agents", "Embedder", "Knowledge"]
+
+
+def test_a_gateway_without_helpers_builds_none(tmp_path: Path) -> None:
+    config = GatewayConfig(home=str(tmp_path), embeddings=False, knowledge=False, agents=False)
+    assert _helper_deployments(config) == {}
