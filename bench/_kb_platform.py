@@ -189,15 +189,16 @@ def _chunk_texts(manifests: Path) -> tuple[list[str], int]:
 
 
 _ACCESS = re.compile(
-    r"^INFO (\S+ \S+) (\S+) \S+ \S+ -- (?:POST /v1/knowledge/\{kb\}/search 200|CALL call OK) "
-    r"([0-9.]+)ms$"
+    r"^INFO (\S+ \S+) (\S+) \S+ \S+ -- "
+    r"(?:POST /v1/knowledge/\{kb\}/search 200|CALL (?:knowledge_)?call OK) ([0-9.]+)ms$"
 )
 
 
 def serve_split(home: Path, start: float, end: float) -> dict[str, Any]:
     """p50 of each Serve hop's own access-log duration for the searches in [start, end]:
-    the proxy (HTTP in to HTTP out), the Gateway replica's route, the Knowledge replica's
-    ``call`` (embed + search). Their differences are the hops between them."""
+    the proxy (HTTP in to HTTP out), the Gateway replica's route, the knowledge server's
+    ``call`` (embed + search; in the Knowledge or the shared Helpers replica). Their
+    differences are the hops between them."""
     from qingliang.platform.settings import Settings
 
     logs = Settings(home=home).ray_temp / "session_latest" / "logs" / "serve"
@@ -211,7 +212,8 @@ def serve_split(home: Path, start: float, end: float) -> dict[str, Any]:
             if not start <= when <= end:
                 continue
             who = m.group(2)
-            key = "proxy" if who == "proxy" else "knowledge" if "Knowledge" in who else "gateway"
+            # The knowledge server is its own deployment (Knowledge) or shares one (Helpers).
+            key = "proxy" if who == "proxy" else "gateway" if "Gateway" in who else "knowledge"
             by[key].append(float(m.group(3)))
     return {k: {"n": len(v), "p50_ms": statistics.median(v) if v else None} for k, v in by.items()}
 
@@ -355,6 +357,12 @@ def part_platform(
         plat.down()
         texts, batch = _chunk_texts(manifests)
         r.update(_in_process(home, questions, texts, batch, threads))
+    except Exception:
+        keep = Path(tempfile.gettempdir()) / f"qingliang-bench-kbp-logs-{os.getpid()}"
+        with contextlib.suppress(OSError):
+            shutil.copytree(Settings(home=home).ray_temp / "session_latest" / "logs", keep)
+            logger.error("platform part failed; Ray's logs kept in %s", keep)
+        raise
     finally:
         plat.down()
         shutil.rmtree(Settings(home=home).ray_temp, ignore_errors=True)
@@ -369,6 +377,11 @@ def part_platform(
         r["embedder_alone"]["cpu"]["others_share_of_capacity"],
     )
     r["others_share"] = {"platform_ingest": busy[0], "embedder_alone": busy[1]}
+    # CPU-seconds per chunk (the platform's processes, all of them, against this process
+    # alone): what each costs, whatever else ran on the machine.
+    cpu_p = r["ingest"]["cpu"]["ours_cpu_s"] / max(r["ingest"]["embedded"], 1)
+    cpu_a = r["embedder_alone"]["cpu"]["ours_cpu_s"] / max(r["embedder_alone"]["texts"], 1)
+    r["cpu_s_per_chunk"] = {"platform": round(cpu_p, 4), "embedder_alone": round(cpu_a, 4)}
     if got and alone and max(busy) < 0.9:
         r["ingest_ratio_load_corrected"] = round((got / (1 - busy[0])) / (alone / (1 - busy[1])), 3)
     p50 = r["search_http"]["sequential_ms"]["p50"]
@@ -462,7 +475,11 @@ def section(r: dict[str, Any], json_path: Path) -> str:
             f"Other work on the machine (other sessions) took {share['platform_ingest']:.0%} of "
             f"the cores during the platform ingest and {share['embedder_alone']:.0%} during the "
             "embedder alone; with each rate divided by the share of the cores left to it, the "
-            f"ingest ratio is {p.get('ingest_ratio_load_corrected', '–')} (a rough correction).",
+            f"ingest ratio is {p.get('ingest_ratio_load_corrected', '–')} (a rough correction). "
+            "CPU time per chunk, which other work does not change: "
+            f"{p['cpu_s_per_chunk']['platform'] * 1000:.1f} ms through the platform (all its "
+            f"processes) against {p['cpu_s_per_chunk']['embedder_alone'] * 1000:.1f} ms for the "
+            "embedder alone.",
         ]
     if BEFORE:
         lines += ["", BEFORE["text"]]

@@ -42,8 +42,10 @@ directory removed at the end:
    (``qingliang up`` on ports 39xxx in a fresh ``QINGLIANG_HOME`` under /tmp): ingest
    chunks/s of ``POST /v1/knowledge/{kb}/sync`` against the embedder alone on the same texts,
    HTTP search p50/p95 over ``--platform-questions`` questions against ``KnowledgeService.search``
-   in-process on the same store (see ``bench/_kb_platform.py``). It rewrites the
-   ``## Knowledge through the platform`` section of ``bench/RESULTS.md``.
+   in-process on the same store (see ``bench/_kb_platform.py``); ``--platform-with
+   deploy/defaults`` serves the model engine beside the KBs, as a default ``qingliang up``
+   does. It rewrites the ``## Knowledge through the platform`` section of
+   ``bench/RESULTS.md``.
 
 The data (``/work/shared/domains/gov``, see its README: internal evaluation only) is read in
 place and never copied into the repository. Raw results go to
@@ -1496,16 +1498,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r["quality"] = part_quality(state, embedder)
                 r["part_wall_s"]["quality"] = round(time.perf_counter() - t0, 1)
             if "platform" not in args.skip:
-                from _kb_platform import part_platform
+                from _kb_platform import PlatformError, part_platform
 
                 if state is not None:
                     state.store.close()
                     state = None
                 t0 = time.perf_counter()
                 qa = [json.loads(line)["question"] for line in _lines(DATA / "policy_qa.jsonl")]
-                r["platform"] = part_platform(
-                    docs, qa[: args.platform_questions], args.threads, args.platform_with
-                )
+                try:
+                    r["platform"] = part_platform(
+                        docs, qa[: args.platform_questions], args.threads, args.platform_with
+                    )
+                except PlatformError as exc:
+                    raise BenchError(str(exc)) from exc
                 r["part_wall_s"]["platform"] = round(time.perf_counter() - t0, 1)
         finally:
             if state is not None:
