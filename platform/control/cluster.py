@@ -59,6 +59,10 @@ RAY_ENV = {
 #:   a core while idle (a status change shows up to 0.4 s later).
 SERVE_TUNING_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    # A replica's gRPC messages may be as large as what the gateway accepts (a 50 MiB
+    # knowledge upload, a 32 MiB chat body with images, a large answer): gRPC's default
+    # 4 MiB answered a 6 MB upload with a 500 (AioRpcError).
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024),
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
