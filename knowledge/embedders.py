@@ -82,12 +82,14 @@ def embedder_for(model: str, *, num_threads: int | None = None) -> Any:
     """The embedder a manifest's ``spec.embedding.model`` names (constructed, not loaded).
 
     ``num_threads``: cores a batch of passages uses; default every usable core, or
-    ``QINGLIANG_EMBED_THREADS``.
+    ``QINGLIANG_EMBED_THREADS``. The multilingual model is the process's shared instance
+    (:func:`~qingliang.serving.embeddings.shared_embedder`): the ``/v1/embeddings`` server in
+    the same replica uses the same weights.
     """
     if model == "multilingual-e5-small":
-        from qingliang.serving.embeddings import PackagedEmbedder
+        from qingliang.serving.embeddings import shared_embedder
 
-        return PackagedEmbedder(num_threads=num_threads)
+        return shared_embedder(num_threads)
     if model == "all-minilm-l6-v2":
         return MiniLmEmbedder(num_threads=num_threads)
     raise BadRequest(f"unknown embedding model {model!r}", param="embedding.model")

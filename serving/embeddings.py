@@ -76,6 +76,26 @@ def embed_threads() -> int:
     return value
 
 
+_shared: dict[int, PackagedEmbedder] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_embedder(num_threads: int | None = None) -> PackagedEmbedder:
+    """The process's one :class:`PackagedEmbedder` for ``num_threads`` (default
+    :func:`embed_threads`), default backend and model cache.
+
+    The services that embed in one process (``/v1/embeddings`` and the knowledge bases,
+    when they share a Serve replica) hold one copy of the weights (~140 MB each) and one
+    load, not one per service.
+    """
+    threads = embed_threads() if num_threads is None else num_threads
+    with _shared_lock:
+        emb = _shared.get(threads)
+        if emb is None:
+            emb = _shared[threads] = PackagedEmbedder(num_threads=threads)
+        return emb
+
+
 class _Engine(Protocol):
     """What both backends give :class:`PackagedEmbedder`."""
 

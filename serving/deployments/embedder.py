@@ -17,9 +17,10 @@ class EmbedderServer:
     """
 
     def __init__(self) -> None:
-        from qingliang.serving.embeddings import PackagedEmbedder
+        from qingliang.serving.embeddings import shared_embedder
 
-        self._embedder = PackagedEmbedder()
+        # The same instance as the knowledge bases' when they share this process.
+        self._embedder = shared_embedder()
 
     async def embed(self, texts: list[str], input_type: str) -> tuple[list[list[float]], int]:
         vectors = await asyncio.to_thread(self._embedder.embed, texts, input_type=input_type)

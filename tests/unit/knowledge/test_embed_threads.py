@@ -114,3 +114,13 @@ def test_the_query_view_shares_the_weights(e5_cache: Path) -> None:
     assert view is not engine and view.num_threads == 1 and engine.num_threads == 2
     assert view.encoder is engine.encoder and view.tokenizer is engine.tokenizer
     assert embeddings._single_core(engine).num_threads == 1
+
+
+def test_the_services_of_one_process_share_one_embedder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qingliang.serving.deployments.embedder import EmbedderServer
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    kb = embedder_for("multilingual-e5-small")
+    assert EmbedderServer()._embedder is kb  # /v1/embeddings: the same weights, loaded once
+    assert embedder_for("multilingual-e5-small") is kb
+    assert embedder_for("multilingual-e5-small", num_threads=kb.num_threads + 1) is not kb
