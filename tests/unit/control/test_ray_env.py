@@ -15,6 +15,8 @@ def test_serve_runs_over_grpc_with_a_slower_control_loop_by_default(
     env = cluster.ray_env()
     assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
     assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
+    # Every body the gateway accepts (50 MiB uploads) fits a replica's gRPC message.
+    assert int(env["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) >= 64 * 1024 * 1024
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
 
