@@ -284,7 +284,11 @@ class Platform:
         """The model replica's engine start, each mark as seconds after `up` launched
         (from the line ``VLLMEngine.start`` logs; empty when it is not found)."""
         from qingliang.platform.settings import Settings
-        from qingliang.serving.engines.vllm_engine import START_PHASES
+
+        try:
+            from qingliang.serving.engines.vllm_engine import START_PHASES
+        except ImportError:  # a tree from before the engine logged its phases
+            return []
 
         logs = Settings(home=self.home).ray_temp / "session_latest" / "logs"
         for path in sorted(logs.glob("worker-*.err")):
@@ -1087,8 +1091,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve_tuning_env() -> dict[str, str]:
-    from qingliang.platform.control.cluster import ray_env
-
+    try:
+        from qingliang.platform.control.cluster import ray_env
+    except ImportError:  # a tree from before issue 18 (measured as the "before")
+        return {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
     return {k: v for k, v in ray_env().items() if k.startswith("RAY_SERVE_")}
 
 
