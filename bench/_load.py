@@ -89,6 +89,8 @@ class Sample:
     completion_tokens: int = 0
     status: int = 0
     error: str = ""
+    #: The answer's ``Server-Timing`` header as ``{name: ms}`` (a non-streamed answer).
+    server_timing: dict[str, float] | None = None
 
 
 async def chat(
@@ -111,7 +113,8 @@ async def chat(
             return Sample(False, elapsed, status=r.status_code, error=r.text[:300])
         usage = r.json().get("usage") or {}
         tokens = int(usage.get("completion_tokens") or 0)
-        return Sample(True, elapsed, ttft_s=elapsed, completion_tokens=tokens, status=200)
+        timing = server_timing(r.headers.get("server-timing", ""))
+        return Sample(True, elapsed, elapsed, tokens, 200, server_timing=timing or None)
     ttft = None
     tokens = 0
     try:
@@ -139,6 +142,25 @@ async def chat(
     except (httpx.HTTPError, ValueError) as exc:
         return Sample(False, time.perf_counter() - started, ttft, error=type(exc).__name__)
     return Sample(True, time.perf_counter() - started, ttft, tokens, status=200)
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``Server-Timing: gateway;dur=0.4, queue;dur=1.3`` as ``{"gateway": 0.4, ...}`` (ms).
+
+    >>> server_timing("gateway;dur=0.412, queue;dur=1.305, engine;dur=231.877")
+    {'gateway': 0.412, 'queue': 1.305, 'engine': 231.877}
+    """
+    out = {}
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    continue
+    return out
 
 
 async def closed_loop(

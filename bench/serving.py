@@ -76,6 +76,7 @@ from _load import (  # noqa: E402 - the bench folder is not a package
     throughput,
     versions,
 )
+from _overhead import scrape, settle, split  # noqa: E402 - the bench folder is not a package
 from _results import save_run, write_section  # noqa: E402 - the bench folder is not a package
 
 logger = logging.getLogger("bench.serving")
@@ -492,10 +493,39 @@ class DirectServer:
 
 
 # -- measurements --------------------------------------------------------------------------
+class _Split:
+    """The platform's overhead histograms between the phases of a measurement
+    (``bench/_overhead.py``): where each millisecond of a phase's requests went. Off for
+    vLLM direct, and for a platform that does not export them (a tree from before)."""
+
+    def __init__(self, port: int | None, deployment: str) -> None:
+        self.port, self.deployment = port, deployment
+        self.last = scrape(port) if port is not None else None
+
+    def phase(self, answered: int, first: bool = False) -> dict[str, Any] | None:
+        """The split of the ``answered`` requests since the last call (None when off)."""
+        if self.port is None or self.last is None:
+            return None
+        after = settle(
+            self.port, self.last, answered, self.deployment, timeout_s=20 if first else 40
+        )
+        out = split(self.last, after, deployment=self.deployment)
+        self.last = after
+        if first and not out.get("requests"):
+            self.port = None  # nothing exported: an older platform
+        return out
+
+
 async def _measure(
-    base: str, key: str, model: str, profile: Profile, roots: list[int]
+    base: str,
+    key: str,
+    model: str,
+    profile: Profile,
+    roots: list[int],
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
-    """Warm up, then tiny-request latency and throughput at concurrency 1 and 8."""
+    """Warm up, then tiny-request latency and throughput at concurrency 1 and 8; with
+    ``metrics_port``, the platform's own split of each phase's time."""
     url = f"{base}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {key}"}
     engine = engine_pid(roots)
@@ -528,6 +558,7 @@ async def _measure(
     timeout = httpx.Timeout(connect=5.0, read=180.0, write=10.0, pool=None)
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        splits = _Split(metrics_port, model)
         m = meter()
         warm = [await chat(client, url, headers, tiny) for _ in range(profile.warmup_requests)]
         warm += await asyncio.gather(*(chat(client, url, headers, work(i, 8)) for i in range(8)))
@@ -535,6 +566,7 @@ async def _measure(
         if bad:
             raise BenchError(f"{url}: warm-up failed: {bad[0].status} {bad[0].error}")
         out["warmup"] = {"requests": len(warm), "phase": m.stop()}
+        splits.phase(len(warm), first=True)
 
         m = meter()
         samples, _wall, cut = await closed_loop(
@@ -552,6 +584,8 @@ async def _measure(
             "samples_ms": [round(v * 1000, 2) for v in good],
             "phase": m.stop(),
         }
+        out["latency"]["overhead_ms"] = splits.phase(len(good))
+        out["latency"]["server_timing_ms"] = _server_timing([s for s in samples if s.ok])
         logger.info("  tiny latency p50 %.1f ms", (out["latency"]["latency_s"]["p50"] or 0) * 1e3)
 
         for label, concurrency, n in (
@@ -572,6 +606,7 @@ async def _measure(
                 "samples": [_sample_row(s) for s in samples],
                 "phase": m.stop(),
             }
+            out[label]["overhead_ms"] = splits.phase(sum(1 for s in samples if s.ok))
             logger.info(
                 "  concurrency %d: %.1f output tokens/s",
                 concurrency,
@@ -694,6 +729,40 @@ def _problems(r: dict[str, Any]) -> list[str]:
             "difference with the gateway's own cost"
         )
     return found
+
+
+def _split_table(gw: dict[str, Any]) -> list[str]:
+    """Where a request's time went, from the platform's own overhead metrics
+    (docs/serving.md, "Where the time goes"), beside what the client measured."""
+    rows = [
+        "### Where a request's time goes (the platform's own metrics)",
+        "",
+        "Means per request over all rounds, from the overhead histograms on the metrics "
+        "port (`bench/_overhead.py`); the client's mean latency beside them. What no metric "
+        "covers is the Serve proxy's hop and the answer's way back to the gateway.",
+        "",
+        "| phase | client mean (ms) | gateway (ms) | queue (ms) | engine TTFT (ms) "
+        "| per token, replica (ms) | per token, gateway (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    st = gw["latency"].get("server_timing_ms")
+    if st:
+        rows.append(
+            f"| tiny, exact (`Server-Timing` of each answer) | {_f(st.get('client_ms'), 1)} | "
+            f"{_f(st.get('gateway_ms'), 2)} | {_f(st.get('queue_ms'), 2)} | "
+            f"{_f(st.get('engine_ms'), 1)} | – | – |"
+        )
+    for label, name in (("latency", "tiny"), ("c1", "concurrency 1"), ("c8", "concurrency 8")):
+        sp = gw[label].get("overhead_ms")
+        if not sp:
+            continue
+        lat = gw[label]["latency_s"]["mean"]
+        rows.append(
+            f"| {name} | {_f(lat, 1, 1000)} | {_f(sp.get('gateway_ms'), 2)} | "
+            f"{_f(sp.get('queue_ms'), 2)} | {_f(sp.get('engine_ttft_ms'), 1)} | "
+            f"{_f(sp.get('tpot_replica_ms'), 2)} | {_f(sp.get('tpot_gateway_ms'), 2)} |"
+        )
+    return rows if len(rows) > 6 else []
 
 
 def _process_table(gw: dict[str, Any], di: dict[str, Any]) -> list[str]:
@@ -869,6 +938,8 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         "",
         *_process_table(gw, di),
         "",
+        *_split_table(gw),
+        "",
         "### CPU contention during the run",
         "",
         'CPU-seconds used by the server under test plus this client ("ours") and by '
@@ -915,10 +986,47 @@ def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "per_round_tokens_per_s": [r[label]["output_tokens_per_s"] for r in rounds],
             "phase": _sum_phases([r[label]["phase"] for r in rounds]),
         }
+    for label in ("latency", "c1", "c8"):
+        out[label]["overhead_ms"] = _pool_splits([r[label].get("overhead_ms") for r in rounds])
+    out["latency"]["server_timing_ms"] = _pool_splits(
+        [r["latency"].get("server_timing_ms") for r in rounds]
+    )
     out["warmup"] = {"phase": _sum_phases([r["warmup"]["phase"] for r in rounds])}
     out["rss_gib"] = max(r["rss_gib"] for r in rounds)
     out["pss_gib"] = max(r.get("pss_gib") or 0.0 for r in rounds)
     out["process_cpu"] = _sum_process_cpu([r.get("process_cpu") or {} for r in rounds])
+    return out
+
+
+def _server_timing(samples: list[Sample]) -> dict[str, Any] | None:
+    """Mean of each share the answers' ``Server-Timing`` headers gave (exact, per request),
+    with the client's mean latency and the requests that had the header."""
+    timed = [s for s in samples if s.server_timing]
+    if not timed:
+        return None
+    names = sorted({k for s in timed for k in s.server_timing or {}})
+    out: dict[str, Any] = {"requests": len(timed)}
+    for name in names:
+        values = [(s.server_timing or {}).get(name) for s in timed]
+        have = [v for v in values if v is not None]
+        out[f"{name}_ms"] = round(sum(have) / len(have), 3) if have else None
+    out["client_ms"] = round(sum(s.latency_s for s in timed) / len(timed) * 1000, 3)
+    return out
+
+
+def _pool_splits(splits: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Rounds' overhead splits as one: each share's mean weighted by its requests."""
+    have = [x for x in splits if x and x.get("requests")]
+    if not have:
+        return None
+    total = sum(x["requests"] for x in have)
+    out: dict[str, Any] = {"requests": total}
+    for key in have[0]:
+        if key == "requests":
+            continue
+        rows = [(x[key], x["requests"]) for x in have if x.get(key) is not None]
+        weight = sum(n for _, n in rows)
+        out[key] = round(sum(v * n for v, n in rows) / weight, 3) if weight else None
     return out
 
 
@@ -1000,7 +1108,16 @@ def _rounds(
             if side == "gateway":
                 key = platform.api_key() or ""
                 gw_rounds.append(
-                    asyncio.run(_measure(platform.base, key, model, profile, platform.roots()))
+                    asyncio.run(
+                        _measure(
+                            platform.base,
+                            key,
+                            model,
+                            profile,
+                            platform.roots(),
+                            metrics_port=PORTS["metrics"],
+                        )
+                    )
                 )
             else:
                 di_rounds.append(

@@ -30,11 +30,30 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _LATENCY_BOUNDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
+
+
+def geometric_bounds(low: float, high: float, ratio: float = 1.5) -> list[float]:
+    """Bucket bounds from ``low`` to at least ``high``, each ``ratio`` times the last.
+
+    Ray exports a histogram's ``_sum`` from its buckets' midpoints (its OpenTelemetry
+    recorder), so a mean read from ``_sum / _count`` is only as fine as the buckets: with
+    ×1.5 steps it is within about 20 % of the true mean, with 1-2.5-5 steps it was off by
+    up to 40 % (a 60 ms token read as 75 ms).
+
+    >>> geometric_bounds(0.001, 0.004)
+    [0.001, 0.0015, 0.00225, 0.00337, 0.00506]
+    """
+    bounds = [low]
+    while bounds[-1] < high:
+        bounds.append(float(f"{bounds[-1] * ratio:.3g}"))
+    return bounds
+
+
 #: The gateway's own work is tens of microseconds to a few milliseconds.
-_GATEWAY_BOUNDS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]
-_QUEUE_BOUNDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 4, 16, 64]
-_TTFT_BOUNDS = [0.005, *_LATENCY_BOUNDS]
-_TOKEN_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+_GATEWAY_BOUNDS = geometric_bounds(0.0001, 0.5)
+_QUEUE_BOUNDS = geometric_bounds(0.0002, 64)
+_TTFT_BOUNDS = geometric_bounds(0.002, 128)
+_TOKEN_BOUNDS = geometric_bounds(0.0005, 2.5)
 _TAGS = ("deployment", "adapter")
 
 #: Key of the replica's figures in a non-streamed answer on its way to the gateway

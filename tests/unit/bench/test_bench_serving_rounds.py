@@ -143,3 +143,27 @@ def test_the_engine_start_phases_are_read_from_the_replica_log(bench, tmp_path: 
         ]
     finally:
         shutil.rmtree(Settings(home=platform.home).ray_temp, ignore_errors=True)
+
+
+def test_server_timing_headers_give_the_exact_split_of_tiny_requests(bench) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _load
+    finally:
+        sys.path.remove(str(BENCH))
+    header = "gateway;dur=0.412, queue;dur=1.305, engine;dur=231.877"
+    assert _load.server_timing(header) == {"gateway": 0.412, "queue": 1.305, "engine": 231.877}
+    assert _load.server_timing("") == {}
+    samples = [
+        _load.Sample(True, 0.240, server_timing={"gateway": 1.0, "queue": 2.0, "engine": 230.0}),
+        _load.Sample(True, 0.250, server_timing={"gateway": 3.0, "queue": 2.0, "engine": 240.0}),
+        _load.Sample(True, 0.300),  # no header: not counted
+    ]
+    split = bench._server_timing(samples)
+    assert split == {
+        "requests": 2,
+        "engine_ms": 235.0,
+        "gateway_ms": 2.0,
+        "queue_ms": 2.0,
+        "client_ms": 245.0,
+    }
