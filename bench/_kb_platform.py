@@ -402,9 +402,22 @@ def part_platform(
     return r
 
 
-#: Measured by this part at the commit before the Knowledge replica's changes of issue 18
-#: (filled from that run's JSON), shown beside every later run.
-BEFORE: dict[str, Any] | None = None
+#: Measured by this part on the code of ``e21b1cc`` (before issue 18's changes to the
+#: Knowledge replica: one embedding thread, search wholly in a worker thread, no query
+#: batching), same machine, shown beside every later run.
+BEFORE: dict[str, Any] | None = {
+    "text": (
+        "**Before** (the code of `e21b1cc`, run by this part on the same machine, "
+        "2026-12-07 20:46 UTC, serving `deploy/defaults` too, 2 % other load; raw: "
+        "`bench/out/knowledge-platform-before-20261207T205121Z.json`): ingest 9.84 chunks/s "
+        "against 21.84 for the embedder alone (45 %; the replica embedded on one thread); "
+        "HTTP search p50 / p95 21.2 / 26.0 ms (Knowledge replica 13.3 ms, in-process search "
+        "10.1 ms); 8 clients at once p50 142 ms, 54.7 searches/s. With KnowledgeBase manifests "
+        "only (20:06 UTC, 150 documents, `knowledge-platform-before-20261207T200804Z.json`): "
+        "8.5 against 15.4 chunks/s (55 %), HTTP p50 / p95 24.1 / 91.0 ms, 8 clients 33.2 "
+        "searches/s. The issue's 4.0 chunks/s and 59 ms were taken on a busier machine."
+    )
+}
 
 
 def section(r: dict[str, Any], json_path: Path) -> str:
@@ -422,12 +435,15 @@ def section(r: dict[str, Any], json_path: Path) -> str:
         if p.get("extra")
         else "KnowledgeBase manifests only"
     )
+    n_dirty = (r.get("git") or {}).get("dirty_files") or 0
+    dirty = f" (+{n_dirty} uncommitted files in the tree)" if n_dirty else ""
     lines = [
         "## Knowledge through the platform",
         "",
-        f"`bench/knowledge.py --only platform`, {r.get('started_utc', '?')}, commit "
+        f"`{' '.join(r.get('command') or ['bench/knowledge.py', '--only', 'platform'])}` "
+        f"(under `flock /tmp/qingliang-bench.lock`), {r.get('started_utc', '?')}, commit "
         f"`{(r.get('git') or {}).get('commit', '?')[:10]}`"
-        f"{' (dirty tree)' if (r.get('git') or {}).get('dirty') else ''}; machine: "
+        f"{dirty}; machine: "
         f"{m.get('cpu_model', '?')}, {m.get('cpus_usable', '?')} usable cores; load average "
         f"at start {p['loadavg_start']}, before `down` {p.get('loadavg_before_down')}. "
         f"Raw: `{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`.",
