@@ -2,19 +2,25 @@
 
 One run, on the default manifest (``deploy/defaults``, the packaged Qwen2.5-Coder 0.5B):
 
-1. **Cold starts.** vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``
-   with ``engine_argv(plan)`` and ``cpu_environment(plan)`` of the plan compiled here) is
-   launched alone: launch → first streamed token. Then ``qingliang up -f deploy/defaults`` in a
-   fresh ``QINGLIANG_HOME`` whose ``models/`` links to the converted model cache (the one-time
-   GGUF conversion is timed separately when the cache has to be built), with vLLM direct
-   idle: launch → first streamed token through the gateway. The plan the platform deployed
-   is read back from its state store and its engine arguments compared with vLLM direct's.
-2. **Gateway vs vLLM direct, in rounds.** Both stay up; each round measures both, the order
-   flipped every round (gateway first, then vLLM direct first, …) so that a drift of the
-   machine counts against both. Each measurement: tiny-request latency (max_tokens=1,
-   concurrency 1) and throughput at concurrency 1 and 8 (fixed prompts, fixed
-   ``max_tokens`` with ``ignore_eos``, streamed for TTFT), CPU-seconds per process, RSS.
-   Figures pool the rounds; each round's throughput is kept. Then ``qingliang down``, timed.
+1. **vLLM direct**, alone: its own OpenAI server (``python -m vllm.entrypoints.openai.api_server``
+   with ``engine_argv(plan)`` and ``cpu_environment(plan)`` of the plan compiled here)
+   is launched (launch → first streamed token), measured once and stopped.
+2. **The platform**, alone: ``qingliang up -f deploy/defaults`` in a fresh ``QINGLIANG_HOME``
+   whose ``models/`` links to the converted model cache (the one-time GGUF conversion is
+   timed separately when the cache has to be built): launch → first streamed token
+   through the gateway (with the engine's own start phases from its log), then
+   ``--rounds`` measurements in a row, then ``qingliang down``, timed. The plan it
+   deployed is read back from its state store and its engine arguments compared with
+   vLLM direct's.
+3. **vLLM direct again**, alone, as in 1: the platform's measurements are bracketed by the
+   baseline's, so a drift of the machine counts against both, and no idle server's
+   background CPU counts against the other.
+
+   Each measurement: tiny-request latency (max_tokens=1, concurrency 1, with the exact
+   split of each answer's ``Server-Timing`` header on the platform) and throughput at
+   concurrency 1 and 8 (fixed prompts, fixed ``max_tokens`` with ``ignore_eos``, streamed
+   for TTFT), CPU-seconds per process, memory (PSS and RSS), and on the platform the
+   overhead histograms' split of each phase (``bench/_overhead.py``).
 3. Raw results go to ``bench/out/serving-<UTC>.json`` and the ``## Serving`` section of
    ``bench/RESULTS.md`` is rewritten, with issue 18's targets (throughput loss ≤ 5 % at
    concurrency 1 and 8, added p50 ≤ 15 ms, cold start ≤ vLLM direct's + 10 s, memory ≤
@@ -25,7 +31,7 @@ metrics, 36380 Ray, 38100 vLLM), so it never collides with the tests (28xxx) or 
 ``make up``. Only processes this script started are stopped; never Ray's machine-wide stop command.
 
 Usage:
-    $ .venv/bin/python bench/serving.py            # ~6 min on a 2-core CPU
+    $ .venv/bin/python bench/serving.py            # ~7 min on a 2-core CPU
     $ .venv/bin/python bench/serving.py --rounds 4 # more rounds, tighter figures
     $ .venv/bin/python bench/serving.py --quick    # ~4 min smoke version
 """
@@ -651,14 +657,8 @@ def _compare(
         loss = (1 - g / d) if g and d else None
         out[f"throughput_loss_{label}"] = {
             "value": round(loss, 4) if loss is not None else None,
-            "per_round": [
-                round(1 - a / b, 4) if a and b else None
-                for a, b in zip(
-                    gw[label]["per_round_tokens_per_s"],
-                    direct[label]["per_round_tokens_per_s"],
-                    strict=False,
-                )
-            ],
+            "gateway_rounds": gw[label]["per_round_tokens_per_s"],
+            "direct_rounds": direct[label]["per_round_tokens_per_s"],
             "target": TARGETS["throughput_loss"],
             "met": loss is not None and loss <= TARGETS["throughput_loss"],
         }
@@ -827,10 +827,11 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         f"latency: {cfg['latency_requests']} tiny requests (`max_tokens` 1, not streamed)",
     ]
     lines.append(
-        f"- Method: vLLM direct starts first, alone; then `qingliang up` (vLLM direct idle). "
-        f"Both stay up and are measured in {cfg['rounds']} rounds, the order flipped every "
-        f"round ({', '.join(r['round_order'])}), so a drift of the machine counts against "
-        "both; figures pool the rounds. Ray Serve transport: "
+        f"- Method: one server on the machine at a time, in this order: "
+        f"{', '.join(r['round_order'])} (vLLM direct started, measured and stopped before and "
+        f"after the platform, whose {cfg['rounds']} measurements run between `up` and `down`), "
+        "so a drift of the machine counts against both and no idle server's background CPU "
+        "counts against the other; figures pool the measurements. Ray Serve settings: "
         + (", ".join(f"`{k}={v}`" for k, v in cfg["serve_tuning_env"].items()) or "defaults")
     )
     c = cmp_["cold_start_over_direct_s"]
@@ -930,9 +931,13 @@ def _section(r: dict[str, Any], json_path: Path) -> str:
         f"- Memory ≤ vLLM direct + {mem['target']:.1f} GiB: +{mem['value']:.2f} GiB PSS "
         f"({mem['platform_gib']:.2f} vs {mem['direct_gib']:.2f}; RSS "
         f"+{mem['rss_over_direct_gib']:.2f}) — {_met(mem['met'])}",
-        "- Throughput loss per round (c1; c8): "
+        "- Output tokens/s of each measurement (gateway's rounds; vLLM direct before and "
+        "after the platform): "
         + "; ".join(
-            ", ".join(_f(x, 1, 100) + " %" for x in cmp_[f"throughput_loss_{k}"]["per_round"])
+            f"{k}: gateway "
+            + ", ".join(_f(x, 1) for x in cmp_[f"throughput_loss_{k}"]["gateway_rounds"])
+            + ", direct "
+            + ", ".join(_f(x, 1) for x in cmp_[f"throughput_loss_{k}"]["direct_rounds"])
             for k in ("c1", "c8")
         ),
         "",
@@ -1063,67 +1068,74 @@ def _sum_process_cpu(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _start_both(
-    args: argparse.Namespace, plan: Any, cache: Path, profile: Profile, r: dict[str, Any]
-) -> tuple[Platform, DirectServer, Any, Path]:
-    """vLLM direct's cold start alone, then the platform's (vLLM direct idle): both stay up.
+def _direct_session(
+    plan: Any, cache: Path, profile: Profile, r: dict[str, Any], label: str, keep: bool
+) -> dict[str, Any]:
+    """vLLM direct started alone (launch → first token), measured once, stopped.
 
-    vLLM direct starts from the plan compiled here; the platform's deployed plan is
-    checked against it afterwards (``engine_argv_matches_deployed``).
+    It runs the plan compiled here; the platform's deployed plan is checked against it
+    (``engine_argv_matches_deployed``).
     """
     from qingliang.serving.sources import resolve_source
 
     local = plan.with_model_path(str(Path(resolve_source(plan.source, cache)).resolve()))
     log_dir = Path(tempfile.mkdtemp(prefix="qingliang-bench-vllm-"))
-    extra_env: dict[str, str] = {}
-    direct = DirectServer(local, PORTS["vllm"], log_dir / "vllm-direct.log", extra_env)
-    r["direct"] = {}
-    logger.info("vLLM direct: starting its OpenAI server (alone on the machine)")
-    r["direct"]["start"] = direct.start(plan.name, profile.start_limit_s)
-    r["phases"].append(("vLLM direct start → first token", r["direct"]["start"]["phase"]))
-    r["direct"]["rss_idle_gib"] = round(rss_gib(descendants(direct.roots())), 2)
+    direct = DirectServer(local, PORTS["vllm"], log_dir / "vllm-direct.log", {})
+    ok = False
+    try:
+        logger.info("vLLM direct (%s): starting its OpenAI server", label)
+        start = direct.start(plan.name, profile.start_limit_s)
+        r["phases"].append((f"vLLM direct start → first token ({label})", start["phase"]))
+        logger.info("vLLM direct (%s): measuring", label)
+        out = asyncio.run(_measure(direct.base, "none", plan.name, profile, direct.roots()))
+        out["start"] = start
+        out["argv_plan"] = direct.argv_plan_argv
+        out["argv"] = direct.argv[1:]
+        ok = True
+        return out
+    finally:
+        stop = direct.stop()
+        r.setdefault("direct_stops", []).append(stop)
+        if ok and not keep:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            logger.info("vLLM's log: %s", direct.log)
+
+
+def _platform_session(
+    args: argparse.Namespace, plan: Any, cache: Path, profile: Profile, r: dict[str, Any], n: int
+) -> tuple[list[dict[str, Any]], Any]:
+    """`qingliang up` alone (launch → first token), measured ``n`` times in a row, `down`."""
     platform = Platform.fresh(cache, args.manifests)
-    logger.info("cold start: qingliang up (QINGLIANG_HOME %s; vLLM direct idle)", platform.home)
-    r["cold_start"] = platform.up(plan.name, profile.start_limit_s)
-    r["cold_start"]["engine_phases"] = platform.engine_phases()
-    r["phases"].append(("cold start (`up` → first token)", r["cold_start"]["phase"]))
-    deployed = _deployed_plan(platform.home, plan.name)
-    deployed = deployed.with_model_path(str(Path(deployed.model_path or "").resolve()))
-    return platform, direct, deployed, log_dir
-
-
-def _rounds(
-    platform: Platform, direct: DirectServer, model: str, profile: Profile, n: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """``n`` rounds, each measuring both servers, the order flipped every round (gateway
-    first, then vLLM direct first, …), so a drift of the machine counts against both."""
-    gw_rounds: list[dict[str, Any]] = []
-    di_rounds: list[dict[str, Any]] = []
-    order: list[str] = []
-    for i in range(n):
-        sides = ("gateway", "direct") if i % 2 == 0 else ("direct", "gateway")
-        for side in sides:
-            order.append(side)
-            logger.info("round %d: %s", i + 1, side)
-            if side == "gateway":
-                key = platform.api_key() or ""
-                gw_rounds.append(
-                    asyncio.run(
-                        _measure(
-                            platform.base,
-                            key,
-                            model,
-                            profile,
-                            platform.roots(),
-                            metrics_port=PORTS["metrics"],
-                        )
+    ok = False
+    try:
+        logger.info("cold start: qingliang up (QINGLIANG_HOME %s)", platform.home)
+        r["cold_start"] = platform.up(plan.name, profile.start_limit_s)
+        r["cold_start"]["engine_phases"] = platform.engine_phases()
+        r["phases"].append(("cold start (`up` → first token)", r["cold_start"]["phase"]))
+        deployed = _deployed_plan(platform.home, plan.name)
+        deployed = deployed.with_model_path(str(Path(deployed.model_path or "").resolve()))
+        rounds = []
+        for i in range(n):
+            logger.info("gateway: measuring (%d of %d)", i + 1, n)
+            rounds.append(
+                asyncio.run(
+                    _measure(
+                        platform.base,
+                        platform.api_key() or "",
+                        plan.name,
+                        profile,
+                        platform.roots(),
+                        metrics_port=PORTS["metrics"],
                     )
                 )
-            else:
-                di_rounds.append(
-                    asyncio.run(_measure(direct.base, "none", model, profile, direct.roots()))
-                )
-    return gw_rounds, di_rounds, order
+            )
+        logger.info("qingliang down")
+        r["down"] = platform.down()
+        ok = True
+        return rounds, deployed
+    finally:
+        platform.cleanup(keep=args.keep or not ok)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1153,37 +1165,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("model cache %s (converting %s once if needed)", cache, plan.source)
     r["model_cache"] = _ensure_cache(plan.source, cache)
 
-    platform: Platform | None = None
-    direct: DirectServer | None = None
-    log_dir: Path | None = None
-    ok = False
-    try:
-        platform, direct, deployed, log_dir = _start_both(args, plan, cache, profile, r)
-        rounds = profile.rounds if args.rounds is None else args.rounds
-        gw_rounds, di_rounds, order = _rounds(platform, direct, plan.name, profile, rounds)
-        r["gateway"] = {**_pool(gw_rounds), "rounds": gw_rounds}
-        r["direct"] = {**r["direct"], **_pool(di_rounds), "rounds": di_rounds}
-        r["round_order"] = order
-        r["engine_argv_matches_deployed"] = engine_argv(deployed) == direct.argv_plan_argv
-        logger.info("qingliang down")
-        r["down"] = platform.down()
-        ok = True
-    finally:
-        if platform is not None:
-            platform.cleanup(keep=args.keep or not ok)
-        if direct is not None:
-            r.setdefault("direct", {})["stop"] = direct.stop()
-        if log_dir is not None:
-            if ok and not args.keep:
-                shutil.rmtree(log_dir, ignore_errors=True)
-            else:
-                logger.info("vLLM's log: %s", log_dir)
+    # vLLM direct, the platform (its rounds in a row), vLLM direct again: one server on the
+    # machine at a time (an idle one's background CPU would count against the other), and
+    # the platform's measurements bracketed by the baseline's, so a drift counts against both.
+    rounds = profile.rounds if args.rounds is None else args.rounds
+    first = _direct_session(plan, cache, profile, r, "before the platform", args.keep)
+    gw_rounds, deployed = _platform_session(args, plan, cache, profile, r, rounds)
+    second = _direct_session(plan, cache, profile, r, "after the platform", args.keep)
+    di_rounds = [first, second]
+    r["round_order"] = ["direct", *["gateway"] * rounds, "direct"]
+    r["gateway"] = {**_pool(gw_rounds), "rounds": gw_rounds}
+    r["direct"] = {**_pool(di_rounds), "rounds": di_rounds, "start": first["start"]}
+    r["direct"]["restart"] = second["start"]
+    r["engine_argv_matches_deployed"] = engine_argv(deployed) == first["argv_plan"]
     gw, di = r["gateway"], r["direct"]
     r["phases"] += [(f"gateway {k}", gw[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
     r["phases"] += [(f"vLLM direct {k}", di[k]["phase"]) for k in ("warmup", "latency", "c1", "c8")]
     r["config"] = {
         "profile": asdict(profile),
-        "rounds": len(r["round_order"]) // 2,
+        "rounds": rounds,
         "manifests": str(args.manifests),
         "source": deployed.source,
         "deployment": deployed.name,
@@ -1197,7 +1197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ports": PORTS,
         "engine_argv": engine_argv(deployed),
         "cpu_environment": cpu_environment(deployed),
-        "direct_argv": direct.argv[1:] if direct else [],
+        "direct_argv": first["argv"],
         "serve_tuning_env": _serve_tuning_env(),
     }
     r["comparison"] = _compare(gw, di, r["cold_start"], di["start"])
