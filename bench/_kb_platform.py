@@ -11,7 +11,9 @@
    timed: chunks embedded per second through the gateway and the Knowledge replica.
 3. **search**: the questions of ``policy_qa.jsonl`` through ``POST
    /v1/knowledge/gov-policy/search`` (admin key from ``$QINGLIANG_HOME/api-key``), one at a
-   time (p50/p95) and then from several clients at once (the query micro-batcher's case).
+   time (p50/p95) and then from several clients at once (the query micro-batcher's case);
+   then two searches a second while a third KB (200 documents) ingests, and each Serve
+   hop's share of a search from Serve's own access logs.
 4. ``qingliang down``; then the baselines on the same data in this process: the embedder
    alone (``PackagedEmbedder`` on every usable core) on exactly the chunk texts the sync
    embedded, in the manifest's batch size; and ``KnowledgeService.search`` in-process on
