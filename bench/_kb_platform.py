@@ -33,7 +33,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,7 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _load import CpuMeter, descendants, loadavg, port_open, reap_leftovers, summary
+from _load import (
+    CpuMeter,
+    descendants,
+    loadavg,
+    platform_env,
+    port_open,
+    qingliang_cli,
+    reap_leftovers,
+    summary,
+)
 
 logger = logging.getLogger("bench.knowledge.platform")
 
@@ -87,24 +95,8 @@ class Platform:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("QINGLIANG_RAY_TMP", "QINGLIANG_API_KEY")
-        }
-        self.env.update(
-            QINGLIANG_HOME=str(home),
-            QINGLIANG_HTTP_PORT=str(PORTS["http"]),
-            QINGLIANG_DASHBOARD_PORT=str(PORTS["dashboard"]),
-            QINGLIANG_METRICS_PORT=str(PORTS["metrics"]),
-            QINGLIANG_RAY_PORT=str(PORTS["ray"]),
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-        )
-        exe = Path(sys.executable).with_name("qingliang")
-        self.cli = (
-            [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
-        )
+        self.env = platform_env(home, PORTS, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        self.cli = qingliang_cli()
         self.head_pid: int | None = None
         self.started = self.stopped = False
 

@@ -28,6 +28,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -304,6 +305,29 @@ def cmdline(pid: int) -> str:
     except OSError:
         return ""
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def platform_env(home: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
+    """The environment for the `qingliang` CLI of a benchmark's own platform: this
+    process's, without a user's data directory or key, with ``home`` and ``ports``."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("QINGLIANG_RAY_TMP", "QINGLIANG_API_KEY")
+    }
+    env.update(
+        QINGLIANG_HOME=str(home),
+        QINGLIANG_HTTP_PORT=str(ports["http"]),
+        QINGLIANG_DASHBOARD_PORT=str(ports["dashboard"]),
+        QINGLIANG_METRICS_PORT=str(ports["metrics"]),
+        QINGLIANG_RAY_PORT=str(ports["ray"]),
+        **extra,
+    )
+    return env
+
+
+def qingliang_cli() -> list[str]:
+    """The command that runs the `qingliang` CLI of this interpreter's environment."""
+    exe = Path(sys.executable).with_name("qingliang")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
 
 
 def process_name(pid: int) -> str:

@@ -75,7 +75,9 @@ from _load import (  # noqa: E402 - the bench folder is not a package
     git_info,
     loadavg,
     machine,
+    platform_env,
     port_open,
+    qingliang_cli,
     reap_leftovers,
     versions,
 )
@@ -256,22 +258,8 @@ class Platform:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = dict(os.environ)
-        for var in ("QINGLIANG_RAY_TMP", "QINGLIANG_API_KEY"):
-            self.env.pop(var, None)
-        self.env.update(
-            QINGLIANG_HOME=str(home),
-            QINGLIANG_HTTP_PORT=str(PORTS["http"]),
-            QINGLIANG_DASHBOARD_PORT=str(PORTS["dashboard"]),
-            QINGLIANG_METRICS_PORT=str(PORTS["metrics"]),
-            QINGLIANG_RAY_PORT=str(PORTS["ray"]),
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-        )
-        exe = Path(sys.executable).with_name("qingliang")
-        self.cli = (
-            [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
-        )
+        self.env = platform_env(home, PORTS, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        self.cli = qingliang_cli()
         self.head_pid: int | None = None
         self.started = False
         self.stopped = False

@@ -73,8 +73,10 @@ from _load import (  # noqa: E402 - the bench folder is not a package
     machine,
     median_diff_ci,
     non_loopback_listeners,
+    platform_env,
     port_open,
     pss_gib,
+    qingliang_cli,
     reap_leftovers,
     rss_gib,
     shm_files_mapped_by,
@@ -247,20 +249,8 @@ class Platform:
     def __init__(self, home: Path, manifests: Path) -> None:
         self.home = home
         self.manifests = manifests
-        self.env = dict(os.environ)
-        for var in ("QINGLIANG_RAY_TMP", "QINGLIANG_API_KEY"):
-            self.env.pop(var, None)
-        self.env.update(
-            QINGLIANG_HOME=str(home),
-            QINGLIANG_HTTP_PORT=str(PORTS["http"]),
-            QINGLIANG_DASHBOARD_PORT=str(PORTS["dashboard"]),
-            QINGLIANG_METRICS_PORT=str(PORTS["metrics"]),
-            QINGLIANG_RAY_PORT=str(PORTS["ray"]),
-        )
-        exe = Path(sys.executable).with_name("qingliang")
-        self.cli = (
-            [str(exe)] if exe.exists() else [sys.executable, "-m", "qingliang.platform.cli.main"]
-        )
+        self.env = platform_env(home, PORTS)
+        self.cli = qingliang_cli()
         self.up_proc: subprocess.Popen[str] | None = None
         self.up_lines: list[tuple[float, str]] = []
         self.head_pid: int | None = None
