@@ -25,7 +25,7 @@ from qingliang.knowledge._images import ClipPassages, image_collection
 from qingliang.knowledge._paths import PublicPaths
 from qingliang.knowledge.embedders import embedder_for
 from qingliang.knowledge.ledger import KnowledgeLedger
-from qingliang.knowledge.manifest import KnowledgeBase
+from qingliang.knowledge.manifest import KnowledgeBase, with_default_store
 from qingliang.knowledge.stores import Filter, PointId, VectorStore
 from qingliang.knowledge.sync import Syncer
 from qingliang.platform.errors import BadRequest, NotFound
@@ -222,6 +222,16 @@ def _store_key(kb: KnowledgeBase, home: Path) -> str:
     if st.kind == "server":
         return f"server:{st.url}:{st.api_key_env}"
     return f"embedded:{home / (st.path or f'knowledge/{kb.name}')}"
+
+
+def resolve_store(kb: KnowledgeBase) -> KnowledgeBase:
+    """``kb`` with the server of ``QINGLIANG_QDRANT_URL`` as its store where its manifest
+    names none (:func:`~qingliang.knowledge.manifest.with_default_store`); a bad URL in the
+    variable is a BadRequest naming it."""
+    try:
+        return with_default_store(kb, os.environ)
+    except ValueError as exc:
+        raise BadRequest(f"knowledge base {kb.name!r}: {exc}", param="store.url") from None
 
 
 def default_store(kb: KnowledgeBase, home: Path) -> VectorStore:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -31,6 +32,10 @@ API_VERSION = "qingliang.io/v1"
 
 #: Environment variable names: what ``store.api_key_env`` holds (never the key itself).
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+#: A Qdrant server for the knowledge bases whose manifest names no store, and the variable
+#: that holds its API key (see :func:`with_default_store`).
+QDRANT_URL_ENV = "QINGLIANG_QDRANT_URL"
+QDRANT_API_KEY_ENV = "QINGLIANG_QDRANT_API_KEY"
 #: Label values for domain and tenant: they become payload filters on every chunk.
 LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?\Z")
 
@@ -248,3 +253,40 @@ class KnowledgeBase(Envelope):
     @property
     def collection(self) -> str:
         return self.spec.store.collection or self.metadata.name
+
+
+def with_default_store(kb: KnowledgeBase, env: Mapping[str, str]) -> KnowledgeBase:
+    """``kb`` with its store on the Qdrant server ``env[QINGLIANG_QDRANT_URL]`` when its
+    manifest names no store (no ``spec.store.kind`` or ``path``); ``kb`` itself otherwise.
+
+    The server's API key is read from ``QINGLIANG_QDRANT_API_KEY`` where that is set (its
+    name, never its value, goes into the store section). A manifest's own store wins,
+    and so does ``collection``, which is kept. Applied when a KB is registered, so a KB
+    stays where its points are even if the variable changes later.
+
+    Example:
+        >>> kb = KnowledgeBase.model_validate({
+        ...     "apiVersion": "qingliang.io/v1", "kind": "KnowledgeBase",
+        ...     "metadata": {"name": "faq"}, "spec": {"sources": [{"folder": "docs"}]}})
+        >>> s = with_default_store(kb, {"QINGLIANG_QDRANT_URL": "http://qdrant:6333"}).spec.store
+        >>> s.kind, s.url, s.api_key_env
+        ('server', 'http://qdrant:6333', None)
+        >>> with_default_store(kb, {}).spec.store.kind
+        'embedded'
+    """
+    url = env.get(QDRANT_URL_ENV, "").strip()
+    st = kb.spec.store
+    if not url or "kind" in st.model_fields_set or st.path is not None:
+        return kb
+    try:
+        server = Store(
+            kind="server",
+            url=url,
+            api_key_env=QDRANT_API_KEY_ENV if env.get(QDRANT_API_KEY_ENV) else None,
+            collection=st.collection,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        reason = "; ".join(e["msg"] for e in getattr(exc, "errors", lambda: [])()) or str(exc)
+        raise ValueError(f"environment variable {QDRANT_URL_ENV}: {reason}") from None
+    spec = kb.spec.model_copy(update={"store": server})
+    return kb.model_copy(update={"spec": spec})

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from qingliang.knowledge import snapshots as snaps
-from qingliang.knowledge._base import KIND, Kb, default_store
+from qingliang.knowledge._base import KIND, Kb, default_store, resolve_store
 from qingliang.knowledge._images import ClipQueries, image_collection
 from qingliang.knowledge._paths import public_errors
 from qingliang.knowledge.documents import MAX_UPLOAD_BYTES, Documents
@@ -77,6 +77,7 @@ class KnowledgeService(Documents):
         Relative sources are taken from ``base`` (the manifest file's folder). Nothing is
         ingested: run :meth:`sync`.
         """
+        kb = resolve_store(kb)  # QINGLIANG_QDRANT_URL, where the manifest names no store
         body = kb.model_dump(mode="json", by_alias=True, exclude_defaults=False)
         old = self.state.get(KIND, kb.name)
         plan = {"base": str(Path(base).resolve())}
