@@ -27,6 +27,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 MiB = 1024 * 1024
+#: When set, every platform store lives in this one database (docs/storage.md).
+DATABASE_URL_ENV = "QINGLIANG_DATABASE_URL"
+
+
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``$QINGLIANG_DATABASE_URL`` (stripped), or None when it is unset or blank: then each
+    store keeps its SQLite file under ``$QINGLIANG_HOME``.
+
+    Example:
+        >>> database_url_from_env({"QINGLIANG_DATABASE_URL": " postgresql://h/ql "})
+        'postgresql://h/ql'
+        >>> database_url_from_env({}) is None
+        True
+    """
+    env = os.environ if environ is None else environ
+    return (env.get(DATABASE_URL_ENV) or "").strip() or None
 
 
 def _default_home() -> Path:
@@ -52,6 +68,12 @@ class Settings:
     @property
     def state_db(self) -> Path:
         return self.home / "state.sqlite"
+
+    @property
+    def database_url(self) -> str | None:
+        """The shared database of every store (``$QINGLIANG_DATABASE_URL``), or None: SQLite
+        files under :attr:`home`."""
+        return database_url_from_env()
 
     @property
     def run_file(self) -> Path:

@@ -38,3 +38,14 @@ def postgres_database(postgres_dsn: str, request: pytest.FixtureRequest) -> Iter
     dsn = create_database(postgres_dsn, name)
     yield dsn
     drop_database(postgres_dsn, name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database URL for a store's conformance tests, once per backend: ``sqlite``, a file
+    in a fresh folder; ``postgres``, a fresh database (``postgres_database``; skipped with
+    the reason where no PostgreSQL can run)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'store.sqlite'}"
+    dsn: str = request.getfixturevalue("postgres_database")
+    return dsn
