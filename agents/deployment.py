@@ -27,6 +27,7 @@ from typing import Any
 from qingliang.agents.api import dispatch_call, dispatch_stream
 from qingliang.agents.routing.actor import ROUTER_NAMESPACE
 from qingliang.knowledge.deployment import HandleKnowledge
+from qingliang.platform import metrics
 from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.state import StateStore
 from qingliang.serving.deployments.handles import HandleEmbedder, ServeBackend, translate
@@ -103,7 +104,17 @@ class AgentsServer:
             yield event
 
     async def check_health(self) -> None:
-        await self._agents()
+        service = await self._agents()
+        # Serve asks every ~10 s: the approvals gauge follows the run store that often.
+        await asyncio.to_thread(_count_approvals, service)
+
+
+def _count_approvals(service: Any) -> None:
+    try:
+        waiting = service.store.list(all_tenants=True, status="waiting", limit=100_000)
+        metrics.approvals_waiting(service.catalog.names(), [run.graph for run in waiting])
+    except Exception:  # a metric must never fail the health check
+        logger.debug("could not count the waiting approvals", exc_info=True)
 
 
 class HandleAgents:

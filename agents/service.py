@@ -53,6 +53,7 @@ from qingliang.agents.runtime import (
     teach_router,
 )
 from qingliang.knowledge.vision import IMAGE_SUFFIXES
+from qingliang.platform import metrics
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class AgentService:
         stream = self._subscribe(run_id)
         self._notify(run_id, [first])
         self._launch(run_id, gdef, state, tenant, 0.0)
+        metrics.AGENT_RUNS_STARTED.inc(1, graph=graph)
         return run_id, stream
 
     async def resume(
@@ -463,6 +465,7 @@ class AgentService:
         )
         self._saved(run_id, events)
         self._notify(run_id, [event])
+        metrics.agent_run_ended(gdef.name, status, active)
         if status in FINAL and values.get("routes") and self.router is not None:
             approvals = values.get("approvals") or []
             approval = APPROVAL_VALUE.get(approvals[-1]["action"]) if approvals else None

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from qingliang.knowledge.api import Searches, dispatch
 from qingliang.knowledge.batching import QueryBatcher
+from qingliang.platform import metrics
 from qingliang.serving.deployments.handles import translate
 
 logger = logging.getLogger(__name__)
@@ -57,9 +59,16 @@ class KnowledgeServer:
     async def call(
         self, method: str, kb: str | None, tenant: str | None, actor: str, kwargs: dict
     ) -> Any:
+        started = time.perf_counter()
         if method == "search" and kb is not None and _text_search(kwargs):
-            return await self._search(kb, tenant, dict(kwargs))
-        return await asyncio.to_thread(dispatch, self._service, method, kb, tenant, actor, kwargs)
+            out = await self._search(kb, tenant, dict(kwargs))
+        else:
+            out = await asyncio.to_thread(
+                dispatch, self._service, method, kb, tenant, actor, kwargs
+            )
+        if method == "search" and kb is not None:  # answered: `kb` names a known KB
+            metrics.KNOWLEDGE_SEARCH.observe(time.perf_counter() - started, kb=kb)
+        return out
 
     async def _search(self, kb: str, tenant: str | None, kwargs: dict) -> Any:
         query = kwargs.pop("query", None)

@@ -19,6 +19,7 @@ from qingliang.knowledge._paths import is_upload_name, public_errors, upload_fil
 from qingliang.knowledge.ingest import IngestOptions, IngestReport, ingest_paths
 from qingliang.knowledge.sync import LEARNED
 from qingliang.knowledge.versions import SyncOutcome, Versions
+from qingliang.platform import metrics
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Documents(Versions):
             )
             outcome.files = 1
         outcome.seconds = time.perf_counter() - started
+        metrics.knowledge_ingested(kb.name, "upload", outcome)
         return outcome
 
     def delete_document(

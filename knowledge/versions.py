@@ -30,6 +30,7 @@ from qingliang.knowledge.ingest import (
 from qingliang.knowledge.ledger import SnapshotRecord
 from qingliang.knowledge.stores import Filter
 from qingliang.knowledge.sync import SyncReport
+from qingliang.platform import metrics
 from qingliang.platform.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Versions(LearnedAnswers):
             outcome.skipped = found.skipped
             self._reconcile_answers(kb)
         outcome.seconds = time.perf_counter() - started
+        metrics.knowledge_ingested(kb.name, "sync", outcome)
         return outcome
 
     def _ingest(self, kb: Kb, files: Sequence[Path], progress: Progress | None) -> IngestReport:

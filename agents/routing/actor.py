@@ -30,6 +30,7 @@ from qingliang.agents.routing.features import RequestFeatures
 from qingliang.agents.routing.ope import OpeReport
 from qingliang.agents.routing.report import router_report
 from qingliang.agents.routing.router import RouteDecision, RouterConfig, RouterService
+from qingliang.platform import metrics
 from qingliang.platform.errors import ClusterError, QingliangError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class RouterActor:
     def decide(
         self, router: str, features: RequestFeatures, *, run_id: str, tenant: str | None = None
     ) -> RouteDecision:
-        return self._service.decide(router, features, run_id=run_id, tenant=tenant)
+        decision = self._service.decide(router, features, run_id=run_id, tenant=tenant)
+        metrics.ROUTER_DECISIONS.inc(1, router=router, arm=decision.arm)
+        return decision
 
     def untaught(self, router: str, keys: list[str]) -> list[str]:
         return self._service.untaught(router, keys)

@@ -63,6 +63,7 @@ from qingliang.agents.routing.ope import Candidate, Logged, OpeReport, evaluate
 from qingliang.agents.routing.policy import PolicySpec, make_policy, policy_from_state
 from qingliang.agents.routing.rewards import RewardWeights, combine, validate_part
 from qingliang.agents.routing.teach import teach_policy
+from qingliang.platform import metrics
 from qingliang.platform.errors import Conflict, NotFound, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -383,7 +384,8 @@ class RouterService:
         learn = r.learnable(d) and not r.policy.frozen
         if learn:
             r.policy.update(d.arm, d.features, reward)
-        return reward if self._commit(r, learn, self.log.close, d.id, reward) else None
+        closed = self._commit(r, learn, self.log.close, d.id, reward)
+        return metrics.route_rewarded(d.router, d.arm, reward) if closed else None
 
     def _commit(self, r: _Router, learned: bool, write: Any, *args: Any) -> bool:
         """Run a log write carrying the new policy state; on failure or refusal the

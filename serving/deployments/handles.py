@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from qingliang.platform import metrics
 from qingliang.platform.errors import ApiError, Saturated, Unavailable
 from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.state import StateStore
@@ -93,6 +94,7 @@ class ServeBackend:
         self._stats = stats
         self._cached: tuple[float, list[ModelEntry]] = (0.0, [])
         self._handles: dict[str, Any] = {}
+        self._shares: dict[str, dict[str, float]] = {}
 
     def _observe(
         self,
@@ -132,6 +134,12 @@ class ServeBackend:
         # changing them reaches every gateway replica within the TTL.
         entries = list(ServingView.read(self._store).models)
         self._cached = (time.monotonic(), entries)
+        shares = {
+            e.name: {**e.traffic, "base": max(0.0, 1 - sum(e.traffic.values()))} for e in entries
+        }
+        if shares != self._shares:  # the canary gauges change with the applied shares only
+            self._shares = shares
+            metrics.canary_shares(shares)
         return entries
 
     def _handle(self, deployment: str) -> Any:

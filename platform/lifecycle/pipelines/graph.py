@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
+from qingliang.platform import metrics
 from qingliang.platform.errors import BadRequest, Conflict, QingliangError, ResolveError
 from qingliang.platform.lifecycle.pipelines.executor import Executor, Resources, run_to_result
 from qingliang.platform.lifecycle.pipelines.manifest import (
@@ -128,7 +129,9 @@ class RunGraph:
             self.runs.update(run.id, step=step.name)
             self.runs.event(run.id, step.name, "started", {"type": step.type})
             started = time.monotonic()
-            result, outcome = self._run_step(step, run, outputs)
+            with metrics.pipeline_step(step.type) as measured:
+                result, outcome = self._run_step(step, run, outputs)
+                measured["outcome"] = outcome or "ok"
             self.runs.event(
                 run.id,
                 step.name,
