@@ -3,7 +3,8 @@
 An *arm* is what one request to a deployment ran on: one of its LoRA adapters
 (``gov-desk-v2``) or the base model (``""``). The gateway's backend records every
 request it sends to a model deployment here, from the OpenAI routes and from agent
-graphs alike, as counts in 10-second buckets of ``$QINGLIANG_HOME/arm_stats.sqlite``:
+graphs alike, as counts in 10-second buckets of ``$QINGLIANG_HOME/arm_stats.sqlite`` (or
+of the shared database when ``$QINGLIANG_DATABASE_URL`` is set: docs/storage.md):
 requests answered or failed, server errors among them (5xx, a replica that died, a
 stream that broke), and the latency sum of the answered ones. A request refused as bad
 input (4xx) or for saturation (429) says nothing about the arm and is not counted as a
@@ -14,8 +15,8 @@ of answered requests, and their time to first token in a fixed histogram
 from summed bin counts.
 
 A file written before those counts existed is upgraded in place when it is opened
-(columns ``output_tokens`` and ``rejected`` added with 0, the histogram table created):
-its old rows read as before.
+(columns ``output_tokens`` and ``rejected`` added with 0, the histogram table created, by
+the store's baseline migration): its old rows read as before.
 
 A pipeline's ``promote`` step with ``mode: auto`` reads :func:`summary` to compare a
 canary adapter with what it would replace before it promotes it (docs/pipelines.md).
@@ -39,16 +40,23 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import text
+
+from qingliang.platform.errors import QingliangError
+from qingliang.platform.storage.database import (
+    Database,
+    database_url,
+    open_database,
+    sqlite_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,33 +67,9 @@ BUCKET_S = 10
 RETENTION_S = 30 * 86400
 BUSY_TIMEOUT_S = 30.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS arm_buckets (
-    deployment     TEXT NOT NULL,
-    arm            TEXT NOT NULL,
-    bucket         INTEGER NOT NULL,
-    requests       INTEGER NOT NULL,
-    errors         INTEGER NOT NULL,
-    latency_ms_sum REAL NOT NULL,
-    output_tokens  INTEGER NOT NULL DEFAULT 0,
-    rejected       INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (deployment, arm, bucket)
-);
-CREATE TABLE IF NOT EXISTS ttft_buckets (
-    deployment TEXT NOT NULL,
-    arm        TEXT NOT NULL,
-    bucket     INTEGER NOT NULL,
-    bin        INTEGER NOT NULL,
-    count      INTEGER NOT NULL,
-    PRIMARY KEY (deployment, arm, bucket, bin)
-);
-"""
-#: Columns added to ``arm_buckets`` since its first version (a file without them gains
-#: them, 0 in its old rows, when it is opened).
-_ADDED_COLUMNS = {
-    "output_tokens": "INTEGER NOT NULL DEFAULT 0",
-    "rejected": "INTEGER NOT NULL DEFAULT 0",
-}
+STORE = "arm_stats"
+#: The store's Alembic revisions (its schema: ``versions/0001_baseline.py``).
+MIGRATIONS = Path(__file__).resolve().parent / "migrations" / STORE
 #: Upper bounds (ms) of the time-to-first-token histogram's bins; a last bin holds the
 #: rest. Fixed: summed bin counts give a percentile over any window.
 TTFT_BOUNDS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000)
@@ -125,31 +109,17 @@ class ArmSummary:
         }
 
 
-def _connect(path: Path, *, shared: bool = False) -> sqlite3.Connection:
-    """A connection with the schema in place; ``shared`` lets the writer's flushes use it
-    from whichever thread flushes (they are serialised by the caller)."""
-    from qingliang.platform.storage.sqlite import create_private
-
-    create_private(path)  # owner-only: who called which adapter is nobody else's business
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=not shared)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(_SCHEMA)
-    _upgrade(conn)
-    return conn
+def _open(url: str) -> Database:
+    return open_database(url, store=STORE, migrations=MIGRATIONS)
 
 
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """Add the columns a file from before them lacks (0 in its old rows)."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(arm_buckets)")}
-    for column, decl in _ADDED_COLUMNS.items():
-        if column in have:
-            continue
-        try:
-            conn.execute(f"ALTER TABLE arm_buckets ADD COLUMN {column} {decl}")
-        except sqlite3.OperationalError as exc:  # another process added it first
-            if "duplicate column" not in str(exc):
-                raise
-    conn.commit()
+def _reader(home: Path) -> Database | None:
+    """The database to read ``home``'s counts from; None when its SQLite file does not
+    exist (nothing was counted; reading must not create it)."""
+    url = database_url(home, STORE, file=FILE_NAME)
+    if url == sqlite_url(Path(home) / FILE_NAME) and not (Path(home) / FILE_NAME).exists():
+        return None
+    return _open(url)
 
 
 def ttft_bin(ttft_ms: float) -> int:
@@ -168,8 +138,9 @@ def ttft_bin(ttft_ms: float) -> int:
 class ArmStats:
     """The recording side, one per gateway replica. Thread-safe; never raises to callers."""
 
-    def __init__(self, path: Path, flush_s: float = 2.0) -> None:
+    def __init__(self, path: Path, flush_s: float = 2.0, *, url: str | None = None) -> None:
         self.path = Path(path)
+        self.url = url or database_url(self.path.parent, STORE, file=self.path.name)
         self._flush_s = flush_s
         self._lock = threading.Lock()
         #: (deployment, arm, bucket) -> [requests, errors, latency ms, output tokens, 429s]
@@ -180,15 +151,16 @@ class ArmStats:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._pruned_at = 0.0
-        # One connection for every flush (opening one checks the schema: too dear every
-        # 2 s under load); flushes are serialised by _write_lock.
+        # Flushes are serialised by _write_lock; each is one write transaction on a pooled
+        # connection of the store's database (opened, and its schema checked, once).
         self._write_lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._conn_pid = 0
+        self._db: Database | None = None
 
     @classmethod
-    def for_home(cls, home: Path, **kw: float) -> ArmStats:
-        return cls(Path(home) / FILE_NAME, **kw)
+    def for_home(cls, home: Path, *, flush_s: float = 2.0) -> ArmStats:
+        """The stats of the platform whose data directory is ``home`` (its
+        ``arm_stats.sqlite``, or the shared database when one is configured)."""
+        return cls(Path(home) / FILE_NAME, flush_s=flush_s)
 
     def observe(
         self,
@@ -245,8 +217,7 @@ class ArmStats:
         try:
             with self._write_lock:
                 self._write(rows, ttft)
-        except (sqlite3.Error, OSError) as exc:
-            self._drop_connection()
+        except (QingliangError, OSError) as exc:
             logger.warning(
                 "%s: could not record arm counts (%s); kept for the next try", self.path, exc
             )
@@ -259,39 +230,41 @@ class ArmStats:
                     self._ttft[hist] = self._ttft.get(hist, 0) + n
 
     def _write(self, rows: list[tuple], ttft: dict[tuple[str, str, int, int], int]) -> None:
-        if self._conn is None or self._conn_pid != os.getpid():
-            self._conn = _connect(self.path, shared=True)  # (a forked child opens its own)
-            self._conn_pid = os.getpid()
-        conn = self._conn
-        with conn:
-            conn.executemany(
-                "INSERT INTO arm_buckets (deployment, arm, bucket, requests, errors, "
-                "latency_ms_sum, output_tokens, rejected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (deployment, arm, bucket) DO UPDATE SET "
-                "requests = requests + excluded.requests, "
-                "errors = errors + excluded.errors, "
-                "latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, "
-                "output_tokens = output_tokens + excluded.output_tokens, "
-                "rejected = rejected + excluded.rejected",
-                rows,
-            )
-            conn.executemany(
-                "INSERT INTO ttft_buckets VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (deployment, arm, bucket, bin) DO UPDATE SET "
-                "count = count + excluded.count",
-                [(*k, n) for k, n in ttft.items()],
-            )
+        if self._db is None:
+            self._db = _open(self.url)
+        with self._db.write() as conn:
+            if rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO arm_buckets (deployment, arm, bucket, requests, errors, "
+                        "latency_ms_sum, output_tokens, rejected) VALUES (:d, :a, :b, :r, :e, "
+                        ":l, :t, :j) ON CONFLICT (deployment, arm, bucket) DO UPDATE SET "
+                        "requests = arm_buckets.requests + excluded.requests, "
+                        "errors = arm_buckets.errors + excluded.errors, "
+                        "latency_ms_sum = arm_buckets.latency_ms_sum + excluded.latency_ms_sum, "
+                        "output_tokens = arm_buckets.output_tokens + excluded.output_tokens, "
+                        "rejected = arm_buckets.rejected + excluded.rejected"
+                    ),
+                    [dict(zip("dabreltj", row, strict=True)) for row in rows],
+                )
+            if ttft:
+                conn.execute(
+                    text(
+                        "INSERT INTO ttft_buckets (deployment, arm, bucket, bin, count) "
+                        "VALUES (:d, :a, :b, :i, :n) "
+                        "ON CONFLICT (deployment, arm, bucket, bin) DO UPDATE SET "
+                        "count = ttft_buckets.count + excluded.count"
+                    ),
+                    [dict(zip("dabin", (*k, n), strict=True)) for k, n in ttft.items()],
+                )
             now = time.time()
             if now - self._pruned_at > 3600:
                 for table in ("arm_buckets", "ttft_buckets"):
-                    conn.execute(f"DELETE FROM {table} WHERE bucket < ?", (now - RETENTION_S,))
+                    conn.execute(
+                        text(f"DELETE FROM {table} WHERE bucket < :cut"),
+                        {"cut": int(now - RETENTION_S)},
+                    )
                 self._pruned_at = now
-
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
     def close(self) -> None:
         """Write what is pending and stop the writer."""
@@ -300,8 +273,6 @@ class ArmStats:
         if thread is not None and thread.is_alive() and os.getpid() == self._pid:
             thread.join(timeout=BUSY_TIMEOUT_S)
         self.flush()
-        with self._write_lock:
-            self._drop_connection()
 
     def _run(self) -> None:
         while not self._stop.wait(self._flush_s):
@@ -321,18 +292,20 @@ def summary(
     The window starts at the bucket holding ``since`` (up to ``BUCKET_S`` earlier).
     Arms with no request in it are absent; the base model is the arm ``""``.
     """
-    path = Path(home) / FILE_NAME
-    if not path.exists():
+    db = _reader(home)
+    if db is None:
         return {}
     start = int(since // BUCKET_S) * BUCKET_S
     end = time.time() + BUCKET_S if until is None else until
-    with closing(_connect(path)) as conn:
+    with db.read() as conn:
         rows = conn.execute(
-            "SELECT arm, SUM(requests), SUM(errors), SUM(latency_ms_sum) FROM arm_buckets "
-            "WHERE deployment = ? AND bucket >= ? AND bucket <= ? GROUP BY arm "
-            "HAVING SUM(requests) > 0",
-            (deployment, start, end),
-        ).fetchall()
+            text(
+                "SELECT arm, SUM(requests), SUM(errors), SUM(latency_ms_sum) FROM arm_buckets "
+                "WHERE deployment = :dep AND bucket >= :start AND bucket <= :end GROUP BY arm "
+                "HAVING SUM(requests) > 0"
+            ),
+            {"dep": deployment, "start": start, "end": end},
+        ).all()
     return {arm: ArmSummary(arm, int(r), int(e), float(lat)) for arm, r, e, lat in rows}
 
 
@@ -413,25 +386,30 @@ def series(
 
     for dep in names:
         blank(dep)
-    path = Path(home) / FILE_NAME
-    if path.exists():
-        where = "bucket >= ? AND bucket < ?" + (" AND deployment = ?" if only else "")
-        args: tuple = (t0, t0 + steps * step_s, *((only,) if only else ()))
-        with closing(_connect(path)) as conn:
+    db = _reader(home)
+    if db is not None:
+        where = "bucket >= :t0 AND bucket < :end" + (" AND deployment = :only" if only else "")
+        args = {"t0": t0, "step": step_s, "end": t0 + steps * step_s, "only": only}
+        with db.read() as conn:
             rows = conn.execute(
-                "SELECT deployment, (bucket - ?) / ?, SUM(requests), SUM(errors), "
-                "SUM(latency_ms_sum), SUM(output_tokens), SUM(rejected) FROM arm_buckets "
-                f"WHERE {where} GROUP BY 1, 2",
-                (t0, step_s, *args),
-            ).fetchall()
+                text(
+                    "SELECT deployment, (bucket - :t0) / :step, SUM(requests), SUM(errors), "
+                    "SUM(latency_ms_sum), SUM(output_tokens), SUM(rejected) FROM arm_buckets "
+                    f"WHERE {where} GROUP BY 1, 2"
+                ),
+                args,
+            ).all()
             bins = conn.execute(
-                "SELECT deployment, (bucket - ?) / ?, bin, SUM(count) FROM ttft_buckets "
-                f"WHERE {where} GROUP BY 1, 2, 3",
-                (t0, step_s, *args),
-            ).fetchall()
-        for dep, i, *values in rows:
+                text(
+                    "SELECT deployment, (bucket - :t0) / :step, bin, SUM(count) "
+                    f"FROM ttft_buckets WHERE {where} GROUP BY 1, 2, 3"
+                ),
+                args,
+            ).all()
+        for dep, i, req, err, lat, tokens, rejected in rows:
             blank(dep)
-            counts[dep][int(i)] = list(values)
+            # PostgreSQL sums integers as numeric (Decimal): back to plain numbers.
+            counts[dep][int(i)] = [int(req), int(err), float(lat), int(tokens), int(rejected)]
         for dep, i, b, n in bins:
             blank(dep)
             hists[dep][int(i)][min(int(b), len(TTFT_BOUNDS_MS))] += int(n)

@@ -240,9 +240,18 @@ class Database:
     def __init__(self, url: str, *, store: str, engine: Engine) -> None:
         self.url = url
         self.store = store
-        self._engine = engine
+        self._own_engine = engine
+        self._pid = os.getpid()
         self.dialect: str = engine.dialect.name
         self.safe_url = safe_url(engine.url)
+
+    @property
+    def _engine(self) -> Engine:
+        """This process's engine: a forked child (whoever kept this object) gets its own."""
+        if self._pid != os.getpid():
+            self._own_engine = _shared_engine(self._own_engine.url, self.store)
+            self._pid = os.getpid()
+        return self._own_engine
 
     def __repr__(self) -> str:
         return f"Database({self.store!r}, {self.safe_url!r})"
@@ -328,7 +337,7 @@ def _first_line(e: exc.DBAPIError | exc.SQLAlchemyError) -> str:
 
 # ---------------------------------------------------------------------------- opening
 
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()
 _engines: dict[tuple[str, int], Engine] = {}
 _databases: dict[tuple[str, str, int], Database] = {}
 #: A forked child's inherited engines: kept referenced (never used, never closed), so the
@@ -341,7 +350,7 @@ def _forget_after_fork() -> None:
     _inherited.append((dict(_engines), dict(_databases)))
     _engines.clear()
     _databases.clear()
-    _cache_lock = threading.Lock()
+    _cache_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -372,26 +381,26 @@ def open_database(url: str, *, store: str, migrations: Path) -> Database:
         db = _databases.get((ident, store, pid))
         if db is not None:
             return db
-        engine = _engines.get((ident, pid))
-        new_engine = engine is None
-        if engine is None:
-            try:
-                engine = _make_engine(parsed)
-            except (exc.SQLAlchemyError, OSError) as e:
-                raise DatabaseError(
-                    f"{store} database {safe_url(parsed)} cannot be opened: {e}"
-                ) from e
-        db = Database(url, store=store, engine=engine)
-        try:
-            if upgrade(db, Path(migrations)):
-                logger.info("%s database %s: schema upgraded", store, db.safe_url)
-        except BaseException:
-            if new_engine:
-                engine.dispose()
-            raise
-        _engines[(ident, pid)] = engine
+        db = Database(url, store=store, engine=_shared_engine(parsed, store))
+        upgrade(db, Path(migrations))
         _databases[(ident, store, pid)] = db
         return db
+
+
+def _shared_engine(url: URL, store: str) -> Engine:
+    """This process's engine for ``url``, created on first use."""
+    ident = url.render_as_string(hide_password=False)
+    with _cache_lock:  # re-entrant: open_database holds it already
+        engine = _engines.get((ident, os.getpid()))
+        if engine is None:
+            try:
+                engine = _make_engine(url)
+            except (exc.SQLAlchemyError, OSError) as e:
+                raise DatabaseError(
+                    f"{store} database {safe_url(url)} cannot be opened: {e}"
+                ) from e
+            _engines[(ident, os.getpid())] = engine
+        return engine
 
 
 def version_table(store: str) -> str:

@@ -1,4 +1,4 @@
-"""API keys for the gateway, kept in SQLite as SHA-256 hashes only.
+"""API keys for the gateway, kept as SHA-256 hashes only.
 
 A key reads ``ql-<id>-<secret>``: ``<id>`` is 12 hex characters, public, and names the
 key in listings and logs; ``<secret>`` is 32 random bytes, URL-safe base64. The plaintext
@@ -9,9 +9,11 @@ Names are unique among active keys: creating a second active key named ``ci`` is
 so ``revoke("ci")`` is never ambiguous. Once a key is revoked its name may be reused
 (rotate: create ``ci`` anew after revoking the old one); the revoked record keeps its id.
 
-The store opens one connection per thread on first use (WAL journal, busy timeout), so
-one ``KeyStore`` may be shared by threads, and several processes (gateway replicas, the
-CLI) may use the same file at once.
+The keys live in ``state.sqlite`` or, when ``$QINGLIANG_DATABASE_URL`` is set, in that
+database (:mod:`~qingliang.platform.storage.database`, docs/storage.md). The store draws
+pooled connections from that layer (a key check is one indexed read on a connection
+already open), so one ``KeyStore`` may be shared by threads, and several processes
+(gateway replicas, the CLI) may use the same database at once.
 
 Example:
     >>> import tempfile, pathlib
@@ -36,17 +38,23 @@ import logging
 import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, text
 
 from qingliang.platform.errors import BadRequest, NotFound
-from qingliang.platform.storage.sqlite import connect, use_wal, write
+from qingliang.platform.storage.database import (
+    Database,
+    DatabaseError,
+    database_url,
+    open_database,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,27 +100,9 @@ _ID_RE = re.compile(rf"^[0-9a-f]{{{ID_HEX_CHARS}}}\Z")
 _KEY_RE = re.compile(rf"^{KEY_PREFIX}-([0-9a-f]{{{ID_HEX_CHARS}}})-([A-Za-z0-9_-]{{43}})\Z")
 _MAX_KEY_CHARS = 128
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id           TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    key_sha256   TEXT NOT NULL,
-    scopes       TEXT NOT NULL,
-    created_at   REAL NOT NULL,
-    revoked_at   REAL,
-    last_used_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name
-    ON api_keys (name) WHERE revoked_at IS NULL;
-CREATE TABLE IF NOT EXISTS api_key_usage (
-    key_id  TEXT NOT NULL,
-    day     TEXT NOT NULL,
-    tokens  INTEGER NOT NULL,
-    PRIMARY KEY (key_id, day)
-);
-"""
-#: Columns added after the first release, created on open when missing.
-_ADDED_COLUMNS = {"requests_per_minute": "INTEGER", "tokens_per_day": "INTEGER"}
+STORE = "keys"
+#: The key store's Alembic revisions (its schema: ``versions/0001_baseline.py``).
+MIGRATIONS = Path(__file__).resolve().parent / "migrations" / STORE
 _COLUMNS = (
     "id, name, scopes, created_at, revoked_at, last_used_at, requests_per_minute, tokens_per_day"
 )
@@ -172,14 +162,10 @@ class KeyRecord:
         )
 
 
-def _one(conn: sqlite3.Connection, sql: str, params: tuple) -> tuple | None:
-    """The first row, with the statement run to completion.
-
-    fetchall, not fetchone: a half-read statement on a cached connection keeps its read
-    transaction open, and a later write on it then fails at once instead of waiting.
-    """
-    rows = conn.execute(sql, params).fetchall()
-    return rows[0] if rows else None
+def _one(conn: Connection, sql: str, params: Mapping[str, Any]) -> tuple | None:
+    """The first row (the statement run to completion), as a tuple."""
+    rows = conn.execute(text(sql), params).all()
+    return tuple(rows[0]) if rows else None
 
 
 def _key_id(text: str) -> str:
@@ -271,11 +257,12 @@ def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 class KeyStore:
-    """API keys in one SQLite file; the file and its table are created on first use.
+    """API keys in one database; its tables are created on first use.
 
     Args:
-        path: The SQLite file (usually ``Settings.state_db``). Nothing is opened until a
-            method needs it.
+        path: The SQLite file (usually ``Settings.state_db``), used when no shared database
+            is configured. Nothing is opened until a method needs it.
+        url: The database; default ``$QINGLIANG_DATABASE_URL`` when set, else ``path``.
         clock: Seconds since the epoch; tests pass a fake one.
         busy_timeout_s: How long to wait for another writer.
     """
@@ -284,73 +271,41 @@ class KeyStore:
         self,
         path: str | os.PathLike[str],
         *,
+        url: str | None = None,
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> None:
         self.path = Path(path)
+        self.url = url or database_url(self.path.parent, STORE, file=self.path.name)
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
-        self._ready = False
-        self._local = threading.local()
+        # The layer's own default is the same 30 s; only a different one is set per write.
+        self._wait = None if busy_timeout_s == BUSY_TIMEOUT_S else busy_timeout_s
         self._lock = threading.Lock()
-        self._open: builtins.list[sqlite3.Connection] = []
-        self._generation = 0
+        self._db: Database | None = None
 
     def __repr__(self) -> str:
         return f"KeyStore({str(self.path)!r})"
 
-    def close(self) -> None:
-        """Close every connection this store opened; a later call opens new ones."""
-        with self._lock:
-            conns, self._open = self._open, []
-            self._generation += 1
-        for conn in conns:
-            conn.close()
-
-    # ------------------------------------------------------------------ connection
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, opened on first use.
-
-        One connection per thread and process: sqlite3 connections must not cross a fork,
-        and a cached one makes ``verify`` a plain indexed read.
-        """
-        local = self._local
-        key = (os.getpid(), self._generation)
-        conn = getattr(local, "conn", None)
-        if conn is None or getattr(local, "key", None) != key:
-            if not self._ready:
-                self._prepare()
-            conn = self._open_connection()
+    @property
+    def db(self) -> Database:
+        """The store's database, opened (and migrated) on first use; pooled connections,
+        a new engine in a forked child."""
+        db = self._db
+        if db is None:
             with self._lock:
-                self._open.append(conn)
-            local.conn, local.key = conn, key
-        yield conn
+                if self._db is None:
+                    self._db = open_database(self.url, store=STORE, migrations=MIGRATIONS)
+                db = self._db
+        return db
 
-    def _open_connection(self) -> sqlite3.Connection:
-        # Autocommit, with BEGIN IMMEDIATE for writes (sqlite.write) so the busy timeout
-        # applies when the write lock is taken, not midway; the file is WAL since _prepare.
-        return connect(self.path, timeout=self._busy_timeout_s, wal=False)
+    def close(self) -> None:
+        """Close the pooled connections; a later call opens new ones."""
+        if self._db is not None:
+            self._db.close()
 
-    def _prepare(self) -> None:
-        """Create the file (owner-only), switch it to WAL and create the table."""
-        with self._lock:  # threads of this process: one of them prepares
-            if self._ready:
-                return
-            # Hashes only, but nobody else's business; SQLite gives -wal/-shm the same mode.
-            conn = self._open_connection()
-            try:
-                use_wal(conn, timeout=self._busy_timeout_s)
-                conn.executescript(_SCHEMA)
-                have = {r[1] for r in conn.execute("PRAGMA table_info(api_keys)").fetchall()}
-                for column, kind in _ADDED_COLUMNS.items():
-                    if column not in have:
-                        with suppress(sqlite3.OperationalError):  # another process added it
-                            conn.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
-            finally:
-                conn.close()
-            self._ready = True
+    def _write(self) -> Any:
+        return self.db.write(wait_s=self._wait)
 
     # ---------------------------------------------------------------------- public
 
@@ -371,9 +326,11 @@ class KeyStore:
         scope_tuple = _check_scopes(scopes)
         rpm = _check_limit(requests_per_minute, "requests_per_minute")
         tpd = _check_limit(tokens_per_day, "tokens_per_day")
-        with self._connect() as conn, write(conn):
+        with self._write() as conn:
             clash = _one(
-                conn, "SELECT id FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+                conn,
+                "SELECT id FROM api_keys WHERE name = :name AND revoked_at IS NULL",
+                {"name": name},
             )
             if clash:
                 raise BadRequest(
@@ -383,22 +340,30 @@ class KeyStore:
                     code="duplicate_name",
                 )
             now = self._clock()
+            # Writes hold the store's write lock, so an id seen unused here stays unused.
             for _ in range(8):
                 key_id = secrets.token_hex(ID_HEX_CHARS // 2)
-                key = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
-                try:
-                    conn.execute(
-                        "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at, "
-                        "requests_per_minute, tokens_per_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (key_id, name, _digest(key), " ".join(scope_tuple), now, rpm, tpd),
-                    )
+                if _one(conn, "SELECT id FROM api_keys WHERE id = :id", {"id": key_id}) is None:
                     break
-                except sqlite3.IntegrityError as exc:
-                    if "api_keys.id" not in str(exc):
-                        raise
-                    continue  # id collision: draw again
             else:  # pragma: no cover - 8 collisions of 48 random bits
                 raise RuntimeError("could not draw an unused key id")
+            key = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(SECRET_BYTES)}"
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, name, key_sha256, scopes, created_at, "
+                    "requests_per_minute, tokens_per_day) "
+                    "VALUES (:id, :name, :sha, :scopes, :now, :rpm, :tpd)"
+                ),
+                {
+                    "id": key_id,
+                    "name": name,
+                    "sha": _digest(key),
+                    "scopes": " ".join(scope_tuple),
+                    "now": now,
+                    "rpm": rpm,
+                    "tpd": tpd,
+                },
+            )
         record = KeyRecord(
             key_id, name, scope_tuple, datetime.fromtimestamp(now, UTC), None, None, rpm, tpd
         )
@@ -416,14 +381,14 @@ class KeyStore:
         given, key_id_or_name = key_id_or_name, _key_id(key_id_or_name)
         if isinstance(given, str) and _KEY_RE.match(given):
             given = f"{KEY_PREFIX}-{key_id_or_name}"  # never echo a secret
-        with self._connect() as conn, write(conn):
+        with self._write() as conn:
             row = _one(
-                conn, f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id_or_name,)
+                conn, f"SELECT {_COLUMNS} FROM api_keys WHERE id = :id", {"id": key_id_or_name}
             ) or _one(
                 conn,
-                f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? "
+                f"SELECT {_COLUMNS} FROM api_keys WHERE name = :name "
                 "ORDER BY revoked_at IS NOT NULL, created_at DESC LIMIT 1",
-                (key_id_or_name,),
+                {"name": key_id_or_name},
             )
             if row is None:
                 raise NotFound(f"no API key with id or name {given!r}", code="key_not_found")
@@ -435,7 +400,10 @@ class KeyStore:
                     code="already_revoked",
                 )
             now = self._clock()
-            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, record.id))
+            conn.execute(
+                text("UPDATE api_keys SET revoked_at = :now WHERE id = :id"),
+                {"now": now, "id": record.id},
+            )
         logger.info("revoked API key %s (%s)", record.id, record.name)
         return replace(record, revoked_at=datetime.fromtimestamp(now, UTC))
 
@@ -450,46 +418,45 @@ class KeyStore:
         if match is None:
             return None
         key_id = match.group(1)
-        with self._connect() as conn:
-            row = _one(conn, f"SELECT {_COLUMNS}, key_sha256 FROM api_keys WHERE id = ?", (key_id,))
-            # Compare against something even for an unknown id, so timing does not tell
-            # unknown ids from wrong secrets.
-            stored = row[-1] if row else "0" * 64
-            if not hmac.compare_digest(stored, _digest(plaintext)) or row is None:
-                logger.debug("API key %s rejected", key_id)
-                return None
-            record = KeyRecord._from_row(row[:-1])
-            if record.revoked_at is not None:
-                logger.debug("API key %s is revoked", key_id)
-                return None
-            now = self._clock()
-            last = record.last_used_at.timestamp() if record.last_used_at else None
-            if (last is None or now - last >= LAST_USED_RESOLUTION_S) and self._touch(
-                conn, key_id, now
-            ):
-                record = replace(record, last_used_at=datetime.fromtimestamp(now, UTC))
+        with self.db.read() as conn:
+            row = _one(
+                conn, f"SELECT {_COLUMNS}, key_sha256 FROM api_keys WHERE id = :id", {"id": key_id}
+            )
+        # Compare against something even for an unknown id, so timing does not tell
+        # unknown ids from wrong secrets.
+        stored = row[-1] if row else "0" * 64
+        if not hmac.compare_digest(stored, _digest(plaintext)) or row is None:
+            logger.debug("API key %s rejected", key_id)
+            return None
+        record = KeyRecord._from_row(row[:-1])
+        if record.revoked_at is not None:
+            logger.debug("API key %s is revoked", key_id)
+            return None
+        now = self._clock()
+        last = record.last_used_at.timestamp() if record.last_used_at else None
+        if (last is None or now - last >= LAST_USED_RESOLUTION_S) and self._touch(key_id, now):
+            record = replace(record, last_used_at=datetime.fromtimestamp(now, UTC))
         return record
 
-    def _touch(self, conn: sqlite3.Connection, key_id: str, now: float) -> bool:
+    def _touch(self, key_id: str, now: float) -> bool:
         """Best effort: write ``last_used_at`` unless another writer holds the lock.
 
         A key check must not wait for the write lock (another process may hold it for
         seconds): the write is skipped and tried again on a later request.
         """
         try:
-            conn.execute(f"PRAGMA busy_timeout = {TOUCH_BUSY_TIMEOUT_MS}")
-            conn.execute(
-                "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND "
-                "(last_used_at IS NULL OR last_used_at <= ?)",
-                (now, key_id, now - LAST_USED_RESOLUTION_S),
-            )
+            with self.db.write(wait_s=TOUCH_BUSY_TIMEOUT_MS / 1000) as conn:
+                conn.execute(
+                    text(
+                        "UPDATE api_keys SET last_used_at = :now WHERE id = :id AND "
+                        "(last_used_at IS NULL OR last_used_at <= :before)"
+                    ),
+                    {"now": now, "id": key_id, "before": now - LAST_USED_RESOLUTION_S},
+                )
             return True
-        except sqlite3.OperationalError as exc:
+        except DatabaseError as exc:
             logger.debug("last_used_at of key %s not written: %s", key_id, exc)
             return False
-        finally:
-            with suppress(sqlite3.Error):
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
 
     def set_limits(
         self,
@@ -512,12 +479,12 @@ class KeyStore:
         if not isinstance(tokens_per_day, _Keep):
             changes["tokens_per_day"] = _check_limit(tokens_per_day, "tokens_per_day")
         key_id = _key_id(key_id_or_name)
-        with self._connect() as conn, write(conn):
+        with self._write() as conn:
             row = _one(
                 conn,
-                f"SELECT {_COLUMNS} FROM api_keys WHERE (id = ? OR name = ?) "
+                f"SELECT {_COLUMNS} FROM api_keys WHERE (id = :id OR name = :name) "
                 "AND revoked_at IS NULL",
-                (key_id, key_id_or_name),
+                {"id": key_id, "name": key_id_or_name},
             )
             if row is None:
                 raise NotFound(
@@ -525,16 +492,21 @@ class KeyStore:
                     code="key_not_found",
                 )
             record = KeyRecord._from_row(row)
-            for column, value in changes.items():
-                conn.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (value, record.id))
+            for column, value in changes.items():  # column: one of two names above
+                conn.execute(
+                    text(f"UPDATE api_keys SET {column} = :value WHERE id = :id"),
+                    {"value": value, "id": record.id},
+                )
         logger.info("changed the limits of API key %s: %s", record.id, changes)
         return replace(record, **changes)  # type: ignore[arg-type]
 
     def tokens_used(self, key_id: str, day: str) -> int:
         """Tokens charged to a key on a UTC day (``YYYY-MM-DD``)."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = _one(
-                conn, "SELECT tokens FROM api_key_usage WHERE key_id = ? AND day = ?", (key_id, day)
+                conn,
+                "SELECT tokens FROM api_key_usage WHERE key_id = :id AND day = :day",
+                {"id": key_id, "day": day},
             )
         return int(row[0]) if row else 0
 
@@ -542,17 +514,20 @@ class KeyStore:
         """Add ``tokens`` to a key's use on ``day`` (one short write transaction)."""
         if tokens <= 0:
             return
-        with self._connect() as conn:
+        with self._write() as conn:
             conn.execute(
-                "INSERT INTO api_key_usage (key_id, day, tokens) VALUES (?, ?, ?) "
-                "ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens",
-                (key_id, day, int(tokens)),
+                text(
+                    "INSERT INTO api_key_usage (key_id, day, tokens) VALUES (:id, :day, :n) "
+                    "ON CONFLICT (key_id, day) DO UPDATE "
+                    "SET tokens = api_key_usage.tokens + excluded.tokens"
+                ),
+                {"id": key_id, "day": day, "n": int(tokens)},
             )
 
     def list(self) -> builtins.list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id"
-            ).fetchall()
-        return [KeyRecord._from_row(r) for r in rows]
+                text(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+            ).all()
+        return [KeyRecord._from_row(tuple(r)) for r in rows]

@@ -12,7 +12,7 @@ import pytest
 
 from qingliang.agents.checkpoint import inline_sqlite_saver
 from qingliang.agents.runs import RunStore
-from qingliang.platform.storage.arm_stats import _connect
+from qingliang.platform.storage.arm_stats import ArmStats
 from qingliang.platform.storage.keys import KeyStore
 from qingliang.platform.storage.sqlite import open_db
 from qingliang.platform.storage.state import StateStore
@@ -48,7 +48,9 @@ def test_agent_checkpoints(tmp_path: Path) -> None:
 
 
 def test_canary_arm_stats(tmp_path: Path) -> None:
-    _connect(tmp_path / "home" / "arm_stats.sqlite").close()
+    stats = ArmStats(tmp_path / "home" / "arm_stats.sqlite")
+    stats.observe("qwen", None, ok=True, latency_s=0.1)
+    stats.close()
     assert mode(tmp_path / "home" / "arm_stats.sqlite") == 0o600
 
 

@@ -1,0 +1,299 @@
+"""The storage layer (platform/storage/database.py) on SQLite and on a real PostgreSQL.
+
+Each test that takes ``store_url`` runs twice: on a SQLite file and on a fresh database of
+the PostgreSQL server the tests start (skipped, with the reason, where none can run).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from qingliang.platform.errors import Conflict
+from qingliang.platform.storage import database as database_mod
+from qingliang.platform.storage.database import (
+    DatabaseBusy,
+    DatabaseError,
+    database_url,
+    open_database,
+    safe_url,
+    version_table,
+)
+
+_REVISION = '''
+"""A test store's table.
+
+Revision ID: 0001
+Revises:
+"""
+
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+    op.execute("INSERT INTO counter (name, n) VALUES ('hits', 0)")
+'''
+
+_SECOND = '''
+"""A column added later.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE counter ADD COLUMN note TEXT")
+'''
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Path:
+    folder = tmp_path / "migrations" / "versions"
+    folder.mkdir(parents=True)
+    (folder / "0001_counter.py").write_text(_REVISION)
+    return folder.parent
+
+
+def _store(request: pytest.FixtureRequest) -> str:
+    """A store name of its own per test: open_database caches per (URL, store, process)."""
+    return "t" + format(abs(hash(request.node.nodeid)), "x")[:12]
+
+
+def test_database_url_prefers_the_shared_database(tmp_path: Path) -> None:
+    assert (
+        database_url(tmp_path, "arm_stats", environ={}) == f"sqlite:///{tmp_path}/arm_stats.sqlite"
+    )
+    assert (
+        database_url(tmp_path, "keys", file="state.sqlite", environ={"QINGLIANG_DATABASE_URL": " "})
+        == f"sqlite:///{tmp_path}/state.sqlite"
+    )
+    shared = {"QINGLIANG_DATABASE_URL": "postgresql://ql:pw@db:5432/ql"}
+    assert database_url(tmp_path, "keys", file="state.sqlite", environ=shared) == (
+        "postgresql://ql:pw@db:5432/ql"
+    )
+
+
+def test_migrates_once_and_reads_what_was_written(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    store = _store(request)
+    db = open_database(store_url, store=store, migrations=migrations)
+    assert db.dialect == ("sqlite" if store_url.startswith("sqlite") else "postgresql")
+    assert open_database(store_url, store=store, migrations=migrations) is db
+    with db.write() as conn:
+        conn.execute(text("UPDATE counter SET n = n + 1 WHERE name = 'hits'"))
+    with db.read() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 1
+        assert conn.execute(text(f"SELECT version_num FROM {version_table(store)}")).all() == [
+            ("0001",)
+        ]
+
+
+def test_a_new_revision_upgrades_an_existing_database(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    store = _store(request)
+    db = open_database(store_url, store=store, migrations=migrations)
+    with db.write() as conn:
+        conn.execute(text("UPDATE counter SET n = 7"))
+    (migrations / "versions" / "0002_note.py").write_text(_SECOND)
+    assert database_mod.upgrade(db, migrations) is True  # what a newer Qingliang does on open
+    assert database_mod.upgrade(db, migrations) is False
+    with db.read() as conn:
+        assert conn.execute(text("SELECT n, note FROM counter")).one() == (7, None)
+
+
+def test_a_failed_write_leaves_nothing_and_names_the_database(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    db = open_database(store_url, store=_store(request), migrations=migrations)
+    with pytest.raises(DatabaseError) as info, db.write() as conn:
+        conn.execute(text("UPDATE counter SET n = 5"))
+        conn.execute(text("SELECT * FROM no_such_table"))
+    assert db.store in str(info.value) and safe_url(store_url).split("://")[1] in str(info.value)
+    with pytest.raises(Conflict, match="conflicting write"), db.write() as conn:
+        conn.execute(text("INSERT INTO counter (name, n) VALUES ('hits', 1)"))
+    with db.read() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 0
+
+
+def test_a_write_that_cannot_wait_is_told_busy(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    db = open_database(store_url, store=_store(request), migrations=migrations)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.write() as conn:
+            conn.execute(text("UPDATE counter SET n = 1"))
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(60)
+        with pytest.raises(DatabaseBusy, match=db.store), db.write(wait_s=0.05) as conn:
+            conn.execute(text("UPDATE counter SET n = 2"))
+    finally:
+        release.set()
+        holder.join(60)
+    with db.read() as conn:  # the holder's write went through; the refused one did not
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 1
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from sqlalchemy import text
+    from qingliang.platform.storage.database import open_database
+
+    url, store, migrations, go, count = sys.argv[1:6]
+    while not Path(go).exists():
+        time.sleep(0.005)
+    db = open_database(url, store=store, migrations=Path(migrations))  # racing migration
+    for _ in range(int(count)):
+        with db.write() as conn:  # read, then write back: loses updates unless serialised
+            n = conn.execute(text("SELECT n FROM counter WHERE name = 'hits'")).scalar_one()
+            conn.execute(text("UPDATE counter SET n = :n WHERE name = 'hits'"), {"n": n + 1})
+    print("done")
+    """
+)
+
+
+def test_two_processes_migrate_once_and_lose_no_write(
+    store_url: str, migrations: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store, go, count = _store(request), tmp_path / "go", 40
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, store_url, store, str(migrations), str(go), str(count)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    go.touch()
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    db = open_database(store_url, store=store, migrations=migrations)
+    with db.read() as conn:
+        # One migration: its INSERT ran once (a second would have failed on the key).
+        assert conn.execute(text("SELECT name, n FROM counter")).all() == [("hits", 2 * count)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_its_own_connections(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    db = open_database(store_url, store=_store(request), migrations=migrations)
+    with db.write() as conn:  # the parent's pool now holds a connection
+        conn.execute(text("UPDATE counter SET n = 1"))
+
+    def child(queue: multiprocessing.Queue) -> None:
+        try:
+            with db.write() as conn:
+                conn.execute(text("UPDATE counter SET n = n + 10"))
+            queue.put("ok")
+        except BaseException as exc:  # pragma: no cover - reported below
+            queue.put(repr(exc))
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    assert queue.get(timeout=60) == "ok"
+    proc.join(60)
+    with db.read() as conn:  # and the parent's pooled connection still works
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 11
+
+
+def test_an_unknown_newer_revision_is_refused(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    store = _store(request)
+    from sqlalchemy import create_engine
+
+    from qingliang.platform.storage.database import _normalize
+
+    engine = create_engine(_normalize(store_url))
+    with engine.begin() as conn:  # what a newer Qingliang would have left
+        conn.execute(text(f"CREATE TABLE {version_table(store)} (version_num VARCHAR(32))"))
+        conn.execute(text(f"INSERT INTO {version_table(store)} VALUES ('0042')"))
+    engine.dispose()
+    with pytest.raises(DatabaseError, match=r"revision '0042'.*newer Qingliang") as info:
+        open_database(store_url, store=store, migrations=migrations)
+    assert store in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "is not a database URL"),
+        ("mysql://root:hunter2@127.0.0.1/ql", "only sqlite:/// and postgresql://"),
+        ("", "empty"),
+    ],
+)
+def test_a_bad_url_is_named(url: str, expected: str, migrations: Path) -> None:
+    with pytest.raises(DatabaseError, match=expected) as info:
+        open_database(url, store="state", migrations=migrations)
+    assert "hunter2" not in str(info.value)
+
+
+def test_an_unreachable_server_is_named_without_its_password(migrations: Path) -> None:
+    url = "postgresql://ql:hunter2@127.0.0.1:1/ql"  # nothing listens on port 1
+    with pytest.raises(DatabaseError) as info:
+        open_database(url, store="keys", migrations=migrations)
+    message = str(info.value)
+    assert "keys database" in message and "127.0.0.1:1/ql" in message
+    assert "hunter2" not in message and "***" in message
+
+
+def test_a_new_sqlite_file_is_owner_only(tmp_path: Path, migrations: Path) -> None:
+    path = tmp_path / "home" / "x.sqlite"
+    open_database(f"sqlite:///{path}", store="owner_only", migrations=migrations)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_unsafe_store_name_is_refused(tmp_path: Path, migrations: Path) -> None:
+    with pytest.raises(ValueError, match="store name"):
+        open_database(f"sqlite:///{tmp_path}/x.sqlite", store="x; DROP", migrations=migrations)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(database_mod)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_messages_hide_the_password() -> None:
+    assert safe_url("postgresql://ql:hunter2@db/ql") == "postgresql://ql:***@db/ql"
+    assert "hunter2" not in json.dumps(safe_url("postgres://ql:hunter2@db:5432/ql"))
