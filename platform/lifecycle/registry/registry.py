@@ -85,7 +85,8 @@ class Registry:
 
     Args:
         url: ``sqlite:///<path>`` or ``postgresql+psycopg://user:pw@host/db``
-            (``postgresql://`` means psycopg too). Default: ``sqlite:///<home>/registry.sqlite``.
+            (``postgresql://`` means psycopg too). Default: ``$QINGLIANG_DATABASE_URL`` when
+            set, else ``sqlite:///<home>/registry.sqlite``.
         home: the data directory for the default URL (default: ``$QINGLIANG_HOME``).
 
     Opening connects and upgrades the schema to the newest revision (once, under a lock,
@@ -102,7 +103,10 @@ class Registry:
                 from qingliang.platform.settings import Settings
 
                 home = Settings().home
-            url = f"sqlite:///{Path(home) / DEFAULT_FILE}"
+            from qingliang.platform.storage.database import database_url
+
+            # $QINGLIANG_DATABASE_URL (every store in one database) when set.
+            url = database_url(home, "registry", file=DEFAULT_FILE)
         self.url = normalize_url(url)
         self.backend: str = self.url.get_backend_name()
         self._engine = make_engine(self.url)

@@ -242,3 +242,17 @@ def test_a_state_file_from_before_keeps_its_manifests_and_keys(
         ]
     conn.close()
     assert versions == [[("0001",)], [("0001",)]]
+
+
+# ------------------------------------------------------------------------ registry
+
+
+def test_the_registry_follows_the_shared_database(shared: str, tmp_path: Path) -> None:
+    from qingliang.platform.lifecycle.registry import Registry
+
+    with Registry(home=tmp_path / "a") as reg:
+        reg.register_base_model("tiny", source="hf:tiny/model", format="safetensors")
+    with Registry(home=tmp_path / "b") as reg:  # another node's data directory
+        assert reg.backend == ("sqlite" if shared.startswith("sqlite") else "postgresql")
+        assert [m.name for m in reg.list_base_models()] == ["tiny"]
+    assert not (tmp_path / "a" / "registry.sqlite").exists()
