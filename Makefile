@@ -76,6 +76,9 @@ bench-reliability: install ## Run the reliability soak (10 min of mixed traffic 
 bench-domains: install ## Run the domains benchmark (each desk on ../shared/domains: policy QA, triage, FMEA, logbook, routers); updates bench/RESULTS.md
 	$(BIN)/python bench/domains.py
 
+kuberay: install ## Regenerate deploy/cluster/: the KubeRay objects for deploy/defaults (docs/cluster.md)
+	$(BIN)/qingliang export kuberay -f deploy/defaults -o deploy/cluster --force
+
 lint: install ## ruff format check, ruff check, mypy on platform/ and serving/
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -89,4 +92,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install browser up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability bench-domains lint lock clean
+.PHONY: help install browser up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability bench-domains kuberay lint lock clean

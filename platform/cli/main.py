@@ -25,6 +25,7 @@ from qingliang.platform.cli.conversations import conversations_app
 from qingliang.platform.cli.data import data_app
 from qingliang.platform.cli.demo import demo_app
 from qingliang.platform.cli.eval_cmd import eval_app
+from qingliang.platform.cli.export_cmd import export_app
 from qingliang.platform.cli.kb import kb_app
 from qingliang.platform.cli.keys import keys_app
 from qingliang.platform.cli.pipelines import finetune_app, pipelines_app
@@ -67,6 +68,7 @@ app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(eval_app, name="eval")
 app.add_typer(demo_app, name="demo")
+app.add_typer(export_app, name="export")
 
 
 def main() -> None:
