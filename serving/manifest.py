@@ -16,12 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
-from functools import cache
-from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from qingliang.platform.errors import did_you_mean
@@ -31,6 +29,11 @@ from qingliang.platform.manifests.base import NAME_RE as NAME_RE
 # share them without importing this module); they are re-exported here for old imports.
 from qingliang.platform.manifests.base import BaseMetadata, Envelope, MetadataLabels, Strict
 from qingliang.platform.manifests.base import valid_name as valid_name
+from qingliang.serving.catalogs import known as _known
+from qingliang.serving.catalogs import quantization_catalog as quantization_catalog
+from qingliang.serving.catalogs import reasoning_parsers as reasoning_parsers
+from qingliang.serving.catalogs import tool_call_parsers as tool_call_parsers
+from qingliang.serving.vllm_args import check_vllm_args
 
 API_VERSION = "qingliang.io/v1"
 
@@ -41,28 +44,6 @@ ADAPTER_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?\Z")
 ADAPTER_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[1-9][0-9]*\Z")
 #: Rounding slack for shares that should add up to exactly 1 (0.1 + 0.2 + 0.7).
 SHARE_TOLERANCE = 1e-9
-
-
-@cache
-def quantization_catalog() -> dict[str, dict]:
-    """The quantisation methods table (``quantization.yaml``), loaded once."""
-    text = (
-        resources.files("qingliang.serving.catalog")
-        .joinpath("quantization.yaml")
-        .read_text("utf-8")
-    )
-    return dict(yaml.safe_load(text)["methods"])
-
-
-@cache
-def tool_call_parsers() -> tuple[str, ...]:
-    """vLLM's tool-call parser names (``tool_parsers.yaml``), loaded once, without vLLM."""
-    text = (
-        resources.files("qingliang.serving.catalog")
-        .joinpath("tool_parsers.yaml")
-        .read_text("utf-8")
-    )
-    return tuple(yaml.safe_load(text)["parsers"])
 
 
 class Metadata(BaseMetadata):
@@ -171,11 +152,19 @@ class EngineOptions(Strict):
         description="Requests allowed to wait beyond that; past it the gateway answers 429.",
     )
     request_timeout_s: float = Field(default=300.0, gt=0, description="Per-request limit.")
-    tool_call_parser: str = Field(
-        default="hermes",
-        description="vLLM's parser of the model's tool-call markup (`--tool-call-parser`): "
-        "`hermes` for Qwen2.5 and Hermes models, `llama3_json`, `mistral`, … "
-        "(serving/catalog/tool_parsers.yaml).",
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM's parser of the model's tool-call markup (`--tool-call-parser`). "
+        "Unset: the model family's, read from the checkpoint's config.json when the engine "
+        "starts (Llama 3 `llama3_json`, Mistral `mistral`, DeepSeek V3 `deepseek_v3`, Qwen "
+        "`hermes`, …; `hermes` for an unknown family: serving/catalog/model_families.yaml). "
+        "Any name in serving/catalog/tool_parsers.yaml.",
+    )
+    reasoning_parser: str | None = Field(
+        default=None,
+        description="vLLM's reasoning parser (`--reasoning-parser`, e.g. `deepseek_r1`, "
+        "`qwen3`): the model's reasoning goes to the answer's `reasoning` field instead of "
+        "`content`. Unset: none. Any name in serving/catalog/reasoning_parsers.yaml.",
     )
     lenient_tool_calls: bool = Field(
         default=True,
@@ -183,15 +172,32 @@ class EngineOptions(Strict):
         "as `tool_calls`, when it names an offered tool and its arguments fit the tool's "
         "schema (docs/openai.md).",
     )
+    vllm_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More vLLM engine options, by `vllm serve` flag name without `--` "
+        "(`enable-prefix-caching: false`, `kv-cache-dtype: fp8`, `speculative-config: {...}`, "
+        "`stream-interval: 4`, `chat-template: ...`), checked against vLLM's own "
+        "parser's table (serving/catalog/vllm_args.json). Options a typed field sets, and "
+        "those the platform owns, are refused with the field to use (docs/serving.md).",
+    )
 
     @field_validator("tool_call_parser")
     @classmethod
-    def _known_parser(cls, v: str) -> str:
-        known = tool_call_parsers()
-        if v not in known:
-            more = did_you_mean(v, list(known))
-            raise ValueError(f"unknown tool-call parser {v!r}{more}; known: {', '.join(known)}")
-        return v
+    def _known_parser(cls, v: str | None) -> str | None:
+        return None if v is None else _known("tool-call parser", v, tool_call_parsers())
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_reasoning(cls, v: str | None) -> str | None:
+        return None if v is None else _known("reasoning parser", v, reasoning_parsers())
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _vllm_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_vllm_args(v)
+
+    def __hash__(self) -> int:  # vllm_args is a dict: hash the options' JSON (plans are keys)
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 class Quantization(Strict):
@@ -374,6 +380,11 @@ def _alias_shares(alias: str, shares: dict[str, float], adapters: dict | None) -
         )
 
 
+#: Ray resources a placement sets through its typed fields, not ``resources``.
+_TYPED_RESOURCES = {"cpu": "cpus", "gpu": "gpus", "npu": "npus", "memory": "memory_gib"}
+_RESOURCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]{0,63}")
+
+
 class Placement(Strict):
     accelerator: Literal["cpu", "gpu", "npu"] = Field(
         default="cpu", description="Hardware profile: `cpu`, `gpu` (NVIDIA) or `npu` (Ascend)."
@@ -386,9 +397,40 @@ class Placement(Strict):
         description="Ray accelerator type to pin to (e.g. `H100`, `A10G`, `Ascend910B`).",
     )
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM TP degree.")
+    pipeline_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="vLLM pipeline-parallel degree (`--pipeline-parallel-size`): the model's "
+        "layers split over this many stages, each `tensor_parallel_size` devices wide; "
+        "gpus (npus) per replica = tensor_parallel_size × pipeline_parallel_size.",
+    )
     memory_gib: float | None = Field(
         default=None, gt=0, description="Memory reserved per replica (Ray `memory`)."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. `{accel: 1}`: the replica runs "
+        "only on a node started with them (`ray start --resources '{\"accel\": 1}'`).",
+    )
+
+    def __hash__(self) -> int:  # `resources` is a dict: hash the JSON (plans are keys)
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            typed = _TYPED_RESOURCES.get(name.lower())
+            if typed:
+                raise ValueError(f"{name!r} is not a custom resource: set placement.{typed}")
+            if not _RESOURCE_RE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a Ray resource name (letters, digits, '_', '-', '.', '/')"
+                )
+            if not amount > 0:
+                raise ValueError(f"resources.{name} must be greater than 0, got {amount}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Placement:
@@ -406,13 +448,16 @@ class Placement(Strict):
             if self.npus == 0:
                 raise ValueError("accelerator is npu: set npus >= 1")
         devices = self.gpus or self.npus
-        if a != "cpu" and self.tensor_parallel_size != devices:
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        if a != "cpu" and tp * pp != devices:
+            pp_text = f" × pipeline_parallel_size ({pp})" if pp != 1 else ""
             raise ValueError(
-                f"tensor_parallel_size ({self.tensor_parallel_size}) must equal the "
-                f"{a}s per replica ({devices})"
+                f"tensor_parallel_size ({tp}){pp_text} must equal the {a}s per replica ({devices})"
             )
-        if a == "cpu" and self.tensor_parallel_size != 1:
+        if a == "cpu" and tp != 1:
             raise ValueError("tensor_parallel_size > 1 needs gpu or npu placement")
+        if a == "cpu" and pp != 1:
+            raise ValueError("pipeline_parallel_size > 1 needs gpu or npu placement")
         return self
 
 
@@ -521,7 +566,17 @@ class ModelDeploymentSpec(Strict):
             )
         if acc == "cpu" and self.engine.dtype == "float16":
             raise ValueError("float16 is not supported on cpu; use float32 or bfloat16")
+        self._vllm_only(eng == "transformers" or transformers_only)
         return self
+
+    def _vllm_only(self, transformers: bool) -> None:
+        if self.engine.vllm_args and transformers:
+            raise ValueError(
+                "engine.vllm_args apply to the vLLM engine; this deployment runs on "
+                "transformers (engine.kind or quantization.method)"
+            )
+        if self.placement.pipeline_parallel_size > 1 and transformers:
+            raise ValueError("pipeline parallelism needs engine vllm")
 
 
 class ModelDeployment(Envelope):

@@ -151,6 +151,7 @@ def _engine(md: ModelDeployment, profile: HardwareProfile, row: dict, source: st
             "transformers" not in engines
             or spec.placement.accelerator == "npu"
             or spec.placement.tensor_parallel_size > 1
+            or spec.placement.pipeline_parallel_size > 1
             or spec.multimodal.image.mode == "native"
         )
         if "vllm" not in engines:
@@ -177,10 +178,14 @@ def _actor_options(p: Placement) -> dict:
     """Ray actor options of a replica placed as ``p`` (``spec.placement``)."""
     actor: dict = {"num_cpus": p.cpus}
     if p.accelerator == "gpu":
-        # With tensor parallelism vLLM spawns its own workers; the replica holds one GPU.
-        actor["num_gpus"] = p.gpus if p.tensor_parallel_size == 1 else 0
+        # With tensor or pipeline parallelism vLLM spawns its own Ray workers, one per GPU.
+        single = p.tensor_parallel_size * p.pipeline_parallel_size == 1
+        actor["num_gpus"] = p.gpus if single else 0
+    resources = dict(p.resources)
     if p.accelerator == "npu":
-        actor["resources"] = {"NPU": p.npus}
+        resources["NPU"] = p.npus
+    if resources:
+        actor["resources"] = resources
     if p.accelerator_type:
         actor["accelerator_type"] = p.accelerator_type
     if p.memory_gib:

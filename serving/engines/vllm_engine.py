@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -31,18 +32,25 @@ from pydantic_core import from_json
 
 from qingliang.platform.errors import BadRequest, EngineError, NotFound, did_you_mean, from_status
 from qingliang.serving.engine import EngineOutput, StreamChunk
+from qingliang.serving.families import default_tool_call_parser, read_config
 from qingliang.serving.plan import DeploymentPlan
 from qingliang.serving.responses_toolcalls import recover_responses
 from qingliang.serving.toolcalls import recover
+from qingliang.serving.vllm_args import vllm_argv
 
 logger = logging.getLogger(__name__)
 
 
-def engine_argv(plan: DeploymentPlan) -> list[str]:
-    """vLLM API-server arguments for ``plan`` (typed fields only, no pass-through)."""
+def engine_argv(plan: DeploymentPlan, model_config: dict[str, Any] | None = None) -> list[str]:
+    """vLLM API-server arguments for ``plan``: its typed fields, then ``vllm_args``.
+
+    ``model_config`` is the checkpoint's ``config.json`` (:func:`read_config`): it picks
+    the tool-call parser when the manifest names none (:mod:`qingliang.serving.families`).
+    """
     if not plan.model_path:
         raise EngineError(f"{plan.name}: the model source was not resolved to a local path")
     o = plan.options
+    parser = o.tool_call_parser or default_tool_call_parser(model_config or {})
     argv = [
         "--model",
         plan.model_path,
@@ -54,11 +62,16 @@ def engine_argv(plan: DeploymentPlan) -> list[str]:
         str(o.max_num_seqs),
         "--seed",
         str(o.seed),
-        "--disable-log-stats",
         "--enable-auto-tool-choice",
         "--tool-call-parser",
-        o.tool_call_parser,
+        parser,
     ]
+    if o.reasoning_parser:
+        argv += ["--reasoning-parser", o.reasoning_parser]
+    if "enable-prefix-caching" not in o.vllm_args:
+        # vLLM 0.32's own default for a generative model on GPU and x86 CPU; written out so
+        # the deployment's setting does not hang on vLLM's (docs/serving.md).
+        argv.append("--enable-prefix-caching")
     if o.max_model_len:
         argv += ["--max-model-len", str(o.max_model_len)]
     if o.max_num_batched_tokens:
@@ -91,9 +104,17 @@ def engine_argv(plan: DeploymentPlan) -> list[str]:
             "--gpu-memory-utilization",
             str(o.gpu_memory_utilization),
         ]
-        if plan.placement.tensor_parallel_size > 1:
+        pp = plan.placement.pipeline_parallel_size
+        if pp > 1:
+            argv += ["--pipeline-parallel-size", str(pp)]
+        if plan.placement.tensor_parallel_size * pp > 1:
             argv += ["--distributed-executor-backend", "ray"]
-    return argv
+    return argv + vllm_argv(o.vllm_args)
+
+
+def stats_enabled(plan: DeploymentPlan) -> bool:
+    """Engine statistics are on unless ``vllm_args`` sets ``disable-log-stats: true``."""
+    return not plan.options.vllm_args.get("disable-log-stats", False)
 
 
 def _vllm_rank(rank: int) -> int:
@@ -109,6 +130,9 @@ def cpu_environment(plan: DeploymentPlan) -> dict[str, str]:
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_CONFIGURE_LOGGING": "0",
+        # One line of engine statistics a minute while busy (vLLM logs idle ones at
+        # DEBUG); the figures themselves are metrics (docs/serving.md).
+        "VLLM_LOG_STATS_INTERVAL": str(STATS_LOG_INTERVAL_S),
     }
     if plan.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(plan.options.kv_cache_gib or 1)
@@ -124,6 +148,10 @@ def cpu_environment(plan: DeploymentPlan) -> dict[str, str]:
 def cpu_threads(plan: DeploymentPlan) -> int:
     """Threads the CPU engine computes on: `cpu_threads`, else the replica's CPUs."""
     return plan.options.cpu_threads or max(1, int(plan.placement.cpus))
+
+
+#: Seconds between two engine-statistics log lines (vLLM's VLLM_LOG_STATS_INTERVAL).
+STATS_LOG_INTERVAL_S = 60
 
 
 #: Variables that must win over what the hosting process (a Ray worker) already set.
@@ -159,6 +187,7 @@ class VLLMEngine:
         self._responses: Any = None
         self._models: Any = None
         self._max_model_len = plan.options.max_model_len or 0
+        self._stats_task: asyncio.Task | None = None
         #: (phase, unix time) marks of the last start (logged: :func:`start_phases_line`).
         self.start_phases: list[tuple[str, float]] = []
 
@@ -196,7 +225,7 @@ class VLLMEngine:
             raise EngineError(f"vLLM is not importable here: {exc}") from exc
         marks.append(("vllm imported", time.time()))
 
-        argv = engine_argv(self.plan)
+        argv = engine_argv(self.plan, read_config(self.plan.model_path))
         logger.debug("vLLM args for %s: %s", self.plan.name, argv)
         try:
             args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
@@ -206,10 +235,12 @@ class VLLMEngine:
                 usage_context=UsageContext.OPENAI_API_SERVER
             )
             marks.append(("configured", time.time()))
+            stats = stats_enabled(self.plan)
             self._llm = AsyncLLM.from_vllm_config(
                 vllm_config=vllm_config,
                 usage_context=UsageContext.OPENAI_API_SERVER,
-                disable_log_stats=True,
+                stat_loggers=_ray_stat_loggers() if stats else None,
+                disable_log_stats=not stats,
             )
             marks.append(("engine core ready (weights + KV cache + warm-up)", time.time()))
             state = State()
@@ -229,6 +260,8 @@ class VLLMEngine:
         for name, path in self.plan.adapters:
             await self.load_adapter(name, path)
         marks.append(("adapters loaded", time.time()))
+        if stats:
+            self._stats_task = asyncio.create_task(self._log_stats())
         self.start_phases = marks
         logger.info("%s", start_phases_line(self.plan.name, marks))
 
@@ -367,7 +400,22 @@ class VLLMEngine:
         except Exception as exc:
             raise EngineError(f"{self.plan.name}: engine is unhealthy: {exc}") from exc
 
+    async def _log_stats(self) -> None:
+        """vLLM's engine-statistics line, as its API server writes it (INFO while busy,
+        DEBUG while idle), every ``VLLM_LOG_STATS_INTERVAL`` seconds."""
+        interval = float(os.environ.get("VLLM_LOG_STATS_INTERVAL", STATS_LOG_INTERVAL_S))
+        while self._llm is not None:
+            await asyncio.sleep(max(interval, 1.0))
+            try:
+                if self._llm is not None:
+                    await self._llm.do_log_stats()
+            except Exception:
+                logger.debug("engine stats logging failed", exc_info=True)
+
     async def shutdown(self) -> None:
+        task, self._stats_task = self._stats_task, None
+        if task is not None:
+            task.cancel()
         llm, self._llm = self._llm, None
         self._chat = self._completion = self._responses = self._models = None
         if llm is not None:
@@ -375,6 +423,21 @@ class VLLMEngine:
                 llm.shutdown()
             except Exception:
                 logger.warning("vLLM shutdown raised", exc_info=True)
+
+
+def _ray_stat_loggers() -> list[Any] | None:
+    """vLLM's metrics through Ray's (``RayPrometheusStatLogger``): inside a Ray worker they
+    reach the node's metrics export port as ``ray_vllm_*``, tagged ``model_name`` (the
+    deployment's name) and ``ReplicaId``. Outside Ray: vLLM's default loggers."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+    except ImportError:
+        return None
+    return [RayPrometheusStatLogger]
 
 
 def _check_adapter_dir(path: str, max_rank: int) -> None:

@@ -109,7 +109,7 @@ def test_minimal_manifest_gets_documented_defaults() -> None:
     assert (e.gpu_memory_utilization, e.cpu_threads, e.seed) == (0.9, None, 0)
     assert (e.max_concurrent_requests, e.max_queued_requests) == (32, 64)
     assert e.request_timeout_s == 300.0
-    assert (e.tool_call_parser, e.lenient_tool_calls) == ("hermes", True)
+    assert (e.tool_call_parser, e.lenient_tool_calls, e.vllm_args) == (None, True, {})
     assert md.spec.quantization.method == "none"
     lora = md.spec.lora
     assert (lora.adapters, lora.max_adapters, lora.max_rank, lora.enabled) == ({}, 4, 16, None)
