@@ -34,6 +34,9 @@ HEAD_PORTS = (
     ("metrics", 8080),
 )
 
+#: The images run as uid 1000 (deploy/docker); the volume is group-writable for it.
+POD_SECURITY = {"fsGroup": 1000}
+
 
 @dataclass(frozen=True)
 class GroupKey:
@@ -173,6 +176,7 @@ def head_group(spec: PodSpec, init: dict[str, Any], extra_volumes: list[dict]) -
         },
         "template": {
             "spec": {
+                "securityContext": POD_SECURITY,
                 "initContainers": [init],
                 "containers": [container],
                 "volumes": [*spec.volumes, *extra_volumes],
@@ -213,6 +217,7 @@ def worker_group(
         "rayStartParams": dict(sorted(start.items())),
         "template": {
             "spec": {
+                "securityContext": POD_SECURITY,
                 "containers": [_container("ray-worker", image, spec, limits, requests)],
                 "volumes": spec.volumes,
             }

