@@ -418,10 +418,11 @@ class KeyStore:
         if match is None:
             return None
         key_id = match.group(1)
-        with self.db.read() as conn:
-            row = _one(
-                conn, f"SELECT {_COLUMNS}, key_sha256 FROM api_keys WHERE id = :id", {"id": key_id}
-            )
+        # One indexed read straight on a pooled connection: this runs on every request.
+        rows = self.db.query(
+            f"SELECT {_COLUMNS}, key_sha256 FROM api_keys WHERE id = :id", {"id": key_id}
+        )
+        row = rows[0] if rows else None
         # Compare against something even for an unknown id, so timing does not tell
         # unknown ids from wrong secrets.
         stored = row[-1] if row else "0" * 64
@@ -502,13 +503,11 @@ class KeyStore:
 
     def tokens_used(self, key_id: str, day: str) -> int:
         """Tokens charged to a key on a UTC day (``YYYY-MM-DD``)."""
-        with self.db.read() as conn:
-            row = _one(
-                conn,
-                "SELECT tokens FROM api_key_usage WHERE key_id = :id AND day = :day",
-                {"id": key_id, "day": day},
-            )
-        return int(row[0]) if row else 0
+        rows = self.db.query(
+            "SELECT tokens FROM api_key_usage WHERE key_id = :id AND day = :day",
+            {"id": key_id, "day": day},
+        )
+        return int(rows[0][0]) if rows else 0
 
     def charge(self, key_id: str, day: str, tokens: int) -> None:
         """Add ``tokens`` to a key's use on ``day`` (one short write transaction)."""

@@ -297,3 +297,39 @@ def test_docstring_examples_run() -> None:
 def test_messages_hide_the_password() -> None:
     assert safe_url("postgresql://ql:hunter2@db/ql") == "postgresql://ql:***@db/ql"
     assert "hunter2" not in json.dumps(safe_url("postgres://ql:hunter2@db:5432/ql"))
+
+
+def test_query_reads_one_statement(
+    store_url: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    db = open_database(store_url, store=_store(request), migrations=migrations)
+    assert db.query("SELECT name, n FROM counter WHERE name = :name", {"name": "hits"}) == [
+        ("hits", 0)
+    ]
+    assert db.query("SELECT n FROM counter WHERE name LIKE 'h%'") == [(0,)]
+    with pytest.raises(DatabaseError, match=db.store):
+        db.query("SELECT no_such_column FROM counter")
+    assert db.query("SELECT n FROM counter") == [(0,)]  # the pool is still good
+
+
+def test_connections_the_server_dropped_are_renewed(
+    postgres_database: str, migrations: Path, request: pytest.FixtureRequest
+) -> None:
+    """A restarted or failed-over server: the pooled connections are dead. The key check
+    (``query``) tries once more on a new one; the pool is renewed for everything else."""
+    import psycopg
+
+    db = open_database(postgres_database, store=_store(request), migrations=migrations)
+    assert db.query("SELECT n FROM counter") == [(0,)]
+    with db.read() as conn:
+        conn.execute(text("SELECT 1"))
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        dropped = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert dropped is not None and dropped[0] >= 1
+    assert db.query("SELECT n FROM counter") == [(0,)]
+    with db.write() as conn:
+        conn.execute(text("UPDATE counter SET n = 3"))
+    assert db.query("SELECT n FROM counter") == [(3,)]
