@@ -1,11 +1,14 @@
-"""The one SQLite helper every store uses: owner-only files, WAL, and write transactions.
+"""The SQLite helper of the files that stay on one machine: owner-only files, WAL, and
+write transactions.
 
-Each store (applied state, keys, conversations, arm statistics, the KB ledger, agent runs,
-the router log, dataset versions, pipeline runs) opens its file with :func:`open_db` and
-wraps every write in :func:`write`: one ``BEGIN IMMEDIATE`` transaction, committed on
-success and rolled back on any error, so concurrent writers (the CLI, the gateway's
-replicas, a pipeline step) serialise behind SQLite's busy timeout and a failure leaves the
-previous rows as they were.
+The platform's shared stores (applied state, keys, arm statistics, conversations, the router
+log, agent and pipeline runs, the registry) go through
+:mod:`~qingliang.platform.storage.database` instead, which can also put them on PostgreSQL;
+it creates their SQLite files with :func:`create_private`. The stores still on plain SQLite
+(the KB ledger, dataset versions, agent checkpoints' inline saver, demo jobs) open their
+file with :func:`open_db` and wrap every write in :func:`write`: one ``BEGIN IMMEDIATE``
+transaction, committed on success and rolled back on any error, so concurrent writers
+serialise behind SQLite's busy timeout and a failure leaves the previous rows as they were.
 
 Example:
     >>> import tempfile
@@ -37,7 +40,8 @@ def create_private(path: Path) -> None:
     SQLite creates a database with the process's umask (usually 0644) and gives its
     ``-wal`` and ``-shm`` files the database's mode, so the file is created here first.
     Whichever of the platform's stores opens a new file first (the state store and the key
-    store share ``state.sqlite``), it ends up owner-only.
+    store share ``state.sqlite``), it ends up owner-only: the database layer calls this
+    before SQLite opens a file.
 
     Example:
         >>> import tempfile, stat
