@@ -6,6 +6,7 @@ environment and the RayService.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from qingliang.serving.plan import DeploymentPlan
 
 #: Where the ConfigMap of manifests is mounted in the head's init container.
 MANIFESTS_MOUNT = "/etc/qingliang/manifests"
+#: The head template's annotation holding the sha256 of the ConfigMap's files.
+MANIFESTS_ANNOTATION = "qingliang.io/manifests-sha256"
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 
 
@@ -160,6 +163,12 @@ def rayservice(
         },
     }
     init = _init_container(manifests, options, spec)
+    # A change of the manifests changes the head's template, so KubeRay brings up a new
+    # cluster (its zero-downtime upgrade), whose init step records them.
+    digest = hashlib.sha256()
+    for path, content in files.items():
+        digest.update(f"{path}\0{len(content)}\0".encode())
+        digest.update(content)
     gateway_cpus = pods.GATEWAY_CPUS * (
         options.gateway_replicas + (1 if options.shared_helpers else 3)
     )
@@ -189,7 +198,9 @@ def rayservice(
                         "requests": {"cpu": "500m", "memory": "512Mi"},
                     },
                 },
-                "headGroupSpec": pods.head_group(spec, init, [manifests_volume]),
+                "headGroupSpec": pods.head_group(
+                    spec, init, [manifests_volume], {MANIFESTS_ANNOTATION: digest.hexdigest()}
+                ),
                 "workerGroupSpecs": workers,
             },
         },

@@ -160,7 +160,9 @@ def _container(
     }
 
 
-def head_group(spec: PodSpec, init: dict[str, Any], extra_volumes: list[dict]) -> dict[str, Any]:
+def head_group(
+    spec: PodSpec, init: dict[str, Any], extra_volumes: list[dict], annotations: dict[str, str]
+) -> dict[str, Any]:
     """The head: no replicas (``num-cpus`` 0), Serve's controller and proxy, the dashboard;
     its init container records the manifests in the shared state before Ray starts."""
     container = _container(
@@ -175,12 +177,13 @@ def head_group(spec: PodSpec, init: dict[str, Any], extra_volumes: list[dict]) -
             "num-gpus": "0",
         },
         "template": {
+            "metadata": {"annotations": annotations},
             "spec": {
                 "securityContext": POD_SECURITY,
                 "initContainers": [init],
                 "containers": [container],
                 "volumes": [*spec.volumes, *extra_volumes],
-            }
+            },
         },
     }
 

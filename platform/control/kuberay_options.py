@@ -89,6 +89,8 @@ class ExportOptions:
         ):
             if value is not None and not _DNS_LABEL.match(value):
                 bad.append(f"{opt} {value!r}: a Kubernetes name is 1-63 of a-z, 0-9, '-'")
+        if len(self.name) > 53:  # KubeRay's longest suffix, "-serve-svc", must still fit
+            bad.append(f"--name {self.name!r}: at most 53 characters for KubeRay")
         if not _QUANTITY.match(self.storage_size):
             bad.append(f"--storage-size {self.storage_size!r}: a quantity such as 100Gi")
         if not self.mount_path.startswith("/"):

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from qingliang.platform.cli import apply_cmds
 from qingliang.platform.cli.export_cmd import export_app
 from qingliang.platform.control import _kuberay_pods as pods
-from qingliang.platform.control.cluster import RAY_ENV, SERVE_TUNING_ENV
+from qingliang.platform.control.cluster import RAY_ENV, SERVE_TUNING_ENV, ray_env
 from qingliang.platform.control.kuberay import (
     HEADER,
     Bundle,
@@ -167,6 +167,9 @@ def test_the_defaults_export_validates_and_carries_the_local_ray_settings() -> N
     ]
     assert len(containers) == 3
     expected = {**SERVE_TUNING_ENV, **RAY_ENV}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("os.environ", {})
+        assert ray_env() == expected  # every variable a local `up` gives Ray
     for container in containers:
         env = _env(container)
         assert {k: env.get(k) for k in expected} == expected
