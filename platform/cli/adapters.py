@@ -1,14 +1,16 @@
 """``qingliang adapters``: load, unload and share traffic between LoRA adapters at run
 time, and point aliases at them (the work is the controller's: an adapters-only update,
-no restart)."""
+no restart). With ``--server`` the same changes go through that platform's admin routes
+(``/v1/deployments/{name}/adapters|traffic|aliases``), run by the Controller there."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import typer
 
-from qingliang.platform.cli import _common
+from qingliang.platform.cli import _common, _remote
 from qingliang.platform.cli._common import console, fail, load_settings
 from qingliang.platform.errors import QingliangError
 
@@ -47,6 +49,10 @@ def parse_shares(items: list[str]) -> dict[str, float]:
     return shares
 
 
+def _path(deployment: str) -> str:
+    return f"/v1/deployments/{quote(deployment, safe='')}"
+
+
 @adapters_app.command("load")
 def adapters_load(
     deployment: str,
@@ -56,8 +62,15 @@ def adapters_load(
         None, "--ref", help="Its model-registry ref, name@version (shown on every answer)."
     ),
 ) -> None:
-    """Load (or replace) an adapter on every replica, without a restart."""
+    """Load (or replace) an adapter on every replica, without a restart (with --server,
+    PATH is a folder on the platform's nodes)."""
     try:
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                body = {"path": str(path), **({"ref": ref} if ref else {})}
+                api.put(f"{_path(deployment)}/adapters/{quote(name, safe='')}", body)
+            console.print(f"{deployment}:{name} loaded" + (f" ({ref})" if ref else ""))
+            return
         ctl = _common.controller(load_settings())
         ctl.set_adapter(deployment, name, str(path), ref=ref)
         ctl.wait(deployment, timeout_s=300)
@@ -87,12 +100,16 @@ def adapters_traffic(
             raise QingliangError("give NAME=SHARE pairs or --clear, not both")
         if not clear and not wanted:
             raise QingliangError("give NAME=SHARE pairs (e.g. faq-v4=0.1), or --clear")
-        change = _common.controller(load_settings()).set_traffic(deployment, wanted)
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                action = api.put(f"{_path(deployment)}/traffic", {"shares": wanted})["action"]
+        else:
+            action = _common.controller(load_settings()).set_traffic(deployment, wanted).action
     except QingliangError as exc:
         fail(exc)
         return
     text = traffic_text(wanted) or "base 100%"
-    suffix = " (unchanged)" if change.action == "unchanged" else ""
+    suffix = " (unchanged)" if action == "unchanged" else ""
     console.print(f"{deployment}: {text}{suffix}", highlight=False)
 
 
@@ -117,13 +134,19 @@ def adapters_alias(
         wanted = parse_shares(list(shares or []))
         if remove and wanted:
             raise QingliangError("give ADAPTER=SHARE pairs or --remove, not both")
-        ctl = _common.controller(load_settings())
-        change = ctl.set_alias(deployment, alias, None if remove else wanted)
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                path = f"{_path(deployment)}/aliases/{quote(alias, safe='')}"
+                out = api.delete(path) if remove else api.put(path, {"shares": wanted})
+                action = out["action"]
+        else:
+            ctl = _common.controller(load_settings())
+            action = ctl.set_alias(deployment, alias, None if remove else wanted).action
     except QingliangError as exc:
         fail(exc)
         return
     text = "removed" if remove else traffic_text(wanted) or "base 100%"
-    suffix = " (unchanged)" if change.action == "unchanged" else ""
+    suffix = " (unchanged)" if action == "unchanged" else ""
     console.print(f"{deployment}:{alias}: {text}{suffix}", highlight=False)
 
 
@@ -131,6 +154,11 @@ def adapters_alias(
 def adapters_unload(deployment: str, name: str) -> None:
     """Unload an adapter from every replica."""
     try:
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                api.delete(f"{_path(deployment)}/adapters/{quote(name, safe='')}")
+            console.print(f"{deployment}:{name} unloaded")
+            return
         ctl = _common.controller(load_settings())
         ctl.set_adapter(deployment, name, None)
         ctl.wait(deployment, timeout_s=300)

@@ -58,7 +58,11 @@ NOT_RUNNING = "the platform is not running: start it with `qingliang up`"
 FAILED = frozenset({"stopped", "failed"})
 
 
-def _api_error(status: int, body: object, text: str = "") -> ApiError:
+def _api_error(status: int, body: object, text: str = "", where: str = "") -> ApiError:
+    if status in (401, 403):  # worded by the remote client: it names QINGLIANG_API_KEY
+        from qingliang.platform.cli._remote import error_of
+
+        return error_of(status, body, text, where or "the platform")
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
     message = error.get("message") or text[:500] or f"HTTP {status}"
@@ -128,13 +132,19 @@ class AgentsApi:
             body = None
         if response.status_code < 400:
             return body
-        raise _api_error(response.status_code, body, response.text)
+        where = f"{response.request.method} {response.request.url}"
+        raise _api_error(response.status_code, body, response.text, where)
 
 
 def connect(settings: Settings) -> AgentsApi:
-    """The running platform's API; QingliangError when it is not running."""
+    """The platform of ``--server`` / ``QINGLIANG_URL`` when one is chosen, else the one
+    running here; QingliangError when none is running."""
+    from qingliang.platform.cli import _remote
     from qingliang.platform.control import cluster
 
+    chosen = _remote.target()
+    if chosen is not None:
+        return AgentsApi(chosen.url, chosen.key, transport=_remote.transport)
     info = cluster.running(settings)
     if info is None:
         raise QingliangError(NOT_RUNNING)

@@ -1,15 +1,21 @@
 """``validate``, ``apply``, ``diff``, ``get``, ``delete``, ``render``: manifests in,
 deployments out (the work is :class:`qingliang.platform.control.apply.Controller`'s).
+
+With ``--server`` (``QINGLIANG_URL``), ``apply``, ``diff``, ``get`` and ``delete`` call
+the remote platform's admin routes, which run the same Controller there
+(:mod:`._apply_remote`); ``validate`` and ``render`` need no platform and run here.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from qingliang.platform.cli import _common
+from qingliang.platform.cli import _apply_remote, _common, _remote
 from qingliang.platform.cli._common import FilesOpt, console, fail, load_settings, status_printer
 from qingliang.platform.cli.adapters import traffic_text
 from qingliang.platform.cli.kb import sync_after_apply
@@ -57,6 +63,15 @@ def validate(files: list[Path] = FilesOpt) -> None:
         fail(exc)
 
 
+JsonOpt = typer.Option(False, "--json", help="Print JSON (one document on stdout) instead.")
+
+
+def _print_json(value: Any) -> None:
+    from qingliang.platform.gateway.operator.admin import plain
+
+    print(json.dumps(value, ensure_ascii=False, indent=2, default=plain))
+
+
 def apply(
     files: list[Path] = FilesOpt,
     wait: bool = typer.Option(True, help="Wait until every deployment is RUNNING."),
@@ -64,7 +79,17 @@ def apply(
     sync: bool = typer.Option(True, help="Sync applied KnowledgeBases (embed what changed)."),
 ) -> None:
     """Create or update deployments, knowledge bases and agent graphs, and cut a version of
-    each Dataset. A bad manifest changes nothing."""
+    each Dataset. A bad manifest changes nothing.
+
+    With --server the files' text is sent to that platform: paths in them (model
+    sources, KB folders, dataset files) must be paths on its nodes.
+    """
+    if _remote.target() is not None:
+        try:
+            _apply_remote.apply(files, wait=wait, timeout_s=timeout, sync=sync)
+        except QingliangError as exc:
+            fail(exc)
+        return
     try:
         ctl = _common.controller(load_settings())
         changes = ctl.apply(files, wait=wait, timeout_s=timeout, on_status=status_printer())
@@ -81,6 +106,9 @@ def apply(
 def diff(files: list[Path] = FilesOpt) -> None:
     """Show what `apply` would change (exit 0 either way)."""
     try:
+        if _remote.target() is not None:
+            _apply_remote.diff(files)
+            return
         for c in _common.controller(load_settings()).diff(files):
             extra = "".join(f"\n    ~ {f}" for f in c.fields)
             console.print(f"{c.kind}/{c.name}: {c.action}{extra}", highlight=False)
@@ -88,17 +116,30 @@ def diff(files: list[Path] = FilesOpt) -> None:
         fail(exc)
 
 
-def get(name: str = typer.Argument(None, help="One deployment (default: all).")) -> None:
+def get(
+    name: str = typer.Argument(None, help="One deployment (default: all)."),
+    as_json: bool = JsonOpt,
+) -> None:
     """List applied deployments with their live status."""
     try:
-        rows = _common.controller(load_settings()).get(live=True)
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                rows = api.get("/v1/manifests/applied")["data"]
+        else:
+            rows = _common.controller(load_settings()).get(live=True)
     except QingliangError as exc:
         fail(exc)
         return
     if name:
+        from qingliang.platform.errors import did_you_mean
+
+        names = [r["name"] for r in rows]
         rows = [r for r in rows if r["name"] == name]
         if not rows:
-            fail(QingliangError(f"no deployment named {name!r}"))
+            fail(QingliangError(f"no deployment named {name!r}{did_you_mean(name, names)}"))
+    if as_json:
+        _print_json(rows)
+        return
     table = Table("NAME", "STATUS", "ENGINE", "SOURCE", "ADAPTERS", "TRAFFIC", "ALIASES", "GEN")
     for r in rows:
         aliases = r.get("aliases") or {}
@@ -153,6 +194,10 @@ def delete(
                     targets[item.kind].append(item.name)
         if not any(targets.values()):
             fail(QingliangError("name a deployment or pass -f FILE"))
+        if _remote.target() is not None:
+            for kind, n in _apply_remote.delete(targets):
+                console.print(f"{kind}/{n}: deleted", highlight=False)
+            return
         ctl = _common.controller(load_settings())
         for kind, wanted in targets.items():
             if wanted:

@@ -2,8 +2,9 @@
 
 The log is recorded by a gateway started with ``qingliang up --log-conversations`` in
 ``$QINGLIANG_HOME/conversations.sqlite``; these commands read and manage that file (no
-running platform needed). An export is the JSONL a Dataset's ``gateway_logs`` source
-reads (docs/data.md).
+running platform needed), or with ``--server`` (``QINGLIANG_URL``) the remote platform's
+log through its admin routes (``/v1/conversations/...``). An export is the JSONL a
+Dataset's ``gateway_logs`` source reads (docs/data.md).
 
 Example:
     $ qingliang conversations export --days 7 --tenant city-a -o exports/city-a.jsonl
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
@@ -94,7 +96,7 @@ def export(
     }
     try:
         if output is None:
-            n = _log().export(sys.stdout, **filters)
+            n = _export(sys.stdout, filters)
             sys.stdout.flush()
         else:
             n = _export_file(output, filters)
@@ -104,6 +106,23 @@ def export(
     err.print(f"exported {n} conversation(s){where}", highlight=False, soft_wrap=True)
 
 
+def _export(out: Any, filters: dict[str, Any]) -> int:
+    """Write the export to ``out`` (the remote platform's with --server); how many lines."""
+    from qingliang.platform.cli import _remote
+
+    if _remote.target() is None:
+        return int(_log().export(out, **filters))
+    params: dict[str, Any] = {k: filters[k] for k in ("since", "until") if filters[k] is not None}
+    params.update(tenant=list(filters["tenants"]), model=list(filters["models"]))
+    n = 0
+    with _remote.connect() as api:
+        for line in api.text("/v1/conversations/export", params=params):
+            if line.strip():
+                out.write(line + "\n")
+                n += 1
+    return n
+
+
 def _export_file(output: Path, filters: dict[str, Any]) -> int:
     """Export into ``output`` (owner-only: it holds prompts), replacing it only when done."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +130,7 @@ def _export_file(output: Path, filters: dict[str, Any]) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            n = int(_log().export(out, **filters))
+            n = _export(out, filters)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, output)
@@ -128,18 +147,33 @@ def purge(
     ),
 ) -> None:
     """Delete old conversations (retention)."""
+    from qingliang.platform.cli import _remote
+
     try:
-        n = _log().purge(older_than_days * DAY_S)
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                body = {"older_than_days": float(older_than_days)}
+                n = api.post("/v1/conversations/purge", body)["purged"]
+        else:
+            n = _log().purge(older_than_days * DAY_S)
     except (QingliangError, OSError, sqlite3.Error) as exc:
         _fail(str(exc))
     print(f"purged {n} conversation(s) older than {older_than_days:g} day(s)")
 
 
 @conversations_app.command("count")
-def count() -> None:
+def count(
+    as_json: bool = typer.Option(False, "--json", help='Print {"count": N} instead.'),
+) -> None:
     """How many conversations are stored."""
+    from qingliang.platform.cli import _remote
+
     try:
-        n = _log().count()
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                n = int(api.get("/v1/conversations/count")["count"])
+        else:
+            n = _log().count()
     except (QingliangError, OSError, sqlite3.Error) as exc:
         _fail(str(exc))
-    print(n)
+    print(json.dumps({"count": n}) if as_json else n)

@@ -45,8 +45,17 @@ def _fail(exc: BaseException) -> None:
 
 
 def _store() -> Any:
+    from qingliang.platform.cli import _remote
     from qingliang.platform.lifecycle.data.store import DatasetStore
 
+    try:
+        _remote.not_remote(
+            "data",
+            "run it on the platform's host; `qingliang --server URL registry datasets "
+            "[NAME] --json` lists the registered dataset versions remotely",
+        )
+    except QingliangError as exc:
+        _fail(exc)
     return DatasetStore.for_home(Settings().home)
 
 

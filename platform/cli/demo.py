@@ -4,15 +4,23 @@ $ qingliang demo list
 $ qingliang demo up all            # gov, healthcare, manufacturing and the front desk
 $ qingliang demo up gov --approve  # and its adapter trained, approved by you, served
 $ qingliang demo down all          # removes what `demo up` created, nothing else
+
+With ``--server`` (``QINGLIANG_URL``) ``up`` and ``down`` run as jobs on that platform
+(``POST /v1/demos/{name}/up|down``), their output printed as it comes; ``list`` reads
+``GET /v1/demos``.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import typer
 
-from qingliang.platform.cli import _common
+from qingliang.platform.cli import _common, _remote
 from qingliang.platform.cli._common import console, fail, load_settings
 from qingliang.platform.errors import QingliangError
 
@@ -29,17 +37,60 @@ DirOpt = typer.Option(
 
 
 @demo_app.command("list")
-def list_demos(root: Path = DirOpt) -> None:
+def list_demos(
+    root: Path = DirOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one document on stdout)."),
+) -> None:
     """The demonstrations, and which are up on this platform."""
     from qingliang.platform.control import demos
 
     try:
-        up = demos.Managed(load_settings().home / demos.RECORD).read()
-        for b in demos.select(["all"], root):
-            state = "up" if b.name in up else "down"
-            console.print(f"{b.name:<14} {state:<5} {b.spec.title}", highlight=False)
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                rows = [_row(d) for d in api.get("/v1/demos")["data"]]
+        else:
+            up = demos.Managed(load_settings().home / demos.RECORD).read()
+            rows = [
+                {"name": b.name, "title": b.spec.title, "state": "up" if b.name in up else "down"}
+                for b in demos.select(["all"], root)
+            ]
     except QingliangError as exc:
         fail(exc)
+        return
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for r in rows:
+        console.print(f"{r['name']:<14} {r['state']:<5} {r['title']}", highlight=False)
+
+
+def _row(demo: dict[str, Any]) -> dict[str, Any]:
+    return {"name": demo["name"], "title": demo["title"], "state": demo["state"]}
+
+
+def _remote_job(action: str, names: list[str], body: dict[str, Any]) -> None:
+    """Run ``demo ACTION`` on the remote platform as its jobs, one name after another,
+    printing each job's output as it comes; QingliangError when one fails."""
+    with _remote.connect() as api:
+        for name in names:
+            job = api.post(f"/v1/demos/{quote(name, safe='')}/{action}", body)
+            console.print(f"{action} {name} on {api.url} (job {job['id']})", highlight=False)
+            seen = 0
+            while True:
+                mine = [
+                    d["job"] for d in api.get("/v1/demos")["data"]
+                    if d.get("job") and d["job"]["id"] == job["id"]
+                ]  # fmt: skip
+                job = mine[0] if mine else job
+                tail = job.get("log_tail") or []
+                for line in tail[seen:]:
+                    console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+                seen = max(seen, len(tail))
+                if job["status"] != "running":
+                    break
+                time.sleep(1.0)
+            if job["status"] != "succeeded":
+                raise QingliangError(f"demo {action} {name} on {api.url}: {job['status']}")
 
 
 @demo_app.command("up")
@@ -66,6 +117,9 @@ def up(
     from qingliang.platform.control import demos
 
     try:
+        if _remote.target() is not None:
+            _remote_job("up", names or ["all"], {"train": train, "approve": approve})
+            return
         settings = load_settings()
         bundles = demos.select(names or ["all"], root)
         ctl = _common.controller(settings)
@@ -96,6 +150,9 @@ def down(names: list[str] = NamesArg) -> None:
     from qingliang.platform.control import demos
 
     try:
+        if _remote.target() is not None:
+            _remote_job("down", names or ["all"], {})
+            return
         settings = load_settings()
         end_runs(demos.runs_of(settings.home, names or ["all"]))
         removed = demos.down(

@@ -60,6 +60,11 @@ def _fail(exc: BaseException | str) -> NoReturn:
 
 
 def _connect(url: str | None, api_key: str | None) -> runner.PlatformApi:
+    from qingliang.platform.cli import _remote
+
+    chosen = _remote.target()
+    if url is None and chosen is not None:  # the global --server / QINGLIANG_URL
+        url, api_key = chosen.url, api_key or chosen.key
     settings = Settings()
     key = api_key or os.environ.get(KEY_ENV) or None
     if key is None and (settings.home / "api-key").is_file():

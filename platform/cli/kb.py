@@ -1,7 +1,9 @@
 """``qingliang kb …``: knowledge bases from the command line.
 
 Runs in-process when the platform is down; while ``qingliang up`` runs, every command goes
-through the gateway (whose knowledge server owns the embedded shards) with the operator key.
+through the gateway (whose knowledge server owns the embedded shards) with the operator key;
+with ``--server`` (``QINGLIANG_URL``), through that platform's gateway. ``--json`` prints
+the API's own answer, the same locally and remotely.
 
 Example:
     $ qingliang kb ingest ./policies --name gov-policy --tenant city-a --domain gov
@@ -81,7 +83,8 @@ def _bars(enabled: bool) -> Any:
         yield update
 
 
-def _print_sync(out: dict) -> None:
+def print_sync(out: dict) -> None:
+    """One sync's result, for a person."""
     console.print(
         f"{out['kb']}: version {out['version']} — {out['chunks']} chunks from "
         f"{out.get('files', '?')} files: {out['added']} added, {out['updated']} updated, "
@@ -116,7 +119,7 @@ def sync_after_apply(names: list[str]) -> None:
             else:
                 with _bars(True) as bar:
                     out = client.call("sync", name, {}, progress=bar)
-            _print_sync(out)
+            print_sync(out)
 
 
 def _slug(text: str) -> str:
@@ -170,7 +173,7 @@ def ingest(
         console.print(f"KnowledgeBase/{kb_name}: {action}", highlight=False)
         with _bars(progress) as bar:
             out = client.call("sync", kb_name, {}, progress=bar)
-        _print_sync(out)
+        print_sync(out)
 
 
 @kb_app.command("sync")
@@ -186,7 +189,7 @@ def sync(
                 out = client.call("sync", name, {"rebuild": rebuild})
         else:
             out = client.call("sync", name, {"rebuild": rebuild}, progress=bar)
-        _print_sync(out)
+        print_sync(out)
 
 
 @kb_app.command("search")
@@ -266,19 +269,35 @@ def _print_context(c: dict[str, Any]) -> None:
     console.print(f"    context ({len(text)} chars): {text}", highlight=False, soft_wrap=True)
 
 
+JsonOpt = typer.Option(False, "--json", help="Print JSON (one document on stdout) instead.")
+
+
+def _print_json(value: Any) -> None:
+    import json
+
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
 @kb_app.command("list")
-def list_kbs() -> None:
+def list_kbs(as_json: bool = JsonOpt) -> None:
     """The knowledge bases applied here."""
     with _client() as client:
-        for row in client.call("names", None, {})["data"]:
-            console.print(row["id"], highlight=False)
+        rows = client.call("names", None, {})["data"]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        console.print(row["id"], highlight=False)
 
 
 @kb_app.command("stats")
-def stats(name: str = typer.Argument(..., help="Knowledge base.")) -> None:
+def stats(name: str = typer.Argument(..., help="Knowledge base."), as_json: bool = JsonOpt) -> None:
     """Version, documents, chunks, snapshots and the last sync of a KB."""
     with _client() as client:
         s = client.call("stats", name, {})
+    if as_json:
+        _print_json(s)
+        return
     console.print(
         f"{s['kb']}  tenant {s['tenant']}  domain {s['domain'] or '-'}  version {s['version']}",
         highlight=False,
@@ -336,10 +355,15 @@ def rollback(
 
 
 @kb_app.command("documents")
-def documents(name: str = typer.Argument(..., help="Knowledge base.")) -> None:
+def documents(
+    name: str = typer.Argument(..., help="Knowledge base."), as_json: bool = JsonOpt
+) -> None:
     """The documents stored in a KB."""
     with _client() as client:
         rows = client.call("documents", name, {})["data"]
+    if as_json:
+        _print_json(rows)
+        return
     table = Table("source", "record", "chunks", "version", "uploaded")
     for r in rows:
         table.add_row(
@@ -363,4 +387,4 @@ def upload(
     if not file.is_file():
         _fail(QingliangError(f"no such file: {file}"))
     with _client() as client:
-        _print_sync(client.call("upload", name, read_upload(file)))
+        print_sync(client.call("upload", name, read_upload(file)))

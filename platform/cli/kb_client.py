@@ -12,16 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from qingliang.platform.errors import (
-    from_status,
-)
 from qingliang.platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,14 +71,18 @@ class RemoteKnowledge:
     remote = True
 
     def __init__(self, base_url: str, api_key: str | None, timeout_s: float = 3600) -> None:
-        import httpx
+        from qingliang.platform.cli._remote import Remote, Target
 
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+        self._api = Remote(Target(base_url, api_key), timeout_s=timeout_s)
+        self._http = self._api._http
 
     def call(
         self, method: str, kb: str | None, kwargs: dict, progress: Progress | None = None
     ) -> Any:
+        with self._api.reaching():
+            return self._call(method, kb, kwargs)
+
+    def _call(self, method: str, kb: str | None, kwargs: dict) -> Any:
         if method == "names":
             return self._check(self._http.get("/v1/knowledge"))
         assert kb is not None
@@ -101,26 +101,24 @@ class RemoteKnowledge:
             return self._check(self._http.get(base + path, params=params))
         return self._check(self._http.post(base + path, json=kwargs))
 
-    @staticmethod
-    def _check(response: Any) -> Any:
-        try:
-            body = response.json()
-        except json.JSONDecodeError:
-            body = None
-        if response.status_code < 400:
-            return body
-        err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
-        message = err.get("message") or response.text[:500]
-        raise from_status(response.status_code, message, param=err.get("param"))
+    def _check(self, response: Any) -> Any:
+        from qingliang.platform.cli._remote import check
+
+        return check(response, f"{response.request.method} {response.request.url}")
 
     def close(self) -> None:
-        self._http.close()
+        self._api.close()
 
 
 def connect(settings: Settings) -> LocalKnowledge | RemoteKnowledge:
-    """The gateway when ``qingliang up`` runs here (it owns the shards), else in-process."""
+    """The platform of ``--server`` / ``QINGLIANG_URL`` when one is chosen; else the gateway
+    when ``qingliang up`` runs here (it owns the shards); else in-process."""
+    from qingliang.platform.cli import _remote
     from qingliang.platform.control import cluster
 
+    chosen = _remote.target()
+    if chosen is not None:
+        return RemoteKnowledge(chosen.url, chosen.key)
     info = cluster.running(settings)
     if info is None:
         return LocalKnowledge(settings)

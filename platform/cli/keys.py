@@ -1,15 +1,23 @@
-"""``qingliang keys``: API keys for the gateway (stored hashed, in the key store)."""
+"""``qingliang keys``: API keys for the gateway (stored hashed, in the key store).
+
+With ``--server`` (``QINGLIANG_URL``) the commands call that platform's ``/v1/keys``
+routes with its admin key; ``--json`` prints the records as ``GET /v1/keys`` answers
+them, the same locally and remotely.
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Column, Table
 
+from qingliang.platform.cli import _remote
 from qingliang.platform.cli._common import console, err, fail, load_settings
-from qingliang.platform.errors import QingliangError
+from qingliang.platform.errors import NotFound, QingliangError, did_you_mean
 
 keys_app = typer.Typer(help="API keys for the gateway (stored hashed).", no_args_is_help=True)
 
@@ -45,21 +53,65 @@ def keys_create(
     scopes = [ADMIN] if admin else list(scope or DEFAULT_SCOPES)
     if admin and scope:
         scopes += [s for s in scope if s != ADMIN]
-    if tenant is not None:
-        scopes.append(f"{TENANT_PREFIX}{tenant}")
-    try:
-        record, key = KeyStore(load_settings().state_db).create(
-            name, scopes=scopes, requests_per_minute=rpm, tokens_per_day=tokens_per_day
-        )
-    except QingliangError as exc:
-        fail(exc)
-        return
+    if _remote.target() is not None:
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        body.update({"tenant": tenant} if tenant is not None else {})
+        body.update({"requests_per_minute": rpm} if rpm is not None else {})
+        body.update({"tokens_per_day": tokens_per_day} if tokens_per_day is not None else {})
+        try:
+            with _remote.connect() as api:
+                out = api.post("/v1/keys", body)
+        except QingliangError as exc:
+            fail(exc)
+            return
+        record, key = _Record(out), out["key"]
+    else:
+        if tenant is not None:
+            scopes.append(f"{TENANT_PREFIX}{tenant}")
+        try:
+            record, key = KeyStore(load_settings().state_db).create(
+                name, scopes=scopes, requests_per_minute=rpm, tokens_per_day=tokens_per_day
+            )
+        except QingliangError as exc:
+            fail(exc)
+            return
     err.print(
         f"created {record.prefix} ({record.name}), scopes: {' '.join(record.scopes)}"
         f"{_limits_text(record)}; store it now, it is not shown again:",
         highlight=False,
     )
     print(key)
+
+
+class _Record:
+    """A key record as the API answers it, read as the key store's record is."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        def when(t: float | None) -> datetime | None:
+            return datetime.fromtimestamp(t).astimezone() if t is not None else None
+
+        self.id = row["id"]
+        self.prefix = row["prefix"]
+        self.name = row["name"]
+        tenant = [f"tenant:{row['tenant']}"] if row.get("tenant") else []
+        self.scopes = [*row["scopes"], *tenant]
+        self.created_at = when(row["created_at"])
+        self.last_used_at = when(row["last_used_at"])
+        self.revoked_at = when(row["revoked_at"])
+        self.requests_per_minute = row["requests_per_minute"]
+        self.tokens_per_day = row["tokens_per_day"]
+
+
+def _remote_id(api: _remote.Remote, key: str) -> str:
+    """The id of the remote key named ``key`` (an id or an active key's name)."""
+    rows = api.get("/v1/keys")["data"]
+    for r in rows:
+        if key in (r["id"], r["prefix"]):
+            return str(r["id"])
+    active = [r for r in rows if r["name"] == key and not r["revoked"]]
+    if active:
+        return str(active[-1]["id"])
+    raise NotFound(f"no key {key!r}{did_you_mean(key, [r['name'] for r in rows])}")
 
 
 def _limits_text(record: Any) -> str:
@@ -94,14 +146,20 @@ def keys_limits(
     ),
 ) -> None:
     """Change a key's limits (over one, the gateway answers 429 with Retry-After)."""
-    from qingliang.platform.storage.keys import KeyStore
+    from qingliang.platform.storage.keys import KEEP, KeyStore
 
     try:
-        record = KeyStore(load_settings().state_db).set_limits(
-            key,
-            requests_per_minute=_limit_option(rpm, "--rpm"),
-            tokens_per_day=_limit_option(tokens_per_day, "--tokens-per-day"),
-        )
+        wanted = {
+            "requests_per_minute": _limit_option(rpm, "--rpm"),
+            "tokens_per_day": _limit_option(tokens_per_day, "--tokens-per-day"),
+        }
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                path = f"/v1/keys/{quote(_remote_id(api, key), safe='')}/limits"
+                body = {k: v for k, v in wanted.items() if v is not KEEP}
+                record: Any = _Record(api.post(path, body))
+        else:
+            record = KeyStore(load_settings().state_db).set_limits(key, **wanted)
     except QingliangError as exc:
         fail(exc)
         return
@@ -112,9 +170,18 @@ def keys_limits(
 
 
 @keys_app.command("scopes")
-def keys_scopes() -> None:
+def keys_scopes(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one document on stdout)."),
+) -> None:
     """List the scopes a key can carry and what each allows."""
     from qingliang.platform.storage.keys import DEFAULT_SCOPES, SCOPES
+
+    if as_json:
+        rows = [
+            {"scope": n, "allows": w, "default": n in DEFAULT_SCOPES} for n, w in SCOPES.items()
+        ]
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
 
     table = Table("SCOPE", "ALLOWS")
     for name, what in SCOPES.items():
@@ -123,10 +190,30 @@ def keys_scopes() -> None:
     console.print(table)
 
 
-@keys_app.command("list")
-def keys_list() -> None:
-    """List keys (id, name, dates; never the secret)."""
+def _key_rows() -> list[dict[str, Any]]:
+    """Every key as ``GET /v1/keys`` answers it (the remote platform's with --server)."""
+    if _remote.target() is not None:
+        with _remote.connect() as api:
+            return list(api.get("/v1/keys")["data"])
+    from qingliang.platform.gateway.routes.keys import record_json
     from qingliang.platform.storage.keys import KeyStore
+
+    return [record_json(r) for r in KeyStore(load_settings().state_db).list()]
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one document on stdout)."),
+) -> None:
+    """List keys (id, name, dates; never the secret)."""
+    try:
+        rows = _key_rows()
+    except QingliangError as exc:
+        fail(exc)
+        return
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
 
     # The id and the name are what `keys revoke` takes: never cut short, whatever the width.
     table = Table(
@@ -138,7 +225,7 @@ def keys_list() -> None:
         "LAST USED",
         "REVOKED",
     )
-    for r in KeyStore(load_settings().state_db).list():
+    for r in map(_Record, rows):
 
         def fmt(t: datetime | None) -> str:
             return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -161,7 +248,12 @@ def keys_revoke(key: str = typer.Argument(..., help="Key id (ql-…) or name."))
     from qingliang.platform.storage.keys import KeyStore
 
     try:
-        record = KeyStore(load_settings().state_db).revoke(key)
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                path = f"/v1/keys/{quote(_remote_id(api, key), safe='')}"
+                record: Any = _Record(api.delete(path))
+        else:
+            record = KeyStore(load_settings().state_db).revoke(key)
     except QingliangError as exc:
         fail(exc)
         return

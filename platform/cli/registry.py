@@ -6,7 +6,10 @@ version, a job, a base model or a deployment, and it prints what that was made f
 dataset versions with record counts and status, base model) and what came of it
 (deployments serving it, with their traffic shares). Everything is read from
 ``$QINGLIANG_HOME/registry.sqlite`` and, for ``deployment:adapter``, the applied
-ModelDeployment's ``spec.lora.refs``; no running platform is needed.
+ModelDeployment's ``spec.lora.refs``; no running platform is needed. With ``--server``
+(``QINGLIANG_URL``), ``lineage`` and the ``registry adapters|jobs|datasets`` listings read
+the remote platform's registry (``/v1/lineage``, ``/v1/registry/...``); ``--json`` prints
+the same document either way.
 
 Example:
     $ qingliang lineage faq-bot@3
@@ -100,9 +103,15 @@ def _applied() -> AppliedAdapters:
 @contextmanager
 def _registry() -> Iterator[Registry]:
     """The registry of ``$QINGLIANG_HOME``; Qingliang errors end the command (exit 1)."""
+    from qingliang.platform.cli import _remote
     from qingliang.platform.lifecycle.registry import Registry
 
     try:
+        _remote.not_remote(
+            "registry show/sync",
+            "run it on the platform's host; remotely, `qingliang lineage REF --json` and "
+            "`qingliang registry adapters|jobs|datasets --json` read its registry",
+        )
         with Registry(home=Settings().home) as reg:
             yield reg
     except QingliangError as exc:
@@ -114,22 +123,44 @@ def _out(text: str) -> None:
 
 
 def _json(value: Any) -> None:
-    _out(json.dumps(value, ensure_ascii=False, indent=2, default=_plain))
+    from qingliang.platform.gateway.operator.admin import plain
+
+    print(json.dumps(value, ensure_ascii=False, indent=2, default=plain))
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        ref = getattr(value, "ref", None)
-        return {**({"ref": ref} if isinstance(ref, str) else {}), **dataclasses.asdict(value)}
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def _when(t: datetime | None) -> str:
+def _when(t: datetime | str | None) -> str:
+    if isinstance(t, str):  # a record read as JSON (ISO 8601)
+        t = datetime.fromisoformat(t)
     return "-" if t is None else t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _rows(what: str, name: str | None, status: str | None) -> list[Any]:
+    """``registry adapters|jobs|datasets`` as JSON records (each also readable as
+    attributes): the remote platform's with --server, else this machine's."""
+    from qingliang.platform.cli import _remote
+
+    try:
+        if _remote.target() is not None:
+            params = {k: v for k, v in (("name", name), ("status", status)) if v}
+            with _remote.connect() as api:
+                rows = api.get(f"/v1/registry/{what}", params=params)["data"]
+        else:
+            from qingliang.platform.gateway.operator.admin import registry_rows
+
+            rows = registry_rows(Settings().home, what, name, status)
+    except QingliangError as exc:
+        _fail(exc)
+    return [_Row(r) for r in rows]
+
+
+class _Row(dict):
+    """A JSON record whose keys also read as attributes (``row.ref``)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
 
 
 def _short(ref: str, full: bool) -> str:
@@ -222,18 +253,29 @@ def lineage(
     Give the adapter ref an answer carries (its X-Qingliang-Adapter-Ref header, or the
     body's qingliang.adapter_ref), or DEPLOYMENT:ADAPTER as a request named it.
     """
-    walk = _lineage().DIRECTIONS.get(direction)
-    if walk is None:
+    from qingliang.platform.cli import _remote
+
+    if _lineage().DIRECTIONS.get(direction) is None:
         _fail(BadRequest(f"--direction {direction!r}: use up, down or both"))
         return
-    with _registry() as reg:
-        found = _lineage().resolve(reg, ref, kind, applied=_applied)
-        doc = _lineage().trace(reg, found, ref, direction=walk, depth=depth)
+    try:
+        if _remote.target() is not None:
+            params = {"ref": ref, "direction": direction, "depth": depth, "kind": kind}
+            with _remote.connect() as api:
+                doc = api.get("/v1/lineage", params={k: v for k, v in params.items() if v})
+        else:
+            from qingliang.platform.gateway.operator.admin import lineage_doc
+
+            doc = lineage_doc(Settings(), ref, direction, depth, kind)
+    except QingliangError as exc:
+        _fail(exc)
+        return
+    via = doc.pop("via", None)
     if as_json:
         _json(doc)
         return
-    if found.via:
-        _out(found.via)
+    if via:
+        _out(via)
     text = _detail_text(doc["kind"], doc["details"], full)
     label = _lineage().LABEL[doc["kind"]]
     _out(f"{label} {_short(doc['ref'], full)}" + (f"  ({text})" if text else ""))
@@ -258,10 +300,7 @@ def adapters(
     as_json: bool = JsonOpt,
 ) -> None:
     """List adapter versions: status, base model, the job that made them."""
-    with _registry() as reg:
-        rows = reg.list_adapters(name, status=status)
-        if name and not rows and not reg.list_adapters(name):
-            reg.get_adapter(name)  # NotFound with a did-you-mean
+    rows = _rows("adapters", name, status)
     if as_json:
         _json(rows)
         return
@@ -360,8 +399,7 @@ def jobs(
     as_json: bool = JsonOpt,
 ) -> None:
     """List fine-tuning jobs: status, method, base model, training and eval data."""
-    with _registry() as reg:
-        rows = reg.list_jobs(status=status)
+    rows = _rows("jobs", None, status)
     if as_json:
         _json(rows)
         return
@@ -386,10 +424,7 @@ def datasets(
     as_json: bool = JsonOpt,
 ) -> None:
     """List the dataset versions the registry knows, oldest first, with status."""
-    with _registry() as reg:
-        rows = reg.list_dataset_versions(name, status=status)
-        if name and not rows:
-            _lineage().dataset_version_ref(reg, name)  # NotFound with a did-you-mean
+    rows = _rows("datasets", name, status)
     if as_json:
         _json(rows)
         return

@@ -25,12 +25,36 @@ REPO_DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults"
 KEY_FILE = "api-key"
 
 
-def models() -> None:
-    """List the models shipped in PyPI packages (usable as `packaged:<name>`)."""
-    from qingliang.serving.sources import list_packaged
+JsonOpt = typer.Option(False, "--json", help="Print JSON (one document on stdout) instead.")
 
+
+def _print_json(value: Any) -> None:
+    import json
+
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def models(as_json: bool = JsonOpt) -> None:
+    """List the models shipped in PyPI packages (usable as `packaged:<name>`); with
+    --server, as the remote platform sees them."""
+    from qingliang.platform.cli import _remote
+
+    try:
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                rows = api.get("/v1/packaged-models")["data"]
+        else:
+            from qingliang.platform.gateway.operator.admin import packaged_models
+
+            rows = packaged_models(load_settings())
+    except QingliangError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json(rows)
+        return
     table = Table("SOURCE", "INSTALLED", "CACHED", "SIZE", "LICENCE", "DESCRIPTION")
-    for m in list_packaged(load_settings().model_cache):
+    for m in rows:
         table.add_row(
             m["source"],
             "yes" if m["installed"] else f"no: {m['install']}",
@@ -143,19 +167,32 @@ def down() -> None:
     console.print("stopped" if stopped else "nothing was running")
 
 
-def status() -> None:
-    """Show whether the local platform runs and where."""
-    from qingliang.platform.control import cluster
+def status(as_json: bool = JsonOpt) -> None:
+    """Show whether the platform runs and where (exit 3 when it does not); with --server,
+    the remote one (its addresses as its own host sees them)."""
+    from qingliang.platform.cli import _remote
+    from qingliang.platform.gateway.operator.admin import platform_status
 
-    settings = load_settings()
-    info = cluster.running(settings)
-    if info is None:
-        console.print(f"not running (data dir {settings.home})")
+    try:
+        if _remote.target() is not None:
+            with _remote.connect() as api:
+                out = api.get("/v1/platform")
+        else:
+            out = platform_status(load_settings())
+    except QingliangError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json(out)
+    elif not out["running"]:
+        console.print(f"not running (data dir {out['home']})", highlight=False)
+    else:
+        console.print(f"running since {time.ctime(out['started_at'])} (pid {out['pid']})")
+        console.print(f"  API        {out['api']}", highlight=False)
+        console.print(f"  console    {out['console']}", highlight=False)
+        console.print(f"  dashboard  {out['dashboard']}", highlight=False)
+    if not out["running"]:
         raise typer.Exit(3)
-    console.print(f"running since {time.ctime(info.started_at)} (pid {info.pid})")
-    console.print(f"  API        http://{settings.host}:{info.http_port}/v1", highlight=False)
-    console.print(f"  console    http://{settings.host}:{info.http_port}/ui/", highlight=False)
-    console.print(f"  dashboard  {info.dashboard_url}", highlight=False)
 
 
 def _images_note(images: dict) -> str:
@@ -180,15 +217,11 @@ def chat(
         "it, reads it by OCR, or refuses it, as its spec.multimodal.image says.",
     ),
 ) -> None:
-    """Chat with a deployment through the OpenAI API (streams the answer)."""
+    """Chat with a deployment through the OpenAI API (streams the answer); with --server,
+    the remote platform's."""
     import openai
 
-    settings = load_settings()
-    base = url or f"http://{settings.host}:{settings.http_port}/v1"
-    key = api_key
-    if key is None and (settings.home / KEY_FILE).exists():
-        key = (settings.home / KEY_FILE).read_text().strip()
-    client = openai.OpenAI(base_url=base, api_key=key or "none", max_retries=0, timeout=600)
+    base, client = _chat_client(url, api_key)
     try:
         if model is None:
             ids = [m.id for m in client.models.list().data if ":" not in m.id]
@@ -240,4 +273,39 @@ def chat(
             if message is not None:
                 return
     except openai.APIError as exc:
-        fail(QingliangError(f"{base}: {exc}"))
+        fail(_chat_error(base, exc))
+
+
+def _chat_client(url: str | None, api_key: str | None) -> tuple[str, Any]:
+    """The OpenAI client of ``chat``: ``--url``, else ``--server``, else the local
+    platform; the key given, else the server's, else the one ``up`` wrote here."""
+    import openai
+
+    from qingliang.platform.cli import _remote
+
+    settings = load_settings()
+    chosen = _remote.target()
+    base = url or (
+        f"{chosen.url}/v1" if chosen else f"http://{settings.host}:{settings.http_port}/v1"
+    )
+    key = api_key or (chosen.key if chosen else None)
+    if key is None and (settings.home / KEY_FILE).exists():
+        key = (settings.home / KEY_FILE).read_text().strip()
+    return base, openai.OpenAI(base_url=base, api_key=key or "none", max_retries=0, timeout=600)
+
+
+def _chat_error(base: str, exc: Exception) -> QingliangError:
+    """An OpenAI client error, worded: a refused key names QINGLIANG_API_KEY, an
+    unreachable server its URL and the cause."""
+    import openai
+
+    from qingliang.platform.cli._remote import KEY_ENV
+
+    if isinstance(exc, openai.AuthenticationError):
+        return QingliangError(
+            f"{base}: the server refused the API key (HTTP 401: {exc.message}); set "
+            f"{KEY_ENV} (or --api-key) to a key of that platform"
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return QingliangError(f"cannot reach the platform at {base}: {exc.__cause__ or exc}")
+    return QingliangError(f"{base}: {exc}")

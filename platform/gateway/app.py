@@ -54,6 +54,7 @@ from qingliang.platform.gateway.openai_routes import add_embedding_routes, add_m
 from qingliang.platform.gateway.operator.demo_jobs import DemoJobs
 from qingliang.platform.gateway.operator.operations import Operations
 from qingliang.platform.gateway.responses import add_responses_routes
+from qingliang.platform.gateway.routes.admin import ADMIN_BODIES, add_admin_routes
 from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_routes
 from qingliang.platform.gateway.routes.demos import add_demo_routes
 from qingliang.platform.gateway.routes.keys import add_key_routes
@@ -110,10 +111,11 @@ def create_app(
     add_ops_routes(app, ops, auth)
     add_demo_routes(app, demos)
     add_key_routes(app, auth)
+    add_admin_routes(app, ops, knowledge)
     add_console(app)
     install_openapi(
         app,
-        (*OPENAI_BODIES, ResponsesBody, *BODIES),
+        (*OPENAI_BODIES, ResponsesBody, *BODIES, *ADMIN_BODIES),
         public=[r for r, rule in ROUTES.items() if rule.public],
     )
     # Added last, so outermost of our middleware: a body over its limit by

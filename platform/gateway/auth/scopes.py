@@ -18,7 +18,8 @@ A key carries scopes (defined in :mod:`qingliang.platform.storage.keys`)::
 The operator's routes (``/v1/deployments``, ``/v1/metrics/series``, adapter lineage) need
 ``deploy`` or ``approve``, manifest checks ``deploy``, never bound to a tenant; demos
 ``admin`` (their sample pictures ``agents:run`` or ``knowledge:read``); API keys
-(``/v1/keys``) ``admin``; ``/v1/whoami`` any key.
+(``/v1/keys``) ``admin``; the admin's routes of the remote CLI (apply, delete, adapters,
+key limits, listings: :mod:`..routes.admin`) ``admin``; ``/v1/whoami`` any key.
 
 Tenancy: an ``admin`` key acts for every tenant; a key with ``tenant:<id>`` for that one;
 any other key for the tenant ``default`` (the tenant a knowledge base has when its
@@ -193,6 +194,28 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/keys"): _need(ADMIN, platform_wide=True),
     ("POST", "/v1/keys"): _need(ADMIN, platform_wide=True),
     ("DELETE", "/v1/keys/{key_id}"): _need(ADMIN, platform_wide=True),
+    # The admin's routes (routes/admin.py): what the remote CLI changes and reads.
+    **{
+        route: _need(ADMIN, platform_wide=True)
+        for route in (
+            ("POST", "/v1/manifests/apply"),
+            ("GET", "/v1/manifests/applied"),
+            ("DELETE", "/v1/deployments/{kind}/{name}"),
+            ("PUT", "/v1/deployments/{name}/adapters/{adapter}"),
+            ("DELETE", "/v1/deployments/{name}/adapters/{adapter}"),
+            ("PUT", "/v1/deployments/{name}/traffic"),
+            ("PUT", "/v1/deployments/{name}/aliases/{alias}"),
+            ("DELETE", "/v1/deployments/{name}/aliases/{alias}"),
+            ("POST", "/v1/keys/{key_id}/limits"),
+            ("GET", "/v1/platform"),
+            ("GET", "/v1/packaged-models"),
+            ("GET", "/v1/conversations/count"),
+            ("GET", "/v1/conversations/export"),
+            ("POST", "/v1/conversations/purge"),
+            ("GET", "/v1/registry/{what}"),
+            ("GET", "/v1/lineage"),
+        )
+    },
 }
 
 
