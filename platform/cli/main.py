@@ -30,6 +30,7 @@ from qingliang.platform.cli.eval_cmd import eval_app
 from qingliang.platform.cli.export_cmd import export_app
 from qingliang.platform.cli.kb import kb_app
 from qingliang.platform.cli.keys import keys_app
+from qingliang.platform.cli.logs_cmd import logs
 from qingliang.platform.cli.pipelines import finetune_app, pipelines_app
 from qingliang.platform.cli.registry import lineage, registry_app
 from qingliang.platform.errors import QingliangError
@@ -126,6 +127,7 @@ for _command in (
     serve_cmds.up,
     serve_cmds.down,
     serve_cmds.status,
+    logs,
     serve_cmds.chat,
 ):
     app.command()(_command)

@@ -59,6 +59,7 @@ from qingliang.platform.gateway.routes.agents import AgentsBackend, add_agent_ro
 from qingliang.platform.gateway.routes.demos import add_demo_routes
 from qingliang.platform.gateway.routes.keys import add_key_routes
 from qingliang.platform.gateway.routes.knowledge import KnowledgeBackend, add_knowledge_routes
+from qingliang.platform.gateway.routes.logs import add_log_routes
 from qingliang.platform.gateway.routes.ops import add_ops_routes
 from qingliang.platform.gateway.routes.pipelines import add_pipeline_routes
 from qingliang.platform.settings import GatewayLimits
@@ -112,6 +113,7 @@ def create_app(
     add_demo_routes(app, demos)
     add_key_routes(app, auth)
     add_admin_routes(app, ops, knowledge)
+    add_log_routes(app, ops)
     add_console(app)
     install_openapi(
         app,

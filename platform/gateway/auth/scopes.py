@@ -214,6 +214,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
             ("POST", "/v1/conversations/purge"),
             ("GET", "/v1/registry/{what}"),
             ("GET", "/v1/lineage"),
+            ("GET", "/v1/deployments/{name}/logs"),  # routes/logs.py: `qingliang logs`
         )
     },
 }
