@@ -64,13 +64,13 @@ def kuberay(
         [], help="RAY_RESOURCE=K8S_RESOURCE for a placement's custom resource (=ray: none)."
     ),
 ) -> None:
-    """Write a RayService, the ConfigMap of manifests, the data volume claim and a
-    kustomization.yaml into --out (`kubectl apply -k OUT`); see docs/cluster.md.
+    """Write the KubeRay objects for these manifests into --out (docs/cluster.md).
 
-    The Serve config is the one `apply` pushes locally (`qingliang render`), with every
-    deployment, the gateway and its knowledge and agents services. What cannot travel to
-    the cluster (a model path on this machine, an embedded knowledge store) is printed as
-    a warning.
+    A RayService, the ConfigMap of manifests, the data volume claim and a
+    kustomization.yaml: `kubectl apply -k OUT`. The Serve config is the one `apply`
+    pushes locally (`qingliang render`), with every deployment, the gateway and its
+    knowledge and agents services. What cannot travel to the cluster (a model path on
+    this machine, an embedded knowledge store) is printed as a warning.
     """
     from qingliang.platform.control.kuberay import export_kuberay, write_files
     from qingliang.platform.control.kuberay_options import ExportOptions, default_image
@@ -118,9 +118,11 @@ def init_state(
     cpu_isa: str = typer.Option("avx2", help="As given to `export kuberay`."),
     sync: bool = typer.Option(True, help="Sync the knowledge bases (embed what changed)."),
 ) -> None:
-    """Run in the cluster's head pod before Ray starts (the export's init container):
-    record the manifests in the shared state and convert packaged models onto the volume,
-    deploying nothing (the RayService owns the Serve config)."""
+    """Record the manifests in the shared state (the exported head's init step).
+
+    Runs in the cluster's head pod before Ray starts: copies the manifests onto the volume,
+    records them as `apply` would and converts packaged models there, deploying nothing
+    (the RayService owns the Serve config)."""
     from qingliang.platform.cli.kb import sync_after_apply
     from qingliang.platform.control.kuberay_state import init_state as run
 

@@ -551,3 +551,28 @@ def test_the_dockerfiles_pass_hadolint() -> None:
     files = [str(REPO / "deploy/docker/Dockerfile"), str(REPO / "deploy/docker/Dockerfile.gpu")]
     done = subprocess.run([str(hadolint), "--no-color", *files], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_manifest_change_rolls_the_head(tmp_path: Path) -> None:
+    """The head template carries the manifests' digest: changing one (even a knowledge
+    source, with no Serve change) changes the template, so KubeRay brings up a new cluster
+    whose init step records it."""
+    import shutil
+
+    from qingliang.platform.control._kuberay_objects import MANIFESTS_ANNOTATION
+
+    shutil.copytree(REPO / "deploy" / "domains" / "gov", tmp_path / "gov")
+    files = [REPO / "deploy" / "defaults", tmp_path / "gov" / "knowledge.yaml"]
+
+    def digest() -> str:
+        rs = next(
+            o for o in export_kuberay(files, ExportOptions()).objects if o["kind"] == "RayService"
+        )
+        head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+        return head["metadata"]["annotations"][MANIFESTS_ANNOTATION]
+
+    before = digest()
+    assert digest() == before
+    policy = tmp_path / "gov" / "data" / "policy" / "policy.jsonl"
+    policy.write_text(policy.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    assert digest() != before
