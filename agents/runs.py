@@ -1,6 +1,8 @@
-"""Runs, their events, and the journal that makes side effects happen once (SQLite).
+"""Runs, their events, and the journal that makes side effects happen once.
 
-Three tables in ``agents.sqlite`` under the data directory:
+Tables in ``agents.sqlite`` under the data directory, or in the PostgreSQL database of
+``$QINGLIANG_DATABASE_URL`` (the storage layer, :mod:`~qingliang.platform.storage.database`;
+migrations in ``platform/storage/migrations/agent_runs``):
 
 - ``runs``: one row per run — graph, tenant, status, answer, the pending approval. Status
   changes are conditional updates (``... WHERE status = 'waiting'``), so two resumes of one
@@ -43,54 +45,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.storage.sqlite import connect, write
+from sqlalchemy import Connection, text
+
+from qingliang.platform.storage.handles import MIGRATIONS, StoreDatabase, in_list
+from qingliang.platform.storage.sqlite import write
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "waiting", "done", "rejected", "stopped", "failed")
 FINAL = frozenset({"done", "rejected", "stopped", "failed"})
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    graph TEXT NOT NULL,
-    tenant TEXT,
-    actor TEXT NOT NULL,
-    status TEXT NOT NULL,
-    input TEXT NOT NULL,
-    answer TEXT,
-    reason TEXT,
-    pending TEXT,
-    parent TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    active_s REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status, tenant);
-CREATE INDEX IF NOT EXISTS runs_graph ON runs(graph, created);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    event TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-CREATE TABLE IF NOT EXISTS journal (
-    run_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (run_id, key)
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    run_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    score REAL NOT NULL,
-    comment TEXT,
-    actor TEXT NOT NULL
-);
-"""
+#: The store's name on the storage layer (version table ``qingliang_agent_runs_version``).
+STORE = "agent_runs"
+#: A write's statements, run on the connection of its transaction.
+Write = Callable[[Connection], Any]
 
 
 @dataclass(frozen=True)
@@ -165,16 +133,18 @@ def _create(
     actor: str,
     parent: str | None,
     events: list[dict] | None,
-) -> Callable[[sqlite3.Connection], None]:
-    text = json.dumps(payload, ensure_ascii=False)
+) -> Write:
     now = time.time()
+    row = {
+        "id": run_id, "graph": graph, "tenant": tenant, "actor": actor, "status": "running",
+        "input": json.dumps(payload, ensure_ascii=False), "answer": None, "reason": None,
+        "pending": None, "parent": parent, "created": now, "updated": now, "tokens": 0,
+        "active_s": 0.0,
+    }  # fmt: skip
+    sql = text(f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join(':' + k for k in row)})")
 
-    def write(c: sqlite3.Connection) -> None:
-        c.execute(
-            f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (run_id, graph, tenant, actor, "running", text, None, None, None, parent, now, now)
-            + (0, 0.0),
-        )
+    def write(c: Connection) -> None:
+        c.execute(sql, row)
         if events:
             _insert_events(c, run_id, events)
 
@@ -191,27 +161,32 @@ def _status_change(
     tokens: int | None = None,
     active_s: float | None = None,
     events: list[dict] | None = None,
-) -> Callable[[sqlite3.Connection], bool]:
+) -> Write:
     if status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}")
-    sets = ["status = ?", "updated = ?", "pending = ?"]
-    args: list[Any] = [status, time.time(), json.dumps(pending) if pending else None]
+    sets = ["status = :status", "updated = :updated", "pending = :pending"]
+    args: dict[str, Any] = {
+        "status": status,
+        "updated": time.time(),
+        "pending": json.dumps(pending) if pending else None,
+        "id": run_id,
+    }
     for col, val in (("answer", answer), ("reason", reason), ("tokens", tokens)):
         if val is not None:
-            sets.append(f"{col} = ?")
-            args.append(val)
+            sets.append(f"{col} = :{col}")
+            args[col] = val
     if active_s is not None:
-        sets.append("active_s = active_s + ?")
-        args.append(active_s)
-    sql = f"UPDATE runs SET {', '.join(sets)} WHERE id = ?"
-    args.append(run_id)
+        sets.append("active_s = active_s + :active_s")
+        args["active_s"] = float(active_s)
+    sql = f"UPDATE runs SET {', '.join(sets)} WHERE id = :id"
     if expect is not None:
-        wanted = (expect,) if isinstance(expect, str) else expect
-        sql += f" AND status IN ({','.join('?' * len(wanted))})"
-        args += list(wanted)
+        names, bound = in_list("expect", (expect,) if isinstance(expect, str) else expect)
+        sql += f" AND status IN {names}"
+        args.update(bound)
+    statement = text(sql)
 
-    def write(c: sqlite3.Connection) -> bool:
-        changed = bool(c.execute(sql, args).rowcount)
+    def write(c: Connection) -> bool:
+        changed = bool(c.execute(statement, args).rowcount)
         if events:
             _insert_events(c, run_id, events)
         return changed
@@ -219,21 +194,22 @@ def _status_change(
     return write
 
 
-def _journal_entry(run_id: str, key: str, value: Any) -> Callable[[sqlite3.Connection], Any]:
-    """Insert ``value`` unless the key has one: None, or the stored text."""
-    text = json.dumps(value, ensure_ascii=False)
+_JOURNAL_INSERT = text(
+    "INSERT INTO journal (run_id, key, value, at) VALUES (:run_id, :key, :value, :at) "
+    "ON CONFLICT (run_id, key) DO NOTHING"
+)
 
-    def write(c: sqlite3.Connection) -> Any:
-        cur = c.execute(
-            "INSERT INTO journal (run_id, key, value, at) VALUES (?,?,?,?) "
-            "ON CONFLICT(run_id, key) DO NOTHING",
-            (run_id, key, text, time.time()),
-        )
-        if cur.rowcount == 1:
+
+def _journal_entry(run_id: str, key: str, value: Any) -> Write:
+    """Insert ``value`` unless the key has one: None, or the stored text."""
+    row = {"run_id": run_id, "key": key, "value": json.dumps(value, ensure_ascii=False)}
+
+    def write(c: Connection) -> Any:
+        if c.execute(_JOURNAL_INSERT, {**row, "at": time.time()}).rowcount == 1:
             return None
         return c.execute(
-            "SELECT value FROM journal WHERE run_id = ? AND key = ?", (run_id, key)
-        ).fetchone()[0]
+            text("SELECT value FROM journal WHERE run_id = :run_id AND key = :key"), row
+        ).scalar_one()
 
     return write
 
@@ -246,19 +222,21 @@ def new_run_id() -> str:
     return f"run_{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:20]}"
 
 
-def _insert_events(c: sqlite3.Connection, run_id: str, events: list[dict]) -> None:
-    """Append ``events`` to the run's, inside the caller's transaction."""
-    (last,) = c.execute(
-        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (run_id,)
-    ).fetchone()
+def _insert_events(c: Connection, run_id: str, events: list[dict]) -> None:
+    """Append ``events`` to the run's, inside the caller's (write) transaction."""
+    last = c.execute(
+        text("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = :run_id"),
+        {"run_id": run_id},
+    ).scalar_one()
     now = time.time()
-    c.executemany(
-        "INSERT INTO events (run_id, seq, at, event) VALUES (?,?,?,?)",
+    c.execute(
+        text("INSERT INTO events (run_id, seq, at, event) VALUES (:run_id, :seq, :at, :event)"),
         [
-            (run_id, last + i + 1, now, json.dumps(e, ensure_ascii=False))
+            {"run_id": run_id, "seq": int(last) + i + 1, "at": now,
+             "event": json.dumps(e, ensure_ascii=False)}
             for i, e in enumerate(events)
         ],
-    )
+    )  # fmt: skip
 
 
 class WriteGroups:
@@ -302,24 +280,10 @@ class WriteGroups:
         queue, self._queue = self._queue, []
         if not queue:
             return
-        c = self._conn
-        outcomes: list[tuple[bool, Any]] = []
-        fatal: BaseException | None = None
         with self._lock:
             self.active = True
             try:
-                with write(c):
-                    for fn, _fut in queue:
-                        c.execute("SAVEPOINT write")
-                        try:
-                            outcomes.append((True, fn()))
-                        except Exception as exc:
-                            c.execute("ROLLBACK TO write")
-                            outcomes.append((False, exc))
-                        c.execute("RELEASE write")
-            except BaseException as exc:  # no write of the group is kept (rolled back)
-                outcomes = [(False, exc)] * len(queue)
-                fatal = None if isinstance(exc, Exception) else exc
+                outcomes, fatal = self._commit([fn for fn, _fut in queue])
             finally:
                 self.active = False
         for (_fn, fut), (ok, value) in zip(queue, outcomes, strict=True):
@@ -332,40 +296,86 @@ class WriteGroups:
         if fatal is not None:
             raise fatal
 
+    def _commit(
+        self, fns: list[Callable[[], Any]]
+    ) -> tuple[list[tuple[bool, Any]], BaseException | None]:
+        """Run ``fns`` in one transaction, each in a savepoint: per write (ok, result or
+        error), and the error that must go on after the writers are told (not an
+        Exception: a KeyboardInterrupt, a cancellation)."""
+        c = self._conn
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with write(c):
+                for fn in fns:
+                    c.execute("SAVEPOINT write")
+                    try:
+                        outcomes.append((True, fn()))
+                    except Exception as exc:
+                        c.execute("ROLLBACK TO write")
+                        outcomes.append((False, exc))
+                    c.execute("RELEASE write")
+        except BaseException as exc:  # no write of the group is kept (rolled back)
+            return [(False, exc)] * len(fns), None if isinstance(exc, Exception) else exc
+        return outcomes, None
+
+
+class _DatabaseGroups(WriteGroups):
+    """:class:`WriteGroups` on the storage layer: each queued write is ``fn(connection)``,
+    the group one write transaction of the store, each write in a savepoint."""
+
+    def __init__(self, db: StoreDatabase) -> None:
+        super().__init__(None, threading.Lock())  # type: ignore[arg-type]
+        self._db = db
+
+    def _commit(self, fns: list[Any]) -> tuple[list[tuple[bool, Any]], BaseException | None]:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._db.write() as c:
+                translated = self._db.database.translated
+                for fn in fns:
+                    try:
+                        with translated(), c.begin_nested():
+                            outcomes.append((True, fn(c)))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+        except BaseException as exc:  # no write of the group is kept (rolled back)
+            return [(False, exc)] * len(fns), None if isinstance(exc, Exception) else exc
+        return outcomes, None
+
 
 class RunStore:
-    """Runs, events, journal and feedback in one SQLite file; safe across threads and
-    processes (WAL, one connection per store guarded by a lock, IMMEDIATE transactions).
+    """Runs, events, journal and feedback in one database (``path``, a SQLite file, or
+    ``url`` / ``$QINGLIANG_DATABASE_URL``); safe across threads and processes (the storage
+    layer's write transactions, pooled connections).
 
     The async writes (``acreate``, ``aset_status``, ``ajournal``) commit in groups with
     the other runs' (:class:`WriteGroups`); each returns once committed, as a sync one.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, url: str | None = None) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        # Owner-only (runs hold users' questions and answers), WAL, autocommit.
-        self._conn = connect(self.path)
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._groups = WriteGroups(self._conn, self._lock)
+        # A SQLite file is created owner-only (runs hold users' questions and answers).
+        self._db = StoreDatabase(self.path, STORE, MIGRATIONS / STORE, url=url)
+        self._db.database  # noqa: B018  (opened and migrated here, as before)
+        self._groups = _DatabaseGroups(self._db)
+        #: ``tenant = :tenant`` that also matches None to None.
+        self._same = "IS" if self._db.dialect == "sqlite" else "IS NOT DISTINCT FROM"
 
     def close(self) -> None:
         self._groups.flush()
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock, write(self._conn) as c:
+    def _write(self, fn: Write) -> Any:
+        with self._db.write() as c:
             return fn(c)
 
-    async def _awrite(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _awrite(self, fn: Write) -> Any:
         """``fn(connection)`` in a group commit; returns once it is committed."""
-        return await self._groups.write(lambda: fn(self._conn))
+        return await self._groups.write(fn)  # type: ignore[arg-type]
 
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+    def _read(self, sql: str, **params: Any) -> list[Any]:
+        with self._db.read() as c:
+            return list(c.execute(text(sql), params).all())
 
     # runs -------------------------------------------------------------------------------
 
@@ -403,7 +413,7 @@ class RunStore:
         return rid
 
     def get(self, run_id: str) -> Run | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE id = :id", id=run_id)
         return _row(rows[0]) if rows else None
 
     def list(
@@ -415,21 +425,22 @@ class RunStore:
         graph: str | None = None,
         limit: int = 50,
     ) -> list[Run]:
-        where, args = [], []
+        where: list[str] = []
+        args: dict[str, Any] = {"limit": limit}
         if not all_tenants:
-            where.append("tenant IS ?")
-            args.append(tenant)
+            where.append(f"tenant {self._same} :tenant")
+            args["tenant"] = tenant
         if status:
-            where.append("status = ?")
-            args.append(status)
+            where.append("status = :status")
+            args["status"] = status
         if graph:
-            where.append("graph = ?")
-            args.append(graph)
+            where.append("graph = :graph")
+            args["graph"] = graph
         sql = f"SELECT {_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created DESC LIMIT ?"
-        return [_row(r) for r in self._read(sql, (*args, limit))]
+        sql += " ORDER BY created DESC LIMIT :limit"
+        return [_row(r) for r in self._read(sql, **args)]
 
     def set_status(
         self,
@@ -470,8 +481,10 @@ class RunStore:
 
     def events(self, run_id: str, after: int = 0) -> list[dict]:
         rows = self._read(
-            "SELECT seq, at, event FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
-            (run_id, after),
+            "SELECT seq, at, event FROM events WHERE run_id = :run_id AND seq > :after "
+            "ORDER BY seq",
+            run_id=run_id,
+            after=after,
         )
         # ``at``: when the event happened where the service stamped it, else when its
         # batch was stored (at most a quarter of a second later).
@@ -481,7 +494,11 @@ class RunStore:
 
     def journaled(self, run_id: str, key: str) -> tuple[bool, Any]:
         """(True, value) when ``key`` was recorded for the run, else (False, None)."""
-        rows = self._read("SELECT value FROM journal WHERE run_id = ? AND key = ?", (run_id, key))
+        rows = self._read(
+            "SELECT value FROM journal WHERE run_id = :run_id AND key = :key",
+            run_id=run_id,
+            key=key,
+        )
         return (True, json.loads(rows[0][0])) if rows else (False, None)
 
     def journal(self, run_id: str, key: str, value: Any) -> Any:
@@ -496,21 +513,32 @@ class RunStore:
         return value if stored is None else json.loads(stored)
 
     def journal_size(self, run_id: str) -> int:
-        return int(self._read("SELECT COUNT(*) FROM journal WHERE run_id = ?", (run_id,))[0][0])
+        return int(
+            self._read("SELECT COUNT(*) FROM journal WHERE run_id = :run_id", run_id=run_id)[0][0]
+        )
 
     # feedback ---------------------------------------------------------------------------
 
     def add_feedback(self, run_id: str, score: float, comment: str | None, actor: str) -> None:
         self._write(
             lambda c: c.execute(
-                "INSERT INTO feedback (run_id, at, score, comment, actor) VALUES (?,?,?,?,?)",
-                (run_id, time.time(), score, comment, actor),
-            )
+                text(
+                    "INSERT INTO feedback (run_id, at, score, comment, actor) "
+                    "VALUES (:run_id, :at, :score, :comment, :actor)"
+                ),
+                {
+                    "run_id": run_id,
+                    "at": time.time(),
+                    "score": float(score),
+                    "comment": comment,
+                    "actor": actor,
+                },
+            )  # fmt: skip
         )
 
     def feedback(self, run_id: str) -> list[dict]:
         rows = self._read(
-            "SELECT at, score, comment, actor FROM feedback WHERE run_id = ? ORDER BY at",
-            (run_id,),
+            "SELECT at, score, comment, actor FROM feedback WHERE run_id = :run_id ORDER BY at",
+            run_id=run_id,
         )
         return [{"at": a, "score": s, "comment": c, "actor": w} for a, s, c, w in rows]

@@ -1,4 +1,4 @@
-"""The decision log and the router state, in one SQLite file.
+"""The decision log and the router state, in one database (SQLite file or PostgreSQL).
 
 Every routing decision is a row of ``decisions`` with the propensity it was made with, the
 encoded features and the policy version; reward parts are added as they arrive and the
@@ -6,13 +6,14 @@ row is closed once, with its combined reward. Closed rows are what off-policy ev
 and refits read. ``router_state`` holds each router's configuration and policy state.
 
 Writes that belong together (closing a decision and saving the policy it updated) are one
-``BEGIN IMMEDIATE`` transaction, so a crash leaves either both or neither. The file is in
-WAL mode with ``synchronous=NORMAL``: a crash of the process loses nothing committed, a
-power loss may lose the last few commits (never corrupts the file).
+write transaction of the storage layer (:mod:`~qingliang.platform.storage.database`), so a
+crash leaves either both or neither. A SQLite file is in WAL mode with
+``synchronous=NORMAL``: a crash of the process loses nothing committed, a power loss may
+lose the last few commits (never corrupts the file). With ``$QINGLIANG_DATABASE_URL`` the
+tables live in that PostgreSQL database (migrations: ``platform/storage/migrations/router_log``).
 
-Connections are opened lazily (not in the constructor), one per thread (SQLite
-connections are bound to their thread); :meth:`DecisionLog.disconnect` closes the calling
-thread's.
+The database is opened lazily (not in the constructor), its connections pooled across
+threads; :meth:`DecisionLog.disconnect` closes this process's pooled connections.
 
 Example:
     >>> import tempfile
@@ -32,47 +33,21 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, text
+
 from qingliang.platform.errors import Conflict, NotFound
-from qingliang.platform.storage.sqlite import open_db, write
+from qingliang.platform.storage.handles import MIGRATIONS, StoreDatabase
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    id TEXT PRIMARY KEY,
-    router TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    tenant TEXT,
-    arm TEXT NOT NULL,
-    propensity REAL NOT NULL,
-    features TEXT NOT NULL,
-    scores TEXT NOT NULL,
-    policy_version INTEGER NOT NULL,
-    created REAL NOT NULL,
-    parts TEXT NOT NULL DEFAULT '{}',
-    reward REAL,
-    closed REAL
-);
-CREATE INDEX IF NOT EXISTS decisions_run ON decisions(run_id);
-CREATE INDEX IF NOT EXISTS decisions_router ON decisions(router, created);
-CREATE INDEX IF NOT EXISTS decisions_closed ON decisions(router, closed);
-CREATE TABLE IF NOT EXISTS router_state (
-    router TEXT PRIMARY KEY,
-    config TEXT NOT NULL,
-    state TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    updated REAL NOT NULL
-);
-"""
+#: The store's name on the storage layer (version table ``qingliang_router_log_version``).
+STORE = "router_log"
 
 #: State saves between two explicit WAL checkpoints (a save is tens of kB), and the
 #: WAL size (pages) past which SQLite checkpoints by itself, on whichever commit crosses it.
@@ -127,32 +102,30 @@ def _row(r: Sequence[Any]) -> LoggedDecision:
 
 
 class DecisionLog:
-    """Decisions, their rewards and the routers' state in the SQLite file ``path``."""
+    """Decisions, their rewards and the routers' state in the SQLite file ``path``, or in
+    ``url`` / ``$QINGLIANG_DATABASE_URL`` where given."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, url: str | None = None) -> None:
         self.path = Path(path)
-        self._local = threading.local()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            stack = ExitStack()
-            conn = stack.enter_context(open_db(self.path, _SCHEMA))
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTO_CHECKPOINT_PAGES}")
-            self._local.conn, self._local.stack = conn, stack
-        return conn
+        self._db = StoreDatabase(
+            self.path,
+            STORE,
+            MIGRATIONS / STORE,
+            url=url,
+            pragmas=("synchronous=NORMAL", f"wal_autocheckpoint={_AUTO_CHECKPOINT_PAGES}"),
+        )
+        self._saves = 0
+        #: What breaks ties between decisions made at the same instant: the order they
+        #: were logged in (SQLite's rowid; an identity column on PostgreSQL).
+        self._order = "rowid" if self._db.dialect == "sqlite" else "seq"
 
     def disconnect(self) -> None:
-        """Close the calling thread's connection (a later call opens a new one)."""
-        stack = getattr(self._local, "stack", None)
-        if stack is not None:
-            stack.close()
-            self._local.conn = self._local.stack = None
+        """Close this process's pooled connections (a later call opens new ones)."""
+        self._db.close()
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One write transaction on the calling thread's connection."""
-        return write(self._conn())
+    def _rows(self, sql: str, **params: Any) -> list[Any]:
+        with self._db.read() as c:
+            return list(c.execute(text(sql), params).all())
 
     # -- decisions ---------------------------------------------------------------------
     def record(
@@ -170,35 +143,42 @@ class DecisionLog:
         created: float | None = None,
     ) -> None:
         """Log a decision (open, no parts yet)."""
-        self._conn().execute(
-            f"INSERT INTO decisions({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,'{{}}',NULL,NULL)",
-            (
-                decision_id, router, run_id, tenant, arm, float(propensity),
-                json.dumps([float(v) for v in features]), json.dumps(dict(scores)),
-                int(policy_version), time.time() if created is None else created,
-            ),
-        )  # fmt: skip
+        with self._db.write() as c:
+            c.execute(
+                text(
+                    f"INSERT INTO decisions({_COLUMNS}) VALUES (:id, :router, :run_id, :tenant, "
+                    ":arm, :propensity, :features, :scores, :policy_version, :created, '{}', "
+                    "NULL, NULL)"
+                ),
+                {
+                    "id": decision_id, "router": router, "run_id": run_id, "tenant": tenant,
+                    "arm": arm, "propensity": float(propensity),
+                    "features": json.dumps([float(v) for v in features]),
+                    "scores": json.dumps(dict(scores)), "policy_version": int(policy_version),
+                    "created": time.time() if created is None else float(created),
+                },
+            )  # fmt: skip
 
     def get(self, decision_id: str) -> LoggedDecision | None:
-        r = (
-            self._conn()
-            .execute(f"SELECT {_COLUMNS} FROM decisions WHERE id=?", (decision_id,))
-            .fetchone()
-        )
-        return None if r is None else _row(r)
+        rows = self._rows(f"SELECT {_COLUMNS} FROM decisions WHERE id = :id", id=decision_id)
+        return _row(rows[0]) if rows else None
 
     def add_parts(self, decision_id: str, parts: Mapping[str, float]) -> dict[str, float]:
         """Merge ``parts`` into an open decision's parts (a part given again replaces the
         earlier value); returns all its parts. NotFound / Conflict (closed) otherwise."""
-        with self._tx() as c:
-            r = c.execute("SELECT parts, closed FROM decisions WHERE id=?", (decision_id,))
-            row = r.fetchone()
+        with self._db.write() as c:
+            row = c.execute(
+                text("SELECT parts, closed FROM decisions WHERE id = :id"), {"id": decision_id}
+            ).first()
             if row is None:
                 raise NotFound(f"no routing decision {decision_id!r}")
             if row[1] is not None:
                 raise Conflict(f"routing decision {decision_id!r} is already closed")
             merged = {**json.loads(row[0]), **{k: float(v) for k, v in parts.items()}}
-            c.execute("UPDATE decisions SET parts=? WHERE id=?", (json.dumps(merged), decision_id))
+            c.execute(
+                text("UPDATE decisions SET parts = :parts WHERE id = :id"),
+                {"parts": json.dumps(merged), "id": decision_id},
+            )
         return merged
 
     def add_part(self, decision_id: str, part: str, value: float) -> dict[str, float]:
@@ -215,10 +195,17 @@ class DecisionLog:
     ) -> bool:
         """Close an open decision with ``reward`` and, in the same transaction, save the
         router state ``save``. False (and nothing written) if it was closed already."""
-        with self._tx() as c:
+        with self._db.write() as c:
             cur = c.execute(
-                "UPDATE decisions SET reward=?, closed=? WHERE id=? AND closed IS NULL",
-                (float(reward), time.time() if closed_at is None else closed_at, decision_id),
+                text(
+                    "UPDATE decisions SET reward = :reward, closed = :closed "
+                    "WHERE id = :id AND closed IS NULL"
+                ),
+                {
+                    "reward": float(reward),
+                    "closed": time.time() if closed_at is None else closed_at,
+                    "id": decision_id,
+                },
             )
             if cur.rowcount != 1:
                 return False
@@ -238,10 +225,13 @@ class DecisionLog:
     ) -> bool:
         """Replace a closed decision's parts and reward (late feedback), saving ``save`` in
         the same transaction. False (nothing written) if it is not closed."""
-        with self._tx() as c:
+        with self._db.write() as c:
             cur = c.execute(
-                "UPDATE decisions SET parts=?, reward=? WHERE id=? AND closed IS NOT NULL",
-                (json.dumps(dict(parts)), float(reward), decision_id),
+                text(
+                    "UPDATE decisions SET parts = :parts, reward = :reward "
+                    "WHERE id = :id AND closed IS NOT NULL"
+                ),
+                {"parts": json.dumps(dict(parts)), "reward": float(reward), "id": decision_id},
             )
             if cur.rowcount != 1:
                 return False
@@ -253,49 +243,47 @@ class DecisionLog:
 
     def by_run(self, run_id: str) -> list[LoggedDecision]:
         """A run's decisions, oldest first."""
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM decisions WHERE run_id=? ORDER BY created, rowid", (run_id,)
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM decisions WHERE run_id = :run ORDER BY created, {self._order}",
+            run=run_id,
         )
-        return [_row(r) for r in rows.fetchall()]
+        return [_row(r) for r in rows]
 
     def logged(self, router: str, limit: int | None = None) -> list[LoggedDecision]:
         """The router's closed decisions, oldest first (the latest ``limit`` if given)."""
-        q = f"SELECT {_COLUMNS} FROM decisions WHERE router=? AND closed IS NOT NULL"
+        q = f"SELECT {_COLUMNS} FROM decisions WHERE router = :router AND closed IS NOT NULL"
         if limit is None:
-            rows = self._conn().execute(q + " ORDER BY created, rowid", (router,)).fetchall()
+            rows = self._rows(q + f" ORDER BY created, {self._order}", router=router)
         else:
-            rows = (
-                self._conn()
-                .execute(q + " ORDER BY created DESC, rowid DESC LIMIT ?", (router, int(limit)))
-                .fetchall()[::-1]
-            )
+            rows = self._rows(
+                q + f" ORDER BY created DESC, {self._order} DESC LIMIT :limit",
+                router=router,
+                limit=int(limit),
+            )[::-1]
         return [_row(r) for r in rows]
 
     def open_before(self, before: float) -> list[LoggedDecision]:
         """Open decisions created before ``before`` (every router), oldest first."""
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM decisions WHERE closed IS NULL AND created < ? "
-            "ORDER BY created, rowid",
-            (before,),
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM decisions WHERE closed IS NULL AND created < :before "
+            f"ORDER BY created, {self._order}",
+            before=before,
         )
-        return [_row(r) for r in rows.fetchall()]
+        return [_row(r) for r in rows]
 
     def counts(self, router: str) -> dict[str, Any]:
         """Decisions, closed ones and, per arm, count / closed / mean reward / mean logged
         propensity."""
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT arm, COUNT(*), COUNT(closed), AVG(reward), AVG(propensity) FROM decisions "
-                "WHERE router=? GROUP BY arm ORDER BY arm",
-                (router,),
-            )
-            .fetchall()
+        rows = self._rows(
+            "SELECT arm, COUNT(*), COUNT(closed), AVG(reward), AVG(propensity) FROM decisions "
+            "WHERE router = :router GROUP BY arm ORDER BY arm",
+            router=router,
         )
         arms = {
-            a: {"count": n, "closed": k, "mean_reward": m, "mean_propensity": p}
+            a: {"count": int(n), "closed": int(k), "mean_reward": _float(m),
+                "mean_propensity": _float(p)}
             for a, n, k, m, p in rows
-        }
+        }  # fmt: skip
         total = sum(v["count"] for v in arms.values())
         closed = sum(v["closed"] for v in arms.values())
         return {"decisions": total, "closed": closed, "open": total - closed, "arms": arms}
@@ -305,7 +293,7 @@ class DecisionLog:
     ) -> dict[str, list[tuple[int, str, int, float | None]]]:
         """Per time bucket ``[start + i·bucket_s, start + (i+1)·bucket_s)``, ``i < buckets``:
         ``decisions`` made, ``(i, arm, count, None)``, and ``rewards`` (decisions closed),
-        ``(i, arm, count, sum of rewards)``. Aggregated in SQLite over the router's
+        ``(i, arm, count, sum of rewards)``. Aggregated in the database over the router's
         indexes, so the work grows with the decisions in the window, not the whole log."""
         end = start + bucket_s * buckets
         out: dict[str, list[tuple[int, str, int, float | None]]] = {}
@@ -313,58 +301,67 @@ class DecisionLog:
             ("decisions", "created", "NULL"),
             ("rewards", "closed", "SUM(reward)"),
         ):
-            rows = self._conn().execute(
-                f"SELECT CAST((({col}) - ?) / ? AS INTEGER) AS b, arm, COUNT(*), {agg} "
-                f"FROM decisions WHERE router=? AND {col} >= ? AND {col} < ? GROUP BY b, arm",
-                (start, bucket_s, router, start, end),
-            )
-            out[key] = [(min(int(b), buckets - 1), a, n, v) for b, a, n, v in rows.fetchall()]
+            # The bucket: the whole part of a non-negative quotient (CAST truncates on
+            # SQLite but rounds on PostgreSQL, hence FLOOR there).
+            quotient = f"(({col}) - :start) / :bucket_s"
+            if self._db.dialect != "sqlite":
+                quotient = f"FLOOR({quotient})"
+            rows = self._rows(
+                f"SELECT CAST({quotient} AS INTEGER) AS b, arm, COUNT(*), {agg} "
+                f"FROM decisions WHERE router = :router AND {col} >= :start AND {col} < :end "
+                "GROUP BY b, arm",
+                start=float(start), bucket_s=float(bucket_s), router=router, end=float(end),
+            )  # fmt: skip
+            out[key] = [(min(int(b), buckets - 1), a, int(n), _float(v)) for b, a, n, v in rows]
         return out
 
     # -- router state ------------------------------------------------------------------
     @staticmethod
-    def _save(c: sqlite3.Connection, s: StoredState) -> None:
+    def _save(c: Connection, s: StoredState) -> None:
         c.execute(
-            "INSERT INTO router_state(router, config, state, version, updated) VALUES (?,?,?,?,?) "
-            "ON CONFLICT(router) DO UPDATE SET config=excluded.config, state=excluded.state, "
-            "version=excluded.version, updated=excluded.updated",
-            (
-                s.router,
-                json.dumps(s.config, sort_keys=True),
-                json.dumps(s.state),
-                int(s.version),
-                s.updated or time.time(),
+            text(
+                "INSERT INTO router_state(router, config, state, version, updated) "
+                "VALUES (:router, :config, :state, :version, :updated) "
+                "ON CONFLICT(router) DO UPDATE SET config=excluded.config, state=excluded.state, "
+                "version=excluded.version, updated=excluded.updated"
             ),
+            {
+                "router": s.router,
+                "config": json.dumps(s.config, sort_keys=True),
+                "state": json.dumps(s.state),
+                "version": int(s.version),
+                "updated": s.updated or time.time(),
+            },
         )
 
     def save_state(self, stored: StoredState) -> None:
         """Write a router's configuration and policy state (one transaction)."""
-        with self._tx() as c:
+        with self._db.write() as c:
             self._save(c, stored)
         self._saved()
 
     def _saved(self) -> None:
-        # State saves are what grows the WAL; checkpointing here, on the learning path, and
-        # rarely (a checkpoint slows the next few operations) keeps SQLite's automatic
+        # State saves are what grows a SQLite WAL; checkpointing here, on the learning path,
+        # and rarely (a checkpoint slows the next few operations) keeps SQLite's automatic
         # checkpoint from landing on a decision.
-        n = getattr(self._local, "saves", 0) + 1
-        self._local.saves = n
-        if n % _CHECKPOINT_EVERY == 0:
-            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._saves += 1
+        if self._saves % _CHECKPOINT_EVERY == 0:
+            self._db.checkpoint()
 
     def load_state(self, router: str) -> StoredState | None:
-        r = (
-            self._conn()
-            .execute(
-                "SELECT router, config, state, version, updated FROM router_state WHERE router=?",
-                (router,),
-            )
-            .fetchone()
+        rows = self._rows(
+            "SELECT router, config, state, version, updated FROM router_state "
+            "WHERE router = :router",
+            router=router,
         )
-        if r is None:
+        if not rows:
             return None
-        return StoredState(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4])
+        r = rows[0]
+        return StoredState(r[0], json.loads(r[1]), json.loads(r[2]), int(r[3]), float(r[4]))
 
     def stored_routers(self) -> list[str]:
-        rows = self._conn().execute("SELECT router FROM router_state ORDER BY router")
-        return [r[0] for r in rows.fetchall()]
+        return [r[0] for r in self._rows("SELECT router FROM router_state ORDER BY router")]
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)

@@ -2,22 +2,25 @@
 
 When the gateway runs with ``conversation_log`` on (``qingliang up --log-conversations``)
 every answered ``/v1/chat/completions`` and ``/v1/completions`` request becomes rows of
-``$QINGLIANG_HOME/conversations.sqlite``, one per choice (``n > 1`` gives several): who
+the ``conversations`` table (``$QINGLIANG_HOME/conversations.sqlite``, or the PostgreSQL
+database of ``$QINGLIANG_DATABASE_URL``: :mod:`~qingliang.platform.storage.database`), one
+per choice (``n > 1`` gives several): who
 asked (tenant, key name), what model was asked for and what answered (deployment,
 adapter, adapter ref), the messages (a legacy completion's prompt as one user message),
 the choice's answer and finish reason, the response's token usage and latency, the choice
 index and the endpoint. A file written before the last two columns existed gets them
-(``choice`` 0, ``endpoint`` ``chat``) when it is first opened.
+(``choice`` 0, ``endpoint`` ``chat``) when it is first opened (the store's Alembic
+baseline, ``platform/storage/migrations/conversations``).
 :meth:`ConversationLog.export` writes them as the JSONL that a Dataset's ``gateway_logs``
 source reads, which closes the loop "answers → reviewed → training data";
 :meth:`ConversationLog.purge` enforces retention.
 
-Rows are only added (an UPDATE is refused) or purged by age. :meth:`ConversationLog.append`
+Rows are only added (a trigger refuses any UPDATE) or purged by age. :meth:`ConversationLog.append`
 never touches the disk: rows go onto a queue, bounded in rows and in bytes, that a
 background thread writes in batches (one transaction per batch, at most every
 ``flush_interval_s``), so the gateway's event loop never pays for a commit.
 :meth:`~ConversationLog.close` writes what is queued.
-The file is created readable by its owner only: it holds prompts and answers in plain
+A SQLite file is created readable by its owner only: it holds prompts and answers in plain
 text. Nothing here logs their content.
 
 Example:
@@ -41,59 +44,37 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from qingliang.platform.storage.sqlite import connect, use_wal, write
+from sqlalchemy import Connection, text
+
+from qingliang.platform.errors import QingliangError
+from qingliang.platform.storage.handles import MIGRATIONS, StoreDatabase, in_list
 
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "conversations.sqlite"
+#: The store's name on the storage layer (its version table: ``qingliang_conversations_version``).
+STORE = "conversations"
 #: How long a call waits for another process's write lock before failing.
 BUSY_TIMEOUT_S = 30.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
-    id                TEXT NOT NULL,
-    created           REAL NOT NULL,
-    tenant            TEXT,
-    key_name          TEXT,
-    model             TEXT NOT NULL,
-    deployment        TEXT NOT NULL,
-    adapter           TEXT,
-    adapter_ref       TEXT,
-    messages          TEXT NOT NULL,
-    response          TEXT,
-    finish_reason     TEXT,
-    prompt_tokens     INTEGER,
-    completion_tokens INTEGER,
-    latency_ms        INTEGER,
-    choice            INTEGER NOT NULL DEFAULT 0,
-    endpoint          TEXT NOT NULL DEFAULT 'chat'
-);
-CREATE INDEX IF NOT EXISTS conversations_created ON conversations (created);
-CREATE TRIGGER IF NOT EXISTS conversations_no_update BEFORE UPDATE ON conversations
-BEGIN SELECT RAISE(ABORT, 'the conversation log is append-only'); END;
-"""
-#: Columns added after the first release, with their definitions: a file created before
-#: them gets them by ALTER TABLE (its rows take the defaults).
-_ADDED_COLUMNS = {
-    "choice": "INTEGER NOT NULL DEFAULT 0",
-    "endpoint": "TEXT NOT NULL DEFAULT 'chat'",
-}
-_COLUMNS = (
-    "id, created, tenant, key_name, model, deployment, adapter, adapter_ref, messages, "
-    "response, finish_reason, prompt_tokens, completion_tokens, latency_ms, choice, endpoint"
+_FIELDS = (
+    "id", "created", "tenant", "key_name", "model", "deployment", "adapter", "adapter_ref",
+    "messages", "response", "finish_reason", "prompt_tokens", "completion_tokens",
+    "latency_ms", "choice", "endpoint",
+)  # fmt: skip
+_COLUMNS = ", ".join(_FIELDS)
+_INSERT = text(
+    f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(':' + f for f in _FIELDS)})"
 )
-_INSERT = f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(['?'] * 16)})"
 _STOP = object()
 #: Bytes of queued rows beyond which new ones are dropped (a stuck disk must not grow the
 #: gateway's memory without bound: rows of 4 MiB prompts add up fast).
@@ -203,32 +184,18 @@ def _export_line(row: tuple) -> dict[str, Any]:
     }
 
 
-def _add_columns(conn: sqlite3.Connection) -> None:
-    """Give a file written by an older gateway the columns added since (rows kept)."""
-
-    def missing() -> list[str]:
-        have = {r[1] for r in conn.execute("PRAGMA table_info(conversations)")}
-        return [c for c in _ADDED_COLUMNS if c not in have]
-
-    if not missing():
-        return
-    with write(conn):
-        # Checked again under the write lock: another process may have added them.
-        for column in missing():
-            conn.execute(f"ALTER TABLE conversations ADD COLUMN {column} {_ADDED_COLUMNS[column]}")
-            logger.info("conversation log: added column %r", column)
-
-
 class ConversationLog:
-    """Append-only SQLite store of answered requests, a row per choice (WAL, busy timeout).
+    """Append-only store of answered requests, a row per choice, on the storage layer:
+    ``path`` (SQLite, WAL) or ``$QINGLIANG_DATABASE_URL`` (PostgreSQL).
 
     Nothing is opened until first use. Writes go through a background thread; reads
     (:meth:`export`, :meth:`count`) and :meth:`purge` first wait for what this object has
-    queued, then use their own connection, so several processes (gateway replicas, the
-    CLI) may use one file at once.
+    queued, then use a pooled connection, so several processes (gateway replicas, the
+    CLI) may use one database at once.
 
     Args:
-        path: The database file (created owner-only on the first write).
+        path: The SQLite file (created owner-only on the first write), used unless ``url``
+            or ``$QINGLIANG_DATABASE_URL`` names a database.
         flush_interval_s: At most this long between a row's append and its commit.
         batch_size: At most this many rows per transaction.
         max_pending: Rows queued beyond this are dropped (and counted in ``dropped``)
@@ -237,6 +204,8 @@ class ConversationLog:
             :attr:`pending_bytes`), counted until each batch is written.
         busy_timeout_s: How long to wait for another writer's lock.
         clock: Time source for :meth:`purge`.
+        url: A database URL (``sqlite:///…``, ``postgresql://…``) that wins over ``path``
+            and the environment.
     """
 
     def __init__(
@@ -249,8 +218,10 @@ class ConversationLog:
         max_pending_bytes: int = MAX_PENDING_BYTES,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        url: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self._db = StoreDatabase(self.path, STORE, MIGRATIONS / STORE, url=url)
         self._interval = flush_interval_s
         self._batch_size = batch_size
         self._busy_timeout_s = busy_timeout_s
@@ -260,12 +231,8 @@ class ConversationLog:
         #: Bytes of the rows queued or being written (guarded by _lock).
         self._pending_bytes = 0
         self._lock = threading.Lock()
-        # Separate from _lock: preparing may wait on another process's lock, and append
-        # (on the gateway's event loop) must never wait for that.
-        self._prepare_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._ready = False
         #: Rows that could not be recorded (queue full, closed, or a failed write).
         self.dropped = 0
 
@@ -275,7 +242,8 @@ class ConversationLog:
         return cls(Path(home) / FILE_NAME, **kw)
 
     def __repr__(self) -> str:
-        return f"ConversationLog({str(self.path)!r})"
+        where = self._db.sqlite_path or self._db.store
+        return f"ConversationLog({str(where)!r})"
 
     # ----------------------------------------------------------------- writing
 
@@ -360,23 +328,18 @@ class ConversationLog:
             )
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        try:
-            while True:
-                rows, markers, stop = self._next_batch()
-                if rows:
-                    try:
-                        conn = self._write(conn, [row for row, _ in rows])
-                    finally:  # written or dropped: no longer held
-                        with self._lock:
-                            self._pending_bytes -= sum(size for _, size in rows)
-                for done in markers:
-                    done.set()
-                if stop:
-                    return
-        finally:
-            if conn is not None:
-                conn.close()
+        while True:
+            rows, markers, stop = self._next_batch()
+            if rows:
+                try:
+                    self._write([row for row, _ in rows])
+                finally:  # written or dropped: no longer held
+                    with self._lock:
+                        self._pending_bytes -= sum(size for _, size in rows)
+            for done in markers:
+                done.set()
+            if stop:
+                return
 
     def _next_batch(self) -> tuple[list[tuple[tuple, int]], list[threading.Event], bool]:
         """The rows to write next, each with its size: what arrives within the flush
@@ -399,59 +362,26 @@ class ConversationLog:
             except queue.Empty:
                 return rows, [], False
 
-    def _write(
-        self, conn: sqlite3.Connection | None, rows: list[tuple]
-    ) -> sqlite3.Connection | None:
+    def _write(self, rows: list[tuple]) -> None:
         try:
-            if conn is None:
-                self._prepare()
-                conn = self._open()
-            with write(conn):
-                conn.executemany(_INSERT, rows)
+            with self._db.write(wait_s=self._busy_timeout_s) as conn:
+                conn.execute(_INSERT, [dict(zip(_FIELDS, row, strict=True)) for row in rows])
             logger.debug("%s: recorded %d conversation(s)", self, len(rows))
-            return conn
-        except (sqlite3.Error, OSError, TypeError, ValueError) as exc:
-            # A failed write must not stop the writer: the next batch opens afresh.
+        except (QingliangError, OSError, TypeError, ValueError) as exc:
+            # A failed write must not stop the writer: the next batch tries again.
             logger.error("%s: could not record %d conversation(s): %s", self, len(rows), exc)
             with self._lock:
                 self.dropped += len(rows)
-            if conn is not None:
-                with suppress(sqlite3.Error):
-                    conn.close()
-            return None
-
-    # ------------------------------------------------------------ connections
-
-    def _open(self) -> sqlite3.Connection:
-        # Autocommit, with BEGIN IMMEDIATE for writes (sqlite.write) so the busy timeout
-        # applies when the write lock is taken; the file is WAL since _prepare.
-        conn = connect(self.path, timeout=self._busy_timeout_s, wal=False)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
-
-    def _prepare(self) -> None:
-        """Create the file (owner-only), switch it to WAL and create the table."""
-        with self._prepare_lock:
-            if self._ready:
-                return
-            # Prompts and answers in plain text: connect() creates the file owner-only
-            # (SQLite gives -wal/-shm the same mode).
-            with closing(self._open()) as conn:
-                use_wal(conn, timeout=self._busy_timeout_s)
-                conn.executescript(_SCHEMA)
-                _add_columns(conn)
-            self._ready = True
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection | None]:
-        """A connection after this object's queued rows are written; None when there is
-        no log yet (reading never creates the file)."""
+    def _reading(self) -> Iterator[Connection | None]:
+        """A read transaction after this object's queued rows are written; None when there
+        is no log yet (reading never creates a SQLite file)."""
         self.flush()
-        if not self._ready and not self.path.exists():
+        if not self._db.exists():
             yield None
             return
-        self._prepare()
-        with closing(self._open()) as conn:
+        with self._db.read() as conn:
             yield conn
 
     # ----------------------------------------------------------------- reading
@@ -461,7 +391,7 @@ class ConversationLog:
         with self._reading() as conn:
             if conn is None:
                 return 0
-            return int(conn.execute("SELECT COUNT(*) FROM conversations").fetchone()[0])
+            return int(conn.execute(text("SELECT COUNT(*) FROM conversations")).scalar_one())
 
     def export(
         self,
@@ -483,17 +413,18 @@ class ConversationLog:
         source's filters do.
         """
         where: list[str] = []
-        params: list[float | str] = []
+        params: dict[str, float | str] = {}
         if since is not None:
-            where.append("created >= ?")
-            params.append(float(since))
+            where.append("created >= :since")
+            params["since"] = float(since)
         if until is not None:
-            where.append("created < ?")
-            params.append(float(until))
+            where.append("created < :until")
+            params["until"] = float(until)
         for column, values in (("tenant", list(tenants)), ("model", list(models))):
             if values:
-                where.append(f"{column} IN ({', '.join(['?'] * len(values))})")
-                params.extend(values)
+                names, bound = in_list(column, values)
+                where.append(f"{column} IN {names}")
+                params.update(bound)
         sql = f"SELECT {_COLUMNS} FROM conversations"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -502,7 +433,10 @@ class ConversationLog:
         with self._reading() as conn:
             if conn is None:
                 return 0
-            for row in conn.execute(sql, params):
+            rows = conn.execution_options(stream_results=True, yield_per=500).execute(
+                text(sql), params
+            )
+            for row in rows:
                 out.write(json.dumps(_export_line(row), ensure_ascii=False) + "\n")
                 n += 1
         return n
@@ -513,10 +447,12 @@ class ConversationLog:
         if older_than_s < 0:
             raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
         cutoff = self._clock() - older_than_s
-        with self._reading() as conn:
-            if conn is None:
-                return 0
-            with write(conn):
-                n = conn.execute("DELETE FROM conversations WHERE created < ?", (cutoff,)).rowcount
+        self.flush()
+        if not self._db.exists():
+            return 0
+        with self._db.write(wait_s=self._busy_timeout_s) as conn:
+            n = conn.execute(
+                text("DELETE FROM conversations WHERE created < :cutoff"), {"cutoff": cutoff}
+            ).rowcount
         logger.info("%s: purged %d conversation(s) older than %.0f s", self, n, older_than_s)
         return int(n)

@@ -1,4 +1,7 @@
-"""Pipeline runs and their event logs, in SQLite under the data directory.
+"""Pipeline runs and their event logs: ``runs.sqlite`` under the data directory, or the
+PostgreSQL database of ``$QINGLIANG_DATABASE_URL`` (the storage layer,
+:mod:`~qingliang.platform.storage.database`; migrations in
+``platform/storage/migrations/pipeline_runs``).
 
 The LangGraph checkpointer holds each run's *state* (which steps finished, their
 outputs); this store holds what people look at: the run's status, the step it is on,
@@ -7,9 +10,10 @@ failed, approvals). One process drives a run at a time: :meth:`RunStore.lock` ta
 ``flock`` on the run's lock file, which the kernel releases when the driver dies, so a
 run whose status says ``running`` but whose lock is free was interrupted.
 
-A store keeps one SQLite connection per thread (a run's driver writes an event per training
-step, and opening a connection each time costs more than the write); a process forked from
-one that used the store opens its own. :meth:`RunStore.close` closes them.
+A store uses the layer's pooled connections (a run's driver writes an event per training
+step, and opening a connection each time would cost more than the write); a process forked
+from one that used the store opens its own. :meth:`RunStore.close` closes them. Lock files
+stay on the local disk: one driver per run is a property of the machine that drives it.
 
 Statuses::
 
@@ -33,29 +37,23 @@ import fcntl
 import json
 import os
 import re
-import sqlite3
-import threading
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qingliang.platform.errors import Conflict, NotFound, did_you_mean
-from qingliang.platform.storage.sqlite import connect, write
+from sqlalchemy import text
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pipeline_runs (
-    id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, manifest TEXT NOT NULL,
-    base_dir TEXT NOT NULL, status TEXT NOT NULL, step TEXT, waiting TEXT,
-    error TEXT, outputs TEXT NOT NULL DEFAULT '{}', actor TEXT NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS pipeline_runs_by_name ON pipeline_runs (pipeline, created);
-CREATE TABLE IF NOT EXISTS pipeline_events (
-    run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, step TEXT,
-    kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (run_id, seq));
-"""
+from qingliang.platform.errors import Conflict, NotFound, did_you_mean
+from qingliang.platform.storage.handles import MIGRATIONS, StoreDatabase
+
+#: The store's name on the storage layer (version table ``qingliang_pipeline_runs_version``).
+STORE = "pipeline_runs"
+_RUN_COLUMNS = (
+    "id, pipeline, manifest, base_dir, status, step, waiting, error, outputs, actor, "
+    "created, updated"
+)
 FINAL = ("succeeded", "failed", "gated", "rejected", "rolled_back", "cancelled")
 #: What a run id may look like where it names a lock file (ids are ``pl-…``).
 _LOCK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -103,23 +101,6 @@ class Event:
         return {**self.data, "seq": self.seq, "at": self.at, "step": self.step, "kind": self.kind}
 
 
-class _Connection:
-    """A store's connection in one thread, and the process that opened it."""
-
-    __slots__ = ("__weakref__", "closed", "db", "pid")
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.pid = os.getpid()
-        self.closed = False
-
-
-# Connections a forked child inherited: never used or closed there (SQLite forbids using a
-# connection across fork(), and closing it could act on the parent's locks), only kept
-# referenced so that garbage collection does not close them either.
-_INHERITED: list[_Connection] = []
-
-
 class RunStore:
     """Runs and events in ``<root>/runs.sqlite``; lock files in ``<root>/locks``.
 
@@ -130,17 +111,13 @@ class RunStore:
         ...     runs.create("pl-1", "faq", manifest, "/srv/pipelines", actor="alice")
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, url: str | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "locks").mkdir(exist_ok=True)
         self.path = self.root / "runs.sqlite"
-        self._local = threading.local()
-        # Every thread's connection, for close(); a thread's goes when the thread ends.
-        self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self._open_lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        self._db = StoreDatabase(self.path, STORE, MIGRATIONS / STORE, url=url)
+        self._db.database  # noqa: B018  (opened and migrated here, as before)
 
     def __enter__(self) -> RunStore:
         return self
@@ -149,65 +126,25 @@ class RunStore:
         self.close()
 
     def close(self) -> None:
-        """Close the connections this process opened, in every thread.
-
-        Call it when no other thread is using the store; a later call reopens one.
-        """
-        with self._open_lock:
-            conns = [c for c in self._open if c.pid == os.getpid() and not c.closed]
-            self._open.clear()
-        for conn in conns:
-            conn.closed = True
-            conn.db.close()
-
-    def _connection(self) -> _Connection:
-        conn: _Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.pid != os.getpid():
-            _INHERITED.append(conn)
-            conn = None
-        if conn is None or conn.closed:
-            # check_same_thread=False only so that close() can close other threads'
-            # connections; each is otherwise used by the thread that opened it.
-            conn = _Connection(connect(self.path, timeout=30))
-            self._local.conn = conn
-            with self._open_lock:
-                self._open.add(conn)
-        return conn
-
-    def _forget(self, conn: _Connection) -> None:
-        if getattr(self._local, "conn", None) is conn:
-            del self._local.conn
-        with self._open_lock:
-            self._open.discard(conn)
-        conn.closed = True
-        with contextlib.suppress(sqlite3.Error):
-            conn.db.close()
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection; what fails leaves no transaction open on it."""
-        conn = self._connection()
-        try:
-            yield conn.db
-        except sqlite3.Error:
-            self._forget(conn)  # closing rolls back; the next call opens a fresh one
-            raise
-        except BaseException:
-            if conn.db.in_transaction:
-                try:
-                    conn.db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._forget(conn)
-            raise
+        """Close this process's pooled connections to the store; a later call reopens."""
+        self._db.close()
 
     def create(self, run_id: str, pipeline: str, manifest: dict, base_dir: str, actor: str) -> Run:
         now = time.time()
-        with self._db() as db:
+        with self._db.write() as db:
+            if db.execute(
+                text("SELECT 1 FROM pipeline_runs WHERE id = :id"), {"id": run_id}
+            ).first():
+                raise Conflict(f"pipeline run {run_id!r} exists already", param="run")
             db.execute(
-                "INSERT INTO pipeline_runs (id, pipeline, manifest, base_dir, status, actor, "
-                "created, updated) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (run_id, pipeline, json.dumps(manifest), base_dir, actor, now, now),
-            )
+                text(
+                    "INSERT INTO pipeline_runs (id, pipeline, manifest, base_dir, status, "
+                    "actor, created, updated) VALUES (:id, :pipeline, :manifest, :base_dir, "
+                    "'queued', :actor, :now, :now)"
+                ),
+                {"id": run_id, "pipeline": pipeline, "manifest": json.dumps(manifest),
+                 "base_dir": base_dir, "actor": actor, "now": now},
+            )  # fmt: skip
         self.event(run_id, None, "created", {"actor": actor})
         return self.get(run_id)
 
@@ -217,10 +154,12 @@ class RunStore:
         ``holder``: the caller holds the run's lock (:meth:`lock`) and has not started
         driving it, so a stored ``running`` is a dead driver's.
         """
-        with self._db() as db:
-            row = db.execute("SELECT * FROM pipeline_runs WHERE id = ?", (run_id,)).fetchone()
+        with self._db.read() as db:
+            row = db.execute(
+                text(f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id = :id"), {"id": run_id}
+            ).first()
             if row is None:
-                ids = [r[0] for r in db.execute("SELECT id FROM pipeline_runs")]
+                ids = [r[0] for r in db.execute(text("SELECT id FROM pipeline_runs"))]
         if row is None:
             raise NotFound(f"no pipeline run {run_id!r}{did_you_mean(run_id, ids)}", param="run")
         run = _run(row)
@@ -229,13 +168,13 @@ class RunStore:
         return run
 
     def list(self, pipeline: str | None = None, limit: int = 50) -> builtins.list[Run]:
-        q = "SELECT * FROM pipeline_runs"
-        args: tuple = ()
+        q = f"SELECT {_RUN_COLUMNS} FROM pipeline_runs"
+        args: dict[str, Any] = {"limit": limit}
         if pipeline:
-            q += " WHERE pipeline = ?"
-            args = (pipeline,)
-        with self._db() as db:
-            rows = db.execute(q + " ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
+            q += " WHERE pipeline = :pipeline"
+            args["pipeline"] = pipeline
+        with self._db.read() as db:
+            rows = db.execute(text(q + " ORDER BY created DESC LIMIT :limit"), args).all()
         out = []
         for row in rows:
             run = _run(row)
@@ -252,33 +191,41 @@ class RunStore:
         values = {
             k: (json.dumps(v) if k in ("waiting", "outputs") else v) for k, v in fields.items()
         }
-        sets = ", ".join(f"{k} = ?" for k in values)
-        with self._db() as db:
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        with self._db.write() as db:
             db.execute(
-                f"UPDATE pipeline_runs SET {sets}, updated = ? WHERE id = ?",
-                (*values.values(), time.time(), run_id),
+                text(f"UPDATE pipeline_runs SET {sets}, updated = :updated_ WHERE id = :id_"),
+                {**values, "updated_": time.time(), "id_": run_id},
             )
 
     def event(self, run_id: str, step: str | None, kind: str, data: dict[str, Any]) -> int:
-        with self._db() as db, write(db):
-            (seq,) = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM pipeline_events WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
+        with self._db.write() as db:
+            seq = db.execute(
+                text(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM pipeline_events WHERE run_id = :run_id"
+                ),
+                {"run_id": run_id},
+            ).scalar_one()
             db.execute(
-                "INSERT INTO pipeline_events VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, seq, time.time(), step, kind, json.dumps(data, default=str)),
-            )
+                text(
+                    "INSERT INTO pipeline_events (run_id, seq, at, step, kind, data) "
+                    "VALUES (:run_id, :seq, :at, :step, :kind, :data)"
+                ),
+                {"run_id": run_id, "seq": int(seq), "at": time.time(), "step": step,
+                 "kind": kind, "data": json.dumps(data, default=str)},
+            )  # fmt: skip
         return int(seq)
 
     def events(self, run_id: str, after: int = 0, limit: int = 10_000) -> builtins.list[Event]:
         self.get(run_id)
-        with self._db() as db:
+        with self._db.read() as db:
             rows = db.execute(
-                "SELECT seq, at, step, kind, data FROM pipeline_events WHERE run_id = ? "
-                "AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, after, limit),
-            ).fetchall()
+                text(
+                    "SELECT seq, at, step, kind, data FROM pipeline_events WHERE run_id = :run_id "
+                    "AND seq > :after ORDER BY seq LIMIT :limit"
+                ),
+                {"run_id": run_id, "after": after, "limit": limit},
+            ).all()
         return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def locked(self, run_id: str) -> bool:
@@ -326,7 +273,7 @@ class RunStore:
             os.close(fd)
 
 
-def _run(row: tuple) -> Run:
+def _run(row: Any) -> Run:
     return Run(
         id=row[0],
         pipeline=row[1],

@@ -1,0 +1,177 @@
+"""A store's handle on its database: opened on first use, again in a forked child.
+
+The conversation log, the router log, agent runs and pipeline runs each keep one
+:class:`StoreDatabase`. It resolves where the store lives once (an explicit URL,
+``$QINGLIANG_DATABASE_URL``, or the store's SQLite file as before) and opens it with
+:func:`~qingliang.platform.storage.database.open_database` on the first read or write
+(never in a constructor), so its migrations run once per process. A process forked from
+one that used the store opens its own (the layer's cache forgets its parent's engines).
+
+On SQLite each pooled connection also gets the store's per-connection settings when it is
+first checked out (``synchronous=NORMAL``, which is safe in WAL mode: a crash of the
+process loses nothing committed), as the stores had before they moved onto the layer.
+
+Example:
+    >>> import tempfile
+    >>> from sqlalchemy import text
+    >>> db = StoreDatabase(Path(tempfile.mkdtemp()) / "x.sqlite", "state",
+    ...                    MIGRATIONS / "state")  # doctest: +SKIP
+    >>> with db.read() as c:  # doctest: +SKIP
+    ...     c.execute(text("SELECT count(*) FROM manifests")).scalar_one()
+    0
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import make_url
+
+from qingliang.platform.storage.database import Database, database_url, open_database
+
+#: The stores' Alembic revisions, one folder per store.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class StoreDatabase:
+    """One store's database in this process (thread-safe; reopened after ``fork()``).
+
+    Args:
+        path: The store's SQLite file, used when neither ``url`` nor
+            ``$QINGLIANG_DATABASE_URL`` is given (its name is the store's file name).
+        store: The store's name (its version table is ``qingliang_<store>_version``).
+        migrations: The store's revisions folder.
+        url: A database URL that wins over both.
+        pragmas: SQLite only: ``PRAGMA`` statements run once on each new connection.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        store: str,
+        migrations: Path,
+        *,
+        url: str | None = None,
+        pragmas: Sequence[str] = ("synchronous=NORMAL",),
+    ) -> None:
+        path = Path(path)
+        self.url = url or database_url(path.parent, store, file=path.name)
+        self.store = store
+        self._migrations = migrations
+        self._pragmas = tuple(pragmas)
+        parsed = make_url(self.url) if "://" in self.url else None
+        backend = parsed.get_backend_name() if parsed is not None else ""
+        #: The SQLite file, or None on a server.
+        self.sqlite_path: Path | None = (
+            Path(parsed.database) if parsed is not None and backend == "sqlite" and parsed.database
+            else None
+        )  # fmt: skip
+        self._lock = threading.Lock()
+        self._db: Database | None = None
+        self._pid = 0
+
+    def __repr__(self) -> str:
+        return f"StoreDatabase({self.store!r}, {self.database.safe_url if self._db else '…'})"
+
+    @property
+    def database(self) -> Database:
+        """The opened database (migrated; opened now if it was not)."""
+        db = self._db
+        if db is not None and self._pid == os.getpid():
+            return db
+        with self._lock:
+            if self._db is None or self._pid != os.getpid():
+                db = open_database(self.url, store=self.store, migrations=self._migrations)
+                if db.dialect == "sqlite" and self._pragmas:
+                    with db.read() as conn:
+                        _tune(conn.engine, self._pragmas)
+                self._db, self._pid = db, os.getpid()
+            return self._db
+
+    @property
+    def opened(self) -> bool:
+        """Whether this process has opened the database."""
+        return self._db is not None and self._pid == os.getpid()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql`` (without opening anything)."""
+        return "sqlite" if self.sqlite_path is not None or self.url.startswith("sqlite") else (
+            "postgresql"
+        )  # fmt: skip
+
+    def exists(self) -> bool:
+        """False only for a SQLite file that is not there yet (reading it must not create
+        it); a server database is always there."""
+        return self.sqlite_path is None or self.opened or self.sqlite_path.exists()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One read transaction."""
+        with self.database.read() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self, *, wait_s: float | None = None) -> Iterator[Connection]:
+        """One write transaction holding the store's write lock."""
+        with self.database.write(wait_s=wait_s) as conn:
+            yield conn
+
+    def checkpoint(self) -> None:
+        """SQLite: move the WAL into the file now (PASSIVE: never waits); else nothing."""
+        if self.dialect != "sqlite":
+            return
+        db = self.database
+        with db.translated(), db.read() as conn:
+            engine = conn.engine
+        with db.translated(), engine.connect() as conn:
+            # The driver's own connection: no transaction around the checkpoint.
+            conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Close this process's pooled connections to the database (a later call reopens)."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None and self._pid == os.getpid():
+            db.close()
+
+
+def in_list(prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """``(:p0, :p1, …)`` and its parameters, for ``column IN (…)``.
+
+    Example:
+        >>> in_list("t", ["a", "b"])
+        ('(:t0, :t1)', {'t0': 'a', 't1': 'b'})
+    """
+    names = [f"{prefix}{i}" for i in range(len(values))]
+    return "(" + ", ".join(f":{n}" for n in names) + ")", dict(zip(names, values, strict=True))
+
+
+def _tune(engine: Engine, pragmas: tuple[str, ...]) -> None:
+    """Run ``pragmas`` on each connection of ``engine`` at its first checkout (outside any
+    transaction: some, such as ``synchronous``, cannot change inside one)."""
+
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        done = record.info.setdefault("qingliang_pragmas", set())
+        for pragma in pragmas:
+            if pragma not in done:
+                dbapi_conn.execute(f"PRAGMA {pragma}")
+                done.add(pragma)
+
+    with _tuned_lock:
+        done = _tuned.setdefault(engine, set())
+        if pragmas not in done:
+            event.listen(engine, "checkout", checkout)
+            done.add(pragmas)
+
+
+_tuned_lock = threading.Lock()
+#: The pragma sets already hooked onto each engine (a store opened twice hooks once).
+_tuned: weakref.WeakKeyDictionary[Engine, set[tuple[str, ...]]] = weakref.WeakKeyDictionary()
