@@ -253,3 +253,48 @@ def test_version_and_completion() -> None:
 def test_a_server_that_is_not_a_url_is_refused() -> None:
     r = cli("get", server="platform.test")
     assert r.exit_code == 1 and "is not a URL" in r.output
+
+
+def test_adapters_traffic_and_alias_over_the_api(platform: Path, tmp_path: Path) -> None:
+    adapter = tmp_path / "faq"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    doc = yaml.safe_load(manifest(tmp_path / "tiny.yaml").read_text())
+    doc["spec"]["lora"] = {"adapters": {"faq": str(adapter)}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(doc))
+    assert cli("apply", "-f", str(tmp_path / "tiny.yaml")).exit_code == 0
+    r = cli("adapters", "traffic", "tiny", "faq=25%")
+    assert r.exit_code == 0 and "tiny: faq 25%, base 75%" in r.output
+    r = cli("adapters", "alias", "tiny", "stable", "faq=1")
+    assert r.exit_code == 0 and "tiny:stable: faq 100%" in r.output
+    (row,) = json.loads(cli("get", "--json").stdout)
+    assert row["traffic"] == {"faq": 0.25} and row["aliases"] == {"stable": {"faq": 1.0}}
+    r = cli("adapters", "traffic", "tiny", "nope=0.5")
+    assert r.exit_code == 1 and "HTTP 400" in r.output and "nope" in r.output
+
+
+def test_the_admin_routes_are_documented(platform: Path) -> None:
+    from qingliang.platform.gateway.auth.scopes import ROUTES
+    from qingliang.platform.gateway.routes import admin
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "console-api.md").read_text()
+    routes = [
+        line.split()[:2]
+        for line in (admin.__doc__ or "").splitlines()
+        if line.strip().startswith(("GET ", "POST ", "PUT ", "DELETE "))
+    ]
+    assert len(routes) == 16
+    gateway = create_app(
+        Models(),  # type: ignore[arg-type]
+        None,
+        KeyAuth(platform / "state.sqlite", True),
+        ops=Operations(platform, serve_details=lambda: {}),
+    )
+    spec = gateway.openapi()
+    for method, path in routes:
+        template = path.split("?")[0].replace("{adapters|jobs|datasets}", "{what}")
+        assert ROUTES[(method, template)].describe().startswith("admin"), template
+        assert method.lower() in spec["paths"][template], template
+        assert template.split("{")[0].rstrip("/") in doc, template
+    for body in admin.ADMIN_BODIES:
+        assert body.__name__ in spec["components"]["schemas"]
