@@ -186,6 +186,8 @@ def status(as_json: bool = JsonOpt) -> None:
         _print_json(out)
     elif not out["running"]:
         console.print(f"not running (data dir {out['home']})", highlight=False)
+    elif out["started_at"] is None:  # a platform without a run file (KubeRay) answered
+        console.print(f"running (data dir {out['home']} on the platform)", highlight=False)
     else:
         console.print(f"running since {time.ctime(out['started_at'])} (pid {out['pid']})")
         console.print(f"  API        {out['api']}", highlight=False)

@@ -129,23 +129,35 @@ def lineage_doc(
     return {**jsonable(doc), "via": found.via}
 
 
-def platform_status(settings: Settings) -> dict[str, Any]:
-    """``qingliang status``: whether the platform on ``settings.home`` runs, and where."""
+def platform_status(settings: Settings, *, answering: bool = False) -> dict[str, Any]:
+    """``qingliang status``: whether the platform on ``settings.home`` runs, and where.
+
+    From its run file (what ``qingliang up`` wrote). ``answering``: asked through the
+    platform's own gateway, which runs whatever the file says (a KubeRay cluster has no
+    run file): the fields the file would give are then null.
+    """
     from qingliang.platform.control import cluster
 
     info = cluster.running(settings)
-    base = f"http://{settings.host}:{info.http_port if info else settings.http_port}"
-    if info is None:
-        return {"running": False, "home": str(settings.home)}
-    return {
-        "running": True,
+    out: dict[str, Any] = {
+        "running": info is not None or answering,
         "home": str(settings.home),
-        "started_at": info.started_at,
-        "pid": info.pid,
-        "api": f"{base}/v1",
-        "console": f"{base}/ui/",
-        "dashboard": info.dashboard_url,
+        "started_at": None,
+        "pid": None,
+        "api": None,
+        "console": None,
+        "dashboard": None,
     }
+    if info is not None:
+        base = f"http://{settings.host}:{info.http_port}"
+        out.update(
+            started_at=info.started_at,
+            pid=info.pid,
+            api=f"{base}/v1",
+            console=f"{base}/ui/",
+            dashboard=info.dashboard_url,
+        )
+    return out
 
 
 @dataclasses.dataclass
@@ -304,8 +316,8 @@ class PlatformAdmin:
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """``qingliang status`` of this platform."""
-        return platform_status(self._settings())
+        """``qingliang status`` of this platform (running: it answers)."""
+        return platform_status(self._settings(), answering=True)
 
     def lineage(
         self, ref: str, direction: str, depth: int | None, kind: str | None
