@@ -45,9 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
-
-from qingliang.platform.storage.handles import MIGRATIONS, StoreDatabase, in_list
+from qingliang.platform.storage.handles import MIGRATIONS, Statements, StoreDatabase, in_list
 from qingliang.platform.storage.sqlite import write
 
 log = logging.getLogger(__name__)
@@ -57,8 +55,8 @@ FINAL = frozenset({"done", "rejected", "stopped", "failed"})
 
 #: The store's name on the storage layer (version table ``qingliang_agent_runs_version``).
 STORE = "agent_runs"
-#: A write's statements, run on the connection of its transaction.
-Write = Callable[[Connection], Any]
+#: A write's statements, run in its transaction.
+Write = Callable[[Statements], Any]
 
 
 @dataclass(frozen=True)
@@ -141,9 +139,9 @@ def _create(
         "pending": None, "parent": parent, "created": now, "updated": now, "tokens": 0,
         "active_s": 0.0,
     }  # fmt: skip
-    sql = text(f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join(':' + k for k in row)})")
+    sql = f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join(':' + k for k in row)})"
 
-    def write(c: Connection) -> None:
+    def write(c: Statements) -> None:
         c.execute(sql, row)
         if events:
             _insert_events(c, run_id, events)
@@ -183,10 +181,9 @@ def _status_change(
         names, bound = in_list("expect", (expect,) if isinstance(expect, str) else expect)
         sql += f" AND status IN {names}"
         args.update(bound)
-    statement = text(sql)
 
-    def write(c: Connection) -> bool:
-        changed = bool(c.execute(statement, args).rowcount)
+    def write(c: Statements) -> bool:
+        changed = bool(c.execute(sql, args))
         if events:
             _insert_events(c, run_id, events)
         return changed
@@ -194,7 +191,7 @@ def _status_change(
     return write
 
 
-_JOURNAL_INSERT = text(
+_JOURNAL_INSERT = (
     "INSERT INTO journal (run_id, key, value, at) VALUES (:run_id, :key, :value, :at) "
     "ON CONFLICT (run_id, key) DO NOTHING"
 )
@@ -204,12 +201,11 @@ def _journal_entry(run_id: str, key: str, value: Any) -> Write:
     """Insert ``value`` unless the key has one: None, or the stored text."""
     row = {"run_id": run_id, "key": key, "value": json.dumps(value, ensure_ascii=False)}
 
-    def write(c: Connection) -> Any:
-        if c.execute(_JOURNAL_INSERT, {**row, "at": time.time()}).rowcount == 1:
+    def write(c: Statements) -> Any:
+        if c.execute(_JOURNAL_INSERT, {**row, "at": time.time()}) == 1:
             return None
-        return c.execute(
-            text("SELECT value FROM journal WHERE run_id = :run_id AND key = :key"), row
-        ).scalar_one()
+        stored = c.first("SELECT value FROM journal WHERE run_id = :run_id AND key = :key", row)
+        return None if stored is None else stored[0]
 
     return write
 
@@ -222,15 +218,14 @@ def new_run_id() -> str:
     return f"run_{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:20]}"
 
 
-def _insert_events(c: Connection, run_id: str, events: list[dict]) -> None:
+def _insert_events(c: Statements, run_id: str, events: list[dict]) -> None:
     """Append ``events`` to the run's, inside the caller's (write) transaction."""
-    last = c.execute(
-        text("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = :run_id"),
-        {"run_id": run_id},
-    ).scalar_one()
+    (last,) = c.first(
+        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = :run_id", {"run_id": run_id}
+    ) or (0,)
     now = time.time()
-    c.execute(
-        text("INSERT INTO events (run_id, seq, at, event) VALUES (:run_id, :seq, :at, :event)"),
+    c.executemany(
+        "INSERT INTO events (run_id, seq, at, event) VALUES (:run_id, :seq, :at, :event)",
         [
             {"run_id": run_id, "seq": int(last) + i + 1, "at": now,
              "event": json.dumps(e, ensure_ascii=False)}
@@ -320,7 +315,7 @@ class WriteGroups:
 
 
 class _DatabaseGroups(WriteGroups):
-    """:class:`WriteGroups` on the storage layer: each queued write is ``fn(connection)``,
+    """:class:`WriteGroups` on the storage layer: each queued write is ``fn(statements)``,
     the group one write transaction of the store, each write in a savepoint."""
 
     def __init__(self, db: StoreDatabase) -> None:
@@ -330,14 +325,15 @@ class _DatabaseGroups(WriteGroups):
     def _commit(self, fns: list[Any]) -> tuple[list[tuple[bool, Any]], BaseException | None]:
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self._db.write() as c:
-                translated = self._db.database.translated
+            with self._db.transaction() as c:
                 for fn in fns:
+                    c.execute("SAVEPOINT write")
                     try:
-                        with translated(), c.begin_nested():
-                            outcomes.append((True, fn(c)))
+                        outcomes.append((True, fn(c)))
                     except Exception as exc:
-                        outcomes.append((False, exc))
+                        c.execute("ROLLBACK TO SAVEPOINT write")
+                        outcomes.append((False, self._db.error(exc)))
+                    c.execute("RELEASE SAVEPOINT write")
         except BaseException as exc:  # no write of the group is kept (rolled back)
             return [(False, exc)] * len(fns), None if isinstance(exc, Exception) else exc
         return outcomes, None
@@ -366,16 +362,15 @@ class RunStore:
         self._db.close()
 
     def _write(self, fn: Write) -> Any:
-        with self._db.write() as c:
+        with self._db.transaction() as c:
             return fn(c)
 
     async def _awrite(self, fn: Write) -> Any:
         """``fn(connection)`` in a group commit; returns once it is committed."""
         return await self._groups.write(fn)  # type: ignore[arg-type]
 
-    def _read(self, sql: str, **params: Any) -> list[Any]:
-        with self._db.read() as c:
-            return list(c.execute(text(sql), params).all())
+    def _read(self, sql: str, **params: Any) -> list[tuple]:
+        return self._db.query(sql, params)
 
     # runs -------------------------------------------------------------------------------
 
@@ -522,10 +517,8 @@ class RunStore:
     def add_feedback(self, run_id: str, score: float, comment: str | None, actor: str) -> None:
         self._write(
             lambda c: c.execute(
-                text(
-                    "INSERT INTO feedback (run_id, at, score, comment, actor) "
-                    "VALUES (:run_id, :at, :score, :comment, :actor)"
-                ),
+                "INSERT INTO feedback (run_id, at, score, comment, actor) "
+                "VALUES (:run_id, :at, :score, :comment, :actor)",
                 {
                     "run_id": run_id,
                     "at": time.time(),

@@ -39,10 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
-
 from qingliang.platform.errors import Conflict, NotFound
-from qingliang.platform.storage.handles import MIGRATIONS, StoreDatabase
+from qingliang.platform.storage.handles import MIGRATIONS, Statements, StoreDatabase
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +121,9 @@ class DecisionLog:
         """Close this process's pooled connections (a later call opens new ones)."""
         self._db.close()
 
-    def _rows(self, sql: str, **params: Any) -> list[Any]:
-        with self._db.read() as c:
-            return list(c.execute(text(sql), params).all())
+    def _rows(self, sql: str, **params: Any) -> list[tuple]:
+        # One statement straight on a pooled driver connection: decisions are a hot path.
+        return self._db.query(sql, params)
 
     # -- decisions ---------------------------------------------------------------------
     def record(
@@ -143,13 +141,11 @@ class DecisionLog:
         created: float | None = None,
     ) -> None:
         """Log a decision (open, no parts yet)."""
-        with self._db.write() as c:
+        with self._db.transaction() as c:
             c.execute(
-                text(
-                    f"INSERT INTO decisions({_COLUMNS}) VALUES (:id, :router, :run_id, :tenant, "
-                    ":arm, :propensity, :features, :scores, :policy_version, :created, '{}', "
-                    "NULL, NULL)"
-                ),
+                f"INSERT INTO decisions({_COLUMNS}) VALUES (:id, :router, :run_id, :tenant, "
+                ":arm, :propensity, :features, :scores, :policy_version, :created, '{}', "
+                "NULL, NULL)",
                 {
                     "id": decision_id, "router": router, "run_id": run_id, "tenant": tenant,
                     "arm": arm, "propensity": float(propensity),
@@ -166,17 +162,15 @@ class DecisionLog:
     def add_parts(self, decision_id: str, parts: Mapping[str, float]) -> dict[str, float]:
         """Merge ``parts`` into an open decision's parts (a part given again replaces the
         earlier value); returns all its parts. NotFound / Conflict (closed) otherwise."""
-        with self._db.write() as c:
-            row = c.execute(
-                text("SELECT parts, closed FROM decisions WHERE id = :id"), {"id": decision_id}
-            ).first()
+        with self._db.transaction() as c:
+            row = c.first("SELECT parts, closed FROM decisions WHERE id = :id", {"id": decision_id})
             if row is None:
                 raise NotFound(f"no routing decision {decision_id!r}")
             if row[1] is not None:
                 raise Conflict(f"routing decision {decision_id!r} is already closed")
             merged = {**json.loads(row[0]), **{k: float(v) for k, v in parts.items()}}
             c.execute(
-                text("UPDATE decisions SET parts = :parts WHERE id = :id"),
+                "UPDATE decisions SET parts = :parts WHERE id = :id",
                 {"parts": json.dumps(merged), "id": decision_id},
             )
         return merged
@@ -195,19 +189,17 @@ class DecisionLog:
     ) -> bool:
         """Close an open decision with ``reward`` and, in the same transaction, save the
         router state ``save``. False (and nothing written) if it was closed already."""
-        with self._db.write() as c:
-            cur = c.execute(
-                text(
-                    "UPDATE decisions SET reward = :reward, closed = :closed "
-                    "WHERE id = :id AND closed IS NULL"
-                ),
+        with self._db.transaction() as c:
+            changed = c.execute(
+                "UPDATE decisions SET reward = :reward, closed = :closed "
+                "WHERE id = :id AND closed IS NULL",
                 {
                     "reward": float(reward),
                     "closed": time.time() if closed_at is None else closed_at,
                     "id": decision_id,
                 },
             )
-            if cur.rowcount != 1:
+            if changed != 1:
                 return False
             if save is not None:
                 self._save(c, save)
@@ -225,15 +217,13 @@ class DecisionLog:
     ) -> bool:
         """Replace a closed decision's parts and reward (late feedback), saving ``save`` in
         the same transaction. False (nothing written) if it is not closed."""
-        with self._db.write() as c:
-            cur = c.execute(
-                text(
-                    "UPDATE decisions SET parts = :parts, reward = :reward "
-                    "WHERE id = :id AND closed IS NOT NULL"
-                ),
+        with self._db.transaction() as c:
+            changed = c.execute(
+                "UPDATE decisions SET parts = :parts, reward = :reward "
+                "WHERE id = :id AND closed IS NOT NULL",
                 {"parts": json.dumps(dict(parts)), "reward": float(reward), "id": decision_id},
             )
-            if cur.rowcount != 1:
+            if changed != 1:
                 return False
             if save is not None:
                 self._save(c, save)
@@ -317,14 +307,12 @@ class DecisionLog:
 
     # -- router state ------------------------------------------------------------------
     @staticmethod
-    def _save(c: Connection, s: StoredState) -> None:
+    def _save(c: Statements, s: StoredState) -> None:
         c.execute(
-            text(
-                "INSERT INTO router_state(router, config, state, version, updated) "
-                "VALUES (:router, :config, :state, :version, :updated) "
-                "ON CONFLICT(router) DO UPDATE SET config=excluded.config, state=excluded.state, "
-                "version=excluded.version, updated=excluded.updated"
-            ),
+            "INSERT INTO router_state(router, config, state, version, updated) "
+            "VALUES (:router, :config, :state, :version, :updated) "
+            "ON CONFLICT(router) DO UPDATE SET config=excluded.config, state=excluded.state, "
+            "version=excluded.version, updated=excluded.updated",
             {
                 "router": s.router,
                 "config": json.dumps(s.config, sort_keys=True),
@@ -336,7 +324,7 @@ class DecisionLog:
 
     def save_state(self, stored: StoredState) -> None:
         """Write a router's configuration and policy state (one transaction)."""
-        with self._db.write() as c:
+        with self._db.transaction() as c:
             self._save(c, stored)
         self._saved()
 

@@ -7,6 +7,13 @@ The conversation log, the router log, agent runs and pipeline runs each keep one
 (never in a constructor), so its migrations run once per process. A process forked from
 one that used the store opens its own (the layer's cache forgets its parent's engines).
 
+For hot paths (the router's log is written on every decision) :meth:`StoreDatabase.transaction`
+runs a write transaction's statements straight on a pooled driver connection (the same
+lock, ``BEGIN IMMEDIATE`` on SQLite and the store's advisory lock on PostgreSQL, and the same
+errors as :meth:`~qingliang.platform.storage.database.Database.write`), and
+:meth:`StoreDatabase.query` reads one statement the same way: SQLAlchemy's statement handling
+costs several times the statements themselves there.
+
 On SQLite each pooled connection also gets the store's per-connection settings when it is
 first checked out (``synchronous=NORMAL``, which is safe in WAL mode: a crash of the
 process loses nothing committed), as the stores had before they moved onto the layer.
@@ -23,18 +30,25 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.engine import make_url
 
-from qingliang.platform.storage.database import Database, database_url, open_database
+from qingliang.platform.storage.database import (
+    Database,
+    database_url,
+    lock_key,
+    open_database,
+)
 
 #: The stores' Alembic revisions, one folder per store.
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -76,6 +90,7 @@ class StoreDatabase:
         self._lock = threading.Lock()
         self._db: Database | None = None
         self._pid = 0
+        self._engine_of: tuple[Database, Engine] | None = None
 
     def __repr__(self) -> str:
         return f"StoreDatabase({self.store!r}, {self.database.safe_url if self._db else '…'})"
@@ -124,6 +139,78 @@ class StoreDatabase:
         with self.database.write(wait_s=wait_s) as conn:
             yield conn
 
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """The rows of one read statement (``:name`` parameters), on a pooled driver
+        connection (:meth:`~qingliang.platform.storage.database.Database.query`)."""
+        return self.database.query(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Statements]:
+        """One write transaction holding the store's write lock, its statements run straight
+        on a pooled driver connection: committed when the block ends, rolled back when it
+        raises. Driver errors become the layer's (``Conflict``, ``DatabaseError`` naming the
+        database)."""
+        db = self.database
+        engine = self._engine(db)
+        sqlite = db.dialect == "sqlite"
+        with db.translated():
+            raw = engine.raw_connection()
+            cursor = raw.cursor()
+
+            def end(commit: bool) -> None:
+                if sqlite:
+                    cursor.execute("COMMIT" if commit else "ROLLBACK")
+                elif commit:
+                    raw.driver_connection.commit()  # type: ignore[union-attr]
+                else:
+                    raw.driver_connection.rollback()  # type: ignore[union-attr]
+
+            try:
+                if sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                else:
+                    cursor.execute(
+                        "SELECT pg_advisory_xact_lock(%(key)s)", {"key": lock_key(self.store)}
+                    )
+                try:
+                    yield Statements(cursor, db.dialect)
+                except BaseException:
+                    with suppress(Exception):
+                        end(commit=False)
+                    raise
+                end(commit=True)
+            except engine.dialect.loaded_dbapi.Error as e:
+                if engine.dialect.is_disconnect(e, raw.dbapi_connection, None):
+                    raw.invalidate(e)
+                else:
+                    with suppress(Exception):
+                        end(commit=False)
+                raise _wrapped(engine, e) from e
+            finally:
+                with suppress(Exception):
+                    cursor.close()
+                raw.close()  # back to the pool
+
+    def error(self, e: Exception) -> Exception:
+        """The layer's error for the driver's error ``e`` (``Conflict``, ``DatabaseError``
+        naming the database); any other error as it is."""
+        db = self.database
+        engine = self._engine(db)
+        if not isinstance(e, engine.dialect.loaded_dbapi.Error):
+            return e
+        try:
+            with db.translated():
+                raise _wrapped(engine, e) from e
+        except Exception as out:  # what translated() made of it
+            return out
+
+    def _engine(self, db: Database) -> Engine:
+        """``db``'s engine (for its pooled driver connections)."""
+        if self._engine_of is None or self._engine_of[0] is not db:
+            with db.read() as conn:
+                self._engine_of = (db, conn.engine)
+        return self._engine_of[1]
+
     def checkpoint(self) -> None:
         """SQLite: move the WAL into the file now (PASSIVE: never waits); else nothing."""
         if self.dialect != "sqlite":
@@ -141,6 +228,49 @@ class StoreDatabase:
             db, self._db = self._db, None
         if db is not None and self._pid == os.getpid():
             db.close()
+
+
+class Statements:
+    """The statements of one :meth:`StoreDatabase.transaction` (``:name`` parameters)."""
+
+    def __init__(self, cursor: Any, dialect: str) -> None:
+        self._cursor = cursor
+        self._pg = dialect == "postgresql"
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run one statement; the rows it changed."""
+        self._cursor.execute(_driver_sql(sql, self._pg), params or {})
+        return int(self._cursor.rowcount)
+
+    def executemany(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run one statement once per parameter set."""
+        self._cursor.executemany(_driver_sql(sql, self._pg), rows)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """The rows of one statement."""
+        self._cursor.execute(_driver_sql(sql, self._pg), params or {})
+        return [tuple(r) for r in self._cursor.fetchall()]
+
+    def first(self, sql: str, params: Mapping[str, Any] | None = None) -> tuple | None:
+        """The first row of one statement, or None."""
+        self._cursor.execute(_driver_sql(sql, self._pg), params or {})
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(row)
+
+
+def _wrapped(engine: Engine, e: Exception) -> exc.DBAPIError:
+    """SQLAlchemy's exception for the driver's (what the layer translates)."""
+    error = engine.dialect.loaded_dbapi.Error
+    return exc.DBAPIError.instance(None, None, e, error, dialect=engine.dialect)  # type: ignore[arg-type,return-value]
+
+
+@functools.lru_cache(maxsize=512)
+def _driver_sql(sql: str, pg: bool) -> str:
+    """``sql`` in the driver's parameter style: pysqlite takes ``:name``; psycopg takes
+    ``%(name)s`` (and a literal ``%`` doubled)."""
+    if not pg:
+        return sql
+    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql.replace("%", "%%"))
 
 
 def in_list(prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
