@@ -576,3 +576,21 @@ def test_a_manifest_change_rolls_the_head(tmp_path: Path) -> None:
     policy = tmp_path / "gov" / "data" / "policy" / "policy.jsonl"
     policy.write_text(policy.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     assert digest() != before
+
+
+def test_the_crd_check_refuses_what_the_api_server_would_drop() -> None:
+    import copy
+
+    rs = next(
+        o
+        for o in export_kuberay([REPO / "deploy/defaults"], ExportOptions()).objects
+        if o["kind"] == "RayService"
+    )
+    typo = copy.deepcopy(rs)
+    typo["spec"]["rayClusterConfig"]["enableInTreeAutoScaling"] = True
+    with pytest.raises(AssertionError, match="enableInTreeAutoScaling"):
+        _validate_rayservice(typo)
+    wrong = copy.deepcopy(rs)
+    wrong["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] = "4"
+    with pytest.raises(AssertionError, match="is not of type 'integer'"):
+        _validate_rayservice(wrong)
