@@ -1,7 +1,8 @@
 """``apply``, ``diff`` and ``delete`` against a remote platform (``--server``).
 
 The manifests are checked here first (validation is pure: a bad field is named in its
-file before anything is sent), then their text goes to ``POST /v1/manifests/apply``,
+file before anything is sent; a relative path, which cannot resolve on the platform's
+nodes, is refused by its field), then their text goes to ``POST /v1/manifests/apply``,
 where the platform's own Controller applies it. Waiting is polling
 ``GET /v1/manifests/applied`` until each deployment applied is RUNNING; knowledge bases
 are synced with ``POST /v1/knowledge/{kb}/sync``, as a local apply does.
@@ -17,7 +18,7 @@ from urllib.parse import quote
 
 from qingliang.platform.cli import _remote
 from qingliang.platform.cli._common import console, status_printer
-from qingliang.platform.errors import ClusterError
+from qingliang.platform.errors import ClusterError, QingliangError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,50 @@ def manifest_text(files: Iterable[Path]) -> str:
 
     paths = list(files)
     load_paths(paths)
-    texts = [f.read_text(encoding="utf-8") for p in paths for f in manifest_files(p)]
+    texts = []
+    for f in (f for p in paths for f in manifest_files(p)):
+        text = f.read_text(encoding="utf-8")
+        relative = relative_paths(text)
+        if relative:
+            raise QingliangError(
+                f"{f}: {', '.join(relative)}: a relative path cannot be read by a remote "
+                "platform (it resolves on the platform's nodes, not next to this file); "
+                "give the absolute path there"
+            )
+        texts.append(text)
     return "\n---\n".join(t.strip("\n") for t in texts) + "\n"
+
+
+#: Fields that hold a file or folder path (anything not absolute is relative).
+PATH_KEYS = frozenset({"path", "folder", "file", "database", "tokenizer"})
+#: Fields that hold a path or a name (``packaged:…``, ``org/model``): relative only with
+#: a leading ``.`` or ``~``.
+SOURCE_KEYS = frozenset({"source", "adapters"})
+
+
+def relative_paths(text: str) -> list[str]:
+    """The fields of a manifest file's documents that hold a relative path, as
+    ``spec.sources[0].path``."""
+    import yaml
+
+    found: list[str] = []
+
+    def walk(node: object, where: str, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                child = f"{where}.{k}" if where else str(k)
+                walk(v, child, "adapters" if key == "adapters" else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]", key)
+        elif isinstance(node, str) and node:
+            path = key in PATH_KEYS and not node.startswith(("/", "~")) and "://" not in node
+            if path or (key in SOURCE_KEYS and node.startswith((".", "~"))):
+                found.append(f"{where} {node!r}")
+
+    for doc in yaml.safe_load_all(text):
+        walk(doc, "", "")
+    return found
 
 
 def apply(files: list[Path], *, wait: bool, timeout_s: float, sync: bool) -> None:
@@ -91,8 +134,6 @@ def diff(files: list[Path]) -> None:
     with _remote.connect() as api:
         out = api.post("/v1/manifests/diff", {"yaml": text})
     if not out["ok"]:
-        from qingliang.platform.errors import QingliangError
-
         raise QingliangError(
             "; ".join(f"{e.get('path') or 'manifest'}: {e['message']}" for e in out["errors"])
         )

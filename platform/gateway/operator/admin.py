@@ -160,6 +160,31 @@ def platform_status(settings: Settings, *, answering: bool = False) -> dict[str,
     return out
 
 
+def ray_dashboard(settings: Settings) -> Settings:
+    """``settings`` with the Ray dashboard this process's Ray knows (a Serve replica on a
+    cluster without a run file, such as KubeRay's: the head's dashboard, which Serve is
+    configured through); unchanged outside Ray or when Ray does not say."""
+    import sys
+
+    if "ray" not in sys.modules:  # never import Ray for this
+        return settings
+    import ray
+
+    if not ray.is_initialized():
+        return settings
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        url = str(get_dashboard_url() or "")
+    except Exception:  # an internal API: whatever it raises, keep the defaults
+        logger.debug("no dashboard URL from Ray", exc_info=True)
+        return settings
+    host, _, port = url.rpartition("://")[2].rpartition(":")
+    if not host or not port.isdigit() or host == "0.0.0.0":
+        return settings
+    return dataclasses.replace(settings, host=host, dashboard_port=int(port))
+
+
 @dataclasses.dataclass
 class PlatformAdmin:
     """The admin's changes and listings of the platform on ``home``.
@@ -179,9 +204,12 @@ class PlatformAdmin:
     def _settings(self) -> Settings:
         if self.settings is not None:
             return self.settings()
-        from qingliang.platform.control.cluster import settings_for
+        from qingliang.platform.control.cluster import RunInfo, settings_for
 
-        return settings_for(self.home)
+        settings = settings_for(self.home)
+        if RunInfo.load(settings.run_file) is None:
+            return ray_dashboard(settings)
+        return settings
 
     def _ctl(self) -> Any:
         if self.controller is not None:

@@ -305,3 +305,43 @@ def test_the_admin_routes_are_documented(platform: Path) -> None:
         assert template.split("{")[0].rstrip("/") in doc, template
     for body in admin.ADMIN_BODIES:
         assert body.__name__ in spec["components"]["schemas"]
+
+
+def test_a_replica_without_a_run_file_configures_serve_through_rays_dashboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On KubeRay there is no run file: the admin routes take the dashboard Ray knows."""
+    import sys
+    import types
+
+    from qingliang.platform.gateway.operator.admin import PlatformAdmin
+
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: True  # type: ignore[attr-defined]
+    worker = types.ModuleType("ray._private.worker")
+    worker.get_dashboard_url = lambda: "10.1.2.3:8265"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray._private", types.ModuleType("ray._private"))
+    monkeypatch.setitem(sys.modules, "ray._private.worker", worker)
+    settings = PlatformAdmin(tmp_path)._settings()
+    assert (settings.host, settings.dashboard_port) == ("10.1.2.3", 8265)
+    worker.get_dashboard_url = lambda: ""  # type: ignore[attr-defined]
+    assert PlatformAdmin(tmp_path)._settings().host == "127.0.0.1"
+
+
+def test_a_relative_path_is_refused_before_anything_is_sent(platform: Path, tmp_path: Path) -> None:
+    kb = {
+        "apiVersion": "qingliang.io/v1",
+        "kind": "KnowledgeBase",
+        "metadata": {"name": "docs"},
+        "spec": {"sources": [{"folder": "docs"}]},
+    }
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "kb.yaml").write_text(yaml.safe_dump(kb))
+    r = cli("apply", "-f", str(tmp_path / "kb.yaml"))
+    assert r.exit_code == 1
+    out = " ".join(r.output.split())
+    assert "spec.sources[0].folder 'docs'" in out and "absolute path" in out
+    from qingliang.platform.storage.state import StateStore
+
+    assert StateStore(platform / "state.sqlite").list("KnowledgeBase") == []
