@@ -26,8 +26,13 @@ FilesOpt = typer.Option(..., "-f", "--file", help="Manifest file or folder (repe
 
 
 def load_settings() -> Settings:
-    """The settings of this run (environment and defaults)."""
-    return Settings()
+    """The settings of this run (environment and defaults); on a Ray cluster `up` joined
+    (``--ray-address``), that cluster's dashboard and ports, from the run file."""
+    from qingliang.platform.control.cluster import RunInfo, settings_for
+
+    settings = Settings()
+    info = RunInfo.load(settings.run_file)
+    return settings_for(settings.home) if info is not None and info.joined else settings
 
 
 def fail(exc: BaseException) -> None:

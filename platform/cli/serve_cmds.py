@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -20,6 +20,9 @@ from qingliang.platform.cli._common import (
 )
 from qingliang.platform.errors import QingliangError
 from qingliang.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from qingliang.platform.control.cluster import RunInfo
 
 REPO_DEFAULTS = Path(__file__).resolve().parents[2] / "deploy" / "defaults"
 KEY_FILE = "api-key"
@@ -81,10 +84,17 @@ def up(
         "and answers, in plain text), in $QINGLIANG_HOME/conversations.sqlite; see "
         "`qingliang conversations`.",
     ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        envvar="QINGLIANG_RAY_ADDRESS",
+        help="Deploy on this running Ray cluster (its head's GCS, HOST:PORT, as `ray start "
+        "--address` takes it) instead of starting local Ray; `down` then leaves that Ray "
+        "running. See docs/cluster.md.",
+    ),
 ) -> None:
-    """Start local Ray (127.0.0.1, dashboard :8265) and serve the default manifests."""
-    from qingliang.platform.control import cluster
-
+    """Start local Ray (127.0.0.1, dashboard :8265), or join a Ray cluster
+    (--ray-address), and serve the default manifests."""
     settings = load_settings()
     started = time.monotonic()
     paths = list(files or [REPO_DEFAULTS])
@@ -94,9 +104,9 @@ def up(
         # stops `up` before any process starts.
         console.print("[bold]Checking manifests and model sources[/bold]")
         ctl.resolve(ctl.compile(ctl.load(paths)), progress=True)
-        with console.status("Starting Ray on 127.0.0.1 ..."):
-            info = cluster.start_head(settings)
-        console.print(f"Ray is up (dashboard {info.dashboard_url})")
+        info, settings = _start_or_join(settings, ray_address)
+        if ray_address:  # the joined cluster's dashboard is the one the rest talks to
+            ctl = _common.controller(settings)
         key = _ensure_default_key(settings) if not no_auth else None
         gateway = {"auth_enabled": not no_auth, "conversation_log": log_conversations}
         # Recorded first, deployed with the models in one Serve config: Serve starts and
@@ -135,6 +145,22 @@ def up(
     console.print("  qingliang chat        qingliang get        qingliang down", highlight=False)
 
 
+def _start_or_join(settings: Settings, ray_address: str | None) -> tuple[RunInfo, Settings]:
+    """Start local Ray, or join the cluster at ``ray_address``: its run info and the
+    settings that reach it (a joined cluster's dashboard, from the run file)."""
+    from qingliang.platform.control import cluster, join
+
+    if ray_address:
+        info = join.join_cluster(settings, ray_address)
+        settings = cluster.settings_for(settings.home)
+        console.print(f"Joined the Ray cluster at {info.gcs_address}")
+    else:
+        with console.status("Starting Ray on 127.0.0.1 ..."):
+            info = cluster.start_head(settings)
+    console.print(f"Ray is up (dashboard {info.dashboard_url})")
+    return info, settings
+
+
 def _ensure_default_key(settings: Settings) -> str:
     """The operator key `up` prints (scope admin): made once, readable only by this user."""
     from qingliang.platform.storage.keys import ADMIN, KeyStore
@@ -158,11 +184,15 @@ def _ensure_default_key(settings: Settings) -> str:
 
 
 def down() -> None:
-    """Stop what `qingliang up` started (Serve, then its own Ray processes only)."""
-    from qingliang.platform.control import cluster
+    """Stop what `qingliang up` started (Serve, then its own Ray processes only); on a
+    joined Ray cluster, remove the platform's Serve applications and leave Ray running."""
+    from qingliang.platform.control import cluster, join
 
     settings = load_settings()
     with console.status("Stopping ..."):
+        if join.leave_cluster(settings):
+            console.print("removed the platform from the joined Ray cluster (Ray keeps running)")
+            return
         stopped = cluster.stop_head(settings)
     console.print("stopped" if stopped else "nothing was running")
 

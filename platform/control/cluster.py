@@ -82,6 +82,9 @@ class RunInfo:
     http_port: int
     temp_dir: str
     started_at: float
+    #: True when `up` joined a Ray cluster it did not start (``--ray-address``): `down`
+    #: then removes only the platform's Serve applications, and ``pid``/``pgid`` are 0.
+    joined: bool = False
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,8 @@ class RunInfo:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0) would signal our own process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,6 +115,15 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def _dashboard_answers(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if not parsed.hostname or not parsed.port:
+        return False
+    return _port_open(parsed.hostname, parsed.port)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -143,7 +157,11 @@ def settings_for(home: Path) -> Settings:
 def running(settings: Settings) -> RunInfo | None:
     """The RunInfo of a live `up`, or None (a stale run file is ignored)."""
     info = RunInfo.load(settings.run_file)
-    if info is None or not _alive(info.pid):
+    if info is None:
+        return None
+    if info.joined:
+        return info if _dashboard_answers(info.dashboard_url) else None
+    if not _alive(info.pid):
         return None
     return info
 
@@ -176,6 +194,7 @@ def start_head(
     current = running(settings)
     if current is not None:
         return current
+    _refuse_stale_join(settings)
     host = settings.host
     for port, what in ((settings.ray_port, "Ray GCS"), (settings.dashboard_port, "dashboard")):
         if _port_open(host, port):
@@ -216,7 +235,9 @@ def start_head(
     if num_cpus is None:
         num_cpus = default_num_cpus()
     cmd.append(f"--num-cpus={num_cpus}")
-    env = ray_env()
+    from qingliang.platform.control.prometheus import dashboard_env
+
+    env = {**dashboard_env(), **ray_env()}  # the Ray dashboard's Prometheus / Grafana
     log = open(settings.home / "ray-head.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -246,9 +267,23 @@ def start_head(
     raise ClusterError(f"Ray head did not come up within {timeout_s:.0f} s")
 
 
+def _refuse_stale_join(settings: Settings) -> None:
+    stale = RunInfo.load(settings.run_file)
+    if stale is not None and stale.joined:
+        raise ClusterError(
+            f"{settings.home} was joined to the Ray cluster at {stale.gcs_address}, which no "
+            "longer answers; run `qingliang down` first"
+        )
+
+
 def stop_head(settings: Settings, *, timeout_s: float = 60) -> bool:
-    """Shut down Serve, then stop the Ray processes `up` started. True if it stopped any."""
+    """Shut down Serve, then stop the Ray processes `up` started. True if it stopped any.
+
+    On a cluster `up` joined (:mod:`.join`) it does nothing and returns False: that Ray
+    belongs to whoever started it (:func:`.join.leave_cluster` removes the platform)."""
     info = RunInfo.load(settings.run_file)
+    if info is not None and info.joined:
+        return False  # never stop a Ray we did not start: see join.leave_cluster
     if info is None or not _alive(info.pid):
         settings.run_file.unlink(missing_ok=True)
         return False
