@@ -259,7 +259,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """One read transaction (``BEGIN``: one snapshot on SQLite); rolled back at the end."""
+        """One read transaction: ``BEGIN`` (one snapshot) on SQLite, READ COMMITTED on
+        PostgreSQL (each statement sees what was committed when it started)."""
         with self.translated(), self._engine.connect() as conn, conn.begin():
             yield conn
 
