@@ -199,18 +199,15 @@ class RunStore:
             )
 
     def event(self, run_id: str, step: str | None, kind: str, data: dict[str, Any]) -> int:
-        with self._db.write() as db:
-            seq = db.execute(
-                text(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM pipeline_events WHERE run_id = :run_id"
-                ),
+        # A driver writes one per training step: straight on a pooled driver connection.
+        with self._db.transaction() as db:
+            (seq,) = db.first(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM pipeline_events WHERE run_id = :run_id",
                 {"run_id": run_id},
-            ).scalar_one()
+            ) or (1,)
             db.execute(
-                text(
-                    "INSERT INTO pipeline_events (run_id, seq, at, step, kind, data) "
-                    "VALUES (:run_id, :seq, :at, :step, :kind, :data)"
-                ),
+                "INSERT INTO pipeline_events (run_id, seq, at, step, kind, data) "
+                "VALUES (:run_id, :seq, :at, :step, :kind, :data)",
                 {"run_id": run_id, "seq": int(seq), "at": time.time(), "step": step,
                  "kind": kind, "data": json.dumps(data, default=str)},
             )  # fmt: skip
