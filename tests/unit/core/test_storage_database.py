@@ -23,8 +23,10 @@ from qingliang.platform.storage import database as database_mod
 from qingliang.platform.storage.database import (
     DatabaseBusy,
     DatabaseError,
+    current_revision,
     database_url,
     open_database,
+    revisions,
     safe_url,
     version_table,
 )
@@ -333,3 +335,17 @@ def test_connections_the_server_dropped_are_renewed(
     with db.write() as conn:
         conn.execute(text("UPDATE counter SET n = 3"))
     assert db.query("SELECT n FROM counter") == [(3,)]
+
+
+def test_every_store_shares_one_database(store_url: str) -> None:
+    """What ``QINGLIANG_DATABASE_URL`` does: every store's baseline in one database, with
+    no table, index or version table of one store in another's way."""
+    folders = sorted(
+        p for p in (Path(database_mod.__file__).parent / "migrations").iterdir() if p.is_dir()
+        if (p / "versions").is_dir()
+    )  # fmt: skip
+    assert {"state", "keys", "arm_stats"} <= {p.name for p in folders}
+    for folder in folders:
+        db = open_database(store_url, store=folder.name, migrations=folder)
+        with db.read() as conn:
+            assert current_revision(conn, folder.name) == revisions(folder)[0]
