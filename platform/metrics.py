@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,16 +60,24 @@ def _ray_metrics() -> Any:
     return metrics
 
 
+#: A gauge's values are recorded again this often: Ray 2.60 drops a gauge series that was
+#: not recorded for two report intervals (~20 s), so a state held for hours (a canary
+#: share, a reward sum) would vanish from Prometheus soon after it was set.
+REFRESH_S = 5.0
+
+
 class Metric:
     """A metric of :data:`CATALOG`; recording never raises (metering must never cost a
-    request its answer) and costs a dict of labels per call."""
+    request its answer) and costs a dict of labels per call. A gauge keeps its values and
+    a background thread of the process records them again every :data:`REFRESH_S`."""
 
-    __slots__ = ("_lock", "_ray", "spec")
+    __slots__ = ("_lock", "_ray", "_values", "spec")
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
         self._ray: Any = None
         self._lock = threading.Lock()
+        self._values: dict[tuple[tuple[str, str], ...], float] = {}
 
     def _impl(self) -> Any:
         if self._ray is not None:
@@ -107,16 +116,58 @@ class Metric:
         self._record("observe", value, tags)
 
     def set(self, value: float, **tags: str) -> None:
+        self._values[tuple(sorted(tags.items()))] = value
         self._record("set", value, tags)
+        if self._ray is not None:
+            _refresher.ensure()
+
+    def refresh(self) -> None:
+        """Record every value :meth:`set` gave again (see :data:`REFRESH_S`)."""
+        for key, value in list(self._values.items()):
+            self._record("set", value, dict(key))
+
+
+class _Refresher:
+    """The one thread of a process that records its gauges again (started on first use)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="qingliang-gauges", daemon=True
+                )
+                self._thread.start()
+
+    @staticmethod
+    def _run() -> None:
+        while True:
+            time.sleep(REFRESH_S)
+            for gauge in _GAUGES:
+                gauge.refresh()
+
+
+_refresher = _Refresher()
 
 
 CATALOG: list[MetricSpec] = []
 
 
+_GAUGES: list[Metric] = []
+
+
 def _metric(name: str, kind: str, description: str, *tags: str, bounds: tuple = ()) -> Metric:
     spec = MetricSpec(name, kind, description, tags, tuple(bounds))
     CATALOG.append(spec)
-    return Metric(spec)
+    metric = Metric(spec)
+    if kind == GAUGE:
+        _GAUGES.append(metric)
+    return metric
 
 
 # -- knowledge ------------------------------------------------------------------------------
@@ -286,8 +337,6 @@ def route_rewarded(router: str, arm: str, reward: float) -> float:
 def pipeline_step(kind: str) -> Iterator[dict[str, str]]:
     """Time one step of type ``kind``; the caller sets ``["outcome"]`` (default ok). An
     exception counts as ``failed``, LangGraph's interrupt (an approval) as ``waiting``."""
-    import time
-
     started = time.monotonic()
     box = {"outcome": "ok"}
     try:
