@@ -67,6 +67,7 @@ from sqlalchemy.pool import StaticPool
 
 from qingliang.platform.errors import Conflict, QingliangError
 from qingliang.platform.settings import database_url_from_env
+from qingliang.platform.storage import _revisions
 from qingliang.platform.storage.sqlite import BUSY_TIMEOUT_S, create_private
 
 logger = logging.getLogger(__name__)
@@ -479,6 +480,10 @@ def _script(migrations: Path) -> Any:
 
 def revisions(migrations: Path) -> tuple[str, set[str]]:
     """The head revision of a store's migrations and every revision they know."""
+    versions = migrations / "versions"
+    found = _revisions.scan(versions if versions.is_dir() else migrations)
+    if found is not None:
+        return found[0], set(found[1])
     script = _script(migrations)
     heads = script.get_heads()
     if len(heads) != 1:  # a packaging mistake, never a user's
@@ -504,18 +509,28 @@ def upgrade(db: Database, migrations: Path, target: str | None = None) -> bool:
     head, known = revisions(migrations)
     target = target or head
     with db.read() as conn:
-        found = current_revision(conn, db.store)
+        found = _found(conn, db)
     _check_known(db, found, known, head)
     if found == target:
         return False
     with db.write() as conn:
-        found = current_revision(conn, db.store)
+        found = _found(conn, db)
         _check_known(db, found, known, head)
         if found == target:
             return False
         _run_migrations(conn, db.store, migrations, target)
     logger.info("%s database %s: schema %s -> %s", db.store, db.safe_url, found, target)
     return True
+
+
+def _found(conn: Connection, db: Database) -> str | None:
+    stamps = _revisions.stamped(conn, version_table(db.store))
+    if len(stamps) > 1:
+        raise DatabaseError(
+            f"{db.store} database {db.safe_url} records several schema revisions "
+            f"({', '.join(stamps)}) in {version_table(db.store)}; this Qingliang expects one"
+        )
+    return stamps[0] if stamps else None
 
 
 def _run_migrations(conn: Connection, store: str, migrations: Path, target: str) -> None:

@@ -349,3 +349,40 @@ def test_every_store_shares_one_database(store_url: str) -> None:
         db = open_database(store_url, store=folder.name, migrations=folder)
         with db.read() as conn:
             assert current_revision(conn, folder.name) == revisions(folder)[0]
+
+
+def test_the_revision_files_are_read_as_alembic_reads_them() -> None:
+    """The check on open reads the revision ids without Alembic (``_revisions.scan``): it
+    must agree with Alembic on every store's history."""
+    from alembic.script import ScriptDirectory
+
+    from qingliang.platform.storage import _revisions
+
+    root = Path(database_mod.__file__).parent / "migrations"
+    folders = [p for p in root.iterdir() if (p / "versions").is_dir()]
+    registry = Path(database_mod.__file__).parents[1] / "lifecycle" / "registry" / "migrations"
+    for folder in [*folders, registry]:
+        script = ScriptDirectory(str(folder), version_locations=[str(folder / "versions")])
+        scanned = _revisions.scan(folder / "versions")
+        assert scanned is not None, folder
+        assert scanned == (script.get_current_head(), {s.revision for s in script.walk_revisions()})
+
+
+def test_opening_a_store_at_its_newest_revision_does_not_load_alembic(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from qingliang.platform.storage.keys import KeyStore
+        KeyStore(sys.argv[1]).list()
+        print("alembic" in sys.modules)
+        """
+    )
+    path = str(tmp_path / "state.sqlite")
+    env = {k: v for k, v in os.environ.items() if k != "QINGLIANG_DATABASE_URL"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=120
+        )
+        for _ in range(2)
+    ]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
