@@ -80,7 +80,10 @@ class StoreDatabase:
         self.store = store
         self._migrations = migrations
         self._pragmas = tuple(pragmas)
-        parsed = make_url(self.url) if "://" in self.url else None
+        try:
+            parsed = make_url(self.url)
+        except (exc.ArgumentError, ValueError):  # opening it says what is wrong with it
+            parsed = None
         backend = parsed.get_backend_name() if parsed is not None else ""
         #: The SQLite file, or None on a server.
         self.sqlite_path: Path | None = (
