@@ -165,8 +165,9 @@ def ingest(
         if client.remote:
             _fail(
                 QingliangError(
-                    "the platform is running: write a KnowledgeBase manifest and "
-                    "`qingliang apply -f` it (ad-hoc ingest needs the platform down)"
+                    "the platform is running (here, or the --server one): write a "
+                    "KnowledgeBase manifest and `qingliang apply -f` it (ad-hoc ingest "
+                    "needs a local platform that is down)"
                 )
             )
         action = client.service.register(manifest, base=Path.cwd(), actor="cli")

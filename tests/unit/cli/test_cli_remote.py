@@ -247,6 +247,10 @@ def test_registry_and_conversations_over_the_api(platform: Path) -> None:
     r = cli("conversations", "count", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == {"count": 0}
+    r = cli("conversations", "export", "--days", "7", "--tenant", "city-a")
+    assert r.exit_code == 0 and "exported 0 conversation(s)" in r.output
+    r = cli("conversations", "purge", "--older-than-days", "90")
+    assert r.exit_code == 0 and "purged 0 conversation(s)" in r.output
 
 
 def test_version_and_completion() -> None:
