@@ -434,6 +434,15 @@ def open_database(url: str, *, store: str, migrations: Path) -> Database:
     """
     if not _STORE_RE.match(store or ""):
         raise ValueError(f"store name {store!r}: lower-case letters, digits and '_'")
+    try:
+        return _open(url, store, Path(migrations))
+    except DatabaseError as e:
+        if url != database_url_from_env():
+            raise
+        raise type(e)(f"{e} (the URL is $QINGLIANG_DATABASE_URL)") from e.__cause__
+
+
+def _open(url: str, store: str, migrations: Path) -> Database:
     pid = os.getpid()
     parsed = _normalize(url)
     ident = parsed.render_as_string(hide_password=False)
@@ -442,7 +451,7 @@ def open_database(url: str, *, store: str, migrations: Path) -> Database:
         if db is not None:
             return db
         db = Database(url, store=store, engine=_shared_engine(parsed, store))
-        upgrade(db, Path(migrations))
+        upgrade(db, migrations)
         _databases[(ident, store, pid)] = db
         return db
 

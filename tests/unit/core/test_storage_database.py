@@ -386,3 +386,12 @@ def test_opening_a_store_at_its_newest_revision_does_not_load_alembic(tmp_path: 
         for _ in range(2)
     ]
     assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
+
+
+def test_a_bad_shared_url_names_the_variable(
+    tmp_path: Path, migrations: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QINGLIANG_DATABASE_URL", "mysql://root:hunter2@db/ql")
+    with pytest.raises(DatabaseError, match=r"\$QINGLIANG_DATABASE_URL") as info:
+        open_database(database_url(tmp_path, "keys"), store="keys", migrations=migrations)
+    assert "hunter2" not in str(info.value)
