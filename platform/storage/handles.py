@@ -34,6 +34,7 @@ import functools
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -193,6 +194,46 @@ class StoreDatabase:
                 with suppress(Exception):
                     cursor.close()
                 raw.close()  # back to the pool
+
+    @contextmanager
+    def advisory_lock(self, name: str, *, wait_s: float = 0.0) -> Iterator[bool]:
+        """PostgreSQL: take the session-level advisory lock ``name`` on a pooled connection
+        kept for the block (released at its end, or by the server when this process's
+        connection goes), retrying for up to ``wait_s``; yields whether it was had. SQLite:
+        yields True (a file is one machine's: its stores lock with files).
+        """
+        if self.dialect != "postgresql":
+            yield True
+            return
+        db = self.database
+        engine = self._engine(db)
+        key = {"key": lock_key(f"lock_{name}")}
+        with db.translated():
+            raw = engine.raw_connection()
+            driver: Any = raw.driver_connection
+            got = False
+            try:
+                cursor = raw.cursor()
+                deadline = time.monotonic() + wait_s
+                while True:
+                    cursor.execute("SELECT pg_try_advisory_lock(%(key)s)", key)
+                    row = cursor.fetchone()
+                    got = bool(row and row[0])
+                    driver.commit()  # a session lock outlives the statement's transaction
+                    if got or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+                yield got
+            except engine.dialect.loaded_dbapi.Error as e:
+                raise _wrapped(engine, e) from e
+            finally:
+                if got:
+                    try:
+                        cursor.execute("SELECT pg_advisory_unlock(%(key)s)", key)
+                        driver.commit()
+                    except Exception as e:  # closing the connection releases it
+                        raw.invalidate(e)
+                raw.close()
 
     def error(self, e: Exception) -> Exception:
         """The layer's error for the driver's error ``e`` (``Conflict``, ``DatabaseError``

@@ -12,8 +12,10 @@ run whose status says ``running`` but whose lock is free was interrupted.
 
 A store uses the layer's pooled connections (a run's driver writes an event per training
 step, and opening a connection each time would cost more than the write); a process forked
-from one that used the store opens its own. :meth:`RunStore.close` closes them. Lock files
-stay on the local disk: one driver per run is a property of the machine that drives it.
+from one that used the store opens its own. :meth:`RunStore.close` closes them. The driver
+lock is a file under the store's folder and, where the store is on a PostgreSQL server,
+also the run's advisory lock there: a machine that shares the database but not the folder
+sees a run driven elsewhere as running, not interrupted.
 
 Statuses::
 
@@ -226,27 +228,37 @@ class RunStore:
         return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def locked(self, run_id: str) -> bool:
-        """Whether some process is driving the run now."""
+        """Whether some process is driving the run now (on any machine, where the store is
+        on a PostgreSQL server shared by several)."""
         path = self.root / "locks" / f"{run_id}.lock"
-        if not path.exists():
+        if path.exists():
+            with path.open("a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        if self._db.dialect == "sqlite":
             return False
-        with path.open("a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return False
+        with self._db.advisory_lock(f"pipeline_run_{run_id}") as had:
+            return not had
 
     @contextlib.contextmanager
     def lock(self, run_id: str, *, wait_s: float = 0.0) -> Iterator[None]:
-        """Hold the run's driver lock (Conflict if another process drives it).
+        """Hold the run's driver lock (Conflict if another process drives it): a lock file
+        on this machine and, on a PostgreSQL server, the run's advisory lock there, which
+        the server releases when this process's connection goes.
 
         ``wait_s``: how long to wait for a lock held only for a moment (a status read
         that settles a dead driver's run holds it for milliseconds).
         """
         if not _LOCK_NAME_RE.match(run_id):  # a run id names a file here: never a path
             raise NotFound(f"no pipeline run {run_id[:80]!r}", param="run")
+        busy = Conflict(
+            f"pipeline run {run_id} is being driven by another process; "
+            "see `qingliang pipelines status`",
+            param="run",
+        )
         path = self.root / "locks" / f"{run_id}.lock"
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -257,15 +269,15 @@ class RunStore:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise Conflict(
-                            f"pipeline run {run_id} is being driven by another process; "
-                            "see `qingliang pipelines status`",
-                            param="run",
-                        ) from None
+                        raise busy from None
                     time.sleep(0.05)
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
-            yield
+            remaining = max(0.0, deadline - time.monotonic())
+            with self._db.advisory_lock(f"pipeline_run_{run_id}", wait_s=remaining) as had:
+                if not had:
+                    raise busy
+                yield
         finally:
             os.close(fd)
 

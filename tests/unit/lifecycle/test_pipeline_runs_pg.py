@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -57,6 +58,54 @@ def test_runs_behave_the_same_on_both_backends(shared: str, tmp_path: Path) -> N
         with pytest.raises(ValueError, match="cannot update"):
             runs.update("pl-1", actor="mallory")
     assert not (tmp_path / "pipelines" / "runs.sqlite").exists()  # nothing in a local file
+
+
+_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from qingliang.platform.lifecycle.pipelines.runs import RunStore
+
+    root, go, done = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    runs = RunStore(root)
+    with runs.lock("pl-1"):
+        runs.update("pl-1", status="running", step="finetune")
+        go.touch()
+        while not done.exists():
+            time.sleep(0.02)
+    """
+)
+
+
+def test_a_run_driven_on_another_machine_is_seen_running(shared: str, tmp_path: Path) -> None:
+    if shared.startswith("sqlite"):
+        pytest.skip("a SQLite file is one machine's: its driver lock is the lock file")
+    # Two folders: two machines that share the database and nothing else.
+    here = RunStore(tmp_path / "here")
+    here.create("pl-1", "faq", MANIFEST, "/srv/p", "alice")
+    go, done = tmp_path / "go", tmp_path / "done"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(tmp_path / "there"), str(go), str(done)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not go.exists():
+            assert driver.poll() is None, driver.stderr.read()  # type: ignore[union-attr]
+            time.sleep(0.02)
+        assert here.locked("pl-1")
+        assert here.get("pl-1").status == "running"  # not "interrupted"
+        with pytest.raises(Conflict, match="driven by another process"), here.lock("pl-1"):
+            pass
+    finally:
+        done.touch()
+        _out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 0, err
+    assert not here.locked("pl-1")  # released when the driver let go
+    assert here.get("pl-1").status == "interrupted"
+    with here.lock("pl-1"):
+        assert here.get("pl-1", holder=True).status == "interrupted"
+    here.close()
 
 
 _WRITER = textwrap.dedent(
