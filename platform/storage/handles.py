@@ -158,24 +158,17 @@ class StoreDatabase:
         engine = self._engine(db)
         sqlite = db.dialect == "sqlite"
         with db.translated():
-            raw = engine.raw_connection()
-            cursor = raw.cursor()
+            raw, cursor = self._begun(engine, sqlite)
 
             def end(commit: bool) -> None:
                 if sqlite:
                     cursor.execute("COMMIT" if commit else "ROLLBACK")
                 elif commit:
-                    raw.driver_connection.commit()  # type: ignore[union-attr]
+                    raw.driver_connection.commit()
                 else:
-                    raw.driver_connection.rollback()  # type: ignore[union-attr]
+                    raw.driver_connection.rollback()
 
             try:
-                if sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")
-                else:
-                    cursor.execute(
-                        "SELECT pg_advisory_xact_lock(%(key)s)", {"key": lock_key(self.store)}
-                    )
                 try:
                     yield Statements(cursor, db.dialect)
                 except BaseException:
@@ -194,6 +187,34 @@ class StoreDatabase:
                 with suppress(Exception):
                     cursor.close()
                 raw.close()  # back to the pool
+
+    def _begun(self, engine: Engine, sqlite: bool) -> tuple[Any, Any]:
+        """A pooled driver connection and its cursor, the write transaction begun and the
+        store's lock held. A pooled connection the server dropped (a restart, a fail-over)
+        is replaced, and the pool renewed, once: nothing had run on it."""
+        for attempt in (1, 2):
+            raw = engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                if sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                else:
+                    cursor.execute(
+                        "SELECT pg_advisory_xact_lock(%(key)s)", {"key": lock_key(self.store)}
+                    )
+                return raw, cursor
+            except engine.dialect.loaded_dbapi.Error as e:
+                dropped = engine.dialect.is_disconnect(e, raw.dbapi_connection, None)
+                if dropped:
+                    raw.invalidate(e)
+                    engine.dispose()  # the others in the pool went with it
+                else:
+                    with suppress(Exception):
+                        raw.driver_connection.rollback()  # type: ignore[union-attr]
+                raw.close()
+                if not (dropped and attempt == 1):
+                    raise _wrapped(engine, e) from e
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def advisory_lock(self, name: str, *, wait_s: float = 0.0) -> Iterator[bool]:

@@ -166,3 +166,23 @@ def test_a_bad_database_url_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
         log.load_state("r")
     assert "s3cret" not in str(err.value)
     assert not (tmp_path / "router.sqlite").exists()
+
+
+def test_decisions_go_on_after_the_server_drops_the_pooled_connections(
+    shared: str, tmp_path: Path
+) -> None:
+    if shared.startswith("sqlite"):
+        pytest.skip("no server to drop connections")
+    import psycopg
+
+    log = DecisionLog(tmp_path / "router.sqlite")
+    record(log, 1, "fast", created=1.0)
+    assert log.get("d1") is not None
+    with psycopg.connect(shared, autocommit=True) as admin:  # a restart, as the pool sees it
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    record(log, 2, "big", created=2.0)  # a new connection, nothing lost or doubled
+    assert log.close("d2", 1.0) is True
+    assert [d.id for d in log.by_run("r1")] == ["d1", "d2"]
