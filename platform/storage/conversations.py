@@ -72,9 +72,7 @@ _FIELDS = (
     "latency_ms", "choice", "endpoint",
 )  # fmt: skip
 _COLUMNS = ", ".join(_FIELDS)
-_INSERT = text(
-    f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(':' + f for f in _FIELDS)})"
-)
+_INSERT = f"INSERT INTO conversations ({_COLUMNS}) VALUES ({', '.join(':' + f for f in _FIELDS)})"
 _STOP = object()
 #: Bytes of queued rows beyond which new ones are dropped (a stuck disk must not grow the
 #: gateway's memory without bound: rows of 4 MiB prompts add up fast).
@@ -364,8 +362,9 @@ class ConversationLog:
 
     def _write(self, rows: list[tuple]) -> None:
         try:
-            with self._db.write(wait_s=self._busy_timeout_s) as conn:
-                conn.execute(_INSERT, [dict(zip(_FIELDS, row, strict=True)) for row in rows])
+            # A pooled connection the server dropped is replaced before the batch is sent.
+            with self._db.transaction(wait_s=self._busy_timeout_s) as conn:
+                conn.executemany(_INSERT, [dict(zip(_FIELDS, row, strict=True)) for row in rows])
             logger.debug("%s: recorded %d conversation(s)", self, len(rows))
         except (QingliangError, OSError, TypeError, ValueError) as exc:
             # A failed write must not stop the writer: the next batch tries again.

@@ -50,6 +50,7 @@ from qingliang.platform.storage.database import (
     lock_key,
     open_database,
 )
+from qingliang.platform.storage.sqlite import BUSY_TIMEOUT_S
 
 #: The stores' Alembic revisions, one folder per store.
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -149,16 +150,17 @@ class StoreDatabase:
         return self.database.query(sql, params)
 
     @contextmanager
-    def transaction(self) -> Iterator[Statements]:
+    def transaction(self, *, wait_s: float | None = None) -> Iterator[Statements]:
         """One write transaction holding the store's write lock, its statements run straight
         on a pooled driver connection: committed when the block ends, rolled back when it
         raises. Driver errors become the layer's (``Conflict``, ``DatabaseError`` naming the
-        database)."""
+        database; ``DatabaseBusy`` when the lock was not had within ``wait_s``, by default
+        the 30 s busy timeout on SQLite and no limit on PostgreSQL)."""
         db = self.database
         engine = self._engine(db)
         sqlite = db.dialect == "sqlite"
         with db.translated():
-            raw, cursor = self._begun(engine, sqlite)
+            raw, cursor = self._begun(engine, sqlite, wait_s)
 
             def end(commit: bool) -> None:
                 if sqlite:
@@ -188,7 +190,7 @@ class StoreDatabase:
                     cursor.close()
                 raw.close()  # back to the pool
 
-    def _begun(self, engine: Engine, sqlite: bool) -> tuple[Any, Any]:
+    def _begun(self, engine: Engine, sqlite: bool, wait_s: float | None) -> tuple[Any, Any]:
         """A pooled driver connection and its cursor, the write transaction begun and the
         store's lock held. A pooled connection the server dropped (a restart, a fail-over)
         is replaced, and the pool renewed, once: nothing had run on it."""
@@ -196,12 +198,23 @@ class StoreDatabase:
             raw = engine.raw_connection()
             try:
                 cursor = raw.cursor()
+                ms = None if wait_s is None else max(1, int(wait_s * 1000))
                 if sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")
+                    if ms is not None:
+                        cursor.execute(f"PRAGMA busy_timeout = {ms}")
+                    try:
+                        cursor.execute("BEGIN IMMEDIATE")
+                    finally:
+                        if ms is not None:
+                            cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 else:
+                    if ms is not None:
+                        cursor.execute(f"SET LOCAL lock_timeout = {ms}")
                     cursor.execute(
                         "SELECT pg_advisory_xact_lock(%(key)s)", {"key": lock_key(self.store)}
                     )
+                    if ms is not None:
+                        cursor.execute("SET LOCAL lock_timeout = 0")
                 return raw, cursor
             except engine.dialect.loaded_dbapi.Error as e:
                 dropped = engine.dialect.is_disconnect(e, raw.dbapi_connection, None)

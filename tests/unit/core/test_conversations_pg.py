@@ -191,3 +191,25 @@ def test_a_bad_database_url_is_named_and_nothing_is_lost_silently(
     log.append(conversation(1, NOW))  # the gateway's side: never raises, counts the loss
     log.close()
     assert log.dropped == 1
+
+
+def test_the_log_goes_on_after_the_server_drops_its_connections(
+    shared: str, tmp_path: Path
+) -> None:
+    if shared.startswith("sqlite"):
+        pytest.skip("no server to drop connections")
+    import psycopg
+
+    log = ConversationLog.for_home(tmp_path, flush_interval_s=0.01)
+    log.append(conversation(1, NOW))
+    assert log.count() == 1
+    with psycopg.connect(shared, autocommit=True) as admin:  # a restart, as the pool sees it
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    log.append(conversation(2, NOW + 1))
+    log.flush()
+    assert log.dropped == 0
+    assert [r["id"] for r in exported(log)] == ["chatcmpl-1", "chatcmpl-2"]
+    log.close()
