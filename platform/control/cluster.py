@@ -72,6 +72,19 @@ def ray_env() -> dict[str, str]:
     return {**SERVE_TUNING_ENV, **os.environ, **RAY_ENV}
 
 
+#: Ray's switch for clusters of several machines: :data:`RAY_ENV` turns it off (one node,
+#: 127.0.0.1 kept), which makes ``ray start --address`` refuse to start a worker node and
+#: a driver register itself as 127.0.0.1.
+MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def cluster_node_env() -> dict[str, str]:
+    """The environment for a Ray node of a cluster of several machines (each node's
+    ``ray start``, a KubeRay pod): :func:`ray_env` with Ray's multi-node mode on. Nodes of
+    one machine that must stay on 127.0.0.1 keep :func:`ray_env` (docs/cluster.md)."""
+    return {**ray_env(), MULTI_NODE_ENV: "1"}
+
+
 @dataclass(frozen=True)
 class RunInfo:
     pid: int

@@ -89,7 +89,7 @@ def join_cluster(settings: Settings, address: str) -> RunInfo:
             f"no Ray cluster answers at {gcs}: start its head with "
             f"`ray start --head --port={port}` (docs/cluster.md) or check the address"
         )
-    dashboard = _dashboard_url(gcs, host)
+    dashboard, metrics_port = _read_cluster(gcs, host)
     apps = _serve_apps(dashboard)
     others = sorted(set(apps) - set(_platform_apps(apps)))
     if others:
@@ -103,7 +103,7 @@ def join_cluster(settings: Settings, address: str) -> RunInfo:
         pgid=0,
         gcs_address=gcs,
         dashboard_url=dashboard,
-        metrics_port=settings.metrics_port,
+        metrics_port=metrics_port or settings.metrics_port,
         http_port=settings.http_port,
         temp_dir="",
         started_at=time.time(),
@@ -113,24 +113,27 @@ def join_cluster(settings: Settings, address: str) -> RunInfo:
     return info
 
 
-def _dashboard_url(gcs: str, host: str) -> str:
-    """The dashboard's URL as the head recorded it in the GCS (its ``dashboard`` key)."""
+def _read_cluster(gcs: str, host: str) -> tuple[str, int | None]:
+    """The dashboard's URL as the head recorded it in the GCS (its ``dashboard`` key),
+    and the head's metrics export port (None when the GCS does not list the head)."""
     try:
         from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
-        raw = GcsClient(address=gcs).internal_kv_get(b"dashboard", b"dashboard", timeout=10)
+        client = GcsClient(address=gcs)
+        raw = client.internal_kv_get(b"dashboard", b"dashboard", timeout=10)
+        heads = [n for n in client.get_all_node_info(timeout=10).values() if n.is_head_node]
     except Exception as exc:  # ray's RpcError and friends: the boundary
-        raise ClusterError(f"cannot read the dashboard's address from Ray at {gcs}: {exc}") from exc
+        raise ClusterError(f"cannot read the cluster's addresses from Ray at {gcs}: {exc}") from exc
     if not raw:
         raise ClusterError(
             f"the Ray cluster at {gcs} runs no dashboard; start its head with "
             "--include-dashboard=true (the platform deploys through Serve's REST API)"
         )
-    where = raw.decode()
-    dash_host, _, dash_port = where.rpartition(":")
+    dash_host, _, dash_port = raw.decode().rpartition(":")
     if dash_host in ("0.0.0.0", "::", ""):  # bound to every interface: reach it as the GCS
         dash_host = host
-    return f"http://{dash_host}:{dash_port}"
+    alive = [n.metrics_export_port for n in heads if n.state == 0]  # 0: ALIVE
+    return f"http://{dash_host}:{dash_port}", (alive[0] or None) if alive else None
 
 
 def _client(timeout_s: float) -> httpx.Client:

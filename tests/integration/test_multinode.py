@@ -11,6 +11,7 @@ Times (how long the node took to be declared dead, the recovery) are printed, no
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +20,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _multinode import GCS, HTTP_PORT, TwoNodes, actors, alive_nodes_with, serve_applications
+from _multinode import (
+    DASHBOARD,
+    GCS,
+    HEAD_PORTS,
+    HTTP_PORT,
+    TwoNodes,
+    actors,
+    alive_nodes_with,
+    serve_applications,
+)
 from _platform import tiny_manifest
 
 from bench._load import non_loopback_listeners, platform_env, qingliang_cli
@@ -29,7 +39,10 @@ from qingliang.platform.control.apply import Controller
 pytestmark = pytest.mark.integration
 
 APP = "tiny-accel"
-PORTS = {"http": HTTP_PORT, "dashboard": 28365, "metrics": 28180, "ray": 28380}
+#: The CLI's environment: the platform's HTTP port; the other ports deliberately not the
+#: cluster's (free ones), so the test shows `up` finds the dashboard and metrics port from
+#: the cluster and every later command from the run file.
+PORTS = {"http": HTTP_PORT, "dashboard": 28399, "metrics": 28398, "ray": 28397}
 
 
 @dataclass
@@ -94,6 +107,10 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> It
         out = _qingliang(env, "up", "--ray-address", GCS, "-f", str(manifest), "--timeout", "600")
         print(f"\n`qingliang up --ray-address` on two nodes: {time.monotonic() - started:.1f} s")
         assert f"Joined the Ray cluster at {GCS}" in out
+        run = json.loads((home / "run.json").read_text())
+        assert run["joined"] and run["pid"] == 0
+        assert run["dashboard_url"] == DASHBOARD
+        assert run["metrics_port"] == HEAD_PORTS["metrics"]
         key = (home / "api-key").read_text().strip()
         yield Cluster(nodes, home, env, key)
         out = _qingliang(env, "down", timeout_s=180)

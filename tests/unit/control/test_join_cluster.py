@@ -2,7 +2,7 @@
 leaving it: the run file, the refusals, and which Serve applications `down` removes.
 
 The cluster is faked at its two boundaries only: whether its GCS answers and where its
-dashboard is (``_answers``, ``_dashboard_url``), and Serve's REST API (an httpx mock
+dashboard is (``_answers``, ``_read_cluster``), and Serve's REST API (an httpx mock
 transport). tests/integration/test_multinode.py runs the real thing on two Ray nodes.
 """
 
@@ -66,7 +66,7 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> FakeServe:
     transport = httpx.MockTransport(fake.handler)
     monkeypatch.setattr(join, "_client", lambda timeout_s: httpx.Client(transport=transport))
     monkeypatch.setattr(join, "_answers", lambda host, port: True)
-    monkeypatch.setattr(join, "_dashboard_url", lambda gcs, host: f"http://{host}:18265")
+    monkeypatch.setattr(join, "_read_cluster", lambda gcs, host: (f"http://{host}:18265", 18080))
     # The joined dashboard "answers" for running(): its port is checked, not served.
     monkeypatch.setattr(cluster, "_port_open", lambda host, port: True)
     return fake
@@ -107,6 +107,7 @@ def test_joining_records_the_cluster_and_its_dashboard(settings: Settings, serve
     assert info.joined and info.pid == 0
     assert info.gcs_address == "127.0.0.1:28380"
     assert info.dashboard_url == "http://127.0.0.1:18265"
+    assert info.metrics_port == 18080  # the head's metrics export port
     saved = json.loads(settings.run_file.read_text())
     assert saved["joined"] is True
     # Every later command reaches the joined cluster through the run file.
@@ -209,3 +210,12 @@ def test_an_old_run_file_is_a_local_ray(settings: Settings) -> None:
     settings.run_file.write_text(json.dumps(old))
     info = cluster.RunInfo.load(settings.run_file)
     assert info is not None and info.joined is False
+
+
+def test_a_cluster_node_gets_the_platforms_environment_with_multi_node_on() -> None:
+    env = cluster.cluster_node_env()
+    # Off (as for local Ray), `ray start --address` refuses to start a worker node.
+    assert cluster.ray_env()[cluster.MULTI_NODE_ENV] == "0"
+    assert env[cluster.MULTI_NODE_ENV] == "1"
+    rest = {k: v for k, v in env.items() if k != cluster.MULTI_NODE_ENV}
+    assert rest == {k: v for k, v in cluster.ray_env().items() if k != cluster.MULTI_NODE_ENV}
