@@ -143,6 +143,9 @@ class Operations:
     home: Path
     serve_details: ServeDetails | None = None
     settings: Callable[[], Settings] | None = None
+    #: Makes the Controller the admin's routes apply and delete through (default: the
+    #: platform's own; a unit test gives one with a fake deployer).
+    controller: Callable[[Settings], Any] | None = None
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)

@@ -123,7 +123,11 @@ def add_admin_routes(
     app: FastAPI, ops: Operations | None, knowledge: KnowledgeBackend | None = None
 ) -> None:
     """Mount the admin's routes (see the module docstring)."""
-    admin = None if ops is None else PlatformAdmin(ops.home, settings=ops.settings)
+    admin = (
+        None
+        if ops is None
+        else PlatformAdmin(ops.home, settings=ops.settings, controller=ops.controller)
+    )
 
     def _admin() -> PlatformAdmin:
         if admin is None:

@@ -60,6 +60,8 @@ from schemathesis.generation.meta import TestPhase
 from qingliang.agents.api import LocalAgents
 from qingliang.knowledge.api import LocalKnowledge
 from qingliang.knowledge.service import KnowledgeService
+from qingliang.platform.control.apply import Controller
+from qingliang.platform.errors import ResolveError
 from qingliang.platform.gateway.app import create_app
 from qingliang.platform.gateway.auth.keys import KeyAuth
 from qingliang.platform.gateway.operator.demo_jobs import DemoJobs
@@ -68,6 +70,7 @@ from qingliang.platform.lifecycle.pipelines.executor import Resources, StepFaile
 from qingliang.platform.lifecycle.pipelines.service import PipelineService
 from qingliang.platform.settings import Settings
 from qingliang.platform.storage.keys import KeyStore
+from qingliang.serving.plan import HardwareProfile
 from tests.unit.agents.test_agents_api import make_service
 from tests.unit.gateway.test_gateway import EMBED_MODEL, ENTRIES, FakeBackend, FakeEmbedder
 from tests.unit.knowledge.test_knowledge_service import BigramEmbedder, _manifest
@@ -200,7 +203,12 @@ def _own_files(home: Path) -> dict[str, str]:
     """The data directory's files that no request may change: not databases, not stores."""
 
     def writable(path: Path) -> bool:
-        return ".sqlite" in path.name or path.relative_to(home).parts[0] in WRITABLE
+        # (.deployments.lock: the admin's apply and delete take the Controller's lock)
+        return (
+            ".sqlite" in path.name
+            or path.name.endswith(".lock")
+            or path.relative_to(home).parts[0] in WRITABLE
+        )
 
     return {k: v for k, v in _tree(home, writable).items() if v != "dir"}
 
@@ -252,7 +260,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         agents=LocalAgents(agents),
         pipelines=pipelines,
         # Serve's details and a demo job's process are the boundaries faked here.
-        ops=Operations(home, serve_details=dict, settings=lambda: Settings(home=home)),
+        ops=Operations(
+            home,
+            serve_details=dict,
+            settings=lambda: Settings(home=home),
+            controller=_controller,
+        ),
         demos=DemoJobs(home, launcher=_quiet_job, environ=dict),
     )
     assert app.openapi() == schema.raw_schema, "the fuzzed document is not the app's"
@@ -266,6 +279,30 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         client.portal.call(agents.close)
     knowledge.close()
     _report(state)
+
+
+class _Deployer:
+    """Serve, at the admin routes' Controller: accepts any config, reports nothing."""
+
+    def apply_config(self, config: dict) -> None:
+        pass
+
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        return {}
+
+
+def _no_weights(source: Any, cache: Any, progress: Any) -> Path:
+    raise ResolveError(f"fuzz: no weights for {source}")
+
+
+def _controller(settings: Settings) -> Controller:
+    """The admin's apply and delete, with Serve and the model download faked."""
+    return Controller(
+        settings,
+        deployer=_Deployer(),
+        profile=HardwareProfile(cpu_isa="avx2", vllm=True),
+        resolver=_no_weights,
+    )
 
 
 def _report(env: Env) -> None:
