@@ -134,7 +134,7 @@ def _normalize(url: str) -> URL:
         raise DatabaseError(f"database URL {url!r} is empty or not text")
     try:
         parsed = make_url(url.strip())
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseError(
             f"database URL {_mask(url)!r} is not a database URL: give sqlite:///PATH or "
             "postgresql://USER:PASSWORD@HOST:5432/DB"

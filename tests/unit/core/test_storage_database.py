@@ -259,6 +259,7 @@ def test_an_unknown_newer_revision_is_refused(
     [
         ("not a url", "is not a database URL"),
         ("mysql://root:hunter2@127.0.0.1/ql", "only sqlite:/// and postgresql://"),
+        ("postgresql://ql:hunter2@db:port/ql", "is not a database URL"),
         ("", "empty"),
     ],
 )
