@@ -69,6 +69,15 @@ def models(as_json: bool = JsonOpt) -> None:
     console.print(table)
 
 
+PrometheusOpt = typer.Option(
+    False,
+    "--prometheus",
+    help="Also run Prometheus (Debian's `prometheus` package) on 127.0.0.1:9090 "
+    "(QINGLIANG_PROMETHEUS_PORT), scraping every Ray node, and point the Ray dashboard "
+    "at it; `down` stops it. See docs/operations.md.",
+)
+
+
 def up(
     files: list[Path] = typer.Option(
         None, "-f", "--file", help="Manifests to serve (default: deploy/defaults)."
@@ -92,6 +101,7 @@ def up(
         "--address` takes it) instead of starting local Ray; `down` then leaves that Ray "
         "running. See docs/cluster.md.",
     ),
+    with_prometheus: bool = PrometheusOpt,
 ) -> None:
     """Start local Ray (127.0.0.1, dashboard :8265), or join a Ray cluster
     (--ray-address), and serve the default manifests."""
@@ -104,7 +114,7 @@ def up(
         # stops `up` before any process starts.
         console.print("[bold]Checking manifests and model sources[/bold]")
         ctl.resolve(ctl.compile(ctl.load(paths)), progress=True)
-        info, settings = _start_or_join(settings, ray_address)
+        info, settings = _start_or_join(settings, ray_address, with_prometheus)
         if ray_address:  # the joined cluster's dashboard is the one the rest talks to
             ctl = _common.controller(settings)
         key = _ensure_default_key(settings) if not no_auth else None
@@ -145,11 +155,17 @@ def up(
     console.print("  qingliang chat        qingliang get        qingliang down", highlight=False)
 
 
-def _start_or_join(settings: Settings, ray_address: str | None) -> tuple[RunInfo, Settings]:
+def _start_or_join(
+    settings: Settings, ray_address: str | None, with_prometheus: bool = False
+) -> tuple[RunInfo, Settings]:
     """Start local Ray, or join the cluster at ``ray_address``: its run info and the
-    settings that reach it (a joined cluster's dashboard, from the run file)."""
+    settings that reach it (a joined cluster's dashboard, from the run file). With
+    ``with_prometheus``, a Prometheus too, that the head's dashboard reads."""
     from qingliang.platform.control import cluster, join
+    from qingliang.platform.control import prometheus as prom
 
+    if with_prometheus:  # before the head: its dashboard reads the address at start
+        os.environ.setdefault("QINGLIANG_PROMETHEUS_URL", prom.prepare(settings))
     if ray_address:
         info = join.join_cluster(settings, ray_address)
         settings = cluster.settings_for(settings.home)
@@ -158,6 +174,8 @@ def _start_or_join(settings: Settings, ray_address: str | None) -> tuple[RunInfo
         with console.status("Starting Ray on 127.0.0.1 ..."):
             info = cluster.start_head(settings)
     console.print(f"Ray is up (dashboard {info.dashboard_url})")
+    if with_prometheus:
+        console.print(f"Prometheus is up ({prom.launch(settings).url})")
     return info, settings
 
 
@@ -187,9 +205,12 @@ def down() -> None:
     """Stop what `qingliang up` started (Serve, then its own Ray processes only); on a
     joined Ray cluster, remove the platform's Serve applications and leave Ray running."""
     from qingliang.platform.control import cluster, join
+    from qingliang.platform.control import prometheus as prom
 
     settings = load_settings()
     with console.status("Stopping ..."):
+        if prom.shutdown(settings):
+            console.print("stopped Prometheus")
         if join.leave_cluster(settings):
             console.print("removed the platform from the joined Ray cluster (Ray keeps running)")
             return

@@ -33,10 +33,15 @@ from pathlib import Path
 import httpx
 
 from qingliang.platform.errors import ClusterError
+from qingliang.platform.settings import Settings
 
 #: ``QINGLIANG_PROMETHEUS_BIN`` names another binary; else ``prometheus`` on PATH.
 BINARY_ENV = "QINGLIANG_PROMETHEUS_BIN"
 INSTALL_HINT = "apt-get install -y prometheus"
+#: Where ``qingliang up --prometheus`` serves Prometheus (on the platform's host).
+PORT_ENV = "QINGLIANG_PROMETHEUS_PORT"
+#: Its process, recorded for ``qingliang down``, under ``$QINGLIANG_HOME``.
+RUN_FILE = "prometheus.json"
 
 
 def binary() -> str | None:
@@ -160,7 +165,10 @@ def start(
 
 
 def stop(run: PrometheusRun, timeout_s: float = 20) -> bool:
-    """Stop a Prometheus :func:`start` started (its pid only). True if it was running."""
+    """Stop a Prometheus :func:`start` started (its pid only, while it is still that
+    Prometheus). True if it was running."""
+    if not _ours(run):
+        return False
     try:
         os.kill(run.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -178,6 +186,69 @@ def stop(run: PrometheusRun, timeout_s: float = 20) -> bool:
         if done:
             return True
         time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(run.pid, signal.SIGKILL)
+    if _ours(run):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(run.pid, signal.SIGKILL)
     return True
+
+
+def platform_url(settings: Settings) -> str:
+    """Where :func:`launch` serves: ``QINGLIANG_PROMETHEUS_PORT`` (default 9090) on the
+    platform's host."""
+    return f"http://{settings.host}:{int(os.environ.get(PORT_ENV, '9090'))}"
+
+
+def prepare(settings: Settings) -> str:
+    """Check that :func:`launch` can run (a binary is installed) and return the URL it
+    will serve on, for the Ray head's dashboard (``QINGLIANG_PROMETHEUS_URL``).
+
+    Raises:
+        ClusterError: no Prometheus binary.
+    """
+    if binary() is None:
+        raise ClusterError(
+            f"--prometheus: no Prometheus binary found; install it with `{INSTALL_HINT}`"
+        )
+    return platform_url(settings)
+
+
+def launch(settings: Settings, *, interval_s: float = 10, wait_s: float = 15) -> PrometheusRun:
+    """The platform's Prometheus (``qingliang up --prometheus``): on :func:`platform_url`,
+    its data in ``$QINGLIANG_HOME/prometheus``, scraping the nodes Ray's head lists (the
+    head's own metrics port until the list appears). Idempotent: a running one is kept.
+    Call it after the head started; ``qingliang down`` stops it (:func:`shutdown`)."""
+    record = settings.home / RUN_FILE
+    current = PrometheusRun.load(record)
+    if current is not None and _ours(current):
+        return current
+    found = discovery_file(settings.ray_temp)
+    deadline = time.monotonic() + wait_s
+    while not found.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if found.exists():
+        config = scrape_config(discovery=found, interval_s=interval_s)
+    else:
+        config = scrape_config(targets=[f"{settings.host}:{settings.metrics_port}"])
+    port = int(platform_url(settings).rsplit(":", 1)[1])
+    run = start(config, port=port, data_dir=settings.home / "prometheus", host=settings.host)
+    run.save(record)
+    return run
+
+
+def shutdown(settings: Settings) -> bool:
+    """Stop the Prometheus :func:`launch` started for ``settings`` (if any)."""
+    record = settings.home / RUN_FILE
+    run = PrometheusRun.load(record)
+    record.unlink(missing_ok=True)
+    return run is not None and stop(run)
+
+
+def _ours(run: PrometheusRun) -> bool:
+    """Whether ``run.pid`` is still the Prometheus started with ``run``'s data folder (a
+    pid reused by another process since is never signalled)."""
+    try:
+        argv = Path(f"/proc/{run.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    wanted = f"--config.file={Path(run.data_dir) / 'prometheus.yml'}".encode()
+    return wanted in argv
