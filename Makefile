@@ -41,6 +41,9 @@ browser: ## Chromium and CJK fonts for the console's browser tests: apt-installs
 	-@$(PY) tests/integration/console/_chromium.py
 
 # Never fails: without Prometheus the rest of the suite runs and the dashboard test skips, saying why.
+postgres: ## PostgreSQL (Debian's package) for the PostgreSQL-backed tests: apt-installs it as root, otherwise says how
+	-@$(PY) tests/_postgres.py
+
 prometheus: ## Prometheus (Debian's package) for the Grafana dashboard's test: apt-installs it as root, otherwise says how
 	-@$(PY) tests/integration/_prometheus.py
 
@@ -56,7 +59,7 @@ demo-down: ## Remove what `make demo` created (only that); the platform keeps ru
 down: ## Stop what `make up` started (only that)
 	@if [ -x $(BIN)/qingliang ]; then $(BIN)/qingliang down; else echo "nothing installed, nothing to stop"; fi
 
-test: install browser prometheus ## Install, then run unit + integration tests (real Ray Serve, vLLM CPU, packaged models, Chromium, Prometheus)
+test: install browser postgres prometheus ## Install, then run unit + integration tests (real Ray Serve, vLLM CPU, packaged models, Chromium, PostgreSQL, Prometheus)
 	$(BIN)/python -m pytest tests -q
 
 test-unit: install ## Unit tests only (no Ray, no network; seconds)
@@ -96,4 +99,4 @@ lock: install ## Re-pin requirements/cpu.lock from the current .venv
 clean: ## Remove .venv and caches (keeps QINGLIANG_HOME data)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
-.PHONY: help install browser prometheus up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability bench-domains kuberay lint lock clean
+.PHONY: help install browser postgres prometheus up demo demo-down down test test-unit bench bench-knowledge bench-agents bench-lifecycle bench-reliability bench-domains kuberay lint lock clean

@@ -236,3 +236,32 @@ def with_database(dsn: str, name: str) -> str:
     from psycopg.conninfo import make_conninfo
 
     return make_conninfo(dsn, dbname=name)
+
+
+INSTALL = "apt-get install -y --no-install-recommends postgresql"
+
+
+def ensure() -> None:
+    """Install Debian's PostgreSQL server with apt if its binaries are missing and we are
+    root (``make test`` runs this file first); otherwise say how. Never fails: without a
+    server the PostgreSQL-backed tests skip, saying why."""
+    if find_bindir() is not None or os.environ.get(ENV_DSN):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            for cmd in (["apt-get", "update", "-q"], [*INSTALL.split(), "-q"]):
+                print("+", " ".join(cmd), flush=True)
+                subprocess.run(cmd, env=env, check=True, timeout=1200, stdout=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"apt-get failed ({exc}); the PostgreSQL-backed tests will skip", flush=True)
+    if find_bindir() is None:
+        print(
+            "the PostgreSQL-backed tests skip: no PostgreSQL server binaries "
+            f"(/usr/lib/postgresql/*/bin); install them with: sudo {INSTALL}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    ensure()
