@@ -9,6 +9,7 @@ naming the panel and the query."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -60,17 +61,21 @@ def panel_queries() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def prom(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prom(platform: Platform) -> Iterator[str]:
     if reason := missing():
         pytest.skip(reason)
     found = prometheus.discovery_file(platform.settings.ray_temp)
     assert found.exists(), f"Ray's head wrote no {found.name}"
-    config = prometheus.scrape_config(discovery=found, interval_s=SCRAPE_S)
-    run = prometheus.start(config, port=_free_port(), data_dir=tmp_path_factory.mktemp("prom"))
+    # What `qingliang up --prometheus` runs, on a free port of the tests' range.
+    os.environ[prometheus.PORT_ENV] = str(_free_port())
     try:
+        run = prometheus.launch(platform.settings, interval_s=SCRAPE_S)
+        assert run.url == prometheus.platform_url(platform.settings)
+        assert prometheus.launch(platform.settings) == run  # a running one is kept
         yield run.url
     finally:
-        prometheus.stop(run)
+        assert prometheus.shutdown(platform.settings), "the Prometheus was not running"
+        del os.environ[prometheus.PORT_ENV]
 
 
 def _scraped(url: str) -> dict[str, str]:
