@@ -346,3 +346,13 @@ def test_vllms_parser_reads_the_argv_as_the_manifest_meant(vllm_parser) -> None:
     assert ns.disable_log_stats is False
     on = vllm_parser.parse_args(engine_argv(plan({})))
     assert on.enable_prefix_caching is True
+
+
+def test_vllm_args_survive_the_serve_config_round_trip() -> None:
+    """The replica rebuilds its plan from the Serve config's JSON: the options come back
+    the same (canonical names), and the stats log line stays at one a minute."""
+    p = plan({"engine": {"vllm_args": GOOD_ARGS}})
+    again = type(p).from_dict(json.loads(json.dumps(p.to_dict())))
+    assert again == p and hash(again) == hash(p)
+    assert engine_argv(again) == engine_argv(p)
+    assert cpu_environment(p)["VLLM_LOG_STATS_INTERVAL"] == "60"
