@@ -8,8 +8,8 @@ Route (``admin`` keys only, see :mod:`..auth.scopes`)::
         text/plain, one log line per line, each prefixed "(<replica id>) " when the
         deployment has several replicas; ``follow=true`` keeps streaming new lines
         until the client disconnects. Errors (before any line) in OpenAI's format:
-        404 unknown deployment (with "did you mean") or replica, 400 a bad tail or
-        stream, 503 the Ray dashboard does not answer.
+        404 unknown deployment (with "did you mean") or replica, or none running (the
+        cluster included), 400 a bad tail or stream, 503 the Ray dashboard does not answer.
 
 Without an ``Operations`` (a gateway built without a data directory) it answers 501.
 """
@@ -29,7 +29,7 @@ from qingliang.platform.control.logs import (
     check_options,
     prefixed,
 )
-from qingliang.platform.errors import ApiError, ClusterError, Unavailable
+from qingliang.platform.errors import ApiError, ClusterError, NotFound, Unavailable
 from qingliang.platform.gateway.operator.operations import Operations
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,11 @@ def add_log_routes(app: FastAPI, ops: Operations | None) -> None:
             raise err
         check_options(tail, stream)
         url = await asyncio.to_thread(ops.dashboard_url)
-        if url is None:
-            raise Unavailable("the platform's Ray cluster is not running", retry_after=5)
+        if url is None:  # as for a deployment with no replica running
+            raise NotFound(
+                f"deployment {name!r} has no replica running: the platform's Ray cluster "
+                "is not running"
+            )
         logs = DeploymentLogs(url)
         try:
             known = await asyncio.to_thread(ops.names)
