@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from qingliang.platform.control import _kuberay_pods as pods
-from qingliang.platform.control.cluster import RAY_ENV, SERVE_TUNING_ENV
+from qingliang.platform.control.cluster import MULTI_NODE_ENV, RAY_ENV, SERVE_TUNING_ENV
 from qingliang.platform.control.kuberay_options import ExportError, ExportOptions
 from qingliang.serving.plan import DeploymentPlan
 
@@ -88,12 +88,14 @@ def pvc(options: ExportOptions) -> dict[str, Any]:
 
 
 def pod_env(options: ExportOptions) -> list[dict[str, Any]]:
-    """Every Ray pod's environment: the Ray settings of a local `up` (``ray_env()``:
-    :data:`RAY_ENV` over :data:`SERVE_TUNING_ENV`), ``$QINGLIANG_HOME`` on the volume, and
-    the shared database, the admin key and the Qdrant server from their Secrets."""
-    env: dict[str, dict[str, Any]] = {
-        k: {"name": k, "value": v} for k, v in {**SERVE_TUNING_ENV, **RAY_ENV}.items()
-    }
+    """Every Ray pod's environment: the Ray settings of a cluster node
+    (``cluster_node_env()``: :data:`RAY_ENV` over :data:`SERVE_TUNING_ENV`, with Ray's
+    multi-node mode on; ``ray_env()`` turns it off, and then a worker pod's ``ray start
+    --address`` refuses to join), ``$QINGLIANG_HOME`` on the volume, and the shared
+    database, the admin key and the Qdrant server from their Secrets. Only the platform's
+    defaults: nothing of the exporting machine's environment."""
+    ray = {**SERVE_TUNING_ENV, **RAY_ENV, MULTI_NODE_ENV: "1"}
+    env: dict[str, dict[str, Any]] = {k: {"name": k, "value": v} for k, v in ray.items()}
     env["QINGLIANG_HOME"] = {"name": "QINGLIANG_HOME", "value": options.home}
 
     def secret(var: str, name: str, key: str, optional: bool) -> None:

@@ -26,7 +26,12 @@ from typer.testing import CliRunner
 from qingliang.platform.cli import apply_cmds
 from qingliang.platform.cli.export_cmd import export_app
 from qingliang.platform.control import _kuberay_pods as pods
-from qingliang.platform.control.cluster import RAY_ENV, SERVE_TUNING_ENV, ray_env
+from qingliang.platform.control.cluster import (
+    MULTI_NODE_ENV,
+    RAY_ENV,
+    SERVE_TUNING_ENV,
+    cluster_node_env,
+)
 from qingliang.platform.control.kuberay import (
     HEADER,
     Bundle,
@@ -168,10 +173,12 @@ def test_the_defaults_export_validates_and_carries_the_local_ray_settings() -> N
         *(c for t in _pod_templates(rs) for c in t["spec"]["containers"]),
     ]
     assert len(containers) == 3
-    expected = {**SERVE_TUNING_ENV, **RAY_ENV}
+    expected = {**SERVE_TUNING_ENV, **RAY_ENV, MULTI_NODE_ENV: "1"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("os.environ", {})
-        assert ray_env() == expected  # every variable a local `up` gives Ray
+        # every variable a node of a cluster gets; multi-node mode on, or a worker pod's
+        # `ray start --address` refuses to join
+        assert cluster_node_env() == expected
     for container in containers:
         env = _env(container)
         assert {k: env.get(k) for k in expected} == expected
