@@ -41,7 +41,11 @@ def ensure() -> None:
     """Install Prometheus with apt if it is missing and we are root."""
     if _binary() is not None:
         return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
+    if (
+        os.geteuid() == 0
+        and shutil.which("apt-get")
+        and "QINGLIANG_PROMETHEUS_BIN" not in os.environ
+    ):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         try:
             for cmd in (["apt-get", "update", "-q"], [*INSTALL.split(), "-q"]):
