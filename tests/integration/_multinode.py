@@ -100,6 +100,9 @@ class Node:
     proc: subprocess.Popen | None = None
     #: Every process seen below it ({pid: start time}): what :meth:`kill` may stop.
     seen: dict[int, str] = field(default_factory=dict)
+    #: Set over ``ray_env()`` for the node and every Ray process it starts (the shared
+    #: database's URL, as every node of a cluster gets it).
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -107,7 +110,7 @@ class Node:
                 self.cmd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=ray_env(),
+                env={**ray_env(), **self.env},
                 start_new_session=True,
             )
 
@@ -161,11 +164,14 @@ class TwoNodes:
     worker: Node
 
     @classmethod
-    def create(cls, root: Path) -> TwoNodes:
+    def create(cls, root: Path, env: dict[str, str] | None = None) -> TwoNodes:
         # Ray's socket paths must stay under ~107 bytes: short temp dirs of their own.
         tag = f"{os.getpid()}"
-        head = Node("head", head_command(Path(f"/tmp/qlmn-h{tag}")), root / "head.log")
-        worker = Node("worker", worker_command(Path(f"/tmp/qlmn-w{tag}")), root / "worker.log")
+        extra = dict(env or {})
+        head = Node("head", head_command(Path(f"/tmp/qlmn-h{tag}")), root / "head.log", env=extra)
+        worker = Node(
+            "worker", worker_command(Path(f"/tmp/qlmn-w{tag}")), root / "worker.log", env=extra
+        )
         return cls(head, worker)
 
     def start_head(self, timeout_s: float = 120) -> None:

@@ -6,12 +6,18 @@ through the gateway. Then the worker node is killed (its processes only): the de
 must show it is unavailable, and recover and answer once the worker node is back.
 `qingliang down` removes the platform and leaves both Ray nodes running.
 
+Where a PostgreSQL server can run (tests/_postgres.py), the cluster runs as a cluster should:
+every node and the CLI get ``QINGLIANG_DATABASE_URL`` of one fresh database, and the test
+checks the platform's state and keys are there and in no SQLite file of the data directory
+(the gateway on the cluster checks the CLI's key from it).
+
 Times (how long the node took to be declared dead, the recovery) are printed, not asserted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -51,6 +57,8 @@ class Cluster:
     home: Path
     env: dict[str, str]
     key: str
+    #: The shared database's URL, or None where no PostgreSQL server could run.
+    database: str | None = None
 
     @property
     def ctl(self) -> Controller:
@@ -94,11 +102,34 @@ def _accel_manifest(models: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Cluster]:
+def shared_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh PostgreSQL database for the cluster's state, or None (SQLite on the data
+    directory, as on a laptop) where no server can run here."""
+    from _postgres import ENV_DSN, create_database, drop_database, find_bindir
+
+    if find_bindir() is None and not os.environ.get(ENV_DSN):
+        print("\nno PostgreSQL server here: the cluster's state stays in SQLite files")
+        yield None
+        return
+    dsn = request.getfixturevalue("postgres_dsn")
+    url = create_database(dsn, "multinode")
+    yield url
+    drop_database(dsn, "multinode")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, shared_database: str | None
+) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("multinode")
     home = root / "home"
-    env = platform_env(home, PORTS, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    nodes = TwoNodes.create(root)
+    shared = {"QINGLIANG_DATABASE_URL": shared_database} if shared_database else {}
+    env = platform_env(home, PORTS, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **shared)
+    nodes = TwoNodes.create(root, env=shared)
+    # This process reads the deployments' status as `qingliang get` does: the same database.
+    patch = pytest.MonkeyPatch()
+    for var, value in shared.items():
+        patch.setenv(var, value)
     try:
         nodes.start_head()
         nodes.start_worker()
@@ -112,7 +143,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> It
         assert run["dashboard_url"] == DASHBOARD
         assert run["metrics_port"] == HEAD_PORTS["metrics"]
         key = (home / "api-key").read_text().strip()
-        yield Cluster(nodes, home, env, key)
+        yield Cluster(nodes, home, env, key, shared_database)
         out = _qingliang(env, "down", timeout_s=180)
         assert "Ray keeps running" in out
         # `down` left both nodes running: only the platform's applications are gone.
@@ -120,6 +151,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> It
         assert nodes.worker.proc is None or nodes.worker.alive()
         assert serve_applications() == {}
     finally:
+        patch.undo()
         if (home / "run.json").exists():
             subprocess.run([*qingliang_cli(), "down"], env=env, timeout=180, check=False)
         nodes.stop()
@@ -148,6 +180,21 @@ def test_the_deployment_lands_on_the_worker_node_and_answers(two_nodes: Cluster)
     r = two_nodes.chat()
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"]
+
+
+def test_the_state_is_in_the_shared_database(two_nodes: Cluster) -> None:
+    if two_nodes.database is None:
+        pytest.skip("no PostgreSQL server here (tests/_postgres.py says how to install one)")
+    import psycopg
+
+    # The gateway on the cluster answered the CLI's key (the first test); both are here:
+    with psycopg.connect(two_nodes.database) as conn:
+        kinds = dict(conn.execute("SELECT name, kind FROM manifests").fetchall())
+        keys = [row[0] for row in conn.execute("SELECT name FROM api_keys").fetchall()]
+    assert kinds.get(APP) == "ModelDeployment", kinds
+    assert keys, "no API key in the shared database"
+    # ... and nothing of it in a SQLite file of the data directory.
+    assert sorted(p.name for p in two_nodes.home.rglob("*.sqlite")) == []
 
 
 def test_no_process_of_either_node_listens_beyond_loopback(two_nodes: Cluster) -> None:
