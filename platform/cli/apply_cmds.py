@@ -16,7 +16,14 @@ import typer
 from rich.table import Table
 
 from qingliang.platform.cli import _apply_remote, _common, _remote
-from qingliang.platform.cli._common import FilesOpt, console, fail, load_settings, status_printer
+from qingliang.platform.cli._common import (
+    FilesOpt,
+    console,
+    err,
+    fail,
+    load_settings,
+    status_printer,
+)
 from qingliang.platform.cli.adapters import traffic_text
 from qingliang.platform.cli.kb import sync_after_apply
 from qingliang.platform.errors import QingliangError
@@ -229,7 +236,8 @@ def render(
     settings = load_settings()
     try:
         ctl = _common.controller(settings)
-        plans = ctl.compile(ctl.load(files))
+        loaded = ctl.load(files)
+        plans = ctl.compile(loaded)
         if resolve:
             plans = ctl.resolve(plans, progress=True)
         else:
@@ -242,3 +250,12 @@ def render(
     # On a cluster the proxy must listen where the Kubernetes Service can reach it.
     config["http_options"] = {"host": "0.0.0.0", "port": settings.http_port}
     print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
+    stateful = sorted(f"{m.kind}/{m.name}" for m in loaded if m.kind != "ModelDeployment")
+    if stateful:
+        err.print(
+            f"warning: {', '.join(stateful)}: not in this Serve config (they live in the "
+            "platform's state, not as Serve applications); `qingliang export kuberay` carries "
+            "them to a cluster, or apply them there with `qingliang --server URL apply`",
+            highlight=False,
+            soft_wrap=True,
+        )

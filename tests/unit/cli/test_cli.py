@@ -143,6 +143,23 @@ def test_render_prints_the_serve_config_for_a_cluster() -> None:
     assert config["http_options"]["host"] == "0.0.0.0"
 
 
+def test_render_warns_about_what_is_not_a_serve_application() -> None:
+    """Knowledge bases and agent graphs live in the platform's state: render names them on
+    stderr rather than leaving them out silently; stdout stays the Serve config alone."""
+    gov = REPO / "deploy" / "domains" / "gov"
+    r = runner.invoke(
+        app,
+        ["render", "-f", str(gov / "knowledge.yaml"), "-f", str(gov / "desk.yaml")]
+        + ["-f", str(REPO / "deploy" / "defaults")],
+    )
+    assert r.exit_code == 0, r.output
+    names = [a["name"] for a in yaml.safe_load(r.stdout)["applications"]]
+    assert names == ["qingliang-gateway", "qwen-coder"]
+    warning = " ".join(r.stderr.split())
+    assert "AgentGraph/gov-desk, KnowledgeBase/gov-policy: not in this Serve config" in warning
+    assert "qingliang export kuberay" in warning
+
+
 def test_keys_create_list_revoke(home: Path) -> None:
     r = runner.invoke(app, ["keys", "create", "ci"])
     assert r.exit_code == 0, r.output
