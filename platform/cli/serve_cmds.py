@@ -240,7 +240,16 @@ def status(as_json: bool = JsonOpt) -> None:
     elif out["started_at"] is None:  # a platform without a run file (KubeRay) answered
         console.print(f"running (data dir {out['home']} on the platform)", highlight=False)
     else:
-        console.print(f"running since {time.ctime(out['started_at'])} (pid {out['pid']})")
+        where = (
+            f"joined the Ray cluster at {out['joined']}"
+            if out.get("joined")
+            else f"pid {out['pid']}"
+        )
+        console.print(
+            f"running since {time.ctime(out['started_at'])} ({where})",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(f"  API        {out['api']}", highlight=False)
         console.print(f"  console    {out['console']}", highlight=False)
         console.print(f"  dashboard  {out['dashboard']}", highlight=False)

@@ -177,6 +177,7 @@ def test_the_deployment_lands_on_the_worker_node_and_answers(two_nodes: Cluster)
     (replica,) = serve_applications()[APP]["deployments"]["ModelServer"]["replicas"]
     assert replica["node_id"] == worker and replica["state"] == "RUNNING"
     assert two_nodes.status()[0] == "RUNNING"
+    assert f"joined the Ray cluster at {GCS}" in _qingliang(two_nodes.env, "status")
     r = two_nodes.chat()
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"]

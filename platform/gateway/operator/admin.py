@@ -147,12 +147,15 @@ def platform_status(settings: Settings, *, answering: bool = False) -> dict[str,
         "api": None,
         "console": None,
         "dashboard": None,
+        "joined": None,
     }
     if info is not None:
         base = f"http://{settings.host}:{info.http_port}"
         out.update(
             started_at=info.started_at,
-            pid=info.pid,
+            # `up --ray-address`: no process of ours holds Ray; the cluster's GCS instead
+            pid=None if info.joined else info.pid,
+            joined=info.gcs_address if info.joined else None,
             api=f"{base}/v1",
             console=f"{base}/ui/",
             dashboard=info.dashboard_url,
