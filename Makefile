@@ -60,7 +60,7 @@ down: ## Stop what `make up` started (only that)
 	@if [ -x $(BIN)/qingliang ]; then $(BIN)/qingliang down; else echo "nothing installed, nothing to stop"; fi
 
 test: install browser postgres prometheus ## Install, then run unit + integration tests (real Ray Serve, vLLM CPU, packaged models, Chromium, PostgreSQL, Prometheus)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=30
 
 test-unit: install ## Unit tests only (no Ray, no network; seconds)
 	$(BIN)/python -m pytest tests/unit -q
