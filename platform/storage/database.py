@@ -542,6 +542,15 @@ def _found(conn: Connection, db: Database) -> str | None:
     return stamps[0] if stamps else None
 
 
+#: Alembic's EnvironmentContext installs itself as module globals (``alembic.context``)
+#: and removes them on exit: two threads migrating two stores at once in one process
+#: (the arm-stats flusher opening its store while another store opens) broke each other
+#: (``KeyError: 'script'``). One migration at a time per process, the registry's
+#: (lifecycle/registry/_db.py) included. No deadlock: a thread takes this only inside its
+#: own store's write lock, and never waits for another store's lock while holding it.
+ALEMBIC_LOCK = threading.Lock()
+
+
 def _run_migrations(conn: Connection, store: str, migrations: Path, target: str) -> None:
     """Alembic's upgrade, run on ``conn`` (already in the locked transaction) with no
     ``env.py``: the store's folder holds only its revisions."""
@@ -555,7 +564,10 @@ def _run_migrations(conn: Connection, store: str, migrations: Path, target: str)
     def steps(rev: Any, _context: Any) -> Any:
         return script._upgrade_revs(target, rev)
 
-    with EnvironmentContext(cfg, script, fn=steps, destination_rev=target) as env:
+    with (
+        ALEMBIC_LOCK,
+        EnvironmentContext(cfg, script, fn=steps, destination_rev=target) as env,
+    ):
         env.configure(connection=conn, version_table=version_table(store))
         with env.begin_transaction():
             env.run_migrations()

@@ -193,7 +193,10 @@ def upgrade(engine: Engine, url: URL, target: str | None = None) -> bool:
                     return False
                 from alembic import command
 
-                command.upgrade(_alembic_config(conn), target)
+                from qingliang.platform.storage.database import ALEMBIC_LOCK
+
+                with ALEMBIC_LOCK:  # Alembic's context is process-global (see there)
+                    command.upgrade(_alembic_config(conn), target)
     logger.info("registry %s: schema upgraded from %s to %s", safe(url), found, target)
     return True
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from qingliang.platform.storage.database import (
     open_database,
     revisions,
     safe_url,
+    sqlite_url,
     version_table,
 )
 
@@ -396,3 +398,45 @@ def test_a_bad_shared_url_names_the_variable(
     with pytest.raises(DatabaseError, match=r"\$QINGLIANG_DATABASE_URL") as info:
         open_database(database_url(tmp_path, "keys"), store="keys", migrations=migrations)
     assert "hunter2" not in str(info.value)
+
+
+def test_a_store_and_the_registry_migrating_at_once_in_two_threads_both_open(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Alembic's migration context is process-global (module globals installed on enter,
+    deleted on exit): the arm-stats flusher migrating its store in its thread while the
+    registry migrated in another broke the first (KeyError: 'script', found by CI). A
+    store whose migration takes a while, and the registry opening meanwhile: both open."""
+    from qingliang.platform.lifecycle.registry import Registry
+
+    slow = tmp_path / "slow" / "versions"
+    slow.mkdir(parents=True)
+    (slow / "0001_counter.py").write_text(
+        _REVISION.replace(
+            "def upgrade() -> None:\n",
+            "def upgrade() -> None:\n    __import__('time').sleep(0.5)\n",
+        )
+    )
+    store = _store(request)
+    errors: list[BaseException] = []
+    entered = threading.Event()
+
+    def open_slow() -> None:
+        try:
+            entered.set()
+            db = open_database(
+                sqlite_url(tmp_path / "slow.sqlite"), store=store, migrations=slow.parent
+            )
+            with db.read() as conn:
+                assert current_revision(conn, store) == "0001"
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=open_slow)
+    thread.start()
+    entered.wait()
+    time.sleep(0.15)  # the store's migration is under way
+    with Registry(url=f"sqlite:///{tmp_path / 'registry.sqlite'}") as reg:
+        assert reg.schema_upgraded
+    thread.join()
+    assert errors == []
