@@ -23,6 +23,7 @@ from qingliang.platform.cli.main import app
 from qingliang.platform.control import logs as logs_mod
 from qingliang.platform.control.cluster import RunInfo
 from qingliang.platform.settings import Settings
+from tests.unit.cli.test_cli_remote import AppTransport, Models
 
 runner = CliRunner()
 
@@ -163,35 +164,7 @@ def test_no_platform_running_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 # ---------------------------------------------------------------- remote (--server)
 
 
-class Models:
-    """The gateway's model routes' backend: no models (the logs route does not use it)."""
-
-    def models(self) -> list[Any]:
-        return []
-
-    async def ready(self) -> dict[str, str]:
-        return {}
-
-    def rejected(self, *args: Any) -> None:
-        pass
-
-
-class AppTransport(httpx.BaseTransport):
-    """Hands each request of the CLI's client to the app (through a ``TestClient``)."""
-
-    def __init__(self, gateway: Any) -> None:
-        from fastapi.testclient import TestClient
-
-        self.client = TestClient(gateway)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        r = self.client.request(
-            request.method,
-            request.url.raw_path.decode("ascii"),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-            content=request.read(),
-        )
-        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+# The gateway's fake model backend and the CLI-client-to-app transport: test_cli_remote's.
 
 
 @pytest.fixture
